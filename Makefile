@@ -1,0 +1,52 @@
+# pgop developer entry points. Everything runs as root on a Debian bookworm machine (see README).
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+HARNESS := $(PY) -m e2e.harness
+PYTEST_ARGS ?=
+
+.PHONY: all venv up down status env test test-unit test-integration test-e2e build clean-cache
+
+all: up
+
+# The Python environment (pinned in pyproject.toml); re-installed when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+## The main job: local Kubernetes + services, CRDs, and the operator running against it.
+up: venv
+	$(HARNESS) up --operator
+
+## Only the cluster and services (no operator): what the tests need.
+env-up: venv
+	$(HARNESS) up
+
+down:
+	$(HARNESS) down
+
+status:
+	$(HARNESS) status
+
+env:
+	@$(HARNESS) env
+
+build: venv
+	$(HARNESS) build
+
+## Every test: unit, integration (real services) and e2e (real cluster). Brings the environment up first.
+test: env-up
+	$(VENV)/bin/pytest tests e2e $(PYTEST_ARGS)
+
+test-unit: venv
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+test-integration: env-up
+	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
+
+test-e2e: env-up
+	$(VENV)/bin/pytest e2e $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""pgop: backup."""

@@ -1,0 +1,352 @@
+"""The single-node Kubernetes cluster: etcd, control plane, containerd, kubelet, kube-proxy, DNS."""
+from __future__ import annotations
+
+import json
+import ssl
+import subprocess
+import urllib.request
+from pathlib import Path
+
+from . import build, paths, pki, proc
+from .log import step
+
+ADMIN_KUBECONFIG = paths.PKI / "admin.kubeconfig"
+
+
+def k8s_bin(name: str) -> str:
+    return str(build.by_name()["kubernetes"].bindir / name)
+
+
+def kubectl(*args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return proc.run([k8s_bin("kubectl"), "--kubeconfig", str(ADMIN_KUBECONFIG), *args],
+                    input=input, check=check)
+
+
+def _https_ok(url: str, cert: Path | None = None, key: Path | None = None) -> bool:
+    ctx = ssl.create_default_context(cafile=str(pki.ca()[0]))
+    if cert:
+        ctx.load_cert_chain(str(cert), str(key))
+    with urllib.request.urlopen(url, context=ctx, timeout=3) as r:
+        return r.status == 200
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=3) as r:
+        return r.status == 200
+
+
+# ---------------------------------------------------------------------------------------------
+def start_etcd() -> None:
+    data = paths.STATE / "etcd"
+    data.mkdir(parents=True, exist_ok=True)
+    data.chmod(0o700)
+    etcd = build.by_name()["etcd"].bindir / "etcd"
+    with step("etcd"):
+        proc.start("etcd", [str(etcd), "--name", "pgop", "--data-dir", str(data),
+                            "--listen-client-urls", f"http://127.0.0.1:{paths.ETCD_CLIENT_PORT}",
+                            "--advertise-client-urls", f"http://127.0.0.1:{paths.ETCD_CLIENT_PORT}",
+                            "--listen-peer-urls", f"http://127.0.0.1:{paths.ETCD_PEER_PORT}",
+                            "--initial-advertise-peer-urls", f"http://127.0.0.1:{paths.ETCD_PEER_PORT}",
+                            "--initial-cluster", f"pgop=http://127.0.0.1:{paths.ETCD_PEER_PORT}",
+                            "--quota-backend-bytes", str(4 << 30), "--log-level", "warn"])
+        proc.wait_for(lambda: _http_ok(f"http://127.0.0.1:{paths.ETCD_CLIENT_PORT}/health"),
+                      "etcd health", 60, log_name="etcd")
+
+
+def start_apiserver() -> None:
+    crt, key = pki.cert("apiserver", "kube-apiserver", sans=pki.apiserver_sans(), server=True)
+    kc_crt, kc_key = pki.cert("apiserver-kubelet-client", "kube-apiserver-kubelet-client",
+                              "system:masters")
+    sa_key, sa_pub = pki.service_account_keys()
+    ca_crt, _ = pki.ca()
+    with step("kube-apiserver"):
+        proc.start("kube-apiserver", [
+            k8s_bin("kube-apiserver"),
+            f"--etcd-servers=http://127.0.0.1:{paths.ETCD_CLIENT_PORT}",
+            # Pods reach the apiserver through the `kubernetes` Service at the node address.
+            "--bind-address=0.0.0.0", f"--secure-port={paths.APISERVER_PORT}",
+            f"--advertise-address={paths.NODE_IP}",
+            f"--tls-cert-file={crt}", f"--tls-private-key-file={key}",
+            f"--client-ca-file={ca_crt}",
+            f"--kubelet-client-certificate={kc_crt}", f"--kubelet-client-key={kc_key}",
+            f"--kubelet-certificate-authority={ca_crt}",
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--service-account-key-file={sa_pub}", f"--service-account-signing-key-file={sa_key}",
+            f"--service-account-issuer=https://kubernetes.default.svc.{paths.CLUSTER_DOMAIN}",
+            f"--service-cluster-ip-range={paths.SERVICE_CIDR}",
+            "--authorization-mode=Node,RBAC", "--allow-privileged=true",
+            "--enable-admission-plugins=NodeRestriction",
+            "--event-ttl=2h", "--profiling=false", "--v=1",
+        ])
+        proc.wait_for(lambda: _https_ok(f"https://127.0.0.1:{paths.APISERVER_PORT}/readyz",
+                                        *pki.cert("admin", "pgop-admin", "system:masters")),
+                      "kube-apiserver /readyz", 120, log_name="kube-apiserver")
+
+
+def start_controller_manager() -> None:
+    kc = pki.kubeconfig("kube-controller-manager", "system:kube-controller-manager")
+    sa_key, _ = pki.service_account_keys()
+    ca_crt, ca_key = pki.ca()
+    with step("kube-controller-manager"):
+        proc.start("kube-controller-manager", [
+            k8s_bin("kube-controller-manager"),
+            f"--kubeconfig={kc}", f"--authentication-kubeconfig={kc}",
+            f"--authorization-kubeconfig={kc}", "--bind-address=127.0.0.1",
+            "--leader-elect=false", "--cluster-name=pgop-local",
+            f"--root-ca-file={ca_crt}", f"--service-account-private-key-file={sa_key}",
+            f"--cluster-signing-cert-file={ca_crt}", f"--cluster-signing-key-file={ca_key}",
+            "--use-service-account-credentials=true",
+            f"--service-cluster-ip-range={paths.SERVICE_CIDR}",
+            # The built-in host-path provisioner gives PVCs a directory on this node
+            # (/tmp/hostpath-provisioner/...): dynamic provisioning without a CSI driver.
+            "--enable-hostpath-provisioner=true",
+            "--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
+            "--v=1",
+        ])
+        proc.wait_for(lambda: _https_ok("https://127.0.0.1:10257/healthz")
+                      if False else _tcp_open("127.0.0.1", 10257),
+                      "kube-controller-manager", 60, log_name="kube-controller-manager")
+
+
+def start_scheduler() -> None:
+    kc = pki.kubeconfig("kube-scheduler", "system:kube-scheduler")
+    with step("kube-scheduler"):
+        proc.start("kube-scheduler", [
+            k8s_bin("kube-scheduler"), f"--kubeconfig={kc}",
+            f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
+            "--bind-address=127.0.0.1", "--leader-elect=false", "--v=1"])
+        proc.wait_for(lambda: _tcp_open("127.0.0.1", 10259), "kube-scheduler", 60,
+                      log_name="kube-scheduler")
+
+
+def _tcp_open(host: str, port: int) -> bool:
+    import socket
+    with socket.create_connection((host, port), timeout=2):
+        return True
+
+
+# ---------------------------------------------------------------------------------------------
+CNI_DIR = paths.STATE / "cni" / "net.d"
+
+
+def _write_containerd_config() -> Path:
+    from .images import PAUSE_IMAGE
+    CNI_DIR.mkdir(parents=True, exist_ok=True)
+    (CNI_DIR / "10-pgop.conflist").write_text(json.dumps({
+        "cniVersion": "1.0.0", "name": "pgop-pods",
+        "plugins": [
+            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True,
+             "hairpinMode": True,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": paths.NODE_POD_CIDR}]],
+                      "routes": [{"dst": "0.0.0.0/0"}],
+                      "dataDir": str(paths.STATE / "cni" / "ipam")}},
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ]}, indent=2))
+    cfg = paths.STATE / "containerd.toml"
+    cfg.write_text(f"""version = 2
+root = "{paths.STATE / 'containerd'}"
+state = "{paths.RUN / 'containerd-state'}"
+[grpc]
+  address = "{paths.CONTAINERD_SOCK}"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{PAUSE_IMAGE}"
+  enable_unprivileged_ports = true
+  # Root in this VM may not lower oom_score_adj (kubelet asks -998 for sandboxes): clamp instead.
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{CNI_DIR}"
+""")
+    return cfg
+
+
+def start_containerd() -> None:
+    cfg = _write_containerd_config()
+    paths.CONTAINERD_SOCK.parent.mkdir(parents=True, exist_ok=True)
+    with step("containerd"):
+        proc.start("containerd", ["containerd", "--config", str(cfg)])
+        proc.wait_for(lambda: ctr("version", check=False).returncode == 0, "containerd", 60,
+                      log_name="containerd")
+
+
+def ctr(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return proc.run(["ctr", "--address", str(paths.CONTAINERD_SOCK), "-n", "k8s.io", *args],
+                    check=check)
+
+
+def start_kubelet() -> None:
+    kc = pki.kubeconfig("kubelet", f"system:node:{paths.NODE_NAME}", "system:nodes")
+    srv_crt, srv_key = pki.cert("kubelet-serving", f"system:node:{paths.NODE_NAME}",
+                                "system:nodes", sans=[f"IP:{paths.NODE_IP}",
+                                                      f"DNS:{paths.NODE_NAME}"], server=True)
+    ca_crt, _ = pki.ca()
+    root = paths.STATE / "kubelet"
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = paths.STATE / "kubelet-config.yaml"
+    cfg.write_text(json.dumps({
+        "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
+        "cgroupDriver": "cgroupfs", "failCgroupV1": False,
+        "containerRuntimeEndpoint": f"unix://{paths.CONTAINERD_SOCK}",
+        "address": paths.NODE_IP, "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
+                           "x509": {"clientCAFile": str(ca_crt)}},
+        "authorization": {"mode": "Webhook"},
+        "tlsCertFile": str(srv_crt), "tlsPrivateKeyFile": str(srv_key),
+        "clusterDomain": paths.CLUSTER_DOMAIN, "clusterDNS": [paths.NODE_IP],
+        "resolvConf": "/etc/resolv.conf", "failSwapOn": False, "podCIDR": paths.NODE_POD_CIDR,
+        # Images are built locally and cannot be pulled again: never garbage-collect them.
+        "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%",
+                         "imagefs.available": "2%"},
+        "serializeImagePulls": False, "maxPods": 110,
+        "nodeStatusUpdateFrequency": "4s", "syncFrequency": "10s",
+        "fileCheckFrequency": "10s", "volumeStatsAggPeriod": "30s",
+    }, indent=1))
+    with step("kubelet"):
+        proc.start("kubelet", [
+            k8s_bin("kubelet"), f"--config={cfg}", f"--kubeconfig={kc}",
+            f"--root-dir={root}", f"--hostname-override={paths.NODE_NAME}",
+            f"--node-ip={paths.NODE_IP}", "--v=1"])
+        proc.wait_for(lambda: _http_ok("http://127.0.0.1:10248/healthz"), "kubelet healthz", 90,
+                      log_name="kubelet")
+
+
+def start_kube_proxy() -> None:
+    kc = pki.kubeconfig("kube-proxy", "system:kube-proxy")
+    with step("kube-proxy"):
+        proc.start("kube-proxy", [
+            k8s_bin("kube-proxy"), f"--kubeconfig={kc}", f"--hostname-override={paths.NODE_NAME}",
+            f"--cluster-cidr={paths.POD_CIDR}", "--proxy-mode=iptables",
+            "--conntrack-max-per-core=0", "--metrics-bind-address=127.0.0.1:10249",
+            "--healthz-bind-address=127.0.0.1:10256", "--v=1"])
+        proc.wait_for(lambda: _http_ok("http://127.0.0.1:10256/healthz"), "kube-proxy", 60,
+                      log_name="kube-proxy")
+
+
+COREDNS_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "pgop-env:coredns"}
+rules:
+- apiGroups: [""]
+  resources: [endpoints, services, pods, namespaces]
+  verbs: [list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "pgop-env:coredns"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "pgop-env:coredns"}
+subjects:
+- {apiGroup: rbac.authorization.k8s.io, kind: User, name: "pgop-env:coredns"}
+"""
+
+STORAGE_CLASS = """
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: standard
+  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
+provisioner: kubernetes.io/host-path
+reclaimPolicy: Delete
+volumeBindingMode: Immediate
+"""
+
+
+def start_coredns() -> None:
+    """Cluster DNS on the node address (what kubelet gives pods as their nameserver)."""
+    kc = pki.kubeconfig("coredns", "pgop-env:coredns")
+    kubectl("apply", "-f", "-", input=COREDNS_RBAC)
+    corefile = paths.STATE / "Corefile"
+    corefile.write_text(f""".:53 {{
+    bind {paths.NODE_IP}
+    errors
+    health 127.0.0.1:18080
+    ready 127.0.0.1:18181
+    kubernetes {paths.CLUSTER_DOMAIN} in-addr.arpa ip6.arpa {{
+        kubeconfig {kc} pgop-local
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    forward . /etc/resolv.conf
+    cache 5
+    loop
+    reload
+}}
+""")
+    coredns = build.by_name()["coredns"].bindir / "coredns"
+    with step("coredns"):
+        proc.start("coredns", [str(coredns), "-conf", str(corefile)])
+        proc.wait_for(lambda: _http_ok("http://127.0.0.1:18181/ready"), "coredns ready", 60,
+                      log_name="coredns")
+
+
+def wait_node_ready(timeout: float = 120) -> None:
+    def ready() -> bool:
+        out = kubectl("get", "node", paths.NODE_NAME, "-o", "json", check=False)
+        if out.returncode != 0:
+            return False
+        conds = json.loads(out.stdout)["status"].get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+    with step(f"node {paths.NODE_NAME} Ready"):
+        proc.wait_for(ready, "node Ready", timeout, log_name="kubelet")
+
+
+def bootstrap_objects() -> None:
+    with step("default StorageClass, service account of `default`"):
+        kubectl("apply", "-f", "-", input=STORAGE_CLASS)
+        proc.wait_for(lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
+                      "default service account", 60)
+
+
+CONTROL_PLANE = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"]
+NODE = ["containerd", "kubelet", "kube-proxy", "coredns"]
+
+
+def up_control_plane() -> None:
+    pki.kubeconfig("admin", "pgop-admin", "system:masters")
+    start_etcd()
+    start_apiserver()
+    start_controller_manager()
+    start_scheduler()
+
+
+def up_node() -> None:
+    start_kubelet()
+    start_kube_proxy()
+    start_coredns()
+    wait_node_ready()
+    bootstrap_objects()
+
+
+def remove_pods() -> None:
+    """Stops every pod sandbox of the node (so no container outlives `down`)."""
+    if not proc.running("containerd"):
+        return
+    tasks = ctr("tasks", "ls", "-q", check=False).stdout.split()
+    for t in tasks:
+        ctr("tasks", "kill", "-s", "SIGKILL", t, check=False)
+    for t in tasks:
+        ctr("tasks", "delete", "-f", t, check=False)
+    for c in ctr("containers", "ls", "-q", check=False).stdout.split():
+        ctr("containers", "delete", c, check=False)
+
+
+def install_crds() -> None:
+    crds = paths.REPO / "crds"
+    if not any(crds.glob("*.yaml")):
+        return
+    with step("pgop CRDs"):
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
+        for f in sorted(crds.glob("*.yaml")):
+            kubectl("wait", "--for=condition=Established", f"crd/{f.stem}.pgop.io", "--timeout=60s")

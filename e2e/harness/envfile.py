@@ -1,0 +1,41 @@
+"""What a person (or a test) needs to use the environment: written as env.sh and env.json."""
+from __future__ import annotations
+
+import json
+import shlex
+
+from . import build, paths
+
+
+def values() -> dict[str, str]:
+    from .cluster import ADMIN_KUBECONFIG
+    from .services import env as services_env
+    kube_bin = str(build.by_name()["kubernetes"].bindir)
+    return {
+        "KUBECONFIG": str(ADMIN_KUBECONFIG),
+        "KUBECTL": f"{kube_bin}/kubectl",
+        "PGOP_KUBE_BIN": kube_bin,
+        "PGOP_NODE_IP": paths.NODE_IP,
+        "PGOP_CONTAINERD_ADDRESS": str(paths.CONTAINERD_SOCK),
+        "PGOP_ENV_DIR": str(paths.STATE),
+        **services_env(),
+    }
+
+
+def write() -> dict[str, str]:
+    v = values()
+    paths.ENV_JSON.write_text(json.dumps(v, indent=2) + "\n")
+    lines = [f"export {k}={shlex.quote(val)}" for k, val in v.items()]
+    lines.append(f'export PATH={shlex.quote(v["PGOP_KUBE_BIN"])}:{shlex.quote(str(paths.REPO / ".venv" / "bin"))}:"$PATH"')
+    paths.ENV_SH.write_text("# source this file: . " + str(paths.ENV_SH) + "\n" + "\n".join(lines) + "\n")
+    paths.ENV_JSON.chmod(0o600)
+    paths.ENV_SH.chmod(0o600)
+    return v
+
+
+def load() -> dict[str, str]:
+    try:
+        return json.loads(paths.ENV_JSON.read_text())
+    except FileNotFoundError:
+        raise RuntimeError(f"{paths.ENV_JSON} is missing: the local environment is not up "
+                           "(run `make up`)") from None

@@ -1,0 +1,137 @@
+"""Container images built offline: a debootstrap Debian base, then images/* with podman, imported
+into the node's containerd (no registry exists here)."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from . import build, paths, proc, versions
+from .host import debian_mirror
+from .log import step
+
+BASE_IMAGE = f"localhost/debian:{versions.DEBIAN_SUITE}"
+PAUSE_IMAGE = "localhost/pgop-pause:1.0"
+POSTGRES_IMAGE = "localhost/pgop-postgres:dev"
+OPERATOR_IMAGE = "localhost/pgop-operator:dev"
+IMAGES_DIR = paths.REPO / "images"
+STAMPS = paths.STATE / "images"
+WHEELS = build.CACHE / "wheels"
+
+
+def _podman(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return proc.run(["podman", *args], check=check)
+
+
+def _podman_id(image: str) -> str | None:
+    p = _podman("image", "inspect", "--format", "{{.Id}}", image, check=False)
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def base() -> None:
+    if _podman_id(BASE_IMAGE):
+        step(f"{BASE_IMAGE}: present")
+        return
+    with step(f"{BASE_IMAGE}: debootstrap --variant=minbase {versions.DEBIAN_SUITE}"):
+        root = Path(tempfile.mkdtemp(prefix="pgop-rootfs-", dir="/var/tmp"))
+        try:
+            proc.run(["debootstrap", "--variant=minbase", versions.DEBIAN_SUITE, str(root),
+                      debian_mirror()])
+            for d in ("var/cache/apt/archives", "var/lib/apt/lists"):
+                for f in (root / d).glob("*"):
+                    if f.is_file():
+                        f.unlink()
+            tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
+            proc.run(["podman", "import", "-", BASE_IMAGE], stdin=tar.stdout, text=False)
+            tar.wait()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _tree_hash(*roots: Path, extra: str = "") -> str:
+    h = hashlib.sha256(extra.encode())
+    for root in roots:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()
+                                                     and "__pycache__" not in p.parts
+                                                     and not p.name.endswith(".pyc"))
+        for f in files:
+            h.update(str(f.relative_to(paths.REPO)).encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def wheels(dest: Path) -> None:
+    """The pgop wheel plus its pinned dependencies, so image builds need no package index."""
+    pyproject = paths.REPO / "pyproject.toml"
+    deps = WHEELS / _tree_hash(pyproject)
+    pip = str(paths.REPO / ".venv" / "bin" / "pip")
+    if not deps.exists():
+        with step("wheels of the pinned dependencies"):
+            tmp = deps.with_name(deps.name + ".tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            proc.run([pip, "wheel", "-q", "--wheel-dir", str(tmp), str(paths.REPO)])
+            for w in tmp.glob("pgop-*.whl"):
+                w.unlink()
+            tmp.rename(deps)
+    dest.mkdir(parents=True, exist_ok=True)
+    for w in deps.glob("*.whl"):
+        shutil.copy2(w, dest / w.name)
+    proc.run([pip, "wheel", "-q", "--no-deps", "--wheel-dir", str(dest), str(paths.REPO)])
+
+
+def _build(name: str, tag: str, context_inputs: list[Path], with_wheels: bool) -> str:
+    """podman build of images/<name>; skipped when its inputs did not change."""
+    base_id = _podman_id(BASE_IMAGE) or ""
+    inputs = [IMAGES_DIR / name]
+    if with_wheels:
+        inputs += [paths.REPO / "pyproject.toml", *context_inputs]
+    digest = _tree_hash(*inputs, extra=base_id)
+    label = f"io.pgop.inputs={digest}"
+    current = _podman("image", "inspect", "--format",
+                      '{{index .Labels "io.pgop.inputs"}}', tag, check=False)
+    if current.returncode == 0 and current.stdout.strip() == digest:
+        step(f"{tag}: up to date ({digest})")
+        return digest
+    with step(f"{tag}: podman build"):
+        ctx = Path(tempfile.mkdtemp(prefix=f"pgop-ctx-{name}-", dir="/var/tmp"))
+        try:
+            shutil.copytree(IMAGES_DIR / name, ctx, dirs_exist_ok=True)
+            if with_wheels:
+                wheels(ctx / "wheels")
+            proc.run(["podman", "build", "--network", "host", "--build-arg", f"BASE={BASE_IMAGE}",
+                      "--label", label, "-t", tag, "-f", str(ctx / "Containerfile"), str(ctx)])
+        finally:
+            shutil.rmtree(ctx, ignore_errors=True)
+    return digest
+
+
+def import_into_containerd(tag: str) -> None:
+    """podman save | ctr import, unless containerd already has this exact image."""
+    from .cluster import ctr
+    image_id = _podman_id(tag)
+    STAMPS.mkdir(parents=True, exist_ok=True)
+    stamp = STAMPS / (tag.replace("/", "_").replace(":", "_") + ".id")
+    have = ctr("images", "ls", "-q", check=False).stdout.split()
+    if tag in have and stamp.exists() and stamp.read_text() == image_id:
+        return
+    with step(f"{tag}: import into containerd"):
+        with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
+            archive = Path(d) / "image.tar"
+            _podman("save", "--format", "docker-archive", "-o", str(archive), tag)
+            ctr("images", "import", "--no-unpack=false", str(archive))
+        stamp.write_text(image_id or "")
+
+
+def build_all() -> None:
+    base()
+    _build("pause", PAUSE_IMAGE, [], with_wheels=False)
+    src = [paths.REPO / p for p in ("pgop", "rds", "backup")]
+    _build("postgres", POSTGRES_IMAGE, src, with_wheels=True)
+    _build("operator", OPERATOR_IMAGE, src, with_wheels=True)
+
+
+def import_all() -> None:
+    for tag in (PAUSE_IMAGE, POSTGRES_IMAGE, OPERATOR_IMAGE):
+        import_into_containerd(tag)

@@ -1,0 +1,49 @@
+"""Where the local environment keeps its state, and the fixed addresses it uses."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+STATE = Path(os.environ.get("PGOP_ENV_DIR", "/var/lib/pgop-env"))
+RUN = Path(os.environ.get("PGOP_ENV_RUN", "/run/pgop-env"))
+LOGS = STATE / "logs"
+PIDS = STATE / "pids"
+PKI = STATE / "pki"
+ENV_JSON = STATE / "env.json"
+ENV_SH = STATE / "env.sh"
+
+NODE_NAME = "pgop-node"
+# The node's address lives on a bridge of its own (`pgop0`; this kernel has no dummy links), so
+# pods reach the apiserver and the services at an address that never changes from one machine to
+# the next, and nothing is bound to the VM's own network.
+NODE_BRIDGE = "pgop0"
+NODE_IP = "10.243.0.1"
+POD_CIDR = "10.244.0.0/16"
+NODE_POD_CIDR = "10.244.0.0/24"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+CLUSTER_DOMAIN = "cluster.local"
+
+ETCD_CLIENT_PORT = 23790
+ETCD_PEER_PORT = 23800
+APISERVER_PORT = 6443
+S3_PORT = 7070
+VAULT_PORT = 8200
+CONSUL_HTTP_PORT = 8500
+MOTO_PORT = 5055
+
+CONTAINERD_SOCK = RUN / "containerd" / "containerd.sock"
+
+# Dev-only credentials of the local services (loopback and this node only; never real secrets).
+VAULT_DEV_ROOT_TOKEN = "pgop-dev-root"
+S3_ACCESS_KEY = "pgopdevaccess"
+S3_SECRET_KEY = "pgopdevsecret0123456789"
+MOTO_ACCESS_KEY = "testing"
+MOTO_SECRET_KEY = "testing"
+AWS_REGION = "us-east-1"
+
+
+def ensure_dirs() -> None:
+    for d in (STATE, RUN, LOGS, PIDS, PKI):
+        d.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,82 @@
+"""PostgreSQL server processes from Debian's packages for integration tests, run as the
+`postgres` OS user (PostgreSQL refuses to run as root)."""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .services import free_port, pg_bindir
+
+OS_USER = "postgres"
+
+
+def _as_user(argv: list[str], **kw) -> subprocess.CompletedProcess:
+    if os.geteuid() == 0:
+        argv = ["runuser", "-u", OS_USER, "--", *argv]
+    return subprocess.run(argv, text=True, capture_output=True, **kw)
+
+
+@dataclass
+class LocalPostgres:
+    """One PostgreSQL server in a scratch directory, listening on loopback and a socket dir."""
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgop-pg-", dir="/var/tmp")))
+    port: int = field(default_factory=free_port)
+    bindir: str = field(default_factory=pg_bindir)
+
+    @property
+    def pgdata(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.root / "run"
+
+    def _chown(self) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(OS_USER)
+            for p in (self.root, self.socket_dir):
+                p.mkdir(exist_ok=True)
+                os.chown(p, pw.pw_uid, pw.pw_gid)
+
+    def initdb(self, *extra: str) -> None:
+        self._chown()
+        p = _as_user([f"{self.bindir}/initdb", "-D", str(self.pgdata), "-U", "postgres",
+                      "--auth-local=peer", "--auth-host=scram-sha-256", "-E", "UTF8",
+                      "--locale=C.UTF-8", *extra])
+        if p.returncode != 0:
+            raise RuntimeError(f"initdb failed: {p.stderr}")
+
+    def start(self, timeout: float = 30) -> None:
+        self._chown()
+        opts = f"-p {self.port} -k {self.socket_dir} -c listen_addresses=127.0.0.1"
+        p = _as_user([f"{self.bindir}/pg_ctl", "-D", str(self.pgdata), "-o", opts,
+                      "-l", str(self.root / "postgres.log"), "-w", "-t", str(int(timeout)), "start"])
+        if p.returncode != 0:
+            raise RuntimeError(f"pg_ctl start failed: {p.stderr}\n{self.log_tail()}")
+
+    def stop(self, mode: str = "fast") -> None:
+        if (self.pgdata / "postmaster.pid").exists():
+            _as_user([f"{self.bindir}/pg_ctl", "-D", str(self.pgdata), "-m", mode, "-w", "stop"])
+
+    def psql(self, sql: str, db: str = "postgres") -> str:
+        p = _as_user([f"{self.bindir}/psql", "-h", str(self.socket_dir), "-p", str(self.port),
+                      "-d", db, "-XAtq", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        if p.returncode != 0:
+            raise RuntimeError(f"psql failed: {p.stderr}")
+        return p.stdout.strip()
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join((self.root / "postgres.log").read_text().splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def cleanup(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)

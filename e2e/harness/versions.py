@@ -1,0 +1,22 @@
+"""Pinned versions of everything the local environment builds or installs.
+
+Bumping a version here changes the cache key, so the next `up` rebuilds just that component.
+"""
+
+KUBERNETES = "v1.34.4"
+ETCD = "v3.5.35"
+COREDNS = "v1.12.4"
+VERSITYGW = "v1.8.0"
+CONSUL = "v1.20.1"
+# OpenBao's main module is refused by the Go module proxy (403 "not available"), so the Vault API
+# server is HashiCorp Vault 1.14.x: the last MPL-2.0 release, the code OpenBao was forked from.
+VAULT = "v1.14.8"
+
+DEBIAN_SUITE = "bookworm"
+POSTGRES_MAJOR = 15
+
+APT_PACKAGES = [
+    "containerd", "runc", "containernetworking-plugins", "podman", "buildah", "debootstrap",
+    "iptables", "conntrack", "ethtool", "socat", "iproute2", "openssl", "util-linux", "ebtables",
+    "kmod", "postgresql-15", "postgresql-client-15", "ca-certificates", "procps", "curl",
+]

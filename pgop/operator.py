@@ -1,0 +1,50 @@
+"""The operator process: kopf with the handlers of pgop (PgCluster, PgInstance), rds (MysqlDb)
+and backup (PgBackup) registered."""
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+
+import kopf
+
+# Each package registers its handlers when imported; a package with no handlers yet is skipped.
+HANDLER_MODULES = ("pgop.handlers", "rds.handlers", "backup.handlers")
+
+log = logging.getLogger("pgop.operator")
+
+
+def load_handlers() -> list[str]:
+    loaded = []
+    for name in HANDLER_MODULES:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:  # a real import error inside the module: surface it
+                raise
+            continue
+        loaded.append(name)
+    return loaded
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_) -> None:
+    # State lives on the objects under our own prefix, so `kubectl get -o yaml` shows it and a
+    # restarted operator resumes where the last one stopped.
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="pgop.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="pgop.io", key="last-handled-configuration")
+    settings.persistence.finalizer = "pgop.io/finalizer"
+    settings.posting.level = logging.INFO
+    settings.watching.server_timeout = 300
+    settings.networking.request_timeout = 30
+
+
+def run(namespaces: list[str], clusterwide: bool, liveness: str | None = None,
+        verbose: bool = False) -> None:
+    kopf.configure(verbose=verbose)
+    loaded = load_handlers()
+    log.info("pgop operator starting with handlers from %s", ", ".join(loaded) or "nothing")
+    asyncio.run(kopf.operator(
+        clusterwide=clusterwide, namespaces=namespaces or None, standalone=True,
+        liveness_endpoint=liveness))
