@@ -17,9 +17,11 @@ def _pod_phase(kubectl, ns, name):
 
 
 def _wait_pod_done(kubectl, ns, name, timeout=120):
-    phase = kubectl.wait_for(lambda: _pod_phase(kubectl, ns, name) in ("Succeeded", "Failed")
-                             and _pod_phase(kubectl, ns, name), f"pod {name} to finish", timeout)
-    return phase
+    try:
+        return kubectl.wait_for(lambda: _pod_phase(kubectl, ns, name) in ("Succeeded", "Failed")
+                                and _pod_phase(kubectl, ns, name), f"pod {name} to finish", timeout)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{kubectl('-n', ns, 'describe', 'pod', name, check=False).stdout}")
 
 
 def test_node_is_ready(kubectl):

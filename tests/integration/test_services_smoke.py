@@ -69,13 +69,21 @@ def test_s3_multipart_upload_and_list(local_env):
 
 
 def test_s3_refuses_wrong_credentials(local_env):
-    s3 = boto3.client("s3", endpoint_url=local_env["AWS_ENDPOINT_URL_S3"],
-                      aws_access_key_id="wrong", aws_secret_access_key="wrong",
-                      region_name=local_env["AWS_DEFAULT_REGION"])
-    with pytest.raises(s3.exceptions.ClientError) as e:
-        s3.list_buckets()
-    assert e.value.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied",
-                                                  "SignatureDoesNotMatch")
+    def client(access, secret):
+        return boto3.client("s3", endpoint_url=local_env["AWS_ENDPOINT_URL_S3"],
+                            aws_access_key_id=access, aws_secret_access_key=secret,
+                            region_name=local_env["AWS_DEFAULT_REGION"])
+    wrong_secret = client(local_env["S3_ACCESS_KEY_ID"], "not-the-secret")
+    with pytest.raises(wrong_secret.exceptions.ClientError) as e:
+        wrong_secret.list_buckets()
+    assert e.value.response["ResponseMetadata"]["HTTPStatusCode"] == 403
+    assert e.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+    # an unknown access key is refused too (versitygw says XAdminUserNotFound, AWS says
+    # InvalidAccessKeyId)
+    unknown = client("nobody", "nothing")
+    with pytest.raises(unknown.exceptions.ClientError) as e:
+        unknown.list_buckets()
+    assert e.value.response["Error"]["Code"] in ("InvalidAccessKeyId", "XAdminUserNotFound")
 
 
 def test_rds_create_and_describe_on_moto(local_env):

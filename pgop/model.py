@@ -1,0 +1,572 @@
+"""Typed views of PgCluster and PgInstance, read from the plain mappings kopf hands over.
+
+Defaults are the CRD's (crds/pgclusters.yaml), repeated here because `pgop plan -f` reads
+manifests that never went through the API server. `validate()` judges what the schema cannot:
+what depends on the image, on cron semantics, on names the operator reserves.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any, Literal
+
+from pgop import pgconfig
+from pgop.lsn import parse_lsn
+
+API_GROUP = "pgop.io"
+API_VERSION = "pgop.io/v1"
+
+# The one place the Postgres image is named; spec.image overrides it.
+DEFAULT_IMAGE = "localhost/pgop-postgres:dev"
+DEFAULT_IMAGE_POSTGRES_VERSION = 15  # what images/postgres installs
+
+PRIMARY = "primary"
+REPLICA = "replica"
+Role = Literal["primary", "replica"]
+
+INITDB = "initdb"
+BASEBACKUP = "basebackup"
+RECOVERY = "recovery"
+BootstrapMode = Literal["initdb", "basebackup", "recovery"]
+
+REQUIRED = "required"
+PREFERRED = "preferred"
+RETAIN = "Retain"
+DELETE = "Delete"
+
+MAX_CLUSTER_NAME = 50  # leaves room for -rw, -replication, -<ordinal>-bootstrap in 63 chars
+
+ValidationError = tuple[str, str]  # (field path, what is wrong, said to a person)
+
+Body = Mapping[str, Any]
+
+
+def instance_name(cluster: str, ordinal: int) -> str:
+    return f"{cluster}-{ordinal}"
+
+
+# ------------------------------------------------------------------------- quantities, durations
+
+_QUANTITY = re.compile(
+    r"^([+-]?(?:\d+(?:\.\d*)?|\.\d+))(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E|[eE][+-]?\d+)?$"
+)
+_QUANTITY_SUFFIX = {
+    None: Decimal(1), "n": Decimal("1e-9"), "u": Decimal("1e-6"), "m": Decimal("1e-3"),
+    "k": Decimal(10) ** 3, "M": Decimal(10) ** 6, "G": Decimal(10) ** 9,
+    "T": Decimal(10) ** 12, "P": Decimal(10) ** 15, "E": Decimal(10) ** 18,
+    "Ki": Decimal(2) ** 10, "Mi": Decimal(2) ** 20, "Gi": Decimal(2) ** 30,
+    "Ti": Decimal(2) ** 40, "Pi": Decimal(2) ** 50, "Ei": Decimal(2) ** 60,
+}
+
+
+def parse_quantity(value: str | int | float) -> Decimal:
+    """A Kubernetes quantity ('1Gi', '500M', '100m', 3) as a number, so 1Gi == 1024Mi."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a quantity: {value!r}")
+    if isinstance(value, (int, float)):
+        return Decimal(str(value))
+    match = _QUANTITY.match(str(value).strip())
+    if match is None:
+        raise ValueError(f"not a Kubernetes quantity (such as 1Gi, 500Mi, 100m): {value!r}")
+    number, suffix = match.groups()
+    try:
+        if suffix and suffix[0] in "eE":
+            return Decimal(number + suffix)
+        return Decimal(number) * _QUANTITY_SUFFIX[suffix]
+    except InvalidOperation as error:
+        raise ValueError(f"not a Kubernetes quantity: {value!r}") from error
+
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> int:
+    """'1m30s' -> 90 seconds (the failoverDelay format)."""
+    match = _DURATION.match(text.strip())
+    if not text.strip() or match is None:
+        raise ValueError(f"not a duration such as 30s, 2m or 1m30s: {text!r}")
+    hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 timestamp as the API server writes it ('2026-01-02T03:04:05Z')."""
+    if not text:
+        return None
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {text!r}")
+    return parsed
+
+
+def plain(value: Any) -> Any:
+    """Deep copy of a kopf body (Mappings and sequences) into dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    return value
+
+
+def _setting_text(value: Any) -> str:
+    # YAML turns `on` into True and `200` into 200; Postgres wants its own spelling.
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value)
+
+
+# -------------------------------------------------------------------------------- PgCluster spec
+
+@dataclass(frozen=True)
+class StorageSpec:
+    size: str
+    storage_class_name: str | None = None
+    reclaim_policy: str = RETAIN
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> StorageSpec:
+        data = data or {}
+        return cls(
+            size=str(data.get("size", "")),
+            storage_class_name=data.get("storageClassName"),
+            reclaim_policy=data.get("reclaimPolicy") or RETAIN,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"size": self.size, "reclaimPolicy": self.reclaim_policy}
+        if self.storage_class_name:
+            out["storageClassName"] = self.storage_class_name
+        return out
+
+
+@dataclass(frozen=True)
+class InitdbSpec:
+    database: str = "app"
+    owner: str = "app"
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> InitdbSpec:
+        data = data or {}
+        return cls(database=data.get("database") or "app", owner=data.get("owner") or "app")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"database": self.database, "owner": self.owner}
+
+
+@dataclass(frozen=True)
+class S3Spec:
+    bucket: str
+    credentials_secret: str
+    path: str | None = None
+    endpoint: str | None = None
+    region: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> S3Spec | None:
+        if not data:
+            return None
+        return cls(
+            bucket=data.get("bucket", ""),
+            credentials_secret=data.get("credentialsSecret", ""),
+            path=data.get("path"),
+            endpoint=data.get("endpoint"),
+            region=data.get("region"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"bucket": self.bucket, "credentialsSecret": self.credentials_secret}
+        for key, value in (("path", self.path), ("endpoint", self.endpoint), ("region", self.region)):
+            if value:
+                out[key] = value
+        return out
+
+
+@dataclass(frozen=True)
+class RecoverySpec:
+    source: str
+    backup: str | None = None
+    target_time: str | None = None
+    target_lsn: str | None = None
+    s3: S3Spec | None = None
+
+    @classmethod
+    def from_dict(cls, data: Body) -> RecoverySpec:
+        return cls(
+            source=data.get("source", ""),
+            backup=data.get("backup"),
+            target_time=data.get("targetTime"),
+            target_lsn=data.get("targetLSN"),
+            s3=S3Spec.from_dict(data.get("s3")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"source": self.source}
+        for key, value in (("backup", self.backup), ("targetTime", self.target_time),
+                           ("targetLSN", self.target_lsn)):
+            if value:
+                out[key] = value
+        if self.s3:
+            out["s3"] = self.s3.to_dict()
+        return out
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    initdb: InitdbSpec | None = None
+    recovery: RecoverySpec | None = None
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> BootstrapSpec:
+        data = data or {}
+        recovery = RecoverySpec.from_dict(data["recovery"]) if data.get("recovery") else None
+        has_initdb = "initdb" in data and data["initdb"] is not None
+        # The CRD defaults bootstrap to {initdb: {}}; a manifest read offline may leave it out.
+        initdb = InitdbSpec.from_dict(data.get("initdb")) if has_initdb or recovery is None else None
+        return cls(initdb=initdb, recovery=recovery)
+
+    @property
+    def first_primary_mode(self) -> BootstrapMode:
+        return RECOVERY if self.recovery is not None else INITDB
+
+
+@dataclass(frozen=True)
+class RetentionSpec:
+    keep_last: int | None = None
+    max_age: str | None = None
+
+
+@dataclass(frozen=True)
+class BackupSpec:
+    s3: S3Spec | None
+    schedule: str | None = None
+    target: str = "prefer-replica"
+    retention: RetentionSpec | None = None
+    wal_archiving: bool = True
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> BackupSpec | None:
+        if not data:
+            return None
+        retention = data.get("retention")
+        s3 = S3Spec.from_dict(data.get("s3"))
+        archiving = data.get("walArchiving")
+        return cls(
+            s3=s3,
+            schedule=data.get("schedule"),
+            target=data.get("target") or "prefer-replica",
+            retention=RetentionSpec(retention.get("keepLast"), retention.get("maxAge")) if retention else None,
+            wal_archiving=(s3 is not None) if archiving is None else bool(archiving),
+        )
+
+
+@dataclass(frozen=True)
+class PublishSpec:
+    vault_path: str | None = None
+    consul_prefix: str | None = None
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    instances: int = 1
+    postgres_version: int = DEFAULT_IMAGE_POSTGRES_VERSION
+    image: str | None = None
+    synchronous_replicas: int = 0
+    synchronous_mode: str = PREFERRED
+    failover_delay: str = "30s"
+    storage: StorageSpec = field(default_factory=lambda: StorageSpec(size="1Gi"))
+    resources: dict[str, Any] = field(default_factory=dict)  # a Kubernetes ResourceRequirements
+    parameters: dict[str, str] = field(default_factory=dict)
+    bootstrap: BootstrapSpec = field(default_factory=lambda: BootstrapSpec(initdb=InitdbSpec()))
+    backup: BackupSpec | None = None
+    publish: PublishSpec | None = None
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> ClusterSpec:
+        data = data or {}
+        publish = data.get("publish")
+        return cls(
+            instances=int(data.get("instances", 1)),
+            postgres_version=int(data.get("postgresVersion", DEFAULT_IMAGE_POSTGRES_VERSION)),
+            image=data.get("image") or None,
+            synchronous_replicas=int(data.get("synchronousReplicas", 0)),
+            synchronous_mode=data.get("synchronousMode") or PREFERRED,
+            failover_delay=data.get("failoverDelay") or "30s",
+            storage=StorageSpec.from_dict(data.get("storage")),
+            resources=plain(data.get("resources") or {}),
+            parameters={str(k): _setting_text(v) for k, v in (data.get("parameters") or {}).items()},
+            bootstrap=BootstrapSpec.from_dict(data.get("bootstrap")),
+            backup=BackupSpec.from_dict(data.get("backup")),
+            publish=PublishSpec(publish.get("vaultPath"), publish.get("consulPrefix")) if publish else None,
+        )
+
+    @property
+    def effective_image(self) -> str:
+        return self.image or DEFAULT_IMAGE
+
+    @property
+    def failover_delay_seconds(self) -> int:
+        return parse_duration(self.failover_delay)
+
+    def validate(self) -> list[ValidationError]:
+        return _validate_spec(self)
+
+
+# The owner role is created by initdb and the secrets are named after these roles.
+_RESERVED_ROLES = {pgconfig.SUPERUSER, pgconfig.REPLICATION_USER}
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+_PARAMETER_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_MAX_AGE = re.compile(r"^[1-9][0-9]*[hdw]$")
+
+
+def _validate_spec(spec: ClusterSpec) -> list[ValidationError]:
+    errors: list[ValidationError] = []
+
+    def refuse(path: str, reason: str) -> None:
+        errors.append((path, reason))
+
+    if spec.instances < 1:
+        refuse("spec.instances", "must be at least 1")
+    if not 0 <= spec.synchronous_replicas <= max(spec.instances - 1, 0):
+        refuse("spec.synchronousReplicas",
+               f"must be between 0 and instances - 1 ({spec.instances - 1}): only replicas can confirm commits")
+    if spec.synchronous_mode not in (REQUIRED, PREFERRED):
+        refuse("spec.synchronousMode", "must be required or preferred")
+    elif spec.synchronous_mode == REQUIRED and spec.synchronous_replicas < 1:
+        refuse("spec.synchronousMode", "required needs synchronousReplicas >= 1")
+    if spec.image is None and spec.postgres_version != DEFAULT_IMAGE_POSTGRES_VERSION:
+        refuse("spec.postgresVersion",
+               f"the default image {DEFAULT_IMAGE} ships PostgreSQL {DEFAULT_IMAGE_POSTGRES_VERSION}; "
+               f"set spec.image to an image with PostgreSQL {spec.postgres_version}")
+    try:
+        parse_duration(spec.failover_delay)
+    except ValueError as error:
+        refuse("spec.failoverDelay", str(error))
+
+    try:
+        if parse_quantity(spec.storage.size) <= 0:
+            refuse("spec.storage.size", "must be a positive quantity such as 1Gi")
+    except ValueError as error:
+        refuse("spec.storage.size", str(error))
+    if spec.storage.reclaim_policy not in (RETAIN, DELETE):
+        refuse("spec.storage.reclaimPolicy", "must be Retain or Delete")
+    for kind in ("requests", "limits"):
+        for resource, amount in (spec.resources.get(kind) or {}).items():
+            try:
+                parse_quantity(amount)
+            except ValueError as error:
+                refuse(f"spec.resources.{kind}.{resource}", str(error))
+
+    for name, value in spec.parameters.items():
+        path = f"spec.parameters.{name}"
+        if not _PARAMETER_NAME.match(name):
+            refuse(path, "is not a PostgreSQL setting name")
+        elif pgconfig.is_owned(name):
+            refuse(path, "is set by the operator and cannot be overridden")
+        if any(ord(char) < 32 or ord(char) == 127 for char in value):
+            refuse(path, "must not contain control characters such as newlines")
+
+    bootstrap = spec.bootstrap
+    if (bootstrap.initdb is None) == (bootstrap.recovery is None):
+        refuse("spec.bootstrap", "must set exactly one of initdb or recovery")
+    if bootstrap.initdb is not None:
+        for key, value in (("database", bootstrap.initdb.database), ("owner", bootstrap.initdb.owner)):
+            if not _IDENTIFIER.match(value):
+                refuse(f"spec.bootstrap.initdb.{key}", "must be a lowercase identifier (letters, digits, '_')")
+        if bootstrap.initdb.owner in _RESERVED_ROLES or bootstrap.initdb.owner.startswith("pg_"):
+            refuse("spec.bootstrap.initdb.owner",
+                   f"{bootstrap.initdb.owner!r} is a role the operator reserves; choose another owner")
+    if bootstrap.recovery is not None:
+        recovery = bootstrap.recovery
+        if recovery.target_time and recovery.target_lsn:
+            refuse("spec.bootstrap.recovery.targetLSN", "set at most one of targetTime and targetLSN")
+        if recovery.target_lsn:
+            try:
+                parse_lsn(recovery.target_lsn)
+            except ValueError as error:
+                refuse("spec.bootstrap.recovery.targetLSN", str(error))
+        if recovery.target_time:
+            try:
+                parse_time(recovery.target_time)
+            except ValueError:
+                refuse("spec.bootstrap.recovery.targetTime",
+                       "must be an RFC 3339 time with a zone, such as 2026-11-22T03:00:00Z")
+
+    if spec.backup is not None:
+        backup = spec.backup
+        if backup.s3 is None:
+            refuse("spec.backup.s3", "is required when spec.backup is set")
+        if backup.schedule:
+            from croniter import croniter  # imported here: only backups need it
+            if not croniter.is_valid(backup.schedule):
+                refuse("spec.backup.schedule", f"{backup.schedule!r} is not a valid cron expression")
+        if backup.retention and backup.retention.max_age and not _MAX_AGE.match(backup.retention.max_age):
+            refuse("spec.backup.retention.maxAge", "must be a number followed by h, d or w, e.g. 30d")
+    return errors
+
+
+# -------------------------------------------------------------------------------- PgCluster
+
+@dataclass(frozen=True)
+class Cluster:
+    name: str
+    namespace: str
+    spec: ClusterSpec
+    uid: str = ""
+    generation: int = 0
+    deleting: bool = False
+    status: dict[str, Any] = field(default_factory=dict)  # as last written (conditions history)
+
+    @classmethod
+    def from_object(cls, body: Body) -> Cluster:
+        meta = body.get("metadata") or {}
+        return cls(
+            name=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            deleting=bool(meta.get("deletionTimestamp")),
+            spec=ClusterSpec.from_dict(body.get("spec")),
+            status=plain(body.get("status") or {}),
+        )
+
+    def validate(self) -> list[ValidationError]:
+        errors: list[ValidationError] = []
+        if len(self.name) > MAX_CLUSTER_NAME or not re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", self.name):
+            errors.append(("metadata.name",
+                           f"must be a DNS label of at most {MAX_CLUSTER_NAME} characters starting with a letter"))
+        recovery = self.spec.bootstrap.recovery
+        if recovery is not None and recovery.source == self.name:
+            errors.append(("spec.bootstrap.recovery.source", "must name another cluster than this one"))
+        return errors + self.spec.validate()
+
+
+# -------------------------------------------------------------------------------- PgInstance
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    cluster: str
+    ordinal: int
+    role: str
+    bootstrap: str
+    fenced: bool = False
+    # What the cluster controller hands down, so each instance can be rolled on its own turn.
+    image: str = DEFAULT_IMAGE
+    postgres_version: int = DEFAULT_IMAGE_POSTGRES_VERSION
+    storage: StorageSpec = field(default_factory=lambda: StorageSpec(size="1Gi"))
+    resources: dict[str, Any] = field(default_factory=dict)
+    parameters: dict[str, str] = field(default_factory=dict)
+    synchronous_replicas: int = 0
+    synchronous_mode: str = PREFERRED
+    config_hash: str = ""
+    initdb: InitdbSpec | None = None  # for bootstrap initdb
+    recovery: RecoverySpec | None = None  # for bootstrap recovery
+    s3: S3Spec | None = None  # where WAL is archived to and fetched from
+    wal_archiving: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> InstanceSpec:
+        data = data or {}
+        backup = data.get("backup") or {}
+        return cls(
+            cluster=data.get("cluster", ""),
+            ordinal=int(data.get("ordinal", 0)),
+            role=data.get("role", REPLICA),
+            bootstrap=data.get("bootstrap", BASEBACKUP),
+            fenced=bool(data.get("fenced", False)),
+            image=data.get("image") or DEFAULT_IMAGE,
+            postgres_version=int(data.get("postgresVersion", DEFAULT_IMAGE_POSTGRES_VERSION)),
+            storage=StorageSpec.from_dict(data.get("storage") or {"size": "1Gi"}),
+            resources=plain(data.get("resources") or {}),
+            parameters={str(k): _setting_text(v) for k, v in (data.get("parameters") or {}).items()},
+            synchronous_replicas=int(data.get("synchronousReplicas", 0)),
+            synchronous_mode=data.get("synchronousMode") or PREFERRED,
+            config_hash=data.get("configHash", ""),
+            initdb=InitdbSpec.from_dict(data["initdb"]) if data.get("initdb") is not None else None,
+            recovery=RecoverySpec.from_dict(data["recovery"]) if data.get("recovery") else None,
+            s3=S3Spec.from_dict(backup.get("s3")),
+            wal_archiving=bool(backup.get("walArchiving", False)),
+        )
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    phase: str | None = None
+    role: str | None = None
+    ready: bool = False
+    timeline: int | None = None
+    lsn: str | None = None
+    received_lsn: str | None = None
+    sync_state: str | None = None
+    last_heartbeat: datetime | None = None
+    observed_generation: int | None = None
+    pod: str | None = None
+    pvc: str | None = None
+    node: str | None = None
+    pending_restart: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> InstanceStatus:
+        data = data or {}
+        observed = data.get("observedGeneration")
+        timeline = data.get("timeline")
+        return cls(
+            phase=data.get("phase"),
+            role=data.get("role"),
+            ready=bool(data.get("ready", False)),
+            timeline=int(timeline) if timeline is not None else None,
+            lsn=data.get("lsn") or None,
+            received_lsn=data.get("receivedLSN") or None,
+            sync_state=data.get("syncState"),
+            last_heartbeat=parse_time(data.get("lastHeartbeat")),
+            observed_generation=int(observed) if observed is not None else None,
+            pod=data.get("pod"),
+            pvc=data.get("pvc"),
+            node=data.get("node"),
+            pending_restart=bool(data.get("pendingRestart", False)),
+        )
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    namespace: str
+    spec: InstanceSpec
+    status: InstanceStatus = field(default_factory=InstanceStatus)
+    uid: str = ""
+    generation: int = 0
+    cluster_uid: str | None = None  # from the owner reference to the PgCluster
+    deleting: bool = False
+    raw_spec: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_object(cls, body: Body) -> Instance:
+        meta = body.get("metadata") or {}
+        owners = [ref for ref in meta.get("ownerReferences") or [] if ref.get("kind") == "PgCluster"]
+        return cls(
+            name=meta.get("name", ""),
+            namespace=meta.get("namespace", ""),
+            uid=meta.get("uid", ""),
+            generation=int(meta.get("generation") or 0),
+            cluster_uid=owners[0].get("uid") if owners else None,
+            deleting=bool(meta.get("deletionTimestamp")),
+            spec=InstanceSpec.from_dict(body.get("spec")),
+            status=InstanceStatus.from_dict(body.get("status")),
+            raw_spec=plain(body.get("spec") or {}),
+        )
+
+    @property
+    def ordinal(self) -> int:
+        return self.spec.ordinal
+
+    @property
+    def is_primary(self) -> bool:
+        """Whether the operator wants this instance to be the primary (spec, not status)."""
+        return self.spec.role == PRIMARY
+
+    @property
+    def settled(self) -> bool:
+        """Ready, and its agent has applied the current spec (so a rollout may move on)."""
+        return self.status.ready and self.status.observed_generation == self.generation

@@ -1,0 +1,285 @@
+"""What goes into postgresql.conf and pg_hba.conf, and what a change of settings costs.
+
+Pure: the agent decides *when* to render, write and reload; this module only says *what*.
+The operator owns the settings that wire an instance into its cluster (ports, paths, replication,
+archiving, recovery, TLS files); users tune everything else through spec.parameters.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+POSTGRES_PORT = 5432
+SOCKET_DIRECTORY = "/var/run/postgresql"
+SUPERUSER = "postgres"
+REPLICATION_USER = "streaming_replica"
+
+# The CRD's CEL rule refuses the same names (crds/pgclusters.yaml); tests keep the two in step.
+OWNED_PARAMETERS = frozenset({
+    "listen_addresses", "port",
+    "unix_socket_directories", "unix_socket_group", "unix_socket_permissions",
+    "data_directory", "config_file", "hba_file", "ident_file", "external_pid_file",
+    "include", "include_dir", "include_if_exists",
+    "wal_level", "hot_standby", "wal_log_hints", "full_page_writes",
+    "max_wal_senders", "max_replication_slots",
+    "primary_conninfo", "primary_slot_name", "synchronous_standby_names",
+    "promote_trigger_file", "restore_command", "recovery_end_command",
+    "ssl", "ssl_cert_file", "ssl_key_file", "ssl_ca_file", "ssl_crl_file", "ssl_crl_dir",
+    "ssl_passphrase_command",
+})
+OWNED_PREFIXES = ("archive_", "recovery_target")
+
+# Sized for the CRD's maximum of 32 instances plus base backups, so scaling never needs a restart
+# (both are postmaster settings) and a replica never has fewer than its primary (hot standby rule).
+MAX_WAL_SENDERS = 40
+MAX_REPLICATION_SLOTS = 40
+
+WAL_PUSH_COMMAND = "pgop agent wal-push %p"
+WAL_FETCH_COMMAND = "pgop agent wal-fetch %f %p"
+# archive_mode stays 'on' even without S3, so enabling backups later is a reload, not a restart;
+# ':' then "archives" by doing nothing, where an empty archive_command would keep WAL forever.
+NO_ARCHIVE_COMMAND = ":"
+
+# Defaults a user may override in spec.parameters.
+DEFAULT_PARAMETERS: Mapping[str, str] = {
+    "hot_standby_feedback": "on",
+    "wal_keep_size": "512MB",
+    "password_encryption": "scram-sha-256",
+    "logging_collector": "off",  # the container runtime collects stderr
+    "log_destination": "stderr",
+}
+
+# Settings PostgreSQL reads only at server start (pg_settings.context = 'postmaster'), PG 13-17.
+# Used to plan the order of a rollout; the agent still asks pg_settings.pending_restart after a
+# reload, which also covers extensions' postmaster settings that no list can know.
+POSTMASTER_PARAMETERS = frozenset({
+    "archive_mode", "autovacuum_freeze_max_age", "autovacuum_max_workers",
+    "autovacuum_multixact_freeze_max_age", "bonjour", "bonjour_name", "cluster_name",
+    "commit_timestamp_buffers", "config_file", "data_directory", "data_sync_retry",
+    "dynamic_shared_memory_type", "event_source", "external_pid_file", "hba_file",
+    "hot_standby", "huge_page_size", "huge_pages", "ident_file", "ignore_invalid_pages",
+    "io_max_concurrency", "io_method", "jit_provider", "listen_addresses", "logging_collector",
+    "max_connections", "max_files_per_process", "max_locks_per_transaction",
+    "max_logical_replication_workers", "max_notify_queue_pages", "max_pred_locks_per_transaction",
+    "max_prepared_transactions", "max_replication_slots", "max_wal_senders",
+    "max_worker_processes", "min_dynamic_shared_memory", "multixact_member_buffers",
+    "multixact_offset_buffers", "notify_buffers", "old_snapshot_threshold", "port",
+    "recovery_target", "recovery_target_action", "recovery_target_inclusive",
+    "recovery_target_lsn", "recovery_target_name", "recovery_target_time",
+    "recovery_target_timeline", "recovery_target_xid", "reserved_connections",
+    "serializable_buffers", "shared_buffers", "shared_memory_type", "shared_preload_libraries",
+    "subtransaction_buffers", "superuser_reserved_connections", "track_activity_query_size",
+    "track_commit_timestamp", "transaction_buffers", "unix_socket_directories",
+    "unix_socket_group", "unix_socket_permissions", "wal_buffers", "wal_decode_buffer_size",
+    "wal_level", "wal_log_hints",
+})
+# Became reloadable in PostgreSQL 14.
+_POSTMASTER_BEFORE_14 = frozenset({"restore_command", "archive_cleanup_command", "recovery_end_command"})
+
+# A hot standby refuses to run with less of these than its primary has, so raising them must
+# reach the replicas first and lowering them the primary first.
+# The values are PostgreSQL's defaults, which apply when spec.parameters leaves one out.
+HOT_STANDBY_MINIMUMS: Mapping[str, int] = {
+    "max_connections": 100,
+    "max_prepared_transactions": 0,
+    "max_locks_per_transaction": 64,
+    "max_wal_senders": MAX_WAL_SENDERS,
+    "max_worker_processes": 8,
+}
+
+
+def is_owned(name: str) -> bool:
+    """True for a setting the operator controls and spec.parameters may not set."""
+    key = name.lower()
+    return key in OWNED_PARAMETERS or key.startswith(OWNED_PREFIXES)
+
+
+def effective_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
+    """The user-tunable settings an instance runs with: defaults, overridden by spec.parameters."""
+    merged = dict(DEFAULT_PARAMETERS)
+    merged.update({key.lower(): value for key, value in parameters.items()})
+    return merged
+
+
+# ---------------------------------------------------------------------------------- replication
+
+@dataclass(frozen=True)
+class ReplicationSource:
+    """Where a replica streams from. The password stays in `passfile`, never in the config."""
+
+    host: str
+    application_name: str
+    slot_name: str
+    passfile: str
+    port: int = POSTGRES_PORT
+    user: str = REPLICATION_USER
+
+
+def slot_name(instance_name: str) -> str:
+    """The physical replication slot the primary keeps for a replica (slot names allow [a-z0-9_])."""
+    return "pgop_" + re.sub(r"[^a-z0-9_]", "_", instance_name.lower())
+
+
+def primary_conninfo(source: ReplicationSource) -> str:
+    fields = {
+        "host": source.host,
+        "port": str(source.port),
+        "user": source.user,
+        "passfile": source.passfile,
+        "application_name": source.application_name,
+        "sslmode": "prefer",
+    }
+    return " ".join(f"{key}={_conninfo_value(value)}" for key, value in fields.items())
+
+
+def _conninfo_value(value: str) -> str:
+    if value and re.fullmatch(r"[A-Za-z0-9_./:@-]+", value):
+        return value
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _ordinal_key(name: str) -> tuple[str, int]:
+    # orders-10 after orders-9: sort by the ordinal, not by the text.
+    stem, _, number = name.rpartition("-")
+    return (stem, int(number)) if number.isdigit() else (name, -1)
+
+
+def synchronous_standby_names(
+    count: int, mode: str, replicas: Iterable[str], connected: Iterable[str] = ()
+) -> str:
+    """The quorum `ANY n ("r1", "r2")` over replica application names, or '' for none.
+
+    required: every known replica is listed and n stays n, so commits wait when fewer than n
+    replicas confirm (the guarantee the user asked for).
+    preferred: only the replicas streaming now are listed and n shrinks to how many there are,
+    so commits never wait for a replica that is not there; with none connected it is ''.
+    """
+    known = sorted(set(replicas), key=_ordinal_key)
+    if mode == "required":
+        names, quorum = known, count
+    elif mode == "preferred":
+        streaming = set(connected)
+        names = [name for name in known if name in streaming]
+        quorum = min(count, len(names))
+    else:
+        raise ValueError(f"unknown synchronous mode {mode!r} (expected required or preferred)")
+    if quorum <= 0 or not names:
+        return ""
+    listed = ", ".join('"' + name.replace('"', '""') + '"' for name in names)
+    return f"ANY {quorum} ({listed})"
+
+
+# ------------------------------------------------------------------------------ postgresql.conf
+
+def postgresql_settings(
+    *,
+    cluster_name: str,
+    parameters: Mapping[str, str],
+    synchronous_standby_names: str = "",
+    wal_archiving: bool = False,
+    restore_from_archive: bool = False,
+    replication_source: ReplicationSource | None = None,
+) -> dict[str, str]:
+    """Every setting an instance runs with: defaults < user parameters < operator-owned settings.
+
+    Owned settings win even if a parameter slipped past validation, so a user cannot unplug an
+    instance from its cluster. A replica is one with a `replication_source`; the agent adds
+    standby.signal next to it.
+    """
+    settings = {"cluster_name": cluster_name}
+    settings.update(effective_parameters(parameters))
+    for key in [key for key in settings if is_owned(key)]:
+        del settings[key]
+    settings.update({
+        "listen_addresses": "*",
+        "port": str(POSTGRES_PORT),
+        "unix_socket_directories": SOCKET_DIRECTORY,
+        "wal_level": "logical",
+        "hot_standby": "on",
+        "wal_log_hints": "on",  # pg_rewind of a former primary needs it
+        "full_page_writes": "on",
+        "max_wal_senders": str(MAX_WAL_SENDERS),
+        "max_replication_slots": str(MAX_REPLICATION_SLOTS),
+        "archive_mode": "on",
+        "archive_command": WAL_PUSH_COMMAND if wal_archiving else NO_ARCHIVE_COMMAND,
+        "synchronous_standby_names": synchronous_standby_names,
+    })
+    if restore_from_archive:
+        settings["restore_command"] = WAL_FETCH_COMMAND
+    if replication_source is not None:
+        settings["primary_conninfo"] = primary_conninfo(replication_source)
+        settings["primary_slot_name"] = replication_source.slot_name
+    return settings
+
+
+def _quote_setting(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+def render_postgresql_conf(settings: Mapping[str, str]) -> str:
+    lines = ["# Written by the pgop agent; edit spec.parameters of the PgCluster instead."]
+    lines += [f"{key} = {_quote_setting(str(settings[key]))}" for key in sorted(settings)]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------- pg_hba.conf
+
+def hba_rules(superuser: str = SUPERUSER, replication_user: str = REPLICATION_USER) -> list[str]:
+    """Client authentication, first match wins.
+
+    Only the OS user `postgres` gets in without a password (`kubectl exec ... psql`); every network
+    login uses scram; the replication protocol is open to the replication role alone, as no later
+    line matches `replication` for anyone else.
+    """
+    return [
+        f"local   all           {superuser:<18}          peer",
+        f"local   all           all                         scram-sha-256",
+        f"host    replication   {replication_user:<18} all      scram-sha-256",
+        f"host    all           all                all      scram-sha-256",
+    ]
+
+
+def render_pg_hba(rules: Iterable[str]) -> str:
+    header = "# Written by the pgop agent.\n# TYPE  DATABASE      USER               ADDRESS  METHOD\n"
+    return header + "\n".join(rules) + "\n"
+
+
+# ------------------------------------------------------------------------ what a change costs
+
+@dataclass(frozen=True)
+class SettingsChange:
+    changed: frozenset[str]
+    needs_restart_for: frozenset[str]
+
+    @property
+    def needs_restart(self) -> bool:
+        return bool(self.needs_restart_for)
+
+    @property
+    def reload_only(self) -> bool:
+        return bool(self.changed) and not self.needs_restart_for
+
+
+def classify_change(
+    old: Mapping[str, str], new: Mapping[str, str], postgres_version: int = 15
+) -> SettingsChange:
+    """Which settings differ, and which of them only a restart applies (the rest: a reload)."""
+    before = {key.lower(): str(value) for key, value in old.items()}
+    after = {key.lower(): str(value) for key, value in new.items()}
+    changed = frozenset(key for key in before.keys() | after.keys() if before.get(key) != after.get(key))
+    postmaster = POSTMASTER_PARAMETERS | (_POSTMASTER_BEFORE_14 if postgres_version < 14 else frozenset())
+    return SettingsChange(changed=changed, needs_restart_for=changed & postmaster)
+
+
+def lowers_standby_minimums(old: Mapping[str, str], new: Mapping[str, str]) -> bool:
+    """True when a change lowers a setting a standby needs at least as much of as its primary."""
+    before = {key.lower(): value for key, value in old.items()}
+    after = {key.lower(): value for key, value in new.items()}
+    for key, default in HOT_STANDBY_MINIMUMS.items():
+        try:
+            if int(after.get(key, default)) < int(before.get(key, default)):
+                return True
+        except ValueError:
+            continue  # not a plain integer: Postgres will say so; no ordering to decide
+    return False

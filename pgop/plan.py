@@ -1,0 +1,529 @@
+"""What the controllers would do: (what is wanted, what is) -> an ordered list of actions.
+
+Pure and idempotent: planning against the result of applying a plan yields no actions. The
+kopf handlers read the objects, call plan_cluster / plan_instance, apply the actions in order
+and write status; `pgop plan` prints the same actions without applying them.
+
+Ordering decisions, top to bottom:
+- Cluster: ServiceAccount, Role, RoleBinding (the agent needs them the moment a pod starts),
+  Secrets (bootstrap reads the passwords), Services, PDB, then PgInstance creations, patches,
+  deletions.
+- The first primary (ordinal 0, initdb or recovery) comes alone; replicas are created only once
+  it is ready, all missing ones at once, so their pg_basebackups run in parallel against a primary
+  that exists, instead of crash-looping until it does.
+- Scale up takes ordinals after the highest existing one; scale down removes the highest-ordinal
+  replicas, never the primary.
+- A change that a reload applies reaches every instance in one plan, replicas before the primary.
+  A change that needs a restart rolls: one instance at a time, the next only when every instance
+  already on the new spec is ready and has reported it (status.observedGeneration). Replicas go
+  first (those not ready first, as restarting them costs nothing), the primary last, except when the
+  change lowers a setting a hot standby needs at least as much of as its primary: then the primary
+  goes first. A change that breaks the first replica thus never reaches the primary.
+- Instance: PVC, then the bootstrap pod, then (once it succeeded) mark the volume initialised,
+  remove the bootstrap pod and start the Postgres pod. Two pods never share a data directory.
+"""
+from __future__ import annotations
+
+import secrets as system_secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pgop import pgconfig
+from pgop.model import (
+    API_VERSION, PRIMARY, REPLICA, Cluster, Instance, instance_name, parse_quantity,
+)
+from pgop.specs import names
+from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
+from pgop.specs.meta import LABEL_ROLE
+from pgop.specs.pdb import build_pdb
+from pgop.specs.pods import (
+    ANNOTATION_POD_INPUTS, build_bootstrap_pod, build_postgres_pod, pod_inputs_hash, pod_role_label,
+)
+from pgop.specs.pvc import (
+    build_pvc, desired_owner_references, holds_foreign_data, is_initialized, mark_initialized_patch,
+)
+from pgop.specs.rbac import build_role, build_role_binding, build_service_account
+from pgop.specs.secrets import RandomSource, build_cluster_secrets
+from pgop.specs.services import build_services
+
+CREATE = "create"
+PATCH = "patch"
+DELETE = "delete"
+
+API_VERSIONS = {
+    "PgInstance": API_VERSION,
+    "Service": "v1",
+    "Secret": "v1",
+    "ServiceAccount": "v1",
+    "PersistentVolumeClaim": "v1",
+    "Pod": "v1",
+    "PodDisruptionBudget": "policy/v1",
+    "Role": "rbac.authorization.k8s.io/v1",
+    "RoleBinding": "rbac.authorization.k8s.io/v1",
+}
+
+Obj = Mapping[str, Any]
+
+
+@dataclass
+class Action:
+    """One change to one object. `patch` is a JSON merge patch (RFC 7386, application/merge-patch+json)."""
+
+    verb: str
+    kind: str
+    name: str
+    namespace: str
+    reason: str  # for a person: Events, `pgop plan`, logs
+    body: dict[str, Any] | None = field(default=None, repr=False)  # may hold a password
+    patch: dict[str, Any] | None = field(default=None, repr=False)
+    uid: str | None = None  # delete precondition: this incarnation only, not a namesake made since
+
+    @property
+    def api_version(self) -> str:
+        return API_VERSIONS[self.kind]
+
+    def describe(self) -> str:
+        """One line for people; never the body, which may hold a password."""
+        return f"{self.verb} {self.kind} {self.name}: {self.reason}"
+
+
+class Plan(list[Action]):
+    """The actions in order, plus `waiting`: what holds the rest back, in words, for the
+    Progressing condition and `pgop plan`. Compares equal to a plain list of the same actions."""
+
+    def __init__(self, actions: Sequence[Action] = (), waiting: Sequence[str] = ()) -> None:
+        super().__init__(actions)
+        self.waiting: list[str] = list(waiting)
+
+
+# ------------------------------------------------------------------------------ merge patches
+
+def merge_patch(current: Obj, desired: Obj) -> dict[str, Any]:
+    """The smallest JSON merge patch turning `current` into `desired` ({} when they are equal)."""
+    patch: dict[str, Any] = {}
+    for key, value in desired.items():
+        if key not in current:
+            patch[key] = value
+        elif isinstance(value, Mapping) and isinstance(current[key], Mapping):
+            nested = merge_patch(current[key], value)
+            if nested:
+                patch[key] = nested
+        elif current[key] != value:
+            patch[key] = value
+    for key in current:
+        if key not in desired:
+            patch[key] = None
+    return patch
+
+
+def apply_merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: what the API server makes of `target` after a merge patch (returns a new value)."""
+    if not isinstance(patch, Mapping):
+        return patch
+    result = dict(target) if isinstance(target, Mapping) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = apply_merge_patch(result.get(key), value)
+    return result
+
+
+def _meta(obj: Obj) -> Obj:
+    return obj.get("metadata") or {}
+
+
+def _name(obj: Obj) -> str:
+    return _meta(obj).get("name", "")
+
+
+def _deleting(obj: Obj) -> bool:
+    return bool(_meta(obj).get("deletionTimestamp"))
+
+
+def _phase(pod: Obj) -> str:
+    return (pod.get("status") or {}).get("phase") or "Pending"
+
+
+# ---------------------------------------------------------------------------------- cluster
+
+@dataclass
+class ObservedCluster:
+    """The objects of one cluster as they are (found by the label pgop.io/cluster or by name)."""
+
+    instances: Sequence[Obj] = ()
+    services: Sequence[Obj] = ()
+    secrets: Sequence[Obj] = ()
+    pdb: Obj | None = None
+    service_account: Obj | None = None
+    role: Obj | None = None
+    role_binding: Obj | None = None
+
+
+def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSource | None = None) -> Plan:
+    """Actions that bring the objects of a PgCluster to its spec.
+
+    `rng` only feeds passwords of Secrets that do not exist yet; pass a seeded one for repeatable
+    output. A cluster being deleted gets no actions: owner references let the garbage collector
+    remove what it owns.
+    """
+    plan = Plan()
+    if cluster.deleting:
+        return plan
+    _plan_rbac(cluster, observed, plan)
+    _plan_secrets(cluster, observed, plan, rng or system_secrets.SystemRandom())
+    _plan_services(cluster, observed, plan)
+    _plan_pdb(cluster, observed, plan)
+    _plan_instances(cluster, observed, plan)
+    return plan
+
+
+def _create(plan: Plan, body: dict[str, Any], reason: str) -> None:
+    meta = body["metadata"]
+    plan.append(Action(CREATE, body["kind"], meta["name"], meta.get("namespace", ""), reason, body=body))
+
+
+def _patch(plan: Plan, kind: str, obj: Obj, patch: dict[str, Any], reason: str) -> None:
+    meta = _meta(obj)
+    plan.append(Action(PATCH, kind, meta.get("name", ""), meta.get("namespace", ""), reason, patch=patch))
+
+
+def _plan_rbac(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
+    if observed.service_account is None:
+        _create(plan, build_service_account(cluster), "identity of the agents in this cluster's pods")
+    role = build_role(cluster)
+    if observed.role is None:
+        _create(plan, role, "what the agents may do: read their PgInstances and Secrets, write status")
+    elif observed.role.get("rules") != role["rules"]:
+        _patch(plan, "Role", observed.role, {"rules": role["rules"]},
+               "the agents' permissions follow the spec (e.g. a new S3 credentials Secret)")
+    binding = build_role_binding(cluster)
+    if observed.role_binding is None:
+        _create(plan, binding, "grant the Role to the agents' ServiceAccount")
+    elif observed.role_binding.get("subjects") != binding["subjects"]:
+        _patch(plan, "RoleBinding", observed.role_binding, {"subjects": binding["subjects"]},
+               "the Role is granted to the agents' ServiceAccount only")
+
+
+def _plan_secrets(cluster: Cluster, observed: ObservedCluster, plan: Plan, rng: RandomSource) -> None:
+    existing = {_name(secret) for secret in observed.secrets}
+    for secret in build_cluster_secrets(cluster, rng):
+        # An existing Secret is never touched: its password is already in the database.
+        if secret["metadata"]["name"] not in existing:
+            user = secret["stringData"]["username"]
+            _create(plan, secret, f"credentials of the {user!r} role, with a generated password")
+
+
+def _ports_match(current: Sequence[Obj], desired: Sequence[Obj]) -> bool:
+    # The API server adds fields of its own (e.g. nodePort elsewhere); compare only ours.
+    return len(current) == len(desired) and all(
+        all(have.get(key) == value for key, value in want.items()) for have, want in zip(current, desired)
+    )
+
+
+def _plan_services(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
+    existing = {_name(service): service for service in observed.services}
+    purposes = {"rw": "the primary (reads and writes)", "ro": "the replicas (reads)", "r": "any instance"}
+    for service in build_services(cluster):
+        name = service["metadata"]["name"]
+        purpose = purposes[name.rsplit("-", 1)[1]]
+        current = existing.get(name)
+        if current is None:
+            _create(plan, service, f"route port 5432 to {purpose}")
+            continue
+        spec = current.get("spec") or {}
+        patch: dict[str, Any] = {}
+        selector = merge_patch(spec.get("selector") or {}, service["spec"]["selector"])
+        if selector:
+            patch["selector"] = selector
+        if not _ports_match(spec.get("ports") or [], service["spec"]["ports"]):
+            patch["ports"] = service["spec"]["ports"]
+        if patch:
+            _patch(plan, "Service", current, {"spec": patch}, f"must select {purpose} on port 5432")
+
+
+def _plan_pdb(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
+    pdb = build_pdb(cluster)
+    wanted = pdb["spec"]["minAvailable"]
+    if observed.pdb is None:
+        _create(plan, pdb, f"node drains keep at least {wanted} instance(s) running")
+        return
+    spec = observed.pdb.get("spec") or {}
+    if spec.get("minAvailable") != wanted or spec.get("selector") != pdb["spec"]["selector"]:
+        _patch(plan, "PodDisruptionBudget", observed.pdb, {"spec": pdb["spec"]},
+               f"{cluster.spec.instances} instance(s) wanted: drains keep at least {wanted} running")
+
+
+def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
+    instances = [Instance.from_object(body) for body in observed.instances]
+    live = sorted((i for i in instances if not i.deleting), key=lambda i: i.ordinal)
+    wanted = cluster.spec.instances
+
+    if not instances:
+        mode = cluster.spec.bootstrap.first_primary_mode
+        how = (f"restore the backups of {cluster.spec.bootstrap.recovery.source}"
+               if cluster.spec.bootstrap.recovery else "initdb a new database")
+        _create(plan, build_instance(cluster, 0, PRIMARY, mode),
+                f"first primary: {how} on its own volume")
+        if wanted > 1:
+            plan.waiting.append(f"{wanted - 1} replica(s) are created once the primary "
+                                f"{instance_name(cluster.name, 0)} is ready")
+        return
+    if not live:
+        plan.waiting.append("instances are being deleted: " + ", ".join(sorted(i.name for i in instances)))
+        return
+
+    primaries = [i for i in live if i.is_primary]
+    primary = primaries[0] if len(primaries) == 1 else None
+    if len(primaries) > 1:
+        plan.waiting.append("more than one instance is marked primary ("
+                            + ", ".join(i.name for i in primaries) + "); failover must settle it first")
+    elif not primaries:
+        plan.waiting.append("no instance is marked primary; failover must choose one first")
+
+    highest = max(i.ordinal for i in instances)  # terminating ones too: their names are still taken
+    missing = wanted - len(live)
+    if missing > 0:
+        if primary is None:
+            plan.waiting.append(f"{missing} replica(s) wait for a primary to clone from")
+        elif not primary.status.ready:
+            plan.waiting.append(f"{missing} replica(s) wait for the primary {primary.name} to be ready")
+        else:
+            for ordinal in range(highest + 1, highest + 1 + missing):
+                _create(plan, build_instance(cluster, ordinal, REPLICA, "basebackup"),
+                        f"{wanted} instance(s) wanted: replica cloned from {primary.name} by pg_basebackup")
+
+    removed: list[Instance] = []
+    if missing < 0:
+        replicas = sorted((i for i in live if not i.is_primary), key=lambda i: i.ordinal, reverse=True)
+        removed = replicas[:-missing]
+        if len(removed) < -missing:
+            plan.waiting.append("only replicas are removed when scaling down, never the primary")
+
+    leaving = {i.name for i in removed}
+    _plan_rollout(cluster, [i for i in live if i.name not in leaving], plan)
+
+    for instance in removed:
+        plan.append(Action(
+            DELETE, "PgInstance", instance.name, cluster.namespace,
+            f"{wanted} instance(s) wanted: remove replica {instance.name} (highest ordinal); "
+            f"the primary's agent drops its replication slot {pgconfig.slot_name(instance.name)} "
+            "once the PgInstance is gone",
+            uid=instance.uid or None,
+        ))
+
+
+def _managed(instance: Instance) -> dict[str, Any]:
+    return {key: instance.raw_spec[key] for key in MANAGED_FIELDS if key in instance.raw_spec}
+
+
+def _restart_needs(instance: Instance, desired: Mapping[str, Any], cluster: Cluster) -> list[str]:
+    needs = [f"{key} changed" for key in POD_FIELDS if instance.raw_spec.get(key) != desired.get(key)]
+    change = pgconfig.classify_change(
+        pgconfig.effective_parameters(instance.spec.parameters),
+        pgconfig.effective_parameters(cluster.spec.parameters),
+        cluster.spec.postgres_version,
+    )
+    if change.needs_restart:
+        needs.append("restart-only settings " + ", ".join(sorted(change.needs_restart_for)))
+    return needs
+
+
+def _describe(instance: Instance, patch: Mapping[str, Any]) -> str:
+    parts = []
+    for key in sorted(patch):
+        if key == "parameters":
+            parts.append("parameters " + ", ".join(sorted(patch[key] or instance.spec.parameters)))
+        elif key != "configHash":
+            parts.append(key)
+    return "; ".join(parts) or "configuration"
+
+
+def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> None:
+    for instance in instances:
+        if instance.spec.postgres_version != cluster.spec.postgres_version:
+            plan.waiting.append(f"{instance.name} runs PostgreSQL {instance.spec.postgres_version}; "
+                                "a major upgrade in place is not supported")
+    desired = managed_instance_spec(cluster)
+    outdated = {i.name: merge_patch(_managed(i), desired) for i in instances}
+    outdated = {name: patch for name, patch in outdated.items() if patch}
+    if not outdated:
+        return
+
+    reloads: list[Instance] = []
+    restarts: list[tuple[Instance, list[str]]] = []
+    for instance in instances:
+        if instance.name in outdated:
+            needs = _restart_needs(instance, desired, cluster)
+            if needs:
+                restarts.append((instance, needs))
+            else:
+                reloads.append(instance)
+
+    for instance in sorted(reloads, key=lambda i: (i.is_primary, i.ordinal)):
+        _patch_instance(plan, cluster, instance, outdated[instance.name],
+                        f"{_describe(instance, outdated[instance.name])} changed: "
+                        "the agent reloads Postgres, no restart")
+    if not restarts:
+        return
+
+    wanted_parameters = pgconfig.effective_parameters(cluster.spec.parameters)
+    primary_first = any(
+        pgconfig.lowers_standby_minimums(pgconfig.effective_parameters(i.spec.parameters), wanted_parameters)
+        for i, _ in restarts
+    )
+    restarts.sort(key=lambda pair: (pair[0].is_primary != primary_first, pair[0].status.ready, pair[0].ordinal))
+    in_flight = [i.name for i in instances if i.name not in outdated and not i.settled]
+    if in_flight:
+        plan.waiting.append("rolling restart waits for " + ", ".join(in_flight)
+                            + " to be ready on the new spec")
+        return
+    instance, needs = restarts[0]
+    order = ("primary first: a lowered setting must not exceed the primary's on any replica"
+             if primary_first else "replicas first, primary last")
+    _patch_instance(plan, cluster, instance, outdated[instance.name],
+                    f"{_describe(instance, outdated[instance.name])} changed: restart needed ("
+                    + "; ".join(needs) + f"); one instance at a time, {order}")
+    if len(restarts) > 1:
+        plan.waiting.append("rolling restart: next " + ", ".join(i.name for i, _ in restarts[1:])
+                            + f", each once {instance.name} is ready again")
+
+
+def _patch_instance(plan: Plan, cluster: Cluster, instance: Instance, patch: dict[str, Any], reason: str) -> None:
+    plan.append(Action(PATCH, "PgInstance", instance.name, cluster.namespace, reason, patch={"spec": patch}))
+
+
+# --------------------------------------------------------------------------------- instance
+
+def plan_instance(instance: Instance | Obj, observed_pvc: Obj | None, observed_pods: Sequence[Obj]) -> Plan:
+    """Actions that give one PgInstance its volume, its bootstrap and its Postgres pod.
+
+    Whether a volume holds a data directory is recorded on the volume (pvc.ANNOTATION_INITIALIZED),
+    set here when the bootstrap pod succeeded: a volume so marked is never bootstrapped again,
+    and a Postgres pod never starts on a volume that is not.
+    """
+    if not isinstance(instance, Instance):
+        instance = Instance.from_object(instance)
+    plan = Plan()
+    if instance.deleting:
+        return plan
+    pods = {_name(pod): pod for pod in observed_pods}
+    bootstrap = pods.get(names.bootstrap_pod(instance.name))
+    postgres = pods.get(names.postgres_pod(instance.name))
+
+    if observed_pvc is None:
+        _create(plan, build_pvc(instance),
+                f"volume of {instance.spec.storage.size} for the data directory of {instance.name}")
+        initialized = False
+    else:
+        if _deleting(observed_pvc):
+            plan.waiting.append(f"volume {_name(observed_pvc)} is being deleted; a new one follows once it is gone")
+            return plan
+        if holds_foreign_data(observed_pvc, instance):
+            plan.waiting.append(
+                f"volume {_name(observed_pvc)} holds the data directory of another PgCluster of the same "
+                "name; delete the PVC, or remove its annotation pgop.io/cluster-uid to adopt that data")
+            return plan
+        _plan_volume_changes(instance, observed_pvc, plan)
+        initialized = is_initialized(observed_pvc)
+
+    if not initialized:
+        _plan_bootstrap(instance, observed_pvc, bootstrap, postgres, plan)
+    else:
+        _plan_postgres(instance, bootstrap, postgres, plan)
+    return plan
+
+
+def _plan_volume_changes(instance: Instance, pvc: Obj, plan: Plan) -> None:
+    patch: dict[str, Any] = {}
+    requested = (((pvc.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+    wanted = instance.spec.storage.size
+    if requested is not None and parse_quantity(wanted) > parse_quantity(requested):
+        patch["spec"] = {"resources": {"requests": {"storage": wanted}}}
+    elif requested is not None and parse_quantity(wanted) < parse_quantity(requested):
+        plan.waiting.append(f"volume {_name(pvc)} stays at {requested}: volumes never shrink")
+    owners = list(_meta(pvc).get("ownerReferences") or [])
+    ours = [ref for ref in owners if ref.get("uid") == instance.uid]
+    wanted_owners = desired_owner_references(instance)
+    if bool(ours) != bool(wanted_owners):
+        kept = [ref for ref in owners if ref.get("uid") != instance.uid] + wanted_owners
+        patch["metadata"] = {"ownerReferences": kept or None}
+    if patch:
+        what = []
+        if "spec" in patch:
+            what.append(f"grow to {wanted}")
+        if "metadata" in patch:
+            what.append(f"reclaimPolicy {instance.spec.storage.reclaim_policy}: "
+                        + ("deleted with its PgInstance" if wanted_owners else "kept when its PgInstance goes"))
+        _patch(plan, "PersistentVolumeClaim", pvc, patch, "; ".join(what))
+
+
+def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, postgres: Obj | None,
+                    plan: Plan) -> None:
+    mode = instance.spec.bootstrap
+    if postgres is not None:
+        plan.waiting.append(f"pod {_name(postgres)} runs on volume {instance.name}, which is not marked "
+                            "initialised; not bootstrapping under a running Postgres")
+        return
+    if bootstrap is None:
+        _create(plan, build_bootstrap_pod(instance),
+                f"bootstrap {instance.name}: {mode} into its empty volume")
+        return
+    phase = _phase(bootstrap)
+    if _deleting(bootstrap):
+        plan.waiting.append(f"bootstrap pod {_name(bootstrap)} is being deleted")
+    elif phase == "Succeeded" and pvc is None:
+        plan.append(Action(DELETE, "Pod", _name(bootstrap), instance.namespace,
+                           f"{mode} filled a volume that is gone; bootstrap again on the new one",
+                           uid=_meta(bootstrap).get("uid")))
+    elif phase == "Succeeded":
+        _patch(plan, "PersistentVolumeClaim", pvc, mark_initialized_patch(instance, mode),
+               f"{mode} succeeded: the volume holds a data directory and is never bootstrapped again")
+        plan.append(Action(DELETE, "Pod", _name(bootstrap), instance.namespace,
+                           f"{mode} done", uid=_meta(bootstrap).get("uid")))
+        _create(plan, build_postgres_pod(instance), f"run Postgres on the freshly made volume of {instance.name}")
+    elif phase == "Failed":
+        plan.append(Action(DELETE, "Pod", _name(bootstrap), instance.namespace,
+                           f"{mode} failed (see the pod's log); a new bootstrap pod follows",
+                           uid=_meta(bootstrap).get("uid")))
+    else:
+        plan.waiting.append(f"{mode} of {instance.name} runs in pod {_name(bootstrap)} ({phase})")
+
+
+def _plan_postgres(instance: Instance, bootstrap: Obj | None, postgres: Obj | None, plan: Plan) -> None:
+    if bootstrap is not None:
+        if not _deleting(bootstrap):
+            plan.append(Action(DELETE, "Pod", _name(bootstrap), instance.namespace,
+                               "the volume is initialised; no bootstrap pod may run over it",
+                               uid=_meta(bootstrap).get("uid")))
+        if _phase(bootstrap) not in ("Succeeded", "Failed"):
+            plan.waiting.append(f"Postgres starts once bootstrap pod {_name(bootstrap)} is gone")
+            return
+
+    if postgres is None:
+        again = instance.status.last_heartbeat is not None or instance.status.pod is not None
+        _create(plan, build_postgres_pod(instance),
+                f"recreate the Postgres pod of {instance.name} on the same volume; its data is kept"
+                if again else f"run Postgres on the volume of {instance.name}")
+        return
+    if _deleting(postgres):
+        plan.waiting.append(f"pod {_name(postgres)} is being deleted; it comes back on the same volume")
+        return
+    phase = _phase(postgres)
+    if phase in ("Failed", "Succeeded"):
+        plan.append(Action(DELETE, "Pod", _name(postgres), instance.namespace,
+                           f"pod ended ({phase}, e.g. evicted); it comes back on the same volume",
+                           uid=_meta(postgres).get("uid")))
+        return
+    annotations = _meta(postgres).get("annotations") or {}
+    if annotations.get(ANNOTATION_POD_INPUTS) != pod_inputs_hash(instance):
+        plan.append(Action(DELETE, "Pod", _name(postgres), instance.namespace,
+                           "image or resources changed: restart on a new pod, same volume",
+                           uid=_meta(postgres).get("uid")))
+        return
+    labels = _meta(postgres).get("labels") or {}
+    role = pod_role_label(instance)
+    if labels.get(LABEL_ROLE) != role:
+        _patch(plan, "Pod", postgres, {"metadata": {"labels": {LABEL_ROLE: role}}},
+               f"role label {labels.get(LABEL_ROLE)!r} -> {role!r}: the Services follow the role")

@@ -1,0 +1,89 @@
+"""The PgInstance objects of a cluster: one per Postgres instance, named <cluster>-<ordinal>.
+
+An instance carries its own copy of what it runs (image, parameters, sync settings), so the
+cluster controller can roll a change out one instance at a time, replicas before the primary.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pgop import pgconfig
+from pgop.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, Role, instance_name
+from pgop.specs.meta import LABEL_INSTANCE, cluster_labels, object_meta, owner_reference, stable_hash
+
+KIND = "PgInstance"
+
+# What the cluster controller keeps in step on existing instances. Never patched: cluster and
+# ordinal (identity), role and fenced (decided by failover), bootstrap/initdb/recovery (how the
+# volume was born), postgresVersion (immutable: no in-place major upgrade).
+MANAGED_FIELDS = (
+    "image", "storage", "resources", "parameters",
+    "synchronousReplicas", "synchronousMode", "backup", "configHash",
+)
+# Fields whose change needs a new Postgres pod, not just a new config file.
+POD_FIELDS = ("image", "resources")
+
+
+def config_hash(spec: ClusterSpec) -> str:
+    """Digest of everything the agent renders into postgresql.conf; it changes iff the config does."""
+    return stable_hash({
+        "parameters": pgconfig.effective_parameters(spec.parameters),
+        "synchronousReplicas": spec.synchronous_replicas,
+        "synchronousMode": spec.synchronous_mode,
+        "backup": _backup(spec),
+    })
+
+
+def _backup(spec: ClusterSpec) -> dict[str, Any] | None:
+    if spec.backup is None or spec.backup.s3 is None:
+        return None
+    return {"s3": spec.backup.s3.to_dict(), "walArchiving": spec.backup.wal_archiving}
+
+
+def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
+    """The part of every instance's spec that follows the PgCluster spec."""
+    spec = cluster.spec
+    managed: dict[str, Any] = {
+        "image": spec.effective_image,
+        "storage": spec.storage.to_dict(),
+        "parameters": dict(spec.parameters),
+        "synchronousReplicas": spec.synchronous_replicas,
+        "synchronousMode": spec.synchronous_mode,
+        "configHash": config_hash(spec),
+    }
+    if spec.resources:
+        managed["resources"] = spec.resources
+    backup = _backup(spec)
+    if backup is not None:
+        managed["backup"] = backup
+    return managed
+
+
+def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "cluster": cluster.name,
+        "ordinal": ordinal,
+        "role": role,
+        "bootstrap": bootstrap,
+        "fenced": False,
+        "postgresVersion": cluster.spec.postgres_version,
+    }
+    spec.update(managed_instance_spec(cluster))
+    initdb, recovery = cluster.spec.bootstrap.initdb, cluster.spec.bootstrap.recovery
+    if bootstrap == "initdb" and initdb is not None:
+        spec["initdb"] = initdb.to_dict()
+    if bootstrap == "recovery" and recovery is not None:
+        spec["recovery"] = recovery.to_dict()
+    return spec
+
+
+def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode) -> dict[str, Any]:
+    name = instance_name(cluster.name, ordinal)
+    labels = cluster_labels(cluster.name) | {LABEL_INSTANCE: name}
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": object_meta(name, cluster.namespace, labels,
+                                owner=owner_reference("PgCluster", cluster.name, cluster.uid)),
+        "spec": instance_spec(cluster, ordinal, role, bootstrap),
+    }

@@ -1,0 +1,216 @@
+"""The two pods of an instance, both over its PVC and never at the same time.
+
+The bootstrap pod runs `pgop agent bootstrap --mode initdb|basebackup|recovery` once and exits;
+the Postgres pod runs `pgop agent run` as PID 1, which runs postgres. Both run as the image's
+non-root postgres user (uid 26, images/postgres/Containerfile).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pgop import pgconfig
+from pgop.model import PRIMARY, REPLICA, Instance
+from pgop.specs import names
+from pgop.specs.meta import (
+    COMPONENT_BOOTSTRAP, COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE,
+    LABEL_ROLE, cluster_labels, object_meta, owner_reference, stable_hash,
+)
+from pgop.specs.pvc import pvc_name
+
+POSTGRES_UID = 26
+DATA_MOUNT = "/var/lib/postgresql/data"
+# A subdirectory, because initdb wants an empty directory and a volume's root may hold lost+found.
+PGDATA = f"{DATA_MOUNT}/pgdata"
+SECRETS_MOUNT = "/etc/pgop/secrets"
+AGENT_PORT = 8008
+READINESS_PATH = "/readyz"  # 200 when Postgres accepts connections in the role the spec asks for
+LIVENESS_PATH = "/healthz"  # 200 while the agent's loop turns, whatever Postgres does
+
+ROLE_PENDING = "pending"  # the label while the actual role has not caught up with the wanted one
+ANNOTATION_POD_INPUTS = "pgop.io/pod-inputs-hash"
+ANNOTATION_BOOTSTRAP_MODE = "pgop.io/bootstrap-mode"
+
+ENV_CLUSTER = "PGOP_CLUSTER"
+ENV_INSTANCE = "PGOP_INSTANCE"
+ENV_NAMESPACE = "PGOP_NAMESPACE"
+ENV_POD_NAME = "PGOP_POD_NAME"
+ENV_POD_IP = "PGOP_POD_IP"
+ENV_NODE_NAME = "PGOP_NODE_NAME"
+ENV_AGENT_PORT = "PGOP_AGENT_PORT"
+ENV_SECRETS_DIR = "PGOP_SECRETS_DIR"
+
+
+def pod_role_label(instance: Instance) -> str:
+    """The role label the Services select on.
+
+    `primary` only when the operator wants this instance to be primary *and* its agent reports it
+    is one: -rw then never points at a replica being promoted, nor at a former primary that has
+    not yet stepped down. Until then the label is `pending` and -rw has no endpoint, which fails
+    writes cleanly instead of splitting them.
+    """
+    wanted, actual = instance.spec.role, instance.status.role
+    if wanted == PRIMARY:
+        return PRIMARY if actual == PRIMARY else ROLE_PENDING
+    return REPLICA if actual in (None, REPLICA) else ROLE_PENDING
+
+
+def pod_inputs_hash(instance: Instance) -> str:
+    """Digest of the instance fields that shape the Postgres pod.
+
+    Built from the instance spec rather than the rendered pod, so a new operator version with a
+    different pod template never restarts running databases; only a change a user asked for does.
+    """
+    spec = instance.spec
+    return stable_hash({"image": spec.image, "resources": spec.resources, "postgresVersion": spec.postgres_version})
+
+
+def _field_env(name: str, path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+
+
+def _env() -> list[dict[str, Any]]:
+    return [
+        _field_env(ENV_CLUSTER, f"metadata.labels['{LABEL_CLUSTER}']"),
+        _field_env(ENV_INSTANCE, f"metadata.labels['{LABEL_INSTANCE}']"),
+        _field_env(ENV_NAMESPACE, "metadata.namespace"),
+        _field_env(ENV_POD_NAME, "metadata.name"),
+        _field_env(ENV_POD_IP, "status.podIP"),
+        _field_env(ENV_NODE_NAME, "spec.nodeName"),
+        {"name": "PGDATA", "value": PGDATA},
+        {"name": ENV_AGENT_PORT, "value": str(AGENT_PORT)},
+        {"name": ENV_SECRETS_DIR, "value": SECRETS_MOUNT},
+        # The root filesystem is read-only; keep `kubectl exec ... psql` from complaining.
+        {"name": "PSQL_HISTORY", "value": "/tmp/.psql_history"},
+    ]
+
+
+def _secret_source(secret: str, directory: str) -> dict[str, Any]:
+    return {"secret": {"name": secret, "items": [
+        {"key": "username", "path": f"{directory}/username"},
+        {"key": "password", "path": f"{directory}/password"},
+    ]}}
+
+
+def _volumes(instance: Instance) -> list[dict[str, Any]]:
+    cluster = instance.spec.cluster
+    return [
+        {"name": "pgdata", "persistentVolumeClaim": {"claimName": pvc_name(instance)}},
+        # Files rather than env vars: not in `ps e`, and a rotated password reaches a running pod.
+        {"name": "secrets", "projected": {"defaultMode": 0o440, "sources": [
+            _secret_source(names.superuser_secret(cluster), "superuser"),
+            _secret_source(names.replication_secret(cluster), "replication"),
+            _secret_source(names.app_secret(cluster), "app"),
+        ]}},
+        {"name": "run", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {}},
+        # Postgres' dynamic shared memory lives in /dev/shm, which container runtimes cap at 64MB.
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+    ]
+
+
+def _volume_mounts() -> list[dict[str, Any]]:
+    return [
+        {"name": "pgdata", "mountPath": DATA_MOUNT},
+        {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
+        {"name": "run", "mountPath": pgconfig.SOCKET_DIRECTORY},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+
+
+def _container_security() -> dict[str, Any]:
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+
+
+def _pod_security() -> dict[str, Any]:
+    return {
+        "runAsUser": POSTGRES_UID,
+        "runAsGroup": POSTGRES_UID,
+        "runAsNonRoot": True,
+        "fsGroup": POSTGRES_UID,
+        # Walk the volume to fix ownership only when its root is wrong, not on every start.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dict[str, str],
+         container: dict[str, Any], restart_policy: str) -> dict[str, Any]:
+    cluster = instance.spec.cluster
+    if instance.spec.resources:
+        container["resources"] = instance.spec.resources
+    container.update({
+        "image": instance.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": _env(),
+        "volumeMounts": _volume_mounts(),
+        "securityContext": _container_security(),
+    })
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": object_meta(name, instance.namespace, labels,
+                                owner=owner_reference("PgInstance", instance.name, instance.uid),
+                                annotations=annotations),
+        "spec": {
+            "serviceAccountName": names.agent_account(cluster),
+            "automountServiceAccountToken": True,
+            "enableServiceLinks": False,
+            "restartPolicy": restart_policy,
+            "terminationGracePeriodSeconds": 30,
+            "securityContext": _pod_security(),
+            "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
+                "weight": 100,
+                "podAffinityTerm": {
+                    "topologyKey": "kubernetes.io/hostname",
+                    "labelSelector": {"matchLabels": {LABEL_CLUSTER: cluster,
+                                                      LABEL_COMPONENT: COMPONENT_POSTGRES}},
+                },
+            }]}},
+            "containers": [container],
+            "volumes": _volumes(instance),
+        },
+    }
+
+
+def build_postgres_pod(instance: Instance) -> dict[str, Any]:
+    labels = cluster_labels(instance.spec.cluster) | {
+        LABEL_INSTANCE: instance.name,
+        LABEL_COMPONENT: COMPONENT_POSTGRES,
+        LABEL_ROLE: pod_role_label(instance),
+    }
+    container = {
+        "name": "postgres",
+        "command": ["pgop", "agent", "run"],
+        "ports": [
+            {"name": "postgres", "containerPort": pgconfig.POSTGRES_PORT, "protocol": "TCP"},
+            {"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"},
+        ],
+        # Short period: readiness is what moves a Service endpoint, and time to Ready counts.
+        "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": "agent"},
+                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
+        # Against the agent, not Postgres: a long crash recovery must not get the pod killed.
+        "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": "agent"},
+                          "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+    }
+    return _pod(instance, names.postgres_pod(instance.name), labels,
+                {ANNOTATION_POD_INPUTS: pod_inputs_hash(instance)}, container, "Always")
+
+
+def build_bootstrap_pod(instance: Instance) -> dict[str, Any]:
+    mode = instance.spec.bootstrap
+    # No role label: no Service may route to a half-made data directory.
+    labels = cluster_labels(instance.spec.cluster) | {
+        LABEL_INSTANCE: instance.name,
+        LABEL_COMPONENT: COMPONENT_BOOTSTRAP,
+    }
+    container = {"name": "bootstrap", "command": ["pgop", "agent", "bootstrap", "--mode", mode]}
+    # OnFailure: the kubelet retries in place (the agent starts a retried basebackup afresh), and
+    # the pod name stays taken, so there is never a second bootstrap pod.
+    return _pod(instance, names.bootstrap_pod(instance.name), labels,
+                {ANNOTATION_BOOTSTRAP_MODE: mode}, container, "OnFailure")

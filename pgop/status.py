@@ -1,0 +1,218 @@
+"""PgCluster status from its PgInstances: what a person sees in `kubectl get` and `pgop status`.
+
+Pure: `now` is an argument, so a heartbeat is judged against the same clock in tests as in the
+operator. An agent's `ready: true` is believed only while its heartbeat is fresh: a dead pod
+cannot take its last word back.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from pgop.lsn import lag_bytes
+from pgop.model import PRIMARY, REQUIRED, Cluster, Instance
+
+DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # seconds: three missed beats of an agent that beats every 5 s
+
+READY = "Ready"
+PROGRESSING = "Progressing"
+DEGRADED = "Degraded"
+
+
+def timestamp(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def heartbeat_age(instance: Instance, now: datetime) -> float | None:
+    beat = instance.status.last_heartbeat
+    return None if beat is None else (now - beat).total_seconds()
+
+
+def is_ready(instance: Instance, now: datetime, heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> bool:
+    age = heartbeat_age(instance, now)
+    return instance.status.ready and age is not None and age <= heartbeat_timeout
+
+
+def why_not_ready(instance: Instance, now: datetime, heartbeat_timeout: float) -> str:
+    age = heartbeat_age(instance, now)
+    if age is None:
+        return f"{instance.name}: no heartbeat yet ({instance.status.phase or 'starting'})"
+    if age > heartbeat_timeout:
+        return f"{instance.name}: last heartbeat {age:.0f}s ago (limit {heartbeat_timeout:.0f}s)"
+    return f"{instance.name}: not ready ({instance.status.phase or 'no phase reported'})"
+
+
+def _stale(instance: Instance, now: datetime, heartbeat_timeout: float) -> bool:
+    age = heartbeat_age(instance, now)
+    return age is not None and age > heartbeat_timeout
+
+
+def _designated_primary(live: list[Instance]) -> Instance | None:
+    marked = [i for i in live if i.is_primary]
+    # Two marked primaries only happen mid-failover; the one Postgres agrees with is the primary.
+    marked.sort(key=lambda i: (i.status.role != PRIMARY, i.ordinal))
+    return marked[0] if marked else None
+
+
+def _entry(instance: Instance, ready: bool, primary: Instance | None) -> dict[str, Any]:
+    status = instance.status
+    entry: dict[str, Any] = {
+        "name": instance.name,
+        "ordinal": instance.ordinal,
+        "role": status.role or instance.spec.role,
+        "ready": ready,
+    }
+    optional = {
+        "phase": status.phase,
+        "timeline": status.timeline,
+        "lsn": status.lsn,
+        "receivedLSN": status.received_lsn,
+        "syncState": status.sync_state,
+        "lastHeartbeat": timestamp(status.last_heartbeat) if status.last_heartbeat else None,
+        "pod": status.pod,
+        "node": status.node,
+    }
+    if primary is not None and instance is not primary:
+        optional["lagBytes"] = lag_bytes(primary.status.lsn, status.lsn)
+    # The CRD's item fields are not nullable: leave out what is unknown.
+    entry.update({key: value for key, value in optional.items() if value is not None})
+    return entry
+
+
+def merge_conditions(
+    previous: Sequence[Mapping[str, Any]], updates: Sequence[dict[str, Any]], now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    """New Ready/Progressing/Degraded conditions over the old list.
+
+    Other types (ContinuousArchiving, LastBackupSucceeded) belong to other controllers and are kept
+    as they are, since a merge patch replaces the whole list. lastTransitionTime moves only when
+    the status does.
+    """
+    old = {c.get("type"): c for c in previous}
+    merged = {c.get("type"): dict(c) for c in previous}
+    for update in updates:
+        before = old.get(update["type"])
+        changed = before is None or before.get("status") != update["status"]
+        since = timestamp(now) if changed else before.get("lastTransitionTime", timestamp(now))
+        merged[update["type"]] = update | {"lastTransitionTime": since, "observedGeneration": generation}
+    return list(merged.values())
+
+
+def _condition(kind: str, true: bool, reason: str, message: str) -> dict[str, Any]:
+    return {"type": kind, "status": "True" if true else "False", "reason": reason, "message": message}
+
+
+def cluster_status(
+    cluster: Cluster,
+    instances: Sequence[Instance | Mapping[str, Any]],
+    *,
+    now: datetime,
+    heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
+    waiting: Sequence[str] = (),
+) -> dict[str, Any]:
+    """The status to write on a PgCluster (a merge patch body for its status subresource).
+
+    `waiting` takes Plan.waiting, so Progressing says what the operator is waiting for.
+    """
+    views = [i if isinstance(i, Instance) else Instance.from_object(i) for i in instances]
+    live = sorted((i for i in views if not i.deleting), key=lambda i: i.ordinal)
+    wanted = cluster.spec.instances
+    primary = _designated_primary(live)
+    ready = {i.name: is_ready(i, now, heartbeat_timeout) for i in live}
+    ready_count = sum(ready.values())
+    primary_ready = primary is not None and ready[primary.name]
+    never_reported = [i for i in live if i.status.last_heartbeat is None]
+    # An instance that reported once and is not ready now is a problem; one still coming up is not.
+    unavailable = [i for i in live if not ready[i.name] and i.status.last_heartbeat is not None]
+    stale = [i for i in live if _stale(i, now, heartbeat_timeout)]
+    rolling = [i for i in live if i.status.observed_generation not in (None, i.generation)]
+    reported_primaries = [i for i in live if ready[i.name] and i.status.role == PRIMARY]
+    replicas_ready = sum(1 for i in live if ready[i.name] and i is not primary)
+
+    problems: list[tuple[str, str]] = []  # most severe first: the first one is the reason
+    if live and primary is None:
+        problems.append(("NoPrimary", "no instance is marked primary"))
+    elif primary is not None and not primary_ready and primary.status.last_heartbeat is not None:
+        problems.append(("PrimaryUnavailable", why_not_ready(primary, now, heartbeat_timeout)))
+    if len(reported_primaries) > 1:
+        problems.append(("MultiplePrimaries", "Postgres runs as primary on "
+                         + ", ".join(i.name for i in reported_primaries)))
+    sync = cluster.spec.synchronous_replicas
+    # Replicas still bootstrapping or not yet created are on their way, not missing.
+    coming = sum(1 for i in never_reported if i is not primary) + max(0, wanted - len(live))
+    if primary_ready and replicas_ready + coming < sync and cluster.spec.synchronous_mode == REQUIRED:
+        problems.append(("SynchronousQuorumLost",
+                         f"{replicas_ready} of the {sync} synchronous replicas required are ready: "
+                         "commits wait until enough are back"))
+    down_replicas = [i for i in unavailable if i is not primary]
+    if down_replicas:
+        problems.append(("InstancesUnavailable",
+                         "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in down_replicas)))
+    if primary_ready and replicas_ready + coming < sync and cluster.spec.synchronous_mode != REQUIRED:
+        problems.append(("SynchronousReplicasMissing",
+                         f"{replicas_ready} of {sync} synchronous replicas are ready: commits "
+                         "continue without waiting for the missing ones"))
+
+    progress: list[tuple[str, str]] = []
+    first_time = cluster.status.get("phase") in (None, "", "Creating")
+    if len(live) != wanted:
+        what = "Creating" if first_time else ("ScalingUp" if len(live) < wanted else "ScalingDown")
+        progress.append((what, f"{len(live)} of {wanted} instances exist"))
+    if never_reported:
+        progress.append(("Bootstrapping", "starting: " + ", ".join(i.name for i in never_reported)))
+    if rolling:
+        progress.append(("RollingUpdate", "applying a new spec: " + ", ".join(i.name for i in rolling)))
+    if waiting and not progress:
+        progress.append(("Waiting", ""))
+
+    if cluster.deleting:
+        phase = "Deleting"
+    elif not live or (primary is not None and not primary_ready and primary.status.last_heartbeat is None):
+        phase = "Creating"
+    elif problems:
+        phase = "Degraded"
+    elif len(live) != wanted or never_reported:
+        phase = "Creating" if first_time else "Scaling"
+    elif rolling:
+        phase = "Updating"
+    else:
+        phase = "Ready"
+
+    all_ready = primary_ready and ready_count == wanted and len(live) == wanted
+    if all_ready:
+        ready_condition = _condition(READY, True, "AllInstancesReady", f"{ready_count} of {wanted} instances ready")
+    elif primary is None:
+        ready_condition = _condition(READY, False, "NoPrimary", "no primary instance yet" if not live
+                                     else "no instance is marked primary")
+    elif not primary_ready:
+        reason = "PrimaryHeartbeatStale" if primary in stale else "PrimaryNotReady"
+        ready_condition = _condition(READY, False, reason, why_not_ready(primary, now, heartbeat_timeout))
+    elif stale:
+        ready_condition = _condition(READY, False, "HeartbeatStale",
+                                     "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in stale))
+    elif ready_count < len(live):
+        not_ready = [i for i in live if not ready[i.name]]
+        ready_condition = _condition(READY, False, "InstancesNotReady",
+                                     "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in not_ready))
+    else:
+        ready_condition = _condition(READY, False, "Scaling", f"{len(live)} of {wanted} instances exist")
+
+    messages = [message for _, message in progress if message] + list(waiting)
+    progressing = (_condition(PROGRESSING, True, progress[0][0], "; ".join(messages)) if progress
+                   else _condition(PROGRESSING, False, "Stable", "nothing to do"))
+    degraded = (_condition(DEGRADED, True, problems[0][0], "; ".join(message for _, message in problems))
+                if problems else _condition(DEGRADED, False, "Healthy", "no instance is missing"))
+
+    status: dict[str, Any] = {
+        "observedGeneration": cluster.generation,
+        "phase": phase,
+        "currentPrimary": primary.name if primary is not None else None,
+        "readyInstances": ready_count,
+        "instances": [_entry(i, ready[i.name], primary) for i in live],
+        "conditions": merge_conditions(cluster.status.get("conditions") or [],
+                                       [ready_condition, progressing, degraded], now, cluster.generation),
+    }
+    if primary is not None and primary.status.timeline is not None:
+        status["timeline"] = primary.status.timeline
+    return status

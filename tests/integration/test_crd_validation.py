@@ -1,0 +1,647 @@
+"""The CRDs on a real kube-apiserver: valid manifests are accepted, bad ones refused with a message
+that names the field, as a person running `kubectl apply` would read it.
+
+Needs the `kube_api` fixture (a session-scoped `kubernetes.client.ApiClient` from the local
+kubeconfig, provided by tests/conftest.py). The CRDs are installed with server-side apply, exactly
+as `kubectl apply --server-side -f crds/` does. Creates use dry-run where the object need not be
+stored; transition rules need a stored object, so those tests create one and update it in dry-run.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import pathlib
+import time
+import uuid
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+CRD_DIR = ROOT / "crds"
+EXAMPLES = ROOT / "examples"
+GROUP, VERSION = "pgop.io", "v1"
+FIELD_MANAGER = "pgop-crd-tests"
+PLURALS = {"PgCluster": "pgclusters", "PgInstance": "pginstances", "PgBackup": "pgbackups",
+           "MysqlDb": "mysqldbs"}
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _apply(api: client.ApiClient, path: str, body: dict) -> dict:
+    """Server-side apply (PATCH application/apply-patch+yaml; JSON is YAML)."""
+    return api.call_api(
+        path, "PATCH",
+        query_params=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+        header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
+        body=body, auth_settings=["BearerToken"], response_type="object",
+        _return_http_data_only=True)
+
+
+@pytest.fixture(scope="session")
+def crds_installed(kube_api):
+    """Apply every crds/*.yaml with server-side apply and wait until each is Established and served."""
+    ext = client.ApiextensionsV1Api(kube_api)
+    names, changed = [], False
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        name = crd["metadata"]["name"]
+        try:
+            before = ext.read_custom_resource_definition(name).metadata.resource_version
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            before = None
+        after = _apply(kube_api, f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}", crd)
+        changed |= after["metadata"]["resourceVersion"] != before
+        names.append(name)
+    assert len(names) == 4, names
+    deadline = time.monotonic() + 60
+    pending = set(names)
+    while pending and time.monotonic() < deadline:
+        for name in sorted(pending):
+            conds = {c.type: c.status for c in (ext.read_custom_resource_definition(name).status.conditions or [])}
+            if conds.get("Established") == "True" and conds.get("NamesAccepted") == "True":
+                pending.discard(name)
+        time.sleep(0.2)
+    assert not pending, f"CRDs not Established after 60 s: {sorted(pending)}"
+    if changed:
+        # An updated CRD stays Established while the apiserver swaps in the new schema and CEL
+        # programs (asynchronously, from its informer); give it a moment.
+        time.sleep(2)
+    # Established can precede the moment the new resource is served (and its CEL rules compiled).
+    objs = client.CustomObjectsApi(kube_api)
+    for plural in PLURALS.values():
+        while True:
+            try:
+                objs.list_cluster_custom_object(GROUP, VERSION, plural, limit=1)
+                break
+            except ApiException as e:
+                if e.status != 404 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+    return names
+
+
+@pytest.fixture(scope="session")
+def crd_namespace(kube_api, crds_installed):
+    core = client.CoreV1Api(kube_api)
+    name = f"pgop-crd-test-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=name, labels={"app.kubernetes.io/part-of": "pgop-tests"})))
+    yield name
+    try:
+        core.delete_namespace(name)
+    except ApiException:
+        pass
+
+
+@pytest.fixture()
+def objs(kube_api):
+    return client.CustomObjectsApi(kube_api)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _example(filename: str) -> dict:
+    return yaml.safe_load((EXAMPLES / filename).read_text())
+
+
+def _manifest(kind: str, spec: dict, name: str | None = None) -> dict:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": kind,
+            "metadata": {"name": name or f"t-{uuid.uuid4().hex[:10]}"}, "spec": spec}
+
+
+def _create(objs, namespace: str, body: dict, dry_run: bool = True) -> dict:
+    body = copy.deepcopy(body)
+    body["metadata"]["namespace"] = namespace
+    kwargs = {"dry_run": "All"} if dry_run else {}
+    return objs.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[body["kind"]], body,
+                                                **kwargs)
+
+
+def _refusal(call) -> str:
+    """Run `call`, which must be refused as Invalid (422); return the message the user sees."""
+    with pytest.raises(ApiException) as info:
+        call()
+    assert info.value.status == 422, f"expected 422 Invalid, got {info.value.status}: {info.value.body}"
+    return json.loads(info.value.body)["message"]
+
+
+def _set(d: dict, dotted: str, value) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        d = d.setdefault(k, {})
+    if value is _DELETE:
+        d.pop(keys[-1], None)
+    else:
+        d[keys[-1]] = value
+
+
+_DELETE = object()
+
+CLUSTER = {"instances": 3, "postgresVersion": 15, "synchronousReplicas": 1, "storage": {"size": "1Gi"},
+           "bootstrap": {"initdb": {"database": "app", "owner": "app"}}}
+S3 = {"bucket": "pg-backups", "path": "shop/orders", "credentialsSecret": "s3-creds"}
+INSTANCE = {"cluster": "orders", "ordinal": 1, "role": "replica", "bootstrap": "basebackup"}
+BACKUP = {"cluster": "orders"}
+MYSQL = {"engineVersion": "8.0.35", "instanceSize": "small", "storageGB": 20, "databaseName": "orders"}
+BASES = {"PgCluster": CLUSTER, "PgInstance": INSTANCE, "PgBackup": BACKUP, "MysqlDb": MYSQL}
+
+
+# --------------------------------------------------------------------------- accepted
+
+
+@pytest.mark.parametrize("filename", sorted(p.name for p in EXAMPLES.glob("*.yaml")))
+def test_examples_are_accepted(objs, crd_namespace, filename):
+    body = _example(filename)
+    created = _create(objs, crd_namespace, body)
+    _assert_kept(body["spec"], created["spec"], "spec")
+
+
+def _assert_kept(written, stored, path: str) -> None:
+    """Everything the user wrote comes back unchanged: nothing pruned, nothing rewritten."""
+    if isinstance(written, dict):
+        for key, value in written.items():
+            assert key in stored, f"{path}.{key} was pruned"
+            _assert_kept(value, stored[key], f"{path}.{key}")
+    else:
+        assert stored == written, f"{path}: wrote {written!r}, stored {stored!r}"
+
+
+def test_pgcluster_defaults(objs, crd_namespace):
+    spec = {"storage": {"size": "1Gi"}}
+    created = _create(objs, crd_namespace, _manifest("PgCluster", spec))["spec"]
+    assert created["instances"] == 1
+    assert created["postgresVersion"] == 15
+    assert created["synchronousReplicas"] == 0
+    assert created["synchronousMode"] == "preferred"
+    assert created["failoverDelay"] == "30s"
+    assert created["storage"]["reclaimPolicy"] == "Retain"
+    assert created["bootstrap"] == {"initdb": {"database": "app", "owner": "app"}}
+    with_backup = _create(objs, crd_namespace, _manifest("PgCluster", dict(spec, backup={"s3": S3})))["spec"]
+    assert with_backup["backup"]["walArchiving"] is True
+    assert with_backup["backup"]["target"] == "prefer-replica"
+
+
+def test_other_defaults(objs, crd_namespace):
+    mysql = _create(objs, crd_namespace, _manifest("MysqlDb", {"engineVersion": "8.0.35",
+                                                            "databaseName": "orders"}))["spec"]
+    assert mysql["deletionPolicy"] == "Snapshot"
+    assert mysql["instanceSize"] == "small"
+    assert mysql["storageGB"] == 20
+    assert mysql["deletionProtection"] is False
+    assert mysql["multiAZ"] is False
+    backup = _create(objs, crd_namespace, _manifest("PgBackup", {"cluster": "orders"}))["spec"]
+    assert backup == {"cluster": "orders", "method": "basebackup", "target": "prefer-replica"}
+    inst = _create(objs, crd_namespace, _manifest("PgInstance", INSTANCE))["spec"]
+    assert inst["fenced"] is False
+
+
+@pytest.mark.parametrize("kind,field,value", [
+    ("PgCluster", "backup", {"s3": S3, "schedule": "*/15 0-6 1,15 JAN-JUN MON-FRI"}),
+    ("PgCluster", "backup", {"s3": S3, "schedule": "@hourly", "retention": {"maxAge": "12h"}}),
+    ("PgCluster", "backup", {"s3": dict(S3, endpoint="https://s3.eu-west-1.amazonaws.com",
+                                        region="eu-west-1"), "schedule": "0  3 * * 0"}),
+    ("PgCluster", "storage", {"size": "500Mi", "storageClassName": "fast", "reclaimPolicy": "Delete"}),
+    ("PgCluster", "storage", {"size": "1.5Ti"}),
+    ("PgCluster", "parameters", {"work_mem": "64MB", "pg_stat_statements.max": "10000",
+                                 "synchronous_commit": "remote_apply", "max_connections": "300"}),
+    ("PgCluster", "resources", {"requests": {"cpu": 1, "memory": "1Gi"}, "limits": {"cpu": "2", "memory": "1Gi"}}),
+    ("PgCluster", "bootstrap", {"recovery": {"source": "orders", "targetLSN": "0/3000060"}}),
+    ("PgCluster", "bootstrap", {"recovery": {"source": "orders", "backup": "orders-20261122030000",
+                                             "s3": {"bucket": "old.backups", "credentialsSecret": "s3"}}}),
+    ("PgCluster", "publish", {}),
+    ("PgCluster", "failoverDelay", "1m30s"),
+    ("MysqlDb", "engineVersion", "5.7.44-rds.20240408"),
+    ("MysqlDb", "engineVersion", "8.4"),
+    ("MysqlDb", "instanceClass", "db.r6gd.2xlarge"),
+    ("MysqlDb", "storageGB", 65536),
+    ("MysqlDb", "databaseName", "O" + "x" * 63),
+    ("MysqlDb", "tags", {"team": "shop", "cost-center": "42"}),
+    ("MysqlDb", "vaultPath", "kv/data/teams/shop/orders"),
+    ("MysqlDb", "consulPrefix", "config/k8s/shop/orders-db/db"),
+])
+def test_valid_variants_are_accepted(objs, crd_namespace, kind, field, value):
+    spec = copy.deepcopy(BASES[kind])
+    _set(spec, field, value)
+    _create(objs, crd_namespace, _manifest(kind, spec))
+
+
+# --------------------------------------------------------------------------- refused on create
+
+# (kind, dotted field in spec, value or _DELETE, substrings the user's message must contain)
+REFUSED = [
+    # PgCluster: sizes and counts
+    ("PgCluster", "instances", 0, ["spec.instances", "greater than or equal to 1"]),
+    ("PgCluster", "instances", 33, ["spec.instances", "less than or equal to 32"]),
+    ("PgCluster", "synchronousReplicas", 3, ["spec.synchronousReplicas", "at most spec.instances - 1"]),
+    ("PgCluster", "synchronousReplicas", -1, ["spec.synchronousReplicas", "greater than or equal to 0"]),
+    ("PgCluster", "synchronousMode", "sometimes", ["spec.synchronousMode", "Unsupported value"]),
+    ("PgCluster", "postgresVersion", 12, ["spec.postgresVersion", "greater than or equal to 13"]),
+    ("PgCluster", "postgresVersion", 19, ["spec.postgresVersion", "less than or equal to 18"]),
+    ("PgCluster", "image", "", ["spec.image"]),
+    ("PgCluster", "failoverDelay", "soon", ["spec.failoverDelay must be a duration"]),
+    # storage
+    ("PgCluster", "storage", _DELETE, ["spec.storage", "Required value"]),
+    ("PgCluster", "storage.size", "lots", ["spec.storage.size must be a positive Kubernetes quantity"]),
+    ("PgCluster", "storage.size", "1Gigabyte", ["spec.storage.size must be a positive Kubernetes quantity"]),
+    ("PgCluster", "storage.size", "0", ["spec.storage.size must be a positive Kubernetes quantity"]),
+    ("PgCluster", "storage.size", "-1Gi", ["spec.storage.size must be a positive Kubernetes quantity"]),
+    ("PgCluster", "storage.reclaimPolicy", "Recycle", ["spec.storage.reclaimPolicy", "Unsupported value"]),
+    # resources
+    ("PgCluster", "resources.requests", {"cpu": "lots"}, ["spec.resources.requests.cpu"]),
+    ("PgCluster", "resources", {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi"}},
+     ["spec.resources", "less than or equal to the limit"]),
+    # parameters the operator owns, and malformed ones
+    ("PgCluster", "parameters", {"port": "5433"}, ["spec.parameters must not set listen_addresses, port"]),
+    ("PgCluster", "parameters", {"wal_level": "minimal"}, ["spec.parameters must not set wal_level", "owns replication"]),
+    ("PgCluster", "parameters", {"WAL_LEVEL": "minimal"}, ["spec.parameters must not set wal_level"]),
+    ("PgCluster", "parameters", {"archive_command": "/bin/true"}, ["spec.parameters must not set archive_*", "use spec.backup"]),
+    ("PgCluster", "parameters", {"archive_timeout": "60"}, ["spec.parameters must not set archive_*"]),
+    ("PgCluster", "parameters", {"recovery_target_time": "2026-01-01"}, ["spec.parameters must not set archive_*", "recovery_target*"]),
+    ("PgCluster", "parameters", {"primary_conninfo": "host=evil"}, ["spec.parameters must not set wal_level", "primary_conninfo"]),
+    ("PgCluster", "parameters", {"listen_addresses": "*"}, ["spec.parameters must not set listen_addresses"]),
+    ("PgCluster", "parameters", {"synchronous_standby_names": "*"}, ["spec.parameters must not set wal_level", "spec.synchronousReplicas"]),
+    ("PgCluster", "parameters", {"ssl_key_file": "/tmp/k"}, ["spec.parameters must not set data_directory", "ssl_*_file"]),
+    ("PgCluster", "parameters", {"Port": "5433"}, ["spec.parameters must not set listen_addresses, port"]),
+    ("PgCluster", "parameters", {"hba_file": "/tmp/hba"}, ["spec.parameters must not set data_directory"]),
+    ("PgCluster", "parameters", {"include_dir": "/tmp"}, ["spec.parameters must not set data_directory"]),
+    ("PgCluster", "parameters", {"restore_command": "cp x y"}, ["spec.parameters must not set archive_*"]),
+    ("PgCluster", "parameters", {"work mem": "4MB"}, ["spec.parameters keys must be PostgreSQL setting names"]),
+    ("PgCluster", "parameters", {"work_mem": "4MB\narchive_command = 'x'"},
+     ["spec.parameters values must not contain control characters"]),
+    ("PgCluster", "parameters", {"work_mem": 4}, ["spec.parameters.work_mem", "string"]),
+    # bootstrap
+    ("PgCluster", "bootstrap", {}, ["spec.bootstrap must set exactly one of initdb or recovery"]),
+    ("PgCluster", "bootstrap", {"initdb": {}, "recovery": {"source": "orders"}},
+     ["spec.bootstrap must set exactly one of initdb or recovery"]),
+    ("PgCluster", "bootstrap", {"recovery": {}}, ["spec.bootstrap.recovery.source", "Required value"]),
+    ("PgCluster", "bootstrap", {"recovery": {"source": "orders", "targetTime": "2026-11-22T03:00:00Z",
+                                             "targetLSN": "0/3000060"}},
+     ["spec.bootstrap.recovery.targetLSN", "mutually exclusive"]),
+    ("PgCluster", "bootstrap", {"recovery": {"source": "orders", "targetLSN": "3000060"}},
+     ["spec.bootstrap.recovery.targetLSN must be an LSN"]),
+    ("PgCluster", "bootstrap", {"recovery": {"source": "orders", "targetTime": "yesterday"}},
+     ["spec.bootstrap.recovery.targetTime", "date-time"]),
+    ("PgCluster", "bootstrap", {"recovery": {"source": "Orders_1"}},
+     ["spec.bootstrap.recovery.source must be the name of a PgCluster"]),
+    ("PgCluster", "bootstrap", {"initdb": {"database": "postgres"}}, ["spec.bootstrap.initdb.database"]),
+    ("PgCluster", "bootstrap", {"initdb": {"database": "App-DB"}}, ["spec.bootstrap.initdb.database"]),
+    ("PgCluster", "bootstrap", {"initdb": {"owner": "postgres"}}, ["spec.bootstrap.initdb.owner"]),
+    ("PgCluster", "bootstrap", {"recovery": {"source": "orders", "s3": {"bucket": "pg-backups",
+                                                                       "path": "shop/orders",
+                                                                       "credentialsSecret": "x"}}},
+     ["spec.backup.s3", "must not point at the same bucket and path"]),
+    # backup
+    ("PgCluster", "backup", {"schedule": "0 3 * * *"}, ["spec.backup.s3", "Required value"]),
+    ("PgCluster", "backup.s3", {"bucket": "pg-backups"}, ["spec.backup.s3.credentialsSecret", "Required value"]),
+    ("PgCluster", "backup.s3.bucket", "My_Bucket", ["spec.backup.s3.bucket must be an S3 bucket name"]),
+    ("PgCluster", "backup.s3.bucket", "ab", ["spec.backup.s3.bucket must be an S3 bucket name"]),
+    ("PgCluster", "backup.s3.bucket", "192.168.1.10", ["spec.backup.s3.bucket must be an S3 bucket name"]),
+    ("PgCluster", "backup.s3.bucket", "a..b", ["spec.backup.s3.bucket must be an S3 bucket name"]),
+    ("PgCluster", "backup.s3.endpoint", "s3.example.com", ["spec.backup.s3.endpoint must be an http(s) URL"]),
+    ("PgCluster", "backup.s3.endpoint", "ftp://s3.example.com", ["spec.backup.s3.endpoint must be an http(s) URL"]),
+    ("PgCluster", "backup.s3.path", "/shop", ["spec.backup.s3.path"]),
+    ("PgCluster", "backup.schedule", "", ["spec.backup.schedule must be a cron expression with exactly 5 fields"]),
+    ("PgCluster", "backup.schedule", "0 3 * *", ["spec.backup.schedule must be a cron expression with exactly 5 fields"]),
+    ("PgCluster", "backup.schedule", "0 0 3 * * *", ["spec.backup.schedule must be a cron expression with exactly 5 fields"]),
+    ("PgCluster", "backup.schedule", "every day", ["spec.backup.schedule must be a cron expression with exactly 5 fields"]),
+    ("PgCluster", "backup.schedule", "@reboot", ["spec.backup.schedule must be a cron expression with exactly 5 fields"]),
+    ("PgCluster", "backup.schedule", " 0 3 * * *", ["spec.backup.schedule must be a cron expression with exactly 5 fields"]),
+    ("PgCluster", "backup.retention", {}, ["spec.backup.retention must set keepLast, maxAge or both"]),
+    ("PgCluster", "backup.retention", {"keepLast": 0}, ["spec.backup.retention.keepLast", "greater than or equal to 1"]),
+    ("PgCluster", "backup.retention", {"maxAge": "30 days"}, ["spec.backup.retention.maxAge must be a positive number"]),
+    ("PgCluster", "backup.retention", {"maxAge": "0d"}, ["spec.backup.retention.maxAge must be a positive number"]),
+    ("PgCluster", "backup.target", "secondary", ["spec.backup.target", "Unsupported value"]),
+    # publish
+    ("PgCluster", "publish.vaultPath", "/etc/passwd", ["spec.publish.vaultPath must be a Vault KV v2 path"]),
+    ("PgCluster", "publish.vaultPath", "secret/data/../other/db", ["spec.publish.vaultPath must be a Vault KV v2 path"]),
+    ("PgCluster", "publish.consulPrefix", "/config/x/", ["spec.publish.consulPrefix must be a Consul key prefix"]),
+    # PgInstance
+    ("PgInstance", "role", "leader", ["spec.role", "Unsupported value"]),
+    ("PgInstance", "bootstrap", "clone", ["spec.bootstrap", "Unsupported value"]),
+    ("PgInstance", "cluster", _DELETE, ["spec.cluster", "Required value"]),
+    ("PgInstance", "ordinal", -1, ["spec.ordinal", "greater than or equal to 0"]),
+    # PgBackup
+    ("PgBackup", "target", "secondary", ["spec.target", "Unsupported value"]),
+    ("PgBackup", "method", "pg_dump", ["spec.method", "Unsupported value"]),
+    ("PgBackup", "cluster", _DELETE, ["spec.cluster", "Required value"]),
+    ("PgBackup", "cluster", "Orders!", ["spec.cluster must be the name of a PgCluster"]),
+    # MysqlDb
+    ("MysqlDb", "instanceSize", "tiny", ["spec.instanceSize", "Unsupported value"]),
+    ("MysqlDb", "storageGB", 10, ["spec.storageGB", "greater than or equal to 20"]),
+    ("MysqlDb", "storageGB", 70000, ["spec.storageGB", "less than or equal to 65536"]),
+    ("MysqlDb", "deletionPolicy", "Destroy", ["spec.deletionPolicy", "Unsupported value"]),
+    ("MysqlDb", "engineVersion", "latest", ["spec.engineVersion must be a MySQL version"]),
+    ("MysqlDb", "engineVersion", "8", ["spec.engineVersion must be a MySQL version"]),
+    ("MysqlDb", "engineVersion", _DELETE, ["spec.engineVersion", "Required value"]),
+    ("MysqlDb", "databaseName", "1orders", ["spec.databaseName must start with a letter"]),
+    ("MysqlDb", "databaseName", "orders-db", ["spec.databaseName must start with a letter"]),
+    ("MysqlDb", "databaseName", "o" * 65, ["spec.databaseName", "may not be more than 64"]),
+    ("MysqlDb", "instanceClass", "m5.large", ["spec.instanceClass must be an RDS instance class"]),
+    ("MysqlDb", "backupRetentionDays", 36, ["spec.backupRetentionDays", "less than or equal to 35"]),
+    ("MysqlDb", "tags", {"aws:team": "x"}, ["spec.tags keys", "aws:"]),
+    ("MysqlDb", "tags", {"pgop.io/owner": "x"}, ["spec.tags keys"]),
+    ("MysqlDb", "vaultPath", "secret/k8s/shop/db", ["spec.vaultPath must be a Vault KV v2 path"]),
+    ("MysqlDb", "consulPrefix", "config//x", ["spec.consulPrefix must be a Consul key prefix"]),
+]
+
+
+def _refused_id(case):
+    kind, field, value, _ = case
+    return f"{kind}-{field}={'<deleted>' if value is _DELETE else json.dumps(value)[:40]}"
+
+
+@pytest.mark.parametrize("kind,field,value,expected", REFUSED, ids=[_refused_id(c) for c in REFUSED])
+def test_bad_input_is_refused_with_a_message_naming_the_field(objs, crd_namespace, kind, field, value, expected):
+    spec = copy.deepcopy(BASES[kind])
+    if field.startswith("backup.") and field != "backup.s3":
+        spec["backup"] = {"s3": dict(S3)}
+    if kind == "PgCluster" and field == "bootstrap" and "s3" in json.dumps(value):
+        spec["backup"] = {"s3": dict(S3)}
+    _set(spec, field, value)
+    body = _manifest(kind, spec)
+    message = _refusal(lambda: objs.create_namespaced_custom_object(
+        GROUP, VERSION, crd_namespace, PLURALS[kind], dict(body, metadata=dict(body["metadata"], namespace=crd_namespace)),
+        dry_run="All", field_validation="Strict"))
+    for text in expected:
+        assert text in message, f"{text!r} not in {message!r}"
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("1orders", "metadata.name of a PgCluster must start with a lowercase letter"),
+    ("o" * 51, "at most 50 characters"),
+])
+def test_pgcluster_name_must_fit_derived_names(objs, crd_namespace, name, expected):
+    message = _refusal(lambda: _create(objs, crd_namespace, _manifest("PgCluster", CLUSTER, name=name)))
+    assert expected in message
+
+
+def test_a_misspelt_field_is_refused_not_pruned(objs, crd_namespace):
+    """kubectl validates fields strictly: a typo must not vanish silently."""
+    body = _manifest("PgCluster", dict(CLUSTER, synchronousReplica=1))
+    body["metadata"]["namespace"] = crd_namespace
+    with pytest.raises(ApiException) as info:
+        objs.create_namespaced_custom_object(GROUP, VERSION, crd_namespace, "pgclusters", body,
+                                             dry_run="All", field_validation="Strict")
+    assert info.value.status == 400
+    assert 'unknown field "spec.synchronousReplica"' in json.loads(info.value.body)["message"]
+
+
+def test_restore_into_own_name_is_refused(objs, crd_namespace):
+    spec = dict(CLUSTER, bootstrap={"recovery": {"source": "orders"}})
+    message = _refusal(lambda: _create(objs, crd_namespace, _manifest("PgCluster", spec, name="orders")))
+    assert "spec.bootstrap.recovery.source" in message and "own name" in message
+
+
+# --------------------------------------------------------------------------- transition rules
+
+
+def _update(objs, namespace: str, stored: dict, field: str, value, dry_run: bool = True) -> dict:
+    body = copy.deepcopy(stored)
+    _set(body["spec"], field, value)
+    kwargs = {"dry_run": "All"} if dry_run else {}
+    return objs.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[body["kind"]],
+                                                 body["metadata"]["name"], body, **kwargs)
+
+
+@pytest.fixture()
+def stored(objs, crd_namespace):
+    """Create (for real) an object of `kind` whose spec is `base` updated by `overrides`; it is
+    deleted after the test, so that an operator running meanwhile has little to act on."""
+    made = []
+
+    def make(kind: str, **overrides) -> dict:
+        spec = copy.deepcopy(BASES[kind])
+        for field, value in overrides.items():
+            _set(spec, field.replace("__", "."), value)
+        obj = _create(objs, crd_namespace, _manifest(kind, spec), dry_run=False)
+        made.append(obj)
+        return obj
+
+    yield make
+    for obj in made:
+        try:
+            objs.delete_namespaced_custom_object(GROUP, VERSION, crd_namespace, PLURALS[obj["kind"]],
+                                                 obj["metadata"]["name"])
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("postgresVersion", 16, "spec.postgresVersion is immutable"),
+    ("postgresVersion", _DELETE, "spec.postgresVersion is immutable"),  # re-defaulted to 15
+    ("bootstrap.initdb.database", "other", "spec.bootstrap is immutable"),
+    ("bootstrap", {"recovery": {"source": "elsewhere"}}, "spec.bootstrap is immutable"),
+    ("storage.storageClassName", "fast", "spec.storage.storageClassName is immutable"),
+    ("storage.size", "500Mi", "spec.storage.size may grow but not shrink"),
+    ("storage.size", "1G", "spec.storage.size may grow but not shrink"),  # 1G < 1Gi
+])
+def test_pgcluster_immutables(objs, crd_namespace, stored, field, value, expected):
+    old = stored("PgCluster", postgresVersion=14)
+    message = _refusal(lambda: _update(objs, crd_namespace, old, field, value))
+    assert expected in message, message
+
+
+@pytest.mark.parametrize("field,value", [
+    ("storage.size", "2Gi"), ("storage.size", "1024Mi"), ("instances", 5), ("instances", 2),
+    ("synchronousReplicas", 2), ("parameters", {"work_mem": "8MB"}), ("storage.reclaimPolicy", "Delete"),
+    ("backup", {"s3": S3, "schedule": "0 3 * * *"}),
+])
+def test_pgcluster_allowed_changes(objs, crd_namespace, stored, field, value):
+    old = stored("PgCluster", postgresVersion=14)
+    _update(objs, crd_namespace, old, field, value)
+
+
+def test_pgcluster_storage_class_cannot_be_removed(objs, crd_namespace, stored):
+    old = stored("PgCluster", storage__storageClassName="fast")
+    message = _refusal(lambda: _update(objs, crd_namespace, old, "storage.storageClassName", _DELETE))
+    assert "spec.storage.storageClassName is immutable" in message
+
+
+def test_pginstance_immutables_and_changes(objs, crd_namespace, stored):
+    old = stored("PgInstance")
+    assert "spec.cluster is immutable" in _refusal(lambda: _update(objs, crd_namespace, old, "cluster", "other"))
+    assert "spec.ordinal is immutable" in _refusal(lambda: _update(objs, crd_namespace, old, "ordinal", 2))
+    _update(objs, crd_namespace, old, "role", "primary")
+    _update(objs, crd_namespace, old, "fenced", True)
+
+
+def test_pgbackup_spec_is_immutable_and_status_is_writable(objs, crd_namespace, stored):
+    old = stored("PgBackup")
+    message = _refusal(lambda: _update(objs, crd_namespace, old, "target", "primary"))
+    assert "PgBackup spec is immutable" in message
+    # the status subresource takes the contract fields; phase is an enum
+    body = copy.deepcopy(old)
+    body["status"] = {"phase": "Completed", "startedAt": "2026-11-22T03:00:00Z",
+                      "completedAt": "2026-11-22T03:01:00Z", "beginLSN": "0/2000028", "endLSN": "0/2000100",
+                      "timeline": 1, "beginWal": "000000010000000000000002",
+                      "endWal": "000000010000000000000002", "sizeBytes": 4242,
+                      "s3Path": "s3://pg-backups/shop/orders/base/x", "error": ""}
+    written = objs.replace_namespaced_custom_object_status(GROUP, VERSION, crd_namespace, "pgbackups",
+                                                           old["metadata"]["name"], body)
+    assert written["status"]["endLSN"] == "0/2000100" and written["status"]["sizeBytes"] == 4242
+    body = copy.deepcopy(written)
+    body["status"]["phase"] = "Done"
+    message = _refusal(lambda: objs.replace_namespaced_custom_object_status(
+        GROUP, VERSION, crd_namespace, "pgbackups", old["metadata"]["name"], body))
+    assert "status.phase" in message
+
+
+@pytest.mark.parametrize("old_version,new_version,allowed", [
+    ("8.0.35", "8.0.36", True),
+    ("8.0.35", "8.4.3", True),
+    ("8.0.35", "10.0.1", True),      # a string comparison would call this a downgrade
+    ("8.0.9", "8.0.35", True),       # and this one too
+    ("5.7.44-rds.20240408", "8.0.35", True),
+    ("8.0", "8.0.35", True),
+    ("8.0.35", "8.0.35", True),
+    ("8.0.35", "8.0.34", False),
+    ("8.0.35", "8.0.4", False),      # a string comparison would allow this
+    ("8.0.35", "5.7.44", False),
+    ("8.4.3", "8.0.40", False),
+    ("8.0.35", "8.0", False),        # 8.0 means 8.0.0 here
+])
+def test_mysqldb_engine_version_is_never_downgraded(objs, crd_namespace, stored, old_version, new_version, allowed):
+    old = stored("MysqlDb", engineVersion=old_version)
+    if allowed:
+        _update(objs, crd_namespace, old, "engineVersion", new_version)
+    else:
+        message = _refusal(lambda: _update(objs, crd_namespace, old, "engineVersion", new_version))
+        assert "spec.engineVersion may be upgraded but not downgraded" in message
+        assert f"from {old_version} to {new_version}" in message
+
+
+def test_mysqldb_immutables_and_changes(objs, crd_namespace, stored):
+    old = stored("MysqlDb", storageGB=100)
+    assert "spec.databaseName is immutable" in _refusal(
+        lambda: _update(objs, crd_namespace, old, "databaseName", "other"))
+    assert "spec.storageGB may grow but not shrink" in _refusal(
+        lambda: _update(objs, crd_namespace, old, "storageGB", 50))
+    for field, value in [("storageGB", 200), ("instanceSize", "large"), ("instanceClass", "db.m6g.large"),
+                         ("multiAZ", True), ("backupRetentionDays", 14), ("deletionPolicy", "Retain"),
+                         ("deletionProtection", True), ("applyImmediately", True)]:
+        _update(objs, crd_namespace, old, field, value)
+
+
+# --------------------------------------------------------------------------- what kubectl shows
+
+
+def _table(kube_api, plural: str, namespace: str) -> dict:
+    return kube_api.call_api(
+        f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}", "GET",
+        header_params={"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io"},
+        auth_settings=["BearerToken"], response_type="object", _return_http_data_only=True)
+
+
+@pytest.mark.parametrize("kind,columns", [
+    ("PgCluster", ["Name", "Instances", "Ready", "Primary", "Phase", "Age"]),
+    ("PgInstance", ["Name", "Cluster", "Role", "Phase", "Ready", "LSN", "Age"]),
+    ("PgBackup", ["Name", "Cluster", "Phase", "Started", "Size", "Age"]),
+    ("MysqlDb", ["Name", "Size", "Engine", "Endpoint", "Phase", "Age"]),
+])
+def test_kubectl_get_columns(kube_api, objs, crd_namespace, stored, kind, columns):
+    made = stored(kind)
+    table = _table(kube_api, PLURALS[kind], crd_namespace)
+    shown = [c["name"] for c in table["columnDefinitions"] if c["priority"] == 0]
+    assert shown == columns
+    row = next(r for r in table["rows"] if r["cells"][0] == made["metadata"]["name"])
+    if kind == "PgCluster":
+        assert row["cells"][1] == 3
+    if kind == "PgInstance":
+        assert row["cells"][1] == "orders"
+    if kind == "MysqlDb":
+        assert row["cells"][1:3] == ["small", "8.0.35"]
+
+
+def test_discovery_names_and_category(kube_api, crds_installed):
+    found = kube_api.call_api(f"/apis/{GROUP}/{VERSION}", "GET", auth_settings=["BearerToken"],
+                              response_type="object", _return_http_data_only=True)
+    resources = {r["name"]: r for r in found["resources"] if "/" not in r["name"]}
+    expected = {"pgclusters": ("PgCluster", "pgc"), "pginstances": ("PgInstance", "pgi"),
+                "pgbackups": ("PgBackup", "pgb"), "mysqldbs": ("MysqlDb", "mydb")}
+    assert set(resources) == set(expected)
+    for plural, (kind, short) in expected.items():
+        r = resources[plural]
+        assert r["kind"] == kind and r["namespaced"] is True
+        assert r["shortNames"] == [short]
+        assert "pgop" in r["categories"]
+    subresources = {r["name"] for r in found["resources"] if "/" in r["name"]}
+    assert subresources == {f"{p}/status" for p in expected}
+
+
+def test_instances_can_be_selected_by_cluster(objs, crd_namespace, stored):
+    mine = stored("PgInstance", cluster="alpha")
+    stored("PgInstance", cluster="beta")
+    listed = objs.list_namespaced_custom_object(GROUP, VERSION, crd_namespace, "pginstances",
+                                                field_selector="spec.cluster=alpha")
+    names = [i["metadata"]["name"] for i in listed["items"]]
+    assert mine["metadata"]["name"] in names
+    assert all(i["spec"]["cluster"] == "alpha" for i in listed["items"])
+
+
+def test_pgcluster_status_takes_the_contract_fields(objs, crd_namespace, stored):
+    old = stored("PgCluster")
+    body = copy.deepcopy(old)
+    body["status"] = {
+        "phase": "Ready", "currentPrimary": f"{old['metadata']['name']}-0", "readyInstances": 3,
+        "instances": [{"name": "x-0", "role": "primary", "timeline": 1, "lsn": "0/3000060", "lagBytes": 0,
+                       "ready": True},
+                      {"name": "x-1", "role": "replica", "timeline": 1, "lsn": "0/3000000", "lagBytes": 96,
+                       "ready": True, "syncState": "quorum"}],
+        "conditions": [{"type": t, "status": "True", "reason": "Test", "message": "",
+                        "lastTransitionTime": "2026-11-22T03:00:00Z"}
+                       for t in ("Ready", "Progressing", "Degraded", "ContinuousArchiving", "LastBackupSucceeded")],
+        "lastBackup": {"name": "b1", "phase": "Completed", "completedAt": "2026-11-22T03:01:00Z"},
+        "firstRecoverabilityPoint": "2026-11-22T03:00:00Z",
+        "kopf": {"progress": {"anything": {"retries": 1}}},
+    }
+    written = objs.replace_namespaced_custom_object_status(GROUP, VERSION, crd_namespace, "pgclusters",
+                                                           old["metadata"]["name"], body)["status"]
+    assert written["instances"][1]["lagBytes"] == 96
+    assert len(written["conditions"]) == 5
+    assert written["kopf"] == {"progress": {"anything": {"retries": 1}}}
+    body = objs.get_namespaced_custom_object(GROUP, VERSION, crd_namespace, "pgclusters", old["metadata"]["name"])
+    body["status"] = {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Ready", "status": "False"}]}
+    message = _refusal(lambda: objs.replace_namespaced_custom_object_status(
+        GROUP, VERSION, crd_namespace, "pgclusters", old["metadata"]["name"], body))
+    assert "status.conditions" in message and "Duplicate" in message
+
+
+def test_pginstance_keeps_its_copy_of_the_cluster_spec(objs, crd_namespace):
+    """The cluster controller hands each instance what it runs; none of it may be pruned."""
+    s3 = dict(S3, endpoint="http://10.243.0.1:7070", region="us-east-1")
+    spec = dict(INSTANCE, bootstrap="recovery", fenced=False, postgresVersion=15, image="pgop/postgres:15",
+                storage={"size": "1Gi", "storageClassName": "standard", "reclaimPolicy": "Retain"},
+                resources={"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": 1073741824}},
+                parameters={"work_mem": "8MB"}, synchronousReplicas=1, synchronousMode="preferred",
+                configHash="0123456789abcdef", initdb={"database": "app", "owner": "app"},
+                recovery={"source": "orders", "backup": "b1", "targetLSN": "0/3000060", "s3": s3},
+                backup={"s3": s3, "walArchiving": True})
+    created = _create(objs, crd_namespace, _manifest("PgInstance", spec))
+    _assert_kept(spec, created["spec"], "spec")
+
+
+def test_mysqldb_status_keeps_the_controller_fields(objs, crd_namespace, stored):
+    old = stored("MysqlDb")
+    status = {"phase": "Ready", "dbInstanceIdentifier": "pgop-shop-orders-db-1a2b3c", "dbInstanceArn": "arn:x",
+              "dbInstanceStatus": "available", "endpoint": "db.example", "port": 3306, "engineVersion": "8.0.35",
+              "instanceClass": "db.t3.micro", "allocatedStorage": 20, "multiAZ": False, "backupRetentionDays": 7,
+              "deletionProtection": False, "pendingModifications": {"AllocatedStorage": "40"},
+              "finalSnapshotIdentifier": "final-x", "vaultPath": "secret/data/k8s/shop/orders-db/db",
+              "consulPrefix": "config/k8s/shop/orders-db/db", "lastError": "Throttling",
+              "adopted": True, "appliedTags": {"team": "shop"}, "nextCheckAt": "2026-11-22T03:00:00Z",
+              "checks": 3, "faults": 1, "observedGeneration": 1,
+              "conditions": [{"type": "Ready", "status": "True", "reason": "Available", "message": "",
+                              "lastTransitionTime": "2026-11-22T03:00:00Z"}]}
+    body = copy.deepcopy(old)
+    body["status"] = status
+    written = objs.replace_namespaced_custom_object_status(GROUP, VERSION, crd_namespace, "mysqldbs",
+                                                           old["metadata"]["name"], body)
+    _assert_kept(status, written["status"], "status")

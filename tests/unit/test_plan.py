@@ -1,0 +1,532 @@
+import copy
+
+import pytest
+
+from pgop.model import Cluster, Instance
+from pgop.plan import (
+    CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch, merge_patch,
+    plan_instance,
+)
+from pgop.specs.pods import pod_inputs_hash
+from pgop.specs.pvc import ANNOTATION_INITIALIZED
+from tests.unit.world import (
+    World, cluster_body, converge, instance_actions, make_cluster, plan, running_cluster, spec_change, summary,
+)
+
+
+# ------------------------------------------------------------------------------ first creation
+
+def test_first_plan_creates_the_cluster_objects_in_dependency_order():
+    actions = plan(World(), make_cluster())
+    assert summary(actions) == [
+        (CREATE, "ServiceAccount", "orders-agent"),
+        (CREATE, "Role", "orders-agent"),
+        (CREATE, "RoleBinding", "orders-agent"),
+        (CREATE, "Secret", "orders-superuser"),
+        (CREATE, "Secret", "orders-replication"),
+        (CREATE, "Secret", "orders-app"),
+        (CREATE, "Service", "orders-rw"),
+        (CREATE, "Service", "orders-ro"),
+        (CREATE, "Service", "orders-r"),
+        (CREATE, "PodDisruptionBudget", "orders"),
+        (CREATE, "PgInstance", "orders-0"),
+    ]
+    assert all(a.namespace == "shop" for a in actions)
+
+
+def test_first_instance_is_a_primary_made_by_initdb():
+    [first] = [a for a in plan(World(), make_cluster()) if a.kind == "PgInstance"]
+    assert (first.body["spec"]["role"], first.body["spec"]["bootstrap"], first.body["spec"]["ordinal"]) == \
+        ("primary", "initdb", 0)
+
+
+def test_a_restored_cluster_starts_from_recovery():
+    cluster = make_cluster(bootstrap={"recovery": {"source": "orders-old"}})
+    [first] = [a for a in plan(World(), cluster) if a.kind == "PgInstance"]
+    assert first.body["spec"]["bootstrap"] == "recovery"
+    assert "orders-old" in first.reason
+
+
+def test_replicas_wait_for_the_primary_to_be_ready():
+    world, cluster = World(), make_cluster()
+    world.apply(plan(world, cluster))
+    second = plan(world, cluster)
+    assert second == []
+    assert any("primary orders-0" in note for note in second.waiting)
+    world.report("orders-0", ready=False)
+    assert plan(world, cluster) == []
+
+
+def test_replicas_are_cloned_once_the_primary_is_ready():
+    world, cluster = World(), make_cluster()
+    world.apply(plan(world, cluster))
+    world.report("orders-0")
+    actions = plan(world, cluster)
+    assert instance_actions(actions) == [(CREATE, "orders-1"), (CREATE, "orders-2")]
+    assert {(a.body["spec"]["role"], a.body["spec"]["bootstrap"]) for a in actions} == {("replica", "basebackup")}
+
+
+def test_applying_a_plan_then_planning_again_yields_nothing():
+    world, cluster = World(), make_cluster()
+    world.apply(plan(world, cluster))
+    assert plan(world, cluster) == []
+    world.report("orders-0")
+    world.apply(plan(world, cluster))
+    assert plan(world, cluster) == []
+    world.settle_all()
+    assert plan(world, cluster) == []
+
+
+def test_the_same_world_always_gives_the_same_plan():
+    world, cluster = running_cluster()
+    changed = spec_change(cluster, instances=5, parameters={"work_mem": "8MB"})
+    assert plan(world, changed) == plan(world, changed)
+    assert plan(World(), cluster, seed=3) == plan(World(), cluster, seed=3)
+
+
+def test_a_cluster_being_deleted_is_left_to_the_garbage_collector():
+    body = cluster_body()
+    body["metadata"]["deletionTimestamp"] = "2026-11-22T12:00:00Z"
+    assert plan(World(), Cluster.from_object(body)) == []
+
+
+# ------------------------------------------------------------------------------ secrets and services
+
+def test_existing_secrets_are_never_regenerated():
+    world, cluster = running_cluster()
+    before = copy.deepcopy(world.all("Secret"))
+    assert [a for a in plan(world, cluster, seed=99) if a.kind == "Secret"] == []
+    assert world.all("Secret") == before
+
+
+def test_a_missing_secret_alone_is_recreated():
+    world, cluster = running_cluster()
+    del world.objects[("Secret", "orders-app")]
+    assert summary(plan(world, cluster)) == [(CREATE, "Secret", "orders-app")]
+
+
+def test_a_tampered_rw_selector_is_put_back():
+    world, cluster = running_cluster()
+    service = world.get("Service", "orders-rw")
+    service["spec"]["selector"]["pgop.io/role"] = "replica"
+    service["spec"]["selector"]["team"] = "x"
+    [action] = plan(world, cluster)
+    assert summary([action]) == [(PATCH, "Service", "orders-rw")]
+    assert action.patch == {"spec": {"selector": {"pgop.io/role": "primary", "team": None}}}
+    world.apply([action])
+    assert plan(world, cluster) == []
+
+
+def test_server_defaults_on_services_are_not_drift():
+    world, cluster = running_cluster()
+    assert world.get("Service", "orders-rw")["spec"]["clusterIP"]  # added by the fake API server
+    assert plan(world, cluster) == []
+
+
+def test_a_new_s3_credentials_secret_widens_the_agents_role():
+    world, cluster = running_cluster()
+    backed_up = Cluster.from_object(cluster_body(instances=3, backup={
+        "s3": {"bucket": "b", "credentialsSecret": "s3-creds"}}))
+    role_patches = [a for a in plan(world, backed_up) if a.kind == "Role"]
+    assert len(role_patches) == 1
+    assert any("s3-creds" in rule.get("resourceNames", []) for rule in role_patches[0].patch["rules"])
+
+
+# ---------------------------------------------------------------------------------- scaling
+
+def test_scale_up_adds_replicas_after_the_highest_ordinal():
+    world, cluster = running_cluster(3)
+    actions = plan(world, spec_change(cluster, instances=5))
+    assert instance_actions(actions) == [(CREATE, "orders-3"), (CREATE, "orders-4")]
+    assert all(a.body["spec"]["role"] == "replica" for a in actions if a.kind == "PgInstance")
+    [pdb] = [a for a in actions if a.kind == "PodDisruptionBudget"]
+    assert pdb.patch["spec"]["minAvailable"] == 4
+
+
+def test_scale_up_never_reuses_a_name_still_taken():
+    world, cluster = running_cluster(3)
+    del world.objects[("PgInstance", "orders-1")]
+    world.objects[("PgInstance", "orders-2")]["metadata"]["deletionTimestamp"] = "2026-11-22T12:00:00Z"
+    # Live: 0. Terminating: 2. Two replicas are missing, and orders-2 is still a taken name.
+    assert instance_actions(plan(world, cluster)) == [(CREATE, "orders-3"), (CREATE, "orders-4")]
+
+
+def test_scale_down_removes_the_highest_ordinal_replicas():
+    world, cluster = running_cluster(5)
+    actions = plan(world, spec_change(cluster, instances=3))
+    assert instance_actions(actions) == [(DELETE, "orders-4"), (DELETE, "orders-3")]
+    kinds = [a.kind for a in actions]
+    assert kinds.index("PodDisruptionBudget") < kinds.index("PgInstance")
+    deletion = actions[-1]
+    assert deletion.uid == world.get("PgInstance", "orders-3")["metadata"]["uid"]
+    assert "slot pgop_orders_3" in deletion.reason
+
+
+def test_scale_down_never_removes_the_primary_even_at_the_highest_ordinal():
+    world, cluster = running_cluster(5)
+    # After a failover, orders-4 is the primary.
+    world.objects[("PgInstance", "orders-0")]["spec"]["role"] = "replica"
+    world.objects[("PgInstance", "orders-4")]["spec"]["role"] = "primary"
+    actions = plan(world, spec_change(cluster, instances=2))
+    assert instance_actions(actions) == [(DELETE, "orders-3"), (DELETE, "orders-2"), (DELETE, "orders-1")]
+    world.apply(actions)
+    assert world.instance_names() == ["orders-0", "orders-4"]
+    assert world.instance("orders-4").is_primary
+
+
+def test_scale_3_to_5_to_2_converges_and_keeps_the_primary():
+    world, cluster = running_cluster(3)
+    converge(world, spec_change(cluster, instances=5))
+    assert world.instance_names() == [f"orders-{n}" for n in range(5)]
+    converge(world, spec_change(cluster, instances=2))
+    assert world.instance_names() == ["orders-0", "orders-1"]
+    assert world.instance("orders-0").is_primary
+    assert world.get("PodDisruptionBudget", "orders")["spec"]["minAvailable"] == 1
+
+
+def test_no_replica_is_created_without_a_primary():
+    world, cluster = running_cluster(3)
+    world.objects[("PgInstance", "orders-0")]["spec"]["role"] = "replica"
+    del world.objects[("PgInstance", "orders-2")]
+    result = plan(world, cluster)
+    assert instance_actions(result) == []
+    assert any("primary" in note for note in result.waiting)
+
+
+def test_nothing_new_is_made_while_all_instances_are_being_deleted():
+    world, cluster = running_cluster(1)
+    world.objects[("PgInstance", "orders-0")]["metadata"]["deletionTimestamp"] = "2026-11-22T12:00:00Z"
+    result = plan(world, cluster)
+    assert instance_actions(result) == []
+    assert result.waiting
+
+
+# ------------------------------------------------------------------------- configuration changes
+
+def test_a_reloadable_change_reaches_every_instance_at_once_replicas_first():
+    world, cluster = running_cluster(3)
+    changed = spec_change(cluster, parameters={"work_mem": "64MB"})
+    actions = plan(world, changed)
+    assert instance_actions(actions) == [(PATCH, "orders-1"), (PATCH, "orders-2"), (PATCH, "orders-0")]
+    for action in actions:
+        assert action.patch["spec"]["parameters"] == {"work_mem": "64MB"}
+        assert action.patch["spec"]["configHash"] != world.get("PgInstance", action.name)["spec"]["configHash"]
+        assert "no restart" in action.reason
+    world.apply(actions)
+    assert plan(world, changed) == []
+
+
+def test_synchronous_replicas_change_is_a_reload_for_all_and_no_new_pod():
+    world, cluster = running_cluster(3)
+    pods_before = {name: pod_inputs_hash(world.instance(name)) for name in world.instance_names()}
+    changed = spec_change(cluster, synchronousReplicas=1)
+    actions = plan(world, changed)
+    assert instance_actions(actions) == [(PATCH, "orders-1"), (PATCH, "orders-2"), (PATCH, "orders-0")]
+    assert all(a.patch["spec"]["synchronousReplicas"] == 1 for a in actions)
+    world.apply(actions)
+    assert {name: pod_inputs_hash(world.instance(name)) for name in world.instance_names()} == pods_before
+
+
+def test_a_restart_change_rolls_one_instance_at_a_time_primary_last():
+    world, cluster = running_cluster(3)
+    changed = spec_change(cluster, parameters={"shared_buffers": "256MB"})
+    order = []
+    for _ in range(10):
+        actions = plan(world, changed)
+        if not actions:
+            break
+        assert len(actions) == 1 and "restart" in actions[0].reason
+        order.append(actions[0].name)
+        world.apply(actions)
+        # Until the patched instance reports back on its new spec, nothing else moves.
+        stalled = plan(world, changed)
+        assert stalled == []
+        if len(order) < 3:
+            assert any(f"waits for {actions[0].name}" in note for note in stalled.waiting)
+        world.report(actions[0].name)
+    assert order == ["orders-1", "orders-2", "orders-0"]
+    assert all(world.get("PgInstance", n)["spec"]["parameters"] == {"shared_buffers": "256MB"}
+               for n in world.instance_names())
+
+
+def test_a_change_that_breaks_a_replica_never_reaches_the_primary():
+    world, cluster = running_cluster(3)
+    changed = spec_change(cluster, parameters={"shared_preload_libraries": "does_not_exist"})
+    world.apply(plan(world, changed))
+    world.report("orders-1", ready=False)  # its Postgres does not come back
+    for _ in range(3):
+        assert plan(world, changed) == []
+    assert world.get("PgInstance", "orders-0")["spec"]["parameters"] == {}
+
+
+def test_not_ready_replicas_restart_first():
+    world, cluster = running_cluster(3)
+    world.report("orders-2", ready=False)
+    [first] = plan(world, spec_change(cluster, parameters={"max_connections": "200"}))
+    assert first.name == "orders-2"
+
+
+def test_lowering_a_hot_standby_minimum_restarts_the_primary_first():
+    world, cluster = running_cluster(3, parameters={"max_connections": "200"})
+    lowered = spec_change(cluster, parameters={"max_connections": "150"})
+    [first] = plan(world, lowered)
+    assert first.name == "orders-0" and "primary first" in first.reason
+    world.apply([first])
+    world.report("orders-0")
+    assert instance_actions(plan(world, lowered)) == [(PATCH, "orders-1")]
+
+
+def test_an_image_change_rolls_like_a_restart():
+    world, cluster = running_cluster(2)
+    [first] = plan(world, spec_change(cluster, image="registry.example/pg:15.10"))
+    assert first.name == "orders-1" and first.patch["spec"]["image"] == "registry.example/pg:15.10"
+
+
+def test_a_rollout_waits_for_a_bootstrapping_instance():
+    world, cluster = running_cluster(2)
+    world.apply(plan(world, spec_change(cluster, instances=3)))  # orders-2 is being cloned
+    tuned = spec_change(cluster, instances=3, parameters={"shared_buffers": "1GB"})
+    # The clone serves nothing yet, so it takes the new spec first...
+    first = plan(world, tuned)
+    assert instance_actions(first) == [(PATCH, "orders-2")]
+    world.apply(first)
+    # ...and the serving instances wait until it has come up on it.
+    result = plan(world, tuned)
+    assert result == [] and any("waits for orders-2" in note for note in result.waiting)
+    world.report("orders-2")
+    assert instance_actions(plan(world, tuned)) == [(PATCH, "orders-1")]
+
+
+def test_role_and_fencing_are_never_patched_by_the_cluster_plan():
+    world, cluster = running_cluster(3)
+    world.objects[("PgInstance", "orders-1")]["spec"]["fenced"] = True
+    actions = plan(world, spec_change(cluster, parameters={"work_mem": "1MB"}))
+    for action in actions:
+        assert not {"role", "fenced", "bootstrap", "ordinal", "cluster"} & set(action.patch["spec"])
+
+
+# ------------------------------------------------------------------------------- plan instance
+
+def new_instance(world, reclaim="Retain"):
+    """A world holding the first objects of a new cluster, orders-0 among them."""
+    world.apply(plan(world, make_cluster(storage={"size": "1Gi", "reclaimPolicy": reclaim})))
+    return world
+
+
+def iplan(world, name="orders-0"):
+    return plan_instance(world.get("PgInstance", name), world.get("PersistentVolumeClaim", name),
+                         world.pods_of(name))
+
+
+def test_a_new_instance_gets_its_volume_then_its_bootstrap_pod():
+    world = new_instance(World())
+    actions = iplan(world)
+    assert summary(actions) == [(CREATE, "PersistentVolumeClaim", "orders-0"), (CREATE, "Pod", "orders-0-bootstrap")]
+    world.apply(actions)
+    running = iplan(world)
+    assert running == [] and any("initdb" in note for note in running.waiting)
+
+
+def test_a_finished_bootstrap_hands_the_volume_to_postgres():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    world.set_pod_phase("orders-0-bootstrap", "Succeeded")
+    actions = iplan(world)
+    assert summary(actions) == [
+        (PATCH, "PersistentVolumeClaim", "orders-0"),
+        (DELETE, "Pod", "orders-0-bootstrap"),
+        (CREATE, "Pod", "orders-0"),
+    ]
+    assert actions[0].patch["metadata"]["annotations"][ANNOTATION_INITIALIZED] == "initdb"
+    world.apply(actions)
+    assert iplan(world) == []
+
+
+def test_the_handover_resumes_after_an_operator_crash_halfway():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    world.set_pod_phase("orders-0-bootstrap", "Succeeded")
+    world.apply(iplan(world)[:1])  # only the volume got marked
+    assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0-bootstrap"), (CREATE, "Pod", "orders-0")]
+
+
+def test_never_two_bootstrap_pods():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    for phase in ("Pending", "Running"):
+        world.set_pod_phase("orders-0-bootstrap", phase)
+        assert [a for a in iplan(world) if a.verb == CREATE] == []
+
+
+def test_a_failed_bootstrap_pod_is_removed_before_another_is_made():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    world.set_pod_phase("orders-0-bootstrap", "Failed")
+    assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0-bootstrap")]
+    world.apply(iplan(world))
+    assert summary(iplan(world)) == [(CREATE, "Pod", "orders-0-bootstrap")]
+
+
+def initialised(world, name="orders-0"):
+    world.apply(iplan(world, name))
+    world.set_pod_phase(f"{name}-bootstrap", "Succeeded")
+    world.apply(iplan(world, name))
+    world.set_pod_phase(name, "Running")
+    return world
+
+
+def test_an_initialised_volume_is_never_bootstrapped_again():
+    world = initialised(new_instance(World()))
+    del world.objects[("Pod", "orders-0")]
+    # Even for a new PgInstance with an empty status (e.g. recreated by hand) the volume decides.
+    world.objects[("PgInstance", "orders-0")].pop("status", None)
+    actions = iplan(world)
+    assert summary(actions) == [(CREATE, "Pod", "orders-0")]
+
+
+def test_a_deleted_postgres_pod_comes_back_on_the_same_volume():
+    world = initialised(new_instance(World()))
+    world.report("orders-0")
+    del world.objects[("Pod", "orders-0")]
+    [action] = iplan(world)
+    assert (action.verb, action.kind, action.name) == (CREATE, "Pod", "orders-0")
+    [claim] = [v for v in action.body["spec"]["volumes"] if "persistentVolumeClaim" in v]
+    assert claim["persistentVolumeClaim"]["claimName"] == "orders-0"
+    assert "data is kept" in action.reason
+
+
+def test_an_evicted_postgres_pod_is_replaced():
+    world = initialised(new_instance(World()))
+    world.set_pod_phase("orders-0", "Failed")
+    assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0")]
+
+
+def test_a_bootstrap_pod_running_over_an_initialised_volume_is_stopped_first():
+    world = initialised(new_instance(World()))
+    del world.objects[("Pod", "orders-0")]
+    world.objects[("Pod", "orders-0-bootstrap")] = {
+        "kind": "Pod", "metadata": {"name": "orders-0-bootstrap", "uid": "b", "namespace": "shop",
+                                    "labels": {"pgop.io/instance": "orders-0"}},
+        "status": {"phase": "Running"}}
+    result = iplan(world)
+    assert summary(result) == [(DELETE, "Pod", "orders-0-bootstrap")]
+    assert result.waiting
+
+
+def test_a_volume_of_another_cluster_is_neither_bootstrapped_nor_started():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    del world.objects[("Pod", "orders-0-bootstrap")]
+    world.get("PersistentVolumeClaim", "orders-0")["metadata"]["annotations"].update(
+        {ANNOTATION_INITIALIZED: "initdb", "pgop.io/cluster-uid": "an-older-orders"})
+    result = iplan(world)
+    assert result == []
+    assert any("another PgCluster" in note for note in result.waiting)
+
+
+def test_the_pod_role_label_follows_the_role_postgres_reports():
+    world = initialised(new_instance(World()))
+    assert world.get("Pod", "orders-0")["metadata"]["labels"]["pgop.io/role"] == "pending"
+    world.report("orders-0", role="primary")
+    [action] = iplan(world)
+    assert action.patch == {"metadata": {"labels": {"pgop.io/role": "primary"}}}
+    world.apply([action])
+    assert iplan(world) == []
+
+
+def test_a_new_image_replaces_the_pod_on_the_same_volume():
+    world = initialised(new_instance(World()))
+    world.objects[("PgInstance", "orders-0")]["spec"]["image"] = "registry.example/pg:15.10"
+    assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0")]
+    world.apply(iplan(world))
+    [create] = iplan(world)
+    assert create.body["spec"]["containers"][0]["image"] == "registry.example/pg:15.10"
+
+
+def test_a_parameter_change_does_not_touch_the_pod():
+    world = initialised(new_instance(World()))
+    world.report("orders-0", role="primary")
+    world.apply(iplan(world))
+    world.objects[("PgInstance", "orders-0")]["spec"]["parameters"] = {"work_mem": "64MB"}
+    assert iplan(world) == []
+
+
+def test_volumes_grow_but_never_shrink():
+    world = initialised(new_instance(World()))
+    world.objects[("PgInstance", "orders-0")]["spec"]["storage"]["size"] = "2Gi"
+    [grow] = iplan(world)
+    assert grow.patch == {"spec": {"resources": {"requests": {"storage": "2Gi"}}}}
+    world.objects[("PgInstance", "orders-0")]["spec"]["storage"]["size"] = "512Mi"
+    result = iplan(world)
+    assert result == [] and any("never shrink" in note for note in result.waiting)
+
+
+def test_reclaim_policy_decides_whether_the_volume_follows_its_instance():
+    world = initialised(new_instance(World(), reclaim="Delete"))
+    uid = world.get("PgInstance", "orders-0")["metadata"]["uid"]
+    assert world.get("PersistentVolumeClaim", "orders-0")["metadata"]["ownerReferences"][0]["uid"] == uid
+    world.objects[("PgInstance", "orders-0")]["spec"]["storage"]["reclaimPolicy"] = "Retain"
+    [action] = iplan(world)
+    assert action.patch == {"metadata": {"ownerReferences": None}}
+    world.apply([action])
+    assert iplan(world) == []
+
+
+def test_a_deleted_instance_gets_no_actions():
+    world = new_instance(World())
+    world.objects[("PgInstance", "orders-0")]["metadata"]["deletionTimestamp"] = "2026-11-22T12:00:00Z"
+    assert iplan(world) == []
+
+
+def test_plan_instance_takes_the_plain_body_kopf_hands_over():
+    world = new_instance(World())
+    body = world.get("PgInstance", "orders-0")
+    assert plan_instance(body, None, []) == plan_instance(Instance.from_object(body), None, [])
+
+
+# ------------------------------------------------------------------------------ actions, patches
+
+def test_actions_never_show_a_password():
+    actions = plan(World(), make_cluster())
+    passwords = [a.body["stringData"]["password"] for a in actions if a.kind == "Secret"]
+    text = " ".join(repr(a) + a.describe() for a in actions)
+    assert passwords and not any(p in text for p in passwords)
+
+
+def test_actions_carry_their_api_version():
+    assert Action(CREATE, "PodDisruptionBudget", "x", "ns", "r").api_version == "policy/v1"
+    assert Action(CREATE, "PgInstance", "x", "ns", "r").api_version == "pgop.io/v1"
+
+
+def test_plan_compares_like_a_list_and_carries_waiting_notes():
+    empty = Plan([], ["waiting for the primary"])
+    assert empty == [] and not empty and empty.waiting == ["waiting for the primary"]
+
+
+@pytest.mark.parametrize("target, patch, result", [
+    # From RFC 7386, appendix A.
+    ({"a": "b"}, {"a": "c"}, {"a": "c"}),
+    ({"a": "b"}, {"b": "c"}, {"a": "b", "b": "c"}),
+    ({"a": "b"}, {"a": None}, {}),
+    ({"a": {"b": "c"}}, {"a": {"b": "d", "c": None}}, {"a": {"b": "d"}}),
+    ({"a": [{"b": "c"}]}, {"a": [1]}, {"a": [1]}),
+    ({"e": None}, {"a": 1}, {"e": None, "a": 1}),
+    ([1, 2], {"a": "b", "c": None}, {"a": "b"}),
+    ({}, {"a": {"bb": {"ccc": None}}}, {"a": {"bb": {}}}),
+])
+def test_apply_merge_patch_follows_rfc_7386(target, patch, result):
+    assert apply_merge_patch(target, patch) == result
+
+
+@pytest.mark.parametrize("current, desired", [
+    ({"a": 1, "b": {"c": 2, "d": 3}}, {"a": 1, "b": {"c": 5}}),
+    ({"x": [1, 2]}, {"x": [2]}),
+    ({}, {"a": {"b": 1}}),
+    ({"a": {"b": 1}}, {}),
+    ({"same": {"deep": True}}, {"same": {"deep": True}}),
+])
+def test_merge_patch_turns_current_into_desired(current, desired):
+    patch = merge_patch(current, desired)
+    assert apply_merge_patch(current, patch) == desired
+    assert (patch == {}) == (current == desired)
+

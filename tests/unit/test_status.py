@@ -1,0 +1,173 @@
+from datetime import timedelta
+
+from pgop.model import Cluster
+from pgop.status import cluster_status, merge_conditions
+from tests.unit.world import NOW, World, cluster_body, make_cluster, plan, running_cluster
+
+
+def condition(status, kind):
+    return next(c for c in status["conditions"] if c["type"] == kind)
+
+
+def healthy(instances=3, **spec):
+    world, cluster = running_cluster(instances, **spec)
+    world.report("orders-0", lsn="0/5000000")
+    for name in world.instance_names()[1:]:
+        world.report(name, lsn="0/4000000")
+    return world, cluster
+
+
+def status_of(world, cluster, at=NOW, **kwargs):
+    return cluster_status(cluster, world.all("PgInstance"), now=at, **kwargs)
+
+
+def test_a_healthy_cluster_says_so():
+    world, cluster = healthy()
+    status = status_of(world, cluster)
+    assert status["phase"] == "Ready"
+    assert status["currentPrimary"] == "orders-0"
+    assert status["readyInstances"] == 3
+    assert condition(status, "Ready")["status"] == "True"
+    assert condition(status, "Progressing")["status"] == "False"
+    assert condition(status, "Degraded")["status"] == "False"
+    assert status["timeline"] == 1
+
+
+def test_each_instance_shows_role_lsn_and_lag_in_bytes():
+    world, cluster = healthy()
+    entries = {e["name"]: e for e in status_of(world, cluster)["instances"]}
+    assert [e["name"] for e in status_of(world, cluster)["instances"]] == ["orders-0", "orders-1", "orders-2"]
+    assert entries["orders-0"]["role"] == "primary" and "lagBytes" not in entries["orders-0"]
+    assert entries["orders-1"]["role"] == "replica"
+    assert entries["orders-1"]["lagBytes"] == 0x1000000  # 16 MiB behind
+    assert entries["orders-1"]["lsn"] == "0/4000000" and entries["orders-1"]["ready"] is True
+
+
+def test_instance_entries_hold_no_nulls_the_crd_would_refuse():
+    world, cluster = running_cluster(2)
+    world.objects[("PgInstance", "orders-1")]["status"] = {}
+    for entry in status_of(world, cluster)["instances"]:
+        assert None not in entry.values()
+
+
+def test_a_stale_replica_heartbeat_makes_ready_false_with_a_reason():
+    world, cluster = healthy()
+    world.report("orders-2", lsn="0/4000000", heartbeat=NOW - timedelta(seconds=45))
+    status = status_of(world, cluster)
+    ready = condition(status, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "HeartbeatStale"
+    assert "orders-2" in ready["message"] and "45s" in ready["message"]
+    assert condition(status, "Degraded")["status"] == "True"
+    assert status["readyInstances"] == 2
+    assert status["phase"] == "Degraded"
+    assert {e["name"]: e["ready"] for e in status["instances"]}["orders-2"] is False
+
+
+def test_a_stale_primary_is_not_believed_even_if_it_said_ready():
+    world, cluster = healthy()
+    world.report("orders-0", ready=True, heartbeat=NOW - timedelta(seconds=60))
+    status = status_of(world, cluster)
+    assert condition(status, "Ready")["reason"] == "PrimaryHeartbeatStale"
+    degraded = condition(status, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "PrimaryUnavailable"
+    assert status["phase"] == "Degraded"
+
+
+def test_the_heartbeat_timeout_is_a_parameter():
+    world, cluster = healthy()
+    world.report("orders-1", heartbeat=NOW - timedelta(seconds=20))
+    assert condition(status_of(world, cluster), "Ready")["status"] == "False"
+    assert condition(status_of(world, cluster, heartbeat_timeout=30), "Ready")["status"] == "True"
+
+
+def test_a_new_cluster_is_creating_and_progressing_not_degraded():
+    world, cluster = World(), make_cluster(synchronousReplicas=1)
+    world.apply(plan(world, cluster))
+    status = status_of(world, cluster)
+    assert status["phase"] == "Creating"
+    assert condition(status, "Ready")["status"] == "False"
+    assert condition(status, "Progressing")["status"] == "True"
+    assert condition(status, "Degraded")["status"] == "False"
+    world.report("orders-0")
+    world.apply(plan(world, cluster))  # the replicas are being cloned
+    status = status_of(world, cluster)
+    assert status["phase"] == "Creating"
+    assert condition(status, "Degraded")["status"] == "False"
+    assert "orders-1" in condition(status, "Progressing")["message"]
+
+
+def test_waiting_notes_of_the_plan_show_in_progressing():
+    world, cluster = World(), make_cluster()
+    first = plan(world, cluster)
+    world.apply(first)
+    status = status_of(world, cluster, waiting=first.waiting)
+    assert "created once the primary orders-0 is ready" in condition(status, "Progressing")["message"]
+
+
+def test_required_sync_without_enough_replicas_says_commits_wait():
+    world, cluster = healthy(3, synchronousReplicas=2, synchronousMode="required")
+    world.report("orders-2", ready=False)
+    degraded = condition(status_of(world, cluster), "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "SynchronousQuorumLost"
+    assert "1 of the 2 synchronous replicas required are ready: commits wait" in degraded["message"]
+    assert "orders-2: not ready" in degraded["message"]
+
+
+def test_preferred_sync_without_enough_replicas_says_commits_continue():
+    world, cluster = healthy(2, synchronousReplicas=1)
+    world.report("orders-1", ready=False)
+    degraded = condition(status_of(world, cluster), "Degraded")
+    assert degraded["reason"] == "InstancesUnavailable"
+    assert "0 of 1 synchronous replicas are ready: commits continue" in degraded["message"]
+
+
+def test_a_rollout_in_progress_is_updating():
+    world, cluster = healthy()
+    world.objects[("PgInstance", "orders-1")]["metadata"]["generation"] += 1  # patched, not yet applied
+    status = status_of(world, cluster)
+    assert status["phase"] == "Updating"
+    assert condition(status, "Progressing")["reason"] == "RollingUpdate"
+
+
+def test_scaling_a_ready_cluster_is_scaling_not_creating():
+    world, cluster = healthy()
+    previous = status_of(world, cluster)
+    bigger = Cluster.from_object(cluster_body(instances=5) | {"status": previous})
+    status = cluster_status(bigger, world.all("PgInstance"), now=NOW)
+    assert status["phase"] == "Scaling"
+    assert condition(status, "Progressing")["reason"] == "ScalingUp"
+
+
+def test_transition_time_moves_only_when_the_condition_flips():
+    world, cluster = healthy()
+    first = status_of(world, cluster)
+    cluster = Cluster.from_object(cluster_body() | {"status": first})
+    later = status_of(world, cluster, at=NOW + timedelta(seconds=5))
+    assert condition(later, "Ready")["lastTransitionTime"] == condition(first, "Ready")["lastTransitionTime"]
+    world.report("orders-1", ready=False, heartbeat=NOW + timedelta(seconds=10))
+    flipped = status_of(world, cluster, at=NOW + timedelta(seconds=10))
+    assert condition(flipped, "Ready")["lastTransitionTime"] == "2026-11-22T12:00:10Z"
+
+
+def test_conditions_of_other_controllers_are_kept():
+    previous = [{"type": "ContinuousArchiving", "status": "True", "reason": "Archiving", "message": "",
+                 "lastTransitionTime": "2026-11-01T00:00:00Z"}]
+    merged = merge_conditions(previous, [{"type": "Ready", "status": "True", "reason": "x", "message": ""}], NOW, 4)
+    assert merged[0] == previous[0]
+    assert merged[1]["observedGeneration"] == 4
+
+
+def test_no_primary_is_degraded():
+    world, cluster = healthy()
+    world.objects[("PgInstance", "orders-0")]["spec"]["role"] = "replica"
+    status = status_of(world, cluster)
+    assert status["currentPrimary"] is None
+    assert condition(status, "Degraded")["reason"] == "NoPrimary"
+    assert condition(status, "Ready")["reason"] == "NoPrimary"
+
+
+def test_two_instances_running_as_primary_is_called_out():
+    world, cluster = healthy()
+    world.report("orders-1", role="primary")
+    degraded = condition(status_of(world, cluster), "Degraded")
+    assert degraded["reason"] == "MultiplePrimaries" and "orders-0, orders-1" in degraded["message"]
