@@ -27,6 +27,93 @@ def run(
                  verbose=verbose)
 
 
+def _namespace(namespace: Optional[str]) -> str:
+    if namespace:
+        return namespace
+    from kubernetes import config
+    try:
+        _, ctx = config.list_kube_config_contexts()
+        return ctx.get("context", {}).get("namespace") or "default"
+    except Exception:
+        return "default"
+
+
+@app.command()
+def status(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """Show a PgCluster at a glance: instances, roles, LSN, lag, sync state, heartbeats."""
+    from rich.console import Console
+
+    from pgop.cli_views import cluster_table, conditions_table
+    from pgop.kube import Kube
+    from pgop.specs.meta import LABEL_CLUSTER
+
+    ns = _namespace(namespace)
+    kube = Kube()
+    body = kube.get("PgCluster", ns, cluster)
+    if body is None:
+        typer.echo(f"PgCluster {ns}/{cluster} not found", err=True)
+        raise typer.Exit(1)
+    instances = kube.list("PgInstance", ns, {LABEL_CLUSTER: cluster})
+    console = Console()
+    console.print(cluster_table(body, instances))
+    console.print(conditions_table(body))
+
+
+@app.command()
+def plan(
+    filename: str = typer.Option(..., "--filename", "-f", help="PgCluster manifest (YAML)"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """What the operator would create, change or delete for this manifest, without doing it."""
+    import uuid
+
+    import yaml
+    from rich.console import Console
+
+    from pgop.cli_views import plan_table
+    from pgop.controller import observe_cluster
+    from pgop.kube import Kube
+    from pgop.model import Cluster
+    from pgop.plan import plan_cluster
+
+    with open(filename) as f:
+        docs = [d for d in yaml.safe_load_all(f) if d]
+    kube = Kube()
+    console = Console()
+    for doc in docs:
+        if doc.get("kind") != "PgCluster":
+            console.print(f"skipping {doc.get('kind')} {doc.get('metadata', {}).get('name')}: "
+                          "plan covers PgCluster")
+            continue
+        meta = doc.setdefault("metadata", {})
+        ns = meta.get("namespace") or _namespace(namespace)
+        meta["namespace"] = ns
+        live = kube.get("PgCluster", ns, meta["name"])
+        if live is not None:
+            # the live object's identity and status, the manifest's spec
+            body = {**live, "spec": doc.get("spec", {})}
+        else:
+            body = {**doc, "metadata": {**meta, "uid": f"(new) {uuid.uuid4()}", "generation": 1}}
+        cluster = Cluster.from_object(body)
+        errors = cluster.validate()
+        if errors:
+            for path, reason in errors:
+                console.print(f"[red]invalid[/red] {path}: {reason}")
+            raise typer.Exit(2)
+        result = plan_cluster(cluster, observe_cluster(kube, ns, meta["name"]))
+        state = "exists" if live is not None else "does not exist yet"
+        if not result:
+            console.print(f"PgCluster {ns}/{meta['name']} ({state}): no changes")
+        else:
+            console.print(plan_table(result, f"PgCluster {ns}/{meta['name']} ({state}): "
+                                             f"{len(result)} action(s)"))
+        for why in result.waiting:
+            console.print(f"  then: {why}")
+
+
 @app.command()
 def version() -> None:
     """Print the pgop version."""

@@ -36,6 +36,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
         prefix="pgop.io", key="last-handled-configuration")
     settings.persistence.finalizer = "pgop.io/finalizer"
     settings.posting.level = logging.INFO
+    # kopf logs every timer run at INFO; keep the log for what pgop does (logger "pgop").
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
 
@@ -46,5 +48,5 @@ def run(namespaces: list[str], clusterwide: bool, liveness: str | None = None,
     loaded = load_handlers()
     log.info("pgop operator starting with handlers from %s", ", ".join(loaded) or "nothing")
     asyncio.run(kopf.operator(
-        clusterwide=clusterwide, namespaces=namespaces or None, standalone=True,
+        clusterwide=clusterwide, namespaces=list(namespaces), standalone=True,
         liveness_endpoint=liveness))

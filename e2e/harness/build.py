@@ -33,6 +33,9 @@ class GoComponent:
     # extra files to write in the wrapper module (relative path -> content)
     extra_files: dict[str, str] = field(default_factory=dict)
     replace_staging: bool = False
+    # Pin every module upstream's go.mod requires to exactly that version (a wrapper module's MVS
+    # would otherwise let other dependencies raise them past what upstream was built with).
+    pin_upstream: bool = False
 
     @property
     def key(self) -> str:
@@ -78,6 +81,21 @@ def _staging_replaces(module: str, version: str, workdir: Path) -> list[str]:
     return [f"{m}={m}@{staging_version}" for m in mods]
 
 
+def _upstream_pins(module: str, version: str, workdir: Path) -> list[str]:
+    info = json.loads(_go(["mod", "download", "-json", f"{module}@{version}"], workdir))
+    gomod = Path(info["GoMod"]).read_text()
+    # Upstream's go.sum vouches for the exact versions it was built with, some of which the
+    # checksum database no longer answers for.
+    upstream_sum = Path(info["Dir"]) / "go.sum"
+    if upstream_sum.exists():
+        (workdir / "go.sum").write_text(upstream_sum.read_text())
+    pins = [f"{module}={module}@{version}"]
+    for mod, ver in re.findall(r"^\s*(?:require\s+)?([\w./~-]+\.[\w./~-]+)\s+(v[\w.+-]+)(?:\s*//.*)?$",
+                               gomod, re.M):
+        pins.append(f"{mod}={mod}@{ver}")
+    return pins
+
+
 def build(c: GoComponent) -> Path:
     if c.built():
         step(f"{c.key}: cached in {c.bindir}")
@@ -92,6 +110,9 @@ def build(c: GoComponent) -> Path:
         if c.replace_staging:
             for r in _staging_replaces(c.module, c.version, c.srcdir):
                 _go(["mod", "edit", "-replace", r], c.srcdir)
+        if c.pin_upstream:
+            pins = _upstream_pins(c.module, c.version, c.srcdir)
+            _go(["mod", "edit", *[f"-replace={r}" for r in pins]], c.srcdir)
         _go(["get", f"{c.module}@{c.version}"], c.srcdir)
         if c.extra_files:
             _go(["mod", "tidy"], c.srcdir)
@@ -178,7 +199,7 @@ def components() -> list[GoComponent]:
         GoComponent("consul", "github.com/hashicorp/consul", v.CONSUL,
                     {"github.com/hashicorp/consul": "consul"}),
         GoComponent("vault", "github.com/hashicorp/vault", v.VAULT,
-                    {"github.com/hashicorp/vault": "vault"}),
+                    {"github.com/hashicorp/vault": "vault"}, pin_upstream=True),
     ]
 
 

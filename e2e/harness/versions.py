@@ -10,7 +10,7 @@ VERSITYGW = "v1.8.0"
 CONSUL = "v1.20.1"
 # OpenBao's main module is refused by the Go module proxy (403 "not available"), so the Vault API
 # server is HashiCorp Vault 1.14.x: the last MPL-2.0 release, the code OpenBao was forked from.
-VAULT = "v1.14.8"
+VAULT = "v1.13.0"
 
 DEBIAN_SUITE = "bookworm"
 POSTGRES_MAJOR = 15

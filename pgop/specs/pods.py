@@ -2,7 +2,7 @@
 
 The bootstrap pod runs `pgop agent bootstrap --mode initdb|basebackup|recovery` once and exits;
 the Postgres pod runs `pgop agent run` as PID 1, which runs postgres. Both run as the image's
-non-root postgres user (uid 26, images/postgres/Containerfile).
+non-root postgres user (uid 999, images/postgres/Containerfile).
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from pgop.specs.meta import (
 )
 from pgop.specs.pvc import pvc_name
 
-POSTGRES_UID = 26
+POSTGRES_UID = 999
 DATA_MOUNT = "/var/lib/postgresql/data"
 # A subdirectory, because initdb wants an empty directory and a volume's root may hold lost+found.
 PGDATA = f"{DATA_MOUNT}/pgdata"
@@ -139,6 +139,25 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
+def _volume_owner(instance: Instance) -> dict[str, Any]:
+    """Hands the volume's root to the postgres uid. fsGroup does that for most volume types, but
+    not for host-path volumes (the local provisioner), which arrive owned by root; this runs as
+    root with CHOWN only, and only changes anything when the owner is wrong."""
+    return {
+        "name": "volume-owner",
+        "image": instance.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["sh", "-c", f'[ "$(stat -c %u:%g {DATA_MOUNT})" = "{POSTGRES_UID}:{POSTGRES_UID}" ] '
+                                f'|| chown {POSTGRES_UID}:{POSTGRES_UID} {DATA_MOUNT}'],
+        "securityContext": {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False,
+                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}},
+        "volumeMounts": [{"name": "pgdata", "mountPath": DATA_MOUNT}],
+        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
+                      "limits": {"cpu": "100m", "memory": "64Mi"}},
+    }
+
+
 def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dict[str, str],
          container: dict[str, Any], restart_policy: str) -> dict[str, Any]:
     cluster = instance.spec.cluster
@@ -172,6 +191,7 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
                                                       LABEL_COMPONENT: COMPONENT_POSTGRES}},
                 },
             }]}},
+            "initContainers": [_volume_owner(instance)],
             "containers": [container],
             "volumes": _volumes(instance),
         },

@@ -98,8 +98,8 @@ def test_postgres_pod_runs_the_agent_as_pid_1_without_root():
     assert main["command"] == ["pgop", "agent", "run"]
     assert "args" not in main  # no shell in between: the agent gets the signals
     security = spec["securityContext"]
-    assert security["runAsUser"] == POSTGRES_UID == 26 and security["runAsNonRoot"] is True
-    assert security["fsGroup"] == 26
+    assert security["runAsUser"] == POSTGRES_UID == 999 and security["runAsNonRoot"] is True
+    assert security["fsGroup"] == 999
     assert main["securityContext"]["allowPrivilegeEscalation"] is False
     assert main["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert spec["restartPolicy"] == "Always"

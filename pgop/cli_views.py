@@ -1,0 +1,82 @@
+"""What the CLI prints: pure functions from API objects to rich renderables (tested without a
+cluster)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+from rich.table import Table
+from rich.text import Text
+
+from pgop.model import parse_time
+from pgop.plan import Action
+
+
+def _age(ts: str | None, now: datetime) -> str:
+    moment = parse_time(ts) if ts else None
+    if moment is None:
+        return "-"
+    seconds = int((now - moment).total_seconds())
+    if seconds < 120:
+        return f"{seconds}s ago"
+    if seconds < 7200:
+        return f"{seconds // 60}m ago"
+    return f"{seconds // 3600}h ago"
+
+
+def _bytes(n: Any) -> str:
+    if n is None:
+        return "-"
+    n = int(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n} {unit}"
+        n //= 1024
+    return f"{n} TiB"
+
+
+def cluster_table(cluster: dict[str, Any], instances: Iterable[dict[str, Any]],
+                  now: datetime | None = None) -> Table:
+    now = now or datetime.now(timezone.utc)
+    status = cluster.get("status") or {}
+    spec = cluster.get("spec") or {}
+    entries = {e["name"]: e for e in status.get("instances") or []}
+    title = (f"PgCluster {cluster['metadata']['namespace']}/{cluster['metadata']['name']}: "
+             f"{status.get('phase', 'Unknown')}, {status.get('readyInstances', 0)}/"
+             f"{spec.get('instances', '?')} ready, primary {status.get('currentPrimary') or '-'}")
+    table = Table(title=title, title_justify="left")
+    for col in ("INSTANCE", "ROLE", "READY", "TIMELINE", "LSN", "LAG", "SYNC", "HEARTBEAT", "POD"):
+        table.add_column(col)
+    for inst in sorted(instances, key=lambda i: i["spec"].get("ordinal", 0)):
+        name = inst["metadata"]["name"]
+        st = inst.get("status") or {}
+        entry = entries.get(name, {})
+        ready = entry.get("ready", st.get("ready"))
+        table.add_row(
+            name, st.get("role") or inst["spec"].get("role", "-"),
+            Text("yes", style="green") if ready else Text("no", style="red"),
+            str(st.get("timeline", "-")), st.get("lsn") or "-", _bytes(entry.get("lagBytes")),
+            entry.get("syncState") or st.get("syncState") or "-",
+            _age(st.get("lastHeartbeat"), now), st.get("pod") or "-")
+    return table
+
+
+def conditions_table(obj: dict[str, Any]) -> Table:
+    table = Table(title="Conditions", title_justify="left")
+    for col in ("TYPE", "STATUS", "REASON", "MESSAGE"):
+        table.add_column(col)
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        style = "green" if (c["status"] == "True") != (c["type"] == "Degraded") else "yellow"
+        table.add_row(c["type"], Text(c["status"], style=style), c.get("reason", ""),
+                      c.get("message", ""))
+    return table
+
+
+def plan_table(actions: Iterable[Action], title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    for col in ("#", "ACTION", "KIND", "NAME", "WHY"):
+        table.add_column(col)
+    style = {"create": "green", "patch": "yellow", "delete": "red"}
+    for n, a in enumerate(actions, 1):
+        table.add_row(str(n), Text(a.verb, style=style.get(a.verb, "")), a.kind, a.name, a.reason)
+    return table

@@ -1,0 +1,45 @@
+"""Reconcilers: read what is, plan (pure), apply, and compute status. Used by the kopf handlers
+and, without the apply step, by `pgop plan`."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from pgop.kube import Kube
+from pgop.model import Cluster, Instance
+from pgop.plan import ObservedCluster, Plan, plan_cluster, plan_instance
+from pgop.specs import names
+from pgop.specs.meta import LABEL_CLUSTER, LABEL_INSTANCE
+from pgop.specs.pvc import pvc_name
+from pgop.status import cluster_status
+
+
+def observe_cluster(kube: Kube, namespace: str, name: str) -> ObservedCluster:
+    selector = {LABEL_CLUSTER: name}
+    account = names.agent_account(name)
+    return ObservedCluster(
+        instances=kube.list("PgInstance", namespace, selector),
+        services=kube.list("Service", namespace, selector),
+        secrets=kube.list("Secret", namespace, selector),
+        pdb=kube.get("PodDisruptionBudget", namespace, names.pdb(name)),
+        service_account=kube.get("ServiceAccount", namespace, account),
+        role=kube.get("Role", namespace, account),
+        role_binding=kube.get("RoleBinding", namespace, account),
+    )
+
+
+def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, ObservedCluster, Plan]:
+    cluster = Cluster.from_object(body)
+    observed = observe_cluster(kube, cluster.namespace, cluster.name)
+    return cluster, observed, plan_cluster(cluster, observed)
+
+
+def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> dict[str, Any]:
+    return cluster_status(cluster, instances, now=datetime.now(timezone.utc), waiting=plan.waiting)
+
+
+def plan_for_instance(kube: Kube, body: dict[str, Any]) -> tuple[Instance, Plan]:
+    instance = Instance.from_object(body)
+    pvc = kube.get("PersistentVolumeClaim", instance.namespace, pvc_name(instance))
+    pods = kube.list("Pod", instance.namespace, {LABEL_INSTANCE: instance.name})
+    return instance, plan_instance(instance, pvc, pods)

@@ -1,0 +1,96 @@
+"""kopf handlers for PgCluster and PgInstance: thin. Each reconciles on create, update, resume and a
+short timer (level-triggered: whatever changed, the next pass sees it), by planning with the pure
+functions of pgop.plan and applying the actions in order."""
+from __future__ import annotations
+
+import functools
+import logging
+
+import kopf
+from kubernetes.client.rest import ApiException
+
+from pgop import controller
+from pgop.kube import Kube, NotFound
+from pgop.model import API_GROUP
+
+VERSION = "v1"
+CLUSTER_INTERVAL = 2.0
+INSTANCE_INTERVAL = 2.0
+
+log = logging.getLogger("pgop.handlers")
+
+
+@functools.cache
+def kube() -> Kube:
+    return Kube()
+
+
+def _apply(body, plan, logger) -> None:
+    for action in plan:
+        try:
+            kube().apply(action)
+        except NotFound:
+            logger.info("skipped %s: the object is gone", action.describe())
+            continue
+        except ApiException as e:
+            # Report the API's reason (never the body, which may hold a password).
+            raise kopf.TemporaryError(f"{action.verb} {action.kind} {action.name} failed: "
+                                      f"{e.status} {e.reason}", delay=5) from None
+        reason = {"create": "Created", "patch": "Updated", "delete": "Deleted"}[action.verb] + action.kind
+        kopf.info(body, reason=reason, message=action.describe())
+        log.info("%s/%s: %s", body["metadata"].get("namespace"), body["metadata"]["name"],
+                 action.describe())
+
+
+# ------------------------------------------------------------------------------------- PgCluster
+
+def reconcile_cluster(body, patch, logger) -> None:
+    cluster, observed, plan = controller.plan_for_cluster(kube(), body)
+    errors = cluster.validate()
+    if errors:
+        message = "; ".join(f"{path}: {reason}" for path, reason in errors)
+        patch.status["phase"] = "Failed"
+        patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+                                       "message": message, "observedGeneration": cluster.generation}]
+        if body.get("status", {}).get("phase") != "Failed":
+            kopf.warn(body, reason="InvalidSpec", message=message)
+        return
+    _apply(body, plan, logger)
+    status = controller.status_for_cluster(cluster, list(observed.instances), plan)
+    if _changed(body.get("status") or {}, status):
+        patch.status.update(status)
+
+
+def _changed(current: dict, desired: dict) -> bool:
+    return any(current.get(k) != v for k, v in desired.items())
+
+
+@kopf.on.create(API_GROUP, VERSION, "pgclusters")
+@kopf.on.update(API_GROUP, VERSION, "pgclusters", field="spec")
+@kopf.on.resume(API_GROUP, VERSION, "pgclusters")
+def cluster_changed(body, patch, logger, **_):
+    reconcile_cluster(body, patch, logger)
+
+
+@kopf.timer(API_GROUP, VERSION, "pgclusters", interval=CLUSTER_INTERVAL, sharp=False)
+def cluster_tick(body, patch, logger, **_):
+    reconcile_cluster(body, patch, logger)
+
+
+# ------------------------------------------------------------------------------------ PgInstance
+
+def reconcile_instance(body, logger) -> None:
+    _, plan = controller.plan_for_instance(kube(), body)
+    _apply(body, plan, logger)
+
+
+@kopf.on.create(API_GROUP, VERSION, "pginstances")
+@kopf.on.resume(API_GROUP, VERSION, "pginstances")
+@kopf.on.update(API_GROUP, VERSION, "pginstances", field="spec")
+def instance_changed(body, logger, **_):
+    reconcile_instance(body, logger)
+
+
+@kopf.timer(API_GROUP, VERSION, "pginstances", interval=INSTANCE_INTERVAL, sharp=False)
+def instance_tick(body, logger, **_):
+    reconcile_instance(body, logger)

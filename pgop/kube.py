@@ -1,0 +1,143 @@
+"""A small generic client for the objects pgop manages: list/get/create/merge-patch/delete by kind.
+
+The plan functions speak in (kind, name, body, merge patch); this is the one place that turns
+them into API calls, shared by the handlers and by `pgop plan`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from kubernetes import client, config
+from kubernetes.client.rest import ApiException
+
+from pgop.plan import CREATE, DELETE, PATCH, Action
+
+
+@dataclass(frozen=True)
+class Resource:
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
+        base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
+        if namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if sub:
+            base += f"/{sub}"
+        return base
+
+
+RESOURCES = {
+    "Pod": Resource("", "v1", "pods"),
+    "Service": Resource("", "v1", "services"),
+    "Secret": Resource("", "v1", "secrets"),
+    "ServiceAccount": Resource("", "v1", "serviceaccounts"),
+    "PersistentVolumeClaim": Resource("", "v1", "persistentvolumeclaims"),
+    "Event": Resource("", "v1", "events"),
+    "PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets"),
+    "Role": Resource("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    "PgCluster": Resource("pgop.io", "v1", "pgclusters"),
+    "PgInstance": Resource("pgop.io", "v1", "pginstances"),
+    "PgBackup": Resource("pgop.io", "v1", "pgbackups"),
+    "MysqlDb": Resource("pgop.io", "v1", "mysqldbs"),
+}
+
+
+class NotFound(Exception):
+    pass
+
+
+class Kube:
+    def __init__(self, api: client.ApiClient | None = None):
+        if api is None:
+            try:
+                config.load_incluster_config()
+            except config.ConfigException:
+                config.load_kube_config()
+            api = client.ApiClient()
+        self.api = api
+
+    def _call(self, method: str, path: str, body: Any = None, query: list | None = None,
+              content_type: str = "application/json") -> Any:
+        data = self.api.call_api(path, method, query_params=query or [], body=body,
+                                 header_params={"Accept": "application/json",
+                                                "Content-Type": content_type},
+                                 auth_settings=["BearerToken"], _preload_content=False,
+                                 _return_http_data_only=True)
+        raw = data.data
+        return json.loads(raw) if raw else None
+
+    def list(self, kind: str, namespace: str, selector: dict[str, str] | None = None) -> list[dict]:
+        query = []
+        if selector:
+            query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items())))
+        out = self._call("GET", RESOURCES[kind].path(namespace), query=query)
+        items = out.get("items", [])
+        api_version = out.get("apiVersion", "")
+        for item in items:  # list items come without kind/apiVersion
+            item.setdefault("kind", kind)
+            item.setdefault("apiVersion", api_version)
+        return items
+
+    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+        try:
+            return self._call("GET", RESOURCES[kind].path(namespace, name))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    def create(self, body: dict) -> dict | None:
+        kind, ns = body["kind"], body["metadata"].get("namespace")
+        try:
+            return self._call("POST", RESOURCES[kind].path(ns), body=body)
+        except ApiException as e:
+            if e.status == 409:  # already there: creation is idempotent
+                return None
+            raise
+
+    def merge_patch(self, kind: str, namespace: str, name: str, patch: dict,
+                    subresource: str | None = None) -> dict | None:
+        try:
+            return self._call("PATCH", RESOURCES[kind].path(namespace, name, subresource),
+                              body=patch, content_type="application/merge-patch+json")
+        except ApiException as e:
+            if e.status == 404:
+                raise NotFound(f"{kind} {namespace}/{name}") from None
+            raise
+
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
+        try:
+            self._call("DELETE", RESOURCES[kind].path(namespace, name), body=body)
+        except ApiException as e:
+            if e.status in (404, 409):  # gone already, or a namesake we must not touch
+                return
+            raise
+
+    def apply(self, action: Action) -> None:
+        if action.verb == CREATE:
+            self.create(action.body)
+        elif action.verb == PATCH:
+            sub = "status" if set(action.patch or {}) == {"status"} else None
+            self.merge_patch(action.kind, action.namespace, action.name, action.patch, sub)
+        elif action.verb == DELETE:
+            self.delete(action.kind, action.namespace, action.name, action.uid)
+        else:
+            raise ValueError(f"unknown verb {action.verb}")
+
+    def apply_all(self, actions: Iterable[Action]) -> list[Action]:
+        done = []
+        for action in actions:
+            self.apply(action)
+            done.append(action)
+        return done
