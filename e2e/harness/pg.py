@@ -80,3 +80,72 @@ class LocalPostgres:
     def cleanup(self) -> None:
         self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ the pgop agent, without pods
+
+@dataclass
+class AgentHost:
+    """A scratch machine for `pgop agent` instances: the secret files a pod would mount, and one
+    directory per instance (PGDATA, socket, log), owned by the postgres OS user.
+
+    The agents run in threads of the test process (root); their postgres children switch to the
+    postgres user (AgentSettings.run_as), and talk to each other over loopback ports.
+    """
+    cluster: str = "orders"
+    namespace: str = "test"
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="pgop-agent-", dir="/var/tmp")))
+    bindir: str = field(default_factory=pg_bindir)
+    passwords: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        import secrets as random
+        pw = pwd.getpwnam(OS_USER) if os.geteuid() == 0 else None
+        self._ids = (pw.pw_uid, pw.pw_gid) if pw else None
+        self._own(self.root)
+        users = {"superuser": "postgres", "replication": "streaming_replica", "app": "app"}
+        self.secrets_dir.mkdir(exist_ok=True)
+        self._own(self.secrets_dir)
+        for kind, username in users.items():
+            directory = self.secrets_dir / kind
+            directory.mkdir(parents=True, exist_ok=True)
+            self._own(directory)
+            password = random.token_hex(16)
+            self.passwords[kind] = password
+            for name, value in (("username", username), ("password", password)):
+                (directory / name).write_text(value)
+                (directory / name).chmod(0o440)
+                self._own(directory / name)
+
+    def _own(self, path: Path) -> None:
+        if self._ids:
+            os.chown(path, *self._ids)
+
+    @property
+    def secrets_dir(self) -> Path:
+        return self.root / "secrets"
+
+    def settings(self, instance: str, primary_port: int | None = None, interval: float = 0.5):
+        from pgop.agent.settings import AgentSettings
+        home = self.root / instance
+        home.mkdir(exist_ok=True)
+        self._own(home)
+        return AgentSettings(
+            cluster=self.cluster, instance=instance, namespace=self.namespace,
+            pgdata=home / "pgdata", secrets_dir=self.secrets_dir, pod_name=instance,
+            pod_ip="127.0.0.1", agent_port=free_port(), agent_address="127.0.0.1",
+            bindir=self.bindir, pg_port=free_port(), socket_dir=home / "run",
+            listen_addresses="127.0.0.1", connect_host="127.0.0.1",
+            primary_host="127.0.0.1", primary_port=primary_port or 5432, run_dir=home / "run",
+            interval=interval, run_as=OS_USER if os.geteuid() == 0 else None,
+            postgres_log=home / "postgres.log",
+        )
+
+    def connect(self, settings, user: str = "postgres", dbname: str = "postgres"):
+        import psycopg
+        kind = {"postgres": "superuser", "streaming_replica": "replication"}.get(user, "app")
+        return psycopg.connect(host="127.0.0.1", port=settings.pg_port, user=user, dbname=dbname,
+                               password=self.passwords[kind], autocommit=True, connect_timeout=5)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -403,11 +403,29 @@ def test_restore_into_own_name_is_refused(objs, crd_namespace):
 
 
 def _update(objs, namespace: str, stored: dict, field: str, value, dry_run: bool = True) -> dict:
-    body = copy.deepcopy(stored)
-    _set(body["spec"], field, value)
+    # The latest version: an operator running meanwhile may have annotated the stored object (its
+    # spec, which the transition rules compare with, only the test changes).
+    plural = PLURALS[stored["kind"]]
     kwargs = {"dry_run": "All"} if dry_run else {}
-    return objs.replace_namespaced_custom_object(GROUP, VERSION, namespace, PLURALS[body["kind"]],
-                                                 body["metadata"]["name"], body, **kwargs)
+
+    def put():
+        body = objs.get_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                 stored["metadata"]["name"])
+        _set(body["spec"], field, value)
+        return objs.replace_namespaced_custom_object(GROUP, VERSION, namespace, plural,
+                                                     body["metadata"]["name"], body, **kwargs)
+    return _retry_conflicts(put)
+
+
+def _retry_conflicts(fn, attempts: int = 10):
+    """Runs fn again when the object changed between its read and its write (409)."""
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except ApiException as e:
+            if e.status != 409 or attempt == attempts - 1:
+                raise
+            time.sleep(0.2)
 
 
 @pytest.fixture()
@@ -588,8 +606,7 @@ def test_instances_can_be_selected_by_cluster(objs, crd_namespace, stored):
 
 def test_pgcluster_status_takes_the_contract_fields(objs, crd_namespace, stored):
     old = stored("PgCluster")
-    body = copy.deepcopy(old)
-    body["status"] = {
+    status = {
         "phase": "Ready", "currentPrimary": f"{old['metadata']['name']}-0", "readyInstances": 3,
         "instances": [{"name": "x-0", "role": "primary", "timeline": 1, "lsn": "0/3000060", "lagBytes": 0,
                        "ready": True},
@@ -602,8 +619,14 @@ def test_pgcluster_status_takes_the_contract_fields(objs, crd_namespace, stored)
         "firstRecoverabilityPoint": "2026-11-22T03:00:00Z",
         "kopf": {"progress": {"anything": {"retries": 1}}},
     }
-    written = objs.replace_namespaced_custom_object_status(GROUP, VERSION, crd_namespace, "pgclusters",
-                                                           old["metadata"]["name"], body)["status"]
+
+    def put():
+        body = objs.get_namespaced_custom_object(GROUP, VERSION, crd_namespace, "pgclusters",
+                                                 old["metadata"]["name"])
+        body["status"] = status
+        return objs.replace_namespaced_custom_object_status(GROUP, VERSION, crd_namespace, "pgclusters",
+                                                            old["metadata"]["name"], body)["status"]
+    written = _retry_conflicts(put)
     assert written["instances"][1]["lagBytes"] == 96
     assert len(written["conditions"]) == 5
     assert written["kopf"] == {"progress": {"anything": {"retries": 1}}}
