@@ -11,7 +11,8 @@ from pgop.plan import ObservedCluster, Plan, plan_cluster, plan_instance
 from pgop.specs import names
 from pgop.specs.meta import LABEL_CLUSTER, LABEL_INSTANCE
 from pgop.specs.pvc import pvc_name
-from pgop.status import cluster_status
+from pgop.diagnose import instance_report
+from pgop.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
 
 
 def observe_cluster(kube: Kube, namespace: str, name: str) -> ObservedCluster:
@@ -38,8 +39,27 @@ def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> d
     return cluster_status(cluster, instances, now=datetime.now(timezone.utc), waiting=plan.waiting)
 
 
-def plan_for_instance(kube: Kube, body: dict[str, Any]) -> tuple[Instance, Plan]:
+def plan_for_instance(kube: Kube, body: dict[str, Any]) -> tuple[Instance, Plan, dict | None]:
+    """The plan for one instance and, when its agent does not report, a status patch saying why."""
     instance = Instance.from_object(body)
     pvc = kube.get("PersistentVolumeClaim", instance.namespace, pvc_name(instance))
     pods = kube.list("Pod", instance.namespace, {LABEL_INSTANCE: instance.name})
-    return instance, plan_instance(instance, pvc, pods)
+    plan = plan_instance(instance, pvc, pods)
+    return instance, plan, _report_for_silent_agent(kube, instance, pvc, pods, plan)
+
+
+def _report_for_silent_agent(kube: Kube, instance: Instance, pvc, pods, plan: Plan) -> dict | None:
+    now = datetime.now(timezone.utc)
+    beat = instance.status.last_heartbeat
+    if beat is not None and (now - beat).total_seconds() <= DEFAULT_HEARTBEAT_TIMEOUT:
+        return None  # the agent speaks for itself
+    sc_exists = None
+    if pvc is not None and (pvc.get("status") or {}).get("phase") in (None, "Pending"):
+        sc = (pvc.get("spec") or {}).get("storageClassName")
+        sc_exists = bool(sc and kube.get("StorageClass", None, sc))
+    phase, message = instance_report(pvc, pods, plan.waiting, sc_exists)
+    if beat is not None:
+        phase, message = "Unavailable", f"no heartbeat for {(now - beat).total_seconds():.0f}s; {message}"
+    if instance.status.phase == phase and instance.status.message == message:
+        return None
+    return {"status": {"phase": phase, "message": message, "ready": False}}

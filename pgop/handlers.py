@@ -80,8 +80,13 @@ def cluster_tick(body, patch, logger, **_):
 # ------------------------------------------------------------------------------------ PgInstance
 
 def reconcile_instance(body, logger) -> None:
-    _, plan = controller.plan_for_instance(kube(), body)
+    instance, plan, report = controller.plan_for_instance(kube(), body)
     _apply(body, plan, logger)
+    if report:
+        try:
+            kube().merge_patch("PgInstance", instance.namespace, instance.name, report, "status")
+        except NotFound:
+            pass
 
 
 @kopf.on.create(API_GROUP, VERSION, "pginstances")

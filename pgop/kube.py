@@ -40,6 +40,7 @@ RESOURCES = {
     "ServiceAccount": Resource("", "v1", "serviceaccounts"),
     "PersistentVolumeClaim": Resource("", "v1", "persistentvolumeclaims"),
     "Event": Resource("", "v1", "events"),
+    "StorageClass": Resource("storage.k8s.io", "v1", "storageclasses"),
     "PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets"),
     "Role": Resource("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings"),

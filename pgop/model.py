@@ -506,6 +506,7 @@ class InstanceStatus:
     pvc: str | None = None
     node: str | None = None
     pending_restart: bool = False
+    message: str | None = None
 
     @classmethod
     def from_dict(cls, data: Body | None) -> InstanceStatus:
@@ -526,6 +527,7 @@ class InstanceStatus:
             pvc=data.get("pvc"),
             node=data.get("node"),
             pending_restart=bool(data.get("pendingRestart", False)),
+            message=data.get("message") or None,
         )
 
 

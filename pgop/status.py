@@ -37,7 +37,10 @@ def is_ready(instance: Instance, now: datetime, heartbeat_timeout: float = DEFAU
 def why_not_ready(instance: Instance, now: datetime, heartbeat_timeout: float) -> str:
     age = heartbeat_age(instance, now)
     if age is None:
-        return f"{instance.name}: no heartbeat yet ({instance.status.phase or 'starting'})"
+        detail = instance.status.phase or "starting"
+        if instance.status.message:
+            detail += f": {instance.status.message}"
+        return f"{instance.name}: no heartbeat yet ({detail})"
     if age > heartbeat_timeout:
         return f"{instance.name}: last heartbeat {age:.0f}s ago (limit {heartbeat_timeout:.0f}s)"
     return f"{instance.name}: not ready ({instance.status.phase or 'no phase reported'})"
@@ -160,7 +163,8 @@ def cluster_status(
         what = "Creating" if first_time else ("ScalingUp" if len(live) < wanted else "ScalingDown")
         progress.append((what, f"{len(live)} of {wanted} instances exist"))
     if never_reported:
-        progress.append(("Bootstrapping", "starting: " + ", ".join(i.name for i in never_reported)))
+        progress.append(("Bootstrapping", "starting: " + ", ".join(
+            i.name + (f" ({i.status.message})" if i.status.message else "") for i in never_reported)))
     if rolling:
         progress.append(("RollingUpdate", "applying a new spec: " + ", ".join(i.name for i in rolling)))
     if waiting and not progress:

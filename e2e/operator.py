@@ -1,0 +1,42 @@
+"""Runs the pgop operator (this checkout's code) as a process for e2e tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from e2e.harness import paths, proc
+
+
+class OperatorProcess:
+    def __init__(self, env: dict[str, str], log: Path):
+        self.env, self.log = env, log
+        self.p: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        # One operator at a time: the one `make up` started would act on the same objects.
+        proc.stop("operator")
+        pgop = paths.REPO / ".venv" / "bin" / "pgop"
+        out = open(self.log, "ab")
+        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces"], stdout=out,
+                                  stderr=subprocess.STDOUT, env={**os.environ, **self.env},
+                                  start_new_session=True)
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash or a node loss does to the operator."""
+        if self.p and self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGKILL)
+            self.p.wait(10)
+
+    def stop(self) -> None:
+        if self.p and self.p.poll() is None:
+            os.killpg(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""

@@ -1,0 +1,67 @@
+"""Why an instance is not running, from what Kubernetes shows of its volume and pods (pure).
+
+The agent speaks for its instance while it runs (heartbeats, phase, message); before it starts,
+or once its heartbeat is stale, the operator does, with what it can see from outside.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+Obj = Mapping[str, Any]
+
+# Container waiting reasons that will not fix themselves without a person.
+STUCK = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageName",
+         "CreateContainerConfigError", "CreateContainerError", "CrashLoopBackOff", "RunContainerError"}
+
+
+def _name(obj: Obj) -> str:
+    return obj["metadata"]["name"]
+
+
+def volume_problem(pvc: Obj | None, storage_class_exists: bool | None) -> str | None:
+    if pvc is None:
+        return None
+    if (pvc.get("status") or {}).get("phase") in (None, "Pending"):
+        sc = (pvc.get("spec") or {}).get("storageClassName")
+        if sc and storage_class_exists is False:
+            return f"volume {_name(pvc)} is Pending: StorageClass {sc!r} does not exist"
+        if not sc and storage_class_exists is False:
+            return f"volume {_name(pvc)} is Pending: no storageClassName and no default StorageClass"
+        return f"volume {_name(pvc)} is Pending: not bound to a volume yet"
+    return None
+
+
+def pod_problem(pod: Obj) -> str | None:
+    status = pod.get("status") or {}
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+            return f"pod {_name(pod)} cannot be scheduled: {cond.get('message') or cond.get('reason')}"
+    statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
+    for cs in statuses:
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason")
+        if reason in STUCK:
+            detail = waiting.get("message") or ""
+            last = ((cs.get("lastState") or {}).get("terminated") or {})
+            if reason == "CrashLoopBackOff" and last:
+                detail = f"exited with {last.get('exitCode')} ({last.get('reason', '')})"
+            return f"pod {_name(pod)}: container {cs['name']}: {reason}" + (f": {detail}" if detail else "")
+    if status.get("phase") == "Failed":
+        return f"pod {_name(pod)} failed: {status.get('message') or status.get('reason') or 'see its logs'}"
+    return None
+
+
+def instance_report(pvc: Obj | None, pods: Sequence[Obj], waiting: Sequence[str],
+                    storage_class_exists: bool | None) -> tuple[str, str]:
+    """(phase, message) for an instance whose agent does not report."""
+    problem = volume_problem(pvc, storage_class_exists)
+    if problem:
+        return "Pending", problem
+    for pod in pods:
+        problem = pod_problem(pod)
+        if problem:
+            return "Failed", problem
+    if any(p["metadata"]["name"].endswith("-bootstrap") for p in pods):
+        return "Bootstrapping", "; ".join(waiting) or "bootstrap pod running"
+    return "Pending", "; ".join(waiting) or "waiting for the Postgres pod to start"
