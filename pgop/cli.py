@@ -121,6 +121,55 @@ def version() -> None:
     typer.echo(v("pgop"))
 
 
+# ------------------------------------------------------------------------ pgop agent (in pods)
+
+def _agent_logging(verbose: bool) -> None:
+    import logging
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@agent_app.command("run")
+def agent_run(
+    interval: Optional[float] = typer.Option(None, help="Seconds between turns of the loop "
+                                             "(default: PGOP_HEARTBEAT_INTERVAL or 5)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Run postgres and keep it as its PgInstance says (PID 1 of the Postgres pod)."""
+    import dataclasses
+
+    from .agent import kube, loop
+    from .agent.settings import AgentSettings, SettingsError
+    _agent_logging(verbose)
+    try:
+        settings = AgentSettings.from_env()
+        settings.check_user()
+    except SettingsError as error:
+        typer.echo(f"pgop agent: {error}", err=True)
+        raise typer.Exit(2)
+    if interval is not None:
+        settings = dataclasses.replace(settings, interval=interval)
+    raise typer.Exit(loop.run(settings, kube.store_from_env(settings.namespace)))
+
+
+@agent_app.command("bootstrap")
+def agent_bootstrap(
+    mode: str = typer.Option(..., "--mode", help="initdb | basebackup | recovery"),
+    primary_host: Optional[str] = typer.Option(None, help="Clone from this host instead of the "
+                                               "cluster's -rw Service (basebackup)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Fill the empty volume once: initdb, or pg_basebackup from the primary (bootstrap pod)."""
+    from .agent import bootstrap
+    _agent_logging(verbose)
+    try:
+        code = bootstrap.main(mode, primary_host=primary_host)
+    except (RuntimeError, ValueError) as error:  # settings, credentials, commands: said plainly
+        typer.echo(f"pgop agent bootstrap: {error}", err=True)
+        raise typer.Exit(1)
+    raise typer.Exit(code)
+
+
 def main() -> None:
     app()
 

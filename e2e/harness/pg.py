@@ -141,6 +141,27 @@ class AgentHost:
             postgres_log=home / "postgres.log",
         )
 
+    def env(self, settings, store_dir: Path | None = None) -> dict[str, str]:
+        """The environment a pod gives `pgop agent`, plus this machine's ports and directories."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PGOP_CLUSTER": settings.cluster, "PGOP_INSTANCE": settings.instance,
+            "PGOP_NAMESPACE": settings.namespace, "PGOP_POD_NAME": settings.pod_name,
+            "PGOP_POD_IP": settings.pod_ip, "PGDATA": str(settings.pgdata),
+            "PGOP_AGENT_PORT": str(settings.agent_port), "PGOP_AGENT_ADDRESS": settings.agent_address,
+            "PGOP_SECRETS_DIR": str(settings.secrets_dir), "PGOP_PG_BINDIR": settings.bindir,
+            "PGOP_PG_PORT": str(settings.pg_port), "PGOP_SOCKET_DIR": str(settings.socket_dir),
+            "PGOP_LISTEN_ADDRESSES": settings.listen_addresses, "PGOP_CONNECT_HOST": settings.connect_host,
+            "PGOP_PRIMARY_HOST": settings.primary_host, "PGOP_PRIMARY_PORT": str(settings.primary_port),
+            "PGOP_RUN_DIR": str(settings.run_dir), "PGOP_HEARTBEAT_INTERVAL": str(settings.interval),
+            "PGOP_POSTGRES_LOG": str(settings.postgres_log),
+        }
+        if settings.run_as:
+            env["PGOP_RUN_AS"] = settings.run_as
+        if store_dir is not None:
+            env["PGOP_INSTANCE_STORE"] = str(store_dir)
+        return env
+
     def connect(self, settings, user: str = "postgres", dbname: str = "postgres"):
         import psycopg
         kind = {"postgres": "superuser", "streaming_replica": "replication"}.get(user, "app")

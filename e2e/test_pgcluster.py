@@ -1,0 +1,234 @@
+"""PgCluster end to end on the local cluster, checked as a user would: kubectl and psql."""
+from __future__ import annotations
+
+import base64
+import time
+
+import psycopg
+import pytest
+
+from e2e.operator import OperatorProcess
+
+TIMEOUT = 240
+
+
+@pytest.fixture(scope="module")
+def operator(local_env, tmp_path_factory):
+    op = OperatorProcess({"KUBECONFIG": local_env["KUBECONFIG"]},
+                         tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+def manifest(name, ns, instances=3, sync=1, extra=""):
+    return f"""
+apiVersion: pgop.io/v1
+kind: PgCluster
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  instances: {instances}
+  postgresVersion: 15
+  synchronousReplicas: {sync}
+  storage: {{size: 1Gi}}
+  bootstrap: {{initdb: {{database: app, owner: app}}}}
+{extra}"""
+
+
+def cluster(kubectl, ns, name):
+    return kubectl.json("-n", ns, "get", "pgcluster", name)
+
+
+def wait_ready(kubectl, ns, name, instances, timeout=TIMEOUT):
+    def ready():
+        st = cluster(kubectl, ns, name).get("status") or {}
+        return (st.get("phase") == "Ready" and st.get("readyInstances") == instances
+                and len(st.get("instances") or []) == instances) and st
+    try:
+        return kubectl.wait_for(ready, f"PgCluster {name} Ready with {instances} instances", timeout)
+    except AssertionError as e:
+        detail = kubectl("-n", ns, "get", "pgc,pgi,pods,pvc", "-o", "wide", check=False).stdout
+        events = kubectl("-n", ns, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
+        raise AssertionError(f"{e}\n{cluster(kubectl, ns, name).get('status')}\n{detail}\n{events[-4000:]}")
+
+
+def secret(kubectl, ns, name, key):
+    data = kubectl.json("-n", ns, "get", "secret", name)["data"]
+    return base64.b64decode(data[key]).decode()
+
+
+def service_ip(kubectl, ns, name):
+    return kubectl.json("-n", ns, "get", "svc", name)["spec"]["clusterIP"]
+
+
+def connect(kubectl, ns, service, cluster_name, user="app", dbname="app"):
+    password = secret(kubectl, ns, f"{cluster_name}-app", "password")
+    return psycopg.connect(host=service_ip(kubectl, ns, service), port=5432, dbname=dbname,
+                           user=user, password=password, connect_timeout=5, autocommit=True)
+
+
+def exec_psql(kubectl, ns, pod, sql, db="app"):
+    """An administrator's session: kubectl exec + psql over the local socket, no password."""
+    return kubectl("-n", ns, "exec", pod, "-c", "postgres", "--", "psql", "-XAtq", "-d", db,
+                   "-c", sql).stdout.strip()
+
+
+def eventually(fn, what, timeout=60, interval=1.0):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+            if last:
+                return last
+        except Exception as e:  # not there yet: connection refused, object missing, ...
+            last = e
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}: {last!r}")
+
+
+def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
+    ns, name = namespace, "orders"
+    t0 = time.monotonic()
+    kubectl("apply", "-f", "-", input=manifest(name, ns))
+    status = wait_ready(kubectl, ns, name, 3)
+    print(f"3-instance cluster Ready in {time.monotonic() - t0:.1f}s")
+    assert status["currentPrimary"] == f"{name}-0"
+
+    # what the cluster controller made, owned by the PgCluster
+    uid = cluster(kubectl, ns, name)["metadata"]["uid"]
+    instances = kubectl.json("-n", ns, "get", "pginstances")["items"]
+    assert sorted(i["metadata"]["name"] for i in instances) == [f"{name}-0", f"{name}-1", f"{name}-2"]
+    assert all(i["metadata"]["ownerReferences"][0]["uid"] == uid for i in instances)
+    assert {i["spec"]["bootstrap"] for i in instances} == {"initdb", "basebackup"}
+    for svc in ("rw", "ro", "r"):
+        kubectl("-n", ns, "get", "svc", f"{name}-{svc}")
+    for s in ("superuser", "app", "replication"):
+        assert len(secret(kubectl, ns, f"{name}-{s}", "password")) >= 20
+    kubectl("-n", ns, "get", "pdb", name)
+    # kubectl get shows instances, ready, primary, phase
+    row = kubectl("-n", ns, "get", "pgcluster", name, "--no-headers").stdout.split()
+    assert row[:5] == [name, "3", "3", f"{name}-0", "Ready"]
+
+    # the app writes through -rw ...
+    with connect(kubectl, ns, f"{name}-rw", name) as conn:
+        conn.execute("create table orders (id int primary key, item text)")
+        conn.execute("insert into orders select g, 'item-' || g from generate_series(1, 100) g")
+    # ... reads through -ro, which refuses writes
+    with connect(kubectl, ns, f"{name}-ro", name) as conn:
+        assert eventually(lambda: conn.execute("select count(*) from orders").fetchone()[0] == 100,
+                          "rows on a replica")
+        assert conn.execute("select pg_is_in_recovery()").fetchone()[0] is True
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute("insert into orders values (1000, 'nope')")
+
+    # the administrator's view: peer authentication over the local socket, as postgres
+    primary = f"{name}-0"
+    assert exec_psql(kubectl, ns, primary, "select current_user") == "postgres"
+    rows = exec_psql(kubectl, ns, primary,
+                     "select application_name, state, sync_state from pg_stat_replication order by 1")
+    replication = [r.split("|") for r in rows.splitlines()]
+    assert [r[0] for r in replication] == [f"{name}-1", f"{name}-2"]
+    assert all(r[1] == "streaming" for r in replication)
+    # ANY 1 (both replicas): each is a quorum candidate; a commit waits for one of them
+    assert [r[2] for r in replication] == ["quorum", "quorum"]
+    names = exec_psql(kubectl, ns, primary, "show synchronous_standby_names")
+    assert names == f'ANY 1 ("{name}-1", "{name}-2")'
+    slots = exec_psql(kubectl, ns, primary, "select slot_name from pg_replication_slots where active order by 1")
+    assert len(slots.splitlines()) == 2
+    for replica in (f"{name}-1", f"{name}-2"):
+        assert eventually(lambda: exec_psql(kubectl, ns, replica, "select count(*) from orders") == "100",
+                          f"rows on {replica}")
+
+    # a replica's pod dies: it comes back on the same volume, with its data
+    old_uid = kubectl.json("-n", ns, "get", "pod", f"{name}-2")["metadata"]["uid"]
+    kubectl("-n", ns, "delete", "pod", f"{name}-2", "--wait=false")
+    eventually(lambda: kubectl.json("-n", ns, "get", "pod", f"{name}-2")["metadata"]["uid"] != old_uid,
+               "a new pod for orders-2")
+    wait_ready(kubectl, ns, name, 3)
+    assert exec_psql(kubectl, ns, f"{name}-2", "select count(*) from orders") == "100"
+    assert kubectl.json("-n", ns, "get", "pginstance", f"{name}-2")["spec"]["bootstrap"] == "basebackup"
+
+    # synchronousReplicas changes without a restart
+    started = exec_psql(kubectl, ns, primary, "select pg_postmaster_start_time()")
+    kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p", '{"spec":{"synchronousReplicas":2}}')
+    eventually(lambda: exec_psql(kubectl, ns, primary, "show synchronous_standby_names")
+               == f'ANY 2 ("{name}-1", "{name}-2")', "synchronous_standby_names with ANY 2")
+    assert exec_psql(kubectl, ns, primary, "select pg_postmaster_start_time()") == started
+
+    # scale up to 5, then down to 2: only replicas go, and their slots with them
+    kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p", '{"spec":{"instances":5,"synchronousReplicas":1}}')
+    wait_ready(kubectl, ns, name, 5)
+    assert eventually(lambda: exec_psql(kubectl, ns, f"{name}-4", "select count(*) from orders") == "100",
+                      "rows on the new replica")
+    kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p", '{"spec":{"instances":2}}')
+    wait_ready(kubectl, ns, name, 2)
+    left = sorted(i["metadata"]["name"] for i in kubectl.json("-n", ns, "get", "pginstances")["items"])
+    assert left == [f"{name}-0", f"{name}-1"]
+    assert eventually(lambda: exec_psql(kubectl, ns, primary, "select slot_name from pg_replication_slots")
+                      .splitlines() == [exec_psql(kubectl, ns, primary,
+                                                  f"select slot_name from pg_replication_slots where slot_name like '%{name}_1'")],
+                      "only the slot of orders-1 left")
+
+    # deletion: pods, services and secrets go; volumes stay (reclaimPolicy Retain by default)
+    kubectl("-n", ns, "delete", "pgcluster", name, "--wait=true", "--timeout=120s")
+    eventually(lambda: not kubectl("-n", ns, "get", "pods,svc,pginstances", "-l", f"pgop.io/cluster={name}",
+                                   "-o", "name").stdout.strip(), "pods, services and instances gone", 120)
+    assert not kubectl("-n", ns, "get", "secrets", "-l", f"pgop.io/cluster={name}", "-o", "name").stdout.strip()
+    pvcs = kubectl("-n", ns, "get", "pvc", "-o", "name").stdout.split()
+    assert f"persistentvolumeclaim/{name}-0" in pvcs
+
+
+def test_operator_restart_resumes_a_half_done_bootstrap(kubectl, namespace, operator):
+    ns, name = namespace, "restart"
+    kubectl("apply", "-f", "-", input=manifest(name, ns, instances=2, sync=0))
+    eventually(lambda: kubectl("-n", ns, "get", "pod", f"{name}-0-bootstrap", check=False).returncode == 0
+               or kubectl("-n", ns, "get", "pod", f"{name}-0", check=False).returncode == 0,
+               "the first bootstrap pod", 60, 0.2)
+    operator.kill()
+    time.sleep(3)
+    operator.start()
+    wait_ready(kubectl, ns, name, 2)
+    # the running primary kept its pod across the operator's restart
+    pod = kubectl.json("-n", ns, "get", "pod", f"{name}-0")
+    operator.kill()
+    operator.start()
+    wait_ready(kubectl, ns, name, 2)
+    time.sleep(5)
+    assert kubectl.json("-n", ns, "get", "pod", f"{name}-0")["metadata"]["uid"] == pod["metadata"]["uid"]
+    restarts = pod["status"]["containerStatuses"][0]["restartCount"]
+    assert kubectl.json("-n", ns, "get", "pod", f"{name}-0")["status"]["containerStatuses"][0]["restartCount"] == restarts
+
+
+def test_invalid_parameters_are_refused_by_the_api(kubectl, namespace):
+    bad = manifest("bad", namespace, extra="  parameters: {port: '5433'}")
+    p = kubectl("apply", "-f", "-", input=bad, check=False)
+    assert p.returncode != 0 and "port" in p.stderr
+
+
+def test_missing_storage_class_is_a_condition_not_a_crash(kubectl, namespace, operator):
+    ns, name = namespace, "nosc"
+    kubectl("apply", "-f", "-", input=manifest(name, ns, instances=1, sync=0).replace(
+        "storage: {size: 1Gi}", "storage: {size: 1Gi, storageClassName: does-not-exist}"))
+    def progressing():
+        st = cluster(kubectl, ns, name).get("status") or {}
+        conds = {c["type"]: c for c in st.get("conditions") or []}
+        cond = conds.get("Progressing", {})
+        return cond.get("status") == "True" and "does-not-exist" in cond.get("message", "") and cond
+    cond = eventually(progressing, "a Progressing condition naming the StorageClass", 60)
+    assert "StorageClass 'does-not-exist' does not exist" in cond["message"]
+    instance = kubectl.json("-n", ns, "get", "pginstance", f"{name}-0")
+    assert instance["status"]["phase"] == "Pending"
+    assert operator.p.poll() is None  # a condition, not a crash
+
+
+def test_image_that_does_not_exist_is_reported(kubectl, namespace, operator):
+    ns, name = namespace, "noimage"
+    kubectl("apply", "-f", "-", input=manifest(name, ns, instances=1, sync=0,
+                                               extra="  image: localhost/pgop-postgres:does-not-exist"))
+    def reported():
+        st = cluster(kubectl, ns, name).get("status") or {}
+        text = " ".join(c.get("message", "") for c in st.get("conditions") or [])
+        return "ErrImageNeverPull" in text or "ImagePull" in text
+    eventually(reported, "the image problem in the PgCluster conditions", 90)
+    assert operator.p.poll() is None

@@ -1,0 +1,34 @@
+"""The instance manager: `pgop agent`, PID 1 in every Postgres pod.
+
+One module per concern, as Patroni's `patroni/postgresql/`:
+
+- settings:     what the pod tells the agent (environment variables)
+- credentials:  passwords from the mounted secret files, and the passfile libpq reads them from
+- commands:     PostgreSQL binaries run as the right OS user, children tracked for reaping
+- bootstrap:    initdb / pg_basebackup into an empty volume (recovery: a later issue)
+- config:       postgresql.conf and pg_hba.conf, and what a change costs (reload or restart)
+- postmaster:   postgres as a child process: start, stop, restart, reload; zombie reaping as PID 1
+- replication:  slots and synchronous_standby_names on a primary; LSNs on both sides
+- state:        one read of what runs (role, LSNs, pending restarts, slots, standbys)
+- ha:           the decision, pure: what is wanted + what runs -> actions
+- loop:         the loop that reads, decides, acts and reports, top to bottom
+- status:       the PgInstance status the agent writes (pure)
+- kube:         the Kubernetes side (read my PgInstance, list my cluster's, patch status), injectable
+- health:       /healthz and /readyz for the kubelet
+
+What the pod gives the agent (pgop/specs/pods.py sets all of these):
+
+    PGOP_CLUSTER, PGOP_INSTANCE, PGOP_NAMESPACE   which PgInstance this is (required)
+    PGDATA                                         the data directory; its parent is on the volume
+    PGOP_SECRETS_DIR                               {superuser,replication,app}/{username,password}
+    PGOP_POD_NAME, PGOP_POD_IP, PGOP_NODE_NAME     reported in status
+    PGOP_AGENT_PORT                                /healthz and /readyz (default 8008)
+
+and a service account that may get/list PgInstances and patch pginstances/status (specs/rbac.py).
+Optional, with the pod's defaults: PGOP_HEARTBEAT_INTERVAL (5 s), PGOP_MAX_START_ATTEMPTS (3),
+PGOP_PRIMARY_HOST (<cluster>-rw.<namespace>.svc) and PGOP_PRIMARY_PORT (5432), PGOP_PG_BINDIR
+(postgres on PATH), and for running several instances on one machine PGOP_PG_PORT,
+PGOP_SOCKET_DIR, PGOP_LISTEN_ADDRESSES, PGOP_CONNECT_HOST, PGOP_RUN_DIR, PGOP_POSTGRES_LOG,
+PGOP_RUN_AS (when started as root) and PGOP_INSTANCE_STORE (PgInstances as JSON files instead of
+the API server).
+"""

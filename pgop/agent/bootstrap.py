@@ -1,0 +1,245 @@
+"""Give an empty volume its first data directory: initdb, or a clone of the primary.
+
+Runs in the short-lived bootstrap pod (`pgop agent bootstrap --mode ...`). A bootstrap that
+completed leaves a marker next to PGDATA and is never repeated; one that was interrupted leaves
+no marker, and the next attempt empties PGDATA and starts over (the volume holds nothing else).
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from pgop import pgconfig
+from pgop.agent import config, credentials, local
+from pgop.agent.commands import CommandError, Runner
+from pgop.agent.postmaster import Postmaster
+from pgop.agent.settings import AgentSettings
+from pgop.model import InitdbSpec, InstanceSpec
+
+log = logging.getLogger(__name__)
+
+
+class BootstrapMode(str, enum.Enum):
+    INITDB = "initdb"
+    BASEBACKUP = "basebackup"
+    RECOVERY = "recovery"
+
+
+class BootstrapError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BootstrapResult:
+    mode: BootstrapMode
+    already_done: bool = False
+
+
+def is_bootstrapped(settings: AgentSettings) -> bool:
+    return settings.bootstrap_marker.exists() and (settings.pgdata / "PG_VERSION").exists()
+
+
+def empty_data_directory(settings: AgentSettings, runner: Runner) -> None:
+    """PGDATA as an empty directory of mode 0700, owned by the postgres user."""
+    pgdata = settings.pgdata
+    if pgdata.exists():
+        if any(pgdata.iterdir()):
+            log.warning("emptying %s, left behind by an interrupted bootstrap", pgdata)
+        for entry in pgdata.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+    else:
+        pgdata.mkdir(parents=True)
+    pgdata.chmod(0o700)
+    runner.chown(pgdata)
+
+
+def prepare_runtime_dirs(settings: AgentSettings, runner: Runner) -> None:
+    """The socket and runtime directories (emptyDirs in a pod), made and handed to postgres."""
+    for directory in {settings.socket_dir, settings.runtime_dir}:
+        if not directory.exists():
+            directory.mkdir(parents=True, mode=0o755)
+            runner.chown(directory)
+
+
+def write_passfile(settings: AgentSettings, runner: Runner, kinds=(credentials.SUPERUSER, credentials.REPLICATION)) -> None:
+    """The agent's passfile: libpq reads the passwords from it (the replica's walreceiver too)."""
+    prepare_runtime_dirs(settings, runner)
+    entries = []
+    for kind in kinds:
+        try:
+            entries.append(credentials.read_credentials(settings.secrets_dir, kind))
+        except credentials.CredentialsError:
+            if kind == credentials.REPLICATION:
+                raise
+    credentials.write_private(settings.passfile, credentials.pgpass_text(entries), runner.owner)
+
+
+def _mark_done(settings: AgentSettings, mode: BootstrapMode, runner: Runner) -> None:
+    marker = settings.bootstrap_marker
+    marker.write_text(json.dumps({"mode": mode.value, "instance": settings.instance,
+                                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+    runner.chown(marker)
+
+
+def bootstrap(settings: AgentSettings, mode: BootstrapMode | str, spec: InstanceSpec | None = None,
+              runner: Runner | None = None) -> BootstrapResult:
+    mode = BootstrapMode(mode)
+    runner = runner or Runner(settings.run_as)
+    if mode is BootstrapMode.RECOVERY:
+        raise BootstrapError("bootstrap mode 'recovery' (restore from S3) is not implemented in this "
+                             "version of pgop; use initdb or basebackup")
+    if is_bootstrapped(settings):
+        log.info("%s already holds a bootstrapped data directory; nothing to do", settings.pgdata)
+        return BootstrapResult(mode, already_done=True)
+    spec = spec or InstanceSpec(cluster=settings.cluster, ordinal=0,
+                                role="primary" if mode is BootstrapMode.INITDB else "replica",
+                                bootstrap=mode.value)
+    settings.bootstrap_marker.parent.mkdir(parents=True, exist_ok=True)
+    if mode is BootstrapMode.INITDB:
+        initdb(settings, spec, runner)
+    else:
+        basebackup(settings, spec, runner)
+    _mark_done(settings, mode, runner)
+    return BootstrapResult(mode)
+
+
+# ------------------------------------------------------------------------------------ initdb
+
+def initdb(settings: AgentSettings, spec: InstanceSpec, runner: Runner) -> None:
+    superuser = credentials.read_credentials(settings.secrets_dir, credentials.SUPERUSER)
+    replication = credentials.read_credentials(settings.secrets_dir, credentials.REPLICATION)
+    app = credentials.read_credentials(settings.secrets_dir, credentials.APP)
+    wanted = spec.initdb or InitdbSpec(database="app", owner=app.username)
+    if wanted.owner != app.username:
+        log.warning("the app secret names role %r, the spec %r: creating %r, whose password is in the secret",
+                    app.username, wanted.owner, app.username)
+
+    empty_data_directory(settings, runner)
+    write_passfile(settings, runner)
+    # The superuser's password from its file (initdb reads the first line), not from argv.
+    runner.run([
+        settings.binary("initdb"), "-D", str(settings.pgdata), "-U", pgconfig.SUPERUSER,
+        f"--pwfile={superuser.password_file}", "--auth-local=peer", "--auth-host=scram-sha-256",
+        "--data-checksums", "--encoding=UTF8", "--locale=C.UTF-8",
+    ], timeout=300)
+    files = config.ConfigFiles(settings.pgdata)
+    config.write(files, config.desired_settings(settings, spec, replica=False), config.hba_text(), runner.owner)
+
+    # Only the socket (or the test's loopback) while roles are made: no client can come in.
+    listen = settings.connect_host if settings.connect_host and not settings.connect_host.startswith("/") else ""
+    postmaster = Postmaster(settings, runner)
+    postmaster.start(timeout=120, options=["-c", f"listen_addresses={listen}"])
+    try:
+        with local.connect(settings) as conn:
+            create_roles(conn, replication, app, wanted.database)
+        with local.connect(settings, dbname=wanted.database) as conn:
+            # Before PG 15 everyone may create in public; make it the owner's, as 15 does.
+            conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(app.username)))
+    finally:
+        postmaster.stop("fast")
+
+
+def _verifier(conn: psycopg.Connection, user: str, password: str) -> str:
+    # Hashed by libpq on this side: the statement, should the server ever log it, has no password.
+    return conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256").decode()
+
+
+def create_roles(conn: psycopg.Connection, replication: credentials.Credentials,
+                 app: credentials.Credentials, database: str) -> None:
+    conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN REPLICATION PASSWORD {}").format(
+        sql.Identifier(replication.username),
+        sql.Literal(_verifier(conn, replication.username, replication.password))))
+    conn.execute(sql.SQL("CREATE ROLE {} WITH LOGIN PASSWORD {}").format(
+        sql.Identifier(app.username), sql.Literal(_verifier(conn, app.username, app.password))))
+    conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+        sql.Identifier(database), sql.Identifier(app.username)))
+
+
+# -------------------------------------------------------------------------------- basebackup
+
+BASEBACKUP_ATTEMPTS = 5
+
+
+def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
+               attempts: int = BASEBACKUP_ATTEMPTS, retry_delay: float = 2.0) -> None:
+    """Clone the primary with pg_basebackup as the replication role, streaming the WAL it needs,
+    into a physical slot kept for this instance, then mark it a standby."""
+    replication = credentials.read_credentials(settings.secrets_dir, credentials.REPLICATION)
+    write_passfile(settings, runner)
+    slot = pgconfig.slot_name(settings.instance)
+    create_slot = True
+    last_error: Exception | None = None
+    for attempt in range(1, attempts + 1):
+        empty_data_directory(settings, runner)
+        argv = [
+            settings.binary("pg_basebackup"), "-D", str(settings.pgdata),
+            "-h", settings.replication_host, "-p", str(settings.primary_port),
+            "-U", replication.username, "--no-password",
+            "-X", "stream", "--checkpoint=fast", "-S", slot,
+        ]
+        if create_slot:
+            argv.append("--create-slot")
+        try:
+            runner.run(argv, env={"PGPASSFILE": str(settings.passfile),
+                                  "PGAPPNAME": f"{settings.instance}-basebackup",
+                                  "PGCONNECT_TIMEOUT": "10"}, timeout=3600)
+            break
+        except CommandError as error:
+            last_error = error
+            if create_slot and "already exists" in error.stderr:
+                # The primary's agent made the slot first: clone into it.
+                log.info("replication slot %s exists on the primary; using it", slot)
+                create_slot = False
+                continue
+            log.warning("pg_basebackup attempt %d/%d failed: %s", attempt, attempts, error)
+            time.sleep(retry_delay * attempt)
+    else:
+        empty_data_directory(settings, runner)
+        raise BootstrapError(f"pg_basebackup from {settings.replication_host}:{settings.primary_port} "
+                             f"failed {attempts} times: {last_error}")
+
+    files = config.ConfigFiles(settings.pgdata)
+    config.write(files, config.desired_settings(settings, spec, replica=True), config.hba_text(), runner.owner)
+    config.write_standby_signal(files, runner.owner)
+    # The clone carries the primary's files that describe the primary, not this instance.
+    for leftover in ("postmaster.opts", "backup_label.old"):
+        (settings.pgdata / leftover).unlink(missing_ok=True)
+
+
+def main(mode: str, primary_host: str | None = None, env=None) -> int:
+    """`pgop agent bootstrap --mode ...`: settings from the pod, the spec from its PgInstance."""
+    import dataclasses
+
+    from pgop.agent.kube import store_from_env
+    from pgop.agent.settings import AgentSettings
+    from pgop.model import Instance
+
+    try:
+        chosen = BootstrapMode(mode)
+    except ValueError:
+        raise BootstrapError(f"unknown bootstrap mode {mode!r}: expected "
+                             + ", ".join(m.value for m in BootstrapMode)) from None
+    settings = AgentSettings.from_env(env)
+    settings.check_user()
+    if primary_host:
+        settings = dataclasses.replace(settings, primary_host=primary_host)
+    spec = None
+    if chosen is not BootstrapMode.RECOVERY:
+        try:
+            body = store_from_env(settings.namespace, env).get_instance(settings.instance)
+            spec = Instance.from_object(body).spec if body else None
+        except Exception as error:  # the spec only names the database; the secrets suffice
+            log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
+    result = bootstrap(settings, chosen, spec)
+    log.info("bootstrap %s %s", result.mode.value, "was already done" if result.already_done else "done")
+    return 0

@@ -1,0 +1,214 @@
+"""The Kubernetes side of the agent: read my PgInstance, list my cluster's, patch a status.
+
+An interface, so the agent runs against the API server in a pod and against an in-memory fake
+in the integration tests (real Postgres, no Kubernetes).
+"""
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any, Protocol
+
+from pgop.model import API_GROUP
+from pgop.specs.meta import LABEL_CLUSTER
+
+PLURAL = "pginstances"
+VERSION = "v1"
+
+
+class InstanceStore(Protocol):
+    def get_instance(self, name: str) -> dict[str, Any] | None:
+        """The PgInstance object, or None when it does not exist."""
+
+    def list_instances(self, cluster: str) -> list[dict[str, Any]]:
+        """Every PgInstance of the cluster."""
+
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        """JSON merge patch of the status subresource (None values remove fields)."""
+
+
+def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
+    return target
+
+
+class MemoryInstanceStore:
+    """PgInstances held in memory, with the API server's merge-patch and generation semantics."""
+
+    def __init__(self, namespace: str = "default"):
+        self.namespace = namespace
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.lock = threading.Lock()
+        self.patches: list[tuple[str, dict[str, Any]]] = []
+        self.fail = False  # simulate an unreachable API server
+
+    def put(self, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
+        """Create, or replace the spec (bumping metadata.generation as the API server does)."""
+        with self.lock:
+            body = self.objects.get(name)
+            if body is None:
+                body = {"apiVersion": f"{API_GROUP}/{VERSION}", "kind": "PgInstance",
+                        "metadata": {"name": name, "namespace": self.namespace, "generation": 1,
+                                     "uid": f"uid-{name}", "labels": dict(labels or {})},
+                        "spec": copy.deepcopy(spec), "status": {}}
+                body["metadata"]["labels"].setdefault(LABEL_CLUSTER, spec.get("cluster", ""))
+                self.objects[name] = body
+            elif body["spec"] != spec:
+                body["spec"] = copy.deepcopy(spec)
+                body["metadata"]["generation"] += 1
+            return copy.deepcopy(body)
+
+    def update_spec(self, name: str, **changes: Any) -> int:
+        with self.lock:
+            spec = copy.deepcopy(self.objects[name]["spec"])
+        spec.update(changes)
+        return self.put(name, spec)["metadata"]["generation"]
+
+    def delete(self, name: str) -> None:
+        with self.lock:
+            self.objects.pop(name, None)
+
+    def status(self, name: str) -> dict[str, Any]:
+        with self.lock:
+            return copy.deepcopy(self.objects.get(name, {}).get("status") or {})
+
+    def _check(self) -> None:
+        if self.fail:
+            raise ConnectionError("the API server is unreachable (simulated)")
+
+    def get_instance(self, name: str) -> dict[str, Any] | None:
+        self._check()
+        with self.lock:
+            body = self.objects.get(name)
+            return copy.deepcopy(body) if body else None
+
+    def list_instances(self, cluster: str) -> list[dict[str, Any]]:
+        self._check()
+        with self.lock:
+            return [copy.deepcopy(b) for b in self.objects.values() if b["spec"].get("cluster") == cluster]
+
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        self._check()
+        with self.lock:
+            body = self.objects.get(name)
+            if body is None:
+                raise LookupError(f"pginstances {name!r} not found")
+            _merge(body.setdefault("status", {}), copy.deepcopy(status))
+            self.patches.append((name, copy.deepcopy(status)))
+
+
+class KubeInstanceStore:
+    """The API server, through the kubernetes client (in-cluster config, or a kubeconfig)."""
+
+    def __init__(self, namespace: str, configuration=None, request_timeout: float = 10):
+        from kubernetes import client, config
+
+        if configuration is None:
+            configuration = client.Configuration()
+            try:
+                config.load_incluster_config(client_configuration=configuration)
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=configuration)
+        # A client of its own, whose PATCH bodies are merge patches: status fields are set and
+        # removed by a plain dict, never by a JSON-patch list. (Its own, so the header never leaks
+        # into a client that sends other kinds of patches.)
+        self.api_client = client.ApiClient(configuration)
+        self.api_client.set_default_header("Content-Type", "application/merge-patch+json")
+        self.api = client.CustomObjectsApi(self.api_client)
+        self.namespace = namespace
+        self.timeout = request_timeout
+
+    def get_instance(self, name: str) -> dict[str, Any] | None:
+        from kubernetes.client.exceptions import ApiException
+        try:
+            return self.api.get_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL, name,
+                                                         _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list_instances(self, cluster: str) -> list[dict[str, Any]]:
+        listed = self.api.list_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL,
+                                                        label_selector=f"{LABEL_CLUSTER}={cluster}",
+                                                        _request_timeout=self.timeout)
+        # The label is the operator's; the spec field is the truth.
+        return [item for item in listed.get("items", []) if (item.get("spec") or {}).get("cluster") == cluster]
+
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException
+        try:
+            self.api.patch_namespaced_custom_object_status(API_GROUP, VERSION, self.namespace, PLURAL, name,
+                                                           {"status": status}, _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status == 404:
+                raise LookupError(f"pginstances {name!r} not found") from None
+            raise
+
+
+class FileInstanceStore:
+    """PgInstances as JSON files in a directory (`<name>.json`): the agent outside Kubernetes.
+
+    Selected by PGOP_INSTANCE_STORE=<directory>; used by the tests that run `pgop agent run` as a
+    process, and handy to run an instance by hand. Writers lock the directory (fcntl).
+    """
+
+    def __init__(self, directory: str):
+        from pathlib import Path
+        self.directory = Path(directory)
+
+    def _lock(self):
+        import contextlib
+        import fcntl
+
+        @contextlib.contextmanager
+        def locked():
+            with open(self.directory / ".lock", "a") as handle:
+                fcntl.flock(handle, fcntl.LOCK_EX)
+                try:
+                    yield
+                finally:
+                    fcntl.flock(handle, fcntl.LOCK_UN)
+        return locked()
+
+    def _read(self, path) -> dict[str, Any] | None:
+        import json
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    def get_instance(self, name: str) -> dict[str, Any] | None:
+        with self._lock():
+            return self._read(self.directory / f"{name}.json")
+
+    def list_instances(self, cluster: str) -> list[dict[str, Any]]:
+        with self._lock():
+            bodies = [self._read(path) for path in sorted(self.directory.glob("*.json"))]
+        return [b for b in bodies if b and (b.get("spec") or {}).get("cluster") == cluster]
+
+    def patch_status(self, name: str, status: dict[str, Any]) -> None:
+        import json
+        import os
+        path = self.directory / f"{name}.json"
+        with self._lock():
+            body = self._read(path)
+            if body is None:
+                raise LookupError(f"pginstances {name!r} not found")
+            _merge(body.setdefault("status", {}), copy.deepcopy(status))
+            temporary = path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(body, indent=1))
+            os.replace(temporary, path)
+
+
+def store_from_env(namespace: str, env=None) -> InstanceStore:
+    """The API server, unless PGOP_INSTANCE_STORE names a directory of PgInstance files."""
+    import os
+    directory = (os.environ if env is None else env).get("PGOP_INSTANCE_STORE")
+    return FileInstanceStore(directory) if directory else KubeInstanceStore(namespace)

@@ -1,0 +1,334 @@
+"""The agent's loop, top to bottom: read the spec, see what runs, decide, act, report.
+
+Every `interval` seconds (sooner while it is changing something), one turn:
+1. read my PgInstance and my cluster's (keep the last spec if the API server is unreachable;
+   an unknown cluster leaves slots and synchronous names as they are),
+2. observe postgres (running? role, LSNs, pending restarts, standbys, slots) and the config files,
+3. compute what is wanted (config rendered from the spec, slots, synchronous names),
+4. `ha.decide` (pure), 5. carry the actions out, 6. write the PgInstance status (the heartbeat).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from datetime import datetime, timezone
+
+import psycopg
+
+from pgop.agent import bootstrap, config, ha, health, local, replication, status
+from pgop.agent.commands import Runner
+from pgop.agent.kube import InstanceStore
+from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
+from pgop.agent.settings import AgentSettings
+from pgop.agent.state import PostgresState, read_state
+from pgop.model import PRIMARY, Instance
+
+log = logging.getLogger(__name__)
+
+HEALTHY_AFTER = 30.0  # seconds up and accepting before past failed starts are forgotten
+START_WAIT = 10.0  # seconds a turn waits for a starting postgres; then the next turns watch it
+ACTION_ALLOWANCE = 300.0  # seconds /healthz stays green during one action (a shutdown checkpoint)
+RELOAD_CONFIRM_TIMEOUT = 10.0
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Agent:
+    def __init__(self, settings: AgentSettings, store: InstanceStore, runner: Runner | None = None,
+                 now=utcnow):
+        self.settings = settings
+        self.store = store
+        self.runner = runner or Runner(settings.run_as)
+        self.now = now
+        self.postmaster = Postmaster(settings, self.runner)
+        self.files = config.ConfigFiles(settings.pgdata)
+        self.health = health.Health(stale_after=max(30.0, 6 * settings.interval))
+        self.stopping = threading.Event()
+        self.instance: Instance | None = None
+        self.cluster: list[Instance] | None = None
+        self.applied_generation: int | None = None
+        self.failed_starts = 0
+        self.expect_running = False
+        self.exit_code: int | None = None
+        self.last_state: PostgresState | None = None
+        self.last_decision: ha.Decision | None = None
+        self.message: str | None = None
+        self.previous_status: dict = {}  # as last read: other writers' conditions are kept
+        self.turns = 0
+
+    # ------------------------------------------------------------------------------ the loop
+
+    def run(self) -> int:
+        while not self.stopping.is_set():
+            acted = self.turn()
+            if self.exit_code is not None:
+                break
+            self.stopping.wait(0.2 if acted else self.settings.interval)
+        self.shutdown()
+        return self.exit_code or 0
+
+    def stop(self) -> None:
+        """Stop the loop and ask postgres for a fast shutdown now (safe in a signal handler): a
+        SIGTERM must reach postgres even while the loop is busy."""
+        self.stopping.set()
+        self.postmaster.signal_shutdown("fast")
+
+    def turn(self) -> bool:
+        """One pass of read, observe, decide, act, report. True when it acted."""
+        if self.stopping.is_set():
+            return False
+        self.turns += 1
+        self.message = None
+        if os.getpid() == 1:
+            reap_orphans(self.runner.children)
+        try:
+            instance = self.read_spec()
+            if instance is None:
+                self.report(None, None)
+                return False
+            if not (self.settings.pgdata / "PG_VERSION").exists():
+                self.message = (f"no data directory in {self.settings.pgdata}: the bootstrap pod has not "
+                                "made one; nothing to run")
+                self.report(instance, ha.Decision((), ha.FAILED, self.message))
+                return False
+            actual = self.observe()
+            wanted = self.want(instance, actual)
+            decision = ha.decide(wanted, actual, self.settings.max_start_attempts)
+            self.last_decision = decision
+            for action in decision.actions:
+                log.info("%s", action)
+            self.act(decision, wanted)
+            if decision.applied:
+                self.applied_generation = instance.generation
+            self.report(instance, decision)
+            return bool(decision.actions)
+        except Exception as error:  # the loop must turn whatever happens; the next turn retries
+            log.exception("agent turn failed")
+            self.message = f"agent error: {error}"
+            self.report(self.instance, self.last_decision, healthy=False)
+            return False
+
+    # ------------------------------------------------------------------------------ 1. read
+
+    def read_spec(self) -> Instance | None:
+        try:
+            body = self.store.get_instance(self.settings.instance)
+            if body is None:
+                self.message = f"PgInstance {self.settings.instance} does not exist"
+                return self.instance
+            self.instance = Instance.from_object(body)
+            self.previous_status = body.get("status") or {}
+        except Exception as error:
+            log.warning("cannot read PgInstance %s: %s", self.settings.instance, error)
+            self.message = f"cannot read the PgInstance ({error}); running on the last spec seen"
+            if self.instance is None:
+                return None
+        try:
+            self.cluster = [Instance.from_object(b) for b in self.store.list_instances(self.settings.cluster)]
+        except Exception as error:
+            log.warning("cannot list the PgInstances of %s: %s", self.settings.cluster, error)
+            self.cluster = None
+        return self.instance
+
+    # --------------------------------------------------------------------------- 2. observe
+
+    def observe(self) -> ha.Actual:
+        running = self.postmaster.is_running()
+        if self.expect_running and not running:
+            self.failed_starts += 1
+            self.expect_running = False
+            log.error("postgres exited unexpectedly (exit code %s)", self.postmaster.last_exit)
+        state = PostgresState()
+        if running:
+            try:
+                with local.connect(self.settings) as conn:
+                    state = read_state(conn)
+            except psycopg.Error as error:
+                state = PostgresState(error=str(error).strip())
+            started = self.postmaster.started_at
+            if state.accepting and started is not None and time.monotonic() - started > HEALTHY_AFTER:
+                self.failed_starts = 0
+        self.last_state = state
+        return ha.Actual(running=running, state=state, written=config.read_written(self.files),
+                         standby_signal=self.files.standby_signal.exists(), failed_starts=self.failed_starts)
+
+    # ------------------------------------------------------------------------------ 3. want
+
+    def want(self, instance: Instance, actual: ha.Actual) -> ha.Wanted:
+        spec = instance.spec
+        primary = spec.role == PRIMARY
+        slots = None
+        if primary and self.cluster is not None:
+            sync = replication.synchronous_names(spec.synchronous_replicas, spec.synchronous_mode,
+                                                 instance.name, self.cluster, actual.state.standbys)
+            slots = replication.wanted_slots(instance.name, self.cluster)
+        elif primary:
+            sync = (actual.written.settings or {}).get("synchronous_standby_names", "")
+        else:
+            sync = ""
+        settings = config.desired_settings(self.settings, spec, replica=not primary,
+                                           synchronous_standby_names=sync)
+        return ha.Wanted(role=spec.role, fenced=spec.fenced, settings=settings, hba=config.hba_text(),
+                         slots=slots, postgres_version=spec.postgres_version)
+
+    # ------------------------------------------------------------------------------- 5. act
+
+    def act(self, decision: ha.Decision, wanted: ha.Wanted) -> None:
+        for action in decision.actions:
+            if self.stopping.is_set():
+                return
+            self.health.working(ACTION_ALLOWANCE)
+            kind = action.kind
+            if kind == ha.STOP:
+                self.expect_running = False
+                self.postmaster.stop("fast")
+            elif kind == ha.WRITE_CONFIG:
+                bootstrap.write_passfile(self.settings, self.runner)
+                config.write(self.files, dict(wanted.settings), wanted.hba, self.runner.owner)
+            elif kind in (ha.START, ha.RESTART):
+                if not self._start(restart=kind == ha.RESTART):
+                    return
+            elif kind == ha.RELOAD:
+                self.reload()
+            elif kind == ha.PROMOTE:
+                self.promote()
+            elif kind == ha.DEMOTE:
+                self.message = action.reason  # the seam: pg_rewind or a fresh clone, later
+            elif kind in (ha.CREATE_SLOT, ha.DROP_SLOT):
+                self.change_slot(kind, action.target or "")
+            elif kind == ha.GIVE_UP:
+                log.error("%s; exiting", action.reason)
+                self.message = f"{decision.message or action.reason}"
+                self.exit_code = 1
+                self.stopping.set()
+                return
+
+    def _start(self, restart: bool) -> bool:
+        bootstrap.write_passfile(self.settings, self.runner)
+        self.expect_running = True
+        try:
+            if restart:
+                self.postmaster.restart(START_WAIT, wait=False)
+            else:
+                self.postmaster.start(START_WAIT, wait=False)
+            return True
+        except PostmasterError as error:
+            log.error("%s", error)
+            self.message = str(error)
+            self.failed_starts += 1
+            self.expect_running = False
+            self.postmaster.stop("immediate")
+            return False
+
+    def reload(self) -> None:
+        """SIGHUP, then wait until the postmaster has read the files (pg_conf_load_time moves), so
+        the next look at pg_settings.pending_restart sees the new files."""
+        with local.connect(self.settings) as conn:
+            before = conn.execute("SELECT pg_conf_load_time()").fetchone()[0]
+        self.postmaster.reload()
+        deadline = time.monotonic() + RELOAD_CONFIRM_TIMEOUT
+        while time.monotonic() < deadline:
+            with local.connect(self.settings) as conn:
+                if conn.execute("SELECT pg_conf_load_time()").fetchone()[0] != before:
+                    return
+            time.sleep(0.05)
+        log.warning("postgres did not confirm the reload within %ss", RELOAD_CONFIRM_TIMEOUT)
+
+    def promote(self) -> None:
+        with local.connect(self.settings) as conn:
+            promoted = conn.execute("SELECT pg_promote(true, 60)").fetchone()[0]
+        if not promoted:
+            self.message = "pg_promote() did not finish within 60 s"
+        else:
+            log.info("promoted to primary")
+
+    def change_slot(self, kind: str, name: str) -> None:
+        try:
+            with local.connect(self.settings) as conn:
+                if kind == ha.CREATE_SLOT:
+                    replication.create_slot(conn, name)
+                else:
+                    replication.drop_slot(conn, name)
+        except psycopg.Error as error:
+            # e.g. the slot of a replica that is still connected while its pod goes away
+            log.warning("%s %s failed: %s", kind, name, str(error).strip())
+
+    # ---------------------------------------------------------------------------- 6. report
+
+    def is_ready(self, instance: Instance | None) -> bool:
+        state = self.last_state
+        return bool(
+            instance is not None and state is not None and state.accepting
+            and not instance.spec.fenced and state.role == instance.spec.role
+            and self.postmaster.is_running()
+        )
+
+    def report(self, instance: Instance | None, decision: ha.Decision | None, healthy: bool = True) -> None:
+        ready = self.is_ready(instance) and healthy
+        if healthy:
+            self.health.turned(ready, {"phase": decision.phase if decision else None,
+                                       "role": self.last_state.role if self.last_state else None})
+        if instance is None:
+            return
+        patch = status.build_status(
+            self.settings, now=self.now(), state=self.last_state if self.postmaster.is_running() else None,
+            decision=decision, ready=ready, generation=instance.generation,
+            applied_generation=self.applied_generation,
+            previous_conditions=self.previous_status.get("conditions") or [],
+            message=self.message, primary_lsn=status.primary_lsn(self.cluster),
+        )
+        try:
+            self.store.patch_status(instance.name, patch)
+        except Exception as error:
+            log.warning("cannot write the status of %s: %s", instance.name, error)
+        self.report_replicas(instance)
+
+    def report_replicas(self, instance: Instance) -> None:
+        """syncState of each replica as this primary sees it, on the replica's own status."""
+        state = self.last_state
+        if state is None or state.role != PRIMARY or instance.spec.role != PRIMARY or self.cluster is None:
+            return
+        members = replication.cluster_members(instance.name, self.cluster)
+        for name, sync_state in status.replica_sync_states(state.standbys, members).items():
+            try:
+                self.store.patch_status(name, {"syncState": sync_state})
+            except Exception as error:
+                log.debug("cannot write the syncState of %s: %s", name, error)
+
+    # -------------------------------------------------------------------------- shutdown
+
+    def shutdown(self) -> None:
+        """Fast shutdown of postgres (the pod is going away), then a last status."""
+        self.postmaster.stop("fast")
+        if self.instance is not None:
+            try:
+                self.store.patch_status(self.instance.name, {
+                    "ready": False, "phase": "Stopped" if self.exit_code is None else ha.FAILED,
+                    "lastHeartbeat": status.timestamp(self.now()),
+                    "message": "the agent stopped postgres (pod shutdown)" if self.exit_code is None
+                    else self.message})
+            except Exception as error:
+                log.warning("cannot write the final status: %s", error)
+
+
+def run(settings: AgentSettings, store: InstanceStore, serve_health: bool = True) -> int:
+    """`pgop agent run`: the agent as PID 1 of the Postgres pod."""
+    agent = Agent(settings, store)
+
+    def on_signal(signum, _frame):
+        log.info("received %s: fast shutdown of postgres", signal.Signals(signum).name)
+        agent.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    server = health.serve(agent.health, settings.agent_address, settings.agent_port) if serve_health else None
+    try:
+        return agent.run()
+    finally:
+        if server is not None:
+            server.shutdown()

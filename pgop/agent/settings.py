@@ -1,0 +1,128 @@
+"""What the pod tells the agent, through environment variables (see pgop/specs/pods.py).
+
+The PGOP_PG_* / PGOP_SOCKET_DIR / PGOP_CONNECT_HOST / PGOP_PRIMARY_* / PGOP_RUN_AS variables are
+not set by the operator's pods: their defaults are what a pod needs. They exist so the same agent
+runs several Postgres instances side by side on one machine (the integration tests).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgop import pgconfig
+from pgop.specs import names, pods
+
+DEFAULT_INTERVAL = 5.0
+DEFAULT_MAX_START_ATTEMPTS = 3
+
+
+class SettingsError(RuntimeError):
+    """The pod does not give the agent what it needs."""
+
+
+def default_bindir(env: Mapping[str, str]) -> str:
+    found = shutil.which("postgres", path=env.get("PATH"))
+    if found:
+        return str(Path(found).parent)
+    return f"/usr/lib/postgresql/{env.get('PG_MAJOR', '15')}/bin"
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    cluster: str
+    instance: str
+    namespace: str
+    pgdata: Path
+    secrets_dir: Path
+    pod_name: str = ""
+    pod_ip: str = ""
+    node_name: str = ""
+    agent_port: int = pods.AGENT_PORT
+    agent_address: str = "0.0.0.0"
+    bindir: str = "/usr/lib/postgresql/15/bin"
+    pg_port: int = pgconfig.POSTGRES_PORT
+    socket_dir: Path = Path(pgconfig.SOCKET_DIRECTORY)
+    listen_addresses: str = "*"
+    connect_host: str = ""  # how the agent reaches its own Postgres; default: the socket directory
+    primary_host: str = ""  # where a replica clones and streams from; default: the -rw Service
+    primary_port: int = pgconfig.POSTGRES_PORT
+    run_dir: Path | None = None  # writable, not on the volume: the passfile lives here
+    interval: float = DEFAULT_INTERVAL
+    max_start_attempts: int = DEFAULT_MAX_START_ATTEMPTS
+    run_as: str | None = None  # OS user for the PostgreSQL binaries when the agent runs as root
+    postgres_log: Path | None = None  # postgres' stderr; default: the agent's (the container log)
+
+    @property
+    def local_host(self) -> str:
+        return self.connect_host or str(self.socket_dir)
+
+    @property
+    def replication_host(self) -> str:
+        return self.primary_host or f"{names.rw_service(self.cluster)}.{self.namespace}.svc"
+
+    @property
+    def runtime_dir(self) -> Path:
+        return self.run_dir or self.socket_dir
+
+    @property
+    def passfile(self) -> Path:
+        return self.runtime_dir / "pgpass"
+
+    @property
+    def bootstrap_marker(self) -> Path:
+        # Next to PGDATA, not in it: a base backup copies PGDATA, and a clone must not inherit it.
+        return self.pgdata.parent / f".{self.pgdata.name}.pgop-bootstrap"
+
+    def check_user(self, euid: int | None = None) -> None:
+        """PostgreSQL refuses to run as root: say so before trying."""
+        if (os.geteuid() if euid is None else euid) == 0 and not self.run_as:
+            raise SettingsError("the agent runs as root: PostgreSQL refuses that; run the pod as the "
+                                "postgres user (uid 999), or set PGOP_RUN_AS=postgres")
+
+    def binary(self, name: str) -> str:
+        return str(Path(self.bindir) / name)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
+        env = os.environ if env is None else env
+        missing = [key for key in (pods.ENV_CLUSTER, pods.ENV_INSTANCE, pods.ENV_NAMESPACE, "PGDATA")
+                   if not env.get(key)]
+        if missing:
+            raise SettingsError("the agent needs the environment variables " + ", ".join(missing)
+                                + " (the Postgres and bootstrap pods set them)")
+
+        def number(key: str, default: float, kind=int):
+            try:
+                return kind(env.get(key) or default)
+            except ValueError as error:
+                raise SettingsError(f"{key} must be a number, not {env.get(key)!r}") from error
+
+        run_dir = env.get("PGOP_RUN_DIR")
+        log = env.get("PGOP_POSTGRES_LOG")
+        return cls(
+            cluster=env[pods.ENV_CLUSTER],
+            instance=env[pods.ENV_INSTANCE],
+            namespace=env[pods.ENV_NAMESPACE],
+            pgdata=Path(env["PGDATA"]),
+            secrets_dir=Path(env.get(pods.ENV_SECRETS_DIR) or pods.SECRETS_MOUNT),
+            pod_name=env.get(pods.ENV_POD_NAME, ""),
+            pod_ip=env.get(pods.ENV_POD_IP, ""),
+            node_name=env.get(pods.ENV_NODE_NAME, ""),
+            agent_port=number(pods.ENV_AGENT_PORT, pods.AGENT_PORT),
+            agent_address=env.get("PGOP_AGENT_ADDRESS") or "0.0.0.0",
+            bindir=env.get("PGOP_PG_BINDIR") or default_bindir(env),
+            pg_port=number("PGOP_PG_PORT", pgconfig.POSTGRES_PORT),
+            socket_dir=Path(env.get("PGOP_SOCKET_DIR") or pgconfig.SOCKET_DIRECTORY),
+            listen_addresses=env.get("PGOP_LISTEN_ADDRESSES") or "*",
+            connect_host=env.get("PGOP_CONNECT_HOST", ""),
+            primary_host=env.get("PGOP_PRIMARY_HOST", ""),
+            primary_port=number("PGOP_PRIMARY_PORT", pgconfig.POSTGRES_PORT),
+            run_dir=Path(run_dir) if run_dir else None,
+            interval=number("PGOP_HEARTBEAT_INTERVAL", DEFAULT_INTERVAL, float),
+            max_start_attempts=number("PGOP_MAX_START_ATTEMPTS", DEFAULT_MAX_START_ATTEMPTS),
+            run_as=env.get("PGOP_RUN_AS") or None,
+            postgres_log=Path(log) if log else None,
+        )

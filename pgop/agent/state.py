@@ -1,0 +1,65 @@
+"""One read of what runs: the `actual` side of the agent's decision."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import psycopg
+
+from pgop.agent import replication
+from pgop.agent.config import PENDING_RESTART_QUERY
+from pgop.model import PRIMARY, REPLICA
+
+
+@dataclass(frozen=True)
+class PostgresState:
+    accepting: bool = False
+    role: str | None = None  # primary | replica, from pg_is_in_recovery()
+    timeline: int | None = None
+    lsn: str | None = None  # current WAL (primary) or last replayed (replica)
+    received_lsn: str | None = None
+    start_time: str | None = None  # pg_postmaster_start_time(), as text
+    system_identifier: str | None = None
+    pending_restart: frozenset[str] = frozenset()
+    synchronous_standby_names: str = ""
+    standbys: tuple[replication.Standby, ...] = ()
+    slots: tuple[replication.Slot, ...] = ()
+    receiver: replication.ReceiverState | None = None
+    config_errors: tuple[str, ...] = ()  # settings of the files postgres refused
+    error: str | None = None
+
+
+def read_state(conn: psycopg.Connection) -> PostgresState:
+    in_recovery, start_time, system_identifier, sync_names = conn.execute(
+        "SELECT pg_is_in_recovery(), pg_postmaster_start_time()::text,"
+        " (SELECT system_identifier::text FROM pg_control_system()),"
+        " current_setting('synchronous_standby_names')").fetchone()
+    pending = frozenset(row[0] for row in conn.execute(PENDING_RESTART_QUERY).fetchall())
+    # pg_file_settings parses the files anew: what postgres refuses of them (a bad value). A
+    # restart-only setting waiting for its restart shows there too; pending_restart covers it.
+    config_errors = tuple(
+        f"{name or 'line ' + str(line)}: {error}" for name, line, error in conn.execute(
+            "SELECT name, sourceline, error FROM pg_file_settings WHERE error IS NOT NULL AND"
+            " (name IS NULL OR name NOT IN (SELECT name FROM pg_settings WHERE pending_restart))"
+            " ORDER BY sourceline").fetchall())
+    slots = tuple(replication.read_slots(conn))
+    if not in_recovery:
+        lsn, walfile = conn.execute(
+            "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        # The WAL file name starts with the timeline it is written on: exact right after a
+        # promotion, when pg_control_checkpoint() still shows the old one.
+        return PostgresState(
+            accepting=True, role=PRIMARY, timeline=int(walfile[:8], 16), lsn=lsn,
+            start_time=start_time, system_identifier=system_identifier, pending_restart=pending,
+            synchronous_standby_names=sync_names, standbys=tuple(replication.read_standbys(conn)),
+            slots=slots, config_errors=config_errors,
+        )
+    received, replayed, checkpoint_tli = conn.execute(
+        "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
+        " (SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
+    receiver = replication.read_receiver(conn)
+    return PostgresState(
+        accepting=True, role=REPLICA, timeline=receiver.received_tli or checkpoint_tli,
+        lsn=replayed, received_lsn=received, start_time=start_time,
+        system_identifier=system_identifier, pending_restart=pending,
+        synchronous_standby_names=sync_names, slots=slots, receiver=receiver, config_errors=config_errors,
+    )

@@ -1,0 +1,112 @@
+"""The PgInstance status the agent writes every few seconds (pure: `now` is an argument).
+
+The operator trusts `ready` only while `lastHeartbeat` is fresh; it rolls a restart on only once
+`observedGeneration` equals the generation it wrote.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from pgop.agent.ha import Decision
+from pgop.agent.settings import AgentSettings
+from pgop.agent.state import PostgresState
+from pgop.lsn import lag_bytes
+from pgop.status import timestamp
+
+CONDITION_READY = "Ready"
+CONDITION_CONFIG = "ConfigurationApplied"
+
+
+def condition(kind: str, true: bool, reason: str, message: str, now: datetime,
+              previous: Sequence[Mapping[str, Any]], generation: int) -> dict[str, Any]:
+    status = "True" if true else "False"
+    before = next((c for c in previous if c.get("type") == kind), None)
+    since = before.get("lastTransitionTime") if before and before.get("status") == status else None
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": since or timestamp(now), "observedGeneration": generation}
+
+
+def merge_conditions(previous: Sequence[Mapping[str, Any]], mine: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mine replace theirs of the same type; the operator's own types stay (a merge patch
+    replaces a list whole)."""
+    kinds = {c["type"] for c in mine}
+    return [dict(c) for c in previous if c.get("type") not in kinds] + list(mine)
+
+
+def build_status(
+    settings: AgentSettings,
+    *,
+    now: datetime,
+    state: PostgresState | None,
+    decision: Decision | None,
+    ready: bool,
+    generation: int,
+    applied_generation: int | None,
+    previous_conditions: Sequence[Mapping[str, Any]] = (),
+    message: str | None = None,
+    primary_lsn: str | None = None,
+) -> dict[str, Any]:
+    state = state or PostgresState()
+    phase = decision.phase if decision else "Starting"
+    text = message or (decision.message if decision else None)
+    status: dict[str, Any] = {
+        "lastHeartbeat": timestamp(now),
+        "phase": phase,
+        "ready": ready,
+        "role": state.role,
+        "timeline": state.timeline,
+        "lsn": state.lsn,
+        "receivedLSN": state.received_lsn,
+        "pod": settings.pod_name or None,
+        "podIP": settings.pod_ip or None,
+        "node": settings.node_name or None,
+        "pendingRestart": bool(state.pending_restart),
+        "systemIdentifier": state.system_identifier,
+        "fenced": phase == "Fenced",
+        "message": text,  # None removes a message that no longer holds (merge patch)
+    }
+    if applied_generation is not None:
+        status["observedGeneration"] = applied_generation
+    if state.role == "replica":
+        # Against the primary's last reported LSN (a few seconds old: never below zero).
+        status["lagBytes"] = lag_bytes(primary_lsn, state.lsn)
+    if ready:
+        ready_condition = condition(CONDITION_READY, True, "Accepting",
+                                    f"postgres accepts connections as {state.role}", now,
+                                    previous_conditions, generation)
+    else:
+        ready_condition = condition(CONDITION_READY, False, phase, text or "not ready", now,
+                                    previous_conditions, generation)
+    applied = decision is not None and decision.applied and applied_generation == generation
+    pending = "; ".join(str(a) for a in decision.actions) if decision and decision.actions else "nothing"
+    if applied:
+        reason, why = "Applied", f"generation {generation} is in effect"
+    elif decision is not None and decision.waiting and decision.message:
+        reason, why = "NotApplied", decision.message
+    else:
+        reason, why = "Applying", f"pending: {pending}"
+    config_condition = condition(CONDITION_CONFIG, applied, reason, why, now, previous_conditions, generation)
+    status["conditions"] = merge_conditions(previous_conditions, [ready_condition, config_condition])
+    return status
+
+
+def replica_sync_states(standbys, instances) -> dict[str, str | None]:
+    """syncState of each other instance as this primary sees it (None: not streaming), only
+    where it differs from what the instance's status says."""
+    seen = {s.application_name: s.sync_state for s in standbys}
+    changes: dict[str, str | None] = {}
+    for instance in instances:
+        state = seen.get(instance.name)
+        if instance.status.sync_state != state:
+            changes[instance.name] = state
+    return changes
+
+
+def primary_lsn(instances) -> str | None:
+    """The LSN the instance that is primary (wanted and reported) last wrote into its status."""
+    for instance in instances or ():
+        if instance.spec.role == "primary" and instance.status.role == "primary":
+            return instance.status.lsn
+    return None
