@@ -232,3 +232,30 @@ def test_image_that_does_not_exist_is_reported(kubectl, namespace, operator):
         return "ErrImageNeverPull" in text or "ImagePull" in text
     eventually(reported, "the image problem in the PgCluster conditions", 90)
     assert operator.p.poll() is None
+
+
+def test_parameters_reload_or_roll(kubectl, namespace, operator):
+    ns, name = namespace, "params"
+    kubectl("apply", "-f", "-", input=manifest(name, ns, instances=2, sync=0))
+    wait_ready(kubectl, ns, name, 2)
+    pods = [f"{name}-0", f"{name}-1"]
+    started = {p: exec_psql(kubectl, ns, p, "select pg_postmaster_start_time()") for p in pods}
+
+    # a reloadable setting reaches every instance without a restart
+    kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p",
+            '{"spec":{"parameters":{"work_mem":"8MB"}}}')
+    for p in pods:
+        eventually(lambda: exec_psql(kubectl, ns, p, "show work_mem") == "8MB", f"work_mem on {p}", 90)
+    assert {p: exec_psql(kubectl, ns, p, "select pg_postmaster_start_time()") for p in pods} == started
+
+    # a setting that needs a restart rolls through the instances, the primary last
+    kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p",
+            '{"spec":{"parameters":{"work_mem":"8MB","shared_buffers":"64MB"}}}')
+    for p in pods:
+        eventually(lambda: exec_psql(kubectl, ns, p, "show shared_buffers") == "64MB",
+                   f"shared_buffers on {p}", 180)
+    restarted = {p: exec_psql(kubectl, ns, p, "select pg_postmaster_start_time()") for p in pods}
+    assert all(restarted[p] != started[p] for p in pods)
+    assert restarted[f"{name}-1"] < restarted[f"{name}-0"]  # replica first
+    wait_ready(kubectl, ns, name, 2)
+    assert exec_psql(kubectl, ns, f"{name}-0", "select pg_is_in_recovery()") == "f"

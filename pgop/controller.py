@@ -12,7 +12,7 @@ from pgop.specs import names
 from pgop.specs.meta import LABEL_CLUSTER, LABEL_INSTANCE
 from pgop.specs.pvc import pvc_name
 from pgop.diagnose import instance_report
-from pgop.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
+from pgop.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, merge_conditions
 
 
 def observe_cluster(kube: Kube, namespace: str, name: str) -> ObservedCluster:
@@ -36,7 +36,15 @@ def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, Observe
 
 
 def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> dict[str, Any]:
-    return cluster_status(cluster, instances, now=datetime.now(timezone.utc), waiting=plan.waiting)
+    now = datetime.now(timezone.utc)
+    status = cluster_status(cluster, instances, now=now, waiting=plan.waiting)
+    if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
+        archiving = {"type": "ContinuousArchiving", "status": "False", "reason": "NotAvailable",
+                     "message": "WAL archiving to S3 is not available in this version of pgop; "
+                                "WAL is not archived and point-in-time recovery is not possible",
+                     "observedGeneration": cluster.generation}
+        status["conditions"] = merge_conditions(status["conditions"], [archiving], now, cluster.generation)
+    return status
 
 
 def plan_for_instance(kube: Kube, body: dict[str, Any]) -> tuple[Instance, Plan, dict | None]:

@@ -57,7 +57,7 @@ def desired_settings(
         cluster_name=spec.cluster or settings.cluster,
         parameters=spec.parameters,
         synchronous_standby_names="" if replica else synchronous_standby_names,
-        wal_archiving=spec.wal_archiving and spec.s3 is not None,
+        wal_archiving=WAL_ARCHIVING_AVAILABLE and spec.wal_archiving and spec.s3 is not None,
         replication_source=source,
     )
     # Where this instance listens; the pod's values are pgconfig's, a test machine's are its own.
@@ -65,6 +65,12 @@ def desired_settings(
     rendered["unix_socket_directories"] = str(settings.socket_dir)
     rendered["listen_addresses"] = settings.listen_addresses
     return rendered
+
+
+# `pgop agent wal-push` comes with the backup feature; until then an archive_command naming it
+# would fail for every segment and pg_wal would grow without bound, so archiving stays off and the
+# cluster says so (condition ContinuousArchiving, reason NotAvailable).
+WAL_ARCHIVING_AVAILABLE = False
 
 
 def hba_text() -> str:

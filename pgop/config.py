@@ -1,0 +1,75 @@
+"""Operator configuration, read once from the operator process's environment.
+
+| variable | meaning |
+|---|---|
+| `PGOP_RDS_ENDPOINT` | RDS endpoint URL (the moto server in tests); unset means real AWS |
+| `AWS_DEFAULT_REGION` (or `AWS_REGION`) | region of the RDS calls |
+| `PGOP_AWS_RETRY_MODE`, `PGOP_AWS_MAX_ATTEMPTS` | botocore retry mode (`standard`/`adaptive`) and attempts |
+| `VAULT_ADDR`, `VAULT_TOKEN` | Vault address and token |
+| `PGOP_VAULT_K8S_ROLE`, `PGOP_VAULT_K8S_MOUNT` | log in with the Kubernetes auth method instead of a token |
+| `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN` | Consul agent (`host:port` or URL) and ACL token |
+| `PGOP_CLUSTER_NAME` | optional; hashed into RDS identifiers when clusters share an AWS account |
+| `PGOP_RDS_POLL_SECONDS`, `PGOP_RDS_RESYNC_SECONDS` | how often a changing / a settled MysqlDb is checked |
+
+AWS credentials are not read here: boto3 finds them as usual (environment, profile, IRSA).
+Secret fields are excluded from repr() so a logged config never shows them.
+"""
+
+from __future__ import annotations
+
+import os
+import urllib.parse
+from dataclasses import dataclass, field
+from typing import Mapping
+
+
+@dataclass(frozen=True)
+class ConsulAddress:
+    host: str
+    port: int
+    scheme: str
+
+    @classmethod
+    def parse(cls, addr: str) -> "ConsulAddress":
+        parsed = urllib.parse.urlparse(addr if "//" in addr else f"//{addr}")
+        return cls(parsed.hostname or "127.0.0.1", parsed.port or 8500, parsed.scheme or "http")
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    aws_region: str
+    rds_endpoint: str | None = None
+    aws_retry_mode: str = "standard"
+    aws_max_attempts: int = 5
+    vault_addr: str = "http://127.0.0.1:8200"
+    vault_token: str | None = field(default=None, repr=False)
+    vault_k8s_role: str | None = None
+    vault_k8s_mount: str = "kubernetes"
+    consul_addr: str = "127.0.0.1:8500"
+    consul_token: str | None = field(default=None, repr=False)
+    cluster_name: str = ""
+    rds_poll_seconds: float = 15.0
+    rds_resync_seconds: float = 60.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "OperatorConfig":
+        env = os.environ if env is None else env
+        return cls(
+            aws_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",
+            rds_endpoint=env.get("PGOP_RDS_ENDPOINT") or None,
+            aws_retry_mode=env.get("PGOP_AWS_RETRY_MODE", "standard"),
+            aws_max_attempts=int(env.get("PGOP_AWS_MAX_ATTEMPTS", "5")),
+            vault_addr=env.get("VAULT_ADDR", "http://127.0.0.1:8200"),
+            vault_token=env.get("VAULT_TOKEN") or None,
+            vault_k8s_role=env.get("PGOP_VAULT_K8S_ROLE") or None,
+            vault_k8s_mount=env.get("PGOP_VAULT_K8S_MOUNT", "kubernetes"),
+            consul_addr=env.get("CONSUL_HTTP_ADDR", "127.0.0.1:8500"),
+            consul_token=env.get("CONSUL_HTTP_TOKEN") or None,
+            cluster_name=env.get("PGOP_CLUSTER_NAME", ""),
+            rds_poll_seconds=float(env.get("PGOP_RDS_POLL_SECONDS", "15")),
+            rds_resync_seconds=float(env.get("PGOP_RDS_RESYNC_SECONDS", "60")),
+        )
+
+    @property
+    def consul_address(self) -> ConsulAddress:
+        return ConsulAddress.parse(self.consul_addr)

@@ -1,0 +1,337 @@
+"""What the MysqlDb controller does next. Pure: what is wanted + what is -> one step.
+
+`next_step` is the heart of the controller: given the MysqlDb object and the RDS instance as
+described (or None), it returns the one thing to do now. `deletion_step` does the same when the
+object is being deleted. The controller (rds/controller.py) performs the step and asks again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
+
+from rds.aws import DbInstance
+from rds.diff import Changes, diff
+from rds.identifier import db_instance_identifier, final_snapshot_identifier
+from rds.spec import ENGINE, MysqlDbObject
+
+MASTER_USERNAME = "dbadmin"
+
+TAG_MANAGED_BY = "pgop.io/managed-by"
+TAG_NAMESPACE = "pgop.io/namespace"
+TAG_NAME = "pgop.io/name"
+TAG_UID = "pgop.io/uid"
+OWNERSHIP_TAG_KEYS = (TAG_MANAGED_BY, TAG_NAMESPACE, TAG_NAME, TAG_UID)
+
+# RDS instance states in which pgop may modify and publish.
+USABLE_STATES = {"available", "storage-optimization"}
+# States that will not end by waiting: a person has to look.
+BROKEN_STATES = {
+    "failed": "InstanceFailed",
+    "incompatible-parameters": "InstanceIncompatibleParameters",
+    "incompatible-network": "InstanceIncompatibleNetwork",
+    "incompatible-option-group": "InstanceIncompatibleOptionGroup",
+    "incompatible-restore": "InstanceIncompatibleRestore",
+    "inaccessible-encryption-credentials": "InstanceEncryptionKeyInaccessible",
+    "inaccessible-encryption-credentials-recoverable": "InstanceEncryptionKeyInaccessible",
+    "restore-error": "InstanceRestoreError",
+    "storage-full": "InstanceStorageFull",
+    "stopped": "InstanceStopped",
+    "stopping": "InstanceStopped",
+}
+
+# Phases of a MysqlDb (status.phase).
+PENDING, CREATING, MODIFYING, READY, DEGRADED, FAILED, DELETING = (
+    "Pending", "Creating", "Modifying", "Ready", "Degraded", "Failed", "Deleting")
+SETTLED_PHASES = {READY, DEGRADED}
+CHANGING_PHASES = {CREATING, MODIFYING}
+
+
+# --- steps -----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Create:
+    request: Mapping[str, Any]  # CreateDBInstance arguments, without the password
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Adopt an instance pgop did not create: tag it as ours."""
+    tags: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ResetPassword:
+    """Give an adopted instance a password pgop knows (only when the user asked)."""
+
+
+@dataclass(frozen=True)
+class Modify:
+    changes: Changes
+
+
+@dataclass(frozen=True)
+class Publish:
+    password_managed: bool
+
+
+@dataclass(frozen=True)
+class Wait:
+    phase: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Degrade:
+    """Something outside the spec is wrong; pgop keeps watching but will not act on its own."""
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Refuse:
+    """The spec asks for something RDS cannot do; nothing happens until the spec changes."""
+    reason: str
+    message: str
+
+
+# Deletion steps.
+@dataclass(frozen=True)
+class BlockDeletion:
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DisableDeletionProtection:
+    pass
+
+
+@dataclass(frozen=True)
+class DeleteInstance:
+    final_snapshot: str | None
+    delete_automated_backups: bool
+
+
+@dataclass(frozen=True)
+class WaitForDeletion:
+    message: str
+
+
+@dataclass(frozen=True)
+class ReleaseInstance:
+    """deletionPolicy Retain: leave the instance, remove the tags that say pgop owns it."""
+    tag_keys: Sequence[str]
+
+
+@dataclass(frozen=True)
+class Unpublish:
+    pass
+
+
+@dataclass(frozen=True)
+class Finished:
+    pass
+
+
+# --- identity and ownership ----------------------------------------------------------------------
+
+def ownership_tags(obj: MysqlDbObject) -> dict[str, str]:
+    return {TAG_MANAGED_BY: "pgop", TAG_NAMESPACE: obj.namespace, TAG_NAME: obj.name, TAG_UID: obj.uid}
+
+
+def is_ours(obj: MysqlDbObject, instance: DbInstance) -> bool:
+    return bool(obj.uid) and instance.tags.get(TAG_UID) == obj.uid
+
+
+def target_identifier(obj: MysqlDbObject, *, scope: str = "") -> str:
+    """The instance this MysqlDb is about: the one it recorded, the one to adopt, or its own."""
+    return (obj.status.get("dbInstanceIdentifier")
+            or obj.adopt_identifier
+            or db_instance_identifier(obj.namespace, obj.name, scope=scope))
+
+
+def create_request(obj: MysqlDbObject, identifier: str) -> dict[str, Any]:
+    spec = obj.spec
+    tags = {**spec.tags, **ownership_tags(obj)}
+    return {
+        "DBInstanceIdentifier": identifier,
+        "Engine": ENGINE,
+        "EngineVersion": spec.engine_version,
+        "DBInstanceClass": spec.instance_class,
+        "AllocatedStorage": spec.storage_gb,
+        "DBName": spec.database_name,
+        "MasterUsername": MASTER_USERNAME,
+        "MultiAZ": spec.multi_az,
+        "BackupRetentionPeriod": spec.backup_retention_days,
+        "DeletionProtection": spec.deletion_protection,
+        "StorageEncrypted": True,
+        "CopyTagsToSnapshot": True,
+        "PubliclyAccessible": False,
+        "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+    }
+
+
+# --- the decision --------------------------------------------------------------------------------
+
+def next_step(
+    obj: MysqlDbObject,
+    instance: DbInstance | None,
+    *,
+    identifier: str,
+    password_in_vault: bool | None = None,
+) -> Any:
+    recorded = obj.status.get("dbInstanceIdentifier")
+    adopting = obj.adopt_identifier
+    if recorded and adopting and adopting != recorded:
+        return Refuse("AdoptionConflict",
+                      f"this MysqlDb already manages {recorded}; it cannot adopt {adopting} too")
+
+    if instance is None:
+        if recorded:
+            return Degrade("InstanceNotFound",
+                           f"DB instance {recorded} no longer exists in RDS. pgop does not recreate it "
+                           f"empty: restore it under the same identifier, or delete this MysqlDb")
+        if adopting:
+            return Degrade("AdoptionTargetNotFound", f"DB instance {adopting} to adopt does not exist")
+        return Create(create_request(obj, identifier))
+
+    if not is_ours(obj, instance):
+        other = instance.tags.get(TAG_UID)
+        if other:
+            owner = f"{instance.tags.get(TAG_NAMESPACE, '?')}/{instance.tags.get(TAG_NAME, '?')}"
+            return Degrade("OwnedByAnother",
+                           f"DB instance {instance.identifier} is managed by MysqlDb {owner} (uid {other})")
+        if adopting == instance.identifier:
+            return Claim(ownership_tags(obj))
+        return Degrade("IdentifierTaken",
+                       f"DB instance {instance.identifier} exists and was not created for this MysqlDb; "
+                       f"annotate pgop.io/adopt: {instance.identifier} to take it over")
+
+    if instance.status == "deleting":
+        return Degrade("InstanceDeleting", f"DB instance {instance.identifier} is being deleted outside pgop")
+    if instance.status in BROKEN_STATES:
+        return Degrade(BROKEN_STATES[instance.status],
+                       f"DB instance {instance.identifier} is {instance.status}")
+    if instance.status not in USABLE_STATES:
+        phase = CREATING if obj.status.get("phase") in (None, "", PENDING, CREATING) else MODIFYING
+        return Wait(phase, "InstanceNotAvailable",
+                    f"DB instance {instance.identifier} is {instance.status}")
+
+    if password_in_vault is False and obj.wants_password_reset:
+        return ResetPassword()
+
+    changes = diff(
+        obj.spec, instance,
+        ownership_tags=ownership_tags(obj),
+        previously_applied_tags=obj.status.get("appliedTags") or {},
+    )
+    if changes.refusals:
+        return Refuse("ImmutableField", "; ".join(r.message for r in changes.refusals))
+    if not changes.empty:
+        return Modify(changes)
+    return Publish(password_managed=password_in_vault is not False)
+
+
+def deletion_step(obj: MysqlDbObject, instance: DbInstance | None) -> Any:
+    spec = obj.spec
+    if spec.deletion_protection:
+        return BlockDeletion("DeletionProtected",
+                             "spec.deletionProtection is true: set it to false to let this MysqlDb "
+                             "and its database be deleted")
+    if instance is not None and is_ours(obj, instance):
+        if spec.deletion_policy == "Retain":
+            present = [k for k in OWNERSHIP_TAG_KEYS if k in instance.tags]
+            return ReleaseInstance(present) if present else Finished()
+        if instance.status == "deleting":
+            return WaitForDeletion(f"DB instance {instance.identifier} is deleting")
+        if instance.deletion_protection:
+            return DisableDeletionProtection()
+        if spec.deletion_policy == "Snapshot":
+            return DeleteInstance(final_snapshot_identifier(instance.identifier, obj.uid), False)
+        return DeleteInstance(None, True)
+    # The instance is gone, or was never ours: only our own published entries are left to remove.
+    # A MysqlDb that never stored anything (status.vaultPath is recorded with the password) has
+    # nothing to remove, so its deletion does not wait for Vault or Consul.
+    stored = obj.status.get("vaultPath") or obj.status.get("consulPrefix")
+    if spec.deletion_policy == "Retain" or not stored:
+        return Finished()
+    return Unpublish()
+
+
+# --- status helpers ------------------------------------------------------------------------------
+
+def now_iso(now: datetime | None = None) -> str:
+    return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    *,
+    now: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """Conditions with `type_` set; lastTransitionTime moves only when the status flips."""
+    wanted = "True" if status else "False"
+    out: list[dict[str, Any]] = []
+    found = False
+    for c in conditions or []:
+        c = dict(c)
+        if c.get("type") == type_:
+            found = True
+            if c.get("status") != wanted:
+                c["lastTransitionTime"] = now
+            c.update(status=wanted, reason=reason, message=message)
+            if generation is not None:
+                c["observedGeneration"] = generation
+        out.append(c)
+    if not found:
+        c = {"type": type_, "status": wanted, "reason": reason, "message": message,
+             "lastTransitionTime": now}
+        if generation is not None:
+            c["observedGeneration"] = generation
+        out.append(c)
+    return out
+
+
+def backoff(attempt: int, *, base: float, cap: float) -> float:
+    """Delay before check number `attempt` (0-based): base, 2*base, 4*base, ... up to cap."""
+    return float(min(cap, base * (2 ** max(0, min(attempt, 16)))))
+
+
+def instance_status(instance: DbInstance) -> dict[str, Any]:
+    """What status shows of an instance: where to connect and what it runs."""
+    # RDS shows a pending password change as "****"; status shows no trace of passwords at all.
+    pending = {k: v for k, v in instance.pending.items()
+               if v is not None and "password" not in k.lower()}
+    return {
+        "dbInstanceIdentifier": instance.identifier,
+        "dbInstanceArn": instance.arn or None,
+        "dbInstanceStatus": instance.status,
+        "endpoint": instance.host,
+        "port": instance.port,
+        "engineVersion": instance.engine_version,
+        "instanceClass": instance.instance_class,
+        "allocatedStorage": instance.storage_gb,
+        "multiAZ": instance.multi_az,
+        "backupRetentionDays": instance.backup_retention_days,
+        "deletionProtection": instance.deletion_protection,
+        "pendingModifications": {k: str(v) for k, v in pending.items()} or None,
+    }
+
+
+def due(next_check: str | None, now: datetime) -> bool:
+    """Whether the timer should look at this MysqlDb now (`next_check` from status or memory)."""
+    if not next_check:
+        return True
+    try:
+        at = datetime.strptime(next_check, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+    except ValueError:
+        return True
+    return now >= at

@@ -1,0 +1,279 @@
+"""The agent's pure parts: settings from the environment, config files, slots and quorum,
+status, credentials, the in-memory store, stale pid files and zombie reaping."""
+from __future__ import annotations
+
+import os
+import stat
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from pgop import pgconfig
+from pgop.agent import bootstrap, config, credentials, ha, kube, replication, status
+from pgop.agent.commands import Children
+from pgop.agent.postmaster import reap_orphans, remove_stale_pid_file
+from pgop.agent.settings import AgentSettings, SettingsError
+from pgop.agent.state import PostgresState
+from pgop.model import Instance, InstanceSpec
+
+POD_ENV = {
+    "PGOP_CLUSTER": "orders", "PGOP_INSTANCE": "orders-1", "PGOP_NAMESPACE": "shop",
+    "PGOP_POD_NAME": "orders-1", "PGOP_POD_IP": "10.0.0.7", "PGOP_NODE_NAME": "node-a",
+    "PGDATA": "/var/lib/postgresql/data/pgdata", "PGOP_AGENT_PORT": "8008",
+    "PGOP_SECRETS_DIR": "/etc/pgop/secrets", "PATH": "/nonexistent",
+}
+
+
+def settings(**changes) -> AgentSettings:
+    return AgentSettings.from_env({**POD_ENV, **{k: str(v) for k, v in changes.items()}})
+
+
+def instance(name: str, role: str = "replica", deleting: bool = False, sync_state=None) -> Instance:
+    meta = {"name": name, "generation": 1}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return Instance.from_object({"metadata": meta, "spec": {"cluster": "orders", "role": role},
+                                 "status": {"syncState": sync_state} if sync_state else {}})
+
+
+# ---------------------------------------------------------------------------------- settings
+
+def test_settings_from_the_pod_environment_have_the_pod_defaults():
+    s = settings()
+    assert (s.cluster, s.instance, s.namespace, s.pod_ip, s.node_name) == ("orders", "orders-1", "shop", "10.0.0.7", "node-a")
+    assert s.pg_port == 5432 and s.agent_port == 8008 and s.interval == 5.0
+    assert s.socket_dir == Path(pgconfig.SOCKET_DIRECTORY)
+    assert s.local_host == pgconfig.SOCKET_DIRECTORY  # peer authentication over the socket
+    assert s.replication_host == "orders-rw.shop.svc"
+    assert s.passfile == Path(pgconfig.SOCKET_DIRECTORY) / "pgpass"
+    assert s.bootstrap_marker == Path("/var/lib/postgresql/data/.pgdata.pgop-bootstrap")
+    assert s.bindir == "/usr/lib/postgresql/15/bin" and s.run_as is None
+
+
+def test_settings_overrides_for_a_machine_running_several_instances():
+    s = settings(PGOP_PG_PORT=6000, PGOP_CONNECT_HOST="127.0.0.1", PGOP_PRIMARY_HOST="10.1.1.1",
+                 PGOP_PRIMARY_PORT=6001, PGOP_HEARTBEAT_INTERVAL="0.5", PGOP_RUN_DIR="/run/x")
+    assert (s.pg_port, s.local_host, s.replication_host, s.primary_port, s.interval) == (
+        6000, "127.0.0.1", "10.1.1.1", 6001, 0.5)
+    assert s.passfile == Path("/run/x/pgpass")
+
+
+def test_settings_missing_variables_are_named():
+    with pytest.raises(SettingsError, match="PGOP_CLUSTER, PGDATA"):
+        AgentSettings.from_env({"PGOP_INSTANCE": "a", "PGOP_NAMESPACE": "b"})
+    with pytest.raises(SettingsError, match="PGOP_PG_PORT"):
+        settings(PGOP_PG_PORT="many")
+
+
+def test_root_without_a_user_to_switch_to_is_refused():
+    with pytest.raises(SettingsError, match="PGOP_RUN_AS"):
+        settings().check_user(euid=0)
+    settings().check_user(euid=999)
+    settings(PGOP_RUN_AS="postgres").check_user(euid=0)
+
+
+# ------------------------------------------------------------------------------------ config
+
+def test_rendered_postgresql_conf_parses_back_exactly():
+    values = {"a": "plain", "b": "it's", "c": "back\\slash", "d": 'ANY 1 ("orders-1", "orders-2")', "e": ""}
+    assert config.parse_postgresql_conf(pgconfig.render_postgresql_conf(values)) == values
+
+
+def test_a_file_the_agent_did_not_write_is_unknown():
+    assert config.parse_postgresql_conf("# initdb's file\nmax_connections = 100\n") is None
+
+
+def test_desired_settings_of_a_replica_stream_from_the_rw_service_into_its_slot():
+    spec = InstanceSpec(cluster="orders", ordinal=1, role="replica", bootstrap="basebackup",
+                        parameters={"work_mem": "8MB", "port": "1"})
+    replica = config.desired_settings(settings(), spec, replica=True, synchronous_standby_names="ANY 1 (x)")
+    assert replica["primary_slot_name"] == "pgop_orders_1"
+    assert "host=orders-rw.shop.svc" in replica["primary_conninfo"]
+    assert "application_name=orders-1" in replica["primary_conninfo"]
+    assert "passfile=/var/run/postgresql/pgpass" in replica["primary_conninfo"]
+    assert "password" not in replica["primary_conninfo"].replace("passfile", "")
+    assert replica["synchronous_standby_names"] == ""  # a replica confirms, it does not wait
+    assert replica["work_mem"] == "8MB" and replica["port"] == "5432"  # owned settings win
+    primary = config.desired_settings(settings(), spec, replica=False, synchronous_standby_names="ANY 1 (x)")
+    assert "primary_conninfo" not in primary and primary["synchronous_standby_names"] == "ANY 1 (x)"
+
+
+def test_desired_settings_listen_where_the_machine_says():
+    s = settings(PGOP_PG_PORT=6000, PGOP_SOCKET_DIR="/tmp/s", PGOP_LISTEN_ADDRESSES="127.0.0.1")
+    rendered = config.desired_settings(s, InstanceSpec("orders", 0, "primary", "initdb"), replica=False)
+    assert (rendered["port"], rendered["unix_socket_directories"], rendered["listen_addresses"]) == (
+        "6000", "/tmp/s", "127.0.0.1")
+
+
+def test_hba_lets_only_the_postgres_os_user_in_without_a_password():
+    lines = [line.split() for line in config.hba_text().splitlines() if line and not line.startswith("#")]
+    assert lines[0] == ["local", "all", "postgres", "peer"]
+    assert all(line[-1] == "scram-sha-256" for line in lines[1:])
+    assert ["host", "replication", "streaming_replica", "all", "scram-sha-256"] in lines
+
+
+def test_change_cost():
+    hba = config.hba_text()
+    same = config.WrittenConfig({"work_mem": "4MB"}, hba)
+    assert config.change_cost(same, {"work_mem": "4MB"}, hba, 15) is None
+    reload = config.change_cost(same, {"work_mem": "8MB"}, hba, 15)
+    assert reload.reload_only and reload.changed == {"work_mem"}
+    restart = config.change_cost(same, {"work_mem": "4MB", "max_connections": "200"}, hba, 15)
+    assert restart.needs_restart_for == {"max_connections"}
+    assert config.change_cost(config.WrittenConfig({"work_mem": "4MB"}, "old"), {"work_mem": "4MB"}, hba, 15).reload_only
+    assert config.change_cost(config.WrittenConfig(None, None), {"work_mem": "4MB"}, hba, 15).needs_restart
+
+
+def test_config_files_are_written_private(tmp_path):
+    files = config.ConfigFiles(tmp_path)
+    config.write(files, {"work_mem": "4MB"}, config.hba_text())
+    config.write_standby_signal(files)
+    assert config.read_written(files) == config.WrittenConfig({"work_mem": "4MB"}, config.hba_text())
+    for path in (files.postgresql_conf, files.pg_hba, files.standby_signal):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# -------------------------------------------------------------------------------- replication
+
+def test_wanted_slots_cover_every_other_live_instance():
+    members = [instance("orders-0", "primary"), instance("orders-1"), instance("orders-2", deleting=True)]
+    assert replication.wanted_slots("orders-0", members) == {"pgop_orders_1"}
+
+
+def test_slot_changes_never_touch_foreign_slots():
+    existing = [replication.Slot("pgop_orders_1", True), replication.Slot("pgop_gone", False),
+                replication.Slot("backup_tool", False)]
+    assert replication.slot_changes(frozenset({"pgop_orders_1", "pgop_orders_3"}), existing) == (
+        ["pgop_orders_3"], ["pgop_gone"])
+
+
+def test_synchronous_names_preferred_lists_streaming_replicas():
+    members = [instance("orders-0", "primary"), instance("orders-1"), instance("orders-2"), instance("orders-10")]
+    standbys = [replication.Standby("orders-10", "streaming", "async"), replication.Standby("orders-1", "streaming", "async"),
+                replication.Standby("orders-2", "catchup", "async")]
+    assert replication.synchronous_names(1, "preferred", "orders-0", members, standbys) == 'ANY 1 ("orders-1", "orders-10")'
+    assert replication.synchronous_names(1, "required", "orders-0", members, []) == \
+        'ANY 1 ("orders-1", "orders-2", "orders-10")'
+    assert replication.synchronous_names(0, "preferred", "orders-0", members, standbys) == ""
+    assert replication.synchronous_names(2, "preferred", "orders-0", members, []) == ""
+
+
+# ------------------------------------------------------------------------------------- status
+
+def test_status_of_a_ready_replica():
+    now = datetime(2026, 11, 22, 5, 0, 0, tzinfo=timezone.utc)
+    state = PostgresState(accepting=True, role="replica", timeline=2, lsn="0/3000060", received_lsn="0/3000100",
+                          system_identifier="7", pending_restart=frozenset())
+    decision = ha.Decision((), ha.RUNNING)
+    previous = [{"type": "Ready", "status": "True", "lastTransitionTime": "2026-11-22T04:00:00Z"},
+                {"type": "Scheduled", "status": "True"}]
+    out = status.build_status(settings(), now=now, state=state, decision=decision, ready=True, generation=3,
+                              applied_generation=3, previous_conditions=previous)
+    assert out["lastHeartbeat"] == "2026-11-22T05:00:00Z"
+    assert (out["role"], out["timeline"], out["lsn"], out["receivedLSN"], out["ready"], out["phase"]) == (
+        "replica", 2, "0/3000060", "0/3000100", True, "Running")
+    assert (out["pod"], out["podIP"], out["node"], out["observedGeneration"]) == ("orders-1", "10.0.0.7", "node-a", 3)
+    assert out["message"] is None and out["pendingRestart"] is False and out["fenced"] is False
+    conditions = {c["type"]: c for c in out["conditions"]}
+    assert conditions["Scheduled"] == {"type": "Scheduled", "status": "True"}  # another writer's, kept
+    assert conditions["Ready"]["lastTransitionTime"] == "2026-11-22T04:00:00Z"  # unchanged status
+    assert conditions["ConfigurationApplied"]["status"] == "True"
+
+
+def test_status_when_postgres_is_down():
+    now = datetime(2026, 11, 22, 5, 0, 0, tzinfo=timezone.utc)
+    decision = ha.Decision((ha.Action(ha.START, "postgres is not running"),), ha.STARTING)
+    out = status.build_status(settings(), now=now, state=None, decision=decision, ready=False, generation=3,
+                              applied_generation=2, message="boom")
+    assert out["ready"] is False and out["role"] is None and out["lsn"] is None and out["message"] == "boom"
+    assert out["observedGeneration"] == 2
+    conditions = {c["type"]: c for c in out["conditions"]}
+    assert conditions["Ready"]["status"] == "False" and conditions["Ready"]["reason"] == "Starting"
+    assert "start: postgres is not running" in conditions["ConfigurationApplied"]["message"]
+
+
+def test_replica_sync_states_only_what_changed():
+    standbys = [replication.Standby("orders-1", "streaming", "quorum")]
+    members = [instance("orders-1", sync_state="quorum"), instance("orders-2", sync_state="quorum"), instance("orders-3")]
+    assert status.replica_sync_states(standbys, members) == {"orders-2": None}
+
+
+# -------------------------------------------------------------------------------- credentials
+
+def test_credentials_from_files_and_passfile(tmp_path):
+    (tmp_path / "replication").mkdir()
+    (tmp_path / "replication" / "username").write_text("streaming_replica\n")
+    (tmp_path / "replication" / "password").write_text("se:cr\\et\n")
+    found = credentials.read_credentials(tmp_path, "replication")
+    assert (found.username, found.password) == ("streaming_replica", "se:cr\\et")
+    assert "se:cr" not in repr(found)
+    assert credentials.pgpass_text([found]) == "*:*:*:streaming_replica:se\\:cr\\\\et\n"
+    credentials.write_private(tmp_path / "run" / "pgpass", "x")
+    assert stat.S_IMODE((tmp_path / "run" / "pgpass").stat().st_mode) == 0o600
+    with pytest.raises(credentials.CredentialsError, match="app credentials"):
+        credentials.read_credentials(tmp_path, "app")
+
+
+# -------------------------------------------------------------------------------------- store
+
+def test_memory_store_has_the_api_servers_semantics():
+    store = kube.MemoryInstanceStore()
+    store.put("orders-0", {"cluster": "orders", "role": "primary"})
+    store.put("other-0", {"cluster": "other", "role": "primary"})
+    assert store.get_instance("orders-0")["metadata"]["generation"] == 1
+    assert store.update_spec("orders-0", parameters={"work_mem": "8MB"}) == 2
+    assert store.update_spec("orders-0", parameters={"work_mem": "8MB"}) == 2  # no change, no new generation
+    assert [b["metadata"]["name"] for b in store.list_instances("orders")] == ["orders-0"]
+    store.patch_status("orders-0", {"ready": True, "message": "x", "conditions": [{"type": "A"}]})
+    store.patch_status("orders-0", {"message": None, "conditions": [{"type": "B"}]})
+    assert store.status("orders-0") == {"ready": True, "conditions": [{"type": "B"}]}
+    with pytest.raises(LookupError):
+        store.patch_status("gone", {})
+    store.fail = True
+    with pytest.raises(ConnectionError):
+        store.get_instance("orders-0")
+
+
+def test_kube_store_sends_merge_patches():
+    from kubernetes import client
+    store = kube.KubeInstanceStore("shop", configuration=client.Configuration())
+    assert store.api_client.default_headers["Content-Type"] == "application/merge-patch+json"
+
+
+# --------------------------------------------------------------------------------- processes
+
+def test_stale_postmaster_pid_file_is_removed(tmp_path):
+    (tmp_path / "postmaster.pid").write_text(f"{os.getpid()}\n{tmp_path}\n")  # a pid that is not a postmaster
+    assert remove_stale_pid_file(tmp_path)
+    assert not (tmp_path / "postmaster.pid").exists()
+    assert not remove_stale_pid_file(tmp_path)
+
+
+def test_orphans_are_reaped_but_registered_children_are_not():
+    children = Children()
+    orphan = os.fork()
+    if orphan == 0:
+        os._exit(0)
+    ours = os.fork()
+    if ours == 0:
+        os._exit(3)
+    children.pids.add(ours)
+    deadline = time.monotonic() + 5
+    reaped: list[int] = []
+    while orphan not in reaped and time.monotonic() < deadline:
+        reaped += reap_orphans(children)
+        time.sleep(0.02)
+    assert orphan in reaped and ours not in reaped
+    assert os.waitpid(ours, 0)[1] >> 8 == 3  # its exit status is still there for its owner
+
+
+def test_bootstrap_modes_and_recovery_refusal(tmp_path):
+    assert [m.value for m in bootstrap.BootstrapMode] == ["initdb", "basebackup", "recovery"]
+    s = AgentSettings(cluster="orders", instance="orders-0", namespace="shop", pgdata=tmp_path / "pgdata",
+                      secrets_dir=tmp_path)
+    with pytest.raises(bootstrap.BootstrapError, match="not implemented in this version"):
+        bootstrap.bootstrap(s, "recovery")
+    with pytest.raises(ValueError):
+        bootstrap.bootstrap(s, "snapshot")
