@@ -114,6 +114,29 @@ def plan(
             console.print(f"  then: {why}")
 
 
+mysqldb_app = typer.Typer(help="MysqlDb (AWS RDS MySQL) databases.", no_args_is_help=True)
+app.add_typer(mysqldb_app, name="mysqldb")
+
+
+@mysqldb_app.command("status")
+def mysqldb_status(
+    name: str = typer.Argument(..., help="MysqlDb name"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """The RDS instance, its phase, where its secret and config live, and the last error
+    (never the password)."""
+    from rds.report import render
+
+    from pgop.kube import Kube
+
+    ns = _namespace(namespace)
+    body = Kube().get("MysqlDb", ns, name)
+    if body is None:
+        typer.echo(f"MysqlDb {ns}/{name} not found", err=True)
+        raise typer.Exit(1)
+    typer.echo(render(body))
+
+
 @app.command()
 def version() -> None:
     """Print the pgop version."""

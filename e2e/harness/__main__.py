@@ -67,7 +67,9 @@ def operator_env(env: dict[str, str]) -> dict[str, str]:
     keep = ("KUBECONFIG", "VAULT_ADDR", "CONSUL_HTTP_ADDR", "PGOP_RDS_ENDPOINT", "AWS_DEFAULT_REGION",
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3",
             "PGOP_S3_ENDPOINT_IN_CLUSTER", "PGOP_VAULT_ADDR_IN_CLUSTER")
-    return {k: env[k] for k in keep if k in env}
+    out = {k: env[k] for k in keep if k in env}
+    out["VAULT_TOKEN"] = services.vault_operator_token()  # least privilege, not the root token
+    return out
 
 
 def down(args) -> None:

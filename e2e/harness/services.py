@@ -97,6 +97,25 @@ def start_moto() -> None:
                       "moto server", 30, log_name="moto")
 
 
+def vault_operator_token() -> str:
+    """A token for the operator with only its policy (deploy/vault/pgop-operator.hcl), never root."""
+    base = f"http://127.0.0.1:{paths.VAULT_PORT}/v1"
+    headers = {"X-Vault-Token": paths.VAULT_DEV_ROOT_TOKEN, "Content-Type": "application/json"}
+    policy = (paths.REPO / "deploy" / "vault" / "pgop-operator.hcl").read_text()
+
+    def call(method: str, path: str, body: dict) -> dict:
+        req = urllib.request.Request(f"{base}/{path}", data=json.dumps(body).encode(),
+                                     headers=headers, method=method)
+        with urllib.request.urlopen(req, timeout=10) as r:
+            raw = r.read()
+        return json.loads(raw) if raw else {}
+
+    call("PUT", "sys/policies/acl/pgop-operator", {"policy": policy})
+    out = call("POST", "auth/token/create", {"policies": ["pgop-operator"], "no_default_policy": True,
+                                             "period": "24h", "display_name": "pgop-operator"})
+    return out["auth"]["client_token"]
+
+
 NAMES = ["s3", "vault", "consul", "moto"]
 
 
