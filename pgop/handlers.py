@@ -12,6 +12,7 @@ from kubernetes.client.rest import ApiException
 from pgop import controller
 from pgop.kube import Kube, NotFound
 from pgop.model import API_GROUP
+from pgop.specs.meta import LABEL_INSTANCE
 
 VERSION = "v1"
 CLUSTER_INTERVAL = 2.0
@@ -33,6 +34,9 @@ def _apply(body, plan, logger) -> None:
             logger.info("skipped %s: the object is gone", action.describe())
             continue
         except ApiException as e:
+            if e.status == 403 and "being terminated" in str(e.body or ""):
+                logger.info("namespace is being deleted: %s skipped", action.describe())
+                return
             # Report the API's reason (never the body, which may hold a password).
             raise kopf.TemporaryError(f"{action.verb} {action.kind} {action.name} failed: "
                                       f"{e.status} {e.reason}", delay=5) from None
@@ -44,21 +48,20 @@ def _apply(body, plan, logger) -> None:
 
 # ------------------------------------------------------------------------------------- PgCluster
 
-def reconcile_cluster(body, patch, logger) -> None:
+def reconcile_cluster(body, logger) -> dict | None:
+    """Applies the plan; returns the status to write, or None when it is unchanged."""
     cluster, observed, plan = controller.plan_for_cluster(kube(), body)
     errors = cluster.validate()
     if errors:
         message = "; ".join(f"{path}: {reason}" for path, reason in errors)
-        patch.status["phase"] = "Failed"
-        patch.status["conditions"] = [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
-                                       "message": message, "observedGeneration": cluster.generation}]
         if body.get("status", {}).get("phase") != "Failed":
             kopf.warn(body, reason="InvalidSpec", message=message)
-        return
+        return {"phase": "Failed",
+                "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
+                                "message": message, "observedGeneration": cluster.generation}]}
     _apply(body, plan, logger)
     status = controller.status_for_cluster(cluster, list(observed.instances), plan)
-    if _changed(body.get("status") or {}, status):
-        patch.status.update(status)
+    return status if _changed(body.get("status") or {}, status) else None
 
 
 def _changed(current: dict, desired: dict) -> bool:
@@ -69,12 +72,60 @@ def _changed(current: dict, desired: dict) -> bool:
 @kopf.on.update(API_GROUP, VERSION, "pgclusters", field="spec")
 @kopf.on.resume(API_GROUP, VERSION, "pgclusters")
 def cluster_changed(body, patch, logger, **_):
-    reconcile_cluster(body, patch, logger)
+    status = reconcile_cluster(body, logger)
+    if status:
+        patch.status.update(status)
 
 
 @kopf.timer(API_GROUP, VERSION, "pgclusters", interval=CLUSTER_INTERVAL, sharp=False)
 def cluster_tick(body, patch, logger, **_):
-    reconcile_cluster(body, patch, logger)
+    status = reconcile_cluster(body, logger)
+    if status:
+        patch.status.update(status)
+
+
+# The timers above converge on their own; these shortcuts only cut the wait at the steps that gate
+# the next one (a bootstrap pod finishing, an instance becoming ready), which is most of the time
+# from apply to Ready.
+_last_seen: dict[tuple[str, str], tuple] = {}
+
+
+@kopf.on.event(API_GROUP, VERSION, "pginstances")
+def instance_event(body, event, logger, **_):
+    meta = body["metadata"]
+    key = (meta.get("namespace"), meta["name"])
+    st = body.get("status") or {}
+    state = (st.get("ready"), st.get("role"), st.get("phase"), event.get("type"))
+    if _last_seen.get(key) == state:
+        return
+    _last_seen[key] = state
+    if event.get("type") == "DELETED":
+        _last_seen.pop(key, None)
+    cluster_name = (body.get("spec") or {}).get("cluster")
+    cluster = kube().get("PgCluster", key[0], cluster_name) if cluster_name else None
+    if cluster is None or cluster["metadata"].get("deletionTimestamp"):
+        return
+    status = reconcile_cluster(cluster, logger)
+    if status:
+        try:
+            kube().merge_patch("PgCluster", key[0], cluster_name, {"status": status}, "status")
+        except NotFound:
+            pass
+
+
+@kopf.on.event("", "v1", "pods", labels={LABEL_INSTANCE: kopf.PRESENT})
+def pod_event(body, event, logger, **_):
+    meta = body["metadata"]
+    key = ("pod", f"{meta.get('namespace')}/{meta['name']}")
+    state = ((body.get("status") or {}).get("phase"), event.get("type"))
+    if _last_seen.get(key) == state:
+        return
+    _last_seen[key] = state
+    if event.get("type") == "DELETED":
+        _last_seen.pop(key, None)
+    instance = kube().get("PgInstance", meta.get("namespace"), meta["labels"][LABEL_INSTANCE])
+    if instance is not None and not instance["metadata"].get("deletionTimestamp"):
+        reconcile_instance(instance, logger)
 
 
 # ------------------------------------------------------------------------------------ PgInstance
