@@ -125,9 +125,14 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     # the administrator's view: peer authentication over the local socket, as postgres
     primary = f"{name}-0"
     assert exec_psql(kubectl, ns, primary, "select current_user") == "postgres"
-    rows = exec_psql(kubectl, ns, primary,
-                     "select application_name, state, sync_state from pg_stat_replication order by 1")
-    replication = [r.split("|") for r in rows.splitlines()]
+    # The primary's agent names the replicas in synchronous_standby_names once they stream
+    # (preferred mode), within one turn of its loop after they connect.
+    def replication_rows():
+        rows = exec_psql(kubectl, ns, primary,
+                         "select application_name, state, sync_state from pg_stat_replication order by 1")
+        got = [r.split("|") for r in rows.splitlines()]
+        return len(got) == 2 and all(r[2] == "quorum" for r in got) and got
+    replication = eventually(replication_rows, "both replicas streaming as quorum candidates", 30)
     assert [r[0] for r in replication] == [f"{name}-1", f"{name}-2"]
     assert all(r[1] == "streaming" for r in replication)
     # ANY 1 (both replicas): each is a quorum candidate; a commit waits for one of them
@@ -169,6 +174,18 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
                       .splitlines() == [exec_psql(kubectl, ns, primary,
                                                   f"select slot_name from pg_replication_slots where slot_name like '%{name}_1'")],
                       "only the slot of orders-1 left")
+
+    # no password in the operator's log, the agents' logs, Events or the status
+    passwords = [secret(kubectl, ns, f"{name}-{s}", "password") for s in ("superuser", "app", "replication")]
+    texts = {
+        "operator log": operator.log_text(),
+        "events": kubectl("-n", ns, "get", "events", "-o", "json").stdout,
+        "status": kubectl("-n", ns, "get", "pgclusters,pginstances", "-o", "json").stdout,
+        **{f"log of {p}": kubectl("-n", ns, "logs", p, "--all-containers", check=False).stdout
+           for p in (f"{name}-0", f"{name}-1")},
+    }
+    leaks = [where for where, text in texts.items() for pw in passwords if pw in text]
+    assert not leaks, f"a password appeared in: {leaks}"
 
     # deletion: pods, services and secrets go; volumes stay (reclaimPolicy Retain by default)
     kubectl("-n", ns, "delete", "pgcluster", name, "--wait=true", "--timeout=120s")
