@@ -30,6 +30,15 @@ def _https_ok(url: str, cert: Path | None = None, key: Path | None = None) -> bo
         return r.status == 200
 
 
+def _https_insecure_ok(url: str) -> bool:
+    """Health of a component serving its own self-signed certificate (on loopback)."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    with urllib.request.urlopen(url, context=ctx, timeout=3) as r:
+        return r.status == 200
+
+
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=3) as r:
         return r.status == 200
@@ -103,9 +112,8 @@ def start_controller_manager() -> None:
             "--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
             "--v=1",
         ])
-        proc.wait_for(lambda: _https_ok("https://127.0.0.1:10257/healthz")
-                      if False else _tcp_open("127.0.0.1", 10257),
-                      "kube-controller-manager", 60, log_name="kube-controller-manager")
+        proc.wait_for(lambda: _https_insecure_ok("https://127.0.0.1:10257/healthz"),
+                      "kube-controller-manager /healthz", 60, log_name="kube-controller-manager")
 
 
 def start_scheduler() -> None:
@@ -115,7 +123,9 @@ def start_scheduler() -> None:
             k8s_bin("kube-scheduler"), f"--kubeconfig={kc}",
             f"--authentication-kubeconfig={kc}", f"--authorization-kubeconfig={kc}",
             "--bind-address=127.0.0.1", "--leader-elect=false", "--v=1"])
-        proc.wait_for(lambda: _tcp_open("127.0.0.1", 10259), "kube-scheduler", 60,
+        # /readyz, not an open port: a scheduler whose informers have not synced yet can miss
+        # a claim's binding and leave a pod unschedulable for minutes.
+        proc.wait_for(lambda: _https_insecure_ok("https://127.0.0.1:10259/readyz"), "kube-scheduler /readyz", 60,
                       log_name="kube-scheduler")
 
 
