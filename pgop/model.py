@@ -399,9 +399,10 @@ def _validate_spec(spec: ClusterSpec) -> list[ValidationError]:
         if backup.s3 is None:
             refuse("spec.backup.s3", "is required when spec.backup is set")
         if backup.schedule:
-            from croniter import croniter  # imported here: only backups need it
-            if not croniter.is_valid(backup.schedule):
-                refuse("spec.backup.schedule", f"{backup.schedule!r} is not a valid cron expression")
+            from backup.schedule import validate_schedule  # only backups need croniter
+            problem = validate_schedule(backup.schedule)
+            if problem:
+                refuse("spec.backup.schedule", problem.removeprefix("spec.backup.schedule: "))
         if backup.retention and backup.retention.max_age and not _MAX_AGE.match(backup.retention.max_age):
             refuse("spec.backup.retention.maxAge", "must be a number followed by h, d or w, e.g. 30d")
     return errors

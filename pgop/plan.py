@@ -58,6 +58,7 @@ API_VERSIONS = {
     "ServiceAccount": "v1",
     "PersistentVolumeClaim": "v1",
     "Pod": "v1",
+    "PgBackup": API_VERSION,
     "PodDisruptionBudget": "policy/v1",
     "Role": "rbac.authorization.k8s.io/v1",
     "RoleBinding": "rbac.authorization.k8s.io/v1",
