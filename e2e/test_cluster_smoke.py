@@ -114,9 +114,17 @@ spec:
   ports: [{{port: 80, targetPort: 8080}}]
 """)
     kubectl("-n", ns, "wait", "--for=condition=Ready", "pod/web", "--timeout=120s")
-    script = ("import socket,urllib.request;"
-              f"print(socket.gethostbyname('web.{ns}.svc.cluster.local'));"
-              f"print(urllib.request.urlopen('http://web.{ns}.svc.cluster.local/', timeout=10).read().decode())")
+    # kube-proxy programs the new endpoint a moment after the pod is Ready: retry like a client
+    # would (bounded), and say how long it took.
+    script = ("import socket,time,urllib.request\n"
+              f"print(socket.gethostbyname('web.{ns}.svc.cluster.local'))\n"
+              "for attempt in range(30):\n"
+              "    try:\n"
+              f"        print(urllib.request.urlopen('http://web.{ns}.svc.cluster.local/', timeout=5).read().decode()); break\n"
+              "    except OSError as e:\n"
+              "        last = e; time.sleep(1)\n"
+              "else:\n"
+              "    raise SystemExit(f'service unreachable: {last}')\n")
     kubectl("-n", ns, "run", "client", f"--image={POSTGRES_IMAGE}", "--restart=Never",
             "--command", "--", "python3", "-c", script)
     assert _wait_pod_done(kubectl, ns, "client") == "Succeeded", \
