@@ -14,8 +14,10 @@ TIMEOUT = 240
 
 @pytest.fixture(scope="module")
 def operator(local_env, tmp_path_factory):
-    op = OperatorProcess({"KUBECONFIG": local_env["KUBECONFIG"]},
-                         tmp_path_factory.mktemp("operator") / "operator.log")
+    from e2e.harness.__main__ import operator_env
+    # what `make up` gives the operator: the cluster, moto for RDS, Vault (a least-privilege
+    # token, not root) and Consul
+    op = OperatorProcess(operator_env(local_env), tmp_path_factory.mktemp("operator") / "operator.log")
     op.start()
     yield op
     op.stop()
@@ -63,8 +65,21 @@ def service_ip(kubectl, ns, name):
 
 def connect(kubectl, ns, service, cluster_name, user="app", dbname="app"):
     password = secret(kubectl, ns, f"{cluster_name}-app", "password")
-    return psycopg.connect(host=service_ip(kubectl, ns, service), port=5432, dbname=dbname,
-                           user=user, password=password, connect_timeout=5, autocommit=True)
+    return pg_connect(host=service_ip(kubectl, ns, service), port=5432, dbname=dbname,
+                      user=user, password=password)
+
+
+def pg_connect(**kw):
+    """Connects like an application: a Service's new endpoint takes kube-proxy a moment, so a
+    refused connection is retried for a bounded time."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            return psycopg.connect(connect_timeout=5, autocommit=True, **kw)
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def exec_psql(kubectl, ns, pod, sql, db="app"):
@@ -276,3 +291,37 @@ def test_parameters_reload_or_roll(kubectl, namespace, operator):
     assert restarted[f"{name}-1"] < restarted[f"{name}-0"]  # replica first
     wait_ready(kubectl, ns, name, 2)
     assert exec_psql(kubectl, ns, f"{name}-0", "select pg_is_in_recovery()") == "f"
+
+
+def test_publish_puts_credentials_in_vault_and_config_in_consul(kubectl, namespace, operator, local_env):
+    import consul
+    import hvac
+
+    ns, name = namespace, "pub"
+    kubectl("apply", "-f", "-", input=manifest(name, ns, instances=1, sync=0, extra="  publish: {}"))
+    wait_ready(kubectl, ns, name, 1)
+    vault = hvac.Client(url=local_env["VAULT_ADDR"], token=local_env["VAULT_TOKEN"])
+    path = f"k8s/{ns}/{name}/db"
+
+    def read_vault():
+        return vault.secrets.kv.v2.read_secret_version(path=path, mount_point="secret",
+                                                       raise_on_deleted_version=True)["data"]["data"]
+    doc = eventually(read_vault, "the Vault secret", 30)
+    password = secret(kubectl, ns, f"{name}-app", "password")
+    assert doc == {"username": "app", "password": password, "host": f"{name}-rw.{ns}.svc",
+                   "port": "5432", "dbname": "app", "engine": "postgresql"}
+    host, port = local_env["CONSUL_HTTP_ADDR"].split(":")
+    kv = consul.Consul(host=host, port=int(port)).kv
+    _, items = kv.get(f"config/{path}/", recurse=True)
+    config = {i["Key"].rsplit("/", 1)[-1]: i["Value"].decode() for i in items}
+    assert config == {"host": f"{name}-rw.{ns}.svc", "port": "5432", "dbname": "app",
+                      "engine": "postgresql", "username": "app"}
+    # what an application does with it: connect with the credentials from Vault
+    with pg_connect(host=service_ip(kubectl, ns, f"{name}-rw"), port=int(doc["port"]),
+                    dbname=doc["dbname"], user=doc["username"], password=doc["password"]) as conn:
+        assert conn.execute("select current_user").fetchone()[0] == "app"
+    # deleting the cluster removes what it published
+    kubectl("-n", ns, "delete", "pgcluster", name, "--timeout=60s")
+    assert kv.get(f"config/{path}/", recurse=True)[1] is None
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        read_vault()

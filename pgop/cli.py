@@ -193,6 +193,25 @@ def agent_bootstrap(
     raise typer.Exit(code)
 
 
+@agent_app.command("wal-push")
+def agent_wal_push(
+    path: str = typer.Argument(..., help="The file to archive (PostgreSQL's %p)."),
+) -> None:
+    """archive_command: compress one WAL file to S3 (PGOP_S3_* settings); 0 = archived."""
+    from backup.commands import wal_push
+    raise typer.Exit(wal_push(path))
+
+
+@agent_app.command("wal-fetch")
+def agent_wal_fetch(
+    name: str = typer.Argument(..., help="The WAL file wanted (PostgreSQL's %f)."),
+    target: str = typer.Argument(..., help="Where to put it (PostgreSQL's %p)."),
+) -> None:
+    """restore_command: fetch one WAL file from S3; 1 = not in the archive."""
+    from backup.commands import wal_fetch
+    raise typer.Exit(wal_fetch(name, target))
+
+
 def main() -> None:
     app()
 

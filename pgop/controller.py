@@ -6,7 +6,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pgop.kube import Kube
-from pgop.model import Cluster, Instance
+from pgop.model import Cluster, Instance, parse_time
 from pgop.plan import ObservedCluster, Plan, plan_cluster, plan_instance
 from pgop.specs import names
 from pgop.specs.meta import LABEL_CLUSTER, LABEL_INSTANCE
@@ -39,12 +39,46 @@ def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> d
     now = datetime.now(timezone.utc)
     status = cluster_status(cluster, instances, now=now, waiting=plan.waiting)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
-        archiving = {"type": "ContinuousArchiving", "status": "False", "reason": "NotAvailable",
-                     "message": "WAL archiving to S3 is not available in this version of pgop; "
-                                "WAL is not archived and point-in-time recovery is not possible",
-                     "observedGeneration": cluster.generation}
+        archiving = archiving_condition(instances) | {"observedGeneration": cluster.generation}
         status["conditions"] = merge_conditions(status["conditions"], [archiving], now, cluster.generation)
     return status
+
+
+def archiving_condition(instances: list[dict]) -> dict[str, Any]:
+    """ContinuousArchiving from the primary's pg_stat_archiver (its PgInstance status.archiver).
+
+    True once a WAL file was archived and no failure came after that success; False with reason
+    ArchivingFailing while the last attempt failed (S3 down, wrong credentials, a conflicting
+    object): WAL then piles up in pg_wal until archiving succeeds again.
+    """
+    primary = next((i for i in instances if (i.get("spec") or {}).get("role") == "primary"
+                    and (i.get("status") or {}).get("role") == "primary"), None)
+    kind = {"type": "ContinuousArchiving"}
+    if primary is None:
+        return kind | {"status": "Unknown", "reason": "NoPrimary",
+                       "message": "no running primary reports its WAL archiving"}
+    name = (primary.get("metadata") or {}).get("name", "?")
+    archiver = (primary.get("status") or {}).get("archiver")
+    if not archiver:
+        return kind | {"status": "Unknown", "reason": "NotReported",
+                       "message": f"the primary {name} has not reported pg_stat_archiver yet"}
+    archived_at = parse_time(archiver.get("lastArchivedTime"))
+    failed_at = parse_time(archiver.get("lastFailedTime"))
+    last_ok = (f"last archived {archiver.get('lastArchivedWal')} at {archiver.get('lastArchivedTime')}"
+               if archived_at else "nothing archived yet")
+    if failed_at is not None and (archived_at is None or failed_at > archived_at):
+        return kind | {"status": "False", "reason": "ArchivingFailing",
+                       "message": f"the primary {name} fails to archive WAL: {archiver.get('failedCount', 0)} "
+                                  f"failure(s), the last for {archiver.get('lastFailedWal')} at "
+                                  f"{archiver.get('lastFailedTime')}; {last_ok}. WAL stays in pg_wal until "
+                                  "archiving succeeds (see the postgres log for the wal-push error)"}
+    if archived_at is None:
+        return kind | {"status": "Unknown", "reason": "NoWalArchivedYet",
+                       "message": f"the primary {name} has not archived a WAL file yet (one is archived "
+                                  "when it fills or is switched)"}
+    return kind | {"status": "True", "reason": "Archiving",
+                   "message": f"the primary {name} archives WAL to S3: {archiver.get('archivedCount', 0)} "
+                              f"archived, {last_ok}"}
 
 
 def plan_for_instance(kube: Kube, body: dict[str, Any]) -> tuple[Instance, Plan, dict | None]:

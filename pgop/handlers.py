@@ -11,7 +11,10 @@ from kubernetes.client.rest import ApiException
 
 from pgop import controller
 from pgop.kube import Kube, NotFound
-from pgop.model import API_GROUP
+from pgop import cluster_publish
+from pgop.model import API_GROUP, Cluster
+from pgop.publish import PublishError
+from pgop.specs import names
 from pgop.specs.meta import LABEL_INSTANCE
 
 VERSION = "v1"
@@ -75,6 +78,42 @@ def cluster_changed(body, patch, logger, **_):
     status = reconcile_cluster(body, logger)
     if status:
         patch.status.update(status)
+    publish(body)
+
+
+def publish(body) -> None:
+    """spec.publish: the app credentials to Vault, the connection config to Consul. On create,
+    update and resume only: the password never changes on its own, and the connection changes
+    only with the spec."""
+    cluster = Cluster.from_object(body)
+    if cluster.spec.publish is None or cluster.validate():
+        return
+    problem = cluster_publish.namespace_problem(cluster)
+    if problem:
+        kopf.warn(body, reason="PublishRefused", message=problem)
+        return
+    secret = kube().get("Secret", cluster.namespace, names.app_secret(cluster.name))
+    if secret is None:
+        raise kopf.TemporaryError("the app Secret is not there yet", delay=2)
+    try:
+        vault_path, consul_prefix = cluster_publish.publish_cluster(cluster, secret)
+    except PublishError as e:  # its text never holds a secret
+        kopf.warn(body, reason="PublishFailed", message=str(e))
+        raise kopf.TemporaryError(f"publishing failed: {e}", delay=15) from None
+    kopf.info(body, reason="Published",
+              message=f"credentials in Vault at {vault_path}, config in Consul under {consul_prefix}")
+
+
+@kopf.on.delete(API_GROUP, VERSION, "pgclusters")
+def cluster_deleted(body, **_):
+    """Owner references remove the cluster's objects; what it published outside is removed here."""
+    cluster = Cluster.from_object(body)
+    if cluster.spec.publish is None or cluster_publish.namespace_problem(cluster):
+        return  # nothing was published
+    try:
+        cluster_publish.unpublish_cluster(cluster)
+    except PublishError as e:
+        raise kopf.TemporaryError(f"removing the published credentials failed: {e}", delay=15) from None
 
 
 @kopf.timer(API_GROUP, VERSION, "pgclusters", interval=CLUSTER_INTERVAL, sharp=False)

@@ -299,7 +299,8 @@ class ClusterSpec:
             parameters={str(k): _setting_text(v) for k, v in (data.get("parameters") or {}).items()},
             bootstrap=BootstrapSpec.from_dict(data.get("bootstrap")),
             backup=BackupSpec.from_dict(data.get("backup")),
-            publish=PublishSpec(publish.get("vaultPath"), publish.get("consulPrefix")) if publish else None,
+            publish=(PublishSpec(publish.get("vaultPath"), publish.get("consulPrefix"))
+                     if publish is not None else None),  # `publish: {}` publishes with the defaults
         )
 
     @property

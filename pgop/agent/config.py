@@ -67,10 +67,9 @@ def desired_settings(
     return rendered
 
 
-# `pgop agent wal-push` comes with the backup feature; until then an archive_command naming it
-# would fail for every segment and pg_wal would grow without bound, so archiving stays off and the
-# cluster says so (condition ContinuousArchiving, reason NotAvailable).
-WAL_ARCHIVING_AVAILABLE = False
+# `pgop agent wal-push` exists (backup/wal.py): with spec.backup.s3 and walArchiving, the
+# archive_command archives to S3. False would keep archiving off (archive_command ':').
+WAL_ARCHIVING_AVAILABLE = True
 
 
 def hba_text() -> str:

@@ -2,12 +2,32 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
 from pgop.agent import replication
 from pgop.agent.config import PENDING_RESTART_QUERY
 from pgop.model import PRIMARY, REPLICA
+
+
+@dataclass(frozen=True)
+class Archiver:
+    """pg_stat_archiver: how archive_command (wal-push) fares on this instance."""
+    archived_count: int = 0
+    last_archived_wal: str | None = None
+    last_archived_time: datetime | None = None
+    failed_count: int = 0
+    last_failed_wal: str | None = None
+    last_failed_time: datetime | None = None
+
+
+ARCHIVER_QUERY = ("SELECT archived_count, last_archived_wal, last_archived_time,"
+                  " failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver")
+
+
+def read_archiver(conn: psycopg.Connection) -> Archiver:
+    return Archiver(*conn.execute(ARCHIVER_QUERY).fetchone())
 
 
 @dataclass(frozen=True)
@@ -25,6 +45,7 @@ class PostgresState:
     slots: tuple[replication.Slot, ...] = ()
     receiver: replication.ReceiverState | None = None
     config_errors: tuple[str, ...] = ()  # settings of the files postgres refused
+    archiver: Archiver | None = None
     error: str | None = None
 
 
@@ -42,6 +63,7 @@ def read_state(conn: psycopg.Connection) -> PostgresState:
             " (name IS NULL OR name NOT IN (SELECT name FROM pg_settings WHERE pending_restart))"
             " ORDER BY sourceline").fetchall())
     slots = tuple(replication.read_slots(conn))
+    archiver = read_archiver(conn)
     if not in_recovery:
         lsn, walfile = conn.execute(
             "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())").fetchone()
@@ -51,7 +73,7 @@ def read_state(conn: psycopg.Connection) -> PostgresState:
             accepting=True, role=PRIMARY, timeline=int(walfile[:8], 16), lsn=lsn,
             start_time=start_time, system_identifier=system_identifier, pending_restart=pending,
             synchronous_standby_names=sync_names, standbys=tuple(replication.read_standbys(conn)),
-            slots=slots, config_errors=config_errors,
+            slots=slots, config_errors=config_errors, archiver=archiver,
         )
     received, replayed, checkpoint_tli = conn.execute(
         "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
@@ -62,4 +84,5 @@ def read_state(conn: psycopg.Connection) -> PostgresState:
         lsn=replayed, received_lsn=received, start_time=start_time,
         system_identifier=system_identifier, pending_restart=pending,
         synchronous_standby_names=sync_names, slots=slots, receiver=receiver, config_errors=config_errors,
+        archiver=archiver,
     )

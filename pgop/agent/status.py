@@ -11,7 +11,7 @@ from typing import Any
 
 from pgop.agent.ha import Decision
 from pgop.agent.settings import AgentSettings
-from pgop.agent.state import PostgresState
+from pgop.agent.state import Archiver, PostgresState
 from pgop.lsn import lag_bytes
 from pgop.status import timestamp
 
@@ -67,6 +67,8 @@ def build_status(
         "fenced": phase == "Fenced",
         "message": text,  # None removes a message that no longer holds (merge patch)
     }
+    if state.archiver is not None:
+        status["archiver"] = archiver_status(state.archiver)
     if applied_generation is not None:
         status["observedGeneration"] = applied_generation
     if state.role == "replica":
@@ -90,6 +92,20 @@ def build_status(
     config_condition = condition(CONDITION_CONFIG, applied, reason, why, now, previous_conditions, generation)
     status["conditions"] = merge_conditions(previous_conditions, [ready_condition, config_condition])
     return status
+
+
+def archiver_status(archiver: Archiver) -> dict[str, Any]:
+    """pg_stat_archiver as the PgInstance CRD's `archiver` (None clears a field in a merge patch)."""
+    def when(moment: datetime | None) -> str | None:
+        return timestamp(moment) if moment is not None else None
+    return {
+        "archivedCount": archiver.archived_count,
+        "lastArchivedWal": archiver.last_archived_wal,
+        "lastArchivedTime": when(archiver.last_archived_time),
+        "failedCount": archiver.failed_count,
+        "lastFailedWal": archiver.last_failed_wal,
+        "lastFailedTime": when(archiver.last_failed_time),
+    }
 
 
 def replica_sync_states(standbys, instances) -> dict[str, str | None]:

@@ -22,6 +22,9 @@ DATA_MOUNT = "/var/lib/postgresql/data"
 # A subdirectory, because initdb wants an empty directory and a volume's root may hold lost+found.
 PGDATA = f"{DATA_MOUNT}/pgdata"
 SECRETS_MOUNT = "/etc/pgop/secrets"
+# Files of spec.backup.s3.credentialsSecret: ACCESS_KEY_ID and ACCESS_SECRET_KEY (or the usual
+# AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), read by `pgop agent wal-push` / `wal-fetch`.
+S3_CREDENTIALS_MOUNT = "/etc/pgop/s3"
 AGENT_PORT = 8008
 READINESS_PATH = "/readyz"  # 200 when Postgres accepts connections in the role the spec asks for
 LIVENESS_PATH = "/healthz"  # 200 while the agent's loop turns, whatever Postgres does
@@ -38,6 +41,12 @@ ENV_POD_IP = "PGOP_POD_IP"
 ENV_NODE_NAME = "PGOP_NODE_NAME"
 ENV_AGENT_PORT = "PGOP_AGENT_PORT"
 ENV_SECRETS_DIR = "PGOP_SECRETS_DIR"
+# Where WAL is archived (spec.backup.s3); backup/s3.py reads them.
+ENV_S3_BUCKET = "PGOP_S3_BUCKET"
+ENV_S3_PATH = "PGOP_S3_PATH"
+ENV_S3_ENDPOINT = "PGOP_S3_ENDPOINT"
+ENV_S3_REGION = "PGOP_S3_REGION"
+ENV_S3_CREDENTIALS_DIR = "PGOP_S3_CREDENTIALS_DIR"
 
 
 def pod_role_label(instance: Instance) -> str:
@@ -61,14 +70,36 @@ def pod_inputs_hash(instance: Instance) -> str:
     different pod template never restarts running databases; only a change a user asked for does.
     """
     spec = instance.spec
-    return stable_hash({"image": spec.image, "resources": spec.resources, "postgresVersion": spec.postgres_version})
+    inputs: dict[str, Any] = {"image": spec.image, "resources": spec.resources,
+                              "postgresVersion": spec.postgres_version}
+    if spec.s3 is not None:
+        # The S3 settings are environment variables and a volume of the pod; absent, the digest
+        # stays what it was before backups existed.
+        inputs["s3"] = spec.s3.to_dict()
+    return stable_hash(inputs)
 
 
 def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
 
-def _env() -> list[dict[str, Any]]:
+def _env(instance: Instance) -> list[dict[str, Any]]:
+    return _base_env() + _s3_env(instance)
+
+
+def _s3_env(instance: Instance) -> list[dict[str, Any]]:
+    s3 = instance.spec.s3
+    if s3 is None:
+        return []
+    env = [{"name": ENV_S3_BUCKET, "value": s3.bucket}]
+    for name, value in ((ENV_S3_PATH, s3.path), (ENV_S3_ENDPOINT, s3.endpoint), (ENV_S3_REGION, s3.region)):
+        if value:
+            env.append({"name": name, "value": value})
+    env.append({"name": ENV_S3_CREDENTIALS_DIR, "value": S3_CREDENTIALS_MOUNT})
+    return env
+
+
+def _base_env() -> list[dict[str, Any]]:
     return [
         _field_env(ENV_CLUSTER, f"metadata.labels['{LABEL_CLUSTER}']"),
         _field_env(ENV_INSTANCE, f"metadata.labels['{LABEL_INSTANCE}']"),
@@ -101,6 +132,7 @@ def _volumes(instance: Instance) -> list[dict[str, Any]]:
             _secret_source(names.replication_secret(cluster), "replication"),
             _secret_source(names.app_secret(cluster), "app"),
         ]}},
+        *_s3_volumes(instance),
         {"name": "run", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
         # Postgres' dynamic shared memory lives in /dev/shm, which container runtimes cap at 64MB.
@@ -108,10 +140,23 @@ def _volumes(instance: Instance) -> list[dict[str, Any]]:
     ]
 
 
-def _volume_mounts() -> list[dict[str, Any]]:
+def _s3_volumes(instance: Instance) -> list[dict[str, Any]]:
+    if instance.spec.s3 is None:
+        return []
+    # Optional: a missing Secret (or key) must not keep Postgres from starting; archiving then
+    # fails, and says why in pg_stat_archiver, the PgInstance status and ContinuousArchiving.
+    return [{"name": "s3-credentials", "projected": {"defaultMode": 0o440, "sources": [
+        {"secret": {"name": instance.spec.s3.credentials_secret, "optional": True}},
+    ]}}]
+
+
+def _volume_mounts(instance: Instance) -> list[dict[str, Any]]:
+    s3 = [{"name": "s3-credentials", "mountPath": S3_CREDENTIALS_MOUNT, "readOnly": True}] \
+        if instance.spec.s3 is not None else []
     return [
         {"name": "pgdata", "mountPath": DATA_MOUNT},
         {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
+        *s3,
         {"name": "run", "mountPath": pgconfig.SOCKET_DIRECTORY},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "shm", "mountPath": "/dev/shm"},
@@ -166,8 +211,8 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
     container.update({
         "image": instance.spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "env": _env(),
-        "volumeMounts": _volume_mounts(),
+        "env": _env(instance),
+        "volumeMounts": _volume_mounts(instance),
         "securityContext": _container_security(),
     })
     return {

@@ -170,6 +170,39 @@ def test_pod_inputs_hash_changes_with_image_or_resources_only():
     assert pod_inputs_hash(tuned) == pod_inputs_hash(base)  # config changes reload; no new pod
 
 
+S3 = {"bucket": "pg-backups", "path": "shop/orders", "endpoint": "http://s3.local:7070",
+      "region": "eu-west-1", "credentialsSecret": "s3-creds"}
+
+
+def test_a_pod_of_a_cluster_with_backups_knows_where_to_archive():
+    pod = build_postgres_pod(instance(cluster=make_cluster(resources=RESOURCES, backup={"s3": S3})))
+    env = {e["name"]: e.get("value") for e in container(pod)["env"]}
+    assert (env["PGOP_S3_BUCKET"], env["PGOP_S3_PATH"], env["PGOP_S3_ENDPOINT"], env["PGOP_S3_REGION"]) == \
+        ("pg-backups", "shop/orders", "http://s3.local:7070", "eu-west-1")
+    [volume] = [v for v in pod["spec"]["volumes"] if v["name"] == "s3-credentials"]
+    [source] = volume["projected"]["sources"]
+    # the whole Secret (keys ACCESS_KEY_ID, ACCESS_SECRET_KEY); optional, so a missing Secret
+    # fails archiving (visible in status) rather than the database
+    assert source["secret"] == {"name": "s3-creds", "optional": True}
+    [mount] = [m for m in container(pod)["volumeMounts"] if m["name"] == "s3-credentials"]
+    assert mount["readOnly"] is True and env["PGOP_S3_CREDENTIALS_DIR"] == mount["mountPath"]
+    assert not any("valueFrom" in e and "secretKeyRef" in e["valueFrom"] for e in container(pod)["env"])
+    bootstrap_env = {e["name"] for e in container(build_bootstrap_pod(
+        instance(1, "replica", "basebackup", cluster=make_cluster(backup={"s3": S3}))))["env"]}
+    assert "PGOP_S3_BUCKET" in bootstrap_env
+
+
+def test_a_pod_without_backups_has_no_s3_settings_and_keeps_its_digest():
+    pod = build_postgres_pod(instance())
+    assert not [e for e in container(pod)["env"] if e["name"].startswith("PGOP_S3_")]
+    assert "s3-credentials" not in {v["name"] for v in pod["spec"]["volumes"]}
+    backed_up = instance(cluster=make_cluster(resources=RESOURCES, backup={"s3": S3}))
+    # adding (or moving) the archive gives the pod its new settings: a new pod
+    assert pod_inputs_hash(backed_up) != pod_inputs_hash(instance())
+    moved = instance(cluster=make_cluster(resources=RESOURCES, backup={"s3": S3 | {"bucket": "other"}}))
+    assert pod_inputs_hash(moved) != pod_inputs_hash(backed_up)
+
+
 # -------------------------------------------------------------------------------- bootstrap pod
 
 @pytest.mark.parametrize("mode", ["initdb", "basebackup", "recovery"])

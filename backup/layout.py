@@ -1,0 +1,98 @@
+"""Where things live in the bucket (pure). docs/backup-layout.md is the human version of this.
+
+    <path>/<cluster>/wal/<timeline>/<wal file name>.zst
+
+`<path>` is spec.backup.s3.path (may be empty), `<cluster>` the PgCluster's name, `<timeline>` the
+first 8 hex digits of the WAL file name: the timeline it belongs to. Every kind of file PostgreSQL
+archives has its timeline there (segments, `.partial` segments left by a promotion, `.backup`
+history files of base backups, `NNNNNNNN.history` timeline files), so a timeline's WAL is one
+prefix to list, and the key sorts in WAL order inside it.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+COMPRESSED_SUFFIX = ".zst"
+
+SEGMENT = "segment"
+PARTIAL = "partial"
+BACKUP_HISTORY = "backup-history"
+TIMELINE_HISTORY = "timeline-history"
+
+_KINDS = (
+    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}$"), SEGMENT),
+    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}\.partial$"), PARTIAL),
+    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}\.[0-9A-F]{8}\.backup$"), BACKUP_HISTORY),
+    (re.compile(r"^([0-9A-F]{8})\.history$"), TIMELINE_HISTORY),
+)
+
+
+class NotAWalFile(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class WalFile:
+    name: str  # as PostgreSQL names it in pg_wal, e.g. 000000010000000000000003
+    kind: str
+    timeline: int
+
+    @property
+    def timeline_hex(self) -> str:
+        return f"{self.timeline:08X}"
+
+
+def parse_wal_name(name: str) -> WalFile:
+    """What kind of WAL archive file this is; refuses anything PostgreSQL would not archive (a
+    stray path component would otherwise become part of an S3 key)."""
+    for pattern, kind in _KINDS:
+        match = pattern.match(name)
+        if match:
+            timeline = int(match.group(1), 16)
+            if timeline == 0:
+                break
+            return WalFile(name, kind, timeline)
+    raise NotAWalFile(f"{name!r} is not the name of a WAL segment, .partial, .backup or .history file")
+
+
+def _clean(part: str | None) -> str:
+    return "/".join(p for p in (part or "").split("/") if p)
+
+
+@dataclass(frozen=True)
+class ArchiveLayout:
+    """The keys of one cluster's archive in its bucket."""
+    cluster: str
+    path: str = ""  # spec.backup.s3.path
+
+    def __post_init__(self) -> None:
+        if not self.cluster or "/" in self.cluster:
+            raise ValueError(f"cluster name {self.cluster!r} cannot name an archive")
+
+    @property
+    def root(self) -> str:
+        """`<path>/<cluster>/`: everything of this cluster (base backups will live beside wal/)."""
+        return "/".join(p for p in (_clean(self.path), self.cluster) if p) + "/"
+
+    @property
+    def wal_root(self) -> str:
+        return f"{self.root}wal/"
+
+    def timeline_prefix(self, timeline: int) -> str:
+        return f"{self.wal_root}{timeline:08X}/"
+
+    def wal_key(self, name: str) -> str:
+        wal = parse_wal_name(name)
+        return f"{self.timeline_prefix(wal.timeline)}{wal.name}{COMPRESSED_SUFFIX}"
+
+    def name_of_key(self, key: str) -> str | None:
+        """The WAL file name a key of this archive holds, or None for another kind of object."""
+        if not key.startswith(self.wal_root) or not key.endswith(COMPRESSED_SUFFIX):
+            return None
+        name = key.rsplit("/", 1)[-1][: -len(COMPRESSED_SUFFIX)]
+        try:
+            wal = parse_wal_name(name)
+        except NotAWalFile:
+            return None
+        return name if key == self.wal_key(wal.name) else None

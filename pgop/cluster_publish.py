@@ -1,0 +1,78 @@
+"""PgCluster `spec.publish`: the app credentials in Vault and the connection config in Consul,
+with the same keys as MysqlDb (pgop.publish is the one writer), so applications read both engines
+the same way."""
+from __future__ import annotations
+
+import base64
+
+from pgop import publish as pub
+from pgop.config import OperatorConfig
+from pgop.model import Cluster
+from pgop.pgconfig import POSTGRES_PORT
+from pgop.specs import names
+
+
+def targets(cluster: Cluster) -> tuple[str, str]:
+    """Where to publish: the spec's paths, or the same defaults as MysqlDb's."""
+    spec = cluster.spec.publish
+    base = f"k8s/{cluster.namespace}/{cluster.name}/db"
+    return (spec.vault_path or f"secret/data/{base}", spec.consul_prefix or f"config/{base}")
+
+
+def connection(cluster: Cluster) -> pub.Connection:
+    initdb = cluster.spec.bootstrap.initdb
+    return pub.Connection(
+        engine="postgresql",
+        host=f"{names.rw_service(cluster.name)}.{cluster.namespace}.svc",
+        port=POSTGRES_PORT,
+        dbname=initdb.database if initdb else "app",
+        username=initdb.owner if initdb else "app",
+    )
+
+
+def namespace_problem(cluster: Cluster) -> str | None:
+    """A cluster may publish only under its own namespace's paths (CEL cannot see the namespace)."""
+    vault_path, consul_prefix = targets(cluster)
+    own = f"k8s/{cluster.namespace}/"
+    if own not in vault_path or not consul_prefix.startswith(f"config/{own}"):
+        return (f"spec.publish: paths must stay under secret/data/{own} and config/{own} "
+                f"(got {vault_path} and {consul_prefix})")
+    return None
+
+
+def _clients(config: OperatorConfig) -> tuple[pub.VaultKV, pub.ConsulKV]:
+    vault = pub.VaultKV.connect(config.vault_addr, config.vault_token,
+                                kubernetes_role=config.vault_k8s_role,
+                                kubernetes_mount=config.vault_k8s_mount)
+    address = config.consul_address
+    consul_kv = pub.ConsulKV.connect(address.host, address.port, scheme=address.scheme,
+                                     token=config.consul_token)
+    return vault, consul_kv
+
+
+def publish_cluster(cluster: Cluster, app_secret: dict) -> tuple[str, str]:
+    """Writes Vault (CAS on the version read) and Consul when they differ from what they should hold."""
+    password = base64.b64decode(app_secret["data"]["password"]).decode()
+    vault, consul_kv = _clients(OperatorConfig.from_env())
+    vault_path, consul_prefix = targets(cluster)
+    conn = connection(cluster)
+    wanted = pub.vault_document(conn, password)
+    for _ in range(3):
+        current = vault.read(vault_path)
+        if dict(current.data or {}) == wanted:
+            break
+        try:
+            vault.write(vault_path, wanted, cas=current.version)
+            break
+        except pub.CasConflict:
+            continue
+    entries = pub.consul_entries(conn)
+    if consul_kv.read(consul_prefix) != entries:
+        consul_kv.write(consul_prefix, entries)
+    return vault_path, consul_prefix
+
+
+def unpublish_cluster(cluster: Cluster) -> None:
+    vault, consul_kv = _clients(OperatorConfig.from_env())
+    vault_path, consul_prefix = targets(cluster)
+    pub.unpublish(vault, consul_kv, vault_path=vault_path, consul_prefix=consul_prefix)
