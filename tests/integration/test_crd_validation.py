@@ -630,10 +630,14 @@ def test_pgcluster_status_takes_the_contract_fields(objs, crd_namespace, stored)
     assert written["instances"][1]["lagBytes"] == 96
     assert len(written["conditions"]) == 5
     assert written["kopf"] == {"progress": {"anything": {"retries": 1}}}
-    body = objs.get_namespaced_custom_object(GROUP, VERSION, crd_namespace, "pgclusters", old["metadata"]["name"])
-    body["status"] = {"conditions": [{"type": "Ready", "status": "True"}, {"type": "Ready", "status": "False"}]}
-    message = _refusal(lambda: objs.replace_namespaced_custom_object_status(
-        GROUP, VERSION, crd_namespace, "pgclusters", old["metadata"]["name"], body))
+    def put_duplicate_conditions():
+        body = objs.get_namespaced_custom_object(GROUP, VERSION, crd_namespace, "pgclusters",
+                                                 old["metadata"]["name"])
+        body["status"] = {"conditions": [{"type": "Ready", "status": "True"},
+                                         {"type": "Ready", "status": "False"}]}
+        return objs.replace_namespaced_custom_object_status(
+            GROUP, VERSION, crd_namespace, "pgclusters", old["metadata"]["name"], body)
+    message = _refusal(lambda: _retry_conflicts(put_duplicate_conditions))
     assert "status.conditions" in message and "Duplicate" in message
 
 
@@ -663,8 +667,11 @@ def test_mysqldb_status_keeps_the_controller_fields(objs, crd_namespace, stored)
               "checks": 3, "faults": 1, "observedGeneration": 1,
               "conditions": [{"type": "Ready", "status": "True", "reason": "Available", "message": "",
                               "lastTransitionTime": "2026-11-22T03:00:00Z"}]}
-    body = copy.deepcopy(old)
-    body["status"] = status
-    written = objs.replace_namespaced_custom_object_status(GROUP, VERSION, crd_namespace, "mysqldbs",
-                                                           old["metadata"]["name"], body)
+    def put():
+        body = objs.get_namespaced_custom_object(GROUP, VERSION, crd_namespace, "mysqldbs",
+                                                 old["metadata"]["name"])
+        body["status"] = status
+        return objs.replace_namespaced_custom_object_status(GROUP, VERSION, crd_namespace, "mysqldbs",
+                                                            old["metadata"]["name"], body)
+    written = _retry_conflicts(put)
     _assert_kept(status, written["status"], "status")
