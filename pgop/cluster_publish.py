@@ -40,20 +40,10 @@ def namespace_problem(cluster: Cluster) -> str | None:
     return None
 
 
-def _clients(config: OperatorConfig) -> tuple[pub.VaultKV, pub.ConsulKV]:
-    vault = pub.VaultKV.connect(config.vault_addr, config.vault_token,
-                                kubernetes_role=config.vault_k8s_role,
-                                kubernetes_mount=config.vault_k8s_mount)
-    address = config.consul_address
-    consul_kv = pub.ConsulKV.connect(address.host, address.port, scheme=address.scheme,
-                                     token=config.consul_token)
-    return vault, consul_kv
-
-
 def publish_cluster(cluster: Cluster, app_secret: dict) -> tuple[str, str]:
     """Writes Vault (CAS on the version read) and Consul when they differ from what they should hold."""
     password = base64.b64decode(app_secret["data"]["password"]).decode()
-    vault, consul_kv = _clients(OperatorConfig.from_env())
+    vault, consul_kv = pub.connect_from_config(OperatorConfig.from_env())
     vault_path, consul_prefix = targets(cluster)
     conn = connection(cluster)
     wanted = pub.vault_document(conn, password)
@@ -73,6 +63,6 @@ def publish_cluster(cluster: Cluster, app_secret: dict) -> tuple[str, str]:
 
 
 def unpublish_cluster(cluster: Cluster) -> None:
-    vault, consul_kv = _clients(OperatorConfig.from_env())
+    vault, consul_kv = pub.connect_from_config(OperatorConfig.from_env())
     vault_path, consul_prefix = targets(cluster)
     pub.unpublish(vault, consul_kv, vault_path=vault_path, consul_prefix=consul_prefix)

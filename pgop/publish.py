@@ -380,3 +380,14 @@ def has_password(vault: VaultKV, vault_path: str) -> bool:
 def unpublish(vault: VaultKV, consul_kv: ConsulKV, *, vault_path: str, consul_prefix: str) -> None:
     consul_kv.delete(consul_prefix)
     vault.delete(vault_path)
+
+
+def connect_from_config(config) -> tuple[VaultKV, ConsulKV]:
+    """Vault and Consul clients for the endpoints and credentials of an OperatorConfig."""
+    vault = VaultKV.connect(config.vault_addr, config.vault_token,
+                            kubernetes_role=config.vault_k8s_role,
+                            kubernetes_mount=config.vault_k8s_mount)
+    address = config.consul_address
+    consul_kv = ConsulKV.connect(address.host, address.port, scheme=address.scheme,
+                                 token=config.consul_token)
+    return vault, consul_kv

@@ -361,12 +361,7 @@ def build_controller(config: "OperatorConfig") -> MysqlDbController:
     """The controller wired to the services named in the operator's configuration."""
     rds = Rds.connect(region=config.aws_region, endpoint_url=config.rds_endpoint,
                       retry_mode=config.aws_retry_mode, max_attempts=config.aws_max_attempts)
-    vault = pub.VaultKV.connect(config.vault_addr, config.vault_token,
-                                kubernetes_role=config.vault_k8s_role,
-                                kubernetes_mount=config.vault_k8s_mount)
-    address = config.consul_address
-    consul_kv = pub.ConsulKV.connect(address.host, address.port, scheme=address.scheme,
-                                     token=config.consul_token)
+    vault, consul_kv = pub.connect_from_config(config)
     return MysqlDbController(rds, vault, consul_kv, scope=config.cluster_name,
                              poll_seconds=config.rds_poll_seconds,
                              resync_seconds=config.rds_resync_seconds)
