@@ -96,3 +96,48 @@ class ArchiveLayout:
         except NotAWalFile:
             return None
         return name if key == self.wal_key(wal.name) else None
+
+
+# ------------------------------------------------------------------------------ base backups
+#
+#     <path>/<cluster>/base/<backup name>/base.tar.zst   the data directory as one tar, zstd
+#     <path>/<cluster>/base/<backup name>/backup.json    the catalog document, written last
+
+BASE_ARCHIVE = "base.tar.zst"
+CATALOG_DOCUMENT = "backup.json"
+_BACKUP_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?$")
+
+
+def check_backup_name(name: str) -> str:
+    """A backup name is a Kubernetes object name (a PgBackup's), which is also a safe key part."""
+    if not isinstance(name, str) or not _BACKUP_NAME.match(name) or ".." in name:
+        raise ValueError(f"{name!r} cannot name a base backup: use lower case letters, digits, '-' and '.'")
+    return name
+
+
+def base_root(layout: ArchiveLayout) -> str:
+    return f"{layout.root}base/"
+
+
+def backup_prefix(layout: ArchiveLayout, name: str) -> str:
+    return f"{base_root(layout)}{check_backup_name(name)}/"
+
+
+def base_archive_key(layout: ArchiveLayout, name: str) -> str:
+    return backup_prefix(layout, name) + BASE_ARCHIVE
+
+
+def catalog_key(layout: ArchiveLayout, name: str) -> str:
+    return backup_prefix(layout, name) + CATALOG_DOCUMENT
+
+
+def backup_name_of_catalog_key(layout: ArchiveLayout, key: str) -> str | None:
+    """The backup a catalog document's key belongs to, or None for any other key."""
+    root = base_root(layout)
+    if not key.startswith(root) or not key.endswith("/" + CATALOG_DOCUMENT):
+        return None
+    name = key[len(root): -len(CATALOG_DOCUMENT) - 1]
+    try:
+        return check_backup_name(name)
+    except ValueError:
+        return None

@@ -212,6 +212,23 @@ def agent_wal_fetch(
     raise typer.Exit(wal_fetch(name, target))
 
 
+@agent_app.command("backup")
+def agent_backup(
+    name: str = typer.Option(..., "--name", help="The backup's name (the PgBackup's)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Stream a base backup of the local Postgres to S3 (PGOP_S3_* settings); prints the catalog
+    document once it is complete."""
+    from backup.agent_glue import backup_local
+    _agent_logging(verbose)
+    try:
+        backup = backup_local(name)
+    except Exception as error:  # S3, pg_basebackup, settings: one line saying which
+        typer.echo(f"pgop agent backup: {error}", err=True)
+        raise typer.Exit(1)
+    typer.echo(backup.to_json(), nl=False)
+
+
 def main() -> None:
     app()
 

@@ -95,18 +95,17 @@ def bootstrap(settings: AgentSettings, mode: BootstrapMode | str, spec: Instance
               runner: Runner | None = None) -> BootstrapResult:
     mode = BootstrapMode(mode)
     runner = runner or Runner(settings.run_as)
-    if mode is BootstrapMode.RECOVERY:
-        raise BootstrapError("bootstrap mode 'recovery' (restore from S3) is not implemented in this "
-                             "version of pgop; use initdb or basebackup")
     if is_bootstrapped(settings):
         log.info("%s already holds a bootstrapped data directory; nothing to do", settings.pgdata)
         return BootstrapResult(mode, already_done=True)
     spec = spec or InstanceSpec(cluster=settings.cluster, ordinal=0,
-                                role="primary" if mode is BootstrapMode.INITDB else "replica",
+                                role="replica" if mode is BootstrapMode.BASEBACKUP else "primary",
                                 bootstrap=mode.value)
     settings.bootstrap_marker.parent.mkdir(parents=True, exist_ok=True)
     if mode is BootstrapMode.INITDB:
         initdb(settings, spec, runner)
+    elif mode is BootstrapMode.RECOVERY:
+        recovery(settings, spec, runner)
     else:
         basebackup(settings, spec, runner)
     _mark_done(settings, mode, runner)
@@ -212,6 +211,32 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
     config.write(files, config.desired_settings(settings, spec, replica=True), config.hba_text(), runner.owner)
     config.write_standby_signal(files, runner.owner)
     # The clone carries the primary's files that describe the primary, not this instance.
+    for leftover in ("postmaster.opts", "backup_label.old"):
+        (settings.pgdata / leftover).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------- recovery
+
+def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=None) -> None:
+    """Restore a base backup of the source cluster from S3 and replay its archived WAL to the
+    target (backup/agent_glue.py says which environment names them), promote onto a new
+    timeline, stop; then this instance's own configuration, as after initdb."""
+    import os
+
+    from backup.agent_glue import ENV_SOURCE, restore_local
+    if not (os.environ if env is None else env).get(ENV_SOURCE):
+        # The operator does not hand spec.recovery to the bootstrap pod yet: the pod says what to
+        # restore in its environment (backup/agent_glue.py).
+        raise BootstrapError(f"bootstrap mode 'recovery' from the PgInstance spec alone is not implemented "
+                             f"in this version of pgop: the bootstrap pod must set {ENV_SOURCE} (and "
+                             "optionally PGOP_RECOVERY_BACKUP, PGOP_RECOVERY_TARGET_TIME or _LSN)")
+    empty_data_directory(settings, runner)
+    prepare_runtime_dirs(settings, runner)
+    result = restore_local(settings, env)
+    log.info("restored backup %s (%d bytes in %.1fs), now on timeline %s", result.backup.backup_name,
+             result.bytes_unpacked, result.seconds_unpack, result.timeline)
+    files = config.ConfigFiles(settings.pgdata)
+    config.write(files, config.desired_settings(settings, spec, replica=False), config.hba_text(), runner.owner)
     for leftover in ("postmaster.opts", "backup_label.old"):
         (settings.pgdata / leftover).unlink(missing_ok=True)
 
