@@ -130,6 +130,8 @@ def build_all() -> None:
     src = [paths.REPO / p for p in ("pgop", "rds", "backup")]
     _build("postgres", POSTGRES_IMAGE, src, with_wheels=True)
     _build("operator", OPERATOR_IMAGE, src, with_wheels=True)
+    # Each rebuild leaves the previous image untagged; drop those so the disk does not fill up.
+    _podman("image", "prune", "-f", check=False)
 
 
 def import_all() -> None:
