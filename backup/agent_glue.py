@@ -15,20 +15,23 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from backup import basebackup, restore
 from backup.layout import ArchiveLayout
 from backup.s3 import ENV_PATH, S3Settings, S3Storage
+from pgop.specs.pods import (  # the pod builder sets them
+    ENV_RECOVERY_BACKUP as ENV_BACKUP, ENV_RECOVERY_S3_PATH as ENV_SOURCE_PATH,
+    ENV_RECOVERY_SOURCE as ENV_SOURCE, ENV_RECOVERY_TARGET_LSN as ENV_TARGET_LSN,
+    ENV_RECOVERY_TARGET_TIME as ENV_TARGET_TIME,
+)
 
 log = logging.getLogger(__name__)
 
-ENV_SOURCE = "PGOP_RECOVERY_SOURCE"
-ENV_SOURCE_PATH = "PGOP_RECOVERY_S3_PATH"
-ENV_BACKUP = "PGOP_RECOVERY_BACKUP"
-ENV_TARGET_TIME = "PGOP_RECOVERY_TARGET_TIME"
-ENV_TARGET_LSN = "PGOP_RECOVERY_TARGET_LSN"
+PROGRESS_INTERVAL = 2.0
 
 
 def _prefix(settings) -> list[str]:
@@ -47,6 +50,79 @@ def backup_local(name: str, env: Mapping[str, str] | None = None) -> Any:
                                bindir=settings.bindir, prefix=_prefix(settings),
                                env={"PGPASSFILE": str(settings.passfile)} if settings.passfile.exists() else {})
     return basebackup.take_base_backup(storage, layout, name, source)
+
+
+class ProgressReporter:
+    """Writes status.uploadedBytes of the PgBackup (env PGOP_BACKUP_OBJECT) every few seconds while
+    a backup pod streams; a failed write costs a progress figure, never the backup."""
+
+    def __init__(self, namespace: str, name: str, interval: float = PROGRESS_INTERVAL, kube: Any = None):
+        self.namespace, self.name, self.interval = namespace, name, interval
+        self._kube = kube
+        self._last = float("-inf")
+        self._warned = False
+
+    def __call__(self, size: int, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        try:
+            if self._kube is None:
+                from pgop.kube import Kube
+                self._kube = Kube()
+            self._kube.merge_patch("PgBackup", self.namespace, self.name,
+                                   {"status": {"uploadedBytes": size}}, "status")
+        except Exception as error:  # progress is a courtesy
+            if not self._warned:
+                log.warning("cannot report progress on PgBackup %s: %s", self.name, error)
+                self._warned = True
+
+
+def _switch_wal_on_primary(settings, passfile: Path) -> None:
+    """A backup taken from a replica ends in a segment only the primary archives, once it is
+    full or switched; on a quiet database that is never. Switch it, as the superuser over the -rw
+    Service, so the backup's last segment reaches the archive now."""
+    import psycopg
+
+    from pgop.agent import credentials
+    superuser = credentials.read_credentials(settings.secrets_dir, credentials.SUPERUSER)
+    with psycopg.connect(host=settings.replication_host, port=settings.primary_port, user=superuser.username,
+                         dbname="postgres", passfile=str(passfile), connect_timeout=10, autocommit=True) as conn:
+        conn.execute("SELECT pg_switch_wal()")
+
+
+def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
+                  progress: Callable[[int], None] | None = None) -> Any:
+    """A base backup of the instance at `host` (a backup pod's view: over the network, as the
+    replication role whose password is in the pod's secrets) to the cluster's archive."""
+    import psycopg
+
+    from pgop.agent import credentials
+    from pgop.agent.settings import AgentSettings
+    env = os.environ if env is None else env
+    settings = AgentSettings.from_env(env)
+    s3 = S3Settings.from_env(env)
+    storage = S3Storage.from_settings(s3)
+    layout = ArchiveLayout(settings.cluster, s3.path)
+    replication = credentials.read_credentials(settings.secrets_dir, credentials.REPLICATION)
+    entries = [replication]
+    try:
+        entries.append(credentials.read_credentials(settings.secrets_dir, credentials.SUPERUSER))
+    except credentials.CredentialsError:
+        pass  # only needed to switch WAL after a backup from a replica
+    credentials.write_private(settings.passfile, credentials.pgpass_text(entries))
+    with psycopg.connect(host=host, port=settings.pg_port, user=replication.username, dbname="postgres",
+                         passfile=str(settings.passfile), connect_timeout=10) as conn:
+        standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    source = basebackup.Source(host=host, port=settings.pg_port, user=replication.username,
+                               bindir=settings.bindir, env={"PGPASSFILE": str(settings.passfile),
+                                                            "PGAPPNAME": f"pgop-backup-{name}"[:63]})
+    before_wait = (lambda: _switch_wal_on_primary(settings, settings.passfile)) if standby else None
+    log.info("base backup %s of %s (%s) to s3://%s/%s", name, host, "replica" if standby else "primary",
+             s3.bucket, layout.root)
+    return basebackup.take_base_backup(storage, layout, name, source, progress=progress,
+                                       before_archive_wait=before_wait)
 
 
 def recovery_request(env: Mapping[str, str]) -> dict[str, str | None]:

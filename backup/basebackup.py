@@ -347,7 +347,8 @@ def wait_for_wal(storage: S3Storage, layout: ArchiveLayout, wal_name: str, timeo
 def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, source: Source, *,
                      part_size: int = PART_SIZE, level: int = COMPRESSION_LEVEL,
                      archive_wait: float = ARCHIVE_WAIT, timeout: float = 24 * 3600,
-                     progress: Callable[[int], None] | None = None) -> Backup:
+                     progress: Callable[[int], None] | None = None,
+                     before_archive_wait: Callable[[], None] | None = None) -> Backup:
     """Stream a base backup of `source` to S3 as backup `name`; the catalog document it wrote."""
     archive_key = keys.base_archive_key(layout, name)
     document_key = keys.catalog_key(layout, name)
@@ -392,6 +393,8 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
         raise
     streamed = time.monotonic() - clock
     try:
+        if before_archive_wait is not None:
+            before_archive_wait()
         wait_for_wal(storage, layout, backup.end_wal, archive_wait)
     except BaseException:
         # Without its WAL the tar restores nothing: do not leave it for someone to try.

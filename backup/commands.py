@@ -21,7 +21,7 @@ from pathlib import Path
 
 from backup import wal
 from backup.layout import ArchiveLayout
-from backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Settings, S3Storage
+from backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Settings, S3Storage, describe_error
 
 log = logging.getLogger("pgop.wal")
 
@@ -62,7 +62,7 @@ def wal_push(path: str, env: Mapping[str, str] | None = None) -> int:
         storage, layout = _target(env)
         result = wal.push(storage, layout, path)
     except Exception as error:  # every failure is "retry later" for PostgreSQL; say which
-        _say(f"wal-push {Path(path).name} failed: {_describe(error).removeprefix(Path(path).name + ': ')}")
+        _say(f"wal-push {Path(path).name} failed: {describe_error(error).removeprefix(Path(path).name + ': ')}")
         return FAILED
     if result == wal.ALREADY_ARCHIVED:
         _say(f"wal-push {Path(path).name}: already archived with the same content")
@@ -79,17 +79,8 @@ def wal_fetch(name: str, target: str, env: Mapping[str, str] | None = None,
     except Exception as error:
         standby = ((cwd or Path.cwd()) / "standby.signal").exists()
         code = NOT_FOUND if standby else ABORT_RECOVERY
-        _say(f"wal-fetch {name} failed: {_describe(error).removeprefix(name + ': ')}"
+        _say(f"wal-fetch {name} failed: {describe_error(error).removeprefix(name + ': ')}"
              + ("" if standby else "; stopping recovery rather than ending it early"))
         return code
     return OK if result == wal.FETCHED else NOT_FOUND
 
-
-def _describe(error: Exception) -> str:
-    from botocore.exceptions import BotoCoreError, ClientError
-    if isinstance(error, ClientError):
-        info = error.response.get("Error") or {}
-        return f"S3 {info.get('Code', '?')}: {info.get('Message', '')}".strip()
-    if isinstance(error, BotoCoreError):
-        return f"S3 unreachable: {error}"
-    return str(error) or type(error).__name__

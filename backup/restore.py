@@ -26,6 +26,7 @@ from backup.catalog import Backup, choose_backup
 from backup.layout import ArchiveLayout
 from backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Storage
 from pgop import pgconfig
+from pgop.model import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,10 @@ def recovery_settings(command: str, target_time: datetime | str | None = None,
     settings = {"restore_command": command, "recovery_target_action": "promote",
                 "recovery_target_timeline": "current", "archive_mode": "off"}
     if target_time is not None:
-        if isinstance(target_time, datetime):
-            target_time = target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
-        settings["recovery_target_time"] = str(target_time)
+        if isinstance(target_time, str):
+            # RFC 3339 as the CRD takes it; PostgreSQL reads its own timestamp syntax, not 'T…Z'.
+            target_time = parse_time(target_time)
+        settings["recovery_target_time"] = target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     elif target_lsn is not None:
         settings["recovery_target_lsn"] = target_lsn
     # without a target: to the end of the archived WAL

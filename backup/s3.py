@@ -45,6 +45,18 @@ class CredentialsError(S3Error):
     pass
 
 
+def describe_error(error: Exception) -> str:
+    """One line for a log, a status or an Event: S3's error code and message, or why S3 could not
+    be reached (botocore's text names the endpoint, never the keys)."""
+    from botocore.exceptions import BotoCoreError
+    if isinstance(error, ClientError):
+        info = error.response.get("Error") or {}
+        return f"S3 {info.get('Code', '?')}: {info.get('Message', '')}".strip()
+    if isinstance(error, BotoCoreError):
+        return f"S3 unreachable: {error}"
+    return str(error) or type(error).__name__
+
+
 def error_code(error: ClientError) -> str:
     return str((error.response.get("Error") or {}).get("Code") or
                (error.response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or "")
@@ -67,6 +79,22 @@ class Credentials:
                     return value
             raise CredentialsError(f"no {' or '.join(names)} file in {directory}: the credentials Secret "
                                    f"needs the keys {ACCESS_KEY_FILES[0]} and {SECRET_KEY_FILES[0]}")
+        return cls(first(ACCESS_KEY_FILES), first(SECRET_KEY_FILES))
+
+    @classmethod
+    def from_secret(cls, secret: Mapping[str, Any]) -> Credentials:
+        """From a Secret object as the API returns it (base64 `data`), for the operator and the CLI."""
+        import base64
+        data = secret.get("data") or {}
+        name = (secret.get("metadata") or {}).get("name", "?")
+
+        def first(names: tuple[str, ...]) -> str:
+            for key in names:
+                value = base64.b64decode(data.get(key) or "").decode(errors="replace").strip()
+                if value:
+                    return value
+            raise CredentialsError(f"Secret {name} has no key {' or '.join(names)}: it needs "
+                                   f"{ACCESS_KEY_FILES[0]} and {SECRET_KEY_FILES[0]}")
         return cls(first(ACCESS_KEY_FILES), first(SECRET_KEY_FILES))
 
 

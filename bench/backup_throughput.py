@@ -6,7 +6,7 @@ A PostgreSQL 15 (Debian package, as the postgres OS user) archiving with `pgop a
 `pgbench -i -s SCALE` (15: about 230 MB of data directory), then one base backup streamed to S3
 (pg_basebackup | zstd | multipart upload) and one restore of it into a new data directory
 (S3 | zstd -d | tar -x, then WAL replay to the end and promotion). Prints a table; never fails on
-a slow figure. pgBackRest and barman-cloud side by side are still to come (issue 5).
+a slow figure. pgBackRest and barman-cloud side by side: bench.backup_compare.
 """
 from __future__ import annotations
 
@@ -58,14 +58,46 @@ def _credentials(access: str, secret: str) -> Path:
     return directory
 
 
+def _s3_client(endpoint: str, access: str, secret: str):
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access,
+                        aws_secret_access_key=secret, config=botocore.config.Config(s3={"addressing_style": "path"}))
+
+
+def _drop_bucket(client, bucket: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        for item in page.get("Contents") or ():
+            client.delete_object(Bucket=bucket, Key=item["Key"])
+    client.delete_bucket(Bucket=bucket)
+
+
+def _pgbench_init(pg: LocalPostgres, scale: int) -> float:
+    """`pgbench -i -s SCALE` into the postgres database; its seconds."""
+    started = time.monotonic()
+    done = _as_user([f"{pg.bindir}/pgbench", "-i", "-q", "-s", str(scale), "-h", str(pg.socket_dir),
+                     "-p", str(pg.port), "postgres"])
+    if done.returncode:
+        raise SystemExit(done.stderr)
+    return time.monotonic() - started
+
+
+def _archive_all(pg: LocalPostgres, timeout: float = 300) -> None:
+    """Checkpoint, switch WAL and wait until the archiver has archived everything up to there."""
+    pg.psql("CHECKPOINT")
+    last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    deadline = time.monotonic() + timeout
+    while pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last:
+        if time.monotonic() > deadline:
+            raise SystemExit(f"the archiver did not catch up within {timeout:.0f}s")
+        time.sleep(0.2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--scale", type=int, default=15)
     args = parser.parse_args()
     env = envfile.load()
     endpoint, access, secret = env["AWS_ENDPOINT_URL_S3"], env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]
-    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id=access,
-                          aws_secret_access_key=secret, config=botocore.config.Config(s3={"addressing_style": "path"}))
+    client = _s3_client(endpoint, access, secret)
     bucket = f"pgop-bench-{uuid.uuid4().hex[:8]}"
     client.create_bucket(Bucket=bucket)
     launcher, creds = _launcher(), _credentials(access, secret)
@@ -80,23 +112,13 @@ def main() -> None:
         with open(source.pgdata / "postgresql.conf", "a") as conf:
             conf.write(f"archive_mode = on\narchive_command = '{pgconfig.WAL_PUSH_COMMAND}'\n")
         source.start()
-        started = time.monotonic()
-        done = _as_user([f"{source.bindir}/pgbench", "-i", "-q", "-s", str(args.scale), "-h", str(source.socket_dir),
-                         "-p", str(source.port), "postgres"])
-        if done.returncode:
-            raise SystemExit(done.stderr)
-        print(f"pgbench -i -s {args.scale}: {time.monotonic() - started:.1f}s, database "
+        seconds = _pgbench_init(source, args.scale)
+        print(f"pgbench -i -s {args.scale}: {seconds:.1f}s, database "
               f"{int(source.psql('SELECT pg_database_size(current_database())')) / 2**20:.0f} MB")
         # The backup's own figure, not the archiver catching up with pgbench's WAL (the server
         # waits for its end segment to be archived before pg_basebackup finishes).
         started = time.monotonic()
-        source.psql("CHECKPOINT")
-        last = source.psql("SELECT pg_walfile_name(pg_switch_wal())")
-        deadline = time.monotonic() + 300
-        while source.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last:
-            if time.monotonic() > deadline:
-                raise SystemExit("the archiver did not catch up within 300s")
-            time.sleep(0.2)
+        _archive_all(source)
         print(f"checkpoint and archiving of pgbench's WAL: {time.monotonic() - started:.1f}s")
         src = basebackup.Source(host=str(source.socket_dir), port=source.port, user="postgres",
                                 bindir=source.bindir, prefix=PREFIX)
@@ -127,10 +149,7 @@ def main() -> None:
     finally:
         source.cleanup()
         target.cleanup()
-        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-            for item in page.get("Contents") or ():
-                client.delete_object(Bucket=bucket, Key=item["Key"])
-        client.delete_bucket(Bucket=bucket)
+        _drop_bucket(client, bucket)
         shutil.rmtree(launcher, ignore_errors=True)
         shutil.rmtree(creds, ignore_errors=True)
 

@@ -103,7 +103,7 @@ def plan(
             for path, reason in errors:
                 console.print(f"[red]invalid[/red] {path}: {reason}")
             raise typer.Exit(2)
-        result = plan_cluster(cluster, observe_cluster(kube, ns, meta["name"]))
+        result = plan_cluster(cluster, observe_cluster(kube, ns, meta["name"], cluster))
         state = "exists" if live is not None else "does not exist yet"
         if not result:
             console.print(f"PgCluster {ns}/{meta['name']} ({state}): no changes")
@@ -112,6 +112,68 @@ def plan(
                                              f"{len(result)} action(s)"))
         for why in result.waiting:
             console.print(f"  then: {why}")
+
+
+S3_HELP = "The archive's S3 location when the PgCluster no longer exists"
+
+
+@app.command()
+def backup(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+    name: Optional[str] = typer.Option(None, "--name", help="PgBackup name (default <cluster>-<UTC time>)."),
+    target: str = typer.Option("prefer-replica", "--target", help="prefer-replica | primary"),
+    wait: bool = typer.Option(False, "--wait", "-w", help="Follow the backup with a progress bar until it ends."),
+) -> None:
+    """Take a base backup now: creates a PgBackup; the operator streams it to S3."""
+    from pgop.cli_backup import start_backup
+    if target not in ("prefer-replica", "primary"):
+        typer.echo("--target must be prefer-replica or primary", err=True)
+        raise typer.Exit(2)
+    start_backup(cluster, _namespace(namespace), name, target, wait)
+
+
+@app.command()
+def backups(
+    cluster: str = typer.Argument(..., help="PgCluster name (its archive's name in S3)"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+    s3_bucket: Optional[str] = typer.Option(None, help=S3_HELP + ": bucket."),
+    s3_path: Optional[str] = typer.Option(None, help=S3_HELP + ": spec.backup.s3.path."),
+    s3_endpoint: Optional[str] = typer.Option(None, help=S3_HELP + ": endpoint URL."),
+    s3_credentials_secret: Optional[str] = typer.Option(None, help=S3_HELP + ": the Secret with its keys."),
+) -> None:
+    """List the base backups of a cluster from its S3 catalog (not from the API), with the first
+    point in time a restore can reach."""
+    from pgop.cli_backup import list_catalog, s3_location
+    from pgop.kube import Kube
+    ns = _namespace(namespace)
+    kube = Kube()
+    list_catalog(cluster, ns, s3_location(kube, ns, cluster, s3_bucket, s3_path, s3_endpoint,
+                                          s3_credentials_secret), kube)
+
+
+@app.command()
+def restore(
+    cluster: str = typer.Argument(..., help="The PgCluster whose backups to restore"),
+    to: str = typer.Option(..., "--to", help="Name of the new PgCluster"),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+    time_: Optional[str] = typer.Option(None, "--time", help="Restore to this time (RFC 3339, e.g. 2026-11-22T03:00:00Z)."),
+    lsn: Optional[str] = typer.Option(None, "--lsn", help="Restore to this LSN."),
+    backup_name: Optional[str] = typer.Option(None, "--backup", help="Start from this base backup."),
+    instances: Optional[int] = typer.Option(None, "--instances", help="Instances of the new cluster (default the source's)."),
+    s3_bucket: Optional[str] = typer.Option(None, help=S3_HELP + ": bucket."),
+    s3_path: Optional[str] = typer.Option(None, help=S3_HELP + ": spec.backup.s3.path."),
+    s3_endpoint: Optional[str] = typer.Option(None, help=S3_HELP + ": endpoint URL."),
+    s3_credentials_secret: Optional[str] = typer.Option(None, help=S3_HELP + ": the Secret with its keys."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the PgCluster manifest instead of applying it."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the restore until the new cluster is Ready."),
+    timeout: float = typer.Option(1800, help="Seconds to wait for Ready."),
+) -> None:
+    """Restore a cluster's backups into a new PgCluster, to a point in time or to the end of its WAL."""
+    from pgop.cli_backup import restore as run_restore
+    run_restore(cluster, to, _namespace(namespace), target_time=time_, target_lsn=lsn, backup=backup_name,
+                bucket=s3_bucket, path=s3_path, endpoint=s3_endpoint, credentials_secret=s3_credentials_secret,
+                instances=instances, dry_run=dry_run, wait=wait, timeout=timeout)
 
 
 mysqldb_app = typer.Typer(help="MysqlDb (AWS RDS MySQL) databases.", no_args_is_help=True)
@@ -215,18 +277,42 @@ def agent_wal_fetch(
 @agent_app.command("backup")
 def agent_backup(
     name: str = typer.Option(..., "--name", help="The backup's name (the PgBackup's)."),
+    host: Optional[str] = typer.Option(None, "--host", help="Back up the instance at this address, "
+                                       "as the replication role (a backup pod); default: the local "
+                                       "Postgres over its socket."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
-    """Stream a base backup of the local Postgres to S3 (PGOP_S3_* settings); prints the catalog
-    document once it is complete."""
-    from backup.agent_glue import backup_local
+    """Stream a base backup to S3 (PGOP_S3_* settings); prints the catalog document once it is
+    complete. In a backup pod, also the termination message the backup controller reads."""
+    import os
+
+    from backup import agent_glue
+    from pgop.specs.backup_pod import ENV_BACKUP_OBJECT, TERMINATION_LOG
     _agent_logging(verbose)
+    report = os.environ.get(ENV_BACKUP_OBJECT)
+    progress = agent_glue.ProgressReporter(os.environ.get("PGOP_NAMESPACE", ""), report) if report else None
     try:
-        backup = backup_local(name)
+        if host:
+            backup = agent_glue.backup_remote(name, host, progress=progress)
+        else:
+            backup = agent_glue.backup_local(name)
     except Exception as error:  # S3, pg_basebackup, settings: one line saying which
-        typer.echo(f"pgop agent backup: {error}", err=True)
+        from backup.s3 import describe_error
+        _termination_message(TERMINATION_LOG, describe_error(error), enabled=bool(report))
+        typer.echo(f"pgop agent backup: {describe_error(error)}", err=True)
         raise typer.Exit(1)
+    _termination_message(TERMINATION_LOG, backup.to_json(), enabled=bool(report))
     typer.echo(backup.to_json(), nl=False)
+
+
+def _termination_message(path: str, text: str, enabled: bool) -> None:
+    if not enabled:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(text[-4000:])  # the kubelet keeps at most 4096 bytes
+    except OSError:
+        pass  # then FallbackToLogsOnError, or the log, says it
 
 
 def main() -> None:

@@ -80,3 +80,21 @@ def plan_table(actions: Iterable[Action], title: str) -> Table:
     for n, a in enumerate(actions, 1):
         table.add_row(str(n), Text(a.verb, style=style.get(a.verb, "")), a.kind, a.name, a.reason)
     return table
+
+
+def backups_table(backups, title: str) -> Table:
+    """The base backups of a catalog (backup.catalog.Backup), oldest first."""
+    table = Table(title=title)
+    for column in ("name", "started", "completed", "size", "in S3", "timeline", "begin LSN", "end LSN",
+                   "begin WAL"):
+        table.add_column(column)
+    for b in backups:
+        compressed = next((f.get("compressedBytes") for f in b.files if f.get("compressedBytes")), None)
+        table.add_row(b.backup_name, _moment(b.started_at), _moment(b.completed_at), _bytes(b.size_bytes),
+                      _bytes(compressed), str(b.timeline or "-"), b.begin_lsn or "-", b.end_lsn or "-",
+                      b.begin_wal or "-")
+    return table
+
+
+def _moment(moment: datetime | None) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"

@@ -15,23 +15,30 @@ from pgop.diagnose import instance_report
 from pgop.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, merge_conditions
 
 
-def observe_cluster(kube: Kube, namespace: str, name: str) -> ObservedCluster:
+def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | None = None) -> ObservedCluster:
     selector = {LABEL_CLUSTER: name}
     account = names.agent_account(name)
+    instances = kube.list("PgInstance", namespace, selector)
+    recovery = cluster.spec.bootstrap.recovery if cluster is not None else None
+    # Only needed to create the first instance, and only when the spec does not say where the
+    # source's backups are.
+    source = kube.get("PgCluster", namespace, recovery.source) \
+        if recovery is not None and recovery.s3 is None and not instances else None
     return ObservedCluster(
-        instances=kube.list("PgInstance", namespace, selector),
+        instances=instances,
         services=kube.list("Service", namespace, selector),
         secrets=kube.list("Secret", namespace, selector),
         pdb=kube.get("PodDisruptionBudget", namespace, names.pdb(name)),
         service_account=kube.get("ServiceAccount", namespace, account),
         role=kube.get("Role", namespace, account),
         role_binding=kube.get("RoleBinding", namespace, account),
+        recovery_source=source,
     )
 
 
 def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, ObservedCluster, Plan]:
     cluster = Cluster.from_object(body)
-    observed = observe_cluster(kube, cluster.namespace, cluster.name)
+    observed = observe_cluster(kube, cluster.namespace, cluster.name, cluster)
     return cluster, observed, plan_cluster(cluster, observed)
 
 

@@ -32,6 +32,12 @@ def volume_problem(pvc: Obj | None, storage_class_exists: bool | None) -> str | 
     return None
 
 
+def _last_line(text: str | None, limit: int = 500) -> str:
+    """The last non-empty line of a termination message (the error, after the log it may carry)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    return lines[-1][-limit:] if lines else ""
+
+
 def pod_problem(pod: Obj) -> str | None:
     status = pod.get("status") or {}
     for cond in status.get("conditions") or []:
@@ -46,6 +52,9 @@ def pod_problem(pod: Obj) -> str | None:
             last = ((cs.get("lastState") or {}).get("terminated") or {})
             if reason == "CrashLoopBackOff" and last:
                 detail = f"exited with {last.get('exitCode')} ({last.get('reason', '')})"
+                said = _last_line(last.get("message"))
+                if said:
+                    detail += f": {said}"
             return f"pod {_name(pod)}: container {cs['name']}: {reason}" + (f": {detail}" if detail else "")
     if status.get("phase") == "Failed":
         return f"pod {_name(pod)} failed: {status.get('message') or status.get('reason') or 'see its logs'}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from datetime import datetime, timezone
 
 import kopf
 from kubernetes.client.rest import ApiException
@@ -16,6 +17,7 @@ from pgop.model import API_GROUP, Cluster
 from pgop.publish import PublishError
 from pgop.specs import names
 from pgop.specs.meta import LABEL_INSTANCE
+from pgop.status import merge_conditions
 
 VERSION = "v1"
 CLUSTER_INTERVAL = 2.0
@@ -29,7 +31,7 @@ def kube() -> Kube:
     return Kube()
 
 
-def _apply(body, plan, logger) -> None:
+def apply_plan(body, plan, logger) -> None:
     for action in plan:
         try:
             kube().apply(action)
@@ -62,9 +64,64 @@ def reconcile_cluster(body, logger) -> dict | None:
         return {"phase": "Failed",
                 "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
                                 "message": message, "observedGeneration": cluster.generation}]}
-    _apply(body, plan, logger)
+    apply_plan(body, plan, logger)
     status = controller.status_for_cluster(cluster, list(observed.instances), plan)
+    if cluster.spec.backup is not None and cluster.spec.backup.s3 is not None:
+        _reconcile_backups(body, cluster, status, logger)
+        _announce_archiving(body, status)
     return status if _changed(body.get("status") or {}, status) else None
+
+
+_warned: dict[tuple[str, str, str], str] = {}
+
+
+def _warn_once(body, reason: str, message: str) -> None:
+    """An Event per distinct problem, not one per 2-second pass."""
+    meta = body["metadata"]
+    key = (meta.get("namespace"), meta["name"], reason)
+    if _warned.get(key) != message:
+        _warned[key] = message
+        kopf.warn(body, reason=reason, message=message)
+
+
+def _announce_archiving(body, status: dict) -> None:
+    """A Warning Event when WAL archiving starts failing (once per failing stretch), and a Normal
+    one when it works again: pg_wal fills while it fails, so someone must hear of it."""
+    archiving = next((c for c in status.get("conditions") or [] if c.get("type") == "ContinuousArchiving"), None)
+    if archiving is None or archiving.get("status") == "Unknown":
+        return
+    meta = body["metadata"]
+    key = (meta.get("namespace"), meta["name"], "archiving")
+    failing = archiving.get("status") == "False"
+    since = archiving.get("lastTransitionTime", "")
+    if _warned.get(key) is None and not failing:
+        _warned[key] = f"ok {since}"  # first sight of a healthy archiver: nothing to say
+        return
+    mark = f"{'failing' if failing else 'ok'} {since}"
+    if _warned.get(key) == mark:
+        return
+    _warned[key] = mark
+    if failing:
+        kopf.warn(body, reason="ArchivingFailing", message=archiving.get("message", ""))
+    else:
+        kopf.info(body, reason="ArchivingRecovered", message=archiving.get("message", ""))
+
+
+def _reconcile_backups(body, cluster: Cluster, status: dict, logger) -> None:
+    """Schedule and retention (backup.cluster_backups), and what the status says of backups."""
+    from backup.cluster_backups import backup_status, reconcile_backups
+    now = datetime.now(timezone.utc)
+    plan, pgbackups = reconcile_backups(
+        kube(), cluster, body["metadata"].get("creationTimestamp"), now,
+        apply=lambda actions: apply_plan(body, actions, logger),
+        warn=lambda reason, message: _warn_once(body, reason, message))
+    status.update(plan.status)
+    last, condition = backup_status(cluster, pgbackups)
+    if last is not None:
+        status["lastBackup"] = last
+    if condition is not None:
+        status["conditions"] = merge_conditions(status.get("conditions") or [], [condition], now,
+                                                cluster.generation)
 
 
 def _changed(current: dict, desired: dict) -> bool:
@@ -171,7 +228,7 @@ def pod_event(body, event, logger, **_):
 
 def reconcile_instance(body, logger) -> None:
     instance, plan, report = controller.plan_for_instance(kube(), body)
-    _apply(body, plan, logger)
+    apply_plan(body, plan, logger)
     if report:
         try:
             kube().merge_patch("PgInstance", instance.namespace, instance.name, report, "status")

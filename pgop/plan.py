@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import secrets as system_secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pgop import pgconfig
 from pgop.model import (
-    API_VERSION, PRIMARY, REPLICA, Cluster, Instance, instance_name, parse_quantity,
+    API_VERSION, PRIMARY, REPLICA, Cluster, Instance, RecoverySpec, instance_name, parse_quantity,
 )
 from pgop.specs import names
 from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
@@ -160,6 +160,7 @@ class ObservedCluster:
     service_account: Obj | None = None
     role: Obj | None = None
     role_binding: Obj | None = None
+    recovery_source: Obj | None = None  # the PgCluster named by spec.bootstrap.recovery.source
 
 
 def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSource | None = None) -> Plan:
@@ -178,6 +179,15 @@ def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSour
     _plan_pdb(cluster, observed, plan)
     _plan_instances(cluster, observed, plan)
     return plan
+
+
+def resolve_recovery(recovery: RecoverySpec, source: Obj | None) -> RecoverySpec:
+    """spec.bootstrap.recovery with the S3 location of the source's archive: its own s3 when set
+    (the source may be long gone), else the source PgCluster's spec.backup.s3."""
+    if recovery.s3 is not None or source is None:
+        return recovery
+    backup = Cluster.from_object(source).spec.backup
+    return replace(recovery, s3=backup.s3) if backup is not None and backup.s3 is not None else recovery
 
 
 def _create(plan: Plan, body: dict[str, Any], reason: str) -> None:
@@ -263,9 +273,16 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> 
 
     if not instances:
         mode = cluster.spec.bootstrap.first_primary_mode
-        how = (f"restore the backups of {cluster.spec.bootstrap.recovery.source}"
-               if cluster.spec.bootstrap.recovery else "initdb a new database")
-        _create(plan, build_instance(cluster, 0, PRIMARY, mode),
+        recovery = cluster.spec.bootstrap.recovery
+        if recovery is not None:
+            recovery = resolve_recovery(recovery, observed.recovery_source)
+            if recovery.s3 is None:
+                plan.waiting.append(f"the recovery source PgCluster {recovery.source} does not exist or has no "
+                                    "spec.backup.s3, and spec.bootstrap.recovery.s3 is not set: nothing says "
+                                    "where its backups are")
+                return
+        how = (f"restore the backups of {recovery.source}" if recovery else "initdb a new database")
+        _create(plan, build_instance(cluster, 0, PRIMARY, mode, recovery),
                 f"first primary: {how} on its own volume")
         if wanted > 1:
             plan.waiting.append(f"{wanted - 1} replica(s) are created once the primary "

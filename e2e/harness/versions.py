@@ -19,4 +19,6 @@ APT_PACKAGES = [
     "containerd", "runc", "containernetworking-plugins", "podman", "buildah", "debootstrap",
     "iptables", "conntrack", "ethtool", "socat", "iproute2", "openssl", "util-linux", "ebtables",
     "kmod", "postgresql-15", "postgresql-client-15", "ca-certificates", "procps", "curl",
+    # what docs/backup-layout.md has a person restore with (e2e/test_restore_by_hand.py)
+    "awscli", "zstd",
 ]

@@ -225,11 +225,10 @@ def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=No
 
     from backup.agent_glue import ENV_SOURCE, restore_local
     if not (os.environ if env is None else env).get(ENV_SOURCE):
-        # The operator does not hand spec.recovery to the bootstrap pod yet: the pod says what to
-        # restore in its environment (backup/agent_glue.py).
-        raise BootstrapError(f"bootstrap mode 'recovery' from the PgInstance spec alone is not implemented "
-                             f"in this version of pgop: the bootstrap pod must set {ENV_SOURCE} (and "
-                             "optionally PGOP_RECOVERY_BACKUP, PGOP_RECOVERY_TARGET_TIME or _LSN)")
+        # The bootstrap pod says what to restore in its environment (pgop/specs/pods.py sets it
+        # from the PgInstance's spec.recovery).
+        raise BootstrapError(f"bootstrap mode 'recovery' needs {ENV_SOURCE} (and optionally "
+                             "PGOP_RECOVERY_BACKUP, PGOP_RECOVERY_TARGET_TIME or _LSN) in the environment")
     empty_data_directory(settings, runner)
     prepare_runtime_dirs(settings, runner)
     result = restore_local(settings, env)
@@ -239,6 +238,43 @@ def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=No
     config.write(files, config.desired_settings(settings, spec, replica=False), config.hba_text(), runner.owner)
     for leftover in ("postmaster.opts", "backup_label.old"):
         (settings.pgdata / leftover).unlink(missing_ok=True)
+    adopt_credentials(settings, runner)
+
+
+def adopt_credentials(settings: AgentSettings, runner: Runner) -> None:
+    """The restored roles carry the source cluster's passwords; this cluster's Secrets have their
+    own. Give the superuser, replication and app roles the passwords of this cluster's Secrets
+    (creating a role the source did not have), so replicas, the agent and the applications get in."""
+    import dataclasses
+    superuser = credentials.read_credentials(settings.secrets_dir, credentials.SUPERUSER)
+    replication = credentials.read_credentials(settings.secrets_dir, credentials.REPLICATION)
+    app = credentials.read_credentials(settings.secrets_dir, credentials.APP)
+    prepare_runtime_dirs(settings, runner)
+    # No password in force is known here, so for this one start: no network listener, and the
+    # socket (inside this pod) trusted, through a pg_hba of its own that is gone afterwards.
+    hba = settings.runtime_dir / "pg_hba.restore.conf"
+    hba.write_text("local all all trust\n")
+    runner.chown(hba)
+    on_socket = dataclasses.replace(settings, connect_host="")
+    postmaster = Postmaster(on_socket, runner)
+    # No archiving yet: these few writes belong to no archive until the Postgres pod runs.
+    postmaster.start(timeout=300, options=["-c", "listen_addresses=", "-c", "archive_mode=off",
+                                           "-c", f"hba_file={hba}"])
+    try:
+        with local.connect(on_socket, user=superuser.username) as conn:
+            for role, attributes in ((superuser, "SUPERUSER LOGIN"), (replication, "LOGIN REPLICATION"),
+                                     (app, "LOGIN")):
+                set_password(conn, role, attributes)
+    finally:
+        postmaster.stop("fast")
+        hba.unlink(missing_ok=True)
+
+
+def set_password(conn: psycopg.Connection, role: credentials.Credentials, attributes: str) -> None:
+    exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role.username,)).fetchone()
+    verb = "ALTER" if exists else "CREATE"
+    conn.execute(sql.SQL(f"{verb} ROLE {{}} WITH {attributes} PASSWORD {{}}").format(
+        sql.Identifier(role.username), sql.Literal(_verifier(conn, role.username, role.password))))
 
 
 def main(mode: str, primary_host: str | None = None, env=None) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgop import pgconfig
-from pgop.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, Role, instance_name
+from pgop.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, RecoverySpec, Role, instance_name
 from pgop.specs.meta import LABEL_INSTANCE, cluster_labels, object_meta, owner_reference, stable_hash
 
 KIND = "PgInstance"
@@ -59,7 +59,10 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
     return managed
 
 
-def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode) -> dict[str, Any]:
+def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode,
+                  recovery: RecoverySpec | None = None) -> dict[str, Any]:
+    """`recovery`: spec.bootstrap.recovery with the source's S3 location filled in (the cluster
+    controller looks it up), for the instance that restores."""
     spec: dict[str, Any] = {
         "cluster": cluster.name,
         "ordinal": ordinal,
@@ -69,7 +72,8 @@ def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootstr
         "postgresVersion": cluster.spec.postgres_version,
     }
     spec.update(managed_instance_spec(cluster))
-    initdb, recovery = cluster.spec.bootstrap.initdb, cluster.spec.bootstrap.recovery
+    initdb = cluster.spec.bootstrap.initdb
+    recovery = recovery or cluster.spec.bootstrap.recovery
     if bootstrap == "initdb" and initdb is not None:
         spec["initdb"] = initdb.to_dict()
     if bootstrap == "recovery" and recovery is not None:
@@ -77,7 +81,8 @@ def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootstr
     return spec
 
 
-def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode) -> dict[str, Any]:
+def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode,
+                   recovery: RecoverySpec | None = None) -> dict[str, Any]:
     name = instance_name(cluster.name, ordinal)
     labels = cluster_labels(cluster.name) | {LABEL_INSTANCE: name}
     return {
@@ -85,5 +90,5 @@ def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootst
         "kind": KIND,
         "metadata": object_meta(name, cluster.namespace, labels,
                                 owner=owner_reference("PgCluster", cluster.name, cluster.uid)),
-        "spec": instance_spec(cluster, ordinal, role, bootstrap),
+        "spec": instance_spec(cluster, ordinal, role, bootstrap, recovery),
     }

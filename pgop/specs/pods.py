@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgop import pgconfig
-from pgop.model import PRIMARY, REPLICA, Instance
+from pgop.model import PRIMARY, RECOVERY, REPLICA, Instance, S3Spec
 from pgop.specs import names
 from pgop.specs.meta import (
     COMPONENT_BOOTSTRAP, COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE,
@@ -47,6 +47,12 @@ ENV_S3_PATH = "PGOP_S3_PATH"
 ENV_S3_ENDPOINT = "PGOP_S3_ENDPOINT"
 ENV_S3_REGION = "PGOP_S3_REGION"
 ENV_S3_CREDENTIALS_DIR = "PGOP_S3_CREDENTIALS_DIR"
+# What a recovery bootstrap restores (backup/agent_glue.py reads them).
+ENV_RECOVERY_SOURCE = "PGOP_RECOVERY_SOURCE"
+ENV_RECOVERY_S3_PATH = "PGOP_RECOVERY_S3_PATH"
+ENV_RECOVERY_BACKUP = "PGOP_RECOVERY_BACKUP"
+ENV_RECOVERY_TARGET_TIME = "PGOP_RECOVERY_TARGET_TIME"
+ENV_RECOVERY_TARGET_LSN = "PGOP_RECOVERY_TARGET_LSN"
 
 
 def pod_role_label(instance: Instance) -> str:
@@ -83,12 +89,34 @@ def _field_env(name: str, path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
 
 
-def _env(instance: Instance) -> list[dict[str, Any]]:
-    return _base_env() + _s3_env(instance)
+def _env(instance: Instance, s3: S3Spec | None = None) -> list[dict[str, Any]]:
+    return _base_env() + _s3_env(s3 if s3 is not None else instance.spec.s3)
 
 
-def _s3_env(instance: Instance) -> list[dict[str, Any]]:
-    s3 = instance.spec.s3
+def _recovering_from(instance: Instance) -> S3Spec | None:
+    """Where a recovery bootstrap reads the source's archive (the cluster controller resolved it)."""
+    recovery = instance.spec.recovery
+    if instance.spec.bootstrap == RECOVERY and recovery is not None:
+        return recovery.s3
+    return None
+
+
+def _recovery_env(instance: Instance) -> list[dict[str, Any]]:
+    """What to restore, for `pgop agent bootstrap --mode recovery` (backup/agent_glue.py)."""
+    recovery = instance.spec.recovery
+    if recovery is None or instance.spec.bootstrap != RECOVERY:
+        return []
+    env = [{"name": ENV_RECOVERY_SOURCE, "value": recovery.source}]
+    for name, value in ((ENV_RECOVERY_S3_PATH, recovery.s3.path if recovery.s3 else None),
+                        (ENV_RECOVERY_BACKUP, recovery.backup),
+                        (ENV_RECOVERY_TARGET_TIME, recovery.target_time),
+                        (ENV_RECOVERY_TARGET_LSN, recovery.target_lsn)):
+        if value:
+            env.append({"name": name, "value": value})
+    return env
+
+
+def _s3_env(s3: S3Spec | None) -> list[dict[str, Any]]:
     if s3 is None:
         return []
     env = [{"name": ENV_S3_BUCKET, "value": s3.bucket}]
@@ -122,7 +150,7 @@ def _secret_source(secret: str, directory: str) -> dict[str, Any]:
     ]}}
 
 
-def _volumes(instance: Instance) -> list[dict[str, Any]]:
+def _volumes(instance: Instance, s3: S3Spec | None = None) -> list[dict[str, Any]]:
     cluster = instance.spec.cluster
     return [
         {"name": "pgdata", "persistentVolumeClaim": {"claimName": pvc_name(instance)}},
@@ -132,7 +160,7 @@ def _volumes(instance: Instance) -> list[dict[str, Any]]:
             _secret_source(names.replication_secret(cluster), "replication"),
             _secret_source(names.app_secret(cluster), "app"),
         ]}},
-        *_s3_volumes(instance),
+        *_s3_volumes(s3 if s3 is not None else instance.spec.s3),
         {"name": "run", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
         # Postgres' dynamic shared memory lives in /dev/shm, which container runtimes cap at 64MB.
@@ -140,19 +168,19 @@ def _volumes(instance: Instance) -> list[dict[str, Any]]:
     ]
 
 
-def _s3_volumes(instance: Instance) -> list[dict[str, Any]]:
-    if instance.spec.s3 is None:
+def _s3_volumes(s3: S3Spec | None) -> list[dict[str, Any]]:
+    if s3 is None:
         return []
     # Optional: a missing Secret (or key) must not keep Postgres from starting; archiving then
     # fails, and says why in pg_stat_archiver, the PgInstance status and ContinuousArchiving.
     return [{"name": "s3-credentials", "projected": {"defaultMode": 0o440, "sources": [
-        {"secret": {"name": instance.spec.s3.credentials_secret, "optional": True}},
+        {"secret": {"name": s3.credentials_secret, "optional": True}},
     ]}}]
 
 
-def _volume_mounts(instance: Instance) -> list[dict[str, Any]]:
+def _volume_mounts(instance: Instance, s3_location: S3Spec | None = None) -> list[dict[str, Any]]:
     s3 = [{"name": "s3-credentials", "mountPath": S3_CREDENTIALS_MOUNT, "readOnly": True}] \
-        if instance.spec.s3 is not None else []
+        if (s3_location or instance.spec.s3) is not None else []
     return [
         {"name": "pgdata", "mountPath": DATA_MOUNT},
         {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
@@ -204,15 +232,16 @@ def _volume_owner(instance: Instance) -> dict[str, Any]:
 
 
 def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dict[str, str],
-         container: dict[str, Any], restart_policy: str) -> dict[str, Any]:
+         container: dict[str, Any], restart_policy: str, s3: S3Spec | None = None,
+         extra_env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     cluster = instance.spec.cluster
     if instance.spec.resources:
         container["resources"] = instance.spec.resources
     container.update({
         "image": instance.spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "env": _env(instance),
-        "volumeMounts": _volume_mounts(instance),
+        "env": _env(instance, s3) + (extra_env or []),
+        "volumeMounts": _volume_mounts(instance, s3),
         "securityContext": _container_security(),
     })
     return {
@@ -238,7 +267,7 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
             }]}},
             "initContainers": [_volume_owner(instance)],
             "containers": [container],
-            "volumes": _volumes(instance),
+            "volumes": _volumes(instance, s3),
         },
     }
 
@@ -274,8 +303,13 @@ def build_bootstrap_pod(instance: Instance) -> dict[str, Any]:
         LABEL_INSTANCE: instance.name,
         LABEL_COMPONENT: COMPONENT_BOOTSTRAP,
     }
-    container = {"name": "bootstrap", "command": ["pgop", "agent", "bootstrap", "--mode", mode]}
+    container = {"name": "bootstrap", "command": ["pgop", "agent", "bootstrap", "--mode", mode],
+                 # A failed restore says why (e.g. the target before the first backup) in the pod
+                 # status, where the instance controller reads it.
+                 "terminationMessagePolicy": "FallbackToLogsOnError"}
     # OnFailure: the kubelet retries in place (the agent starts a retried basebackup afresh), and
-    # the pod name stays taken, so there is never a second bootstrap pod.
+    # the pod name stays taken, so there is never a second bootstrap pod. A recovery reads the
+    # source's archive: its S3 location and credentials instead of this cluster's own.
     return _pod(instance, names.bootstrap_pod(instance.name), labels,
-                {ANNOTATION_BOOTSTRAP_MODE: mode}, container, "OnFailure")
+                {ANNOTATION_BOOTSTRAP_MODE: mode}, container, "OnFailure",
+                s3=_recovering_from(instance), extra_env=_recovery_env(instance))

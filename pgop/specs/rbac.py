@@ -1,7 +1,7 @@
 """What the agent in an instance's pods may do, and nothing more.
 
 Read its cluster's PgInstances (the primary keeps a slot and a sync name for every replica),
-write their status (heartbeat, role, LSN), read its cluster's Secrets (and the S3 credentials),
+write their status (heartbeat, role, LSN) and a backup's progress, read its cluster's Secrets (and the S3 credentials),
 read pods, and record Events. It never touches the PgCluster, Services or other Secrets.
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ def agent_rules(cluster: Cluster) -> list[dict[str, Any]]:
     return [
         {"apiGroups": [API_GROUP], "resources": ["pginstances"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [API_GROUP], "resources": ["pginstances/status"], "verbs": ["get", "patch", "update"]},
+        # A backup pod reports its progress (status.uploadedBytes) on its PgBackup.
+        {"apiGroups": [API_GROUP], "resources": ["pgbackups/status"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": readable_secrets(cluster),
          "verbs": ["get"]},
         {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},

@@ -10,6 +10,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from backup import basebackup, layout as keys
@@ -162,6 +163,12 @@ def test_bootstrap_recovery_mode_restores_the_latest_backup_for_an_instance(
             count = _as_user([f"{settings.bindir}/psql", "-h", str(settings.socket_dir), "-p",
                               str(settings.pg_port), "-XAtc", "SELECT count(*), pg_is_in_recovery() FROM kept"])
             assert count.stdout.strip() == "20|f", count.stderr
+            # the restored roles now have this cluster's passwords, not the source's
+            for kind in ("superuser", "replication", "app"):
+                user = (host.secrets_dir / kind / "username").read_text().strip()
+                with psycopg.connect(host="127.0.0.1", port=settings.pg_port, dbname="postgres", user=user,
+                                     password=host.passwords[kind], connect_timeout=5) as conn:
+                    assert conn.execute("SELECT current_user").fetchone()[0] == user
         finally:
             _as_user([f"{settings.bindir}/pg_ctl", "-D", str(settings.pgdata), "-m", "fast", "-w", "stop"])
         assert bootstrap.bootstrap(settings, "recovery").already_done

@@ -273,7 +273,7 @@ def test_bootstrap_modes_and_recovery_refusal(tmp_path):
     assert [m.value for m in bootstrap.BootstrapMode] == ["initdb", "basebackup", "recovery"]
     s = AgentSettings(cluster="orders", instance="orders-0", namespace="shop", pgdata=tmp_path / "pgdata",
                       secrets_dir=tmp_path)
-    with pytest.raises(bootstrap.BootstrapError, match="not implemented in this version"):
+    with pytest.raises(bootstrap.BootstrapError, match="needs PGOP_RECOVERY_SOURCE"):
         bootstrap.bootstrap(s, "recovery")
     with pytest.raises(ValueError):
         bootstrap.bootstrap(s, "snapshot")

@@ -100,8 +100,9 @@ def test_base_backup_keys():
 def test_recovery_settings_and_their_removal(tmp_path: Path):
     command = restore_command("orders", "shop path")
     assert command == "PGOP_S3_CLUSTER=orders PGOP_S3_PATH='shop path' pgop agent wal-fetch %f %p"
-    settings = recovery_settings(command, target_time="2026-11-22T06:00:00Z")
-    assert settings["recovery_target_time"] == "2026-11-22T06:00:00Z"
+    settings = recovery_settings(command, target_time="2026-11-22T07:00:00.25+01:00")
+    # PostgreSQL's own syntax: it refuses RFC 3339's 'T' and 'Z' ("invalid value for parameter")
+    assert settings["recovery_target_time"] == "2026-11-22 06:00:00.250000+00"
     assert settings["recovery_target_action"] == "promote"
     assert "recovery_target_lsn" not in recovery_settings(command)
     assert recovery_settings(command, target_lsn="0/3000000")["recovery_target_lsn"] == "0/3000000"

@@ -48,3 +48,12 @@ def test_report_prefers_the_volume_then_pods_then_waiting():
     assert (phase, message) == ("Pending", "volume orders-0 is Pending: StorageClass 'fast' does not exist")
     phase, message = instance_report(pvc(phase="Bound"), [pod("orders-0-bootstrap")], ["initdb runs"], True)
     assert (phase, message) == ("Bootstrapping", "initdb runs")
+
+
+def test_crash_loop_says_the_last_line_of_the_termination_message():
+    p = pod(name="orders-0-bootstrap", waiting={"reason": "CrashLoopBackOff", "message": "back-off"},
+            last={"exitCode": 1, "reason": "Error",
+                  "message": "INFO restoring\npgop agent bootstrap: targetTime 2020-01-01T00:00:00Z is before the "
+                             "first recoverability point\n"})
+    assert pod_problem(p).endswith("exited with 1 (Error): pgop agent bootstrap: targetTime "
+                                   "2020-01-01T00:00:00Z is before the first recoverability point")

@@ -1,11 +1,13 @@
 import copy
+import random
+from dataclasses import replace
 
 import pytest
 
 from pgop.model import Cluster, Instance
 from pgop.plan import (
     CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch, merge_patch,
-    plan_instance,
+    plan_cluster, plan_instance,
 )
 from pgop.specs.pods import pod_inputs_hash
 from pgop.specs.pvc import ANNOTATION_INITIALIZED
@@ -40,11 +42,33 @@ def test_first_instance_is_a_primary_made_by_initdb():
         ("primary", "initdb", 0)
 
 
-def test_a_restored_cluster_starts_from_recovery():
-    cluster = make_cluster(bootstrap={"recovery": {"source": "orders-old"}})
-    [first] = [a for a in plan(World(), cluster) if a.kind == "PgInstance"]
+SOURCE_S3 = {"bucket": "pg-backups", "path": "shop", "endpoint": "http://s3.local:7070",
+             "credentialsSecret": "s3-creds"}
+
+
+def test_a_restored_cluster_starts_from_recovery_at_the_source_clusters_archive():
+    cluster = make_cluster(bootstrap={"recovery": {"source": "orders-old", "targetTime": "2026-11-22T03:00:00Z"}})
+    source = cluster_body(name="orders-old", backup={"s3": SOURCE_S3})
+    observed = replace(World().observed_cluster(), recovery_source=source)
+    [first] = [a for a in plan_cluster(cluster, observed, rng=random.Random(1)) if a.kind == "PgInstance"]
     assert first.body["spec"]["bootstrap"] == "recovery"
+    assert first.body["spec"]["recovery"] == {"source": "orders-old", "targetTime": "2026-11-22T03:00:00Z",
+                                              "s3": SOURCE_S3}
     assert "orders-old" in first.reason
+
+
+def test_a_recovery_with_its_own_s3_needs_no_source_cluster():
+    own = dict(SOURCE_S3, path="archive", credentialsSecret="old-creds")
+    cluster = make_cluster(bootstrap={"recovery": {"source": "gone", "s3": own}})
+    [first] = [a for a in plan(World(), cluster) if a.kind == "PgInstance"]
+    assert first.body["spec"]["recovery"]["s3"] == own
+
+
+def test_a_recovery_without_a_known_archive_waits_and_says_why():
+    cluster = make_cluster(bootstrap={"recovery": {"source": "orders-old"}})
+    result = plan(World(), cluster)
+    assert [a for a in result if a.kind == "PgInstance"] == []
+    assert any("orders-old" in w and "spec.bootstrap.recovery.s3" in w for w in result.waiting)
 
 
 def test_replicas_wait_for_the_primary_to_be_ready():

@@ -1,0 +1,22 @@
+"""The operator's and the CLI's way into a cluster's archive: the S3 location of spec.backup.s3 (or
+of a recovery source) with the keys of its credentials Secret, read through the Kubernetes API.
+The pods read the same Secret as mounted files (backup.s3.S3Settings.from_env)."""
+from __future__ import annotations
+
+from typing import Any
+
+from backup.layout import ArchiveLayout
+from backup.s3 import Credentials, CredentialsError, S3Storage
+from pgop.model import S3Spec
+
+
+def storage_for(kube: Any, namespace: str, s3: S3Spec, **kwargs) -> S3Storage:
+    secret = kube.get("Secret", namespace, s3.credentials_secret)
+    if secret is None:
+        raise CredentialsError(f"the S3 credentials Secret {namespace}/{s3.credentials_secret} does not exist")
+    return S3Storage(s3.bucket, endpoint=s3.endpoint, region=s3.region,
+                     credentials=Credentials.from_secret(secret), **kwargs)
+
+
+def archive_of(cluster: str, s3: S3Spec) -> ArchiveLayout:
+    return ArchiveLayout(cluster, s3.path or "")

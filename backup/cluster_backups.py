@@ -1,0 +1,97 @@
+"""The backup part of the cluster controller: schedule and retention (backup.plan, pure) applied,
+the S3 side of retention carried out first, and what the PgCluster status says about backups.
+
+Retention removes a dropped backup from S3 before its PgBackup object: were it the other way
+round, an interruption would leave data in S3 that nothing lists for deletion any more. When S3
+cannot be reached, the PgBackup objects stay and the next pass tries again.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from backup.catalog import COMPLETED, FAILED
+from backup.plan import BackupPlan, plan_backups
+from backup.s3 import describe_error
+from pgop.model import Cluster, parse_time
+from pgop.plan import DELETE, Plan
+
+log = logging.getLogger("pgop.backup")
+
+Obj = Mapping[str, Any]
+CONDITION = "LastBackupSucceeded"
+
+
+def _finished_at(body: Obj) -> tuple:
+    status = body.get("status") or {}
+    meta = body.get("metadata") or {}
+    return (status.get("completedAt") or status.get("startedAt") or meta.get("creationTimestamp") or "",
+            meta.get("name", ""))
+
+
+def backup_status(cluster: Cluster, pgbackups: Sequence[Obj]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """(status.lastBackup, the LastBackupSucceeded condition) from the cluster's PgBackups: the most
+    recent one, and the most recent that finished."""
+    own = [b for b in pgbackups if (b.get("spec") or {}).get("cluster") == cluster.name
+           and not (b.get("metadata") or {}).get("deletionTimestamp")]
+    if not own:
+        return None, None
+    latest = max(own, key=lambda b: ((b.get("metadata") or {}).get("creationTimestamp") or "", _finished_at(b)))
+    status = latest.get("status") or {}
+    last = {"name": latest["metadata"]["name"], "phase": status.get("phase") or "Pending"}
+    for key in ("startedAt", "completedAt", "endLSN", "sizeBytes", "s3Path", "error"):
+        if status.get(key) is not None:
+            last[key] = status[key]
+    finished = [b for b in own if (b.get("status") or {}).get("phase") in (COMPLETED, FAILED)]
+    if not finished:
+        return last, None
+    done = max(finished, key=_finished_at)
+    done_status = done.get("status") or {}
+    name = done["metadata"]["name"]
+    if done_status.get("phase") == COMPLETED:
+        condition = {"type": CONDITION, "status": "True", "reason": "BackupCompleted",
+                     "message": f"base backup {name} completed at {done_status.get('completedAt')} "
+                                f"({done_status.get('sizeBytes')} bytes in S3)"}
+    else:
+        condition = {"type": CONDITION, "status": "False", "reason": "BackupFailed",
+                     "message": f"base backup {name} failed: {done_status.get('error') or 'see its status'}"}
+    return last, condition
+
+
+def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: datetime,
+                      apply: Callable[[Plan], None], warn: Callable[[str, str], None]) -> tuple[BackupPlan, list[dict]]:
+    """Plan the cluster's backups, prune S3 for what retention drops, apply. Returns the plan
+    (its .status for the PgCluster) and the PgBackups as they were read."""
+    pgbackups = kube.list("PgBackup", cluster.namespace)
+    plan = plan_backups(cluster, pgbackups, now, created_at=parse_time(created_at))
+    dropped = [a for a in plan if a.verb == DELETE]
+    if dropped:
+        try:
+            _prune(kube, cluster, [a.name for a in dropped], plan)
+        except Exception as error:  # S3 down or credentials wrong: keep the objects, try again
+            warn("RetentionFailed", f"retention could not remove {', '.join(a.name for a in dropped)} from "
+                                    f"S3 ({describe_error(error)}); the PgBackups stay until it can")
+            plan = _without(plan, dropped)
+    apply(plan)
+    return plan, pgbackups
+
+
+def _prune(kube: Any, cluster: Cluster, names: list[str], plan: BackupPlan) -> None:
+    from backup import pruning
+    from backup.access import archive_of, storage_for
+    s3 = cluster.spec.backup.s3
+    storage = storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
+    oldest = plan.retention.oldest_wal_needed if plan.retention else None
+    pruning.prune(storage, archive_of(cluster.name, s3), names, oldest)
+
+
+def _without(plan: BackupPlan, actions: list) -> BackupPlan:
+    kept = BackupPlan()
+    kept.extend(a for a in plan if a not in actions)
+    kept.waiting = plan.waiting
+    kept.status = plan.status
+    kept.schedule_error = plan.schedule_error
+    kept.retention = plan.retention
+    return kept

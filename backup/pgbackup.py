@@ -1,0 +1,176 @@
+"""What the backup controller does about one PgBackup: (the PgBackup, its cluster, the instances,
+the pods) -> actions and a status patch. Pure; backup/handlers.py reads, calls, applies.
+
+Phases (the PgBackup's status.phase):
+- Pending: not started. The controller picks the instance (backup.plan.choose_backup_target:
+  a streaming replica, the primary if none is ready, per spec.target) and creates the backup
+  pod against that instance's pod IP; the status becomes Running with the instance and startedAt
+  in the same pass. With no ready instance it stays Pending and says so in status.message.
+- Running: the pod streams to S3 and writes status.uploadedBytes as it goes (progress). When the
+  pod Succeeded, its termination message is the catalog document it wrote to S3 last: its LSNs,
+  WAL names, timeline and size become the status, phase Completed. When it Failed, the message
+  (the error, or the tail of its log) becomes status.error, phase Failed. A pod that vanished
+  before finishing fails the backup: a half-done upload is never counted as a backup.
+- Completed and Failed are final: a new backup is a new PgBackup.
+
+A PgBackup whose cluster does not exist, or has no spec.backup.s3, fails at once with the reason:
+there is nothing to wait for that will come by itself.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from backup.catalog import COMPLETED, FAILED, PENDING, RUNNING, Backup, CatalogError
+from backup.plan import PREFER_REPLICA, choose_backup_target
+from pgop.diagnose import pod_problem
+from pgop.model import PRIMARY, Cluster, Instance
+from pgop.plan import CREATE, Action, Plan
+from pgop.specs.backup_pod import backup_pod_name, build_backup_pod
+from pgop.status import timestamp
+
+Obj = Mapping[str, Any]
+ERROR_LIMIT = 2000  # status.error: the reason, not a whole log
+
+
+@dataclass
+class BackupStep:
+    plan: Plan = field(default_factory=Plan)
+    status: dict[str, Any] = field(default_factory=dict)  # merge patch of status; {} = unchanged
+    event: tuple[str, str, str] | None = None  # (type, reason, message) to record on the PgBackup
+
+    def finish(self, phase: str, reason: str, event_text: str, **fields: Any) -> BackupStep:
+        """A final phase: the status fields, and the Event that says so."""
+        self.status.update({"phase": phase, "message": None, **fields})
+        self.event = ("Normal" if phase == COMPLETED else "Warning", reason, event_text)
+        return self
+
+
+def _status(body: Obj) -> Obj:
+    return body.get("status") or {}
+
+
+def _container_terminated(pod: Obj) -> Obj:
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated")
+        if terminated:
+            return terminated
+    return {}
+
+
+def _last_lines(text: str, limit: int = ERROR_LIMIT) -> str:
+    text = text.strip()
+    return text if len(text) <= limit else "…" + text[-limit:]
+
+
+def completed_status(document: Backup) -> dict[str, Any]:
+    """The PgBackup status of a finished backup, from its catalog document."""
+    compressed = next((f.get("compressedBytes") for f in document.files if f.get("compressedBytes")), None)
+    status = {
+        "phase": COMPLETED,
+        "beginLSN": document.begin_lsn,
+        "endLSN": document.end_lsn,
+        "timeline": document.timeline,
+        "beginWal": document.begin_wal,
+        "endWal": document.end_wal,
+        # What S3 holds (the CRD's meaning); the catalog's sizeBytes is the uncompressed tar.
+        "sizeBytes": compressed if compressed is not None else document.size_bytes,
+        "s3Path": document.s3_path,
+        "completedAt": timestamp(document.completed_at) if document.completed_at else None,
+        "message": None,
+        "error": None,
+    }
+    if document.started_at is not None:
+        status["startedAt"] = timestamp(document.started_at)
+    return status
+
+
+def plan_pgbackup(backup: Obj, cluster: Obj | None, instances: Sequence[Obj], pod: Obj | None,
+                  instance_pods: Mapping[str, Obj], now: datetime) -> BackupStep:
+    """The step for one PgBackup. `pod` is its backup pod (or None); `instance_pods` the Postgres
+    pods of the cluster by instance name (for their IPs)."""
+    step = BackupStep()
+    meta = backup.get("metadata") or {}
+    name = meta.get("name", "")
+    status = _status(backup)
+    phase = status.get("phase") or PENDING
+    if phase in (COMPLETED, FAILED) or meta.get("deletionTimestamp"):
+        return step
+    if pod is not None:
+        return _follow_pod(backup, pod, phase, step)
+    if phase == RUNNING:
+        return step.finish(FAILED, "BackupPodGone", f"the backup pod {backup_pod_name(name)} is gone before it "
+                           "finished; nothing of it counts as a backup", error="the backup pod disappeared "
+                           "before it finished", completedAt=timestamp(now))
+    return _start(backup, cluster, instances, instance_pods, now, step)
+
+
+def _start(backup: Obj, cluster_body: Obj | None, instances: Sequence[Obj], instance_pods: Mapping[str, Obj],
+           now: datetime, step: BackupStep) -> BackupStep:
+    meta = backup.get("metadata") or {}
+    spec = backup.get("spec") or {}
+    cluster_name = spec.get("cluster", "")
+    if cluster_body is None or (cluster_body.get("metadata") or {}).get("deletionTimestamp"):
+        why = f"PgCluster {cluster_name} does not exist" if cluster_body is None else \
+            f"PgCluster {cluster_name} is being deleted"
+        return step.finish(FAILED, "ClusterNotFound", why, error=why, completedAt=timestamp(now))
+    cluster = Cluster.from_object(cluster_body)
+    if cluster.spec.backup is None or cluster.spec.backup.s3 is None:
+        why = f"PgCluster {cluster_name} has no spec.backup.s3: there is nowhere to store a backup"
+        return step.finish(FAILED, "NoBackupStorage", why, error=why, completedAt=timestamp(now))
+
+    views = [Instance.from_object(i) for i in instances]
+    target = choose_backup_target(views, spec.get("target") or PREFER_REPLICA, now=now)
+    if target is None:
+        wanted = "primary" if spec.get("target") == "primary" else "instance"
+        return _pending(step, backup, f"waiting for a ready {wanted} of PgCluster {cluster_name} to back up")
+    pod = instance_pods.get(target.name)
+    host = ((pod or {}).get("status") or {}).get("podIP")
+    if not host:
+        return _pending(step, backup, f"waiting for the pod of {target.name} to have an IP address")
+    body = build_backup_pod(meta.get("name", ""), meta.get("uid", ""), target, host)
+    role = "primary" if target.spec.role == PRIMARY else "replica"
+    step.plan.append(Action(CREATE, "Pod", body["metadata"]["name"], body["metadata"]["namespace"],
+                            f"base backup {meta.get('name')} from {target.name} ({role})", body=body))
+    step.status.update({"phase": RUNNING, "instance": target.name, "startedAt": timestamp(now),
+                        "message": f"streaming a base backup of {target.name} ({role}) to S3", "error": None})
+    step.event = ("Normal", "BackupStarted", f"base backup from {target.name} ({role})")
+    return step
+
+
+def _pending(step: BackupStep, backup: Obj, message: str) -> BackupStep:
+    status = _status(backup)
+    if status.get("phase") != PENDING or status.get("message") != message:
+        step.status.update({"phase": PENDING, "message": message})
+    return step
+
+
+def _follow_pod(backup: Obj, pod: Obj, phase: str, step: BackupStep) -> BackupStep:
+    status = _status(backup)
+    pod_phase = (pod.get("status") or {}).get("phase")
+    terminated = _container_terminated(pod)
+    pod_name = (pod.get("metadata") or {}).get("name", "")
+    if pod_phase == "Succeeded":
+        try:
+            document = Backup.from_json(terminated.get("message") or "")
+        except CatalogError as error:
+            why = f"the backup pod {pod_name} succeeded but its report cannot be read ({error}); see its log"
+            return step.finish(FAILED, "BackupReportUnreadable", why, error=why)
+        final = completed_status(document)
+        final.pop("phase")
+        return step.finish(COMPLETED, "BackupCompleted",
+                           f"{final['sizeBytes']} bytes in S3 at {final['s3Path']}, consistent at "
+                           f"{final['endLSN']} (timeline {final['timeline']})", **final)
+    if pod_phase == "Failed":
+        reason = _last_lines(terminated.get("message") or "") or \
+            f"the backup pod {pod_name} failed ({terminated.get('reason') or 'see its log'})"
+        return step.finish(FAILED, "BackupFailed", reason, error=reason,
+                           completedAt=terminated.get("finishedAt"))
+    if phase == PENDING:  # the pod exists but the status write that goes with it was lost
+        step.status.update({"phase": RUNNING, "message": f"backup pod {pod_name} {pod_phase or 'created'}"})
+    problem = pod_problem(pod)
+    if problem and status.get("message") != problem:
+        step.status["message"] = problem
+    return step

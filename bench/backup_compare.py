@@ -1,0 +1,805 @@
+"""pgop, pgBackRest and barman-cloud side by side: a base backup of the same pgbench database to the
+same local S3 server with each tool, and a restore of each, in one run.
+
+    make bench-backup             # installs pgbackrest, barman-cli-cloud (and socat) if missing; scale 135
+    .venv/bin/python -m bench.backup_compare [--scale 135] [--tools pgop,pgbackrest,barman] [--jobs N]
+        [--barman-compression gzip|bzip2|snappy|none] [--no-replay] [--keep]
+
+Needs the local environment up (`make env-up`: its S3 server), openssl, socat and the Debian
+packages pgbackrest and barman-cli-cloud (apt-get installs what is missing when this runs as root;
+otherwise it says how). --scale 135 makes a database of about 2 GB; the run then takes about
+4 minutes on 2 cores (most of it barman-cloud's gzip) and needs about 6 GB in /var/tmp for a
+while, removed at the end, as are the S3 objects of the run (in a bucket of its own) unless --keep
+is given.
+
+Set-up: one PostgreSQL 15 (Debian's, as the postgres OS user) loaded by `pgbench -i -s SCALE`
+while archive_command is /bin/true (no backup needs the load's WAL). Then archive_command becomes
+one script that runs the archivers of all three tools in parallel for each segment (`pgop agent
+wal-push`, `pgbackrest archive-push`, `barman-cloud-wal-archive`) and fails if any fails: each tool
+archives the WAL its own backup needs into its own prefix of the run's bucket. pgBackRest 2.45
+speaks only https to S3, so all three tools reach the S3 server through the same TLS terminator
+(socat, a self-signed certificate for localhost): one path, one cost of TLS, for everyone.
+
+Settings, as comparable as the tools allow (JOBS: --jobs, default the number of cores):
+- pgop: one pg_basebackup stream (-X none, fast checkpoint), zstd level 3 with one thread per core
+  (zstandard threads=-1), multipart upload in 32 MiB parts, 2 in flight.
+- pgBackRest: --type=full, compress-type=zst, compress-level=3, process-max=JOBS, start-fast,
+  archive-check on (its default: the backup waits for its WAL in its archive).
+- barman-cloud: --immediate-checkpoint, -J JOBS upload processes, --gzip: bookworm's barman 3.4 has
+  neither zstd nor lz4; gzip is the one whose ratio compares with zstd -3 (Python's tarfile
+  streams it at level 9, in one thread); --snappy is faster but needs python3-snappy.
+All three wait until the backup's last WAL segment is archived before they call it done.
+
+Figures, per tool and phase:
+- backup: wall seconds of the tool's command (checkpoint, copying the data directory, waiting for
+  the last WAL segment of the backup in the tool's archive).
+- restore: fetch + unpack of the base backup into an empty directory by the tool's own command,
+  without WAL replay: pgop `python -m bench.pgop_unpack` (backup.restore.unpack, the part of
+  backup.restore.restore before replay), `pgbackrest restore`, `barman-cloud-restore`.
+- fsync: fsync of every restored file afterwards, timed alike for all. pgBackRest syncs what it
+  writes during its restore; pgop's tar and barman's tarfile leave that to the kernel, so
+  "restore + fsync" is the comparable figure for a restore that is on disk.
+- replay: PostgreSQL started on the restored directory with the tool's restore_command and
+  recovery_target = 'immediate' until it promoted (only the WAL of the backup); then the rows of
+  pgbench_accounts are counted (a restore that lost rows counts as failed). With so little WAL the
+  figure is mostly the start-up of the restore_command, once per file PostgreSQL asks for.
+- MB/s: the database size (pg_database_size of the pgbench database) / wall seconds.
+- tool CPU: user + system seconds of the tool's command and all its child processes (os.wait4):
+  pg_basebackup for pgop, pgBackRest's local processes, barman's upload processes, tar, runuser.
+- server CPU: user + system seconds of the source PostgreSQL meanwhile (postmaster and all its
+  processes, exited ones included, from /proc), without the archiver and its archive_command,
+  which archive for all three tools at once. It matters for pgop, whose data the server's walsender
+  reads and sends, while pgBackRest and barman read the data files themselves.
+- proxy CPU: the TLS terminator's CPU meanwhile. versitygw answers every request with
+  "Connection: close", so each request is a new TCP + TLS connection (a fork of socat): a tool that
+  makes many small requests pays more here than it would against AWS (pgBackRest: one per file).
+- RSS max: the largest single process of the tool's process tree (ru_maxrss from wait4); RSS tree:
+  the largest sum of RSS over the tree, sampled every 0.2 s (a shorter peak can be missed, so it
+  can be below RSS max). pgop is measured as a process of its own (`pgop agent backup`, as a backup
+  pod runs it; bench.pgop_unpack), never this process.
+- in S3: the bytes under each tool's backup prefix (the base backup with its manifests or
+  catalog), the ratio data directory size (without pg_wal: what every tool copies) / those bytes,
+  and the bytes of WAL each tool's archive holds at the end (the same segments for all).
+A benchmark, not a test: it never fails on a slow figure; a tool that fails is reported as failed
+and the others go on.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pwd
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from backup import basebackup, layout as keys, restore
+from backup.layout import ArchiveLayout
+from bench.backup_throughput import (PREFIX, REPO, _archive_all, _credentials, _drop_bucket, _launcher,
+                                     _pgbench_init, _s3_client)
+from e2e.harness import envfile
+from e2e.harness.pg import OS_USER, LocalPostgres
+from e2e.harness.services import free_port
+from pgop import pgconfig
+
+CLUSTER = "bench"       # pgop's cluster, pgBackRest's stanza, barman's server name
+BACKUP = "base"         # the name of each tool's backup
+REGION = "us-east-1"
+TOOLS = ("pgop", "pgbackrest", "barman")
+PACKAGES = {"pgbackrest": "pgbackrest", "barman-cloud-backup": "barman-cli-cloud", "socat": "socat",
+            "openssl": "openssl"}
+BARMAN_COMPRESSION = {"gzip": ["--gzip"], "bzip2": ["--bzip2"], "snappy": ["--snappy"], "none": []}
+RUN_AS = OS_USER if os.geteuid() == 0 else None
+PHASE_TIMEOUT = 3600.0
+SAMPLE_INTERVAL = 0.2
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MB = 2**20
+
+
+class ToolError(RuntimeError):
+    pass
+
+
+# ----------------------------------------------------------------- processes: CPU and memory
+
+def _stat(pid: int) -> list[str] | None:
+    """/proc/PID/stat from field 3 (state) on, or None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2:].split()
+
+
+def _tree(root: int, skip: Callable[[int], bool] = lambda pid: False) -> list[int]:
+    """root and its descendants, as /proc tells now; `skip` drops a process with its descendants."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit() and (fields := _stat(int(entry.name))):
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if not skip(pid):
+            found.append(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def tree_cpu(root: int, skip: Callable[[int], bool] = lambda pid: False) -> float:
+    """User + system seconds of a process tree so far, exited descendants included: a process's
+    cutime and cstime hold those of the children it reaped."""
+    ticks = 0
+    for pid in _tree(root, skip):
+        if fields := _stat(pid):
+            ticks += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return ticks / CLOCK_TICKS
+
+
+def tree_rss(root: int) -> int:
+    total = 0
+    for pid in _tree(root):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * PAGE_SIZE
+    return total
+
+
+def _is_archiver(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"postgres: archiver")
+    except OSError:
+        return False
+
+
+class PeakRss:
+    """The largest RSS sum of a process tree, sampled in a thread while the tree runs."""
+
+    def __init__(self, root: int):
+        self.root, self.peak = root, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, tree_rss(self.root))
+            self._stop.wait(SAMPLE_INTERVAL)
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join()
+        return self.peak
+
+
+@dataclass
+class Measured:
+    seconds: float
+    cpu: float | None = None         # the tool's process tree, user + system
+    server_cpu: float | None = None
+    proxy_cpu: float | None = None
+    max_rss: int | None = None       # bytes, the largest process
+    tree_rss: int | None = None      # bytes, the largest sampled sum over the tree
+
+
+@dataclass
+class Meters:
+    """CPU of what serves every tool: the source server (without its archiver) and the TLS proxy."""
+    source: LocalPostgres
+    proxy_pid: int
+
+    def read(self) -> tuple[float, float]:
+        try:
+            postmaster = int((self.source.pgdata / "postmaster.pid").read_text().split()[0])
+            server = tree_cpu(postmaster, skip=_is_archiver)
+        except (OSError, IndexError, ValueError):
+            server = 0.0
+        return server, tree_cpu(self.proxy_pid)
+
+
+def _kill_session(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+@dataclass(frozen=True)
+class Command:
+    argv: list[str]
+    as_postgres: bool = False   # as the postgres OS user: it reads or writes a data directory
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def _identity(command: Command) -> dict:
+    if not (command.as_postgres and RUN_AS):
+        return {}
+    user = pwd.getpwnam(RUN_AS)
+    return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+
+
+def run_measured(command: Command, log: Path, meters: Meters, timeout: float = PHASE_TIMEOUT) -> Measured:
+    """Run a tool's command to its end: wall time, CPU and memory of its process tree."""
+    env = {**os.environ, **command.env}
+    if command.as_postgres and RUN_AS:
+        env["HOME"] = pwd.getpwnam(RUN_AS).pw_dir
+    before = meters.read()
+    with open(log.with_suffix(".out"), "w") as out, open(log.with_suffix(".err"), "w+") as err:
+        started = time.monotonic()
+        process = subprocess.Popen(command.argv, stdout=out, stderr=err, env=env, cwd=REPO,
+                                   start_new_session=True, **_identity(command))
+        peak = PeakRss(process.pid)
+        # A hung tool costs its phase, not the whole run (its own session: only what it started).
+        watchdog = threading.Timer(timeout, _kill_session, [process.pid])
+        watchdog.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        seconds = time.monotonic() - started
+        watchdog.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)
+        tree_peak = peak.stop()
+        after = meters.read()
+        err.seek(0)
+        stderr = err.read()
+    if process.returncode:
+        raise ToolError(f"`{shlex.join(command.argv[:4])} ...` exited {process.returncode}: "
+                        f"{stderr.strip()[-1500:]}")
+    return Measured(seconds, usage.ru_utime + usage.ru_stime, after[0] - before[0], after[1] - before[1],
+                    usage.ru_maxrss * 1024, tree_peak)
+
+
+# ------------------------------------------------------------------------ the run's scaffolding
+
+class TlsProxy:
+    """https in front of the S3 server, for pgBackRest 2.45, which speaks nothing else to S3: socat
+    with a self-signed certificate for `localhost` (pgBackRest checks host names, not addresses)."""
+
+    def __init__(self, directory: Path, upstream: str):
+        directory.mkdir(mode=0o755)
+        self.ca_file, key = directory / "cert.pem", directory / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-days", "2", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
+                        "-keyout", str(key), "-out", str(self.ca_file)], check=True, capture_output=True)
+        self.ca_file.chmod(0o644)
+        self.port = free_port()
+        # nodelay on both sides: without it, Nagle's algorithm and delayed ACKs hold each small
+        # request for ~40 ms (pgBackRest's backup of 80 MB took 28 s instead of 6).
+        listen = (f"OPENSSL-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,fork,cert={self.ca_file},"
+                  f"key={key},verify=0,nodelay")
+        upstream_address = f"TCP:{urlsplit(upstream).netloc},nodelay"
+        with open(directory / "socat.log", "w") as log:
+            self.process = subprocess.Popen(["socat", "-b", "131072", listen, upstream_address],
+                                            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + 10
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 1):
+                break
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                raise SystemExit(f"socat does not listen on {self.port}: {(directory / 'socat.log').read_text()}")
+            time.sleep(0.1)
+
+    @property
+    def endpoint(self) -> str:
+        return f"https://localhost:{self.port}"
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)  # socat and its per-connection children
+        self.process.wait(10)
+
+
+@dataclass
+class Run:
+    """One run: its scratch directory, its bucket, the source server and how tools reach S3."""
+    workspace: Path
+    bucket: str
+    endpoint: str        # https, through the proxy: what every tool uses
+    ca_file: Path
+    source: LocalPostgres
+    launcher: Path       # holds the `pgop` command
+    jobs: int
+
+    @property
+    def logs(self) -> Path:
+        return self.workspace / "logs"
+
+    def own(self, *paths: Path) -> None:
+        if RUN_AS:
+            for path in paths:
+                shutil.chown(path, RUN_AS, RUN_AS)
+
+
+def _tool_environment(run: Run, access: str, secret: str, credentials: Path) -> None:
+    """What the tools read from the environment, set here so that the server, whose
+    archive_command runs all three archivers, inherits it too."""
+    os.environ.update({
+        "PATH": f"{run.launcher}:{os.environ['PATH']}",
+        "PGOP_CLUSTER": CLUSTER, "PGOP_S3_BUCKET": run.bucket, "PGOP_S3_PATH": "pgop",
+        "PGOP_S3_ENDPOINT": run.endpoint, "PGOP_S3_REGION": REGION, "PGOP_S3_CREDENTIALS_DIR": str(credentials),
+        "PGBACKREST_REPO1_S3_KEY": access, "PGBACKREST_REPO1_S3_KEY_SECRET": secret,
+        "AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret, "AWS_DEFAULT_REGION": REGION,
+        "AWS_CA_BUNDLE": str(run.ca_file),
+    })
+    if RUN_AS:
+        os.environ["PGOP_RUN_AS"] = RUN_AS
+    for name in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE"):
+        os.environ.pop(name, None)
+
+
+# ------------------------------------------------------------------------------ the three tools
+
+class Tool(Protocol):
+    key: str          # in --tools, file names and the archive script's name
+    label: str
+    settings: str     # compression and parallelism, for the report
+
+    def setup(self) -> None: ...
+    def archive_push(self) -> str: ...           # a shell command archiving the segment "$1"
+    def backup(self) -> Command: ...
+    def restore(self, pgdata: Path) -> Command: ...
+    def restore_command(self, pgdata: Path) -> str: ...  # PostgreSQL's, for the replay
+    def prefixes(self) -> tuple[str, str]: ...   # S3 prefixes of its base backups and of its WAL
+
+
+class Pgop:
+    key, label = "pgop", "pgop"
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.layout = ArchiveLayout(CLUSTER, "pgop")
+
+    @property
+    def settings(self) -> str:
+        return f"zstd -{basebackup.COMPRESSION_LEVEL}, {os.cpu_count()} threads, 1 stream"
+
+    def setup(self) -> None:
+        pass
+
+    def archive_push(self) -> str:
+        return pgconfig.WAL_PUSH_COMMAND.replace("%p", '"$1"')
+
+    def backup(self) -> Command:
+        source = self.run.source
+        # `pgop agent backup` as a backup pod runs it, here against the local socket.
+        return Command([str(self.run.launcher / "pgop"), "agent", "backup", "--name", BACKUP], env={
+            "PGOP_INSTANCE": f"{CLUSTER}-0", "PGOP_NAMESPACE": CLUSTER, "PGDATA": str(source.pgdata),
+            "PGOP_PG_PORT": str(source.port), "PGOP_SOCKET_DIR": str(source.socket_dir),
+            "PGOP_PG_BINDIR": source.bindir, "PGOP_RUN_DIR": str(self.run.workspace / "pgop-run")})
+
+    def restore(self, pgdata: Path) -> Command:
+        return Command([sys.executable, "-m", "bench.pgop_unpack", CLUSTER, BACKUP, str(pgdata)])
+
+    def restore_command(self, pgdata: Path) -> str:
+        return restore.restore_command(CLUSTER, self.layout.path)
+
+    def prefixes(self) -> tuple[str, str]:
+        return keys.base_root(self.layout), self.layout.wal_root
+
+
+class PgBackRest:
+    key, label = "pgbackrest", "pgBackRest"
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.home = run.workspace / "pgbackrest"
+        self.config = self.home / "pgbackrest.conf"
+
+    @property
+    def settings(self) -> str:
+        return f"zst -3, process-max={self.run.jobs}"
+
+    def setup(self) -> None:
+        for path in (self.home, self.home / "log", self.home / "lock"):
+            path.mkdir(mode=0o750)
+            self.run.own(path)
+        source, port = self.run.source, urlsplit(self.run.endpoint).port
+        self.config.write_text(f"""[global]
+repo1-type=s3
+repo1-path=/pgbackrest
+repo1-s3-bucket={self.run.bucket}
+repo1-s3-endpoint=localhost
+repo1-storage-port={port}
+repo1-s3-region={REGION}
+repo1-s3-uri-style=path
+repo1-storage-ca-file={self.run.ca_file}
+compress-type=zst
+compress-level=3
+process-max={self.run.jobs}
+start-fast=y
+archive-timeout=300
+repo1-retention-full=9999999
+log-path={self.home / "log"}
+lock-path={self.home / "lock"}
+log-level-console=warn
+log-level-file=info
+
+[{CLUSTER}]
+pg1-path={source.pgdata}
+pg1-port={source.port}
+pg1-socket-path={source.socket_dir}
+""")
+        self.config.chmod(0o644)
+        done = subprocess.run([*PREFIX, *self._argv("stanza-create")], capture_output=True, text=True)
+        if done.returncode:
+            raise ToolError(f"pgbackrest stanza-create: {done.stdout}{done.stderr}")
+
+    def _argv(self, *args: str) -> list[str]:
+        return ["pgbackrest", f"--config={self.config}", f"--stanza={CLUSTER}", *args]
+
+    def archive_push(self) -> str:
+        return shlex.join(self._argv("archive-push")) + ' "$1"'
+
+    def backup(self) -> Command:
+        return Command(self._argv("--type=full", "backup"), as_postgres=True)
+
+    def restore(self, pgdata: Path) -> Command:
+        return Command(self._argv(f"--pg1-path={pgdata}", "restore"), as_postgres=True)
+
+    def restore_command(self, pgdata: Path) -> str:
+        return shlex.join(self._argv(f"--pg1-path={pgdata}", "archive-get")) + ' %f "%p"'
+
+    def prefixes(self) -> tuple[str, str]:
+        return f"pgbackrest/backup/{CLUSTER}/", f"pgbackrest/archive/{CLUSTER}/"
+
+
+class BarmanCloud:
+    key, label = "barman", "barman-cloud"
+
+    def __init__(self, run: Run, compression: str):
+        self.run, self.compression = run, compression
+        self.url = f"s3://{run.bucket}/barman"
+        self.cloud = ["--cloud-provider", "aws-s3", "--endpoint-url", run.endpoint]
+
+    @property
+    def settings(self) -> str:
+        level = {"gzip": "gzip -9", "bzip2": "bzip2 -9"}.get(self.compression, self.compression)
+        return f"{level}, -J {self.run.jobs}"
+
+    def setup(self) -> None:
+        pass
+
+    def archive_push(self) -> str:
+        return shlex.join(["barman-cloud-wal-archive", *self.cloud, *BARMAN_COMPRESSION[self.compression],
+                           self.url, CLUSTER]) + ' "$1"'
+
+    def backup(self) -> Command:
+        source = self.run.source
+        return Command(["barman-cloud-backup", *self.cloud, *BARMAN_COMPRESSION[self.compression],
+                        "--immediate-checkpoint", "-J", str(self.run.jobs), "-h", str(source.socket_dir),
+                        "-p", str(source.port), "-U", "postgres", "-n", BACKUP, self.url, CLUSTER], as_postgres=True)
+
+    def restore(self, pgdata: Path) -> Command:
+        return Command(["barman-cloud-restore", *self.cloud, self.url, CLUSTER, BACKUP, str(pgdata)],
+                       as_postgres=True)
+
+    def restore_command(self, pgdata: Path) -> str:
+        return shlex.join(["barman-cloud-wal-restore", *self.cloud, self.url, CLUSTER]) + " %f %p"
+
+    def prefixes(self) -> tuple[str, str]:
+        return f"barman/{CLUSTER}/base/", f"barman/{CLUSTER}/wals/"
+
+
+# ------------------------------------------------------------------------------ the source
+
+@dataclass
+class Outcome:
+    """What one tool did: its phases, what failed, what it stored."""
+    tool: Tool
+    phases: dict[str, Measured] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    stored: tuple[int, int] | None = None       # bytes, objects under the backup prefix
+    wal_stored: tuple[int, int] | None = None
+    rows: int | None = None
+
+
+@dataclass
+class Database:
+    size: int           # pg_database_size of the pgbench database
+    data_size: int      # the data directory without pg_wal
+    load_seconds: float
+
+
+def _archive_script(run: Run, tools: Sequence[Tool]) -> Path:
+    # The name says who archives; it also has to contain "pgbackrest": pgBackRest refuses to back
+    # up a server whose archive_command does not.
+    script = run.workspace / "-".join(["archive-push", *(tool.key for tool in tools)])
+    lines = ["#!/bin/sh", "# archive_command: every tool archives the segment $1 into its own prefix, in parallel;",
+             "# anything but success of all makes PostgreSQL try the segment again.", "pids="]
+    lines += [f'{tool.archive_push()} & pids="$pids $!"' for tool in tools]
+    lines += ["status=0", 'for pid in $pids; do wait "$pid" || status=1; done', "exit $status"]
+    script.write_text("\n".join(lines) + "\n")
+    script.chmod(0o755)
+    return script
+
+
+def _data_size(pgdata: Path) -> int:
+    total = 0
+    for directory, subdirectories, files in os.walk(pgdata):
+        if Path(directory) == pgdata:
+            subdirectories[:] = [name for name in subdirectories if name != "pg_wal"]
+        total += sum(os.lstat(os.path.join(directory, name)).st_size for name in files)
+    return total
+
+
+def prepare_source(run: Run, outcomes: Sequence[Outcome], scale: int) -> Database:
+    """Load pgbench, set each tool up and have the server archive with those that could be."""
+    source = run.source
+    source.initdb()
+    with open(source.pgdata / "postgresql.conf", "a") as conf:
+        # No backup needs the load's WAL: archiving it three times over would only lengthen the run.
+        conf.write("archive_mode = on\narchive_command = '/bin/true'\n")
+    source.start()
+    load_seconds = _pgbench_init(source, scale)
+    for outcome in outcomes:
+        try:
+            outcome.tool.setup()
+        except Exception as error:  # one tool's failure is a line in the report, not the end of the run
+            outcome.errors.append(f"setup: {error}")
+    script = _archive_script(run, [outcome.tool for outcome in outcomes if not outcome.errors])
+    source.psql(f"ALTER SYSTEM SET archive_command = '{script} %p'")
+    source.psql("SELECT pg_reload_conf()")
+    _archive_all(source)  # from here on, every tool's archive has every segment
+    return Database(int(source.psql("SELECT pg_database_size('postgres')")), _data_size(source.pgdata),
+                    load_seconds)
+
+
+# ------------------------------------------------------------------------------ the phases
+
+def _fsync_tree(root: Path) -> float:
+    started = time.monotonic()
+    for directory, _, files in os.walk(root):
+        for name in [*files, "."]:
+            handle = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(handle)
+            finally:
+                os.close(handle)
+    return time.monotonic() - started
+
+
+def _replay(tool: Tool, target: LocalPostgres) -> float:
+    """Recovery to consistency with the tool's restore_command, then promotion."""
+    for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
+        (target.pgdata / leftover).unlink(missing_ok=True)
+    with open(target.pgdata / "postgresql.conf", "a") as conf:
+        conf.write("archive_mode = off  # a restored copy must not archive into the source's archives\n")
+    restore.write_recovery(target.pgdata, {"restore_command": tool.restore_command(target.pgdata),
+                                           "recovery_target": "immediate", "recovery_target_action": "promote"})
+    started = time.monotonic()
+    restore.recover(target.pgdata, bindir=target.bindir, prefix=PREFIX, timeout=900,
+                    options=f"-p {target.port} -k {target.socket_dir} -c listen_addresses=''")
+    return time.monotonic() - started
+
+
+def _count_rows(target: LocalPostgres) -> int:
+    target.start()
+    try:
+        return int(target.psql("SELECT count(*) FROM pgbench_accounts"))
+    finally:
+        target.stop()
+
+
+def take_backup(tool: Tool, run: Run, meters: Meters, outcome: Outcome) -> None:
+    _say(f"{tool.label}: backup")
+    try:
+        outcome.phases["backup"] = run_measured(tool.backup(), run.logs / f"{tool.key}-backup", meters)
+    except Exception as error:  # one tool's failure is a line in the report, not the end of the run
+        outcome.errors.append(f"backup: {error}")
+
+
+def restore_backup(tool: Tool, run: Run, meters: Meters, outcome: Outcome, replay: bool, expected_rows: int) -> None:
+    target = LocalPostgres(root=run.workspace / f"restore-{tool.key}")
+    try:
+        target._chown()
+        target.pgdata.mkdir(mode=0o700)
+        run.own(target.pgdata)
+        _say(f"{tool.label}: restore")
+        outcome.phases["restore"] = run_measured(tool.restore(target.pgdata), run.logs / f"{tool.key}-restore", meters)
+        outcome.phases["fsync"] = Measured(_fsync_tree(target.pgdata))
+        if replay:
+            _say(f"{tool.label}: replay to consistency")
+            outcome.phases["replay"] = Measured(_replay(tool, target))
+            outcome.rows = _count_rows(target)
+            if outcome.rows != expected_rows:
+                outcome.errors.append(f"restored {outcome.rows} rows of pgbench_accounts, not {expected_rows}")
+    except Exception as error:
+        outcome.errors.append(f"restore: {error}")
+    finally:
+        target.cleanup()
+
+
+def _stored(client, bucket: str, prefix: str) -> tuple[int, int]:
+    size = count = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents") or ():
+            size, count = size + int(item["Size"]), count + 1
+    return size, count
+
+
+# ------------------------------------------------------------------------------ the report
+
+def _number(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> str:
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+
+    def line(row: Sequence[str]) -> str:
+        return "  ".join(cell.ljust(width) if i < left else cell.rjust(width)
+                         for i, (cell, width) in enumerate(zip(row, widths))).rstrip()
+    return "\n".join([line(header), line(["-" * width for width in widths]), *map(line, rows)])
+
+
+def _rate(database: Database, seconds: float | None) -> str:
+    return _number(database.size / MB / seconds, 0) if seconds else "-"
+
+
+def _ratio(database: Database, stored: tuple[int, int] | None) -> str:
+    return _number(database.data_size / stored[0]) if stored and stored[0] else "-"
+
+
+def _verdict(outcome: Outcome) -> str:
+    if outcome.errors:
+        return "FAILED"
+    return "-" if outcome.rows is None else "yes"
+
+
+def summary(outcomes: Sequence[Outcome], database: Database) -> str:
+    rows = []
+    for outcome in outcomes:
+        phases = outcome.phases
+        backup, replay = phases.get("backup"), phases.get("replay")
+        restored = phases["restore"].seconds + phases["fsync"].seconds if "fsync" in phases else None
+        stored, wal = outcome.stored, outcome.wal_stored
+        rows.append([outcome.tool.label, outcome.tool.settings,
+                     _number(backup and backup.seconds), _rate(database, backup and backup.seconds),
+                     _number(restored), _rate(database, restored), _number(replay and replay.seconds),
+                     _number(stored and stored[0] / MB), _ratio(database, stored), _number(wal and wal[0] / MB),
+                     _verdict(outcome)])
+    return _table(["tool", "settings", "backup s", "MB/s", "restore+fsync s", "MB/s", "replay s",
+                   "in S3 MB", "ratio", "WAL MB", "rows ok"], rows, left=2)
+
+
+def details(outcomes: Sequence[Outcome], database: Database) -> str:
+    rows = []
+    for outcome in outcomes:
+        for phase, measured in outcome.phases.items():
+            rows.append([outcome.tool.label, phase, _number(measured.seconds, 2),
+                         _rate(database, measured.seconds) if phase in ("backup", "restore") else "-",
+                         _number(measured.cpu), _number(measured.server_cpu), _number(measured.proxy_cpu),
+                         _number(measured.max_rss and measured.max_rss / MB, 0),
+                         _number(measured.tree_rss and measured.tree_rss / MB, 0)])
+    return _table(["tool", "phase", "wall s", "MB/s", "tool CPU s", "server CPU s", "proxy CPU s",
+                   "RSS max MB", "RSS tree MB"], rows, left=2)
+
+
+def versions() -> str:
+    shown = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${Version}\\n", "pgbackrest", "barman-cli-cloud",
+                            "postgresql-15", "socat"], capture_output=True, text=True).stdout.split("\n")
+    from importlib import metadata
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        shown.insert(0, f"pgop {metadata.version('pgop')}")
+    return ", ".join(line for line in shown if line)
+
+
+# ------------------------------------------------------------------------------ the run
+
+def _say(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def ensure_packages(barman_compression: str) -> None:
+    missing = sorted({package for command, package in PACKAGES.items() if not shutil.which(command)})
+    if barman_compression == "snappy" and subprocess.run(["/usr/bin/python3", "-c", "import snappy"],
+                                                         capture_output=True).returncode:
+        missing.append("python3-snappy")
+    if not missing:
+        return
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if os.geteuid() != 0:
+        raise SystemExit(f"missing Debian packages {', '.join(missing)}: install them with "
+                         f"`sudo {shlex.join(install)}` (or run `make bench-backup` as root)")
+    _say(f"installing {' '.join(missing)}")
+    subprocess.run(install, check=True, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def _arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", type=int, default=135, help="pgbench scale (135: about 2 GB)")
+    parser.add_argument("--tools", default=",".join(TOOLS), help=f"a comma-separated subset of {','.join(TOOLS)}")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(),
+                        help="pgBackRest process-max and barman-cloud -J (default: the number of cores)")
+    parser.add_argument("--barman-compression", choices=sorted(BARMAN_COMPRESSION), default="gzip")
+    parser.add_argument("--no-replay", dest="replay", action="store_false",
+                        help="skip WAL replay to consistency and the row count after each restore")
+    parser.add_argument("--keep", action="store_true", help="keep the run's bucket and its objects in S3")
+    args = parser.parse_args()
+    args.tools = [name.strip() for name in args.tools.split(",") if name.strip()]
+    if unknown := set(args.tools) - set(TOOLS):
+        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _workspace() -> Path:
+    directory = Path(tempfile.mkdtemp(prefix="pgop-compare-", dir="/var/tmp"))
+    directory.chmod(0o755)  # the postgres user reaches its data directories, configuration and script
+    (directory / "logs").mkdir()
+    return directory
+
+
+def main() -> None:
+    args = _arguments()
+    ensure_packages(args.barman_compression)
+    env = envfile.load()
+    endpoint, access, secret = env["AWS_ENDPOINT_URL_S3"], env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]
+    client = _s3_client(endpoint, access, secret)   # plain http: the run's bookkeeping bypasses the proxy
+    with contextlib.ExitStack() as cleanup:
+        workspace = _workspace()
+        cleanup.callback(shutil.rmtree, workspace, ignore_errors=True)
+        bucket = f"pgop-compare-{uuid.uuid4().hex[:8]}"
+        client.create_bucket(Bucket=bucket)
+        if not args.keep:
+            cleanup.callback(_drop_bucket_quietly, client, bucket)
+        proxy = TlsProxy(workspace / "tls", endpoint)
+        cleanup.callback(proxy.stop)
+        launcher, credentials = _launcher(), _credentials(access, secret)
+        cleanup.callback(shutil.rmtree, launcher, ignore_errors=True)
+        cleanup.callback(shutil.rmtree, credentials, ignore_errors=True)
+        source = LocalPostgres(root=workspace / "source")
+        cleanup.callback(source.cleanup)
+        run = Run(workspace, bucket, proxy.endpoint, proxy.ca_file, source, launcher, args.jobs)
+        _tool_environment(run, access, secret, credentials)
+        make = {"pgop": lambda: Pgop(run), "pgbackrest": lambda: PgBackRest(run),
+                "barman": lambda: BarmanCloud(run, args.barman_compression)}
+        outcomes = [Outcome(make[name]()) for name in args.tools]
+
+        load_before = os.getloadavg()[0]  # other work on the machine shows in every figure
+        _say(f"loading pgbench -i -s {args.scale} into PostgreSQL 15 in {workspace}; bucket {bucket}")
+        database = prepare_source(run, outcomes, args.scale)
+        _say(f"database {database.size / MB:.0f} MB, data directory {database.data_size / MB:.0f} MB "
+             f"(without pg_wal), loaded in {database.load_seconds:.0f} s")
+        meters = Meters(source, proxy.process.pid)
+        for outcome in outcomes:
+            if not outcome.errors:
+                take_backup(outcome.tool, run, meters, outcome)
+        backed_up = [outcome for outcome in outcomes if "backup" in outcome.phases]
+        for outcome in backed_up:
+            base, wal = outcome.tool.prefixes()
+            outcome.stored, outcome.wal_stored = _stored(client, bucket, base), _stored(client, bucket, wal)
+        for outcome in backed_up:
+            restore_backup(outcome.tool, run, meters, outcome, args.replay, args.scale * 100_000)
+
+        print(f"\npgbench scale {args.scale}: database {database.size / MB:.0f} MB, data directory "
+              f"{database.data_size / MB:.0f} MB without pg_wal; {os.cpu_count()} cores, load average "
+              f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; S3 versitygw through "
+              f"a TLS proxy\n{versions()}\n")
+        print(summary(outcomes, database))
+        print()
+        print(details(outcomes, database))
+        for outcome in outcomes:
+            for error in outcome.errors:
+                print(f"\n{outcome.tool.label} failed: {error}")
+        if args.keep:
+            print(f"\nkept: s3://{bucket}/ (pgop/, pgbackrest/, barman/)")
+
+
+def _drop_bucket_quietly(client, bucket: str) -> None:
+    try:
+        _drop_bucket(client, bucket)
+    except Exception as error:  # leftovers in a bucket of its own are no reason to hide the figures
+        print(f"could not remove s3://{bucket}: {error}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

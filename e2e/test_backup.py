@@ -1,0 +1,282 @@
+"""Backups end to end on the local cluster, checked as a user would: kubectl, psql, `pgop backup`,
+`pgop backups`, `pgop restore`, and what is in S3.
+
+The clusters archive WAL and store base backups in the local S3 server (versitygw), reached from
+the pods at the node address; every test uses its own bucket prefix.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from datetime import datetime, timezone
+
+import boto3
+import pytest
+from botocore.config import Config
+
+from e2e.harness import paths
+from e2e.relay import Relay
+from e2e.test_pgcluster import connect, eventually, exec_psql, manifest, operator, wait_ready  # noqa: F401 (a fixture)
+
+BUCKET = "pgop-e2e-backups"
+TIMEOUT = 300
+
+
+@pytest.fixture(scope="module")
+def s3(local_env):
+    client = boto3.client("s3", endpoint_url=local_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+                          aws_access_key_id=local_env["S3_ACCESS_KEY_ID"],
+                          aws_secret_access_key=local_env["S3_SECRET_ACCESS_KEY"],
+                          config=Config(s3={"addressing_style": "path"}))
+    try:
+        client.create_bucket(Bucket=BUCKET)
+    except client.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return client
+
+
+def keys(s3, prefix):
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
+        found += [item["Key"] for item in page.get("Contents") or ()]
+    return found
+
+
+def s3_secret(kubectl, ns, local_env):
+    kubectl("-n", ns, "create", "secret", "generic", "s3-creds",
+            f"--from-literal=ACCESS_KEY_ID={local_env['S3_ACCESS_KEY_ID']}",
+            f"--from-literal=ACCESS_SECRET_KEY={local_env['S3_SECRET_ACCESS_KEY']}")
+
+
+def cluster_manifest(name, ns, prefix, endpoint, instances=2, backup_extra=""):
+    return manifest(name, ns, instances=instances, sync=0, extra=f"""  backup:
+    s3: {{bucket: {BUCKET}, path: {prefix}, endpoint: "{endpoint}", credentialsSecret: s3-creds}}
+{backup_extra}""")
+
+
+def pgop(local_env, *args, check=True, timeout=600):
+    result = subprocess.run([str(paths.REPO / ".venv" / "bin" / "pgop"), *args], capture_output=True, text=True,
+                            env={**os.environ, **local_env}, timeout=timeout)
+    if check and result.returncode != 0:
+        raise AssertionError(f"pgop {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def condition(kubectl, ns, name, kind):
+    status = kubectl.json("-n", ns, "get", "pgcluster", name).get("status") or {}
+    return next((c for c in status.get("conditions") or [] if c["type"] == kind), {})
+
+
+def switch_and_wait_archived(kubectl, ns, pod, timeout=120):
+    """Close the current WAL segment and wait until the archiver has it in S3."""
+    segment = exec_psql(kubectl, ns, pod, "select pg_walfile_name(pg_switch_wal())", db="postgres")
+
+    def archived():
+        last = exec_psql(kubectl, ns, pod, "select coalesce(last_archived_wal, '') from pg_stat_archiver",
+                         db="postgres")
+        return last >= segment and last
+    eventually(archived, f"WAL {segment} archived", timeout=timeout)
+    return segment
+
+
+def rows(kubectl, ns, name):
+    with connect(kubectl, ns, f"{name}-rw", name) as conn:
+        return conn.execute("select count(*), coalesce(max(id), 0) from orders").fetchone()
+
+
+def test_backup_from_a_replica_and_point_in_time_restore(kubectl, namespace, operator, s3, local_env):
+    ns, name, prefix = namespace, "shop", f"e2e-{uuid.uuid4().hex[:8]}"
+    s3_secret(kubectl, ns, local_env)
+    kubectl("apply", "-f", "-", input=cluster_manifest(name, ns, prefix, local_env["PGOP_S3_ENDPOINT_IN_CLUSTER"]))
+    wait_ready(kubectl, ns, name, 2)
+    with connect(kubectl, ns, f"{name}-rw", name) as conn:
+        conn.execute("create table orders (id int primary key, at timestamptz default now())")
+        conn.execute("insert into orders (id) select g from generate_series(1, 100) g")
+
+    # pgop backup --wait: a PgBackup, taken from the replica (once the primary sees it streaming),
+    # streamed to S3
+    eventually(lambda: (kubectl.json("-n", ns, "get", "pginstance", f"{name}-1").get("status") or {}).get("syncState"),
+               "the replica streaming", timeout=30)
+    t0 = time.monotonic()
+    out = pgop(local_env, "backup", name, "-n", ns, "--name", "shop-first", "--wait").stdout
+    print(f"backup of a fresh cluster: {time.monotonic() - t0:.1f}s")
+    assert "Completed" in out
+    backup = kubectl.json("-n", ns, "get", "pgbackup", "shop-first")
+    st = backup["status"]
+    assert st["phase"] == "Completed" and st["instance"] == f"{name}-1"  # the replica, not the primary
+    assert st["sizeBytes"] > 0 and st["timeline"] == 1
+    assert st["beginLSN"] and st["endLSN"] and st["beginWal"] <= st["endWal"]
+    assert st["s3Path"] == f"s3://{BUCKET}/{prefix}/{name}/base/shop-first/"
+    assert set(keys(s3, f"{prefix}/{name}/base/shop-first/")) == {
+        f"{prefix}/{name}/base/shop-first/base.tar.zst", f"{prefix}/{name}/base/shop-first/backup.json"}
+    row = kubectl("-n", ns, "get", "pgbackup", "shop-first", "--no-headers").stdout.split()
+    assert row[:3] == ["shop-first", name, "Completed"]
+    # the cluster says so too
+    eventually(lambda: condition(kubectl, ns, name, "LastBackupSucceeded").get("status") == "True",
+               "LastBackupSucceeded", timeout=30)
+    status = kubectl.json("-n", ns, "get", "pgcluster", name)["status"]
+    assert status["lastBackup"]["name"] == "shop-first" and status["firstRecoverabilityPoint"]
+    assert condition(kubectl, ns, name, "ContinuousArchiving")["status"] == "True"
+
+    # more rows, the moment T, more rows; all of it archived
+    with connect(kubectl, ns, f"{name}-rw", name) as conn:
+        conn.execute("insert into orders (id) select g from generate_series(101, 200) g")
+        target = conn.execute("select now()").fetchone()[0]
+        time.sleep(1.5)
+        conn.execute("insert into orders (id) select g from generate_series(201, 300) g")
+    switch_and_wait_archived(kubectl, ns, f"{name}-0")
+    target_text = target.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+    # the catalog from S3
+    listing = pgop(local_env, "backups", name, "-n", ns).stdout
+    assert "shop-first" in listing and "first recoverability point: 20" in listing
+
+    # refused: into its own name, and before the first backup (with the range)
+    own = pgop(local_env, "restore", name, "--to", name, "-n", ns, check=False)
+    assert own.returncode == 2 and "into itself" in own.stderr
+    early = pgop(local_env, "restore", name, "--to", "shop-early", "-n", ns, "--time", "2020-01-01T00:00:00Z",
+                 check=False)
+    assert early.returncode == 2 and "shop-first" in early.stderr, early.stderr
+    assert kubectl.json("-n", ns, "get", "pgclusters")["items"].__len__() == 1
+
+    # restore to T into a new cluster: exactly the rows committed before T, on a new timeline
+    t0 = time.monotonic()
+    pgop(local_env, "restore", name, "--to", "shop-pitr", "-n", ns, "--time", target_text, "--timeout", str(TIMEOUT))
+    print(f"restore to a point in time, 2 instances Ready: {time.monotonic() - t0:.1f}s")
+    wait_ready(kubectl, ns, "shop-pitr", 2)
+    assert rows(kubectl, ns, "shop-pitr") == (200, 200)
+    assert exec_psql(kubectl, ns, "shop-pitr-0", "select timeline_id from pg_control_checkpoint()",
+                     db="postgres") == "2"
+    with connect(kubectl, ns, "shop-pitr-ro", "shop-pitr") as conn:  # its replica was cloned from it
+        assert eventually(lambda: conn.execute("select count(*) from orders").fetchone()[0] == 200,
+                          "rows on the restored cluster's replica")
+    restored = kubectl.json("-n", ns, "get", "pgcluster", "shop-pitr")
+    assert restored["spec"]["bootstrap"]["recovery"] == {"source": name, "targetTime": target_text}
+    # the restored cluster archives into its own place, not into the source's
+    eventually(lambda: keys(s3, f"{prefix}/shop-pitr/wal/"), "the restored cluster's own archive", timeout=120)
+    assert rows(kubectl, ns, name) == (300, 300)
+
+
+def test_a_restore_target_before_the_first_backup_is_reported(kubectl, namespace, operator, s3, local_env):
+    """Applied by hand (not through `pgop restore`, which refuses it earlier): the instance says why."""
+    ns, name, prefix = namespace, "early", f"e2e-{uuid.uuid4().hex[:8]}"
+    s3_secret(kubectl, ns, local_env)
+    kubectl("apply", "-f", "-", input=cluster_manifest(name, ns, prefix, local_env["PGOP_S3_ENDPOINT_IN_CLUSTER"],
+                                                       instances=1))
+    wait_ready(kubectl, ns, name, 1)
+    pgop(local_env, "backup", name, "-n", ns, "--name", "early-b1", "--wait")
+    kubectl("apply", "-f", "-", input=f"""
+apiVersion: pgop.io/v1
+kind: PgCluster
+metadata: {{name: too-early, namespace: {ns}}}
+spec:
+  instances: 1
+  storage: {{size: 1Gi}}
+  bootstrap: {{recovery: {{source: {name}, targetTime: "2020-01-01T00:00:00Z"}}}}
+""")
+
+    def reported():
+        instance = kubectl.json("-n", ns, "get", "pginstance", "too-early-0").get("status") or {}
+        message = instance.get("message") or ""
+        return "early-b1" in message and "before" in message and message
+    message = eventually(reported, "the refused target in the instance status", timeout=120)
+    print(message)
+    progressing = condition(kubectl, ns, "too-early", "Progressing")
+    assert "early-b1" in progressing.get("message", ""), progressing
+
+
+def test_scheduled_backups_and_retention(kubectl, namespace, operator, s3, local_env):
+    ns, name, prefix = namespace, "sched", f"e2e-{uuid.uuid4().hex[:8]}"
+    s3_secret(kubectl, ns, local_env)
+    kubectl("apply", "-f", "-", input=cluster_manifest(
+        name, ns, prefix, local_env["PGOP_S3_ENDPOINT_IN_CLUSTER"], instances=1,
+        backup_extra='    schedule: "* * * * *"\n    retention: {keepLast: 1}'))
+    wait_ready(kubectl, ns, name, 1)
+
+    def completed():
+        items = kubectl.json("-n", ns, "get", "pgbackups")["items"]
+        return sorted(b["metadata"]["name"] for b in items if (b.get("status") or {}).get("phase") == "Completed")
+    first = eventually(completed, "a scheduled backup", timeout=150, interval=2)[0]
+    body = kubectl.json("-n", ns, "get", "pgbackup", first)
+    assert body["metadata"]["labels"]["pgop.io/backup-origin"] == "schedule"
+    assert body["metadata"]["annotations"]["pgop.io/scheduled-at"].endswith(":00Z")
+    assert first == f"{name}-{datetime.strptime(body['metadata']['annotations']['pgop.io/scheduled-at'], '%Y-%m-%dT%H:%M:%SZ'):%Y%m%d%H%M}"
+    first_wal = body["status"]["beginWal"]
+    switch_and_wait_archived(kubectl, ns, f"{name}-0")
+
+    # the next minute's backup; retention keeps 1: the first goes, in S3 and as a PgBackup
+    def second_and_first_gone():
+        names = completed()
+        return names and first not in names and names
+    kept = eventually(second_and_first_gone, "the second scheduled backup and the first one removed",
+                      timeout=180, interval=2)
+    assert len(kept) == 1 and kept[0] > first
+    assert keys(s3, f"{prefix}/{name}/base/{first}/") == []
+    assert keys(s3, f"{prefix}/{name}/base/{kept[0]}/")
+    kept_body = kubectl.json("-n", ns, "get", "pgbackup", kept[0])
+    wal = [k.rsplit("/", 1)[-1] for k in keys(s3, f"{prefix}/{name}/wal/")]
+    segments = sorted(w[:24] for w in wal if len(w) == 28)  # <24 hex>.zst
+    assert first_wal not in segments  # only the kept backup's WAL onwards remains
+    assert segments[0] >= kept_body["status"]["beginWal"][:24] or segments[0][8:] >= kept_body["status"]["beginWal"][8:]
+    status = kubectl.json("-n", ns, "get", "pgcluster", name)["status"]
+    assert status["lastScheduledBackupTime"]
+    assert status["firstRecoverabilityPoint"] == kept_body["status"]["completedAt"]
+    events = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}").stdout
+    assert "DeletedPgBackup" in events
+
+
+def test_archiving_survives_an_s3_outage(kubectl, namespace, operator, s3, local_env):
+    """S3 gone for a minute while the database writes and switches WAL: archiving fails and says
+    so, then catches up in order, and a restore to the end of the archive has every row."""
+    ns, name, prefix = namespace, "flaky", f"e2e-{uuid.uuid4().hex[:8]}"
+    host, port = local_env["AWS_ENDPOINT_URL_S3"].split("//")[1].split(":")
+    relay = Relay((host, int(port)), bind=local_env["PGOP_NODE_IP"])
+    try:
+        s3_secret(kubectl, ns, local_env)
+        endpoint = f"http://{local_env['PGOP_NODE_IP']}:{relay.port}"
+        kubectl("apply", "-f", "-", input=cluster_manifest(name, ns, prefix, endpoint, instances=1))
+        wait_ready(kubectl, ns, name, 1)
+        with connect(kubectl, ns, f"{name}-rw", name) as conn:
+            conn.execute("create table orders (id int primary key)")
+        pgop(local_env, "backup", name, "-n", ns, "--name", "flaky-b1", "--wait")
+
+        relay.down()
+        outage = time.monotonic()
+        switched = []
+        with connect(kubectl, ns, f"{name}-rw", name) as conn:
+            for batch in range(6):  # a minute of writes, one WAL segment closed every ~10 s
+                conn.execute("insert into orders select g from generate_series(%s, %s) g",
+                             (batch * 1000 + 1, batch * 1000 + 1000))
+                switched.append(conn.execute("select pg_walfile_name(pg_switch_wal())").fetchone()[0])
+                time.sleep(10)
+        # a base backup while S3 is away fails with the reason, and nothing of it counts
+        failed = pgop(local_env, "backup", name, "-n", ns, "--name", "flaky-down", "--wait", check=False)
+        assert failed.returncode == 1, failed.stdout + failed.stderr
+        st = kubectl.json("-n", ns, "get", "pgbackup", "flaky-down")["status"]
+        assert st["phase"] == "Failed" and "S3" in st["error"], st
+        assert not [k for k in keys(s3, f"{prefix}/{name}/base/flaky-down/") if k.endswith("backup.json")]
+        archiving = eventually(lambda: condition(kubectl, ns, name, "ContinuousArchiving").get("status") == "False"
+                               and condition(kubectl, ns, name, "ContinuousArchiving"), "ArchivingFailing", timeout=60)
+        assert archiving["reason"] == "ArchivingFailing"
+        print(f"S3 away for {time.monotonic() - outage:.0f}s; {archiving['message']}")
+        relay.up()
+
+        eventually(lambda: condition(kubectl, ns, name, "ContinuousArchiving").get("status") == "True",
+                   "archiving to recover", timeout=180, interval=2)
+        events = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}").stdout
+        assert "ArchivingFailing" in events and "ArchivingRecovered" in events
+        switch_and_wait_archived(kubectl, ns, f"{name}-0", timeout=180)
+        archived = sorted(k.rsplit("/", 1)[-1][:24] for k in keys(s3, f"{prefix}/{name}/wal/00000001/")
+                          if k.endswith(".zst") and len(k.rsplit("/", 1)[-1]) == 28)
+        for segment in switched:
+            assert segment in archived, f"{segment} missing from the archive"
+        numbers = [int(s[8:], 16) for s in archived]
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), "a gap in the archived WAL"
+
+        pgop(local_env, "restore", name, "--to", "flaky-copy", "-n", ns, "--instances", "1",
+             "--timeout", str(TIMEOUT))
+        assert rows(kubectl, ns, "flaky-copy") == (6000, 6000)
+    finally:
+        relay.close()

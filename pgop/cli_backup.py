@@ -1,0 +1,232 @@
+"""`pgop backup`, `pgop backups` and `pgop restore`: base backups and point-in-time restores from
+the command line. The decisions are the operator's (PgBackup, bootstrap.recovery); these commands
+write the objects, read the catalog from S3, and follow progress."""
+from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+import typer
+
+from pgop.model import S3Spec
+
+FOLLOW_INTERVAL = 1.0
+
+
+def _fail(message: str, code: int = 1) -> None:
+    typer.echo(message, err=True)
+    raise typer.Exit(code)
+
+
+def _get_cluster(kube, namespace: str, name: str) -> dict[str, Any]:
+    body = kube.get("PgCluster", namespace, name)
+    if body is None:
+        _fail(f"PgCluster {namespace}/{name} not found")
+    return body
+
+
+def manual_backup_name(cluster: str, now: datetime) -> str:
+    """`<cluster>-<YYYYMMDDHHMMSS>`: scheduled backups use minutes, so the two never collide."""
+    return f"{cluster}-{now.astimezone(timezone.utc):%Y%m%d%H%M%S}"
+
+
+def backup_manifest(cluster: str, namespace: str, name: str, target: str) -> dict[str, Any]:
+    from pgop.model import API_VERSION
+    from pgop.specs.meta import cluster_labels
+    return {"apiVersion": API_VERSION, "kind": "PgBackup",
+            "metadata": {"name": name, "namespace": namespace, "labels": cluster_labels(cluster)},
+            "spec": {"cluster": cluster, "method": "basebackup", "target": target}}
+
+
+def start_backup(cluster: str, namespace: str, name: Optional[str], target: str, wait: bool) -> None:
+    from pgop.kube import Kube
+    kube = Kube()
+    body = _get_cluster(kube, namespace, cluster)
+    if not (body.get("spec") or {}).get("backup", {}).get("s3"):
+        _fail(f"PgCluster {namespace}/{cluster} has no spec.backup.s3: there is nowhere to store a backup", 2)
+    name = name or manual_backup_name(cluster, datetime.now(timezone.utc))
+    created = kube.create(backup_manifest(cluster, namespace, name, target))
+    if created is None:
+        _fail(f"PgBackup {namespace}/{name} already exists")
+    typer.echo(f"PgBackup {namespace}/{name} created")
+    if wait:
+        final = follow_backup(kube, namespace, name)
+        if final.get("phase") != "Completed":
+            _fail(f"backup {name} failed: {final.get('error') or final.get('phase')}")
+
+
+def follow_backup(kube, namespace: str, name: str, timeout: float = 24 * 3600) -> dict[str, Any]:
+    """Show a progress bar of the bytes uploaded until the backup finishes; its final status."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn, TransferSpeedColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeElapsedColumn()]
+    deadline = time.monotonic() + timeout
+    with Progress(*columns, transient=False, disable=not sys.stderr.isatty()) as progress:
+        task = progress.add_task(f"{name}: Pending", total=None)
+        status: dict[str, Any] = {}
+        last_phase = None
+        while time.monotonic() < deadline:
+            body = kube.get("PgBackup", namespace, name)
+            if body is None:
+                _fail(f"PgBackup {namespace}/{name} was deleted")
+            status = body.get("status") or {}
+            phase = status.get("phase") or "Pending"
+            where = f" from {status['instance']}" if status.get("instance") else ""
+            progress.update(task, description=f"{name}: {phase}{where}",
+                            completed=status.get("uploadedBytes") or 0)
+            if phase != last_phase and not sys.stderr.isatty():
+                typer.echo(f"{name}: {phase}{where}" + (f" ({status['message']})" if status.get("message") else ""))
+                last_phase = phase
+            if phase in ("Completed", "Failed"):
+                if phase == "Completed":
+                    size = status.get("sizeBytes") or 0
+                    progress.update(task, total=size, completed=size)
+                break
+            time.sleep(FOLLOW_INTERVAL)
+    if status.get("phase") == "Completed":
+        typer.echo(f"{name}: Completed, {status.get('sizeBytes')} bytes at {status.get('s3Path')}, "
+                   f"LSN {status.get('beginLSN')} .. {status.get('endLSN')} on timeline {status.get('timeline')}")
+    return status
+
+
+# ------------------------------------------------------------------------------ the catalog
+
+def s3_location(kube, namespace: str, cluster: str, bucket: Optional[str], path: Optional[str],
+                endpoint: Optional[str], credentials_secret: Optional[str]) -> S3Spec:
+    """Where a cluster's archive is: the options, else the PgCluster's spec.backup.s3."""
+    if bucket:
+        if not credentials_secret:
+            _fail("--s3-credentials-secret is needed with --s3-bucket", 2)
+        return S3Spec(bucket=bucket, credentials_secret=credentials_secret, path=path or None,
+                      endpoint=endpoint or None)
+    body = kube.get("PgCluster", namespace, cluster)
+    if body is None:
+        _fail(f"PgCluster {namespace}/{cluster} not found: give its archive with --s3-bucket, --s3-path, "
+              "--s3-endpoint and --s3-credentials-secret", 2)
+    from pgop.model import Cluster
+    spec = Cluster.from_object(body).spec
+    if spec.backup is None or spec.backup.s3 is None:
+        _fail(f"PgCluster {namespace}/{cluster} has no spec.backup.s3", 2)
+    return spec.backup.s3
+
+
+def read_catalog(kube, namespace: str, cluster: str, s3: S3Spec):
+    from backup.access import archive_of, storage_for
+    from backup.basebackup import list_backups
+    storage = storage_for(kube, namespace, s3, max_attempts=2, connect_timeout=5)
+    layout = archive_of(cluster, s3)
+    return storage, layout, list_backups(storage, layout.path, cluster)
+
+
+def last_archived_wal(storage, layout) -> str | None:
+    last = None
+    for item in storage.list(layout.wal_root):
+        name = layout.name_of_key(item.key)
+        if name is not None and len(name) == 24:
+            last = max(last or name, name)
+    return last
+
+
+def list_catalog(cluster: str, namespace: str, s3: S3Spec, kube) -> None:
+    from rich.console import Console
+
+    from backup.catalog import first_recoverability_point
+    from pgop.cli_views import backups_table
+    storage, layout, backups = read_catalog(kube, namespace, cluster, s3)
+    console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: whole rows, no ellipses
+    console.print(backups_table(backups, f"Base backups of {cluster} in s3://{storage.bucket}/{layout.root}"))
+    first = first_recoverability_point(backups)
+    wal = last_archived_wal(storage, layout)
+    console.print(f"first recoverability point: {first:%Y-%m-%dT%H:%M:%SZ}" if first else
+                  "first recoverability point: none (no completed backup)")
+    console.print(f"last archived WAL segment: {wal or 'none'}")
+
+
+# ------------------------------------------------------------------------------ restore
+
+def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespace: str, *, target_time: Optional[str],
+                     target_lsn: Optional[str], backup: Optional[str], s3: Optional[S3Spec],
+                     instances: Optional[int]) -> dict[str, Any]:
+    """A PgCluster like `source` (the source PgCluster, {} when it is gone) that restores the
+    backups of `source_name`."""
+    spec: dict[str, Any] = {}
+    if source:
+        keep = ("instances", "postgresVersion", "image", "synchronousReplicas", "synchronousMode", "storage",
+                "resources", "parameters", "backup")
+        spec = {k: v for k, v in (source.get("spec") or {}).items() if k in keep}
+    recovery: dict[str, Any] = {"source": source_name}
+    if backup:
+        recovery["backup"] = backup
+    if target_time:
+        recovery["targetTime"] = target_time
+    if target_lsn:
+        recovery["targetLSN"] = target_lsn
+    if s3 is not None:
+        recovery["s3"] = s3.to_dict()
+    spec["bootstrap"] = {"recovery": recovery}
+    if instances is not None:
+        spec["instances"] = instances
+    spec.setdefault("storage", {"size": "1Gi"})
+    return {"apiVersion": "pgop.io/v1", "kind": "PgCluster",
+            "metadata": {"name": new, "namespace": namespace}, "spec": spec}
+
+
+def restore(cluster: str, new: str, namespace: str, *, target_time: Optional[str], target_lsn: Optional[str],
+            backup: Optional[str], bucket: Optional[str], path: Optional[str], endpoint: Optional[str],
+            credentials_secret: Optional[str], instances: Optional[int], dry_run: bool, wait: bool,
+            timeout: float) -> None:
+    import yaml
+
+    from backup.catalog import RestoreTargetError, choose_backup
+    from pgop.kube import Kube
+    if new == cluster:
+        _fail(f"refusing to restore {cluster} into itself: restore into a new cluster (--to another name), "
+              "check it, then move the applications over", 2)
+    if target_time and target_lsn:
+        _fail("give at most one of --time and --lsn", 2)
+    kube = Kube()
+    if kube.get("PgCluster", namespace, new) is not None:
+        _fail(f"PgCluster {namespace}/{new} already exists: restore into a new name", 2)
+    source = kube.get("PgCluster", namespace, cluster) or {}
+    s3 = s3_location(kube, namespace, cluster, bucket, path, endpoint, credentials_secret)
+    explicit = s3 if bucket else None  # else the operator reads the source's spec.backup.s3
+    # Refuse here what the restore would fail on, with the range that is there.
+    try:
+        _, _, backups = read_catalog(kube, namespace, cluster, s3)
+        chosen = choose_backup(backups, target_time, target_lsn, name=backup, now=datetime.now(timezone.utc))
+    except RestoreTargetError as error:
+        _fail(f"cannot restore {cluster}: {error}", 2)
+    manifest = restore_manifest(cluster, source, new, namespace, target_time=target_time, target_lsn=target_lsn,
+                                backup=backup, s3=explicit, instances=instances)
+    if dry_run:
+        typer.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
+        return
+    kube.create(manifest)
+    typer.echo(f"PgCluster {namespace}/{new} created: restoring {cluster} from base backup {chosen.backup_name}"
+               + (f" to {target_time or target_lsn}" if target_time or target_lsn else " to the end of its archive"))
+    if wait:
+        follow_cluster(kube, namespace, new, timeout)
+
+
+def follow_cluster(kube, namespace: str, name: str, timeout: float) -> None:
+    """Print what the restore is doing until the new cluster is Ready."""
+    deadline = time.monotonic() + timeout
+    said = None
+    while time.monotonic() < deadline:
+        body = kube.get("PgCluster", namespace, name) or {}
+        status = body.get("status") or {}
+        conditions = {c.get("type"): c for c in status.get("conditions") or []}
+        progressing = conditions.get("Progressing") or {}
+        line = f"{name}: {status.get('phase') or 'Pending'}"
+        if progressing.get("status") == "True" and progressing.get("message"):
+            line += f" ({progressing['message']})"
+        if line != said:
+            typer.echo(line)
+            said = line
+        if status.get("phase") == "Ready" and status.get("readyInstances") == (body.get("spec") or {}).get("instances"):
+            return
+        time.sleep(FOLLOW_INTERVAL * 2)
+    _fail(f"{name} is not Ready after {timeout:.0f}s; see `pgop status {name}`")
