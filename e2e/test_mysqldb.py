@@ -20,10 +20,8 @@ import hashlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +31,7 @@ import hvac
 import pytest
 
 from e2e.harness import proc as harness_proc
+from e2e.relay import Relay
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
