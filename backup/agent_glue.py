@@ -62,9 +62,9 @@ class ProgressReporter:
         self._last = float("-inf")
         self._warned = False
 
-    def __call__(self, size: int, *, force: bool = False) -> None:
+    def __call__(self, size: int) -> None:
         now = time.monotonic()
-        if not force and now - self._last < self.interval:
+        if now - self._last < self.interval:
             return
         self._last = now
         try:

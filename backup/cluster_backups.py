@@ -73,7 +73,7 @@ def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: 
         except Exception as error:  # S3 down or credentials wrong: keep the objects, try again
             warn("RetentionFailed", f"retention could not remove {', '.join(a.name for a in dropped)} from "
                                     f"S3 ({describe_error(error)}); the PgBackups stay until it can")
-            plan = _without(plan, dropped)
+            plan[:] = [a for a in plan if a not in dropped]  # the PgBackups stay for the next pass
     apply(plan)
     return plan, pgbackups
 
@@ -85,13 +85,3 @@ def _prune(kube: Any, cluster: Cluster, names: list[str], plan: BackupPlan) -> N
     storage = storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
     oldest = plan.retention.oldest_wal_needed if plan.retention else None
     pruning.prune(storage, archive_of(cluster.name, s3), names, oldest)
-
-
-def _without(plan: BackupPlan, actions: list) -> BackupPlan:
-    kept = BackupPlan()
-    kept.extend(a for a in plan if a not in actions)
-    kept.waiting = plan.waiting
-    kept.status = plan.status
-    kept.schedule_error = plan.schedule_error
-    kept.retention = plan.retention
-    return kept

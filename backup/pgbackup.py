@@ -66,10 +66,9 @@ def _last_lines(text: str, limit: int = ERROR_LIMIT) -> str:
 
 
 def completed_status(document: Backup) -> dict[str, Any]:
-    """The PgBackup status of a finished backup, from its catalog document."""
+    """The PgBackup status fields of a finished backup (besides its phase), from its catalog document."""
     compressed = next((f.get("compressedBytes") for f in document.files if f.get("compressedBytes")), None)
     status = {
-        "phase": COMPLETED,
         "beginLSN": document.begin_lsn,
         "endLSN": document.end_lsn,
         "timeline": document.timeline,
@@ -79,7 +78,6 @@ def completed_status(document: Backup) -> dict[str, Any]:
         "sizeBytes": compressed if compressed is not None else document.size_bytes,
         "s3Path": document.s3_path,
         "completedAt": timestamp(document.completed_at) if document.completed_at else None,
-        "message": None,
         "error": None,
     }
     if document.started_at is not None:
@@ -159,7 +157,6 @@ def _follow_pod(backup: Obj, pod: Obj, phase: str, step: BackupStep) -> BackupSt
             why = f"the backup pod {pod_name} succeeded but its report cannot be read ({error}); see its log"
             return step.finish(FAILED, "BackupReportUnreadable", why, error=why)
         final = completed_status(document)
-        final.pop("phase")
         return step.finish(COMPLETED, "BackupCompleted",
                            f"{final['sizeBytes']} bytes in S3 at {final['s3Path']}, consistent at "
                            f"{final['endLSN']} (timeline {final['timeline']})", **final)

@@ -13,7 +13,7 @@ from typing import Any
 
 from pgop.model import Instance
 from pgop.specs import names
-from pgop.specs.meta import LABEL_CLUSTER, LABEL_COMPONENT, cluster_labels, object_meta, owner_reference
+from pgop.specs.meta import LABEL_COMPONENT, cluster_labels, object_meta, owner_reference
 from pgop.specs.pods import (
     ENV_INSTANCE, S3_CREDENTIALS_MOUNT, SECRETS_MOUNT, _container_security, _env, _pod_security,
     _s3_volumes, _secret_source,
@@ -81,7 +81,3 @@ def build_backup_pod(backup: str, backup_uid: str, instance: Instance, host: str
             ],
         },
     }
-
-
-def backup_pod_selector(cluster: str) -> dict[str, str]:
-    return {LABEL_CLUSTER: cluster, LABEL_COMPONENT: COMPONENT_BACKUP}
