@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from backup.layout import ArchiveLayout
-from backup.s3 import Credentials, CredentialsError, S3Storage
-from pgop.model import S3Spec
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import Credentials, CredentialsError, S3Storage
+from pgop.kernel.model import S3Spec
 
 
 def storage_for(kube: Any, namespace: str, s3: S3Spec, **kwargs) -> S3Storage:

@@ -30,11 +30,12 @@ from typing import Any
 
 import zstandard
 
-from backup import catalog, layout as keys
-from backup.catalog import Backup
-from backup.layout import ArchiveLayout
-from backup.s3 import S3Storage
-from pgop.lsn import format_lsn, parse_lsn
+from pgop.backup import catalog
+from pgop.backup import layout as keys
+from pgop.backup.catalog import Backup
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import S3Storage
+from pgop.kernel.lsn import format_lsn, parse_lsn
 
 log = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from pgop.lsn import format_lsn, parse_lsn
-from pgop.model import parse_time
+from pgop.kernel.lsn import format_lsn, parse_lsn
+from pgop.kernel.model import parse_time
 
 FORMAT = "pgop.io/backup"
 FORMAT_VERSION = 1

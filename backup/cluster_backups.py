@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from backup.catalog import COMPLETED, FAILED
-from backup.plan import BackupPlan, plan_backups
-from backup.s3 import describe_error
-from pgop.model import Cluster, parse_time
-from pgop.plan import DELETE, Plan
+from pgop.backup.catalog import COMPLETED, FAILED
+from pgop.backup.plan import BackupPlan, plan_backups
+from pgop.backup.s3 import describe_error
+from pgop.kernel.model import Cluster, parse_time
+from pgop.kernel.actions import DELETE, Plan
 
 log = logging.getLogger("pgop.backup")
 
@@ -79,8 +79,8 @@ def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: 
 
 
 def _prune(kube: Any, cluster: Cluster, names: list[str], plan: BackupPlan) -> None:
-    from backup import pruning
-    from backup.access import archive_of, storage_for
+    from pgop.backup import pruning
+    from pgop.backup.access import archive_of, storage_for
     s3 = cluster.spec.backup.s3
     storage = storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
     oldest = plan.retention.oldest_wal_needed if plan.retention else None

@@ -19,9 +19,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from backup import wal
-from backup.layout import ArchiveLayout
-from backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Settings, S3Storage, describe_error
+from pgop.backup import wal
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Settings, S3Storage, describe_error
 
 log = logging.getLogger("pgop.wal")
 

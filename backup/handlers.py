@@ -7,13 +7,13 @@ from datetime import datetime, timezone
 
 import kopf
 
-from backup.catalog import COMPLETED, FAILED
-from backup.pgbackup import plan_pgbackup
-from pgop.handlers import apply_plan, kube
-from pgop.kube import NotFound
-from pgop.model import API_GROUP
-from pgop.specs.backup_pod import LABEL_BACKUP, backup_pod_name
-from pgop.specs.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
+from pgop.backup.catalog import COMPLETED, FAILED
+from pgop.backup.pgbackup import plan_pgbackup
+from pgop.cluster.handlers import apply_plan, kube
+from pgop.runtime.kube import NotFound
+from pgop.kernel.model import API_GROUP
+from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
+from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 
 VERSION = "v1"
 INTERVAL = 2.0

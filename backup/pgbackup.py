@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from backup.catalog import COMPLETED, FAILED, PENDING, RUNNING, Backup, CatalogError
-from backup.plan import PREFER_REPLICA, choose_backup_target
-from pgop.diagnose import pod_problem
-from pgop.model import PRIMARY, Cluster, Instance
-from pgop.plan import CREATE, Action, Plan
-from pgop.specs.backup_pod import backup_pod_name, build_backup_pod
-from pgop.status import timestamp
+from pgop.backup.catalog import COMPLETED, FAILED, PENDING, RUNNING, Backup, CatalogError
+from pgop.backup.plan import PREFER_REPLICA, choose_backup_target
+from pgop.kernel.diagnose import pod_problem
+from pgop.kernel.model import PRIMARY, Cluster, Instance
+from pgop.kernel.actions import CREATE, Action, Plan
+from pgop.backup.pod import backup_pod_name, build_backup_pod
+from pgop.cluster.status import timestamp
 
 Obj = Mapping[str, Any]
 ERROR_LIMIT = 2000  # status.error: the reason, not a whole log

@@ -7,10 +7,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from backup import layout as keys
-from backup.layout import ArchiveLayout
-from backup.retention import wal_deletable
-from backup.s3 import S3Storage
+from pgop.backup import layout as keys
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.retention import wal_deletable
+from pgop.backup.s3 import S3Storage
 
 log = logging.getLogger(__name__)
 

@@ -21,12 +21,12 @@ from pathlib import Path
 
 import zstandard
 
-from backup import layout as keys
-from backup.catalog import Backup, choose_backup
-from backup.layout import ArchiveLayout
-from backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Storage
-from pgop import pgconfig
-from pgop.model import parse_time
+from pgop.backup import layout as keys
+from pgop.backup.catalog import Backup, choose_backup
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Storage
+from pgop.kernel import pgconfig
+from pgop.kernel.model import parse_time
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from backup.catalog import COMPLETED, FAILED, Backup
-from backup.catalog import first_recoverability_point as _first_point
-from pgop.lsn import parse_lsn, wal_file_name
-from pgop.model import RetentionSpec
+from pgop.backup.catalog import COMPLETED, FAILED, Backup
+from pgop.backup.catalog import first_recoverability_point as _first_point
+from pgop.kernel.lsn import parse_lsn, wal_file_name
+from pgop.kernel.model import RetentionSpec
 
 _MAX_AGE = re.compile(r"^([1-9][0-9]*)([hdw])$")
 _UNIT = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}

@@ -21,8 +21,8 @@ from typing import IO
 
 import zstandard
 
-from backup.layout import ArchiveLayout
-from backup.s3 import S3Storage
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import S3Storage
 
 CHUNK = 1 << 20
 SPOOL_MEMORY = 32 << 20

@@ -85,14 +85,16 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from backup import basebackup, layout as keys, restore
-from backup.layout import ArchiveLayout
+from pgop.backup import basebackup
+from pgop.backup import layout as keys
+from pgop.backup import restore
+from pgop.backup.layout import ArchiveLayout
 from bench.backup_throughput import (PREFIX, REPO, _archive_all, _credentials, _drop_bucket, _launcher,
                                      _pgbench_init, _s3_client)
 from e2e.harness import envfile
 from e2e.harness.pg import OS_USER, LocalPostgres
 from e2e.harness.services import free_port
-from pgop import pgconfig
+from pgop.kernel import pgconfig
 
 CLUSTER = "bench"       # pgop's cluster, pgBackRest's stanza, barman's server name
 BACKUP = "base"         # the name of each tool's backup

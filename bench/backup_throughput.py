@@ -23,13 +23,13 @@ from pathlib import Path
 import boto3
 import botocore.config
 
-from backup import basebackup
-from backup.layout import ArchiveLayout
-from backup.restore import restore
-from backup.s3 import Credentials, S3Storage
+from pgop.backup import basebackup
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.restore import restore
+from pgop.backup.s3 import Credentials, S3Storage
 from e2e.harness import envfile
 from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
-from pgop import pgconfig
+from pgop.kernel import pgconfig
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []

@@ -14,9 +14,10 @@ import os
 import sys
 from pathlib import Path
 
-from backup import basebackup, restore
-from backup.layout import ArchiveLayout
-from backup.s3 import S3Settings, S3Storage
+from pgop.backup import basebackup
+from pgop.backup import restore
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import S3Settings, S3Storage
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -35,11 +35,11 @@ from e2e.relay import Relay
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from pgop import publish as pub
-from pgop.config import ConsulAddress
-from rds import policy
-from rds.aws import Rds
-from rds.spec import MysqlDbObject
+from pgop.runtime import publish as pub
+from pgop.runtime.config import ConsulAddress
+from pgop.rds import policy
+from pgop.rds.aws import Rds
+from pgop.rds.spec import MysqlDbObject
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services]
 

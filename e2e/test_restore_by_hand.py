@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from backup import basebackup
+from pgop.backup import basebackup
 from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
 from e2e.harness.services import free_port, pg_bindir
 from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)

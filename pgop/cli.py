@@ -47,8 +47,8 @@ def status(
     from rich.console import Console
 
     from pgop.cli_views import cluster_table, conditions_table
-    from pgop.kube import Kube
-    from pgop.specs.meta import LABEL_CLUSTER
+    from pgop.runtime.kube import Kube
+    from pgop.kernel.meta import LABEL_CLUSTER
 
     ns = _namespace(namespace)
     kube = Kube()
@@ -74,10 +74,10 @@ def plan(
     from rich.console import Console
 
     from pgop.cli_views import plan_table
-    from pgop.controller import observe_cluster
-    from pgop.kube import Kube
-    from pgop.model import Cluster
-    from pgop.plan import plan_cluster
+    from pgop.cluster.controller import observe_cluster
+    from pgop.runtime.kube import Kube
+    from pgop.kernel.model import Cluster
+    from pgop.cluster.plan import plan_cluster
 
     with open(filename) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
@@ -145,7 +145,7 @@ def backups(
     """List the base backups of a cluster from its S3 catalog (not from the API), with the first
     point in time a restore can reach."""
     from pgop.cli_backup import list_catalog, s3_location
-    from pgop.kube import Kube
+    from pgop.runtime.kube import Kube
     ns = _namespace(namespace)
     kube = Kube()
     list_catalog(cluster, ns, s3_location(kube, ns, cluster, s3_bucket, s3_path, s3_endpoint,
@@ -187,9 +187,9 @@ def mysqldb_status(
 ) -> None:
     """The RDS instance, its phase, where its secret and config live, and the last error
     (never the password)."""
-    from rds.report import render
+    from pgop.rds.report import render
 
-    from pgop.kube import Kube
+    from pgop.runtime.kube import Kube
 
     ns = _namespace(namespace)
     body = Kube().get("MysqlDb", ns, name)
@@ -260,7 +260,7 @@ def agent_wal_push(
     path: str = typer.Argument(..., help="The file to archive (PostgreSQL's %p)."),
 ) -> None:
     """archive_command: compress one WAL file to S3 (PGOP_S3_* settings); 0 = archived."""
-    from backup.commands import wal_push
+    from pgop.backup.commands import wal_push
     raise typer.Exit(wal_push(path))
 
 
@@ -270,7 +270,7 @@ def agent_wal_fetch(
     target: str = typer.Argument(..., help="Where to put it (PostgreSQL's %p)."),
 ) -> None:
     """restore_command: fetch one WAL file from S3; 1 = not in the archive."""
-    from backup.commands import wal_fetch
+    from pgop.backup.commands import wal_fetch
     raise typer.Exit(wal_fetch(name, target))
 
 
@@ -286,8 +286,8 @@ def agent_backup(
     complete. In a backup pod, also the termination message the backup controller reads."""
     import os
 
-    from backup import agent_glue
-    from pgop.specs.backup_pod import ENV_BACKUP_OBJECT, TERMINATION_LOG
+    from pgop.agent import backups as agent_glue
+    from pgop.backup.pod import ENV_BACKUP_OBJECT, TERMINATION_LOG
     _agent_logging(verbose)
     report = os.environ.get(ENV_BACKUP_OBJECT)
     progress = agent_glue.ProgressReporter(os.environ.get("PGOP_NAMESPACE", ""), report) if report else None
@@ -297,7 +297,7 @@ def agent_backup(
         else:
             backup = agent_glue.backup_local(name)
     except Exception as error:  # S3, pg_basebackup, settings: one line saying which
-        from backup.s3 import describe_error
+        from pgop.backup.s3 import describe_error
         _termination_message(TERMINATION_LOG, describe_error(error), enabled=bool(report))
         typer.echo(f"pgop agent backup: {describe_error(error)}", err=True)
         raise typer.Exit(1)

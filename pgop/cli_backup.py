@@ -10,7 +10,7 @@ from typing import Any, Optional
 
 import typer
 
-from pgop.model import S3Spec
+from pgop.kernel.model import S3Spec
 
 FOLLOW_INTERVAL = 1.0
 
@@ -33,15 +33,15 @@ def manual_backup_name(cluster: str, now: datetime) -> str:
 
 
 def backup_manifest(cluster: str, namespace: str, name: str, target: str) -> dict[str, Any]:
-    from pgop.model import API_VERSION
-    from pgop.specs.meta import cluster_labels
+    from pgop.kernel.model import API_VERSION
+    from pgop.kernel.meta import cluster_labels
     return {"apiVersion": API_VERSION, "kind": "PgBackup",
             "metadata": {"name": name, "namespace": namespace, "labels": cluster_labels(cluster)},
             "spec": {"cluster": cluster, "method": "basebackup", "target": target}}
 
 
 def start_backup(cluster: str, namespace: str, name: Optional[str], target: str, wait: bool) -> None:
-    from pgop.kube import Kube
+    from pgop.runtime.kube import Kube
     kube = Kube()
     body = _get_cluster(kube, namespace, cluster)
     if not (body.get("spec") or {}).get("backup", {}).get("s3"):
@@ -106,7 +106,7 @@ def s3_location(kube, namespace: str, cluster: str, bucket: Optional[str], path:
     if body is None:
         _fail(f"PgCluster {namespace}/{cluster} not found: give its archive with --s3-bucket, --s3-path, "
               "--s3-endpoint and --s3-credentials-secret", 2)
-    from pgop.model import Cluster
+    from pgop.kernel.model import Cluster
     spec = Cluster.from_object(body).spec
     if spec.backup is None or spec.backup.s3 is None:
         _fail(f"PgCluster {namespace}/{cluster} has no spec.backup.s3", 2)
@@ -114,8 +114,8 @@ def s3_location(kube, namespace: str, cluster: str, bucket: Optional[str], path:
 
 
 def read_catalog(kube, namespace: str, cluster: str, s3: S3Spec):
-    from backup.access import archive_of, storage_for
-    from backup.basebackup import list_backups
+    from pgop.backup.access import archive_of, storage_for
+    from pgop.backup.basebackup import list_backups
     storage = storage_for(kube, namespace, s3, max_attempts=2, connect_timeout=5)
     layout = archive_of(cluster, s3)
     return storage, layout, list_backups(storage, layout.path, cluster)
@@ -133,7 +133,7 @@ def last_archived_wal(storage, layout) -> str | None:
 def list_catalog(cluster: str, namespace: str, s3: S3Spec, kube) -> None:
     from rich.console import Console
 
-    from backup.catalog import first_recoverability_point
+    from pgop.backup.catalog import first_recoverability_point
     from pgop.cli_views import backups_table
     storage, layout, backups = read_catalog(kube, namespace, cluster, s3)
     console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: whole rows, no ellipses
@@ -180,8 +180,8 @@ def restore(cluster: str, new: str, namespace: str, *, target_time: Optional[str
             timeout: float) -> None:
     import yaml
 
-    from backup.catalog import RestoreTargetError, choose_backup
-    from pgop.kube import Kube
+    from pgop.backup.catalog import RestoreTargetError, choose_backup
+    from pgop.runtime.kube import Kube
     if new == cluster:
         _fail(f"refusing to restore {cluster} into itself: restore into a new cluster (--to another name), "
               "check it, then move the applications over", 2)

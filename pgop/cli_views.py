@@ -8,8 +8,8 @@ from typing import Any, Iterable
 from rich.table import Table
 from rich.text import Text
 
-from pgop.model import parse_time
-from pgop.plan import Action
+from pgop.kernel.model import parse_time
+from pgop.kernel.actions import Action
 
 
 def _age(ts: str | None, now: datetime) -> str:

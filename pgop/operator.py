@@ -9,7 +9,7 @@ import logging
 import kopf
 
 # Each package registers its handlers when imported; a package with no handlers yet is skipped.
-HANDLER_MODULES = ("pgop.handlers", "rds.handlers", "backup.handlers")
+HANDLER_MODULES = ("pgop.cluster.handlers", "pgop.rds.handlers", "pgop.backup.handlers")
 
 log = logging.getLogger("pgop.operator")
 

@@ -15,17 +15,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Callable
 
-from pgop import publish as pub
-from rds import policy
-from rds.aws import DbInstance, Rds, RdsError
-from rds.policy import (
+from pgop.runtime import publish as pub
+from pgop.rds import policy
+from pgop.rds.aws import DbInstance, Rds, RdsError
+from pgop.rds.policy import (
     Claim, Create, Degrade, DeleteInstance, DisableDeletionProtection, BlockDeletion, Finished, Modify,
     Publish, Refuse, ReleaseInstance, ResetPassword, Unpublish, Wait, WaitForDeletion,
 )
-from rds.spec import ENGINE, MysqlDbObject
+from pgop.rds.spec import ENGINE, MysqlDbObject
 
 if TYPE_CHECKING:
-    from pgop.config import OperatorConfig
+    from pgop.runtime.config import OperatorConfig
 
 log = logging.getLogger(__name__)
 

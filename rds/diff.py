@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from rds.aws import DbInstance
-from rds.spec import ENGINE, MysqlDbSpec
+from pgop.rds.aws import DbInstance
+from pgop.rds.spec import ENGINE, MysqlDbSpec
 
 # PendingModifiedValues keys -> the attribute of DbInstance they will replace.
 _PENDING = {

@@ -20,10 +20,10 @@ from typing import Any
 
 import kopf
 
-from pgop.config import OperatorConfig
-from rds import policy
-from rds.controller import MysqlDbController, Outcome, build_controller
-from rds.spec import InvalidSpec, MysqlDbObject
+from pgop.runtime.config import OperatorConfig
+from pgop.rds import policy
+from pgop.rds.controller import MysqlDbController, Outcome, build_controller
+from pgop.rds.spec import InvalidSpec, MysqlDbObject
 
 GROUP, VERSION, PLURAL = "pgop.io", "v1", "mysqldbs"
 TIMER_INTERVAL = 5.0  # a tick only compares status.nextCheckAt with the clock

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Mapping, Sequence
 
-from rds.aws import DbInstance
-from rds.diff import Changes, diff
-from rds.identifier import db_instance_identifier, final_snapshot_identifier
-from rds.spec import ENGINE, MysqlDbObject
+from pgop.rds.aws import DbInstance
+from pgop.rds.diff import Changes, diff
+from pgop.rds.identifier import db_instance_identifier, final_snapshot_identifier
+from pgop.rds.spec import ENGINE, MysqlDbObject
 
 MASTER_USERNAME = "dbadmin"
 

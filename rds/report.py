@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from rds.spec import default_consul_prefix, default_vault_path
+from pgop.rds.spec import default_consul_prefix, default_vault_path
 
 
 def status_rows(body: Mapping[str, Any]) -> list[tuple[str, str]]:

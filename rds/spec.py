@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from rds.classes import instance_class_for
+from pgop.rds.classes import instance_class_for
 
 ENGINE = "mysql"
 DEFAULT_PORT = 3306

@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pgop import pgconfig
+from pgop.kernel import pgconfig
 from pgop.agent import config, credentials, local
 from pgop.agent.commands import CommandError, Runner
 from pgop.agent.postmaster import Postmaster
 from pgop.agent.settings import AgentSettings
-from pgop.model import InitdbSpec, InstanceSpec
+from pgop.kernel.model import InitdbSpec, InstanceSpec
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=No
     timeline, stop; then this instance's own configuration, as after initdb."""
     import os
 
-    from backup.agent_glue import ENV_SOURCE, restore_local
+    from pgop.agent.backups import ENV_SOURCE, restore_local
     if not (os.environ if env is None else env).get(ENV_SOURCE):
         # The bootstrap pod says what to restore in its environment (pgop/specs/pods.py sets it
         # from the PgInstance's spec.recovery).
@@ -283,7 +283,7 @@ def main(mode: str, primary_host: str | None = None, env=None) -> int:
 
     from pgop.agent.kube import store_from_env
     from pgop.agent.settings import AgentSettings
-    from pgop.model import Instance
+    from pgop.kernel.model import Instance
 
     try:
         chosen = BootstrapMode(mode)

@@ -10,10 +10,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgop import pgconfig
+from pgop.kernel import pgconfig
 from pgop.agent.credentials import write_private
 from pgop.agent.settings import AgentSettings
-from pgop.model import InstanceSpec
+from pgop.kernel.model import InstanceSpec
 
 _SETTING_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*) = '((?:[^'\\]|''|\\.)*)'$")
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pgop.agent import replication
 from pgop.agent.config import WrittenConfig, change_cost
 from pgop.agent.state import PostgresState
-from pgop.model import PRIMARY, REPLICA
+from pgop.kernel.model import PRIMARY, REPLICA
 
 # Actions, in the order the loop carries them out.
 STOP = "stop"

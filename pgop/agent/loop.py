@@ -24,7 +24,7 @@ from pgop.agent.kube import InstanceStore
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
 from pgop.agent.settings import AgentSettings
 from pgop.agent.state import PostgresState, read_state
-from pgop.model import PRIMARY, Instance
+from pgop.kernel.model import PRIMARY, Instance
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from pgop import pgconfig
-from pgop.model import Instance
+from pgop.kernel import pgconfig
+from pgop.kernel.model import Instance
 
 log = logging.getLogger(__name__)
 

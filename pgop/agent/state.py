@@ -8,7 +8,7 @@ import psycopg
 
 from pgop.agent import replication
 from pgop.agent.config import PENDING_RESTART_QUERY
-from pgop.model import PRIMARY, REPLICA
+from pgop.kernel.model import PRIMARY, REPLICA
 
 
 @dataclass(frozen=True)

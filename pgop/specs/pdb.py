@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgop.model import Cluster
-from pgop.specs import names
-from pgop.specs.meta import (
+from pgop.kernel.model import Cluster
+from pgop.kernel import names
+from pgop.kernel.meta import (
     COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, cluster_labels, object_meta, owner_reference,
 )
 

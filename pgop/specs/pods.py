@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgop import pgconfig
-from pgop.model import PRIMARY, RECOVERY, REPLICA, Instance, S3Spec
-from pgop.specs import names
-from pgop.specs.meta import (
+from pgop.kernel import pgconfig
+from pgop.kernel.model import PRIMARY, RECOVERY, REPLICA, Instance, S3Spec
+from pgop.kernel import names
+from pgop.kernel.meta import (
     COMPONENT_BOOTSTRAP, COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE,
     LABEL_ROLE, cluster_labels, object_meta, owner_reference, stable_hash,
 )

@@ -11,7 +11,7 @@ import pytest
 
 from e2e.harness.pg import AgentHost
 from pgop.agent import bootstrap, kube, loop
-from pgop.model import Cluster, Instance
+from pgop.kernel.model import Cluster, Instance
 from pgop.specs.instance import build_instance
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(180)]

@@ -20,10 +20,10 @@ import psycopg
 import pytest
 
 from e2e.harness.pg import AgentHost
-from pgop import pgconfig
+from pgop.kernel import pgconfig
 from pgop.agent import bootstrap, health, kube, loop
 from pgop.agent.bootstrap import BootstrapError
-from pgop.model import Cluster, Instance
+from pgop.kernel.model import Cluster, Instance
 from pgop.specs.instance import build_instance
 
 pytestmark = [

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from e2e.harness.pg import AgentHost
-from pgop.model import Cluster
+from pgop.kernel.model import Cluster
 from pgop.specs.instance import build_instance
 
 pytestmark = [

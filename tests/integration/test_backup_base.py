@@ -13,12 +13,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from backup import basebackup, layout as keys
-from backup.catalog import RestoreTargetError
-from backup.restore import restore
-from backup.s3 import Credentials, S3Storage
+from pgop.backup import basebackup
+from pgop.backup import layout as keys
+from pgop.backup.catalog import RestoreTargetError
+from pgop.backup.restore import restore
+from pgop.backup.s3 import Credentials, S3Storage
 from e2e.harness.pg import OS_USER, LocalPostgres
-from pgop.lsn import parse_lsn
+from pgop.kernel.lsn import parse_lsn
 from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)
     CLUSTER, archive_env, archiving_postgres, launcher, s3, storage,
 )

@@ -20,12 +20,12 @@ import boto3
 import botocore.config
 import pytest
 
-from backup import wal
-from backup.layout import ArchiveLayout
-from backup.s3 import Credentials, S3Storage
+from pgop.backup import wal
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import Credentials, S3Storage
 from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
-from pgop import pgconfig
-from pgop.controller import archiving_condition
+from pgop.kernel import pgconfig
+from pgop.cluster.controller import archiving_condition
 from pgop.agent.state import read_archiver
 from pgop.agent.status import archiver_status
 

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from pgop import pgconfig
+from pgop.kernel import pgconfig
 from pgop.agent import bootstrap, config, credentials, ha, kube, replication, status
 from pgop.agent.commands import Children
 from pgop.agent.postmaster import reap_orphans, remove_stale_pid_file
 from pgop.agent.settings import AgentSettings, SettingsError
 from pgop.agent.state import PostgresState
-from pgop.model import Instance, InstanceSpec
+from pgop.kernel.model import Instance, InstanceSpec
 
 POD_ENV = {
     "PGOP_CLUSTER": "orders", "PGOP_INSTANCE": "orders-1", "PGOP_NAMESPACE": "shop",

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from backup import layout as keys
-from backup.basebackup import (
+from pgop.backup import layout as keys
+from pgop.backup.basebackup import (
     BaseBackupError, TarWatcher, manifest_end, parse_backup_label, segment_size_of, system_identifier,
     wal_file_name,
 )
-from backup.layout import ArchiveLayout
-from backup.restore import recovery_settings, remove_recovery, restore_command, write_recovery
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.restore import recovery_settings, remove_recovery, restore_command, write_recovery
 
 LABEL = """START WAL LOCATION: 0/2000028 (file 000000010000000000000002)
 CHECKPOINT LOCATION: 0/2000060

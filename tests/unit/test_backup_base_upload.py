@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from backup.basebackup import MultipartWriter
+from pgop.backup.basebackup import MultipartWriter
 
 
 class FakeClient:

@@ -3,7 +3,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup.catalog import (
+from pgop.backup.catalog import (
     FORMAT, FORMAT_VERSION, Backup, CatalogError, RestoreTargetError, choose_backup, completed_backups,
     first_recoverability_point,
 )

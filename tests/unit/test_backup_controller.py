@@ -2,11 +2,11 @@
 and what the cluster status says of backups."""
 from datetime import datetime, timezone
 
-from backup.catalog import Backup
-from backup.cluster_backups import backup_status
-from backup.pgbackup import plan_pgbackup
-from pgop.model import Cluster, Instance
-from pgop.specs.backup_pod import ENV_BACKUP_OBJECT, LABEL_BACKUP, build_backup_pod
+from pgop.backup.catalog import Backup
+from pgop.backup.cluster_backups import backup_status
+from pgop.backup.pgbackup import plan_pgbackup
+from pgop.kernel.model import Cluster, Instance
+from pgop.backup.pod import ENV_BACKUP_OBJECT, LABEL_BACKUP, build_backup_pod
 from pgop.specs.instance import build_instance
 from pgop.specs.pods import build_bootstrap_pod, build_postgres_pod
 from tests.unit.world import NOW, cluster_body, running_cluster

@@ -1,6 +1,6 @@
 import pytest
 
-from backup.layout import (
+from pgop.backup.layout import (
     BACKUP_HISTORY, PARTIAL, SEGMENT, TIMELINE_HISTORY, ArchiveLayout, NotAWalFile, parse_wal_name,
 )
 

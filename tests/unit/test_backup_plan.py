@@ -4,12 +4,12 @@ from typing import Any
 
 import pytest
 
-from backup.plan import (
+from pgop.backup.plan import (
     ANNOTATION_SCHEDULED_AT, LABEL_ORIGIN, build_scheduled_backup, choose_backup_target, plan_backups,
 )
-from pgop.lsn import WAL_SEGMENT_SIZE, format_lsn, wal_file_name
-from pgop.model import Cluster, Instance
-from pgop.plan import CREATE, DELETE, Action
+from pgop.kernel.lsn import WAL_SEGMENT_SIZE, format_lsn, wal_file_name
+from pgop.kernel.model import Cluster, Instance
+from pgop.kernel.actions import CREATE, DELETE, Action
 from tests.unit.world import cluster_body
 
 

@@ -2,11 +2,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup.catalog import Backup
-from backup.retention import (
+from pgop.backup.catalog import Backup
+from pgop.backup.retention import (
     apply_retention, first_recoverability_point, oldest_wal_needed, parse_max_age, wal_deletable,
 )
-from pgop.model import RetentionSpec
+from pgop.kernel.model import RetentionSpec
 
 
 def utc(*args: int) -> datetime:

@@ -2,10 +2,10 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from backup.schedule import (
+from pgop.kernel.schedule import (
     ScheduleError, arm, due_run, due_runs, latest_due, next_due, scheduled_backup_name, validate_schedule,
 )
-from pgop.model import MAX_CLUSTER_NAME
+from pgop.kernel.model import MAX_CLUSTER_NAME
 
 
 def utc(*args: int) -> datetime:

@@ -5,9 +5,10 @@ import struct
 import pytest
 import zstandard
 
-from backup import commands, wal
-from backup.layout import ArchiveLayout
-from backup.s3 import Credentials, CredentialsError, S3Error, S3Settings
+from pgop.backup import commands
+from pgop.backup import wal
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import Credentials, CredentialsError, S3Error, S3Settings
 
 
 def test_compression_round_trip_keeps_every_byte_and_the_checksum():
@@ -119,7 +120,7 @@ class _FakeStorage:
         self.objects = {key: (data, metadata)}
 
     def get(self, key):
-        from backup.s3 import ObjectInfo
+        from pgop.backup.s3 import ObjectInfo
         if key not in self.objects:
             return None
         data, metadata = self.objects[key]

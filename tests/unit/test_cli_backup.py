@@ -1,7 +1,7 @@
 from datetime import datetime, timezone
 
 from pgop.cli_backup import backup_manifest, manual_backup_name, restore_manifest
-from pgop.model import Cluster, S3Spec
+from pgop.kernel.model import Cluster, S3Spec
 from tests.unit.world import cluster_body
 
 S3 = {"bucket": "pg-backups", "path": "shop", "credentialsSecret": "s3-creds"}

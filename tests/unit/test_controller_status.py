@@ -1,6 +1,6 @@
-from pgop.controller import status_for_cluster
-from pgop.model import Cluster
-from pgop.plan import Plan
+from pgop.cluster.controller import status_for_cluster
+from pgop.kernel.model import Cluster
+from pgop.kernel.actions import Plan
 
 
 def _cluster(backup=None):

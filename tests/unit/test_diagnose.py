@@ -1,4 +1,4 @@
-from pgop.diagnose import instance_report, pod_problem, volume_problem
+from pgop.kernel.diagnose import instance_report, pod_problem, volume_problem
 
 
 def pvc(phase="Pending", sc="standard"):

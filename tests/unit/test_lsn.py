@@ -1,6 +1,6 @@
 import pytest
 
-from pgop.lsn import format_lsn, lag_bytes, lsn_diff, parse_lsn, wal_file_name
+from pgop.kernel.lsn import format_lsn, lag_bytes, lsn_diff, parse_lsn, wal_file_name
 
 
 def test_parse_combines_the_two_hex_halves():

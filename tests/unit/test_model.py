@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgop.model import (
+from pgop.kernel.model import (
     DEFAULT_IMAGE, Cluster, ClusterSpec, Instance, parse_duration, parse_quantity,
 )
 from tests.unit.world import cluster_body

@@ -4,8 +4,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgop import pgconfig
-from pgop.pgconfig import (
+from pgop.kernel import pgconfig
+from pgop.kernel.pgconfig import (
     ReplicationSource, classify_change, hba_rules, is_owned, lowers_standby_minimums,
     postgresql_settings, primary_conninfo, render_pg_hba, render_postgresql_conf, slot_name,
     synchronous_standby_names,

@@ -4,11 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from pgop.model import Cluster, Instance
-from pgop.plan import (
-    CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch, merge_patch,
-    plan_cluster, plan_instance,
-)
+from pgop.kernel.model import Cluster, Instance
+from pgop.cluster.plan import plan_cluster, plan_instance
+from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch, merge_patch
 from pgop.specs.pods import pod_inputs_hash
 from pgop.specs.pvc import ANNOTATION_INITIALIZED
 from tests.unit.world import (

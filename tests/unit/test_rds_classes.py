@@ -1,6 +1,6 @@
 import pytest
 
-from rds.classes import (
+from pgop.rds.classes import (
     INSTANCE_CLASSES, InvalidInstanceClass, UnknownInstanceSize, instance_class_for, size_of,
 )
 

@@ -14,11 +14,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pgop import publish as pub
-from rds import policy
-from rds.aws import Rds
-from rds.controller import MysqlDbController
-from rds.spec import MysqlDbObject
+from pgop.runtime import publish as pub
+from pgop.rds import policy
+from pgop.rds.aws import Rds
+from pgop.rds.controller import MysqlDbController
+from pgop.rds.spec import MysqlDbObject
 
 
 class MemoryVault:
@@ -219,6 +219,6 @@ def test_adoption_with_reset(controller, aws, vault):
 
 
 def test_importing_the_handlers_builds_no_client(monkeypatch):
-    import rds.handlers as handlers
+    import pgop.rds.handlers as handlers
     handlers = importlib.reload(handlers)
     assert handlers._controller is None

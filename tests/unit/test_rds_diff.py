@@ -2,9 +2,9 @@ import dataclasses
 
 import pytest
 
-from rds.aws import DbInstance
-from rds.diff import diff, major_version, version_key
-from rds.spec import MysqlDbSpec
+from pgop.rds.aws import DbInstance
+from pgop.rds.diff import diff, major_version, version_key
+from pgop.rds.spec import MysqlDbSpec
 
 
 def spec(**overrides):

@@ -8,7 +8,7 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from rds.aws import Rds, RdsError, classify, client_config
+from pgop.rds.aws import Rds, RdsError, classify, client_config
 
 
 @pytest.mark.parametrize("code", ["Throttling", "ThrottlingException", "RequestLimitExceeded",

@@ -1,6 +1,6 @@
 import pytest
 
-from rds.identifier import (
+from pgop.rds.identifier import (
     MAX_IDENTIFIER_LENGTH, db_instance_identifier, final_snapshot_identifier, is_valid_identifier,
 )
 

@@ -2,13 +2,13 @@ from datetime import datetime, timezone
 
 import pytest
 
-from rds import policy
-from rds.aws import DbInstance
-from rds.policy import (
+from pgop.rds import policy
+from pgop.rds.aws import DbInstance
+from pgop.rds.policy import (
     BlockDeletion, Claim, Create, Degrade, DeleteInstance, DisableDeletionProtection, Finished, Modify,
     Publish, Refuse, ReleaseInstance, ResetPassword, Unpublish, Wait, WaitForDeletion,
 )
-from rds.spec import MysqlDbObject
+from pgop.rds.spec import MysqlDbObject
 
 UID = "0b7c6d3e-1111-2222-3333-444455556666"
 
@@ -217,7 +217,7 @@ def test_instance_status_never_holds_a_password():
 
 
 def test_status_report_shows_where_things_are_and_no_password():
-    from rds.report import render
+    from pgop.rds.report import render
     body = {"metadata": {"namespace": "shop", "name": "orders"},
             "spec": {"engineVersion": "8.0.35", "instanceSize": "small", "databaseName": "orders"},
             "status": {"phase": "Degraded", "dbInstanceIdentifier": "shop-orders-x", "endpoint": "h", "port": 3306,

@@ -1,7 +1,7 @@
 import pytest
 
-from pgop import publish as pub
-from pgop.config import ConsulAddress, OperatorConfig
+from pgop.runtime import publish as pub
+from pgop.runtime.config import ConsulAddress, OperatorConfig
 
 
 @pytest.mark.parametrize("path,expected", [

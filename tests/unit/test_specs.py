@@ -3,8 +3,8 @@ from urllib.parse import urlparse
 
 import pytest
 
-from pgop.model import DEFAULT_IMAGE, Instance
-from pgop.specs import names
+from pgop.kernel.model import DEFAULT_IMAGE, Instance
+from pgop.kernel import names
 from pgop.specs.instance import build_instance, config_hash
 from pgop.specs.pdb import build_pdb, min_available
 from pgop.specs.pods import (
@@ -404,7 +404,7 @@ def pruned_paths(value, schema, path=""):
 
 
 def test_cluster_status_fits_the_pgcluster_crd():
-    from pgop.status import cluster_status
+    from pgop.cluster.status import cluster_status
     from tests.unit.world import NOW, running_cluster
     world, cluster = running_cluster(2)
     status = cluster_status(cluster, world.all("PgInstance"), now=NOW)

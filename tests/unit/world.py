@@ -11,8 +11,9 @@ import random
 from datetime import datetime, timezone
 from typing import Any
 
-from pgop.model import Cluster, Instance
-from pgop.plan import CREATE, DELETE, PATCH, Action, ObservedCluster, apply_merge_patch, plan_cluster
+from pgop.kernel.model import Cluster, Instance
+from pgop.cluster.plan import ObservedCluster, plan_cluster
+from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, apply_merge_patch
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
 _uids = itertools.count(1)

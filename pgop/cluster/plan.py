@@ -29,13 +29,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from pgop import pgconfig
-from pgop.model import (
+from pgop.kernel import pgconfig
+from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, merge_patch
+from pgop.kernel.model import (
     API_VERSION, PRIMARY, REPLICA, Cluster, Instance, RecoverySpec, instance_name, parse_quantity,
 )
-from pgop.specs import names
+from pgop.kernel import names
 from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
-from pgop.specs.meta import LABEL_ROLE
+from pgop.kernel.meta import LABEL_ROLE
 from pgop.specs.pdb import build_pdb
 from pgop.specs.pods import (
     ANNOTATION_POD_INPUTS, build_bootstrap_pod, build_postgres_pod, pod_inputs_hash, pod_role_label,
@@ -47,88 +48,7 @@ from pgop.specs.rbac import build_role, build_role_binding, build_service_accoun
 from pgop.specs.secrets import RandomSource, build_cluster_secrets
 from pgop.specs.services import build_services
 
-CREATE = "create"
-PATCH = "patch"
-DELETE = "delete"
-
-API_VERSIONS = {
-    "PgInstance": API_VERSION,
-    "Service": "v1",
-    "Secret": "v1",
-    "ServiceAccount": "v1",
-    "PersistentVolumeClaim": "v1",
-    "Pod": "v1",
-    "PgBackup": API_VERSION,
-    "PodDisruptionBudget": "policy/v1",
-    "Role": "rbac.authorization.k8s.io/v1",
-    "RoleBinding": "rbac.authorization.k8s.io/v1",
-}
-
 Obj = Mapping[str, Any]
-
-
-@dataclass
-class Action:
-    """One change to one object. `patch` is a JSON merge patch (RFC 7386, application/merge-patch+json)."""
-
-    verb: str
-    kind: str
-    name: str
-    namespace: str
-    reason: str  # for a person: Events, `pgop plan`, logs
-    body: dict[str, Any] | None = field(default=None, repr=False)  # may hold a password
-    patch: dict[str, Any] | None = field(default=None, repr=False)
-    uid: str | None = None  # delete precondition: this incarnation only, not a namesake made since
-
-    @property
-    def api_version(self) -> str:
-        return API_VERSIONS[self.kind]
-
-    def describe(self) -> str:
-        """One line for people; never the body, which may hold a password."""
-        return f"{self.verb} {self.kind} {self.name}: {self.reason}"
-
-
-class Plan(list[Action]):
-    """The actions in order, plus `waiting`: what holds the rest back, in words, for the
-    Progressing condition and `pgop plan`. Compares equal to a plain list of the same actions."""
-
-    def __init__(self, actions: Sequence[Action] = (), waiting: Sequence[str] = ()) -> None:
-        super().__init__(actions)
-        self.waiting: list[str] = list(waiting)
-
-
-# ------------------------------------------------------------------------------ merge patches
-
-def merge_patch(current: Obj, desired: Obj) -> dict[str, Any]:
-    """The smallest JSON merge patch turning `current` into `desired` ({} when they are equal)."""
-    patch: dict[str, Any] = {}
-    for key, value in desired.items():
-        if key not in current:
-            patch[key] = value
-        elif isinstance(value, Mapping) and isinstance(current[key], Mapping):
-            nested = merge_patch(current[key], value)
-            if nested:
-                patch[key] = nested
-        elif current[key] != value:
-            patch[key] = value
-    for key in current:
-        if key not in desired:
-            patch[key] = None
-    return patch
-
-
-def apply_merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386: what the API server makes of `target` after a merge patch (returns a new value)."""
-    if not isinstance(patch, Mapping):
-        return patch
-    result = dict(target) if isinstance(target, Mapping) else {}
-    for key, value in patch.items():
-        if value is None:
-            result.pop(key, None)
-        else:
-            result[key] = apply_merge_patch(result.get(key), value)
-    return result
 
 
 def _meta(obj: Obj) -> Obj:

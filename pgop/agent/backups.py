@@ -20,9 +20,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from backup import basebackup, restore
-from backup.layout import ArchiveLayout
-from backup.s3 import ENV_PATH, S3Settings, S3Storage
+from pgop.backup import basebackup
+from pgop.backup import restore
+from pgop.backup.layout import ArchiveLayout
+from pgop.backup.s3 import ENV_PATH, S3Settings, S3Storage
 from pgop.specs.pods import (  # the pod builder sets them
     ENV_RECOVERY_BACKUP as ENV_BACKUP, ENV_RECOVERY_S3_PATH as ENV_SOURCE_PATH,
     ENV_RECOVERY_SOURCE as ENV_SOURCE, ENV_RECOVERY_TARGET_LSN as ENV_TARGET_LSN,
@@ -69,7 +70,7 @@ class ProgressReporter:
         self._last = now
         try:
             if self._kube is None:
-                from pgop.kube import Kube
+                from pgop.runtime.kube import Kube
                 self._kube = Kube()
             self._kube.merge_patch("PgBackup", self.namespace, self.name,
                                    {"status": {"uploadedBytes": size}}, "status")

@@ -13,8 +13,8 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
-from pgop import pgconfig
-from pgop.lsn import parse_lsn
+from pgop.kernel import pgconfig
+from pgop.kernel.lsn import parse_lsn
 
 API_GROUP = "pgop.io"
 API_VERSION = "pgop.io/v1"
@@ -400,7 +400,7 @@ def _validate_spec(spec: ClusterSpec) -> list[ValidationError]:
         if backup.s3 is None:
             refuse("spec.backup.s3", "is required when spec.backup is set")
         if backup.schedule:
-            from backup.schedule import validate_schedule  # only backups need croniter
+            from pgop.kernel.schedule import validate_schedule  # only backups need croniter
             problem = validate_schedule(backup.schedule)
             if problem:
                 refuse("spec.backup.schedule", problem.removeprefix("spec.backup.schedule: "))

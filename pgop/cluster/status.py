@@ -10,8 +10,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
-from pgop.lsn import lag_bytes
-from pgop.model import PRIMARY, REQUIRED, Cluster, Instance
+from pgop.kernel.lsn import lag_bytes
+from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance
 
 DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # seconds: three missed beats of an agent that beats every 5 s
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from pgop.kube import Kube
-from pgop.model import Cluster, Instance, parse_time
-from pgop.plan import ObservedCluster, Plan, plan_cluster, plan_instance
-from pgop.specs import names
-from pgop.specs.meta import LABEL_CLUSTER, LABEL_INSTANCE
+from pgop.runtime.kube import Kube
+from pgop.kernel.model import Cluster, Instance, parse_time
+from pgop.cluster.plan import ObservedCluster, plan_cluster, plan_instance
+from pgop.kernel.actions import Plan
+from pgop.kernel import names
+from pgop.kernel.meta import LABEL_CLUSTER, LABEL_INSTANCE
 from pgop.specs.pvc import pvc_name
-from pgop.diagnose import instance_report
-from pgop.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, merge_conditions
+from pgop.kernel.diagnose import instance_report
+from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, merge_conditions
 
 
 def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | None = None) -> ObservedCluster:

@@ -10,14 +10,14 @@ from datetime import datetime, timezone
 import kopf
 from kubernetes.client.rest import ApiException
 
-from pgop import controller
-from pgop.kube import Kube, NotFound
-from pgop import cluster_publish
-from pgop.model import API_GROUP, Cluster
-from pgop.publish import PublishError
-from pgop.specs import names
-from pgop.specs.meta import LABEL_INSTANCE
-from pgop.status import merge_conditions
+from pgop.cluster import controller
+from pgop.runtime.kube import Kube, NotFound
+from pgop.cluster import publish as cluster_publish
+from pgop.kernel.model import API_GROUP, Cluster
+from pgop.runtime.publish import PublishError
+from pgop.kernel import names
+from pgop.kernel.meta import LABEL_INSTANCE
+from pgop.cluster.status import merge_conditions
 
 VERSION = "v1"
 CLUSTER_INTERVAL = 2.0
@@ -109,7 +109,7 @@ def _announce_archiving(body, status: dict) -> None:
 
 def _reconcile_backups(body, cluster: Cluster, status: dict, logger) -> None:
     """Schedule and retention (backup.cluster_backups), and what the status says of backups."""
-    from backup.cluster_backups import backup_status, reconcile_backups
+    from pgop.backup.cluster_backups import backup_status, reconcile_backups
     now = datetime.now(timezone.utc)
     plan, pgbackups = reconcile_backups(
         kube(), cluster, body["metadata"].get("creationTimestamp"), now,

@@ -5,7 +5,7 @@ import hashlib
 import json
 from typing import Any
 
-from pgop.model import API_VERSION
+from pgop.kernel.model import API_VERSION
 
 LABEL_CLUSTER = "pgop.io/cluster"
 LABEL_INSTANCE = "pgop.io/instance"

@@ -12,7 +12,7 @@ from typing import Any, Iterable
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from pgop.plan import CREATE, DELETE, PATCH, Action
+from pgop.kernel.actions import CREATE, DELETE, PATCH, Action
 
 
 @dataclass(frozen=True)

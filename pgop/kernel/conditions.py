@@ -1,0 +1,88 @@
+"""Status conditions with the semantics of apimachinery's meta.SetStatusCondition, and the one
+timestamp format of every status field (RFC 3339, UTC, whole seconds).
+
+A condition's lastTransitionTime moves only when its status flips; reason, message and
+observedGeneration follow every write. Conditions of other types are kept as they are: a merge
+patch replaces the whole list, and several writers (operator, agent) share it.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
+
+
+def rfc3339(moment: datetime) -> str:
+    """`2026-12-01T16:04:05Z`: what Kubernetes writes in metav1.Time fields."""
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_rfc3339(text: str | None) -> datetime | None:
+    """The inverse of rfc3339 (any offset, fractions allowed); None for None or an empty text."""
+    if not text:
+        return None
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+
+
+def condition_status(value: bool | str) -> str:
+    if isinstance(value, bool):
+        return TRUE if value else FALSE
+    if value not in (TRUE, FALSE, UNKNOWN):
+        raise ValueError(f"a condition status is True, False or Unknown, not {value!r}")
+    return value
+
+
+def condition(type_: str, status: bool | str, reason: str, message: str) -> dict[str, Any]:
+    """A condition without its times: what a decision says; set_condition stamps it."""
+    return {"type": type_, "status": condition_status(status), "reason": reason, "message": message}
+
+
+def find_condition(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[str, Any] | None:
+    return next((c for c in conditions or () if c.get("type") == type_), None)
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    update: Mapping[str, Any],
+    *,
+    now: datetime,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """`conditions` with `update` (type, status, reason, message) set; a new list, order kept."""
+    wanted = condition_status(update["status"])
+    out: list[dict[str, Any]] = []
+    found = False
+    for existing in conditions or ():
+        current = dict(existing)
+        if current.get("type") == update["type"]:
+            found = True
+            since = current.get("lastTransitionTime")
+            if current.get("status") != wanted or not since:
+                since = rfc3339(now)
+            current = {**current, **update, "status": wanted, "lastTransitionTime": since}
+            if generation is not None:
+                current["observedGeneration"] = generation
+        out.append(current)
+    if not found:
+        new = {**update, "status": wanted, "lastTransitionTime": rfc3339(now)}
+        if generation is not None:
+            new["observedGeneration"] = generation
+        out.append(new)
+    return out
+
+
+def set_conditions(
+    conditions: Sequence[Mapping[str, Any]] | None,
+    updates: Iterable[Mapping[str, Any]],
+    *,
+    now: datetime,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """set_condition for each update in turn."""
+    out = [dict(c) for c in conditions or ()]
+    for update in updates:
+        out = set_condition(out, update, now=now, generation=generation)
+    return out
