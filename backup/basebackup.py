@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import zstandard
@@ -327,7 +327,7 @@ class Throughput:
 def _utcnow(round_up: bool = False) -> datetime:
     # The catalog keeps whole seconds. completedAt is rounded up: a restore target at or after it
     # must be after the backup's end (PostgreSQL refuses a stop point before consistency).
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     whole = now.replace(microsecond=0)
     return whole + timedelta(seconds=1) if round_up and whole != now else whole
 
@@ -466,5 +466,5 @@ def list_backups(storage: S3Storage, path: str, cluster: str) -> list[Backup]:
             log.warning("skipping %s: %s", info.key, error)
         finally:
             body.close()
-    return sorted(found, key=lambda b: (b.completed_at or b.started_at or datetime.min.replace(tzinfo=timezone.utc),
+    return sorted(found, key=lambda b: (b.completed_at or b.started_at or datetime.min.replace(tzinfo=UTC),
                                         b.backup_name))

@@ -15,8 +15,8 @@ from typing import Any
 from pgop.backup.catalog import COMPLETED, FAILED
 from pgop.backup.plan import BackupPlan, plan_backups
 from pgop.backup.s3 import describe_error
-from pgop.kernel.model import Cluster, parse_time
 from pgop.kernel.actions import DELETE, Plan
+from pgop.kernel.model import Cluster, parse_time
 
 log = logging.getLogger("pgop.backup")
 

@@ -3,17 +3,17 @@ reconciled on create, resume, a short timer and its pod's events, by backup.pgba
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import kopf
 
 from pgop.backup.catalog import COMPLETED, FAILED
 from pgop.backup.pgbackup import plan_pgbackup
-from pgop.cluster.handlers import apply_plan, kube
-from pgop.runtime.kube import NotFound
-from pgop.kernel.model import API_GROUP
 from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
+from pgop.cluster.handlers import apply_plan, kube
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
+from pgop.kernel.model import API_GROUP
+from pgop.runtime.kube import NotFound
 
 VERSION = "v1"
 INTERVAL = 2.0
@@ -35,7 +35,7 @@ def reconcile_backup(body, logger) -> None:
     pod = client.get("Pod", namespace, backup_pod_name(name))
     postgres_pods = client.list("Pod", namespace, {LABEL_CLUSTER: cluster_name, LABEL_COMPONENT: COMPONENT_POSTGRES})
     by_instance = {p["metadata"]["labels"].get(LABEL_INSTANCE): p for p in postgres_pods}
-    step = plan_pgbackup(body, cluster, instances, pod, by_instance, datetime.now(timezone.utc))
+    step = plan_pgbackup(body, cluster, instances, pod, by_instance, datetime.now(UTC))
     apply_plan(body, step.plan, logger)
     if step.status:
         try:

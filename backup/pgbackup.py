@@ -25,11 +25,11 @@ from typing import Any
 
 from pgop.backup.catalog import COMPLETED, FAILED, PENDING, RUNNING, Backup, CatalogError
 from pgop.backup.plan import PREFER_REPLICA, choose_backup_target
-from pgop.kernel.diagnose import pod_problem
-from pgop.kernel.model import PRIMARY, Cluster, Instance
-from pgop.kernel.actions import CREATE, Action, Plan
 from pgop.backup.pod import backup_pod_name, build_backup_pod
 from pgop.cluster.status import timestamp
+from pgop.kernel.actions import CREATE, Action, Plan
+from pgop.kernel.diagnose import pod_problem
+from pgop.kernel.model import PRIMARY, Cluster, Instance
 
 Obj = Mapping[str, Any]
 ERROR_LIMIT = 2000  # status.error: the reason, not a whole log

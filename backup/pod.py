@@ -11,14 +11,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgop.kernel.model import Instance
-from pgop.kernel import names
+from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import LABEL_COMPONENT, cluster_labels, object_meta, owner_reference
+from pgop.kernel.model import Instance
 from pgop.specs.pods import (
-    ENV_INSTANCE, S3_CREDENTIALS_MOUNT, SECRETS_MOUNT, _container_security, _env, _pod_security,
-    _s3_volumes, _secret_source,
+    ENV_INSTANCE,
+    S3_CREDENTIALS_MOUNT,
+    SECRETS_MOUNT,
+    _container_security,
+    _env,
+    _pod_security,
+    _s3_volumes,
+    _secret_source,
 )
-from pgop.kernel import pgconfig
 
 COMPONENT_BACKUP = "backup"
 LABEL_BACKUP = "pgop.io/backup"

@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import zstandard
@@ -52,7 +52,7 @@ class RestoreResult:
 def choose(backups: Sequence[Backup], name: str | None = None, target_time: datetime | str | None = None,
            target_lsn: str | None = None) -> Backup:
     """The backup to start from (catalog.choose_backup; RestoreTargetError carries the range)."""
-    return choose_backup(backups, target_time, target_lsn, name=name, now=datetime.now(timezone.utc))
+    return choose_backup(backups, target_time, target_lsn, name=name, now=datetime.now(UTC))
 
 
 def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Path,
@@ -106,7 +106,7 @@ def recovery_settings(command: str, target_time: datetime | str | None = None,
         if isinstance(target_time, str):
             # RFC 3339 as the CRD takes it; PostgreSQL reads its own timestamp syntax, not 'T…Z'.
             target_time = parse_time(target_time)
-        settings["recovery_target_time"] = target_time.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f+00")
+        settings["recovery_target_time"] = target_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     elif target_lsn is not None:
         settings["recovery_target_lsn"] = target_lsn
     # without a target: to the end of the archived WAL

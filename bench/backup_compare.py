@@ -85,15 +85,22 @@ from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from pgop.backup import basebackup
-from pgop.backup import layout as keys
-from pgop.backup import restore
-from pgop.backup.layout import ArchiveLayout
-from bench.backup_throughput import (PREFIX, REPO, _archive_all, _credentials, _drop_bucket, _launcher,
-                                     _pgbench_init, _s3_client)
+from bench.backup_throughput import (
+    PREFIX,
+    REPO,
+    _archive_all,
+    _credentials,
+    _drop_bucket,
+    _launcher,
+    _pgbench_init,
+    _s3_client,
+)
 from e2e.harness import envfile
 from e2e.harness.pg import OS_USER, LocalPostgres
 from e2e.harness.services import free_port
+from pgop.backup import basebackup, restore
+from pgop.backup import layout as keys
+from pgop.backup.layout import ArchiveLayout
 from pgop.kernel import pgconfig
 
 CLUSTER = "bench"       # pgop's cluster, pgBackRest's stanza, barman's server name

@@ -23,12 +23,12 @@ from pathlib import Path
 import boto3
 import botocore.config
 
+from e2e.harness import envfile
+from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
 from pgop.backup import basebackup
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.restore import restore
 from pgop.backup.s3 import Credentials, S3Storage
-from e2e.harness import envfile
-from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
 from pgop.kernel import pgconfig
 
 REPO = Path(__file__).resolve().parents[1]

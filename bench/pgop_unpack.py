@@ -14,8 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from pgop.backup import basebackup
-from pgop.backup import restore
+from pgop.backup import basebackup, restore
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import S3Settings, S3Storage
 

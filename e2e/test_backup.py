@@ -10,7 +10,7 @@ import os
 import subprocess
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import boto3
 import pytest
@@ -127,7 +127,7 @@ def test_backup_from_a_replica_and_point_in_time_restore(kubectl, namespace, ope
         time.sleep(1.5)
         conn.execute("insert into orders (id) select g from generate_series(201, 300) g")
     switch_and_wait_archived(kubectl, ns, f"{name}-0")
-    target_text = target.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    target_text = target.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
     # the catalog from S3
     listing = pgop(local_env, "backups", name, "-n", ns).stdout

@@ -21,7 +21,7 @@ def _wait_pod_done(kubectl, ns, name, timeout=120):
         return kubectl.wait_for(lambda: _pod_phase(kubectl, ns, name) in ("Succeeded", "Failed")
                                 and _pod_phase(kubectl, ns, name), f"pod {name} to finish", timeout)
     except AssertionError as e:
-        raise AssertionError(f"{e}\n{kubectl('-n', ns, 'describe', 'pod', name, check=False).stdout}")
+        raise AssertionError(f"{e}\n{kubectl('-n', ns, 'describe', 'pod', name, check=False).stdout}") from None
 
 
 def test_node_is_ready(kubectl):

@@ -21,7 +21,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -29,17 +28,16 @@ from pathlib import Path
 import boto3
 import hvac
 import pytest
-
-from e2e.harness import proc as harness_proc
-from e2e.relay import Relay
 from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
-from pgop.runtime import publish as pub
-from pgop.runtime.config import ConsulAddress
+from e2e.harness import proc as harness_proc
+from e2e.relay import Relay
 from pgop.rds import policy
 from pgop.rds.aws import Rds
 from pgop.rds.spec import MysqlDbObject
+from pgop.runtime import publish as pub
+from pgop.runtime.config import ConsulAddress
 
 pytestmark = [pytest.mark.cluster, pytest.mark.services]
 

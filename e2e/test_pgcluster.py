@@ -51,7 +51,7 @@ def wait_ready(kubectl, ns, name, instances, timeout=TIMEOUT):
     except AssertionError as e:
         detail = kubectl("-n", ns, "get", "pgc,pgi,pods,pvc", "-o", "wide", check=False).stdout
         events = kubectl("-n", ns, "get", "events", "--sort-by=.lastTimestamp", check=False).stdout
-        raise AssertionError(f"{e}\n{cluster(kubectl, ns, name).get('status')}\n{detail}\n{events[-4000:]}")
+        raise AssertionError(f"{e}\n{cluster(kubectl, ns, name).get('status')}\n{detail}\n{events[-4000:]}") from None
 
 
 def secret(kubectl, ns, name, key):
@@ -157,7 +157,7 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     slots = exec_psql(kubectl, ns, primary, "select slot_name from pg_replication_slots where active order by 1")
     assert len(slots.splitlines()) == 2
     for replica in (f"{name}-1", f"{name}-2"):
-        assert eventually(lambda: exec_psql(kubectl, ns, replica, "select count(*) from orders") == "100",
+        assert eventually(lambda replica=replica: exec_psql(kubectl, ns, replica, "select count(*) from orders") == "100",
                           f"rows on {replica}")
 
     # a replica's pod dies: it comes back on the same volume, with its data
@@ -277,14 +277,14 @@ def test_parameters_reload_or_roll(kubectl, namespace, operator):
     kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p",
             '{"spec":{"parameters":{"work_mem":"8MB"}}}')
     for p in pods:
-        eventually(lambda: exec_psql(kubectl, ns, p, "show work_mem") == "8MB", f"work_mem on {p}", 90)
+        eventually(lambda p=p: exec_psql(kubectl, ns, p, "show work_mem") == "8MB", f"work_mem on {p}", 90)
     assert {p: exec_psql(kubectl, ns, p, "select pg_postmaster_start_time()") for p in pods} == started
 
     # a setting that needs a restart rolls through the instances, the primary last
     kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p",
             '{"spec":{"parameters":{"work_mem":"8MB","shared_buffers":"64MB"}}}')
     for p in pods:
-        eventually(lambda: exec_psql(kubectl, ns, p, "show shared_buffers") == "64MB",
+        eventually(lambda p=p: exec_psql(kubectl, ns, p, "show shared_buffers") == "64MB",
                    f"shared_buffers on {p}", 180)
     restarted = {p: exec_psql(kubectl, ns, p, "select pg_postmaster_start_time()") for p in pods}
     assert all(restarted[p] != started[p] for p in pods)

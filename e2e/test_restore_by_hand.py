@@ -18,11 +18,17 @@ from pathlib import Path
 
 import pytest
 
-from pgop.backup import basebackup
 from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
 from e2e.harness.services import free_port, pg_bindir
+from pgop.backup import basebackup
 from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)
-    CLUSTER, archive_env, archiving_postgres, launcher, s3, storage, wait_for,
+    CLUSTER,
+    archive_env,
+    archiving_postgres,
+    launcher,
+    s3,
+    storage,
+    wait_for,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,8 +1,6 @@
 """The `pgop` command (also installed as the kubectl plugin `kubectl-pgop`)."""
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 app = typer.Typer(help="pgop: PostgreSQL clusters and RDS MySQL databases on Kubernetes.",
@@ -18,7 +16,7 @@ def run(
                                         help="Watch these namespaces (repeatable)."),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A",
                                         help="Watch the whole cluster (the default when no -n)."),
-    liveness: Optional[str] = typer.Option(None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"),
+    liveness: str | None = typer.Option(None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the operator against the current kubeconfig (or in-cluster config)."""
@@ -27,7 +25,7 @@ def run(
                  verbose=verbose)
 
 
-def _namespace(namespace: Optional[str]) -> str:
+def _namespace(namespace: str | None) -> str:
     if namespace:
         return namespace
     from kubernetes import config
@@ -41,21 +39,21 @@ def _namespace(namespace: Optional[str]) -> str:
 @app.command()
 def status(
     cluster: str = typer.Argument(..., help="PgCluster name"),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
 ) -> None:
     """Show a PgCluster at a glance: instances, roles, LSN, lag, sync state, heartbeats."""
     from rich.console import Console
 
     from pgop.cli_views import cluster_table, conditions_table
-    from pgop.runtime.kube import Kube
     from pgop.kernel.meta import LABEL_CLUSTER
+    from pgop.runtime.kube import Kube
 
     ns = _namespace(namespace)
     kube = Kube()
     body = kube.get("PgCluster", ns, cluster)
     if body is None:
         typer.echo(f"PgCluster {ns}/{cluster} not found", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     instances = kube.list("PgInstance", ns, {LABEL_CLUSTER: cluster})
     console = Console()
     console.print(cluster_table(body, instances))
@@ -65,7 +63,7 @@ def status(
 @app.command()
 def plan(
     filename: str = typer.Option(..., "--filename", "-f", help="PgCluster manifest (YAML)"),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
 ) -> None:
     """What the operator would create, change or delete for this manifest, without doing it."""
     import uuid
@@ -75,9 +73,9 @@ def plan(
 
     from pgop.cli_views import plan_table
     from pgop.cluster.controller import observe_cluster
-    from pgop.runtime.kube import Kube
-    from pgop.kernel.model import Cluster
     from pgop.cluster.plan import plan_cluster
+    from pgop.kernel.model import Cluster
+    from pgop.runtime.kube import Kube
 
     with open(filename) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
@@ -102,7 +100,7 @@ def plan(
         if errors:
             for path, reason in errors:
                 console.print(f"[red]invalid[/red] {path}: {reason}")
-            raise typer.Exit(2)
+            raise typer.Exit(2) from None
         result = plan_cluster(cluster, observe_cluster(kube, ns, meta["name"], cluster))
         state = "exists" if live is not None else "does not exist yet"
         if not result:
@@ -120,8 +118,8 @@ S3_HELP = "The archive's S3 location when the PgCluster no longer exists"
 @app.command()
 def backup(
     cluster: str = typer.Argument(..., help="PgCluster name"),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
-    name: Optional[str] = typer.Option(None, "--name", help="PgBackup name (default <cluster>-<UTC time>)."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    name: str | None = typer.Option(None, "--name", help="PgBackup name (default <cluster>-<UTC time>)."),
     target: str = typer.Option("prefer-replica", "--target", help="prefer-replica | primary"),
     wait: bool = typer.Option(False, "--wait", "-w", help="Follow the backup with a progress bar until it ends."),
 ) -> None:
@@ -129,18 +127,18 @@ def backup(
     from pgop.cli_backup import start_backup
     if target not in ("prefer-replica", "primary"):
         typer.echo("--target must be prefer-replica or primary", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     start_backup(cluster, _namespace(namespace), name, target, wait)
 
 
 @app.command()
 def backups(
     cluster: str = typer.Argument(..., help="PgCluster name (its archive's name in S3)"),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
-    s3_bucket: Optional[str] = typer.Option(None, help=S3_HELP + ": bucket."),
-    s3_path: Optional[str] = typer.Option(None, help=S3_HELP + ": spec.backup.s3.path."),
-    s3_endpoint: Optional[str] = typer.Option(None, help=S3_HELP + ": endpoint URL."),
-    s3_credentials_secret: Optional[str] = typer.Option(None, help=S3_HELP + ": the Secret with its keys."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    s3_bucket: str | None = typer.Option(None, help=S3_HELP + ": bucket."),
+    s3_path: str | None = typer.Option(None, help=S3_HELP + ": spec.backup.s3.path."),
+    s3_endpoint: str | None = typer.Option(None, help=S3_HELP + ": endpoint URL."),
+    s3_credentials_secret: str | None = typer.Option(None, help=S3_HELP + ": the Secret with its keys."),
 ) -> None:
     """List the base backups of a cluster from its S3 catalog (not from the API), with the first
     point in time a restore can reach."""
@@ -156,15 +154,15 @@ def backups(
 def restore(
     cluster: str = typer.Argument(..., help="The PgCluster whose backups to restore"),
     to: str = typer.Option(..., "--to", help="Name of the new PgCluster"),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
-    time_: Optional[str] = typer.Option(None, "--time", help="Restore to this time (RFC 3339, e.g. 2026-11-22T03:00:00Z)."),
-    lsn: Optional[str] = typer.Option(None, "--lsn", help="Restore to this LSN."),
-    backup_name: Optional[str] = typer.Option(None, "--backup", help="Start from this base backup."),
-    instances: Optional[int] = typer.Option(None, "--instances", help="Instances of the new cluster (default the source's)."),
-    s3_bucket: Optional[str] = typer.Option(None, help=S3_HELP + ": bucket."),
-    s3_path: Optional[str] = typer.Option(None, help=S3_HELP + ": spec.backup.s3.path."),
-    s3_endpoint: Optional[str] = typer.Option(None, help=S3_HELP + ": endpoint URL."),
-    s3_credentials_secret: Optional[str] = typer.Option(None, help=S3_HELP + ": the Secret with its keys."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    time_: str | None = typer.Option(None, "--time", help="Restore to this time (RFC 3339, e.g. 2026-11-22T03:00:00Z)."),
+    lsn: str | None = typer.Option(None, "--lsn", help="Restore to this LSN."),
+    backup_name: str | None = typer.Option(None, "--backup", help="Start from this base backup."),
+    instances: int | None = typer.Option(None, "--instances", help="Instances of the new cluster (default the source's)."),
+    s3_bucket: str | None = typer.Option(None, help=S3_HELP + ": bucket."),
+    s3_path: str | None = typer.Option(None, help=S3_HELP + ": spec.backup.s3.path."),
+    s3_endpoint: str | None = typer.Option(None, help=S3_HELP + ": endpoint URL."),
+    s3_credentials_secret: str | None = typer.Option(None, help=S3_HELP + ": the Secret with its keys."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the PgCluster manifest instead of applying it."),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the restore until the new cluster is Ready."),
     timeout: float = typer.Option(1800, help="Seconds to wait for Ready."),
@@ -183,19 +181,18 @@ app.add_typer(mysqldb_app, name="mysqldb")
 @mysqldb_app.command("status")
 def mysqldb_status(
     name: str = typer.Argument(..., help="MysqlDb name"),
-    namespace: Optional[str] = typer.Option(None, "--namespace", "-n"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
 ) -> None:
     """The RDS instance, its phase, where its secret and config live, and the last error
     (never the password)."""
     from pgop.rds.report import render
-
     from pgop.runtime.kube import Kube
 
     ns = _namespace(namespace)
     body = Kube().get("MysqlDb", ns, name)
     if body is None:
         typer.echo(f"MysqlDb {ns}/{name} not found", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     typer.echo(render(body))
 
 
@@ -216,7 +213,7 @@ def _agent_logging(verbose: bool) -> None:
 
 @agent_app.command("run")
 def agent_run(
-    interval: Optional[float] = typer.Option(None, help="Seconds between turns of the loop "
+    interval: float | None = typer.Option(None, help="Seconds between turns of the loop "
                                              "(default: PGOP_HEARTBEAT_INTERVAL or 5)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -231,7 +228,7 @@ def agent_run(
         settings.check_user()
     except SettingsError as error:
         typer.echo(f"pgop agent: {error}", err=True)
-        raise typer.Exit(2)
+        raise typer.Exit(2) from None
     if interval is not None:
         settings = dataclasses.replace(settings, interval=interval)
     raise typer.Exit(loop.run(settings, kube.store_from_env(settings.namespace)))
@@ -240,7 +237,7 @@ def agent_run(
 @agent_app.command("bootstrap")
 def agent_bootstrap(
     mode: str = typer.Option(..., "--mode", help="initdb | basebackup | recovery"),
-    primary_host: Optional[str] = typer.Option(None, help="Clone from this host instead of the "
+    primary_host: str | None = typer.Option(None, help="Clone from this host instead of the "
                                                "cluster's -rw Service (basebackup)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -251,7 +248,7 @@ def agent_bootstrap(
         code = bootstrap.main(mode, primary_host=primary_host)
     except (RuntimeError, ValueError) as error:  # settings, credentials, commands: said plainly
         typer.echo(f"pgop agent bootstrap: {error}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     raise typer.Exit(code)
 
 
@@ -277,7 +274,7 @@ def agent_wal_fetch(
 @agent_app.command("backup")
 def agent_backup(
     name: str = typer.Option(..., "--name", help="The backup's name (the PgBackup's)."),
-    host: Optional[str] = typer.Option(None, "--host", help="Back up the instance at this address, "
+    host: str | None = typer.Option(None, "--host", help="Back up the instance at this address, "
                                        "as the replication role (a backup pod); default: the local "
                                        "Postgres over its socket."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
@@ -300,7 +297,7 @@ def agent_backup(
         from pgop.backup.s3 import describe_error
         _termination_message(TERMINATION_LOG, describe_error(error), enabled=bool(report))
         typer.echo(f"pgop agent backup: {describe_error(error)}", err=True)
-        raise typer.Exit(1)
+        raise typer.Exit(1) from None
     _termination_message(TERMINATION_LOG, backup.to_json(), enabled=bool(report))
     typer.echo(backup.to_json(), nl=False)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
-from typing import Any, Optional
+from datetime import UTC, datetime
+from typing import Any
 
 import typer
 
@@ -29,24 +29,24 @@ def _get_cluster(kube, namespace: str, name: str) -> dict[str, Any]:
 
 def manual_backup_name(cluster: str, now: datetime) -> str:
     """`<cluster>-<YYYYMMDDHHMMSS>`: scheduled backups use minutes, so the two never collide."""
-    return f"{cluster}-{now.astimezone(timezone.utc):%Y%m%d%H%M%S}"
+    return f"{cluster}-{now.astimezone(UTC):%Y%m%d%H%M%S}"
 
 
 def backup_manifest(cluster: str, namespace: str, name: str, target: str) -> dict[str, Any]:
-    from pgop.kernel.model import API_VERSION
     from pgop.kernel.meta import cluster_labels
+    from pgop.kernel.model import API_VERSION
     return {"apiVersion": API_VERSION, "kind": "PgBackup",
             "metadata": {"name": name, "namespace": namespace, "labels": cluster_labels(cluster)},
             "spec": {"cluster": cluster, "method": "basebackup", "target": target}}
 
 
-def start_backup(cluster: str, namespace: str, name: Optional[str], target: str, wait: bool) -> None:
+def start_backup(cluster: str, namespace: str, name: str | None, target: str, wait: bool) -> None:
     from pgop.runtime.kube import Kube
     kube = Kube()
     body = _get_cluster(kube, namespace, cluster)
     if not (body.get("spec") or {}).get("backup", {}).get("s3"):
         _fail(f"PgCluster {namespace}/{cluster} has no spec.backup.s3: there is nowhere to store a backup", 2)
-    name = name or manual_backup_name(cluster, datetime.now(timezone.utc))
+    name = name or manual_backup_name(cluster, datetime.now(UTC))
     created = kube.create(backup_manifest(cluster, namespace, name, target))
     if created is None:
         _fail(f"PgBackup {namespace}/{name} already exists")
@@ -94,8 +94,8 @@ def follow_backup(kube, namespace: str, name: str, timeout: float = 24 * 3600) -
 
 # ------------------------------------------------------------------------------ the catalog
 
-def s3_location(kube, namespace: str, cluster: str, bucket: Optional[str], path: Optional[str],
-                endpoint: Optional[str], credentials_secret: Optional[str]) -> S3Spec:
+def s3_location(kube, namespace: str, cluster: str, bucket: str | None, path: str | None,
+                endpoint: str | None, credentials_secret: str | None) -> S3Spec:
     """Where a cluster's archive is: the options, else the PgCluster's spec.backup.s3."""
     if bucket:
         if not credentials_secret:
@@ -147,9 +147,9 @@ def list_catalog(cluster: str, namespace: str, s3: S3Spec, kube) -> None:
 
 # ------------------------------------------------------------------------------ restore
 
-def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespace: str, *, target_time: Optional[str],
-                     target_lsn: Optional[str], backup: Optional[str], s3: Optional[S3Spec],
-                     instances: Optional[int]) -> dict[str, Any]:
+def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespace: str, *, target_time: str | None,
+                     target_lsn: str | None, backup: str | None, s3: S3Spec | None,
+                     instances: int | None) -> dict[str, Any]:
     """A PgCluster like `source` (the source PgCluster, {} when it is gone) that restores the
     backups of `source_name`."""
     spec: dict[str, Any] = {}
@@ -174,9 +174,9 @@ def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespa
             "metadata": {"name": new, "namespace": namespace}, "spec": spec}
 
 
-def restore(cluster: str, new: str, namespace: str, *, target_time: Optional[str], target_lsn: Optional[str],
-            backup: Optional[str], bucket: Optional[str], path: Optional[str], endpoint: Optional[str],
-            credentials_secret: Optional[str], instances: Optional[int], dry_run: bool, wait: bool,
+def restore(cluster: str, new: str, namespace: str, *, target_time: str | None, target_lsn: str | None,
+            backup: str | None, bucket: str | None, path: str | None, endpoint: str | None,
+            credentials_secret: str | None, instances: int | None, dry_run: bool, wait: bool,
             timeout: float) -> None:
     import yaml
 
@@ -196,7 +196,7 @@ def restore(cluster: str, new: str, namespace: str, *, target_time: Optional[str
     # Refuse here what the restore would fail on, with the range that is there.
     try:
         _, _, backups = read_catalog(kube, namespace, cluster, s3)
-        chosen = choose_backup(backups, target_time, target_lsn, name=backup, now=datetime.now(timezone.utc))
+        chosen = choose_backup(backups, target_time, target_lsn, name=backup, now=datetime.now(UTC))
     except RestoreTargetError as error:
         _fail(f"cannot restore {cluster}: {error}", 2)
     manifest = restore_manifest(cluster, source, new, namespace, target_time=target_time, target_lsn=target_lsn,

@@ -2,14 +2,15 @@
 cluster)."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from rich.table import Table
 from rich.text import Text
 
-from pgop.kernel.model import parse_time
 from pgop.kernel.actions import Action
+from pgop.kernel.model import parse_time
 
 
 def _age(ts: str | None, now: datetime) -> str:
@@ -37,7 +38,7 @@ def _bytes(n: Any) -> str:
 
 def cluster_table(cluster: dict[str, Any], instances: Iterable[dict[str, Any]],
                   now: datetime | None = None) -> Table:
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     status = cluster.get("status") or {}
     spec = cluster.get("spec") or {}
     entries = {e["name"]: e for e in status.get("instances") or []}
@@ -97,4 +98,4 @@ def backups_table(backups, title: str) -> Table:
 
 
 def _moment(moment: datetime | None) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"

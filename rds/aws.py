@@ -9,8 +9,9 @@ permanent (the user has to change something), with a reason for the MysqlDb cond
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import boto3
 import botocore.config
@@ -130,7 +131,7 @@ class DbInstance:
     pending: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_api(cls, raw: Mapping[str, Any]) -> "DbInstance":
+    def from_api(cls, raw: Mapping[str, Any]) -> DbInstance:
         endpoint = raw.get("Endpoint") or {}
         return cls(
             identifier=raw["DBInstanceIdentifier"],
@@ -178,7 +179,7 @@ class Rds:
         retry_mode: str = "standard",
         max_attempts: int = 5,
         session: boto3.session.Session | None = None,
-    ) -> "Rds":
+    ) -> Rds:
         session = session or boto3.session.Session()
         client = session.client(
             "rds",

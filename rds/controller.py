@@ -11,18 +11,32 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
 
-from pgop.runtime import publish as pub
 from pgop.rds import policy
 from pgop.rds.aws import DbInstance, Rds, RdsError
 from pgop.rds.policy import (
-    Claim, Create, Degrade, DeleteInstance, DisableDeletionProtection, BlockDeletion, Finished, Modify,
-    Publish, Refuse, ReleaseInstance, ResetPassword, Unpublish, Wait, WaitForDeletion,
+    BlockDeletion,
+    Claim,
+    Create,
+    Degrade,
+    DeleteInstance,
+    DisableDeletionProtection,
+    Finished,
+    Modify,
+    Publish,
+    Refuse,
+    ReleaseInstance,
+    ResetPassword,
+    Unpublish,
+    Wait,
+    WaitForDeletion,
 )
 from pgop.rds.spec import ENGINE, MysqlDbObject
+from pgop.runtime import publish as pub
 
 if TYPE_CHECKING:
     from pgop.runtime.config import OperatorConfig
@@ -97,7 +111,7 @@ class MysqlDbController:
         scope: str = "",
         poll_seconds: float = 15.0,
         resync_seconds: float = 60.0,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         generate_password: Callable[[], str] = pub.generate_password,
     ):
         self.rds = rds
@@ -357,7 +371,7 @@ class MysqlDbController:
                                                 cap=FAULT_BACKOFF_CAP if retryable else 600.0)
 
 
-def build_controller(config: "OperatorConfig") -> MysqlDbController:
+def build_controller(config: OperatorConfig) -> MysqlDbController:
     """The controller wired to the services named in the operator's configuration."""
     rds = Rds.connect(region=config.aws_region, endpoint_url=config.rds_endpoint,
                       retry_mode=config.aws_retry_mode, max_attempts=config.aws_max_attempts)

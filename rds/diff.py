@@ -10,8 +10,9 @@ so an adopted instance is never half-reshaped.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from pgop.rds.aws import DbInstance
 from pgop.rds.spec import ENGINE, MysqlDbSpec

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import logging
 import threading
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
 
-from pgop.runtime.config import OperatorConfig
 from pgop.rds import policy
 from pgop.rds.controller import MysqlDbController, Outcome, build_controller
 from pgop.rds.spec import InvalidSpec, MysqlDbObject
+from pgop.runtime.config import OperatorConfig
 
 GROUP, VERSION, PLURAL = "pgop.io", "v1", "mysqldbs"
 TIMER_INTERVAL = 5.0  # a tick only compares status.nextCheckAt with the clock
@@ -92,7 +92,7 @@ def look_again(body: Any, status: Any, patch: Any, memo: Any, **_: Any) -> None:
     phase = status.get("phase")
     if phase not in policy.CHANGING_PHASES | policy.SETTLED_PHASES:
         return  # Pending and Failed belong to the handlers (kopf retries / a spec change)
-    if not policy.due(memo.get("next_check") or status.get("nextCheckAt"), datetime.now(timezone.utc)):
+    if not policy.due(memo.get("next_check") or status.get("nextCheckAt"), datetime.now(UTC)):
         return
     try:
         obj = MysqlDbObject.from_body(body)

@@ -7,9 +7,10 @@ object is being deleted. The controller (rds/controller.py) performs the step an
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
 from pgop.rds.aws import DbInstance
 from pgop.rds.diff import Changes, diff
@@ -264,7 +265,7 @@ def deletion_step(obj: MysqlDbObject, instance: DbInstance | None) -> Any:
 # --- status helpers ------------------------------------------------------------------------------
 
 def now_iso(now: datetime | None = None) -> str:
-    return (now or datetime.now(timezone.utc)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def set_condition(
@@ -331,7 +332,7 @@ def due(next_check: str | None, now: datetime) -> bool:
     if not next_check:
         return True
     try:
-        at = datetime.strptime(next_check, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        at = datetime.strptime(next_check, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         return True
     return now >= at

@@ -6,7 +6,8 @@ construction; this module only picks and orders what a person needs.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from pgop.rds.spec import default_consul_prefix, default_vault_path
 

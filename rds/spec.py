@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from pgop.rds.classes import instance_class_for
 
@@ -46,7 +47,7 @@ class MysqlDbSpec:
     instance_size: str | None = None
 
     @classmethod
-    def from_manifest(cls, namespace: str, name: str, spec: Mapping[str, Any]) -> "MysqlDbSpec":
+    def from_manifest(cls, namespace: str, name: str, spec: Mapping[str, Any]) -> MysqlDbSpec:
         try:
             engine_version = str(spec["engineVersion"])
             database_name = str(spec["databaseName"])
@@ -93,7 +94,7 @@ class MysqlDbObject:
     status: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> "MysqlDbObject":
+    def from_body(cls, body: Mapping[str, Any]) -> MysqlDbObject:
         meta = body.get("metadata", {})
         namespace, name = meta["namespace"], meta["name"]
         return cls(

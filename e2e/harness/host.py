@@ -14,7 +14,7 @@ from .proc import run
 def _missing_packages() -> list[str]:
     out = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n",
                           *versions.APT_PACKAGES], text=True, capture_output=True).stdout
-    installed = {l.split()[0] for l in out.splitlines() if l.endswith(" installed")}
+    installed = {line.split()[0] for line in out.splitlines() if line.endswith(" installed")}
     return [p for p in versions.APT_PACKAGES if p not in installed]
 
 

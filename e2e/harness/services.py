@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
-import sys
 import urllib.request
 from pathlib import Path
 

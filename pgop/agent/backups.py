@@ -20,13 +20,22 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pgop.backup import basebackup
-from pgop.backup import restore
+from pgop.backup import basebackup, restore
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import ENV_PATH, S3Settings, S3Storage
 from pgop.specs.pods import (  # the pod builder sets them
-    ENV_RECOVERY_BACKUP as ENV_BACKUP, ENV_RECOVERY_S3_PATH as ENV_SOURCE_PATH,
-    ENV_RECOVERY_SOURCE as ENV_SOURCE, ENV_RECOVERY_TARGET_LSN as ENV_TARGET_LSN,
+    ENV_RECOVERY_BACKUP as ENV_BACKUP,
+)
+from pgop.specs.pods import (
+    ENV_RECOVERY_S3_PATH as ENV_SOURCE_PATH,
+)
+from pgop.specs.pods import (
+    ENV_RECOVERY_SOURCE as ENV_SOURCE,
+)
+from pgop.specs.pods import (
+    ENV_RECOVERY_TARGET_LSN as ENV_TARGET_LSN,
+)
+from pgop.specs.pods import (
     ENV_RECOVERY_TARGET_TIME as ENV_TARGET_TIME,
 )
 

@@ -16,11 +16,11 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
-from pgop.kernel import pgconfig
 from pgop.agent import config, credentials, local
 from pgop.agent.commands import CommandError, Runner
 from pgop.agent.postmaster import Postmaster
 from pgop.agent.settings import AgentSettings
+from pgop.kernel import pgconfig
 from pgop.kernel.model import InitdbSpec, InstanceSpec
 
 log = logging.getLogger(__name__)

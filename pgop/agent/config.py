@@ -10,9 +10,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgop.kernel import pgconfig
 from pgop.agent.credentials import write_private
 from pgop.agent.settings import AgentSettings
+from pgop.kernel import pgconfig
 from pgop.kernel.model import InstanceSpec
 
 _SETTING_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*) = '((?:[^'\\]|''|\\.)*)'$")

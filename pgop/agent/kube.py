@@ -9,8 +9,8 @@ import copy
 import threading
 from typing import Any, Protocol
 
-from pgop.kernel.model import API_GROUP
 from pgop.kernel.meta import LABEL_CLUSTER
+from pgop.kernel.model import API_GROUP
 
 PLURAL = "pginstances"
 VERSION = "v1"

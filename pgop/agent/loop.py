@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -35,7 +35,7 @@ RELOAD_CONFIRM_TIMEOUT = 10.0
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Agent:

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pgop.kernel import pgconfig
+from pgop.kernel import names, pgconfig
 from pgop.specs import pods
-from pgop.kernel import names
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_MAX_START_ATTEMPTS = 3

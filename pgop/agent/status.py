@@ -12,8 +12,8 @@ from typing import Any
 from pgop.agent.ha import Decision
 from pgop.agent.settings import AgentSettings
 from pgop.agent.state import Archiver, PostgresState
-from pgop.kernel.lsn import lag_bytes
 from pgop.cluster.status import timestamp
+from pgop.kernel.lsn import lag_bytes
 
 CONDITION_READY = "Ready"
 CONDITION_CONFIG = "ConfigurationApplied"

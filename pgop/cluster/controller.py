@@ -2,18 +2,18 @@
 and, without the apply step, by `pgop plan`."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from pgop.runtime.kube import Kube
-from pgop.kernel.model import Cluster, Instance, parse_time
 from pgop.cluster.plan import ObservedCluster, plan_cluster, plan_instance
-from pgop.kernel.actions import Plan
-from pgop.kernel import names
-from pgop.kernel.meta import LABEL_CLUSTER, LABEL_INSTANCE
-from pgop.specs.pvc import pvc_name
-from pgop.kernel.diagnose import instance_report
 from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, merge_conditions
+from pgop.kernel import names
+from pgop.kernel.actions import Plan
+from pgop.kernel.diagnose import instance_report
+from pgop.kernel.meta import LABEL_CLUSTER, LABEL_INSTANCE
+from pgop.kernel.model import Cluster, Instance, parse_time
+from pgop.runtime.kube import Kube
+from pgop.specs.pvc import pvc_name
 
 
 def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | None = None) -> ObservedCluster:
@@ -44,7 +44,7 @@ def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, Observe
 
 
 def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> dict[str, Any]:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     status = cluster_status(cluster, instances, now=now, waiting=plan.waiting)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
         archiving = archiving_condition(instances) | {"observedGeneration": cluster.generation}
@@ -99,7 +99,7 @@ def plan_for_instance(kube: Kube, body: dict[str, Any]) -> tuple[Instance, Plan,
 
 
 def _report_for_silent_agent(kube: Kube, instance: Instance, pvc, pods, plan: Plan) -> dict | None:
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     beat = instance.status.last_heartbeat
     if beat is not None and (now - beat).total_seconds() <= DEFAULT_HEARTBEAT_TIMEOUT:
         return None  # the agent speaks for itself

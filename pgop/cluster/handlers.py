@@ -5,19 +5,19 @@ from __future__ import annotations
 
 import functools
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import kopf
 from kubernetes.client.rest import ApiException
 
 from pgop.cluster import controller
-from pgop.runtime.kube import Kube, NotFound
 from pgop.cluster import publish as cluster_publish
-from pgop.kernel.model import API_GROUP, Cluster
-from pgop.runtime.publish import PublishError
+from pgop.cluster.status import merge_conditions
 from pgop.kernel import names
 from pgop.kernel.meta import LABEL_INSTANCE
-from pgop.cluster.status import merge_conditions
+from pgop.kernel.model import API_GROUP, Cluster
+from pgop.runtime.kube import Kube, NotFound
+from pgop.runtime.publish import PublishError
 
 VERSION = "v1"
 CLUSTER_INTERVAL = 2.0
@@ -110,7 +110,7 @@ def _announce_archiving(body, status: dict) -> None:
 def _reconcile_backups(body, cluster: Cluster, status: dict, logger) -> None:
     """Schedule and retention (backup.cluster_backups), and what the status says of backups."""
     from pgop.backup.cluster_backups import backup_status, reconcile_backups
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     plan, pgbackups = reconcile_backups(
         kube(), cluster, body["metadata"].get("creationTimestamp"), now,
         apply=lambda actions: apply_plan(body, actions, logger),

@@ -26,23 +26,36 @@ from __future__ import annotations
 
 import secrets as system_secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from pgop.kernel import pgconfig
+from pgop.kernel import names, pgconfig
 from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, merge_patch
-from pgop.kernel.model import (
-    API_VERSION, PRIMARY, REPLICA, Cluster, Instance, RecoverySpec, instance_name, parse_quantity,
-)
-from pgop.kernel import names
-from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
 from pgop.kernel.meta import LABEL_ROLE
+from pgop.kernel.model import (
+    PRIMARY,
+    REPLICA,
+    Cluster,
+    Instance,
+    RecoverySpec,
+    instance_name,
+    parse_quantity,
+)
+from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
 from pgop.specs.pdb import build_pdb
 from pgop.specs.pods import (
-    ANNOTATION_POD_INPUTS, build_bootstrap_pod, build_postgres_pod, pod_inputs_hash, pod_role_label,
+    ANNOTATION_POD_INPUTS,
+    build_bootstrap_pod,
+    build_postgres_pod,
+    pod_inputs_hash,
+    pod_role_label,
 )
 from pgop.specs.pvc import (
-    build_pvc, desired_owner_references, holds_foreign_data, is_initialized, mark_initialized_patch,
+    build_pvc,
+    desired_owner_references,
+    holds_foreign_data,
+    is_initialized,
+    mark_initialized_patch,
 )
 from pgop.specs.rbac import build_role, build_role_binding, build_service_account
 from pgop.specs.secrets import RandomSource, build_cluster_secrets

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 
-from pgop.runtime import publish as pub
-from pgop.runtime.config import OperatorConfig
+from pgop.kernel import names
 from pgop.kernel.model import Cluster
 from pgop.kernel.pgconfig import POSTGRES_PORT
-from pgop.kernel import names
+from pgop.runtime import publish as pub
+from pgop.runtime.config import OperatorConfig
 
 
 def targets(cluster: Cluster) -> tuple[str, str]:

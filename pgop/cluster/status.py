@@ -7,7 +7,7 @@ cannot take its last word back.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pgop.kernel.lsn import lag_bytes
@@ -21,7 +21,7 @@ DEGRADED = "Degraded"
 
 
 def timestamp(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def heartbeat_age(instance: Instance, now: datetime) -> float | None:

@@ -8,7 +8,7 @@ patch replaces the whole list, and several writers (operator, agent) share it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
@@ -16,7 +16,7 @@ TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
 def rfc3339(moment: datetime) -> str:
     """`2026-12-01T16:04:05Z`: what Kubernetes writes in metav1.Time fields."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(text: str | None) -> datetime | None:
@@ -24,7 +24,7 @@ def parse_rfc3339(text: str | None) -> datetime | None:
     if not text:
         return None
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
 def condition_status(value: bool | str) -> str:

@@ -234,9 +234,9 @@ def hba_rules(superuser: str = SUPERUSER, replication_user: str = REPLICATION_US
     """
     return [
         f"local   all           {superuser:<18}          peer",
-        f"local   all           all                         scram-sha-256",
+        "local   all           all                         scram-sha-256",
         f"host    replication   {replication_user:<18} all      scram-sha-256",
-        f"host    all           all                all      scram-sha-256",
+        "host    all           all                all      scram-sha-256",
     ]
 
 

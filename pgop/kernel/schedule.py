@@ -25,17 +25,16 @@ uniqueness instead of making a second backup.
 """
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from croniter import croniter
-from croniter import CroniterBadDateError, CroniterError
+from croniter import CroniterBadDateError, CroniterError, croniter
 
 FIELD = "spec.backup.schedule"
 MACROS = ("@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly")
 _MINUTE = timedelta(minutes=1)
 # A valid expression that cannot match any date (February 31st) is found within croniter's
 # search window; leap days (February 29th) are found too.
-_REFERENCE = datetime(2000, 1, 1, tzinfo=timezone.utc)
+_REFERENCE = datetime(2000, 1, 1, tzinfo=UTC)
 
 
 class ScheduleError(ValueError):
@@ -93,7 +92,7 @@ def _parse(schedule: str | None) -> str:
 def _utc(moment: datetime) -> datetime:
     if moment.tzinfo is None:
         raise ValueError(f"a time without a zone is ambiguous: {moment!r}")
-    return moment.astimezone(timezone.utc).replace(fold=0)
+    return moment.astimezone(UTC).replace(fold=0)
 
 
 def latest_due(schedule: str, now: datetime) -> datetime | None:

@@ -19,8 +19,8 @@ from __future__ import annotations
 
 import os
 import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class ConsulAddress:
     scheme: str
 
     @classmethod
-    def parse(cls, addr: str) -> "ConsulAddress":
+    def parse(cls, addr: str) -> ConsulAddress:
         parsed = urllib.parse.urlparse(addr if "//" in addr else f"//{addr}")
         return cls(parsed.hostname or "127.0.0.1", parsed.port or 8500, parsed.scheme or "http")
 
@@ -52,7 +52,7 @@ class OperatorConfig:
     rds_resync_seconds: float = 60.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "OperatorConfig":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
         return cls(
             aws_region=env.get("AWS_DEFAULT_REGION") or env.get("AWS_REGION") or "us-east-1",

@@ -6,8 +6,9 @@ them into API calls, shared by the handlers and by `pgop plan`.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException

@@ -15,8 +15,9 @@ import base64
 import logging
 import secrets
 import string
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import consul
 import consul.exceptions
@@ -111,7 +112,7 @@ class VaultKV:
         jwt_path: str = SERVICE_ACCOUNT_TOKEN,
         timeout: float = 5.0,
         verify: bool | str = True,
-    ) -> "VaultKV":
+    ) -> VaultKV:
         client = hvac.Client(url=addr, token=token, timeout=timeout, verify=verify)
         login = None
         if kubernetes_role:
@@ -194,7 +195,7 @@ class ConsulKV:
 
     @classmethod
     def connect(cls, host: str, port: int, *, scheme: str = "http", token: str | None = None,
-                timeout: float = 5.0) -> "ConsulKV":
+                timeout: float = 5.0) -> ConsulKV:
         return cls(consul.Consul(host=host, port=port, scheme=scheme, token=token,
                                  connections_timeout=timeout))
 

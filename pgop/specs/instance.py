@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from pgop.kernel import pgconfig
-from pgop.kernel.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, RecoverySpec, Role, instance_name
 from pgop.kernel.meta import LABEL_INSTANCE, cluster_labels, object_meta, owner_reference, stable_hash
+from pgop.kernel.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, RecoverySpec, Role, instance_name
 
 KIND = "PgInstance"
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgop.kernel.model import Cluster
 from pgop.kernel import names
 from pgop.kernel.meta import (
-    COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, cluster_labels, object_meta, owner_reference,
+    COMPONENT_POSTGRES,
+    LABEL_CLUSTER,
+    LABEL_COMPONENT,
+    cluster_labels,
+    object_meta,
+    owner_reference,
 )
+from pgop.kernel.model import Cluster
 
 
 def min_available(instances: int) -> int:

@@ -8,13 +8,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgop.kernel import pgconfig
-from pgop.kernel.model import PRIMARY, RECOVERY, REPLICA, Instance, S3Spec
-from pgop.kernel import names
+from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import (
-    COMPONENT_BOOTSTRAP, COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE,
-    LABEL_ROLE, cluster_labels, object_meta, owner_reference, stable_hash,
+    COMPONENT_BOOTSTRAP,
+    COMPONENT_POSTGRES,
+    LABEL_CLUSTER,
+    LABEL_COMPONENT,
+    LABEL_INSTANCE,
+    LABEL_ROLE,
+    cluster_labels,
+    object_meta,
+    owner_reference,
+    stable_hash,
 )
+from pgop.kernel.model import PRIMARY, RECOVERY, REPLICA, Instance, S3Spec
 from pgop.specs.pvc import pvc_name
 
 POSTGRES_UID = 999

@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pgop.kernel.model import API_VERSION, DELETE, Instance
 from pgop.kernel.meta import LABEL_INSTANCE, cluster_labels, object_meta, owner_reference
+from pgop.kernel.model import API_VERSION, DELETE, Instance
 
 ANNOTATION_INITIALIZED = "pgop.io/initialized"  # the bootstrap mode that filled the volume
 ANNOTATION_CLUSTER_UID = "pgop.io/cluster-uid"

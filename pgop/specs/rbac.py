@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgop.kernel.model import API_GROUP, Cluster
 from pgop.kernel import names
 from pgop.kernel.meta import cluster_labels, object_meta, owner_reference
+from pgop.kernel.model import API_GROUP, Cluster
 
 
 def _meta(cluster: Cluster) -> dict[str, Any]:

@@ -10,10 +10,9 @@ from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from pgop.kernel import pgconfig
-from pgop.kernel.model import Cluster
-from pgop.kernel import names
+from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import cluster_labels, object_meta, owner_reference
+from pgop.kernel.model import Cluster
 from pgop.specs.services import service_host
 
 # Letters and digits only: safe unquoted in a URI, a .pgpass line, a shell and a conninfo string.

@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgop.kernel import pgconfig
-from pgop.kernel.model import PRIMARY, REPLICA, Cluster
-from pgop.kernel import names
+from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import (
-    COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_ROLE, cluster_labels, object_meta,
+    COMPONENT_POSTGRES,
+    LABEL_CLUSTER,
+    LABEL_COMPONENT,
+    LABEL_ROLE,
+    cluster_labels,
+    object_meta,
     owner_reference,
 )
+from pgop.kernel.model import PRIMARY, REPLICA, Cluster
 
 
 def selector(cluster: str, role: str | None) -> dict[str, str]:

@@ -20,9 +20,9 @@ import psycopg
 import pytest
 
 from e2e.harness.pg import AgentHost
-from pgop.kernel import pgconfig
 from pgop.agent import bootstrap, health, kube, loop
 from pgop.agent.bootstrap import BootstrapError
+from pgop.kernel import pgconfig
 from pgop.kernel.model import Cluster, Instance
 from pgop.specs.instance import build_instance
 
@@ -253,7 +253,7 @@ def test_replicas_stream_with_slots_and_quorum_sync(fleet_factory):
     fleet.sql(primary, "CREATE TABLE items (id int PRIMARY KEY, note text)", dbname="app", user="app")
     fleet.sql(primary, "INSERT INTO items VALUES (1, 'hello')", dbname="app", user="app")
     for replica in (r1, r2):
-        assert wait_for(lambda: fleet.sql(replica, "SELECT note FROM items", dbname="app", user="app"),
+        assert wait_for(lambda replica=replica: fleet.sql(replica, "SELECT note FROM items", dbname="app", user="app"),
                         f"the row on {replica}") == [("hello",)]
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             fleet.sql(replica, "INSERT INTO items VALUES (2, 'no')", dbname="app", user="app")

@@ -7,21 +7,27 @@ import os
 import shutil
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 import pytest
+from botocore.exceptions import ClientError
 
+from e2e.harness.pg import OS_USER, LocalPostgres
 from pgop.backup import basebackup
 from pgop.backup import layout as keys
 from pgop.backup.catalog import RestoreTargetError
 from pgop.backup.restore import restore
 from pgop.backup.s3 import Credentials, S3Storage
-from e2e.harness.pg import OS_USER, LocalPostgres
 from pgop.kernel.lsn import parse_lsn
 from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)
-    CLUSTER, archive_env, archiving_postgres, launcher, s3, storage,
+    CLUSTER,
+    archive_env,
+    archiving_postgres,
+    launcher,
+    s3,
+    storage,
 )
 
 PREFIX = ["runuser", "-u", OS_USER, "--"] if os.geteuid() == 0 else []
@@ -78,7 +84,7 @@ def test_a_failed_upload_leaves_no_catalog_document(archiving_postgres, archive_
     layout = archive_env["layout"]
     wrong = S3Storage(s3["bucket"], endpoint=s3["endpoint"], credentials=Credentials(s3["access"], "wrong"),
                       max_attempts=1)
-    with pytest.raises(Exception):
+    with pytest.raises(ClientError):  # the S3 server refuses the wrong secret
         basebackup.take_base_backup(wrong, layout, "broken", _source(archiving_postgres))
     assert not _keys(s3, keys.backup_prefix(layout, "broken"))
     # a server that fails mid-stream: the upload is aborted, nothing is listed
@@ -102,7 +108,7 @@ def test_point_in_time_restore_into_a_new_data_directory(archiving_postgres, arc
     basebackup.take_base_backup(storage, layout, "pitr", _source(pg), archive_wait=60)
     pg.psql("INSERT INTO orders (id) SELECT generate_series(101, 200)")
     time.sleep(1.1)
-    target_time = datetime.now(timezone.utc)
+    target_time = datetime.now(UTC)
     time.sleep(1.1)
     pg.psql("INSERT INTO orders (id) SELECT generate_series(201, 300)")
     last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())")
@@ -114,7 +120,7 @@ def test_point_in_time_restore_into_a_new_data_directory(archiving_postgres, arc
     backups = basebackup.list_backups(storage, layout.path, CLUSTER)
     with pytest.raises(RestoreTargetError, match="available: .* \\(end of pitr\\)"):
         restore(storage, layout, Path(tempfile.gettempdir()), backups,
-                target_time=datetime(2000, 1, 1, tzinfo=timezone.utc))
+                target_time=datetime(2000, 1, 1, tzinfo=UTC))
 
     target = _empty_pgdata()
     try:

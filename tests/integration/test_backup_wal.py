@@ -20,14 +20,14 @@ import boto3
 import botocore.config
 import pytest
 
+from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
+from pgop.agent.state import read_archiver
+from pgop.agent.status import archiver_status
 from pgop.backup import wal
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import Credentials, S3Storage
-from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
-from pgop.kernel import pgconfig
 from pgop.cluster.controller import archiving_condition
-from pgop.agent.state import read_archiver
-from pgop.agent.status import archiver_status
+from pgop.kernel import pgconfig
 
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "orders"
@@ -362,7 +362,7 @@ def test_point_in_time_recovery_stops_at_the_target_and_never_ends_early_on_an_s
     archive unreachable (a bucket that does not exist): wal-fetch must not answer "no more WAL",
     which would end recovery early; PostgreSQL stops with an error instead, and a second start
     with the archive back recovers to T."""
-    primary, layout = archiving_postgres, archive_env["layout"]
+    primary = archiving_postgres
     primary.psql("CREATE TABLE orders (id int primary key, note text)")
     primary.psql("INSERT INTO orders SELECT g, 'in the backup' FROM generate_series(1, 1000) g")
     copy = LocalPostgres()

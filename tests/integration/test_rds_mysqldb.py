@@ -21,12 +21,12 @@ import hvac
 import pytest
 from botocore.stub import ANY, Stubber
 
-from pgop.runtime import publish as pub
-from pgop.runtime.config import ConsulAddress
 from pgop.rds import policy
 from pgop.rds.aws import Rds, client_config
 from pgop.rds.controller import MysqlDbController
 from pgop.rds.spec import MysqlDbObject
+from pgop.runtime import publish as pub
+from pgop.runtime.config import ConsulAddress
 
 pytestmark = pytest.mark.services
 

@@ -5,17 +5,17 @@ from __future__ import annotations
 import os
 import stat
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from pgop.kernel import pgconfig
 from pgop.agent import bootstrap, config, credentials, ha, kube, replication, status
 from pgop.agent.commands import Children
 from pgop.agent.postmaster import reap_orphans, remove_stale_pid_file
 from pgop.agent.settings import AgentSettings, SettingsError
 from pgop.agent.state import PostgresState
+from pgop.kernel import pgconfig
 from pgop.kernel.model import Instance, InstanceSpec
 
 POD_ENV = {
@@ -163,7 +163,7 @@ def test_synchronous_names_preferred_lists_streaming_replicas():
 # ------------------------------------------------------------------------------------- status
 
 def test_status_of_a_ready_replica():
-    now = datetime(2026, 11, 22, 5, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 22, 5, 0, 0, tzinfo=UTC)
     state = PostgresState(accepting=True, role="replica", timeline=2, lsn="0/3000060", received_lsn="0/3000100",
                           system_identifier="7", pending_restart=frozenset())
     decision = ha.Decision((), ha.RUNNING)
@@ -183,7 +183,7 @@ def test_status_of_a_ready_replica():
 
 
 def test_status_when_postgres_is_down():
-    now = datetime(2026, 11, 22, 5, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 22, 5, 0, 0, tzinfo=UTC)
     decision = ha.Decision((ha.Action(ha.START, "postgres is not running"),), ha.STARTING)
     out = status.build_status(settings(), now=now, state=None, decision=decision, ready=False, generation=3,
                               applied_generation=2, message="boom")

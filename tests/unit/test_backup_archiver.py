@@ -1,11 +1,11 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pgop.agent.settings import AgentSettings
 from pgop.agent.state import Archiver, PostgresState
 from pgop.agent.status import archiver_status, build_status
 
-AT = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
+AT = datetime(2026, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 
 
 def test_pg_stat_archiver_becomes_the_instance_status_archiver():

@@ -12,7 +12,12 @@ import pytest
 
 from pgop.backup import layout as keys
 from pgop.backup.basebackup import (
-    BaseBackupError, TarWatcher, manifest_end, parse_backup_label, segment_size_of, system_identifier,
+    BaseBackupError,
+    TarWatcher,
+    manifest_end,
+    parse_backup_label,
+    segment_size_of,
+    system_identifier,
     wal_file_name,
 )
 from pgop.backup.layout import ArchiveLayout

@@ -1,16 +1,22 @@
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pgop.backup.catalog import (
-    FORMAT, FORMAT_VERSION, Backup, CatalogError, RestoreTargetError, choose_backup, completed_backups,
+    FORMAT,
+    FORMAT_VERSION,
+    Backup,
+    CatalogError,
+    RestoreTargetError,
+    choose_backup,
+    completed_backups,
     first_recoverability_point,
 )
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 def backup(name: str, completed: datetime | None, end_lsn: str | None = None, phase: str = "Completed",

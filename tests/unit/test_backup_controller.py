@@ -1,12 +1,12 @@
 """The backup controller's decisions (backup.pgbackup), the backup pod, the recovery bootstrap pod,
 and what the cluster status says of backups."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pgop.backup.catalog import Backup
 from pgop.backup.cluster_backups import backup_status
 from pgop.backup.pgbackup import plan_pgbackup
+from pgop.backup.pod import ENV_BACKUP_OBJECT, LABEL_BACKUP
 from pgop.kernel.model import Cluster, Instance
-from pgop.backup.pod import ENV_BACKUP_OBJECT, LABEL_BACKUP, build_backup_pod
 from pgop.specs.instance import build_instance
 from pgop.specs.pods import build_bootstrap_pod, build_postgres_pod
 from tests.unit.world import NOW, cluster_body, running_cluster
@@ -91,7 +91,7 @@ def backup_pod(phase, message="", reason="Completed"):
 def test_a_succeeded_pod_completes_the_backup_from_its_catalog_document():
     document = Backup(cluster="orders", backup_name="orders-manual", timeline=1, begin_lsn="0/2000028",
                       end_lsn="0/2000100", begin_wal="000000010000000000000002", end_wal="000000010000000000000002",
-                      started_at=datetime(2026, 11, 22, 11, 59, tzinfo=timezone.utc), completed_at=NOW,
+                      started_at=datetime(2026, 11, 22, 11, 59, tzinfo=UTC), completed_at=NOW,
                       size_bytes=40_000_000, s3_path="s3://pg-backups/shop/orders/base/orders-manual/",
                       files=({"name": "base.tar.zst", "compressedBytes": 5_000_000},))
     step = plan_pgbackup(pgbackup("Running", instance="orders-1"), cluster_body(backup={"s3": S3}), [],

@@ -1,7 +1,13 @@
 import pytest
 
 from pgop.backup.layout import (
-    BACKUP_HISTORY, PARTIAL, SEGMENT, TIMELINE_HISTORY, ArchiveLayout, NotAWalFile, parse_wal_name,
+    BACKUP_HISTORY,
+    PARTIAL,
+    SEGMENT,
+    TIMELINE_HISTORY,
+    ArchiveLayout,
+    NotAWalFile,
+    parse_wal_name,
 )
 
 

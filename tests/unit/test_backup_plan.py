@@ -1,20 +1,24 @@
 import copy
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from pgop.backup.plan import (
-    ANNOTATION_SCHEDULED_AT, LABEL_ORIGIN, build_scheduled_backup, choose_backup_target, plan_backups,
+    ANNOTATION_SCHEDULED_AT,
+    LABEL_ORIGIN,
+    build_scheduled_backup,
+    choose_backup_target,
+    plan_backups,
 )
+from pgop.kernel.actions import CREATE, DELETE, Action
 from pgop.kernel.lsn import WAL_SEGMENT_SIZE, format_lsn, wal_file_name
 from pgop.kernel.model import Cluster, Instance
-from pgop.kernel.actions import CREATE, DELETE, Action
 from tests.unit.world import cluster_body
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 S3 = {"bucket": "pg-backups", "path": "shop/orders", "credentialsSecret": "s3-creds"}

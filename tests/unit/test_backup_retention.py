@@ -1,16 +1,20 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pgop.backup.catalog import Backup
 from pgop.backup.retention import (
-    apply_retention, first_recoverability_point, oldest_wal_needed, parse_max_age, wal_deletable,
+    apply_retention,
+    first_recoverability_point,
+    oldest_wal_needed,
+    parse_max_age,
+    wal_deletable,
 )
 from pgop.kernel.model import RetentionSpec
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 NOW = utc(2026, 11, 22, 12, 0)

@@ -1,15 +1,22 @@
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from pgop.kernel.schedule import (
-    ScheduleError, arm, due_run, due_runs, latest_due, next_due, scheduled_backup_name, validate_schedule,
-)
 from pgop.kernel.model import MAX_CLUSTER_NAME
+from pgop.kernel.schedule import (
+    ScheduleError,
+    arm,
+    due_run,
+    due_runs,
+    latest_due,
+    next_due,
+    scheduled_backup_name,
+    validate_schedule,
+)
 
 
 def utc(*args: int) -> datetime:
-    return datetime(*args, tzinfo=timezone.utc)
+    return datetime(*args, tzinfo=UTC)
 
 
 DAILY = "0 3 * * *"

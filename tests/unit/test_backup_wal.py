@@ -5,8 +5,7 @@ import struct
 import pytest
 import zstandard
 
-from pgop.backup import commands
-from pgop.backup import wal
+from pgop.backup import commands, wal
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import Credentials, CredentialsError, S3Error, S3Settings
 

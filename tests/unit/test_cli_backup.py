@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from pgop.cli_backup import backup_manifest, manual_backup_name, restore_manifest
 from pgop.kernel.model import Cluster, S3Spec
@@ -8,7 +8,7 @@ S3 = {"bucket": "pg-backups", "path": "shop", "credentialsSecret": "s3-creds"}
 
 
 def test_a_manual_backup_is_named_after_the_second_and_never_like_a_scheduled_one():
-    name = manual_backup_name("orders", datetime(2026, 11, 22, 3, 4, 5, tzinfo=timezone.utc))
+    name = manual_backup_name("orders", datetime(2026, 11, 22, 3, 4, 5, tzinfo=UTC))
     assert name == "orders-20261122030405"
     body = backup_manifest("orders", "shop", name, "primary")
     assert body["spec"] == {"cluster": "orders", "method": "basebackup", "target": "primary"}

@@ -1,6 +1,6 @@
 from pgop.cluster.controller import status_for_cluster
-from pgop.kernel.model import Cluster
 from pgop.kernel.actions import Plan
+from pgop.kernel.model import Cluster
 
 
 def _cluster(backup=None):

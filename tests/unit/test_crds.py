@@ -133,7 +133,7 @@ def _load(kind: str) -> dict:
     return _parse(CRD_DIR / FILES[kind])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parse(path: pathlib.Path) -> dict:
     return yaml.safe_load(path.read_text())
 

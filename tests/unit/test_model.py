@@ -1,4 +1,4 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 
@@ -6,7 +6,12 @@ import pytest
 import yaml
 
 from pgop.kernel.model import (
-    DEFAULT_IMAGE, Cluster, ClusterSpec, Instance, parse_duration, parse_quantity,
+    DEFAULT_IMAGE,
+    Cluster,
+    ClusterSpec,
+    Instance,
+    parse_duration,
+    parse_quantity,
 )
 from tests.unit.world import cluster_body
 
@@ -198,7 +203,7 @@ def test_instance_view_reads_spec_status_and_its_cluster():
     assert instance.ordinal == 1 and not instance.is_primary
     assert instance.spec.parameters == {"work_mem": "8MB"}
     assert instance.status.timeline == 2
-    assert instance.status.last_heartbeat == datetime(2026, 11, 22, 12, tzinfo=timezone.utc)
+    assert instance.status.last_heartbeat == datetime(2026, 11, 22, 12, tzinfo=UTC)
     assert instance.raw_spec["synchronousReplicas"] == 1
 
 

@@ -6,8 +6,16 @@ import yaml
 
 from pgop.kernel import pgconfig
 from pgop.kernel.pgconfig import (
-    ReplicationSource, classify_change, hba_rules, is_owned, lowers_standby_minimums,
-    postgresql_settings, primary_conninfo, render_pg_hba, render_postgresql_conf, slot_name,
+    ReplicationSource,
+    classify_change,
+    hba_rules,
+    is_owned,
+    lowers_standby_minimums,
+    postgresql_settings,
+    primary_conninfo,
+    render_pg_hba,
+    render_postgresql_conf,
+    slot_name,
     synchronous_standby_names,
 )
 

@@ -4,15 +4,22 @@ from dataclasses import replace
 
 import pytest
 
-from pgop.kernel.model import Cluster, Instance
 from pgop.cluster.plan import plan_cluster, plan_instance
 from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch, merge_patch
+from pgop.kernel.model import Cluster, Instance
 from pgop.specs.pods import pod_inputs_hash
 from pgop.specs.pvc import ANNOTATION_INITIALIZED
 from tests.unit.world import (
-    World, cluster_body, converge, instance_actions, make_cluster, plan, running_cluster, spec_change, summary,
+    World,
+    cluster_body,
+    converge,
+    instance_actions,
+    make_cluster,
+    plan,
+    running_cluster,
+    spec_change,
+    summary,
 )
-
 
 # ------------------------------------------------------------------------------ first creation
 

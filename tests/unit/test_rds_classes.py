@@ -1,7 +1,11 @@
 import pytest
 
 from pgop.rds.classes import (
-    INSTANCE_CLASSES, InvalidInstanceClass, UnknownInstanceSize, instance_class_for, size_of,
+    INSTANCE_CLASSES,
+    InvalidInstanceClass,
+    UnknownInstanceSize,
+    instance_class_for,
+    size_of,
 )
 
 

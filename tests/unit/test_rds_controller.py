@@ -14,11 +14,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from pgop.runtime import publish as pub
 from pgop.rds import policy
 from pgop.rds.aws import Rds
 from pgop.rds.controller import MysqlDbController
 from pgop.rds.spec import MysqlDbObject
+from pgop.runtime import publish as pub
 
 
 class MemoryVault:

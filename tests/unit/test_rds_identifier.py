@@ -1,7 +1,10 @@
 import pytest
 
 from pgop.rds.identifier import (
-    MAX_IDENTIFIER_LENGTH, db_instance_identifier, final_snapshot_identifier, is_valid_identifier,
+    MAX_IDENTIFIER_LENGTH,
+    db_instance_identifier,
+    final_snapshot_identifier,
+    is_valid_identifier,
 )
 
 

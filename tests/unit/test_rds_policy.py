@@ -1,12 +1,25 @@
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
 from pgop.rds import policy
 from pgop.rds.aws import DbInstance
 from pgop.rds.policy import (
-    BlockDeletion, Claim, Create, Degrade, DeleteInstance, DisableDeletionProtection, Finished, Modify,
-    Publish, Refuse, ReleaseInstance, ResetPassword, Unpublish, Wait, WaitForDeletion,
+    BlockDeletion,
+    Claim,
+    Create,
+    Degrade,
+    DeleteInstance,
+    DisableDeletionProtection,
+    Finished,
+    Modify,
+    Publish,
+    Refuse,
+    ReleaseInstance,
+    ResetPassword,
+    Unpublish,
+    Wait,
+    WaitForDeletion,
 )
 from pgop.rds.spec import MysqlDbObject
 
@@ -202,7 +215,7 @@ def test_backoff_doubles_to_a_cap():
 
 
 def test_due():
-    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=UTC)
     assert policy.due(None, now)
     assert policy.due("2026-01-01T11:59:59Z", now)
     assert not policy.due("2026-01-01T12:00:30Z", now)

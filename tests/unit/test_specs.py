@@ -3,13 +3,20 @@ from urllib.parse import urlparse
 
 import pytest
 
-from pgop.kernel.model import DEFAULT_IMAGE, Instance
 from pgop.kernel import names
+from pgop.kernel.model import DEFAULT_IMAGE, Instance
 from pgop.specs.instance import build_instance, config_hash
 from pgop.specs.pdb import build_pdb, min_available
 from pgop.specs.pods import (
-    ANNOTATION_POD_INPUTS, AGENT_PORT, DATA_MOUNT, PGDATA, POSTGRES_UID, build_bootstrap_pod,
-    build_postgres_pod, pod_inputs_hash, pod_role_label,
+    AGENT_PORT,
+    ANNOTATION_POD_INPUTS,
+    DATA_MOUNT,
+    PGDATA,
+    POSTGRES_UID,
+    build_bootstrap_pod,
+    build_postgres_pod,
+    pod_inputs_hash,
+    pod_role_label,
 )
 from pgop.specs.pvc import build_pvc, holds_foreign_data, is_initialized, mark_initialized_patch
 from pgop.specs.rbac import build_role, build_role_binding, build_service_account

@@ -1,7 +1,7 @@
 from datetime import timedelta
 
-from pgop.kernel.model import Cluster
 from pgop.cluster.status import cluster_status, merge_conditions
+from pgop.kernel.model import Cluster
 from tests.unit.world import NOW, World, cluster_body, make_cluster, plan, running_cluster
 
 

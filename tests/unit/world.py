@@ -8,14 +8,14 @@ from __future__ import annotations
 import copy
 import itertools
 import random
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from pgop.kernel.model import Cluster, Instance
 from pgop.cluster.plan import ObservedCluster, plan_cluster
 from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, apply_merge_patch
+from pgop.kernel.model import Cluster, Instance
 
-NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
 _uids = itertools.count(1)
 
 
