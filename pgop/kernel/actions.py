@@ -74,19 +74,24 @@ class Plan(list[Action]):
     - `waiting`: what holds the rest back, in words (the Progressing condition, `pgop plan`);
     - `status`: a merge patch for the object's status ({} = unchanged);
     - `events`: Events to record once the actions are applied;
-    - `requeue_after`: seconds until the object should be looked at again (None: no hurry).
+    - `requeue_after`: seconds until the object should be looked at again (None: no hurry);
+    - `permanent`: a failure only a person can fix (no retry until the object changes);
+    - `finished`: on deletion, the outside world is cleaned up and the finalizer may go.
 
     Compares equal to a plain list of the same actions.
     """
 
     def __init__(self, actions: Sequence[Action] = (), waiting: Sequence[str] = (), *,
                  status: dict[str, Any] | None = None, events: Sequence[Event] = (),
-                 requeue_after: float | None = None) -> None:
+                 requeue_after: float | None = None, permanent: str | None = None,
+                 finished: bool = False) -> None:
         super().__init__(actions)
         self.waiting: list[str] = list(waiting)
         self.status: dict[str, Any] = dict(status or {})
         self.events: list[Event] = list(events)
         self.requeue_after = requeue_after
+        self.permanent = permanent
+        self.finished = finished
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
@@ -100,6 +105,7 @@ class Plan(list[Action]):
         if other.requeue_after is not None:
             self.requeue_after = (other.requeue_after if self.requeue_after is None
                                   else min(self.requeue_after, other.requeue_after))
+        self.permanent = self.permanent or other.permanent
 
 
 # ------------------------------------------------------------------------------ merge patches
