@@ -13,7 +13,8 @@ from datetime import datetime
 from typing import Any
 
 from pgop.backup.catalog import COMPLETED, FAILED
-from pgop.backup.plan import BackupPlan, plan_backups
+from pgop.backup.plan import plan_backups
+from pgop.backup.retention import RetentionDecision
 from pgop.backup.s3 import describe_error
 from pgop.kernel.actions import DELETE, Plan
 from pgop.kernel.model import Cluster, parse_time
@@ -61,15 +62,15 @@ def backup_status(cluster: Cluster, pgbackups: Sequence[Obj]) -> tuple[dict[str,
 
 
 def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: datetime,
-                      apply: Callable[[Plan], None], warn: Callable[[str, str], None]) -> tuple[BackupPlan, list[dict]]:
+                      apply: Callable[[Plan], None], warn: Callable[[str, str], None]) -> tuple[Plan, list[dict]]:
     """Plan the cluster's backups, prune S3 for what retention drops, apply. Returns the plan
     (its .status for the PgCluster) and the PgBackups as they were read."""
     pgbackups = kube.list("PgBackup", cluster.namespace)
-    plan = plan_backups(cluster, pgbackups, now, created_at=parse_time(created_at))
+    plan, retention = plan_backups(cluster, pgbackups, now, created_at=parse_time(created_at))
     dropped = [a for a in plan if a.verb == DELETE]
     if dropped:
         try:
-            _prune(kube, cluster, [a.name for a in dropped], plan)
+            _prune(kube, cluster, [a.name for a in dropped], retention)
         except Exception as error:  # S3 down or credentials wrong: keep the objects, try again
             warn("RetentionFailed", f"retention could not remove {', '.join(a.name for a in dropped)} from "
                                     f"S3 ({describe_error(error)}); the PgBackups stay until it can")
@@ -78,10 +79,10 @@ def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: 
     return plan, pgbackups
 
 
-def _prune(kube: Any, cluster: Cluster, names: list[str], plan: BackupPlan) -> None:
+def _prune(kube: Any, cluster: Cluster, names: list[str], retention: RetentionDecision | None) -> None:
     from pgop.backup import pruning
     from pgop.backup.access import archive_of, storage_for
     s3 = cluster.spec.backup.s3
     storage = storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
-    oldest = plan.retention.oldest_wal_needed if plan.retention else None
+    oldest = retention.oldest_wal_needed if retention else None
     pruning.prune(storage, archive_of(cluster.name, s3), names, oldest)

@@ -1,18 +1,23 @@
 """kopf handlers of the backup controller: thin. Each PgBackup that is not finished is
-reconciled on create, resume, a short timer and its pod's events, by backup.pgbackup (pure)."""
+reconciled on create, resume, a short timer and its pod's events, by pgop.backup.pgbackup (pure).
+The schedule and retention of a PgCluster's backups run inside the cluster's reconcile, as a
+cluster hook (pgop.runtime.apply), so the PgCluster status is written once per pass."""
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import Any
 
 import kopf
 
 from pgop.backup.catalog import COMPLETED, FAILED
+from pgop.backup.cluster_backups import backup_status, reconcile_backups
 from pgop.backup.pgbackup import plan_pgbackup
 from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
-from pgop.cluster.handlers import apply_plan, kube
+from pgop.kernel.conditions import set_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
-from pgop.kernel.model import API_GROUP
+from pgop.kernel.model import API_GROUP, Cluster
+from pgop.runtime.apply import apply_plan, kube, on_cluster_reconcile, record_events, warn_once
 from pgop.runtime.kube import NotFound
 
 VERSION = "v1"
@@ -35,17 +40,33 @@ def reconcile_backup(body, logger) -> None:
     pod = client.get("Pod", namespace, backup_pod_name(name))
     postgres_pods = client.list("Pod", namespace, {LABEL_CLUSTER: cluster_name, LABEL_COMPONENT: COMPONENT_POSTGRES})
     by_instance = {p["metadata"]["labels"].get(LABEL_INSTANCE): p for p in postgres_pods}
-    step = plan_pgbackup(body, cluster, instances, pod, by_instance, datetime.now(UTC))
-    apply_plan(body, step.plan, logger)
-    if step.status:
+    plan = plan_pgbackup(body, cluster, instances, pod, by_instance, datetime.now(UTC))
+    apply_plan(body, plan, logger)
+    if plan.status:
         try:
-            client.merge_patch("PgBackup", namespace, name, {"status": step.status}, "status")
+            client.merge_patch("PgBackup", namespace, name, {"status": plan.status}, "status")
         except NotFound:
             return
-    if step.event:
-        kind, reason, message = step.event
-        (kopf.info if kind == "Normal" else kopf.warn)(body, reason=reason, message=message)
-        log.info("%s/%s: %s: %s", namespace, name, reason, message)
+    record_events(body, plan.events)
+
+
+@on_cluster_reconcile
+def cluster_backups(body: Any, cluster: Cluster, status: dict[str, Any], logger: Any) -> None:
+    """Schedule and retention of one PgCluster's backups, and what its status says of them."""
+    if cluster.spec.backup is None or cluster.spec.backup.s3 is None:
+        return
+    now = datetime.now(UTC)
+    plan, pgbackups = reconcile_backups(
+        kube(), cluster, body["metadata"].get("creationTimestamp"), now,
+        apply=lambda actions: apply_plan(body, actions, logger),
+        warn=lambda reason, message: warn_once(body, reason, message))
+    status.update(plan.status)
+    last, condition = backup_status(cluster, pgbackups)
+    if last is not None:
+        status["lastBackup"] = last
+    if condition is not None:
+        status["conditions"] = set_condition(status.get("conditions"), condition, now=now,
+                                             generation=cluster.generation)
 
 
 @kopf.on.create(API_GROUP, VERSION, "pgbackups")

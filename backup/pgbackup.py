@@ -1,5 +1,5 @@
 """What the backup controller does about one PgBackup: (the PgBackup, its cluster, the instances,
-the pods) -> actions and a status patch. Pure; backup/handlers.py reads, calls, applies.
+the pods) -> actions and a status patch. Pure; pgop.backup.handlers reads, calls, applies.
 
 Phases (the PgBackup's status.phase):
 - Pending: not started. The controller picks the instance (backup.plan.choose_backup_target:
@@ -19,15 +19,14 @@ there is nothing to wait for that will come by itself.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from pgop.backup.catalog import COMPLETED, FAILED, PENDING, RUNNING, Backup, CatalogError
 from pgop.backup.plan import PREFER_REPLICA, choose_backup_target
 from pgop.backup.pod import backup_pod_name, build_backup_pod
-from pgop.cluster.status import timestamp
-from pgop.kernel.actions import CREATE, Action, Plan
+from pgop.kernel.actions import CREATE, NORMAL, WARNING, Action, Plan
+from pgop.kernel.conditions import rfc3339 as timestamp
 from pgop.kernel.diagnose import pod_problem
 from pgop.kernel.model import PRIMARY, Cluster, Instance
 
@@ -35,17 +34,11 @@ Obj = Mapping[str, Any]
 ERROR_LIMIT = 2000  # status.error: the reason, not a whole log
 
 
-@dataclass
-class BackupStep:
-    plan: Plan = field(default_factory=Plan)
-    status: dict[str, Any] = field(default_factory=dict)  # merge patch of status; {} = unchanged
-    event: tuple[str, str, str] | None = None  # (type, reason, message) to record on the PgBackup
-
-    def finish(self, phase: str, reason: str, event_text: str, **fields: Any) -> BackupStep:
-        """A final phase: the status fields, and the Event that says so."""
-        self.status.update({"phase": phase, "message": None, **fields})
-        self.event = ("Normal" if phase == COMPLETED else "Warning", reason, event_text)
-        return self
+def _finish(step: Plan, phase: str, reason: str, event_text: str, **fields: Any) -> Plan:
+    """A final phase: the status fields, and the Event that says so."""
+    step.status.update({"phase": phase, "message": None, **fields})
+    step.event(NORMAL if phase == COMPLETED else WARNING, reason, event_text)
+    return step
 
 
 def _status(body: Obj) -> Obj:
@@ -86,10 +79,10 @@ def completed_status(document: Backup) -> dict[str, Any]:
 
 
 def plan_pgbackup(backup: Obj, cluster: Obj | None, instances: Sequence[Obj], pod: Obj | None,
-                  instance_pods: Mapping[str, Obj], now: datetime) -> BackupStep:
+                  instance_pods: Mapping[str, Obj], now: datetime) -> Plan:
     """The step for one PgBackup. `pod` is its backup pod (or None); `instance_pods` the Postgres
     pods of the cluster by instance name (for their IPs)."""
-    step = BackupStep()
+    step = Plan()  # status: a merge patch of the PgBackup's status ({} = unchanged)
     meta = backup.get("metadata") or {}
     name = meta.get("name", "")
     status = _status(backup)
@@ -99,25 +92,25 @@ def plan_pgbackup(backup: Obj, cluster: Obj | None, instances: Sequence[Obj], po
     if pod is not None:
         return _follow_pod(backup, pod, phase, step)
     if phase == RUNNING:
-        return step.finish(FAILED, "BackupPodGone", f"the backup pod {backup_pod_name(name)} is gone before it "
+        return _finish(step, FAILED, "BackupPodGone", f"the backup pod {backup_pod_name(name)} is gone before it "
                            "finished; nothing of it counts as a backup", error="the backup pod disappeared "
                            "before it finished", completedAt=timestamp(now))
     return _start(backup, cluster, instances, instance_pods, now, step)
 
 
 def _start(backup: Obj, cluster_body: Obj | None, instances: Sequence[Obj], instance_pods: Mapping[str, Obj],
-           now: datetime, step: BackupStep) -> BackupStep:
+           now: datetime, step: Plan) -> Plan:
     meta = backup.get("metadata") or {}
     spec = backup.get("spec") or {}
     cluster_name = spec.get("cluster", "")
     if cluster_body is None or (cluster_body.get("metadata") or {}).get("deletionTimestamp"):
         why = f"PgCluster {cluster_name} does not exist" if cluster_body is None else \
             f"PgCluster {cluster_name} is being deleted"
-        return step.finish(FAILED, "ClusterNotFound", why, error=why, completedAt=timestamp(now))
+        return _finish(step, FAILED, "ClusterNotFound", why, error=why, completedAt=timestamp(now))
     cluster = Cluster.from_object(cluster_body)
     if cluster.spec.backup is None or cluster.spec.backup.s3 is None:
         why = f"PgCluster {cluster_name} has no spec.backup.s3: there is nowhere to store a backup"
-        return step.finish(FAILED, "NoBackupStorage", why, error=why, completedAt=timestamp(now))
+        return _finish(step, FAILED, "NoBackupStorage", why, error=why, completedAt=timestamp(now))
 
     views = [Instance.from_object(i) for i in instances]
     target = choose_backup_target(views, spec.get("target") or PREFER_REPLICA, now=now)
@@ -130,22 +123,22 @@ def _start(backup: Obj, cluster_body: Obj | None, instances: Sequence[Obj], inst
         return _pending(step, backup, f"waiting for the pod of {target.name} to have an IP address")
     body = build_backup_pod(meta.get("name", ""), meta.get("uid", ""), target, host)
     role = "primary" if target.spec.role == PRIMARY else "replica"
-    step.plan.append(Action(CREATE, "Pod", body["metadata"]["name"], body["metadata"]["namespace"],
-                            f"base backup {meta.get('name')} from {target.name} ({role})", body=body))
+    step.append(Action(CREATE, "Pod", body["metadata"]["name"], body["metadata"]["namespace"],
+                       f"base backup {meta.get('name')} from {target.name} ({role})", body=body))
     step.status.update({"phase": RUNNING, "instance": target.name, "startedAt": timestamp(now),
                         "message": f"streaming a base backup of {target.name} ({role}) to S3", "error": None})
-    step.event = ("Normal", "BackupStarted", f"base backup from {target.name} ({role})")
+    step.event(NORMAL, "BackupStarted", f"base backup from {target.name} ({role})")
     return step
 
 
-def _pending(step: BackupStep, backup: Obj, message: str) -> BackupStep:
+def _pending(step: Plan, backup: Obj, message: str) -> Plan:
     status = _status(backup)
     if status.get("phase") != PENDING or status.get("message") != message:
         step.status.update({"phase": PENDING, "message": message})
     return step
 
 
-def _follow_pod(backup: Obj, pod: Obj, phase: str, step: BackupStep) -> BackupStep:
+def _follow_pod(backup: Obj, pod: Obj, phase: str, step: Plan) -> Plan:
     status = _status(backup)
     pod_phase = (pod.get("status") or {}).get("phase")
     terminated = _container_terminated(pod)
@@ -155,15 +148,15 @@ def _follow_pod(backup: Obj, pod: Obj, phase: str, step: BackupStep) -> BackupSt
             document = Backup.from_json(terminated.get("message") or "")
         except CatalogError as error:
             why = f"the backup pod {pod_name} succeeded but its report cannot be read ({error}); see its log"
-            return step.finish(FAILED, "BackupReportUnreadable", why, error=why)
+            return _finish(step, FAILED, "BackupReportUnreadable", why, error=why)
         final = completed_status(document)
-        return step.finish(COMPLETED, "BackupCompleted",
+        return _finish(step, COMPLETED, "BackupCompleted",
                            f"{final['sizeBytes']} bytes in S3 at {final['s3Path']}, consistent at "
                            f"{final['endLSN']} (timeline {final['timeline']})", **final)
     if pod_phase == "Failed":
         reason = _last_lines(terminated.get("message") or "") or \
             f"the backup pod {pod_name} failed ({terminated.get('reason') or 'see its log'})"
-        return step.finish(FAILED, "BackupFailed", reason, error=reason,
+        return _finish(step, FAILED, "BackupFailed", reason, error=reason,
                            completedAt=terminated.get("finishedAt"))
     if phase == PENDING:  # the pod exists but the status write that goes with it was lost
         step.status.update({"phase": RUNNING, "message": f"backup pod {pod_name} {pod_phase or 'created'}"})

@@ -15,10 +15,10 @@ Decisions:
 - On first sight of a schedule nothing is backed up at once: the latest past due time is
   remembered and the next one fires (see backup.schedule). Pass `created_at` (the PgCluster's
   creationTimestamp) so a due time missed between creation and the first reconcile still fires.
-- A schedule cron refuses creates nothing; `plan.schedule_error` names the field, for a condition.
+- A schedule cron refuses creates nothing; `plan.permanent` names the field, for a condition.
 - Retention counts every PgBackup of the cluster (scheduled or made by hand) and deletes the
   PgBackup objects it drops, with a uid precondition; removing their data and the WAL before
-  `plan.retention.oldest_wal_needed` from S3 is the backup controller's business.
+  the retention decision's `oldest_wal_needed` from S3 is the backup controller's business.
 """
 from __future__ import annotations
 
@@ -45,16 +45,6 @@ PREFER_REPLICA = "prefer-replica"
 TARGET_PRIMARY = "primary"
 
 Obj = Mapping[str, Any]
-
-
-class BackupPlan(Plan):
-    """The actions, plus what to merge into PgCluster.status once they are applied."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.status: dict[str, Any] = {}
-        self.schedule_error: str | None = None
-        self.retention: RetentionDecision | None = None
 
 
 def _meta(obj: Obj) -> Obj:
@@ -89,12 +79,15 @@ def build_scheduled_backup(cluster: Cluster, due: datetime) -> dict[str, Any]:
 
 def plan_backups(
     cluster: Cluster, pgbackups: Sequence[Obj], now: datetime, *, created_at: datetime | None = None
-) -> BackupPlan:
-    """Create the PgBackup of a due schedule and delete the PgBackups retention drops."""
-    plan = BackupPlan()
+) -> tuple[Plan, RetentionDecision | None]:
+    """Create the PgBackup of a due schedule and delete the PgBackups retention drops. Returns the
+    plan (its status: what to merge into PgCluster.status once it is applied; `permanent`: a
+    schedule that cannot run) and the retention decision (None without spec.backup.retention)."""
+    plan = Plan()
+    retention: RetentionDecision | None = None
     backup = cluster.spec.backup
     if cluster.deleting or backup is None or backup.s3 is None:
-        return plan
+        return plan, retention
     own = [b for b in pgbackups
            if (b.get("spec") or {}).get("cluster") == cluster.name
            and _meta(b).get("namespace", cluster.namespace) == cluster.namespace]
@@ -105,8 +98,7 @@ def plan_backups(
 
     backups = [Backup.from_pgbackup(body) for body in live]
     if backup.retention is not None:
-        decision = apply_retention(backups, backup.retention, now)
-        plan.retention = decision
+        decision = retention = apply_retention(backups, backup.retention, now)
         by_name = {_meta(body).get("name"): body for body in live}
         for dropped in decision.delete:
             body = by_name[dropped.backup_name]
@@ -119,14 +111,14 @@ def plan_backups(
     wanted = timestamp(first) if first is not None else None  # None: removed by the merge patch
     if cluster.status.get(STATUS_FIRST_RECOVERABILITY_POINT) != wanted:
         plan.status[STATUS_FIRST_RECOVERABILITY_POINT] = wanted
-    return plan
+    return plan, retention
 
 
 def _plan_schedule(cluster: Cluster, schedule: str, own: Sequence[Obj], live: Sequence[Obj], now: datetime,
-                   created_at: datetime | None, plan: BackupPlan) -> None:
+                   created_at: datetime | None, plan: Plan) -> None:
     error = validate_schedule(schedule)
     if error is not None:
-        plan.schedule_error = error
+        plan.permanent = error
         plan.waiting.append(f"no scheduled backups: {error}")
         return
     try:

@@ -1,54 +1,27 @@
 """kopf handlers for PgCluster and PgInstance: thin. Each reconciles on create, update, resume and a
 short timer (level-triggered: whatever changed, the next pass sees it), by planning with the pure
-functions of pgop.plan and applying the actions in order."""
+functions of pgop.cluster.plan and applying the actions in order (pgop.runtime.apply)."""
 from __future__ import annotations
 
-import functools
 import logging
-from datetime import UTC, datetime
 
 import kopf
-from kubernetes.client.rest import ApiException
 
 from pgop.cluster import controller
 from pgop.cluster import publish as cluster_publish
-from pgop.cluster.status import merge_conditions
 from pgop.kernel import names
+from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
-from pgop.runtime.kube import Kube, NotFound
+from pgop.runtime.apply import apply_plan, cluster_hooks, kube, remember
+from pgop.runtime.kube import NotFound
 from pgop.runtime.publish import PublishError
 
 VERSION = "v1"
 CLUSTER_INTERVAL = 2.0
 INSTANCE_INTERVAL = 2.0
 
-log = logging.getLogger("pgop.handlers")
-
-
-@functools.cache
-def kube() -> Kube:
-    return Kube()
-
-
-def apply_plan(body, plan, logger) -> None:
-    for action in plan:
-        try:
-            kube().apply(action)
-        except NotFound:
-            logger.info("skipped %s: the object is gone", action.describe())
-            continue
-        except ApiException as e:
-            if e.status == 403 and "being terminated" in str(e.body or ""):
-                logger.info("namespace is being deleted: %s skipped", action.describe())
-                return
-            # Report the API's reason (never the body, which may hold a password).
-            raise kopf.TemporaryError(f"{action.verb} {action.kind} {action.name} failed: "
-                                      f"{e.status} {e.reason}", delay=5) from None
-        reason = {"create": "Created", "patch": "Updated", "delete": "Deleted"}[action.verb] + action.kind
-        kopf.info(body, reason=reason, message=action.describe())
-        log.info("%s/%s: %s", body["metadata"].get("namespace"), body["metadata"]["name"],
-                 action.describe())
+log = logging.getLogger("pgop.cluster")
 
 
 # ------------------------------------------------------------------------------------- PgCluster
@@ -66,62 +39,32 @@ def reconcile_cluster(body, logger) -> dict | None:
                                 "message": message, "observedGeneration": cluster.generation}]}
     apply_plan(body, plan, logger)
     status = controller.status_for_cluster(cluster, list(observed.instances), plan)
+    for hook in cluster_hooks():  # e.g. the backup schedule and retention (pgop.backup.handlers)
+        hook(body, cluster, status, logger)
     if cluster.spec.backup is not None and cluster.spec.backup.s3 is not None:
-        _reconcile_backups(body, cluster, status, logger)
         _announce_archiving(body, status)
     return status if _changed(body.get("status") or {}, status) else None
-
-
-_warned: dict[tuple[str, str, str], str] = {}
-
-
-def _warn_once(body, reason: str, message: str) -> None:
-    """An Event per distinct problem, not one per 2-second pass."""
-    meta = body["metadata"]
-    key = (meta.get("namespace"), meta["name"], reason)
-    if _warned.get(key) != message:
-        _warned[key] = message
-        kopf.warn(body, reason=reason, message=message)
 
 
 def _announce_archiving(body, status: dict) -> None:
     """A Warning Event when WAL archiving starts failing (once per failing stretch), and a Normal
     one when it works again: pg_wal fills while it fails, so someone must hear of it."""
-    archiving = next((c for c in status.get("conditions") or [] if c.get("type") == "ContinuousArchiving"), None)
+    archiving = find_condition(status.get("conditions"), "ContinuousArchiving")
     if archiving is None or archiving.get("status") == "Unknown":
         return
-    meta = body["metadata"]
-    key = (meta.get("namespace"), meta["name"], "archiving")
     failing = archiving.get("status") == "False"
     since = archiving.get("lastTransitionTime", "")
-    if _warned.get(key) is None and not failing:
-        _warned[key] = f"ok {since}"  # first sight of a healthy archiver: nothing to say
+    if remember(body, "archiving") is None and not failing:
+        remember(body, "archiving", f"ok {since}")  # first sight of a healthy archiver: nothing to say
         return
     mark = f"{'failing' if failing else 'ok'} {since}"
-    if _warned.get(key) == mark:
+    if remember(body, "archiving") == mark:
         return
-    _warned[key] = mark
+    remember(body, "archiving", mark)
     if failing:
         kopf.warn(body, reason="ArchivingFailing", message=archiving.get("message", ""))
     else:
         kopf.info(body, reason="ArchivingRecovered", message=archiving.get("message", ""))
-
-
-def _reconcile_backups(body, cluster: Cluster, status: dict, logger) -> None:
-    """Schedule and retention (backup.cluster_backups), and what the status says of backups."""
-    from pgop.backup.cluster_backups import backup_status, reconcile_backups
-    now = datetime.now(UTC)
-    plan, pgbackups = reconcile_backups(
-        kube(), cluster, body["metadata"].get("creationTimestamp"), now,
-        apply=lambda actions: apply_plan(body, actions, logger),
-        warn=lambda reason, message: _warn_once(body, reason, message))
-    status.update(plan.status)
-    last, condition = backup_status(cluster, pgbackups)
-    if last is not None:
-        status["lastBackup"] = last
-    if condition is not None:
-        status["conditions"] = merge_conditions(status.get("conditions") or [], [condition], now,
-                                                cluster.generation)
 
 
 def _changed(current: dict, desired: dict) -> bool:

@@ -37,7 +37,7 @@ def world_with_backups(instances=3):
 def test_a_new_backup_starts_a_pod_against_a_replica_and_says_so():
     world, cluster, instances, pods = world_with_backups()
     step = plan_pgbackup(pgbackup(), cluster, instances, None, pods, NOW)
-    [create] = step.plan
+    [create] = step
     assert (create.verb, create.kind, create.name) == ("create", "Pod", "orders-manual-backup")
     assert step.status == {"phase": "Running", "instance": "orders-1", "startedAt": T, "error": None,
                            "message": "streaming a base backup of orders-1 (replica) to S3"}
@@ -53,7 +53,7 @@ def test_a_new_backup_starts_a_pod_against_a_replica_and_says_so():
     assert pod["spec"]["restartPolicy"] == "Never"
     assert not any("persistentVolumeClaim" in v for v in pod["spec"]["volumes"])  # no data directory
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    assert step.event[1] == "BackupStarted"
+    assert step.events[0].reason == "BackupStarted"
 
 
 def test_target_primary_backs_up_the_primary():
@@ -66,7 +66,7 @@ def test_without_a_ready_instance_the_backup_waits_and_says_why():
     world, cluster, instances, pods = world_with_backups(instances=1)
     world.report("orders-0", ready=False)
     step = plan_pgbackup(pgbackup(), cluster, world.all("PgInstance"), None, pods, NOW)
-    assert list(step.plan) == []
+    assert list(step) == []
     assert step.status == {"phase": "Pending", "message": "waiting for a ready instance of PgCluster orders to back up"}
     again = plan_pgbackup(pgbackup("Pending", message=step.status["message"]), cluster, world.all("PgInstance"),
                           None, pods, NOW)
@@ -78,7 +78,7 @@ def test_a_missing_cluster_or_one_without_s3_fails_the_backup_with_the_reason():
     assert step.status["phase"] == "Failed" and step.status["error"] == "PgCluster orders does not exist"
     step = plan_pgbackup(pgbackup(), cluster_body(), [], None, {}, NOW)
     assert step.status["phase"] == "Failed" and "no spec.backup.s3" in step.status["error"]
-    assert step.event[0] == "Warning"
+    assert step.events[0].type == "Warning"
 
 
 def backup_pod(phase, message="", reason="Completed"):
@@ -101,7 +101,7 @@ def test_a_succeeded_pod_completes_the_backup_from_its_catalog_document():
         "beginWal": "000000010000000000000002", "endWal": "000000010000000000000002",
         "sizeBytes": 5_000_000, "s3Path": "s3://pg-backups/shop/orders/base/orders-manual/",
         "startedAt": "2026-11-22T11:59:00Z", "completedAt": T, "message": None, "error": None}
-    assert step.event[:2] == ("Normal", "BackupCompleted")
+    assert (step.events[0].type, step.events[0].reason) == ("Normal", "BackupCompleted")
 
 
 def test_a_failed_pod_fails_the_backup_with_its_message():
@@ -119,7 +119,7 @@ def test_a_running_backup_whose_pod_vanished_fails_and_finished_ones_are_left_al
     assert gone.status["phase"] == "Failed" and "disappeared" in gone.status["error"]
     for phase in ("Completed", "Failed"):
         step = plan_pgbackup(pgbackup(phase), None, [], None, {}, NOW)
-        assert list(step.plan) == [] and step.status == {} and step.event is None
+        assert list(step) == [] and step.status == {} and step.events == []
 
 
 def test_a_recovery_bootstrap_pod_reads_the_sources_archive_and_is_told_what_to_restore():

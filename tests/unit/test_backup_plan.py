@@ -73,9 +73,12 @@ class World:
         self.backups = {b["metadata"]["name"]: b for b in backups or []}
         self.status = dict(status or {})
         self.backup = backup
+        self.retention = None  # the last plan's retention decision
 
     def plan(self, now: datetime, **kwargs: Any):
-        return plan_backups(make_cluster(self.status, **self.backup), list(self.backups.values()), now, **kwargs)
+        plan, self.retention = plan_backups(make_cluster(self.status, **self.backup), list(self.backups.values()),
+                                            now, **kwargs)
+        return plan
 
     def reconcile(self, now: datetime, **kwargs: Any):
         plan = self.plan(now, **kwargs)
@@ -181,7 +184,7 @@ def test_a_bad_schedule_creates_nothing_and_names_the_field():
     world = World(status={"lastScheduledBackupTime": "2026-11-21T03:00:00Z"}, schedule="0 3 * * * *")
     plan = world.plan(utc(2026, 11, 22, 3, 0))
     assert list(plan) == []
-    assert plan.schedule_error.startswith("spec.backup.schedule: '0 3 * * * *' has 6 field(s)")
+    assert plan.permanent.startswith("spec.backup.schedule: '0 3 * * * *' has 6 field(s)")
 
 
 def test_a_clock_behind_the_last_scheduled_time_creates_nothing_and_keeps_the_time():
@@ -197,7 +200,7 @@ def test_no_schedule_no_backups_created():
 def test_a_cluster_being_deleted_gets_no_backup_actions():
     cluster = make_cluster({"lastScheduledBackupTime": "2026-11-21T03:00:00Z"}, deleting=True,
                            schedule="0 3 * * *", retention={"keepLast": 1})
-    assert list(plan_backups(cluster, daily_backups(range(18, 22)), utc(2026, 11, 22, 3, 0))) == []
+    assert list(plan_backups(cluster, daily_backups(range(18, 22)), utc(2026, 11, 22, 3, 0))[0]) == []
 
 
 def test_backups_of_other_clusters_are_not_counted_or_touched():
@@ -213,7 +216,7 @@ def test_retention_deletes_the_pgbackups_it_drops_oldest_first_with_a_uid_precon
     plan = world.plan(utc(2026, 11, 22, 12, 0))
     assert summary(plan) == [(DELETE, "PgBackup", f"orders-202611{d}0300") for d in (18, 19, 20)]
     assert [a.uid for a in plan] == [f"uid-orders-202611{d}0300" for d in (18, 19, 20)]
-    assert plan.retention.oldest_wal_needed == "000000010000000100000050"  # the 21st's beginWal
+    assert world.retention.oldest_wal_needed == "000000010000000100000050"  # the 21st's beginWal
     assert plan.status["firstRecoverabilityPoint"] == "2026-11-21T03:10:00Z"
 
 
@@ -251,7 +254,7 @@ def test_a_pgbackup_with_an_unreadable_status_is_not_restorable_and_does_not_cra
     world = World(backups=daily_backups(range(20, 23)) + [broken], retention={"keepLast": 2})
     plan = world.plan(utc(2026, 11, 22, 12))
     assert summary(plan) == [(DELETE, "PgBackup", "orders-202611200300")]
-    assert [b.backup_name for b in plan.retention.keep] == ["orders-202611210300", "orders-202611220300"]
+    assert [b.backup_name for b in world.retention.keep] == ["orders-202611210300", "orders-202611220300"]
 
 
 def test_the_first_recoverability_point_is_removed_when_no_completed_backup_is_left():

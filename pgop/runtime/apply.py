@@ -1,0 +1,97 @@
+"""What every kopf handler shares: the API client, applying a Plan, recording its Events, and the
+hooks through which one feature adds to another's reconcile without importing it.
+
+Handlers are thin: they read, call a pure planner, and hand the Plan to `apply_plan`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import kopf
+from kubernetes.client.rest import ApiException
+
+from pgop.kernel.actions import NORMAL, Event, Plan
+from pgop.runtime.kube import Kube, NotFound
+
+log = logging.getLogger("pgop.runtime")
+
+_REASON = {"create": "Created", "patch": "Updated", "delete": "Deleted"}
+
+
+@functools.cache
+def kube() -> Kube:
+    return Kube()
+
+
+def apply_plan(body: Any, plan: Iterable[Any], logger: Any) -> None:
+    """Applies the actions in order, an Event per action. A 4xx/5xx of the API becomes a kopf
+    retry naming the action and the API's reason (never the body, which may hold a password)."""
+    for action in plan:
+        try:
+            kube().apply(action)
+        except NotFound:
+            logger.info("skipped %s: the object is gone", action.describe())
+            continue
+        except ApiException as e:
+            if e.status == 403 and "being terminated" in str(e.body or ""):
+                logger.info("namespace is being deleted: %s skipped", action.describe())
+                return
+            raise kopf.TemporaryError(f"{action.verb} {action.kind} {action.name} failed: "
+                                      f"{e.status} {e.reason}", delay=5) from None
+        kopf.info(body, reason=_REASON[action.verb] + action.kind, message=action.describe())
+        log.info("%s/%s: %s", body["metadata"].get("namespace"), body["metadata"]["name"],
+                 action.describe())
+
+
+def record_events(body: Any, events: Iterable[Event]) -> None:
+    for event in events:
+        (kopf.info if event.type == NORMAL else kopf.warn)(body, reason=event.reason, message=event.message)
+        log.info("%s/%s: %s: %s", body["metadata"].get("namespace"), body["metadata"]["name"],
+                 event.reason, event.message)
+
+
+# A cluster hook runs inside each PgCluster reconcile, after the cluster's own plan is applied:
+# hook(body, cluster, status, logger) may apply plans of its own and add to `status` (the dict the
+# reconcile is about to write). Features register theirs when the operator loads their handlers.
+ClusterHook = Callable[[Any, Any, dict[str, Any], Any], None]
+_cluster_hooks: list[ClusterHook] = []
+
+
+def on_cluster_reconcile(hook: ClusterHook) -> ClusterHook:
+    if hook not in _cluster_hooks:
+        _cluster_hooks.append(hook)
+    return hook
+
+
+def cluster_hooks() -> list[ClusterHook]:
+    return list(_cluster_hooks)
+
+
+_warned: dict[tuple[str, str, str], str] = {}
+
+
+def warn_once(body: Any, reason: str, message: str) -> None:
+    """An Event per distinct problem, not one per 2-second pass."""
+    meta = body["metadata"]
+    key = (meta.get("namespace"), meta["name"], reason)
+    if _warned.get(key) != message:
+        _warned[key] = message
+        kopf.warn(body, reason=reason, message=message)
+
+
+def remember(body: Any, topic: str, mark: str | None = None) -> str | None:
+    """The last mark remembered for (object, topic); stores `mark` when given. For Events that say
+    a thing once per change, not once per pass."""
+    meta = body["metadata"]
+    key = (meta.get("namespace"), meta["name"], topic)
+    before = _warned.get(key)
+    if mark is not None:
+        _warned[key] = mark
+    return before
+
+
+__all__ = ["Plan", "apply_plan", "cluster_hooks", "kube", "on_cluster_reconcile", "record_events",
+           "remember", "warn_once"]
