@@ -7,7 +7,9 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
-from . import build, paths, pki, proc
+from . import build, containerd, paths, pki, proc
+from .containerd import ctr
+from .images import PAUSE_IMAGE
 from .log import step
 
 ADMIN_KUBECONFIG = paths.PKI / "admin.kubeconfig"
@@ -140,41 +142,10 @@ CNI_DIR = paths.STATE / "cni" / "net.d"
 
 
 def _write_containerd_config() -> Path:
-    from .images import PAUSE_IMAGE
-    CNI_DIR.mkdir(parents=True, exist_ok=True)
-    (CNI_DIR / "10-pgop.conflist").write_text(json.dumps({
-        "cniVersion": "1.0.0", "name": "pgop-pods",
-        "plugins": [
-            {"type": "bridge", "bridge": "cni0", "isGateway": True, "ipMasq": True,
-             "hairpinMode": True,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": paths.NODE_POD_CIDR}]],
-                      "routes": [{"dst": "0.0.0.0/0"}],
-                      "dataDir": str(paths.STATE / "cni" / "ipam")}},
-            {"type": "portmap", "capabilities": {"portMappings": True}},
-        ]}, indent=2))
-    cfg = paths.STATE / "containerd.toml"
-    cfg.write_text(f"""version = 2
-root = "{paths.STATE / 'containerd'}"
-state = "{paths.RUN / 'containerd-state'}"
-[grpc]
-  address = "{paths.CONTAINERD_SOCK}"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{PAUSE_IMAGE}"
-  enable_unprivileged_ports = true
-  # Root in this VM may not lower oom_score_adj (kubelet asks -998 for sandboxes): clamp instead.
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".containerd]
-    snapshotter = "overlayfs"
-    default_runtime_name = "runc"
-    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
-        SystemdCgroup = false
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = "{CNI_DIR}"
-""")
-    return cfg
+    containerd.write_cni(CNI_DIR, paths.NODE_POD_CIDR, paths.STATE / "cni" / "ipam")
+    return containerd.write_config(paths.STATE / "containerd.toml", root=paths.STATE / "containerd",
+                                   state=paths.RUN / "containerd-state", sock=paths.CONTAINERD_SOCK,
+                                   cni_conf_dir=CNI_DIR, sandbox_image=PAUSE_IMAGE)
 
 
 def start_containerd() -> None:
@@ -184,11 +155,6 @@ def start_containerd() -> None:
         proc.start("containerd", ["containerd", "--config", str(cfg)])
         proc.wait_for(lambda: ctr("version", check=False).returncode == 0, "containerd", 60,
                       log_name="containerd")
-
-
-def ctr(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return proc.run(["ctr", "--address", str(paths.CONTAINERD_SOCK), "-n", "k8s.io", *args],
-                    check=check)
 
 
 def start_kubelet() -> None:
@@ -343,13 +309,7 @@ def remove_pods() -> None:
     """Stops every pod sandbox of the node (so no container outlives `down`)."""
     if not proc.running("containerd"):
         return
-    tasks = ctr("tasks", "ls", "-q", check=False).stdout.split()
-    for t in tasks:
-        ctr("tasks", "kill", "-s", "SIGKILL", t, check=False)
-    for t in tasks:
-        ctr("tasks", "delete", "-f", t, check=False)
-    for c in ctr("containers", "ls", "-q", check=False).stdout.split():
-        ctr("containers", "delete", c, check=False)
+    containerd.remove_tasks(paths.CONTAINERD_SOCK)
 
 
 def install_crds() -> None:

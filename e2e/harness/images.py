@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from . import build, paths, proc, versions
+from .containerd import ctr
 from .host import debian_mirror
 from .log import step
 
@@ -109,7 +110,6 @@ def _build(name: str, tag: str, context_inputs: list[Path], with_wheels: bool) -
 
 def import_into_containerd(tag: str) -> None:
     """podman save | ctr import, unless containerd already has this exact image."""
-    from .cluster import ctr
     image_id = _podman_id(tag)
     STAMPS.mkdir(parents=True, exist_ok=True)
     stamp = STAMPS / (tag.replace("/", "_").replace(":", "_") + ".id")
