@@ -21,11 +21,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from pgop.kernel.conditions import parse_time, rfc3339
 from pgop.kernel.lsn import format_lsn, parse_lsn
-from pgop.kernel.model import parse_time
 
 FORMAT = "pgop.io/backup"
 FORMAT_VERSION = 1
@@ -47,7 +47,7 @@ class RestoreTargetError(ValueError):
 def _timestamp(moment: datetime | None) -> str | None:
     if moment is None:
         return None
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return rfc3339(moment)
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from datetime import datetime, timedelta
 
 from pgop.backup.catalog import COMPLETED, FAILED, Backup
 from pgop.backup.catalog import first_recoverability_point as _first_point
+from pgop.kernel.conditions import rfc3339
 from pgop.kernel.lsn import parse_lsn, wal_file_name
 from pgop.kernel.model import RetentionSpec
 
@@ -144,7 +145,7 @@ def apply_retention(backups: Iterable[Backup], retention: RetentionSpec | None, 
             decision.delete.append(backup)
             decision.reasons[backup.backup_name] = (
                 f"retention {rule_text}: {index} newer completed backup(s), completed "
-                f"{backup.completed_at:%Y-%m-%dT%H:%M:%SZ}")
+                f"{rfc3339(backup.completed_at) if backup.completed_at else '?'}")
     decision.keep.reverse()
     decision.delete.reverse()
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 
+from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import S3Spec
 
 FOLLOW_INTERVAL = 1.0
@@ -140,7 +141,7 @@ def list_catalog(cluster: str, namespace: str, s3: S3Spec, kube) -> None:
     console.print(backups_table(backups, f"Base backups of {cluster} in s3://{storage.bucket}/{layout.root}"))
     first = first_recoverability_point(backups)
     wal = last_archived_wal(storage, layout)
-    console.print(f"first recoverability point: {first:%Y-%m-%dT%H:%M:%SZ}" if first else
+    console.print(f"first recoverability point: {rfc3339(first)}" if first else
                   "first recoverability point: none (no completed backup)")
     console.print(f"last archived WAL segment: {wal or 'none'}")
 

@@ -10,7 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pgop.kernel.actions import Action
-from pgop.kernel.model import parse_time
+from pgop.kernel.conditions import parse_time, rfc3339
 
 
 def _age(ts: str | None, now: datetime) -> str:
@@ -98,4 +98,4 @@ def backups_table(backups, title: str) -> Table:
 
 
 def _moment(moment: datetime | None) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if moment else "-"
+    return rfc3339(moment) if moment else "-"

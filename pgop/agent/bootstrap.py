@@ -12,6 +12,7 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import psycopg
 from psycopg import sql
@@ -21,6 +22,7 @@ from pgop.agent.commands import CommandError, Runner
 from pgop.agent.postmaster import Postmaster
 from pgop.agent.settings import AgentSettings
 from pgop.kernel import pgconfig
+from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import InitdbSpec, InstanceSpec
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ def write_passfile(settings: AgentSettings, runner: Runner, kinds=(credentials.S
 def _mark_done(settings: AgentSettings, mode: BootstrapMode, runner: Runner) -> None:
     marker = settings.bootstrap_marker
     marker.write_text(json.dumps({"mode": mode.value, "instance": settings.instance,
-                                  "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+                                  "at": rfc3339(datetime.now(UTC))}) + "\n")
     runner.chown(marker)
 
 

@@ -6,9 +6,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgop.cluster.plan import ObservedCluster, plan_cluster, plan_instance
-from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, merge_conditions
+from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
 from pgop.kernel import names
 from pgop.kernel.actions import Plan
+from pgop.kernel.conditions import set_condition
 from pgop.kernel.diagnose import instance_report
 from pgop.kernel.meta import LABEL_CLUSTER, LABEL_INSTANCE
 from pgop.kernel.model import Cluster, Instance, parse_time
@@ -48,7 +49,7 @@ def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> d
     status = cluster_status(cluster, instances, now=now, waiting=plan.waiting)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
         archiving = archiving_condition(instances) | {"observedGeneration": cluster.generation}
-        status["conditions"] = merge_conditions(status["conditions"], [archiving], now, cluster.generation)
+        status["conditions"] = set_condition(status["conditions"], archiving, now=now, generation=cluster.generation)
     return status
 
 

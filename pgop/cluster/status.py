@@ -7,48 +7,19 @@ cannot take its last word back.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
+from pgop.kernel.conditions import condition, rfc3339, set_conditions
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance
+from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_ready, is_stale, why_not_ready
 
-DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # seconds: three missed beats of an agent that beats every 5 s
+__all__ = ["DEFAULT_HEARTBEAT_TIMEOUT", "cluster_status"]
 
 READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
-
-
-def timestamp(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def heartbeat_age(instance: Instance, now: datetime) -> float | None:
-    beat = instance.status.last_heartbeat
-    return None if beat is None else (now - beat).total_seconds()
-
-
-def is_ready(instance: Instance, now: datetime, heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> bool:
-    age = heartbeat_age(instance, now)
-    return instance.status.ready and age is not None and age <= heartbeat_timeout
-
-
-def why_not_ready(instance: Instance, now: datetime, heartbeat_timeout: float) -> str:
-    age = heartbeat_age(instance, now)
-    if age is None:
-        detail = instance.status.phase or "starting"
-        if instance.status.message:
-            detail += f": {instance.status.message}"
-        return f"{instance.name}: no heartbeat yet ({detail})"
-    if age > heartbeat_timeout:
-        return f"{instance.name}: last heartbeat {age:.0f}s ago (limit {heartbeat_timeout:.0f}s)"
-    return f"{instance.name}: not ready ({instance.status.phase or 'no phase reported'})"
-
-
-def _stale(instance: Instance, now: datetime, heartbeat_timeout: float) -> bool:
-    age = heartbeat_age(instance, now)
-    return age is not None and age > heartbeat_timeout
 
 
 def _designated_primary(live: list[Instance]) -> Instance | None:
@@ -72,7 +43,7 @@ def _entry(instance: Instance, ready: bool, primary: Instance | None) -> dict[st
         "lsn": status.lsn,
         "receivedLSN": status.received_lsn,
         "syncState": status.sync_state,
-        "lastHeartbeat": timestamp(status.last_heartbeat) if status.last_heartbeat else None,
+        "lastHeartbeat": rfc3339(status.last_heartbeat) if status.last_heartbeat else None,
         "pod": status.pod,
         "node": status.node,
     }
@@ -81,29 +52,6 @@ def _entry(instance: Instance, ready: bool, primary: Instance | None) -> dict[st
     # The CRD's item fields are not nullable: leave out what is unknown.
     entry.update({key: value for key, value in optional.items() if value is not None})
     return entry
-
-
-def merge_conditions(
-    previous: Sequence[Mapping[str, Any]], updates: Sequence[dict[str, Any]], now: datetime, generation: int
-) -> list[dict[str, Any]]:
-    """New Ready/Progressing/Degraded conditions over the old list.
-
-    Other types (ContinuousArchiving, LastBackupSucceeded) belong to other controllers and are kept
-    as they are, since a merge patch replaces the whole list. lastTransitionTime moves only when
-    the status does.
-    """
-    old = {c.get("type"): c for c in previous}
-    merged = {c.get("type"): dict(c) for c in previous}
-    for update in updates:
-        before = old.get(update["type"])
-        changed = before is None or before.get("status") != update["status"]
-        since = timestamp(now) if changed else before.get("lastTransitionTime", timestamp(now))
-        merged[update["type"]] = update | {"lastTransitionTime": since, "observedGeneration": generation}
-    return list(merged.values())
-
-
-def _condition(kind: str, true: bool, reason: str, message: str) -> dict[str, Any]:
-    return {"type": kind, "status": "True" if true else "False", "reason": reason, "message": message}
 
 
 def cluster_status(
@@ -128,7 +76,7 @@ def cluster_status(
     never_reported = [i for i in live if i.status.last_heartbeat is None]
     # An instance that reported once and is not ready now is a problem; one still coming up is not.
     unavailable = [i for i in live if not ready[i.name] and i.status.last_heartbeat is not None]
-    stale = [i for i in live if _stale(i, now, heartbeat_timeout)]
+    stale = [i for i in live if is_stale(i, now, heartbeat_timeout)]
     rolling = [i for i in live if i.status.observed_generation not in (None, i.generation)]
     reported_primaries = [i for i in live if ready[i.name] and i.status.role == PRIMARY]
     replicas_ready = sum(1 for i in live if ready[i.name] and i is not primary)
@@ -185,28 +133,28 @@ def cluster_status(
 
     all_ready = primary_ready and ready_count == wanted and len(live) == wanted
     if all_ready:
-        ready_condition = _condition(READY, True, "AllInstancesReady", f"{ready_count} of {wanted} instances ready")
+        ready_condition = condition(READY, True, "AllInstancesReady", f"{ready_count} of {wanted} instances ready")
     elif primary is None:
-        ready_condition = _condition(READY, False, "NoPrimary", "no primary instance yet" if not live
+        ready_condition = condition(READY, False, "NoPrimary", "no primary instance yet" if not live
                                      else "no instance is marked primary")
     elif not primary_ready:
         reason = "PrimaryHeartbeatStale" if primary in stale else "PrimaryNotReady"
-        ready_condition = _condition(READY, False, reason, why_not_ready(primary, now, heartbeat_timeout))
+        ready_condition = condition(READY, False, reason, why_not_ready(primary, now, heartbeat_timeout))
     elif stale:
-        ready_condition = _condition(READY, False, "HeartbeatStale",
+        ready_condition = condition(READY, False, "HeartbeatStale",
                                      "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in stale))
     elif ready_count < len(live):
         not_ready = [i for i in live if not ready[i.name]]
-        ready_condition = _condition(READY, False, "InstancesNotReady",
+        ready_condition = condition(READY, False, "InstancesNotReady",
                                      "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in not_ready))
     else:
-        ready_condition = _condition(READY, False, "Scaling", f"{len(live)} of {wanted} instances exist")
+        ready_condition = condition(READY, False, "Scaling", f"{len(live)} of {wanted} instances exist")
 
     messages = [message for _, message in progress if message] + list(waiting)
-    progressing = (_condition(PROGRESSING, True, progress[0][0], "; ".join(messages)) if progress
-                   else _condition(PROGRESSING, False, "Stable", "nothing to do"))
-    degraded = (_condition(DEGRADED, True, problems[0][0], "; ".join(message for _, message in problems))
-                if problems else _condition(DEGRADED, False, "Healthy", "no instance is missing"))
+    progressing = (condition(PROGRESSING, True, progress[0][0], "; ".join(messages)) if progress
+                   else condition(PROGRESSING, False, "Stable", "nothing to do"))
+    degraded = (condition(DEGRADED, True, problems[0][0], "; ".join(message for _, message in problems))
+                if problems else condition(DEGRADED, False, "Healthy", "no instance is missing"))
 
     status: dict[str, Any] = {
         "observedGeneration": cluster.generation,
@@ -214,8 +162,8 @@ def cluster_status(
         "currentPrimary": primary.name if primary is not None else None,
         "readyInstances": ready_count,
         "instances": [_entry(i, ready[i.name], primary) for i in live],
-        "conditions": merge_conditions(cluster.status.get("conditions") or [],
-                                       [ready_condition, progressing, degraded], now, cluster.generation),
+        "conditions": set_conditions(cluster.status.get("conditions"), [ready_condition, progressing, degraded],
+                                     now=now, generation=cluster.generation),
     }
     if primary is not None and primary.status.timeline is not None:
         status["timeline"] = primary.status.timeline

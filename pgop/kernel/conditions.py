@@ -19,12 +19,18 @@ def rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def parse_rfc3339(text: str | None) -> datetime | None:
-    """The inverse of rfc3339 (any offset, fractions allowed); None for None or an empty text."""
+def parse_time(text: str | None) -> datetime | None:
+    """An RFC 3339 timestamp as the API server writes it ('2026-01-02T03:04:05Z', any offset,
+    fractions allowed); None for None or an empty text; ValueError without a time zone."""
     if not text:
         return None
     parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    if parsed.tzinfo is None:
+        raise ValueError(f"timestamp without a time zone: {text!r}")
+    return parsed
+
+
+parse_rfc3339 = parse_time
 
 
 def condition_status(value: bool | str) -> str:

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from pgop.kernel import pgconfig
+from pgop.kernel.conditions import parse_time
 from pgop.kernel.lsn import parse_lsn
 
 API_GROUP = "pgop.io"
@@ -90,16 +91,6 @@ def parse_duration(text: str) -> int:
         raise ValueError(f"not a duration such as 30s, 2m or 1m30s: {text!r}")
     hours, minutes, seconds = (int(part or 0) for part in match.groups())
     return hours * 3600 + minutes * 60 + seconds
-
-
-def parse_time(text: str | None) -> datetime | None:
-    """An RFC 3339 timestamp as the API server writes it ('2026-01-02T03:04:05Z')."""
-    if not text:
-        return None
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        raise ValueError(f"timestamp without a time zone: {text!r}")
-    return parsed
 
 
 def plain(value: Any) -> Any:

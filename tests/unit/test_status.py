@@ -1,6 +1,7 @@
 from datetime import timedelta
 
-from pgop.cluster.status import cluster_status, merge_conditions
+from pgop.cluster.status import cluster_status
+from pgop.kernel.conditions import set_conditions
 from pgop.kernel.model import Cluster
 from tests.unit.world import NOW, World, cluster_body, make_cluster, plan, running_cluster
 
@@ -152,7 +153,8 @@ def test_transition_time_moves_only_when_the_condition_flips():
 def test_conditions_of_other_controllers_are_kept():
     previous = [{"type": "ContinuousArchiving", "status": "True", "reason": "Archiving", "message": "",
                  "lastTransitionTime": "2026-11-01T00:00:00Z"}]
-    merged = merge_conditions(previous, [{"type": "Ready", "status": "True", "reason": "x", "message": ""}], NOW, 4)
+    merged = set_conditions(previous, [{"type": "Ready", "status": "True", "reason": "x", "message": ""}], now=NOW,
+                            generation=4)
     assert merged[0] == previous[0]
     assert merged[1]["observedGeneration"] == 4
 
