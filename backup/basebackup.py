@@ -35,7 +35,7 @@ from pgop.backup import layout as keys
 from pgop.backup.catalog import Backup
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import S3Storage
-from pgop.kernel.lsn import format_lsn, parse_lsn
+from pgop.kernel.lsn import format_lsn, parse_lsn, wal_file_name
 
 log = logging.getLogger(__name__)
 
@@ -189,17 +189,6 @@ def system_identifier(pg_control: bytes) -> str:
     if len(pg_control) < 8:
         raise BaseBackupError("global/pg_control is truncated")
     return str(struct.unpack_from("<Q", pg_control)[0])
-
-
-def wal_file_name(timeline: int, lsn: str | int, segment_size: int = 16 << 20, *, previous: bool = False) -> str:
-    """The WAL segment holding `lsn` (with previous=True, the one holding the byte before it, as
-    pg_walfile_name does: the segment a record ending at `lsn` ends in)."""
-    position = parse_lsn(lsn) if isinstance(lsn, str) else lsn
-    if previous and position:
-        position -= 1
-    segment = position // segment_size
-    per_id = 0x100000000 // segment_size
-    return f"{timeline:08X}{segment // per_id:08X}{segment % per_id:08X}"
 
 
 def segment_size_of(begin_lsn: str, begin_wal: str) -> int:

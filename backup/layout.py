@@ -13,47 +13,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-COMPRESSED_SUFFIX = ".zst"
-
-SEGMENT = "segment"
-PARTIAL = "partial"
-BACKUP_HISTORY = "backup-history"
-TIMELINE_HISTORY = "timeline-history"
-
-_KINDS = (
-    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}$"), SEGMENT),
-    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}\.partial$"), PARTIAL),
-    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}\.[0-9A-F]{8}\.backup$"), BACKUP_HISTORY),
-    (re.compile(r"^([0-9A-F]{8})\.history$"), TIMELINE_HISTORY),
+from pgop.kernel.lsn import (
+    BACKUP_HISTORY,
+    PARTIAL,
+    SEGMENT,
+    TIMELINE_HISTORY,
+    NotAWalFile,
+    WalFile,
+    parse_wal_name,
 )
 
+COMPRESSED_SUFFIX = ".zst"
 
-class NotAWalFile(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class WalFile:
-    name: str  # as PostgreSQL names it in pg_wal, e.g. 000000010000000000000003
-    kind: str
-    timeline: int
-
-    @property
-    def timeline_hex(self) -> str:
-        return f"{self.timeline:08X}"
-
-
-def parse_wal_name(name: str) -> WalFile:
-    """What kind of WAL archive file this is; refuses anything PostgreSQL would not archive (a
-    stray path component would otherwise become part of an S3 key)."""
-    for pattern, kind in _KINDS:
-        match = pattern.match(name)
-        if match:
-            timeline = int(match.group(1), 16)
-            if timeline == 0:
-                break
-            return WalFile(name, kind, timeline)
-    raise NotAWalFile(f"{name!r} is not the name of a WAL segment, .partial, .backup or .history file")
+__all__ = ["BACKUP_HISTORY", "COMPRESSED_SUFFIX", "PARTIAL", "SEGMENT", "TIMELINE_HISTORY", "ArchiveLayout",
+           "NotAWalFile", "WalFile", "parse_wal_name"]
 
 
 def _clean(part: str | None) -> str:

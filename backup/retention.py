@@ -27,14 +27,13 @@ from datetime import datetime, timedelta
 from pgop.backup.catalog import COMPLETED, FAILED, Backup
 from pgop.backup.catalog import first_recoverability_point as _first_point
 from pgop.kernel.conditions import rfc3339
-from pgop.kernel.lsn import parse_lsn, wal_file_name
+from pgop.kernel.lsn import is_segment_name, parse_lsn, segment_position, wal_file_name
 from pgop.kernel.model import RetentionSpec
 
 _MAX_AGE = re.compile(r"^([1-9][0-9]*)([hdw])$")
 _UNIT = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
 # A segment (possibly .partial, a .backup label, or compressed: anything after a '.');
 # history files ('00000002.history') do not match.
-_SEGMENT = re.compile(r"^([0-9A-Fa-f]{8})([0-9A-Fa-f]{8})([0-9A-Fa-f]{8})(?:\..*)?$")
 
 
 def parse_max_age(text: str) -> timedelta:
@@ -64,7 +63,7 @@ def first_recoverability_point(kept: Iterable[Backup]) -> datetime | None:
 
 
 def _begin_segment(backup: Backup) -> str | None:
-    if backup.begin_wal and _SEGMENT.match(backup.begin_wal):
+    if backup.begin_wal and is_segment_name(backup.begin_wal):
         return backup.begin_wal.upper()
     if backup.begin_lsn and backup.timeline:
         return wal_file_name(backup.timeline, backup.begin_lsn)
@@ -72,9 +71,10 @@ def _begin_segment(backup: Backup) -> str | None:
 
 
 def _position(segment: str) -> tuple[int, int]:
-    match = _SEGMENT.match(segment)
-    assert match is not None
-    return int(match.group(2), 16), int(match.group(3), 16)
+    position = segment_position(segment)
+    if position is None:
+        raise ValueError(f"{segment!r} is not a WAL segment name")
+    return position
 
 
 def oldest_wal_needed(kept: Iterable[Backup]) -> str | None:
@@ -94,10 +94,10 @@ def wal_deletable(name: str, oldest_needed: str | None) -> bool:
     lies before `oldest_needed` on any timeline. History files and unknown names are never."""
     if oldest_needed is None:
         return False
-    match = _SEGMENT.match(name.rsplit("/", 1)[-1])
-    if match is None:
+    position = segment_position(name.rsplit("/", 1)[-1])
+    if position is None:
         return False
-    return _position(match.group(0)[:24]) < _position(oldest_needed)
+    return position < _position(oldest_needed)
 
 
 def _age_key(backup: Backup):

@@ -6,6 +6,7 @@ Comparisons and lag in bytes must go through integers: as strings '0/9000000' so
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 _LSN = re.compile(r"^([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})$")
 
@@ -50,9 +51,72 @@ def lag_bytes(primary_lsn: LsnLike | None, replica_lsn: LsnLike | None) -> int |
     return max(0, lsn_diff(primary_lsn, replica_lsn))
 
 
-def wal_file_name(timeline: int, lsn: LsnLike, segment_size: int = WAL_SEGMENT_SIZE) -> str:
-    """The WAL segment file holding `lsn` on `timeline`, as pg_walfile_name() names it."""
+def wal_file_name(timeline: int, lsn: LsnLike, segment_size: int = WAL_SEGMENT_SIZE, *,
+                  previous: bool = False) -> str:
+    """The WAL segment file holding `lsn` on `timeline`, as the server names it. With previous=True,
+    the one holding the byte before `lsn`, as pg_walfile_name() does: the segment a record ending
+    at `lsn` ends in."""
     position = _position(lsn)
+    if previous and position:
+        position -= 1
     segments_per_id = 0x100000000 // segment_size
     segment = position // segment_size
     return f"{timeline:08X}{segment // segments_per_id:08X}{segment % segments_per_id:08X}"
+
+
+# What PostgreSQL archives: WAL segments, the .partial segment a promotion leaves, the .backup
+# history file of a base backup, and NNNNNNNN.history timeline files.
+SEGMENT = "segment"
+PARTIAL = "partial"
+BACKUP_HISTORY = "backup-history"
+TIMELINE_HISTORY = "timeline-history"
+
+_KINDS = (
+    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}$"), SEGMENT),
+    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}\.partial$"), PARTIAL),
+    (re.compile(r"^([0-9A-F]{8})[0-9A-F]{16}\.[0-9A-F]{8}\.backup$"), BACKUP_HISTORY),
+    (re.compile(r"^([0-9A-F]{8})\.history$"), TIMELINE_HISTORY),
+)
+# A name that starts with a segment's 24 hex digits (a segment, .partial, .backup, compressed or not).
+_SEGMENT_PREFIX = re.compile(r"^([0-9A-Fa-f]{8})([0-9A-Fa-f]{8})([0-9A-Fa-f]{8})(?:\..*)?$")
+
+
+class NotAWalFile(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class WalFile:
+    name: str  # as PostgreSQL names it in pg_wal, e.g. 000000010000000000000003
+    kind: str
+    timeline: int
+
+    @property
+    def timeline_hex(self) -> str:
+        return f"{self.timeline:08X}"
+
+
+def parse_wal_name(name: str) -> WalFile:
+    """What kind of WAL archive file this is; refuses anything PostgreSQL would not archive (a
+    stray path component would otherwise become part of an S3 key)."""
+    for pattern, kind in _KINDS:
+        match = pattern.match(name)
+        if match:
+            timeline = int(match.group(1), 16)
+            if timeline == 0:
+                break
+            return WalFile(name, kind, timeline)
+    raise NotAWalFile(f"{name!r} is not the name of a WAL segment, .partial, .backup or .history file")
+
+
+def segment_position(name: str) -> tuple[int, int] | None:
+    """(log id, segment) of a name that starts with a segment's 24 hex digits, whatever its
+    timeline and suffix; None for any other name (history files among them)."""
+    match = _SEGMENT_PREFIX.match(name)
+    if match is None:
+        return None
+    return int(match.group(2), 16), int(match.group(3), 16)
+
+
+def is_segment_name(name: str) -> bool:
+    return segment_position(name) is not None
