@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
 import botocore.config
 import botocore.exceptions
+
+from pgop.rds.instance import DbInstance
 
 log = logging.getLogger(__name__)
 
@@ -109,50 +111,6 @@ class RdsError(Exception):
         super().__init__(f"{operation}: {code}: {message}" if message else f"{operation}: {code}")
 
 
-@dataclass(frozen=True)
-class DbInstance:
-    """The parts of DescribeDBInstances pgop reads."""
-
-    identifier: str
-    arn: str
-    status: str
-    engine: str
-    engine_version: str
-    instance_class: str
-    storage_gb: int
-    multi_az: bool
-    backup_retention_days: int
-    deletion_protection: bool
-    db_name: str | None
-    master_username: str
-    host: str | None
-    port: int | None
-    tags: Mapping[str, str] = field(default_factory=dict)
-    pending: Mapping[str, Any] = field(default_factory=dict)
-
-    @classmethod
-    def from_api(cls, raw: Mapping[str, Any]) -> DbInstance:
-        endpoint = raw.get("Endpoint") or {}
-        return cls(
-            identifier=raw["DBInstanceIdentifier"],
-            arn=raw.get("DBInstanceArn", ""),
-            status=raw.get("DBInstanceStatus", "unknown"),
-            engine=raw.get("Engine", ""),
-            engine_version=str(raw.get("EngineVersion", "")),
-            instance_class=raw.get("DBInstanceClass", ""),
-            storage_gb=int(raw.get("AllocatedStorage") or 0),
-            multi_az=bool(raw.get("MultiAZ", False)),
-            backup_retention_days=int(raw.get("BackupRetentionPeriod") or 0),
-            deletion_protection=bool(raw.get("DeletionProtection", False)),
-            db_name=raw.get("DBName"),
-            master_username=raw.get("MasterUsername", ""),
-            host=endpoint.get("Address"),
-            port=endpoint.get("Port"),
-            tags={t["Key"]: t["Value"] for t in raw.get("TagList") or []},
-            pending=dict(raw.get("PendingModifiedValues") or {}),
-        )
-
-
 def client_config(region: str, retry_mode: str = "standard", max_attempts: int = 5) -> botocore.config.Config:
     if retry_mode not in ("standard", "adaptive"):
         raise ValueError(f"retry mode {retry_mode!r}: use 'standard' or 'adaptive'")
@@ -192,9 +150,10 @@ class Rds:
     def client(self) -> Any:
         return self._client
 
-    def _call(self, operation: str, **kwargs: Any) -> dict:
+    def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         try:
-            return getattr(self._client, operation)(**kwargs)
+            response: dict[str, Any] = getattr(self._client, operation)(**kwargs)
+            return response
         except botocore.exceptions.ClientError as error:
             err = error.response.get("Error", {})
             code = err.get("Code") or f"HTTP{error.response.get('ResponseMetadata', {}).get('HTTPStatusCode', '')}"
@@ -229,8 +188,9 @@ class Rds:
             instance = DbInstance.from_api({**instances[0], "TagList": self._tag_list(instance.arn)})
         return instance
 
-    def _tag_list(self, arn: str) -> list[dict]:
-        return self._call("list_tags_for_resource", ResourceName=arn).get("TagList") or []
+    def _tag_list(self, arn: str) -> list[dict[str, str]]:
+        tags: list[dict[str, str]] = self._call("list_tags_for_resource", ResourceName=arn).get("TagList") or []
+        return tags
 
     def create(self, request: Mapping[str, Any], password: str) -> DbInstance:
         """CreateDBInstance. `request` holds everything but the password, so it can be logged."""

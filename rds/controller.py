@@ -3,27 +3,33 @@
 Kept apart from kopf so the whole loop runs in integration tests against the moto server, Vault and
 Consul without a Kubernetes API. A pass performs immediate steps (create, claim, modify, publish)
 until it reaches one that needs time (RDS still creating) or a person (degraded, refused); it never
-sleeps. What to report is returned as an Outcome; rds/handlers.py turns it into a status patch,
-Events and kopf retries.
+sleeps. What to report is returned as a kernel Plan (no Actions: its status merge patch, its
+Events, when to look again, a permanent failure, a finished deletion); rds/handlers.py turns it into
+the status patch, Events and kopf retries.
+
+Each step of rds.policy has one method here, found by the step's type (`_STEPS`, `_DELETION_STEPS`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pgop.kernel.actions import NORMAL, WARNING, Plan
+from pgop.kernel.conditions import condition, rfc3339, set_condition
 from pgop.rds import policy
-from pgop.rds.aws import DbInstance, Rds, RdsError
+from pgop.rds.aws import Rds, RdsError
+from pgop.rds.instance import DbInstance
 from pgop.rds.policy import (
     BlockDeletion,
     Claim,
     Create,
     Degrade,
     DeleteInstance,
+    DeletionStep,
     DisableDeletionProtection,
     Finished,
     Modify,
@@ -31,6 +37,7 @@ from pgop.rds.policy import (
     Refuse,
     ReleaseInstance,
     ResetPassword,
+    Step,
     Unpublish,
     Wait,
     WaitForDeletion,
@@ -48,54 +55,37 @@ FAULT_BACKOFF_BASE = 5.0
 FAULT_BACKOFF_CAP = 300.0
 
 
-@dataclass(frozen=True)
-class Event:
-    type: str  # Normal | Warning
-    reason: str
-    message: str
-
-
-@dataclass
-class Outcome:
-    status: dict[str, Any] = field(default_factory=dict)
-    events: list[Event] = field(default_factory=list)
-    retry_after: float | None = None  # a fault that should heal: retry after this many seconds
-    permanent: str | None = None  # a failure only a person can fix
-    done: bool = False  # deletion finished: the finalizer may go
-
-    @property
-    def error(self) -> str | None:
-        return self.permanent or (self.status.get("lastError") if self.retry_after else None)
-
-
 class Report:
-    """Accumulates status changes and events during one pass."""
+    """Accumulates status changes and events during one pass, in `plan`.
+
+    `plan.requeue_after` is set for a fault that should heal (kopf retries after that many
+    seconds), `plan.permanent` for a failure only a person can fix, `plan.finished` when deletion
+    is done and the finalizer may go.
+    """
 
     def __init__(self, obj: MysqlDbObject, now: datetime):
         self.obj = obj
         self.now = now
-        self.stamp = policy.now_iso(now)
-        self.out = Outcome()
-        self._conditions = list(obj.status.get("conditions") or [])
+        self.plan = Plan()
+        self._conditions: list[dict[str, Any]] = list(obj.status.get("conditions") or [])
 
     @property
     def status(self) -> dict[str, Any]:
-        return {**self.obj.status, **self.out.status}
+        return {**self.obj.status, **self.plan.status}
 
     def set(self, **fields: Any) -> None:
-        self.out.status.update(fields)
+        self.plan.status.update(fields)
 
     def condition(self, type_: str, status: bool, reason: str, message: str) -> None:
-        self._conditions = policy.set_condition(
-            self._conditions, type_, status, reason, message,
-            now=self.stamp, generation=self.obj.generation)
-        self.out.status["conditions"] = self._conditions
+        self._conditions = set_condition(self._conditions, condition(type_, status, reason, message),
+                                         now=self.now, generation=self.obj.generation)
+        self.plan.status["conditions"] = self._conditions
 
     def event(self, type_: str, reason: str, message: str) -> None:
-        self.out.events.append(Event(type_, reason, message))
+        self.plan.event(type_, reason, message)
 
     def check_again_in(self, seconds: float) -> None:
-        self.set(nextCheckAt=policy.now_iso(self.now + timedelta(seconds=seconds)))
+        self.set(nextCheckAt=rfc3339(self.now + timedelta(seconds=seconds)))
 
     def phase(self, phase: str) -> None:
         self.set(phase=phase)
@@ -125,7 +115,7 @@ class MysqlDbController:
 
     # --- create / update / resume / timer --------------------------------------------------------
 
-    def reconcile(self, obj: MysqlDbObject, *, attempt: int | None = None) -> Outcome:
+    def reconcile(self, obj: MysqlDbObject, *, attempt: int | None = None) -> Plan:
         """One pass towards the spec. `attempt` counts consecutive faults (for the backoff)."""
         if attempt is None:
             attempt = int(obj.status.get("faults") or 0)
@@ -151,120 +141,134 @@ class MysqlDbController:
             self._fault(report, error.reason, str(error), error.retryable, attempt)
         except pub.PublishError as error:
             self._fault(report, error.reason, str(error), error.retryable, attempt)
-        return report.out
+        return report.plan
 
-    def _perform(self, step: Any, obj: MysqlDbObject, instance: DbInstance | None,
+    def _perform(self, step: Step, obj: MysqlDbObject, instance: DbInstance | None,
                  identifier: str, report: Report) -> bool:
         """Do one step; True when the pass should go on with a fresh look at the instance."""
+        perform = _STEPS.get(type(step))
+        if perform is None:
+            raise AssertionError(f"unknown step {step!r}")
+        return perform(self, step, obj, instance, identifier, report)
+
+    def _create(self, step: Create, obj: MysqlDbObject, instance: DbInstance | None,
+                identifier: str, report: Report) -> bool:
         spec = obj.spec
-        if isinstance(step, Create):
-            stored = pub.ensure_master_password(
-                self.vault, spec.vault_path, username=policy.MASTER_USERNAME, engine=ENGINE,
-                dbname=spec.database_name, generate=self.generate_password)
-            # Recorded now, in the same status patch as whatever happens next, so that deletion
-            # knows there is a secret to remove even if CreateDBInstance fails.
-            report.set(vaultPath=spec.vault_path)
-            if stored.created:
-                report.event("Normal", "PasswordStored",
-                             f"master password stored in Vault at {spec.vault_path} (version {stored.version})")
-            try:
-                self.rds.create(step.request, stored.password)
-            except RdsError as error:
-                if error.reason != "IdentifierTaken":
-                    raise
-                # A previous attempt created it (or someone else did): the next look decides which.
-                return True
-            report.set(dbInstanceIdentifier=identifier, vaultPath=spec.vault_path,
-                       consulPrefix=spec.consul_prefix, appliedTags=dict(spec.tags))
-            report.phase(policy.CREATING)
-            report.condition("Progressing", True, "Creating", f"CreateDBInstance accepted for {identifier}")
-            report.event("Normal", "Creating",
-                         f"CreateDBInstance {identifier}: {spec.instance_class}, {spec.storage_gb} GB, "
-                         f"MySQL {spec.engine_version}")
+        stored = pub.ensure_master_password(
+            self.vault, spec.vault_path, username=policy.MASTER_USERNAME, engine=ENGINE,
+            dbname=spec.database_name, generate=self.generate_password)
+        # Recorded now, in the same status patch as whatever happens next, so that deletion
+        # knows there is a secret to remove even if CreateDBInstance fails.
+        report.set(vaultPath=spec.vault_path)
+        if stored.created:
+            report.event(NORMAL, "PasswordStored",
+                         f"master password stored in Vault at {spec.vault_path} (version {stored.version})")
+        try:
+            self.rds.create(step.request, stored.password)
+        except RdsError as error:
+            if error.reason != "IdentifierTaken":
+                raise
+            # A previous attempt created it (or someone else did): the next look decides which.
             return True
+        report.set(dbInstanceIdentifier=identifier, vaultPath=spec.vault_path,
+                   consulPrefix=spec.consul_prefix, appliedTags=dict(spec.tags))
+        report.phase(policy.CREATING)
+        report.condition("Progressing", True, "Creating", f"CreateDBInstance accepted for {identifier}")
+        report.event(NORMAL, "Creating",
+                     f"CreateDBInstance {identifier}: {spec.instance_class}, {spec.storage_gb} GB, "
+                     f"MySQL {spec.engine_version}")
+        return True
 
-        if isinstance(step, Claim):
-            self.rds.add_tags(instance.arn, step.tags)
-            report.set(dbInstanceIdentifier=instance.identifier, adopted=True,
-                       vaultPath=spec.vault_path, consulPrefix=spec.consul_prefix)
-            report.event("Normal", "Adopted", f"took over existing DB instance {instance.identifier}")
-            return True
+    def _claim(self, step: Claim, obj: MysqlDbObject, instance: DbInstance | None,
+               identifier: str, report: Report) -> bool:
+        instance = _existing(instance, step)
+        spec = obj.spec
+        self.rds.add_tags(instance.arn, step.tags)
+        report.set(dbInstanceIdentifier=instance.identifier, adopted=True,
+                   vaultPath=spec.vault_path, consulPrefix=spec.consul_prefix)
+        report.event(NORMAL, "Adopted", f"took over existing DB instance {instance.identifier}")
+        return True
 
-        if isinstance(step, ResetPassword):
-            self._reset_password(obj, instance, report)
-            return True
+    def _modify(self, step: Modify, obj: MysqlDbObject, instance: DbInstance | None,
+                identifier: str, report: Report) -> bool:
+        instance = _existing(instance, step)
+        changes = step.changes
+        if changes.modify:
+            self.rds.modify(instance.identifier, changes.modify)
+            described = ", ".join(f"{k}={v}" for k, v in sorted(changes.modify.items()))
+            report.event(NORMAL, "Modifying", f"ModifyDBInstance {instance.identifier}: {described}")
+            report.condition("Progressing", True, "Modifying", described)
+            if report.status.get("phase") == policy.READY:
+                report.phase(policy.MODIFYING)
+        if changes.add_tags:
+            self.rds.add_tags(instance.arn, changes.add_tags)
+        if changes.remove_tags:
+            self.rds.remove_tags(instance.arn, changes.remove_tags)
+        report.set(appliedTags=dict(obj.spec.tags))
+        return True
 
-        if isinstance(step, Modify):
-            changes = step.changes
-            if changes.modify:
-                self.rds.modify(instance.identifier, changes.modify)
-                described = ", ".join(f"{k}={v}" for k, v in sorted(changes.modify.items()))
-                report.event("Normal", "Modifying", f"ModifyDBInstance {instance.identifier}: {described}")
-                report.condition("Progressing", True, "Modifying", described)
-                if report.status.get("phase") == policy.READY:
-                    report.phase(policy.MODIFYING)
-            if changes.add_tags:
-                self.rds.add_tags(instance.arn, changes.add_tags)
-            if changes.remove_tags:
-                self.rds.remove_tags(instance.arn, changes.remove_tags)
-            report.set(appliedTags=dict(spec.tags))
-            return True
+    def _publish(self, step: Publish, obj: MysqlDbObject, instance: DbInstance | None,
+                 identifier: str, report: Report) -> bool:
+        instance = _existing(instance, step)
+        spec = obj.spec
+        connection = pub.Connection(
+            engine=ENGINE, host=instance.host or "", port=int(instance.port or 3306),
+            dbname=instance.db_name or spec.database_name, username=instance.master_username)
+        pub.publish(self.vault, self.consul, vault_path=spec.vault_path,
+                    consul_prefix=spec.consul_prefix, connection=connection)
+        was = obj.status.get("phase")
+        report.set(**policy.instance_status(instance), vaultPath=spec.vault_path,
+                   consulPrefix=spec.consul_prefix, observedGeneration=obj.generation, checks=0)
+        report.phase(policy.READY)
+        message = f"{instance.identifier} is available at {instance.host}:{instance.port}"
+        if not step.password_managed:
+            message += ("; its password is not managed by pgop (adopted): annotate "
+                        "pgop.io/reset-password=true to have pgop set one")
+        report.condition("Ready", True, "Available", message)
+        report.condition("Progressing", False, "Available", "nothing to change")
+        report.condition("Degraded", False, "Available", "")
+        if was != policy.READY:
+            report.event(NORMAL, "Ready", message)
+        report.check_again_in(self.resync_seconds)
+        return False
 
-        if isinstance(step, Publish):
-            connection = pub.Connection(
-                engine=ENGINE, host=instance.host or "", port=int(instance.port or 3306),
-                dbname=instance.db_name or spec.database_name, username=instance.master_username)
-            pub.publish(self.vault, self.consul, vault_path=spec.vault_path,
-                        consul_prefix=spec.consul_prefix, connection=connection)
-            was = obj.status.get("phase")
-            report.set(**policy.instance_status(instance), vaultPath=spec.vault_path,
-                       consulPrefix=spec.consul_prefix, observedGeneration=obj.generation, checks=0)
-            report.phase(policy.READY)
-            message = f"{instance.identifier} is available at {instance.host}:{instance.port}"
-            if not step.password_managed:
-                message += ("; its password is not managed by pgop (adopted): annotate "
-                            "pgop.io/reset-password=true to have pgop set one")
-            report.condition("Ready", True, "Available", message)
-            report.condition("Progressing", False, "Available", "nothing to change")
-            report.condition("Degraded", False, "Available", "")
-            if was != policy.READY:
-                report.event("Normal", "Ready", message)
-            report.check_again_in(self.resync_seconds)
-            return False
-
-        if isinstance(step, Wait):
-            checks = int(obj.status.get("checks") or 0)
-            report.set(**policy.instance_status(instance), checks=checks + 1)
-            report.phase(step.phase)
-            report.condition("Progressing", True, step.reason, step.message)
-            if step.phase == policy.CREATING:
-                # A database being modified usually still serves; Ready keeps its last value then.
-                report.condition("Ready", False, step.reason, step.message)
-            report.check_again_in(policy.backoff(checks, base=self.poll_seconds,
-                                                 cap=max(self.poll_seconds * 8, 120.0)))
-            return False
-
-        if isinstance(step, (Degrade, Refuse)):
-            failed = isinstance(step, Refuse) and not obj.status.get("dbInstanceIdentifier")
-            previous = {c.get("type"): c for c in obj.status.get("conditions") or []}.get("Degraded", {})
-            report.phase(policy.FAILED if failed else policy.DEGRADED)
-            report.condition("Degraded", True, step.reason, step.message)
+    def _wait(self, step: Wait, obj: MysqlDbObject, instance: DbInstance | None,
+              identifier: str, report: Report) -> bool:
+        instance = _existing(instance, step)
+        checks = int(obj.status.get("checks") or 0)
+        report.set(**policy.instance_status(instance), checks=checks + 1)
+        report.phase(step.phase)
+        report.condition("Progressing", True, step.reason, step.message)
+        if step.phase == policy.CREATING:
+            # A database being modified usually still serves; Ready keeps its last value then.
             report.condition("Ready", False, step.reason, step.message)
-            report.condition("Progressing", False, step.reason, step.message)
-            if instance is not None and policy.is_ours(obj, instance):
-                report.set(**policy.instance_status(instance))
-            if previous.get("reason") != step.reason or previous.get("status") != "True":
-                report.event("Warning", step.reason, step.message)
-            report.check_again_in(self.resync_seconds)
-            if isinstance(step, Refuse):
-                report.set(lastError=step.message)
-                report.out.permanent = step.message
-            return False
+        report.check_again_in(policy.backoff(checks, base=self.poll_seconds,
+                                             cap=max(self.poll_seconds * 8, 120.0)))
+        return False
 
-        raise AssertionError(f"unknown step {step!r}")
+    def _degrade(self, step: Degrade | Refuse, obj: MysqlDbObject, instance: DbInstance | None,
+                 identifier: str, report: Report) -> bool:
+        """Degrade (something outside the spec) and Refuse (the spec itself): say so, do nothing."""
+        failed = isinstance(step, Refuse) and not obj.status.get("dbInstanceIdentifier")
+        previous = {c.get("type"): c for c in obj.status.get("conditions") or []}.get("Degraded", {})
+        report.phase(policy.FAILED if failed else policy.DEGRADED)
+        report.condition("Degraded", True, step.reason, step.message)
+        report.condition("Ready", False, step.reason, step.message)
+        report.condition("Progressing", False, step.reason, step.message)
+        if instance is not None and policy.is_ours(obj, instance):
+            report.set(**policy.instance_status(instance))
+        if previous.get("reason") != step.reason or previous.get("status") != "True":
+            report.event(WARNING, step.reason, step.message)
+        report.check_again_in(self.resync_seconds)
+        if isinstance(step, Refuse):
+            report.set(lastError=step.message)
+            report.plan.permanent = step.message
+        return False
 
-    def _reset_password(self, obj: MysqlDbObject, instance: DbInstance, report: Report) -> None:
+    def _reset_password(self, step: ResetPassword, obj: MysqlDbObject, instance: DbInstance | None,
+                        identifier: str, report: Report) -> bool:
         """Vault first (as pendingPassword), then RDS, then promote: no crash loses the password."""
+        instance = _existing(instance, step)
         path = obj.spec.vault_path
         current = self.vault.read(path)
         data = dict(current.data or {})
@@ -277,8 +281,9 @@ class MysqlDbController:
         data.pop("pendingPassword", None)
         self.vault.write(path, {**data, "username": instance.master_username, "password": pending},
                          cas=version)
-        report.event("Normal", "PasswordReset",
+        report.event(NORMAL, "PasswordReset",
                      f"new master password for {instance.identifier} stored in Vault at {path}")
+        return True
 
     def _fault(self, report: Report, reason: str, message: str, retryable: bool, attempt: int) -> None:
         report.set(lastError=message, faults=attempt + 1)
@@ -291,21 +296,20 @@ class MysqlDbController:
             elif not report.status.get("phase"):
                 report.phase(policy.PENDING)
             report.check_again_in(delay)
-            report.out.retry_after = delay
+            report.plan.requeue_after = delay
         else:
             report.phase(policy.DEGRADED if report.status.get("dbInstanceIdentifier") else policy.FAILED)
             report.condition("Ready", False, reason, message)
             report.condition("Degraded", True, reason, message)
             report.condition("Progressing", False, reason, message)
-            report.event("Warning", reason, message)
-            report.out.permanent = message
+            report.event(WARNING, reason, message)
+            report.plan.permanent = message
 
     # --- delete ------------------------------------------------------------------------------------
 
-    def finalize(self, obj: MysqlDbObject, *, attempt: int = 0) -> Outcome:
+    def finalize(self, obj: MysqlDbObject, *, attempt: int = 0) -> Plan:
         report = Report(obj, self.clock())
         identifier = policy.target_identifier(obj, scope=self.scope)
-        spec = obj.spec
         try:
             for _ in range(MAX_STEPS_PER_PASS):
                 instance = self.rds.describe(identifier)
@@ -313,62 +317,120 @@ class MysqlDbController:
                 if isinstance(step, BlockDeletion):
                     previous = {c.get("type"): c for c in obj.status.get("conditions") or []}
                     if previous.get("DeletionBlocked", {}).get("status") != "True":
-                        report.event("Warning", step.reason, step.message)
+                        report.event(WARNING, step.reason, step.message)
                     report.condition("DeletionBlocked", True, step.reason, step.message)
-                    report.out.retry_after = max(self.poll_seconds, 10.0)
-                    return report.out
+                    report.plan.requeue_after = max(self.poll_seconds, 10.0)
+                    return report.plan
                 report.condition("DeletionBlocked", False, "Deleting", "")
                 report.phase(policy.DELETING)
-                if isinstance(step, DisableDeletionProtection):
-                    self.rds.modify(instance.identifier, {"DeletionProtection": False, "ApplyImmediately": True})
-                    continue
-                if isinstance(step, DeleteInstance):
-                    self.rds.delete(instance.identifier, final_snapshot=step.final_snapshot,
-                                    delete_automated_backups=step.delete_automated_backups)
-                    if step.final_snapshot:
-                        report.set(finalSnapshotIdentifier=step.final_snapshot)
-                        report.event("Normal", "FinalSnapshot",
-                                     f"deleting {instance.identifier} with final snapshot {step.final_snapshot}")
-                    else:
-                        report.event("Normal", "Deleting", f"deleting {instance.identifier} without snapshot")
-                    continue
-                if isinstance(step, WaitForDeletion):
-                    report.condition("Progressing", True, "Deleting", step.message)
-                    report.out.retry_after = policy.backoff(attempt, base=self.poll_seconds, cap=120.0)
-                    return report.out
-                if isinstance(step, ReleaseInstance):
-                    self.rds.remove_tags(instance.arn, step.tag_keys)
-                    report.event("Normal", "Retained",
-                                 f"left DB instance {instance.identifier} in place (deletionPolicy Retain); "
-                                 f"Vault {spec.vault_path} and Consul {spec.consul_prefix} kept")
-                    report.out.done = True
-                    return report.out
-                if isinstance(step, Unpublish):
-                    pub.unpublish(self.vault, self.consul, vault_path=spec.vault_path,
-                                  consul_prefix=spec.consul_prefix)
-                    report.event("Normal", "Unpublished",
-                                  f"removed Vault {spec.vault_path} and Consul {spec.consul_prefix}")
-                    report.out.done = True
-                    return report.out
-                if isinstance(step, Finished):
-                    report.out.done = True
-                    return report.out
-                raise AssertionError(f"unknown deletion step {step!r}")
-            report.out.retry_after = self.poll_seconds
+                if not self._perform_deletion(step, obj, instance, report, attempt):
+                    return report.plan
+            report.plan.requeue_after = self.poll_seconds
         except RdsError as error:
             self._deletion_fault(report, error.reason, str(error), error.retryable, attempt)
         except pub.PublishError as error:
             self._deletion_fault(report, error.reason, str(error), error.retryable, attempt)
-        return report.out
+        return report.plan
+
+    def _perform_deletion(self, step: DeletionStep, obj: MysqlDbObject, instance: DbInstance | None,
+                          report: Report, attempt: int) -> bool:
+        """Do one deletion step; True when the pass should go on with a fresh look at the instance."""
+        perform = _DELETION_STEPS.get(type(step))
+        if perform is None:
+            raise AssertionError(f"unknown deletion step {step!r}")
+        return perform(self, step, obj, instance, report, attempt)
+
+    def _disable_deletion_protection(self, step: DisableDeletionProtection, obj: MysqlDbObject,
+                                     instance: DbInstance | None, report: Report, attempt: int) -> bool:
+        instance = _existing(instance, step)
+        self.rds.modify(instance.identifier, {"DeletionProtection": False, "ApplyImmediately": True})
+        return True
+
+    def _delete_instance(self, step: DeleteInstance, obj: MysqlDbObject, instance: DbInstance | None,
+                         report: Report, attempt: int) -> bool:
+        instance = _existing(instance, step)
+        self.rds.delete(instance.identifier, final_snapshot=step.final_snapshot,
+                        delete_automated_backups=step.delete_automated_backups)
+        if step.final_snapshot:
+            report.set(finalSnapshotIdentifier=step.final_snapshot)
+            report.event(NORMAL, "FinalSnapshot",
+                         f"deleting {instance.identifier} with final snapshot {step.final_snapshot}")
+        else:
+            report.event(NORMAL, "Deleting", f"deleting {instance.identifier} without snapshot")
+        return True
+
+    def _wait_for_deletion(self, step: WaitForDeletion, obj: MysqlDbObject, instance: DbInstance | None,
+                           report: Report, attempt: int) -> bool:
+        report.condition("Progressing", True, "Deleting", step.message)
+        report.plan.requeue_after = policy.backoff(attempt, base=self.poll_seconds, cap=120.0)
+        return False
+
+    def _release_instance(self, step: ReleaseInstance, obj: MysqlDbObject, instance: DbInstance | None,
+                          report: Report, attempt: int) -> bool:
+        instance = _existing(instance, step)
+        spec = obj.spec
+        self.rds.remove_tags(instance.arn, step.tag_keys)
+        report.event(NORMAL, "Retained",
+                     f"left DB instance {instance.identifier} in place (deletionPolicy Retain); "
+                     f"Vault {spec.vault_path} and Consul {spec.consul_prefix} kept")
+        report.plan.finished = True
+        return False
+
+    def _unpublish(self, step: Unpublish, obj: MysqlDbObject, instance: DbInstance | None,
+                   report: Report, attempt: int) -> bool:
+        spec = obj.spec
+        pub.unpublish(self.vault, self.consul, vault_path=spec.vault_path,
+                      consul_prefix=spec.consul_prefix)
+        report.event(NORMAL, "Unpublished",
+                     f"removed Vault {spec.vault_path} and Consul {spec.consul_prefix}")
+        report.plan.finished = True
+        return False
+
+    def _finished(self, step: Finished, obj: MysqlDbObject, instance: DbInstance | None,
+                  report: Report, attempt: int) -> bool:
+        report.plan.finished = True
+        return False
 
     def _deletion_fault(self, report: Report, reason: str, message: str, retryable: bool, attempt: int) -> None:
         # Deletion keeps trying either way: giving up would leave the object stuck with no signal.
         report.set(lastError=message)
         report.condition("Progressing", True, reason, message)
         if not retryable:
-            report.event("Warning", reason, message)
-        report.out.retry_after = policy.backoff(attempt, base=FAULT_BACKOFF_BASE,
-                                                cap=FAULT_BACKOFF_CAP if retryable else 600.0)
+            report.event(WARNING, reason, message)
+        report.plan.requeue_after = policy.backoff(attempt, base=FAULT_BACKOFF_BASE,
+                                                   cap=FAULT_BACKOFF_CAP if retryable else 600.0)
+
+
+def _existing(instance: DbInstance | None, step: object) -> DbInstance:
+    """The instance a step acts on: rds.policy returns such a step only for one that exists."""
+    if instance is None:
+        raise AssertionError(f"{step!r} without a DB instance")
+    return instance
+
+
+# Step type -> the method that performs it: (controller, step, obj, instance, identifier, report) -> go on?
+_STEPS: Mapping[type, Callable[[MysqlDbController, Any, MysqlDbObject, DbInstance | None, str, Report], bool]] = {
+    Create: MysqlDbController._create,
+    Claim: MysqlDbController._claim,
+    ResetPassword: MysqlDbController._reset_password,
+    Modify: MysqlDbController._modify,
+    Publish: MysqlDbController._publish,
+    Wait: MysqlDbController._wait,
+    Degrade: MysqlDbController._degrade,
+    Refuse: MysqlDbController._degrade,
+}
+
+# Deletion step type -> its method: (controller, step, obj, instance, report, attempt) -> go on?
+# BlockDeletion is not here: finalize stops on it before anything is marked as deleting.
+_DELETION_STEPS: Mapping[type, Callable[[MysqlDbController, Any, MysqlDbObject, DbInstance | None, Report, int],
+                                        bool]] = {
+    DisableDeletionProtection: MysqlDbController._disable_deletion_protection,
+    DeleteInstance: MysqlDbController._delete_instance,
+    WaitForDeletion: MysqlDbController._wait_for_deletion,
+    ReleaseInstance: MysqlDbController._release_instance,
+    Unpublish: MysqlDbController._unpublish,
+    Finished: MysqlDbController._finished,
+}
 
 
 def build_controller(config: OperatorConfig) -> MysqlDbController:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgop.rds.aws import DbInstance
+from pgop.rds.instance import DbInstance
 from pgop.rds.spec import ENGINE, MysqlDbSpec
 
 # PendingModifiedValues keys -> the attribute of DbInstance they will replace.
@@ -46,7 +46,10 @@ class Changes:
         return not (self.modify or self.add_tags or self.remove_tags)
 
 
-def version_key(version: str) -> tuple:
+VersionKey = tuple[tuple[int, int | str], ...]
+
+
+def version_key(version: str) -> VersionKey:
     """'8.0.35' -> (8, 0, 35); non-numeric parts compare after numeric ones."""
     parts = re.split(r"[.\-_]", version)
     return tuple((0, int(p)) if p.isdigit() else (1, p) for p in parts)

@@ -1,7 +1,7 @@
 """kopf handlers for MysqlDb (mysqldbs.pgop.io/v1). Thin: build the view, ask the controller, report.
 
 Importing this module registers the handlers and does nothing else; the controller and its
-clients are built on first use from the operator's environment (pgop/config.py).
+clients are built on first use from the operator's environment (pgop/runtime/config.py).
 
 - create / update / resume: one reconcile pass. Faults that heal (throttling, Vault or Consul down)
   raise kopf.TemporaryError, so kopf retries with backoff; spec problems raise kopf.PermanentError
@@ -20,8 +20,10 @@ from typing import Any
 
 import kopf
 
+from pgop.kernel.actions import Plan
+from pgop.kernel.conditions import condition, set_condition
 from pgop.rds import policy
-from pgop.rds.controller import MysqlDbController, Outcome, build_controller
+from pgop.rds.controller import MysqlDbController, build_controller
 from pgop.rds.spec import InvalidSpec, MysqlDbObject
 from pgop.runtime.config import OperatorConfig
 
@@ -55,21 +57,22 @@ def _view(body: Any, patch: Any) -> MysqlDbObject:
     except InvalidSpec as error:
         patch.status["phase"] = policy.FAILED
         patch.status["lastError"] = str(error)
-        patch.status["conditions"] = policy.set_condition(
-            (body.get("status") or {}).get("conditions"), "Ready", False, "InvalidSpec", str(error),
-            now=policy.now_iso(), generation=body.get("metadata", {}).get("generation"))
+        patch.status["conditions"] = set_condition(
+            (body.get("status") or {}).get("conditions"), condition("Ready", False, "InvalidSpec", str(error)),
+            now=datetime.now(UTC), generation=body.get("metadata", {}).get("generation"))
         raise kopf.PermanentError(str(error)) from None
 
 
-def _report(outcome: Outcome, body: Any, patch: Any, memo: Any) -> None:
-    for key, value in outcome.status.items():
+def _report(plan: Plan, body: Any, patch: Any, memo: Any) -> None:
+    """The controller's Plan (a status patch and Events; it never holds Actions) onto kopf."""
+    for key, value in plan.status.items():
         patch.status[key] = value
-    for event in outcome.events:
+    for event in plan.events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     # The timer's schedule also lives in kopf's per-object memory, so it works even where the
     # status schema prunes nextCheckAt; after a restart the first tick simply looks at once.
-    memo["next_check"] = outcome.status.get("nextCheckAt")
-    memo["faults"] = (memo.get("faults") or 0) + 1 if outcome.retry_after is not None else 0
+    memo["next_check"] = plan.status.get("nextCheckAt")
+    memo["faults"] = (memo.get("faults") or 0) + 1 if plan.requeue_after is not None else 0
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -77,12 +80,12 @@ def _report(outcome: Outcome, body: Any, patch: Any, memo: Any) -> None:
 @kopf.on.update(GROUP, VERSION, PLURAL)
 def reconcile(body: Any, patch: Any, memo: Any, retry: int, **_: Any) -> None:
     obj = _view(body, patch)
-    outcome = controller().reconcile(obj, attempt=retry)
-    _report(outcome, body, patch, memo)
-    if outcome.permanent:
-        raise kopf.PermanentError(outcome.permanent)
-    if outcome.retry_after is not None:
-        raise kopf.TemporaryError(outcome.status.get("lastError") or "retrying", delay=outcome.retry_after)
+    plan = controller().reconcile(obj, attempt=retry)
+    _report(plan, body, patch, memo)
+    if plan.permanent:
+        raise kopf.PermanentError(plan.permanent)
+    if plan.requeue_after is not None:
+        raise kopf.TemporaryError(plan.status.get("lastError") or "retrying", delay=plan.requeue_after)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
@@ -104,11 +107,11 @@ def look_again(body: Any, status: Any, patch: Any, memo: Any, **_: Any) -> None:
 @kopf.on.delete(GROUP, VERSION, PLURAL)
 def delete(body: Any, patch: Any, memo: Any, retry: int, **_: Any) -> None:
     obj = _view(body, patch)
-    outcome = controller().finalize(obj, attempt=retry)
-    _report(outcome, body, patch, memo)
-    if not outcome.done:
-        reason = outcome.status.get("lastError") or next(
-            (c["message"] for c in outcome.status.get("conditions", [])
+    plan = controller().finalize(obj, attempt=retry)
+    _report(plan, body, patch, memo)
+    if not plan.finished:
+        reason = plan.status.get("lastError") or next(
+            (c["message"] for c in plan.status.get("conditions", [])
              if c.get("type") in ("DeletionBlocked", "Progressing") and c.get("status") == "True"),
             "deletion in progress")
-        raise kopf.TemporaryError(reason, delay=outcome.retry_after or 10.0)
+        raise kopf.TemporaryError(reason, delay=plan.requeue_after or 10.0)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from pgop.rds.aws import DbInstance
+from pgop.kernel.conditions import parse_rfc3339
 from pgop.rds.diff import Changes, diff
 from pgop.rds.identifier import db_instance_identifier, final_snapshot_identifier
+from pgop.rds.instance import DbInstance
 from pgop.rds.spec import ENGINE, MysqlDbObject
 
 MASTER_USERNAME = "dbadmin"
@@ -137,6 +138,12 @@ class Finished:
     pass
 
 
+# What next_step and deletion_step return.
+Step = Create | Claim | ResetPassword | Modify | Publish | Wait | Degrade | Refuse
+DeletionStep = (BlockDeletion | DisableDeletionProtection | DeleteInstance | WaitForDeletion | ReleaseInstance
+                | Unpublish | Finished)
+
+
 # --- identity and ownership ----------------------------------------------------------------------
 
 def ownership_tags(obj: MysqlDbObject) -> dict[str, str]:
@@ -183,7 +190,7 @@ def next_step(
     *,
     identifier: str,
     password_in_vault: bool | None = None,
-) -> Any:
+) -> Step:
     recorded = obj.status.get("dbInstanceIdentifier")
     adopting = obj.adopt_identifier
     if recorded and adopting and adopting != recorded:
@@ -236,7 +243,7 @@ def next_step(
     return Publish(password_managed=password_in_vault is not False)
 
 
-def deletion_step(obj: MysqlDbObject, instance: DbInstance | None) -> Any:
+def deletion_step(obj: MysqlDbObject, instance: DbInstance | None) -> DeletionStep:
     spec = obj.spec
     if spec.deletion_protection:
         return BlockDeletion("DeletionProtected",
@@ -262,44 +269,7 @@ def deletion_step(obj: MysqlDbObject, instance: DbInstance | None) -> Any:
     return Unpublish()
 
 
-# --- status helpers ------------------------------------------------------------------------------
-
-def now_iso(now: datetime | None = None) -> str:
-    return (now or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def set_condition(
-    conditions: Sequence[Mapping[str, Any]] | None,
-    type_: str,
-    status: bool,
-    reason: str,
-    message: str,
-    *,
-    now: str,
-    generation: int | None = None,
-) -> list[dict[str, Any]]:
-    """Conditions with `type_` set; lastTransitionTime moves only when the status flips."""
-    wanted = "True" if status else "False"
-    out: list[dict[str, Any]] = []
-    found = False
-    for c in conditions or []:
-        c = dict(c)
-        if c.get("type") == type_:
-            found = True
-            if c.get("status") != wanted:
-                c["lastTransitionTime"] = now
-            c.update(status=wanted, reason=reason, message=message)
-            if generation is not None:
-                c["observedGeneration"] = generation
-        out.append(c)
-    if not found:
-        c = {"type": type_, "status": wanted, "reason": reason, "message": message,
-             "lastTransitionTime": now}
-        if generation is not None:
-            c["observedGeneration"] = generation
-        out.append(c)
-    return out
-
+# --- status helpers (conditions and timestamps: pgop.kernel.conditions) -------------------------
 
 def backoff(attempt: int, *, base: float, cap: float) -> float:
     """Delay before check number `attempt` (0-based): base, 2*base, 4*base, ... up to cap."""
@@ -332,7 +302,7 @@ def due(next_check: str | None, now: datetime) -> bool:
     if not next_check:
         return True
     try:
-        at = datetime.strptime(next_check, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        at = parse_rfc3339(next_check)
     except ValueError:
         return True
-    return now >= at
+    return at is None or now >= at

@@ -193,7 +193,7 @@ def test_consul_tree_is_replaced_atomically(consul_kv, names):
 def test_create_to_ready_publishes_the_contract(controller, rds, vault, consul_kv, names):
     o = make(names, spec={"tags": {"team": "shop"}})
     outcome = controller.reconcile(o)
-    assert outcome.permanent is None and outcome.retry_after is None
+    assert outcome.permanent is None and outcome.requeue_after is None
     assert outcome.status["phase"] == "Ready"
     identifier = outcome.status["dbInstanceIdentifier"]
     assert identifier == policy.target_identifier(o)
@@ -275,7 +275,7 @@ def test_vault_down_creates_nothing_then_recovers(rds, consul_kv, vault, names):
     down = pub.VaultKV.connect("http://127.0.0.1:1", "t", timeout=1)
     o = make(names)
     outcome = MysqlDbController(rds, down, consul_kv).reconcile(o)
-    assert outcome.retry_after and outcome.status["phase"] == "Pending"
+    assert outcome.requeue_after and outcome.status["phase"] == "Pending"
     reasons = {c["type"]: c["reason"] for c in outcome.status["conditions"]}
     assert reasons["Progressing"] == "VaultUnavailable"
     assert rds.describe(policy.target_identifier(o)) is None  # no password stored => no database
@@ -287,7 +287,7 @@ def test_consul_down_keeps_the_password_and_retries(rds, vault, consul_kv, names
     down = pub.ConsulKV.connect("127.0.0.1", 1, timeout=1)
     o = make(names)
     outcome = MysqlDbController(rds, vault, down).reconcile(o)
-    assert outcome.retry_after
+    assert outcome.requeue_after
     assert {c["type"]: c["reason"] for c in outcome.status["conditions"]}["Progressing"] == "ConsulUnavailable"
     password = vault_password(vault, o)
     o = advance(o, outcome)
@@ -327,7 +327,7 @@ def test_deletion_policies(controller, rds, vault, consul_kv, names, policy_name
     o = advance(o, controller.reconcile(o))
     identifier = o.status["dbInstanceIdentifier"]
     outcome = controller.finalize(o)
-    assert outcome.done
+    assert outcome.finished
     client = boto_session.client("rds", endpoint_url=local_env["PGOP_RDS_ENDPOINT"])
     snapshots = [s["DBSnapshotIdentifier"] for s in client.describe_db_snapshots()["DBSnapshots"]]
     if policy_name == "Retain":
@@ -352,12 +352,12 @@ def test_deletion_protection_blocks_until_turned_off(controller, rds, names):
     identifier = o.status["dbInstanceIdentifier"]
     assert rds.describe(identifier).deletion_protection  # RDS-level protection too
     blocked = controller.finalize(o)
-    assert not blocked.done and blocked.retry_after
+    assert not blocked.finished and blocked.requeue_after
     assert {c["type"]: c["status"] for c in blocked.status["conditions"]}["DeletionBlocked"] == "True"
     assert rds.describe(identifier) is not None
     released = dataclasses.replace(advance(o, blocked), spec=make(names).spec)  # deletionProtection off
     done = controller.finalize(released)
-    assert done.done and rds.describe(identifier) is None
+    assert done.finished and rds.describe(identifier) is None
 
 
 def test_adoption_keeps_the_password_unless_asked(controller, rds, vault, consul_kv, names):
@@ -417,7 +417,7 @@ def test_creating_phase_waits_without_blocking_then_ready(vault, consul_kv, name
     controller = MysqlDbController(Rds(client), vault, consul_kv, poll_seconds=15)
     with stub:
         first = controller.reconcile(o)
-        assert first.status["phase"] == "Creating" and first.retry_after is None
+        assert first.status["phase"] == "Creating" and first.requeue_after is None
         assert first.status["nextCheckAt"] and first.status["dbInstanceStatus"] == "creating"
         assert {c["type"]: c["status"] for c in first.status["conditions"]}["Progressing"] == "True"
         o = advance(o, first)
@@ -442,7 +442,7 @@ def test_throttling_is_retried_with_backoff_and_creates_nothing(vault, consul_kv
     with stub:
         first = controller.reconcile(o, attempt=0)
         second = controller.reconcile(advance(o, first), attempt=1)
-    assert first.retry_after == 5 and second.retry_after == 10
+    assert first.requeue_after == 5 and second.requeue_after == 10
     assert {c["type"]: c["reason"] for c in second.status["conditions"]}["Progressing"] == "Throttled"
     assert not vault.read(o.spec.vault_path).exists
 

@@ -121,7 +121,7 @@ def test_create_to_ready(controller, aws, vault, consul_kv):
     secret = vault.read(o.spec.vault_path).data
     assert set(secret) == set(pub.VAULT_KEYS)
     assert consul_kv.read(o.spec.consul_prefix) == {k: secret[k] for k in pub.CONSUL_KEYS}
-    assert secret["password"] not in repr(outcome)
+    assert secret["password"] not in repr(list(outcome)) + repr(vars(outcome))
     assert aws.describe(outcome.status["dbInstanceIdentifier"]).tags[policy.TAG_UID] == o.uid
 
 
@@ -137,7 +137,7 @@ def test_vault_down_means_no_instance(controller, aws, vault):
     vault.down = True
     o = make()
     outcome = controller.reconcile(o)
-    assert outcome.retry_after and reason(outcome, "Progressing") == "VaultUnavailable"
+    assert outcome.requeue_after and reason(outcome, "Progressing") == "VaultUnavailable"
     assert aws.describe(policy.target_identifier(o)) is None
     vault.down = False
     assert controller.reconcile(advance(o, outcome)).status["phase"] == "Ready"
@@ -147,7 +147,7 @@ def test_consul_down_then_back(controller, consul_kv):
     consul_kv.down = True
     o = make()
     outcome = controller.reconcile(o)
-    assert outcome.retry_after and reason(outcome, "Progressing") == "ConsulUnavailable"
+    assert outcome.requeue_after and reason(outcome, "Progressing") == "ConsulUnavailable"
     consul_kv.down = False
     assert controller.reconcile(advance(o, outcome)).status["phase"] == "Ready"
 
@@ -185,7 +185,7 @@ def test_deletion(controller, aws, vault, consul_kv, deletion_policy):
     o = advance(o, controller.reconcile(o))
     identifier = o.status["dbInstanceIdentifier"]
     done = controller.finalize(o)
-    assert done.done
+    assert done.finished
     if deletion_policy == "Retain":
         assert aws.describe(identifier) and vault.read(o.spec.vault_path).exists
     else:
@@ -198,9 +198,9 @@ def test_deletion_protection(controller, aws):
     o = make(spec={"deletionProtection": True})
     o = advance(o, controller.reconcile(o))
     blocked = controller.finalize(o)
-    assert not blocked.done and [e.reason for e in blocked.events] == ["DeletionProtected"]
+    assert not blocked.finished and [e.reason for e in blocked.events] == ["DeletionProtected"]
     off = dataclasses.replace(advance(o, blocked), spec=make().spec)
-    assert controller.finalize(off).done
+    assert controller.finalize(off).finished
 
 
 def test_adoption_with_reset(controller, aws, vault):

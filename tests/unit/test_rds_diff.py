@@ -1,8 +1,8 @@
 
 import pytest
 
-from pgop.rds.aws import DbInstance
 from pgop.rds.diff import diff, major_version, version_key
+from pgop.rds.instance import DbInstance
 from pgop.rds.spec import MysqlDbSpec
 
 

@@ -2,8 +2,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from pgop.kernel.conditions import condition, rfc3339, set_condition
 from pgop.rds import policy
-from pgop.rds.aws import DbInstance
+from pgop.rds.instance import DbInstance
 from pgop.rds.policy import (
     BlockDeletion,
     Claim,
@@ -203,11 +204,12 @@ def test_nothing_stored_means_nothing_to_unpublish():
 # --- status helpers ---
 
 def test_condition_transition_time_moves_only_on_flip():
-    c = policy.set_condition([], "Ready", False, "Creating", "m", now="t1")
-    c = policy.set_condition(c, "Ready", False, "Creating", "m2", now="t2")
-    assert c[0]["lastTransitionTime"] == "t1" and c[0]["message"] == "m2"
-    c = policy.set_condition(c, "Ready", True, "Available", "ok", now="t3", generation=4)
-    assert c[0]["lastTransitionTime"] == "t3" and c[0]["status"] == "True" and c[0]["observedGeneration"] == 4
+    t1, t2, t3 = (datetime(2026, 1, 1, 12, 0, s, tzinfo=UTC) for s in (1, 2, 3))
+    c = set_condition([], condition("Ready", False, "Creating", "m"), now=t1)
+    c = set_condition(c, condition("Ready", False, "Creating", "m2"), now=t2)
+    assert c[0]["lastTransitionTime"] == rfc3339(t1) and c[0]["message"] == "m2"
+    c = set_condition(c, condition("Ready", True, "Available", "ok"), now=t3, generation=4)
+    assert c[0]["lastTransitionTime"] == rfc3339(t3) and c[0]["status"] == "True" and c[0]["observedGeneration"] == 4
 
 
 def test_backoff_doubles_to_a_cap():
