@@ -22,6 +22,7 @@ from pathlib import Path
 from pgop.backup import wal
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Settings, S3Storage, describe_error
+from pgop.kernel import podenv
 
 log = logging.getLogger("pgop.wal")
 
@@ -30,7 +31,7 @@ FAILED = 1
 NOT_FOUND = 1
 ABORT_RECOVERY = 255
 
-ENV_CLUSTER = "PGOP_CLUSTER"
+ENV_CLUSTER = podenv.ENV_CLUSTER
 
 # PostgreSQL waits for the command: at most three tries of a few seconds each, so an unreachable
 # S3 costs one archive attempt ~15 s, and a shutdown (which archives once more) fits in the pod's
@@ -42,7 +43,7 @@ S3_READ_TIMEOUT = 30.0
 
 def _target(env: Mapping[str, str]) -> tuple[S3Storage, ArchiveLayout]:
     settings = S3Settings.from_env(env)
-    cluster = env.get(ENV_ARCHIVE_CLUSTER) or env.get(ENV_CLUSTER) or ""
+    cluster = podenv.PodEnv.from_env(env).archive_cluster
     if not cluster:
         raise wal.WalError(f"neither {ENV_ARCHIVE_CLUSTER} nor {ENV_CLUSTER} says whose archive this is")
     storage = S3Storage.from_settings(settings, max_attempts=S3_ATTEMPTS, connect_timeout=S3_CONNECT_TIMEOUT,

@@ -9,25 +9,18 @@ a backup pod never touches a data directory.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import LABEL_COMPONENT, cluster_labels, object_meta, owner_reference
 from pgop.kernel.model import Instance
-from pgop.specs.pods import (
-    ENV_INSTANCE,
-    S3_CREDENTIALS_MOUNT,
-    SECRETS_MOUNT,
-    _container_security,
-    _env,
-    _pod_security,
-    _s3_volumes,
-    _secret_source,
-)
+from pgop.kernel.podenv import ENV_BACKUP_OBJECT, S3_CREDENTIALS_MOUNT, SECRETS_MOUNT
+from pgop.specs.pods import _container_security, _pod_security, _s3_volumes, _secret_source, pod_env
 
 COMPONENT_BACKUP = "backup"
 LABEL_BACKUP = "pgop.io/backup"
-ENV_BACKUP_OBJECT = "PGOP_BACKUP_OBJECT"  # the PgBackup whose status.uploadedBytes the pod updates
+__all__ = ["ENV_BACKUP_OBJECT", "LABEL_BACKUP", "TERMINATION_LOG", "backup_pod_name", "build_backup_pod"]
 TERMINATION_LOG = "/dev/termination-log"
 
 
@@ -40,9 +33,7 @@ def build_backup_pod(backup: str, backup_uid: str, instance: Instance, host: str
     cluster = instance.spec.cluster
     labels = cluster_labels(cluster) | {LABEL_COMPONENT: COMPONENT_BACKUP, LABEL_BACKUP: backup[:63]}
     # The instance label would make this pod one of the instance's own; say the source plainly.
-    env = [e for e in _env(instance) if e["name"] != ENV_INSTANCE]
-    env += [{"name": ENV_INSTANCE, "value": instance.name},
-            {"name": ENV_BACKUP_OBJECT, "value": backup}]
+    env = dataclasses.replace(pod_env(instance), instance=instance.name, backup_object=backup).to_env()
     container: dict[str, Any] = {
         "name": "backup",
         "image": instance.spec.image,

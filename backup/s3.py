@@ -18,7 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from pgop.specs import pods
+from pgop.kernel import podenv
 
 # Files of the projected credentials Secret (spec.backup.s3.credentialsSecret). The AWS_* names
 # (the usual keys of such Secrets) are read when the short ones are absent.
@@ -26,12 +26,10 @@ ACCESS_KEY_FILES = ("ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
 SECRET_KEY_FILES = ("ACCESS_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
 
 # What the pod tells `pgop agent wal-push` / `wal-fetch` (pgop/specs/pods.py sets them).
-ENV_BUCKET = pods.ENV_S3_BUCKET
-ENV_PATH = pods.ENV_S3_PATH
-ENV_ENDPOINT = pods.ENV_S3_ENDPOINT
-ENV_REGION = pods.ENV_S3_REGION
-ENV_CREDENTIALS_DIR = pods.ENV_S3_CREDENTIALS_DIR
-ENV_ARCHIVE_CLUSTER = "PGOP_S3_CLUSTER"  # whose archive; default PGOP_CLUSTER (a restore sets it)
+ENV_BUCKET = podenv.ENV_S3_BUCKET
+ENV_PATH = podenv.ENV_S3_PATH
+ENV_CREDENTIALS_DIR = podenv.ENV_S3_CREDENTIALS_DIR
+ENV_ARCHIVE_CLUSTER = podenv.ENV_S3_CLUSTER  # whose archive; default PGOP_CLUSTER (a restore sets it)
 
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 PRECONDITION_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
@@ -116,18 +114,18 @@ class S3Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
         env = os.environ if env is None else env
-        bucket = env.get(ENV_BUCKET, "")
-        if not bucket:
+        archive = podenv.ArchiveEnv.from_env(env)
+        if archive is None:
             raise S3Error(f"{ENV_BUCKET} is not set: this pod has no spec.backup.s3 to archive to")
-        directory = env.get(ENV_CREDENTIALS_DIR)
+        directory = archive.credentials_dir
         credentials = None
         if directory and Path(directory).is_dir():
             credentials = Credentials.from_directory(Path(directory))
         elif directory:
             raise CredentialsError(f"{ENV_CREDENTIALS_DIR}={directory} is not a directory: the credentials "
                                    "Secret is not mounted")
-        return cls(bucket=bucket, path=env.get(ENV_PATH, ""), endpoint=env.get(ENV_ENDPOINT) or None,
-                   region=env.get(ENV_REGION) or None, credentials=credentials)
+        return cls(bucket=archive.bucket, path=archive.path, endpoint=archive.endpoint, region=archive.region,
+                   credentials=credentials)
 
 
 class S3Storage:

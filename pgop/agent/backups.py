@@ -1,15 +1,12 @@
 """What `pgop agent backup` and `pgop agent bootstrap --mode recovery` run in a pod: the
-base backup and the restore with the pod's settings (AgentSettings and the PGOP_S3_* environment).
+base backup and the restore with the pod's settings (AgentSettings and the PGOP_S3_* environment
+of the pod contract, pgop.kernel.podenv).
 
-Restore contract (environment of the bootstrap pod, besides the usual PGOP_S3_* of the pod, whose
-bucket, endpoint and credentials reach the source's archive):
-
-| variable | meaning |
-|---|---|
-| `PGOP_RECOVERY_SOURCE` | the source cluster's name (its archive: `<path>/<source>/`); required |
-| `PGOP_RECOVERY_S3_PATH` | the source's spec.backup.s3.path; default PGOP_S3_PATH |
-| `PGOP_RECOVERY_BACKUP` | a backup name; default the latest one fitting the target |
-| `PGOP_RECOVERY_TARGET_TIME` / `PGOP_RECOVERY_TARGET_LSN` | at most one; default the end of the archive |
+What a restore restores comes from the PgInstance's spec.recovery, as the operator resolved it:
+`source` (the source cluster; its archive is `<path>/<source>/` in the bucket of the pod's
+PGOP_S3_* environment, which reaches the source's archive), `s3.path` (default PGOP_S3_PATH),
+`backup` (default: the latest one fitting the target), `targetTime` or `targetLSN` (at most one;
+default: the end of the archive).
 """
 from __future__ import annotations
 
@@ -22,22 +19,8 @@ from typing import Any
 
 from pgop.backup import basebackup, restore
 from pgop.backup.layout import ArchiveLayout
-from pgop.backup.s3 import ENV_PATH, S3Settings, S3Storage
-from pgop.specs.pods import (  # the pod builder sets them
-    ENV_RECOVERY_BACKUP as ENV_BACKUP,
-)
-from pgop.specs.pods import (
-    ENV_RECOVERY_S3_PATH as ENV_SOURCE_PATH,
-)
-from pgop.specs.pods import (
-    ENV_RECOVERY_SOURCE as ENV_SOURCE,
-)
-from pgop.specs.pods import (
-    ENV_RECOVERY_TARGET_LSN as ENV_TARGET_LSN,
-)
-from pgop.specs.pods import (
-    ENV_RECOVERY_TARGET_TIME as ENV_TARGET_TIME,
-)
+from pgop.backup.s3 import S3Settings, S3Storage
+from pgop.kernel.model import RecoverySpec
 
 log = logging.getLogger(__name__)
 
@@ -135,23 +118,17 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
                                        before_archive_wait=before_wait)
 
 
-def recovery_request(env: Mapping[str, str]) -> dict[str, str | None]:
-    source = env.get(ENV_SOURCE, "")
-    if not source:
-        raise restore.RestoreError(f"{ENV_SOURCE} names no source cluster to restore from")
-    return {"source": source, "path": env.get(ENV_SOURCE_PATH, env.get(ENV_PATH, "")),
-            "backup": env.get(ENV_BACKUP) or None, "targetTime": env.get(ENV_TARGET_TIME) or None,
-            "targetLSN": env.get(ENV_TARGET_LSN) or None}
-
-
-def restore_local(settings, env: Mapping[str, str] | None = None) -> restore.RestoreResult:
+def restore_local(settings, wanted: RecoverySpec, env: Mapping[str, str] | None = None) -> restore.RestoreResult:
     """Restore into this pod's (empty) PGDATA, replaying the source's WAL to the target."""
     env = os.environ if env is None else env
-    wanted = recovery_request(env)
-    storage = S3Storage.from_settings(S3Settings.from_env(env))
-    source = ArchiveLayout(wanted["source"], wanted["path"] or "")
+    if not wanted.source:
+        raise restore.RestoreError("spec.recovery.source names no source cluster to restore from")
+    settings_s3 = S3Settings.from_env(env)
+    storage = S3Storage.from_settings(settings_s3)
+    path = wanted.s3.path if wanted.s3 is not None and wanted.s3.path else settings_s3.path
+    source = ArchiveLayout(wanted.source, path or "")
     backups = basebackup.list_backups(storage, source.path, source.cluster)
     return restore.restore(
-        storage, source, settings.pgdata, backups, name=wanted["backup"], target_time=wanted["targetTime"],
-        target_lsn=wanted["targetLSN"], bindir=settings.bindir, prefix=_prefix(settings),
+        storage, source, settings.pgdata, backups, name=wanted.backup, target_time=wanted.target_time,
+        target_lsn=wanted.target_lsn, bindir=settings.bindir, prefix=_prefix(settings),
         options=f"-p {settings.pg_port} -k {settings.socket_dir} -c listen_addresses=''")

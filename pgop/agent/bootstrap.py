@@ -221,19 +221,16 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
 
 def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=None) -> None:
     """Restore a base backup of the source cluster from S3 and replay its archived WAL to the
-    target (backup/agent_glue.py says which environment names them), promote onto a new
-    timeline, stop; then this instance's own configuration, as after initdb."""
-    import os
-
-    from pgop.agent.backups import ENV_SOURCE, restore_local
-    if not (os.environ if env is None else env).get(ENV_SOURCE):
-        # The bootstrap pod says what to restore in its environment (pgop/specs/pods.py sets it
-        # from the PgInstance's spec.recovery).
-        raise BootstrapError(f"bootstrap mode 'recovery' needs {ENV_SOURCE} (and optionally "
-                             "PGOP_RECOVERY_BACKUP, PGOP_RECOVERY_TARGET_TIME or _LSN) in the environment")
+    target (the PgInstance's spec.recovery, pgop.agent.backups), promote onto a new timeline,
+    stop; then this instance's own configuration, as after initdb."""
+    from pgop.agent.backups import restore_local
+    if spec.recovery is None or not spec.recovery.source:
+        raise BootstrapError(f"bootstrap mode 'recovery' needs spec.recovery.source in PgInstance "
+                             f"{settings.instance}: the operator sets it from the cluster's "
+                             "spec.bootstrap.recovery")
     empty_data_directory(settings, runner)
     prepare_runtime_dirs(settings, runner)
-    result = restore_local(settings, env)
+    result = restore_local(settings, spec.recovery, env)
     log.info("restored backup %s (%d bytes in %.1fs), now on timeline %s", result.backup.backup_name,
              result.bytes_unpacked, result.seconds_unpack, result.timeline)
     files = config.ConfigFiles(settings.pgdata)
@@ -297,12 +294,15 @@ def main(mode: str, primary_host: str | None = None, env=None) -> int:
     if primary_host:
         settings = dataclasses.replace(settings, primary_host=primary_host)
     spec = None
-    if chosen is not BootstrapMode.RECOVERY:
-        try:
-            body = store_from_env(settings.namespace, env).get_instance(settings.instance)
-            spec = Instance.from_object(body).spec if body else None
-        except Exception as error:  # the spec only names the database; the secrets suffice
-            log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
+    try:
+        body = store_from_env(settings.namespace, env).get_instance(settings.instance)
+        spec = Instance.from_object(body).spec if body else None
+    except Exception as error:
+        if chosen is BootstrapMode.RECOVERY:  # what to restore is only in the spec: try again later
+            raise BootstrapError(f"cannot read PgInstance {settings.instance}, which says what to "
+                                 f"restore: {error}") from None
+        # initdb and basebackup: the spec only names the database; the secrets suffice
+        log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
     result = bootstrap(settings, chosen, spec)
     log.info("bootstrap %s %s", result.mode.value, "was already done" if result.already_done else "done")
     return 0

@@ -1,4 +1,4 @@
-"""What the pod tells the agent, through environment variables (see pgop/specs/pods.py).
+"""What the pod tells the agent (the pod contract, pgop.kernel.podenv), plus local overrides.
 
 The PGOP_PG_* / PGOP_SOCKET_DIR / PGOP_CONNECT_HOST / PGOP_PRIMARY_* / PGOP_RUN_AS variables are
 not set by the operator's pods: their defaults are what a pod needs. They exist so the same agent
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgop.kernel import names, pgconfig
-from pgop.specs import pods
+from pgop.kernel.podenv import AGENT_PORT, REQUIRED_BY_AGENT, PodEnv, PodEnvError
 
 DEFAULT_INTERVAL = 5.0
 DEFAULT_MAX_START_ATTEMPTS = 3
@@ -40,7 +40,7 @@ class AgentSettings:
     pod_name: str = ""
     pod_ip: str = ""
     node_name: str = ""
-    agent_port: int = pods.AGENT_PORT
+    agent_port: int = AGENT_PORT
     agent_address: str = "0.0.0.0"
     bindir: str = "/usr/lib/postgresql/15/bin"
     pg_port: int = pgconfig.POSTGRES_PORT
@@ -88,11 +88,14 @@ class AgentSettings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AgentSettings:
         env = os.environ if env is None else env
-        missing = [key for key in (pods.ENV_CLUSTER, pods.ENV_INSTANCE, pods.ENV_NAMESPACE, "PGDATA")
-                   if not env.get(key)]
+        missing = [key for key in REQUIRED_BY_AGENT if not env.get(key)]
         if missing:
             raise SettingsError("the agent needs the environment variables " + ", ".join(missing)
                                 + " (the Postgres and bootstrap pods set them)")
+        try:
+            pod = PodEnv.from_env(env)
+        except PodEnvError as error:
+            raise SettingsError(str(error)) from None
 
         def number(key: str, default: float, kind=int):
             try:
@@ -103,15 +106,15 @@ class AgentSettings:
         run_dir = env.get("PGOP_RUN_DIR")
         log = env.get("PGOP_POSTGRES_LOG")
         return cls(
-            cluster=env[pods.ENV_CLUSTER],
-            instance=env[pods.ENV_INSTANCE],
-            namespace=env[pods.ENV_NAMESPACE],
-            pgdata=Path(env["PGDATA"]),
-            secrets_dir=Path(env.get(pods.ENV_SECRETS_DIR) or pods.SECRETS_MOUNT),
-            pod_name=env.get(pods.ENV_POD_NAME, ""),
-            pod_ip=env.get(pods.ENV_POD_IP, ""),
-            node_name=env.get(pods.ENV_NODE_NAME, ""),
-            agent_port=number(pods.ENV_AGENT_PORT, pods.AGENT_PORT),
+            cluster=pod.cluster,
+            instance=pod.instance,
+            namespace=pod.namespace,
+            pgdata=Path(pod.pgdata),
+            secrets_dir=Path(pod.secrets_dir),
+            pod_name=pod.pod_name,
+            pod_ip=pod.pod_ip,
+            node_name=pod.node_name,
+            agent_port=pod.agent_port,
             agent_address=env.get("PGOP_AGENT_ADDRESS") or "0.0.0.0",
             bindir=env.get("PGOP_PG_BINDIR") or default_bindir(env),
             pg_port=number("PGOP_PG_PORT", pgconfig.POSTGRES_PORT),

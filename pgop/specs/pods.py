@@ -22,44 +22,26 @@ from pgop.kernel.meta import (
     stable_hash,
 )
 from pgop.kernel.model import PRIMARY, RECOVERY, REPLICA, Instance, S3Spec
+from pgop.kernel.podenv import (
+    AGENT_PORT,
+    DATA_MOUNT,
+    PGDATA,
+    S3_CREDENTIALS_MOUNT,
+    SECRETS_MOUNT,
+    ArchiveEnv,
+    PodEnv,
+)
 from pgop.specs.pvc import pvc_name
 
+__all__ = ["AGENT_PORT", "DATA_MOUNT", "PGDATA", "S3_CREDENTIALS_MOUNT", "SECRETS_MOUNT"]
+
 POSTGRES_UID = 999
-DATA_MOUNT = "/var/lib/postgresql/data"
-# A subdirectory, because initdb wants an empty directory and a volume's root may hold lost+found.
-PGDATA = f"{DATA_MOUNT}/pgdata"
-SECRETS_MOUNT = "/etc/pgop/secrets"
-# Files of spec.backup.s3.credentialsSecret: ACCESS_KEY_ID and ACCESS_SECRET_KEY (or the usual
-# AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY), read by `pgop agent wal-push` / `wal-fetch`.
-S3_CREDENTIALS_MOUNT = "/etc/pgop/s3"
-AGENT_PORT = 8008
 READINESS_PATH = "/readyz"  # 200 when Postgres accepts connections in the role the spec asks for
 LIVENESS_PATH = "/healthz"  # 200 while the agent's loop turns, whatever Postgres does
 
 ROLE_PENDING = "pending"  # the label while the actual role has not caught up with the wanted one
 ANNOTATION_POD_INPUTS = "pgop.io/pod-inputs-hash"
 ANNOTATION_BOOTSTRAP_MODE = "pgop.io/bootstrap-mode"
-
-ENV_CLUSTER = "PGOP_CLUSTER"
-ENV_INSTANCE = "PGOP_INSTANCE"
-ENV_NAMESPACE = "PGOP_NAMESPACE"
-ENV_POD_NAME = "PGOP_POD_NAME"
-ENV_POD_IP = "PGOP_POD_IP"
-ENV_NODE_NAME = "PGOP_NODE_NAME"
-ENV_AGENT_PORT = "PGOP_AGENT_PORT"
-ENV_SECRETS_DIR = "PGOP_SECRETS_DIR"
-# Where WAL is archived (spec.backup.s3); backup/s3.py reads them.
-ENV_S3_BUCKET = "PGOP_S3_BUCKET"
-ENV_S3_PATH = "PGOP_S3_PATH"
-ENV_S3_ENDPOINT = "PGOP_S3_ENDPOINT"
-ENV_S3_REGION = "PGOP_S3_REGION"
-ENV_S3_CREDENTIALS_DIR = "PGOP_S3_CREDENTIALS_DIR"
-# What a recovery bootstrap restores (backup/agent_glue.py reads them).
-ENV_RECOVERY_SOURCE = "PGOP_RECOVERY_SOURCE"
-ENV_RECOVERY_S3_PATH = "PGOP_RECOVERY_S3_PATH"
-ENV_RECOVERY_BACKUP = "PGOP_RECOVERY_BACKUP"
-ENV_RECOVERY_TARGET_TIME = "PGOP_RECOVERY_TARGET_TIME"
-ENV_RECOVERY_TARGET_LSN = "PGOP_RECOVERY_TARGET_LSN"
 
 
 def pod_role_label(instance: Instance) -> str:
@@ -92,12 +74,19 @@ def pod_inputs_hash(instance: Instance) -> str:
     return stable_hash(inputs)
 
 
-def _field_env(name: str, path: str) -> dict[str, Any]:
-    return {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": path}}}
+def archive_env(s3: S3Spec | None) -> ArchiveEnv | None:
+    """Where a pod's WAL archive is, from an S3 spec (credentials mounted at S3_CREDENTIALS_MOUNT)."""
+    if s3 is None:
+        return None
+    return ArchiveEnv(bucket=s3.bucket, path=s3.path or "", endpoint=s3.endpoint, region=s3.region)
 
 
-def _env(instance: Instance, s3: S3Spec | None = None) -> list[dict[str, Any]]:
-    return _base_env() + _s3_env(s3 if s3 is not None else instance.spec.s3)
+def pod_env(instance: Instance, s3: S3Spec | None = None) -> PodEnv:
+    """The pod contract of an instance's pods: identity from the pod's metadata, the archive of
+    `s3` (a recovery reads its source's) or of the cluster."""
+    return PodEnv(archive=archive_env(s3 if s3 is not None else instance.spec.s3),
+                  # The root filesystem is read-only; keep `kubectl exec ... psql` from complaining.
+                  extra={"PSQL_HISTORY": "/tmp/.psql_history"})
 
 
 def _recovering_from(instance: Instance) -> S3Spec | None:
@@ -106,48 +95,6 @@ def _recovering_from(instance: Instance) -> S3Spec | None:
     if instance.spec.bootstrap == RECOVERY and recovery is not None:
         return recovery.s3
     return None
-
-
-def _recovery_env(instance: Instance) -> list[dict[str, Any]]:
-    """What to restore, for `pgop agent bootstrap --mode recovery` (backup/agent_glue.py)."""
-    recovery = instance.spec.recovery
-    if recovery is None or instance.spec.bootstrap != RECOVERY:
-        return []
-    env = [{"name": ENV_RECOVERY_SOURCE, "value": recovery.source}]
-    for name, value in ((ENV_RECOVERY_S3_PATH, recovery.s3.path if recovery.s3 else None),
-                        (ENV_RECOVERY_BACKUP, recovery.backup),
-                        (ENV_RECOVERY_TARGET_TIME, recovery.target_time),
-                        (ENV_RECOVERY_TARGET_LSN, recovery.target_lsn)):
-        if value:
-            env.append({"name": name, "value": value})
-    return env
-
-
-def _s3_env(s3: S3Spec | None) -> list[dict[str, Any]]:
-    if s3 is None:
-        return []
-    env = [{"name": ENV_S3_BUCKET, "value": s3.bucket}]
-    for name, value in ((ENV_S3_PATH, s3.path), (ENV_S3_ENDPOINT, s3.endpoint), (ENV_S3_REGION, s3.region)):
-        if value:
-            env.append({"name": name, "value": value})
-    env.append({"name": ENV_S3_CREDENTIALS_DIR, "value": S3_CREDENTIALS_MOUNT})
-    return env
-
-
-def _base_env() -> list[dict[str, Any]]:
-    return [
-        _field_env(ENV_CLUSTER, f"metadata.labels['{LABEL_CLUSTER}']"),
-        _field_env(ENV_INSTANCE, f"metadata.labels['{LABEL_INSTANCE}']"),
-        _field_env(ENV_NAMESPACE, "metadata.namespace"),
-        _field_env(ENV_POD_NAME, "metadata.name"),
-        _field_env(ENV_POD_IP, "status.podIP"),
-        _field_env(ENV_NODE_NAME, "spec.nodeName"),
-        {"name": "PGDATA", "value": PGDATA},
-        {"name": ENV_AGENT_PORT, "value": str(AGENT_PORT)},
-        {"name": ENV_SECRETS_DIR, "value": SECRETS_MOUNT},
-        # The root filesystem is read-only; keep `kubectl exec ... psql` from complaining.
-        {"name": "PSQL_HISTORY", "value": "/tmp/.psql_history"},
-    ]
 
 
 def _secret_source(secret: str, directory: str) -> dict[str, Any]:
@@ -239,15 +186,14 @@ def _volume_owner(instance: Instance) -> dict[str, Any]:
 
 
 def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dict[str, str],
-         container: dict[str, Any], restart_policy: str, s3: S3Spec | None = None,
-         extra_env: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+         container: dict[str, Any], restart_policy: str, s3: S3Spec | None = None) -> dict[str, Any]:
     cluster = instance.spec.cluster
     if instance.spec.resources:
         container["resources"] = instance.spec.resources
     container.update({
         "image": instance.spec.image,
         "imagePullPolicy": "IfNotPresent",
-        "env": _env(instance, s3) + (extra_env or []),
+        "env": pod_env(instance, s3).to_env(),
         "volumeMounts": _volume_mounts(instance, s3),
         "securityContext": _container_security(),
     })
@@ -316,7 +262,8 @@ def build_bootstrap_pod(instance: Instance) -> dict[str, Any]:
                  "terminationMessagePolicy": "FallbackToLogsOnError"}
     # OnFailure: the kubelet retries in place (the agent starts a retried basebackup afresh), and
     # the pod name stays taken, so there is never a second bootstrap pod. A recovery reads the
-    # source's archive: its S3 location and credentials instead of this cluster's own.
+    # source's archive: its S3 location and credentials instead of this cluster's own; what to
+    # restore (source, backup, target) it reads from its PgInstance's spec.recovery.
     return _pod(instance, names.bootstrap_pod(instance.name), labels,
                 {ANNOTATION_BOOTSTRAP_MODE: mode}, container, "OnFailure",
-                s3=_recovering_from(instance), extra_env=_recovery_env(instance))
+                s3=_recovering_from(instance))

@@ -21,6 +21,7 @@ from pgop.backup.catalog import RestoreTargetError
 from pgop.backup.restore import restore
 from pgop.backup.s3 import Credentials, S3Storage
 from pgop.kernel.lsn import parse_lsn
+from pgop.kernel.model import InstanceSpec, RecoverySpec, S3Spec
 from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)
     CLUSTER,
     archive_env,
@@ -156,10 +157,11 @@ def test_bootstrap_recovery_mode_restores_the_latest_backup_for_an_instance(
 
     host = AgentHost()
     settings = host.settings("restored-0")
-    monkeypatch.setenv("PGOP_RECOVERY_SOURCE", CLUSTER)
-    monkeypatch.setenv("PGOP_RECOVERY_S3_PATH", layout.path)
+    spec = InstanceSpec(cluster="restored", ordinal=0, role="primary", bootstrap="recovery",
+                        recovery=RecoverySpec(source=CLUSTER, s3=S3Spec(bucket="", credentials_secret="",
+                                                                          path=layout.path)))
     try:
-        result = bootstrap.bootstrap(settings, "recovery")
+        result = bootstrap.bootstrap(settings, "recovery", spec)
         assert not result.already_done and bootstrap.is_bootstrapped(settings)
         auto = (settings.pgdata / "postgresql.auto.conf").read_text()
         assert "restore_command" not in auto and not (settings.pgdata / "recovery.signal").exists()

@@ -131,8 +131,11 @@ def test_a_recovery_bootstrap_pod_reads_the_sources_archive_and_is_told_what_to_
     pod = build_bootstrap_pod(instance)
     container = pod["spec"]["containers"][0]
     env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["PGOP_RECOVERY_SOURCE"] == "orders" and env["PGOP_RECOVERY_TARGET_TIME"] == "2026-11-22T03:00:00Z"
-    assert env["PGOP_RECOVERY_S3_PATH"] == "shop" and env["PGOP_S3_PATH"] == "shop"
+    # what to restore is in the PgInstance the bootstrap reads; the pod's environment names the archive
+    recovery = instance.spec.recovery
+    assert recovery.source == "orders" and recovery.target_time == "2026-11-22T03:00:00Z"
+    assert recovery.s3.path == "shop" and env["PGOP_S3_PATH"] == "shop"
+    assert not [name for name in env if name.startswith("PGOP_RECOVERY")]
     secrets = [s["secret"]["name"] for v in pod["spec"]["volumes"] if v["name"] == "s3-credentials"
                for s in v["projected"]["sources"]]
     assert secrets == ["old-creds"]  # the source's credentials, not the new cluster's
