@@ -1,21 +1,23 @@
-"""postgresql.conf and pg_hba.conf on disk, and what it costs to apply a new version of them.
+"""postgresql.conf and pg_hba.conf on disk: what goes in them, reading and writing them.
 
 The agent owns both files outright (pgop.pgconfig says what goes in them): a fully rendered
 postgresql.conf, so the file on disk is the configuration, and the previous file tells what
-changed. postgresql.auto.conf (ALTER SYSTEM) is left to the administrator.
+changed (`config_change`, pure: what it costs to apply a new version, reload or restart).
+postgresql.auto.conf (ALTER SYSTEM) is left to the administrator.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+# The pure side, still reachable here under its old names.
+from pgop.agent.config_change import WrittenConfig as WrittenConfig
+from pgop.agent.config_change import change_cost as change_cost
+from pgop.agent.config_change import parse_postgresql_conf as parse_postgresql_conf
 from pgop.agent.credentials import write_private
 from pgop.agent.settings import AgentSettings
 from pgop.kernel import pgconfig
 from pgop.kernel.model import InstanceSpec
-
-_SETTING_LINE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.]*) = '((?:[^'\\]|''|\\.)*)'$")
 
 
 @dataclass(frozen=True)
@@ -76,25 +78,6 @@ def hba_text() -> str:
     return pgconfig.render_pg_hba(pgconfig.hba_rules())
 
 
-def parse_postgresql_conf(text: str) -> dict[str, str] | None:
-    """The settings of a file the agent rendered, or None for a file it did not write."""
-    if not text.startswith("# Written by the pgop agent"):
-        return None
-    found: dict[str, str] = {}
-    for line in text.splitlines()[1:]:
-        match = _SETTING_LINE.match(line)
-        if match:
-            key, value = match.groups()
-            found[key] = re.sub(r"''|\\(.)", lambda m: m.group(1) if m.group(1) is not None else "'", value)
-    return found
-
-
-@dataclass(frozen=True)
-class WrittenConfig:
-    settings: dict[str, str] | None  # None: no file the agent wrote (a fresh initdb or clone)
-    hba: str | None
-
-
 def read_written(files: ConfigFiles) -> WrittenConfig:
     try:
         settings = parse_postgresql_conf(files.postgresql_conf.read_text())
@@ -115,22 +98,6 @@ def write(files: ConfigFiles, settings: dict[str, str], hba: str, owner: tuple[i
 
 def write_standby_signal(files: ConfigFiles, owner: tuple[int, int] | None = None) -> None:
     write_private(files.standby_signal, "", owner)
-
-
-def change_cost(written: WrittenConfig, settings: dict[str, str], hba: str,
-                postgres_version: int) -> pgconfig.SettingsChange | None:
-    """None when the files on disk already say this; otherwise which settings changed and which
-    of those only a restart applies (an unknown previous file counts as needing a restart)."""
-    if written.settings == settings and written.hba == hba:
-        return None
-    if written.settings is None:
-        every = frozenset(settings)
-        return pgconfig.SettingsChange(changed=every, needs_restart_for=every)
-    change = pgconfig.classify_change(written.settings, settings, postgres_version)
-    if not change.changed:
-        # Only pg_hba.conf differs: a reload applies it.
-        return pgconfig.SettingsChange(changed=frozenset({"pg_hba.conf"}), needs_restart_for=frozenset())
-    return change
 
 
 PENDING_RESTART_QUERY = "SELECT name FROM pg_settings WHERE pending_restart ORDER BY name"

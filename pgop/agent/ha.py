@@ -1,18 +1,19 @@
 """The decision: what is wanted (the PgInstance spec, the cluster) + what runs -> actions.
 
-Pure, and the one place where the agent decides; `loop` carries the actions out. Read it top
-to bottom: fencing first, then a Postgres that is not running, then configuration, then the
-role, then replication slots. Failover grows here: `role_actions` is where demotion (pg_rewind
-or a fresh clone) replaces today's refusal.
+Pure (no driver or client: what runs arrives as the data of `observed`, `streaming` and
+`config_change`), and the one place where the agent decides; `loop` carries the actions out
+(one effect per action kind). Read it top to bottom: fencing first, then a Postgres that is
+not running, then configuration, then the role, then replication slots. Failover grows here:
+`role_actions` is where demotion (pg_rewind or a fresh clone) replaces today's refusal.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from pgop.agent import replication
-from pgop.agent.config import WrittenConfig, change_cost
-from pgop.agent.state import PostgresState
+from pgop.agent.config_change import WrittenConfig, change_cost
+from pgop.agent.observed import PostgresState
+from pgop.agent.streaming import slot_changes
 from pgop.kernel.model import PRIMARY, REPLICA
 
 # Actions, in the order the loop carries them out.
@@ -26,6 +27,7 @@ DEMOTE = "demote"
 CREATE_SLOT = "create-slot"
 DROP_SLOT = "drop-slot"
 GIVE_UP = "give-up"
+KINDS = (STOP, WRITE_CONFIG, START, RELOAD, RESTART, PROMOTE, DEMOTE, CREATE_SLOT, DROP_SLOT, GIVE_UP)
 
 # Phases the agent reports in PgInstance.status.phase.
 STARTING = "Starting"
@@ -122,7 +124,7 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
     actions += role_actions(wanted.role, actual.state.role)
 
     if wanted.role == PRIMARY and actual.state.role == PRIMARY and wanted.slots is not None:
-        create, drop = replication.slot_changes(wanted.slots, actual.state.slots)
+        create, drop = slot_changes(wanted.slots, actual.state.slots)
         actions += [Action(CREATE_SLOT, "an instance of the cluster streams from it", name) for name in create]
         actions += [Action(DROP_SLOT, "its instance is gone; it would keep WAL forever", name) for name in drop]
 
@@ -153,6 +155,6 @@ def role_actions(wanted: str, actual: str | None) -> list[Action]:
     return []
 
 
-def _names(names) -> str:
+def _names(names: Iterable[str]) -> str:
     ordered = sorted(names)
     return ", ".join(ordered[:8]) + (f" and {len(ordered) - 8} more" if len(ordered) > 8 else "")

@@ -14,16 +14,19 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import psycopg
 
-from pgop.agent import bootstrap, config, ha, health, local, replication, status
+from pgop.agent import bootstrap, config, ha, health, local, replication, status, streaming
 from pgop.agent.commands import Runner
 from pgop.agent.kube import InstanceStore
+from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
 from pgop.agent.settings import AgentSettings
-from pgop.agent.state import PostgresState, read_state
+from pgop.agent.state import read_state
+from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import PRIMARY, Instance
 
 log = logging.getLogger(__name__)
@@ -32,6 +35,10 @@ HEALTHY_AFTER = 30.0  # seconds up and accepting before past failed starts are f
 START_WAIT = 10.0  # seconds a turn waits for a starting postgres; then the next turns watch it
 ACTION_ALLOWANCE = 300.0  # seconds /healthz stays green during one action (a shutdown checkpoint)
 RELOAD_CONFIRM_TIMEOUT = 10.0
+
+
+# What carries out one action: (action, its decision, what is wanted) -> go on with the next?
+Effect = Callable[[ha.Action, ha.Decision, ha.Wanted], bool]
 
 
 def utcnow() -> datetime:
@@ -60,6 +67,18 @@ class Agent:
         self.message: str | None = None
         self.previous_status: dict = {}  # as last read: other writers' conditions are kept
         self.turns = 0
+        self.effects: dict[str, Effect] = {
+            ha.STOP: self._stop,
+            ha.WRITE_CONFIG: self._write_config,
+            ha.START: self._start_postgres,
+            ha.RESTART: self._restart_postgres,
+            ha.RELOAD: self._reload,
+            ha.PROMOTE: self._promote,
+            ha.DEMOTE: self._demote,
+            ha.CREATE_SLOT: self._create_slot,
+            ha.DROP_SLOT: self._drop_slot,
+            ha.GIVE_UP: self._give_up,
+        }
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -164,9 +183,9 @@ class Agent:
         primary = spec.role == PRIMARY
         slots = None
         if primary and self.cluster is not None:
-            sync = replication.synchronous_names(spec.synchronous_replicas, spec.synchronous_mode,
-                                                 instance.name, self.cluster, actual.state.standbys)
-            slots = replication.wanted_slots(instance.name, self.cluster)
+            sync = streaming.synchronous_names(spec.synchronous_replicas, spec.synchronous_mode,
+                                               instance.name, self.cluster, actual.state.standbys)
+            slots = streaming.wanted_slots(instance.name, self.cluster)
         elif primary:
             sync = (actual.written.settings or {}).get("synchronous_standby_names", "")
         else:
@@ -179,34 +198,67 @@ class Agent:
     # ------------------------------------------------------------------------------- 5. act
 
     def act(self, decision: ha.Decision, wanted: ha.Wanted) -> None:
-        for action in decision.actions:
+        """Carry the actions out in order, one effect each; an effect that returns False ends the
+        turn's actions (a postgres that did not start, giving up). An action kind without an effect
+        fails the turn before any action runs."""
+        effects = [(action, self._effect(action.kind)) for action in decision.actions]
+        for action, effect in effects:
             if self.stopping.is_set():
                 return
             self.health.working(ACTION_ALLOWANCE)
-            kind = action.kind
-            if kind == ha.STOP:
-                self.expect_running = False
-                self.postmaster.stop("fast")
-            elif kind == ha.WRITE_CONFIG:
-                bootstrap.write_passfile(self.settings, self.runner)
-                config.write(self.files, dict(wanted.settings), wanted.hba, self.runner.owner)
-            elif kind in (ha.START, ha.RESTART):
-                if not self._start(restart=kind == ha.RESTART):
-                    return
-            elif kind == ha.RELOAD:
-                self.reload()
-            elif kind == ha.PROMOTE:
-                self.promote()
-            elif kind == ha.DEMOTE:
-                self.message = action.reason  # the seam: pg_rewind or a fresh clone, later
-            elif kind in (ha.CREATE_SLOT, ha.DROP_SLOT):
-                self.change_slot(kind, action.target or "")
-            elif kind == ha.GIVE_UP:
-                log.error("%s; exiting", action.reason)
-                self.message = f"{decision.message or action.reason}"
-                self.exit_code = 1
-                self.stopping.set()
+            if not effect(action, decision, wanted):
                 return
+
+    def _effect(self, kind: str) -> Effect:
+        try:
+            return self.effects[kind]
+        except KeyError:
+            raise LookupError(f"the agent has no effect for action kind {kind!r}") from None
+
+    # One small method per action kind (ha.KINDS): True to go on with the next action.
+
+    def _stop(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        self.expect_running = False
+        self.postmaster.stop("fast")
+        return True
+
+    def _write_config(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        bootstrap.write_passfile(self.settings, self.runner)
+        config.write(self.files, dict(wanted.settings), wanted.hba, self.runner.owner)
+        return True
+
+    def _start_postgres(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        return self._start(restart=False)
+
+    def _restart_postgres(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        return self._start(restart=True)
+
+    def _reload(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        self.reload()
+        return True
+
+    def _promote(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        self.promote()
+        return True
+
+    def _demote(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        self.message = action.reason  # the seam: pg_rewind or a fresh clone, later
+        return True
+
+    def _create_slot(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        self.change_slot(ha.CREATE_SLOT, action.target or "")
+        return True
+
+    def _drop_slot(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        self.change_slot(ha.DROP_SLOT, action.target or "")
+        return True
+
+    def _give_up(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        log.error("%s; exiting", action.reason)
+        self.message = f"{decision.message or action.reason}"
+        self.exit_code = 1
+        self.stopping.set()
+        return False
 
     def _start(self, restart: bool) -> bool:
         bootstrap.write_passfile(self.settings, self.runner)
@@ -293,7 +345,7 @@ class Agent:
         state = self.last_state
         if state is None or state.role != PRIMARY or instance.spec.role != PRIMARY or self.cluster is None:
             return
-        members = replication.cluster_members(instance.name, self.cluster)
+        members = streaming.cluster_members(instance.name, self.cluster)
         for name, sync_state in status.replica_sync_states(state.standbys, members).items():
             try:
                 self.store.patch_status(name, {"syncState": sync_state})
@@ -309,7 +361,7 @@ class Agent:
             try:
                 self.store.patch_status(self.instance.name, {
                     "ready": False, "phase": "Stopped" if self.exit_code is None else ha.FAILED,
-                    "lastHeartbeat": status.timestamp(self.now()),
+                    "lastHeartbeat": rfc3339(self.now()),
                     "message": "the agent stopped postgres (pod shutdown)" if self.exit_code is None
                     else self.message})
             except Exception as error:

@@ -1,74 +1,28 @@
-"""Streaming replication, seen from both ends.
+"""Streaming replication, seen from both ends: the reads and writes.
 
-On the primary: one physical slot per other instance of the cluster (so a replica that falls
-behind or restarts finds its WAL kept, and a former primary finds its slot after a failover), and
-`synchronous_standby_names` as a quorum over the replicas. On a replica: how far it received and
-replayed. Reads and writes here; what to do is decided in `ha`.
+On the primary: pg_stat_replication, the physical slots, and creating and dropping them. On a
+replica: pg_stat_wal_receiver. What the slots and synchronous_standby_names should be is pure
+and lives in `streaming`; what to do is decided in `ha`.
 """
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import psycopg
 
-from pgop.kernel import pgconfig
-from pgop.kernel.model import Instance
+# The pure side, still reachable here under its old names.
+from pgop.agent.streaming import SLOT_PREFIX as SLOT_PREFIX
+from pgop.agent.streaming import ReceiverState as ReceiverState
+from pgop.agent.streaming import Slot as Slot
+from pgop.agent.streaming import Standby as Standby
+from pgop.agent.streaming import cluster_members as cluster_members
+from pgop.agent.streaming import is_managed_slot as is_managed_slot
+from pgop.agent.streaming import slot_changes as slot_changes
+from pgop.agent.streaming import synchronous_names as synchronous_names
+from pgop.agent.streaming import wanted_slots as wanted_slots
 
 log = logging.getLogger(__name__)
 
-SLOT_PREFIX = "pgop_"
-
-
-@dataclass(frozen=True)
-class Standby:
-    """A row of pg_stat_replication: one replica streaming from this primary."""
-    application_name: str
-    state: str
-    sync_state: str
-    sent_lsn: str | None = None
-    flush_lsn: str | None = None
-    replay_lsn: str | None = None
-
-
-@dataclass(frozen=True)
-class Slot:
-    name: str
-    active: bool
-    restart_lsn: str | None = None
-
-
-def is_managed_slot(name: str) -> bool:
-    """Slots the agent made; any other (a user's logical slot, a backup tool's) is never touched."""
-    return name.startswith(SLOT_PREFIX)
-
-
-def cluster_members(me: str, instances: Iterable[Instance]) -> list[Instance]:
-    """The other instances of the cluster that are not being deleted."""
-    return [i for i in instances if i.name != me and not i.deleting]
-
-
-def wanted_slots(me: str, instances: Iterable[Instance]) -> frozenset[str]:
-    return frozenset(pgconfig.slot_name(i.name) for i in cluster_members(me, instances))
-
-
-def slot_changes(wanted: frozenset[str], existing: Iterable[Slot]) -> tuple[list[str], list[str]]:
-    """(slots to create, slots to drop): only managed slots are ever dropped."""
-    have = {slot.name for slot in existing}
-    create = sorted(wanted - have)
-    drop = sorted(name for name in have - wanted if is_managed_slot(name))
-    return create, drop
-
-
-def synchronous_names(synchronous_replicas: int, mode: str, me: str, instances: Iterable[Instance],
-                      standbys: Sequence[Standby]) -> str:
-    replicas = [i.name for i in cluster_members(me, instances)]
-    streaming = [s.application_name for s in standbys if s.state == "streaming"]
-    return pgconfig.synchronous_standby_names(synchronous_replicas, mode, replicas, streaming)
-
-
-# ---------------------------------------------------------------------------- reads and writes
 
 def read_standbys(conn: psycopg.Connection) -> list[Standby]:
     rows = conn.execute(
@@ -99,14 +53,6 @@ def drop_slot(conn: psycopg.Connection, name: str) -> None:
         log.info("dropped replication slot %s", name)
     except psycopg.errors.UndefinedObject:
         pass
-
-
-@dataclass(frozen=True)
-class ReceiverState:
-    """pg_stat_wal_receiver on a replica: whom it streams from, and up to where."""
-    status: str | None
-    received_tli: int | None
-    sender_host: str | None
 
 
 def read_receiver(conn: psycopg.Connection) -> ReceiverState:

@@ -1,26 +1,15 @@
-"""One read of what runs: the `actual` side of the agent's decision."""
+"""One read of what runs: the `actual` side of the agent's decision (the data is in `observed`)."""
 from __future__ import annotations
-
-from dataclasses import dataclass
-from datetime import datetime
 
 import psycopg
 
 from pgop.agent import replication
 from pgop.agent.config import PENDING_RESTART_QUERY
+
+# The data, still reachable here under its old names.
+from pgop.agent.observed import Archiver as Archiver
+from pgop.agent.observed import PostgresState as PostgresState
 from pgop.kernel.model import PRIMARY, REPLICA
-
-
-@dataclass(frozen=True)
-class Archiver:
-    """pg_stat_archiver: how archive_command (wal-push) fares on this instance."""
-    archived_count: int = 0
-    last_archived_wal: str | None = None
-    last_archived_time: datetime | None = None
-    failed_count: int = 0
-    last_failed_wal: str | None = None
-    last_failed_time: datetime | None = None
-
 
 ARCHIVER_QUERY = ("SELECT archived_count, last_archived_wal, last_archived_time,"
                   " failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver")
@@ -28,25 +17,6 @@ ARCHIVER_QUERY = ("SELECT archived_count, last_archived_wal, last_archived_time,
 
 def read_archiver(conn: psycopg.Connection) -> Archiver:
     return Archiver(*conn.execute(ARCHIVER_QUERY).fetchone())
-
-
-@dataclass(frozen=True)
-class PostgresState:
-    accepting: bool = False
-    role: str | None = None  # primary | replica, from pg_is_in_recovery()
-    timeline: int | None = None
-    lsn: str | None = None  # current WAL (primary) or last replayed (replica)
-    received_lsn: str | None = None
-    start_time: str | None = None  # pg_postmaster_start_time(), as text
-    system_identifier: str | None = None
-    pending_restart: frozenset[str] = frozenset()
-    synchronous_standby_names: str = ""
-    standbys: tuple[replication.Standby, ...] = ()
-    slots: tuple[replication.Slot, ...] = ()
-    receiver: replication.ReceiverState | None = None
-    config_errors: tuple[str, ...] = ()  # settings of the files postgres refused
-    archiver: Archiver | None = None
-    error: str | None = None
 
 
 def read_state(conn: psycopg.Connection) -> PostgresState:

@@ -5,34 +5,20 @@ The operator trusts `ready` only while `lastHeartbeat` is fresh; it rolls a rest
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
 from pgop.agent.ha import Decision
+from pgop.agent.observed import Archiver, PostgresState
 from pgop.agent.settings import AgentSettings
-from pgop.agent.state import Archiver, PostgresState
-from pgop.cluster.status import timestamp
+from pgop.agent.streaming import Standby
+from pgop.kernel.conditions import condition, rfc3339, set_conditions
 from pgop.kernel.lsn import lag_bytes
+from pgop.kernel.model import Instance
 
 CONDITION_READY = "Ready"
 CONDITION_CONFIG = "ConfigurationApplied"
-
-
-def condition(kind: str, true: bool, reason: str, message: str, now: datetime,
-              previous: Sequence[Mapping[str, Any]], generation: int) -> dict[str, Any]:
-    status = "True" if true else "False"
-    before = next((c for c in previous if c.get("type") == kind), None)
-    since = before.get("lastTransitionTime") if before and before.get("status") == status else None
-    return {"type": kind, "status": status, "reason": reason, "message": message,
-            "lastTransitionTime": since or timestamp(now), "observedGeneration": generation}
-
-
-def merge_conditions(previous: Sequence[Mapping[str, Any]], mine: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mine replace theirs of the same type; the operator's own types stay (a merge patch
-    replaces a list whole)."""
-    kinds = {c["type"] for c in mine}
-    return [dict(c) for c in previous if c.get("type") not in kinds] + list(mine)
 
 
 def build_status(
@@ -52,7 +38,7 @@ def build_status(
     phase = decision.phase if decision else "Starting"
     text = message or (decision.message if decision else None)
     status: dict[str, Any] = {
-        "lastHeartbeat": timestamp(now),
+        "lastHeartbeat": rfc3339(now),
         "phase": phase,
         "ready": ready,
         "role": state.role,
@@ -75,12 +61,9 @@ def build_status(
         # Against the primary's last reported LSN (a few seconds old: never below zero).
         status["lagBytes"] = lag_bytes(primary_lsn, state.lsn)
     if ready:
-        ready_condition = condition(CONDITION_READY, True, "Accepting",
-                                    f"postgres accepts connections as {state.role}", now,
-                                    previous_conditions, generation)
+        ready_condition = condition(CONDITION_READY, True, "Accepting", f"postgres accepts connections as {state.role}")
     else:
-        ready_condition = condition(CONDITION_READY, False, phase, text or "not ready", now,
-                                    previous_conditions, generation)
+        ready_condition = condition(CONDITION_READY, False, phase, text or "not ready")
     applied = decision is not None and decision.applied and applied_generation == generation
     pending = "; ".join(str(a) for a in decision.actions) if decision and decision.actions else "nothing"
     if applied:
@@ -89,15 +72,18 @@ def build_status(
         reason, why = "NotApplied", decision.message
     else:
         reason, why = "Applying", f"pending: {pending}"
-    config_condition = condition(CONDITION_CONFIG, applied, reason, why, now, previous_conditions, generation)
-    status["conditions"] = merge_conditions(previous_conditions, [ready_condition, config_condition])
+    config_condition = condition(CONDITION_CONFIG, applied, reason, why)
+    # lastTransitionTime moves only when a status flips; the operator's own types stay (a merge
+    # patch replaces a list whole).
+    status["conditions"] = set_conditions(previous_conditions, [ready_condition, config_condition],
+                                          now=now, generation=generation)
     return status
 
 
 def archiver_status(archiver: Archiver) -> dict[str, Any]:
     """pg_stat_archiver as the PgInstance CRD's `archiver` (None clears a field in a merge patch)."""
     def when(moment: datetime | None) -> str | None:
-        return timestamp(moment) if moment is not None else None
+        return rfc3339(moment) if moment is not None else None
     return {
         "archivedCount": archiver.archived_count,
         "lastArchivedWal": archiver.last_archived_wal,
@@ -108,7 +94,7 @@ def archiver_status(archiver: Archiver) -> dict[str, Any]:
     }
 
 
-def replica_sync_states(standbys, instances) -> dict[str, str | None]:
+def replica_sync_states(standbys: Iterable[Standby], instances: Iterable[Instance]) -> dict[str, str | None]:
     """syncState of each other instance as this primary sees it (None: not streaming), only
     where it differs from what the instance's status says."""
     seen = {s.application_name: s.sync_state for s in standbys}
@@ -120,7 +106,7 @@ def replica_sync_states(standbys, instances) -> dict[str, str | None]:
     return changes
 
 
-def primary_lsn(instances) -> str | None:
+def primary_lsn(instances: Iterable[Instance] | None) -> str | None:
     """The LSN the instance that is primary (wanted and reported) last wrote into its status."""
     for instance in instances or ():
         if instance.spec.role == "primary" and instance.status.role == "primary":

@@ -196,7 +196,7 @@ def test_initdb_makes_app_database_owner_and_replication_role(fleet_factory, hos
 
 
 def test_recovery_bootstrap_is_refused_plainly(host):
-    with pytest.raises(BootstrapError, match="needs PGOP_RECOVERY_SOURCE"):
+    with pytest.raises(BootstrapError, match="needs spec.recovery.source"):
         bootstrap.bootstrap(host.settings("orders-0"), "recovery")
 
 

@@ -1,12 +1,15 @@
 """The agent's decision (pgop.agent.ha.decide): what is wanted + what runs -> actions."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from pgop.agent import config, ha
-from pgop.agent.config import WrittenConfig
-from pgop.agent.replication import Slot, Standby
-from pgop.agent.state import PostgresState
+from pgop.agent.config_change import WrittenConfig
+from pgop.agent.observed import PostgresState
+from pgop.agent.streaming import Slot, Standby
 
 SETTINGS = {"port": "5432", "work_mem": "4MB", "shared_buffers": "128MB", "synchronous_standby_names": ""}
 HBA = config.hba_text()
@@ -183,3 +186,11 @@ def test_settings_postgres_refuses_hold_the_spec_unapplied():
     decision = ha.decide(wanted(), running(config_errors=("work_mem: setting could not be applied",)))
     assert decision.actions == () and decision.phase == ha.RUNNING and not decision.applied
     assert "work_mem" in decision.message
+
+
+def test_the_decision_imports_no_driver_or_client():
+    # In a fresh interpreter: what this one has imported already does not count.
+    code = ("import sys, pgop.agent.ha; print(sorted({m.split('.')[0] for m in sys.modules} & "
+            "{'psycopg', 'kubernetes', 'kopf', 'boto3', 'hvac', 'consul'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,5 +1,5 @@
 """The agent's pure parts: settings from the environment, config files, slots and quorum,
-status, credentials, the in-memory store, stale pid files and zombie reaping."""
+status, credentials, the in-memory store, stale pid files, zombie reaping and the loop's effects."""
 from __future__ import annotations
 
 import os
@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from pgop.agent import bootstrap, config, credentials, ha, kube, replication, status
+from pgop.agent import bootstrap, config, config_change, credentials, ha, kube, replication, status, streaming
 from pgop.agent.commands import Children
+from pgop.agent.loop import Agent
+from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import reap_orphans, remove_stale_pid_file
 from pgop.agent.settings import AgentSettings, SettingsError
-from pgop.agent.state import PostgresState
 from pgop.kernel import pgconfig
 from pgop.kernel.model import Instance, InstanceSpec
 
@@ -78,11 +79,11 @@ def test_root_without_a_user_to_switch_to_is_refused():
 
 def test_rendered_postgresql_conf_parses_back_exactly():
     values = {"a": "plain", "b": "it's", "c": "back\\slash", "d": 'ANY 1 ("orders-1", "orders-2")', "e": ""}
-    assert config.parse_postgresql_conf(pgconfig.render_postgresql_conf(values)) == values
+    assert config_change.parse_postgresql_conf(pgconfig.render_postgresql_conf(values)) == values
 
 
 def test_a_file_the_agent_did_not_write_is_unknown():
-    assert config.parse_postgresql_conf("# initdb's file\nmax_connections = 100\n") is None
+    assert config_change.parse_postgresql_conf("# initdb's file\nmax_connections = 100\n") is None
 
 
 def test_desired_settings_of_a_replica_stream_from_the_rw_service_into_its_slot():
@@ -116,21 +117,21 @@ def test_hba_lets_only_the_postgres_os_user_in_without_a_password():
 
 def test_change_cost():
     hba = config.hba_text()
-    same = config.WrittenConfig({"work_mem": "4MB"}, hba)
-    assert config.change_cost(same, {"work_mem": "4MB"}, hba, 15) is None
-    reload = config.change_cost(same, {"work_mem": "8MB"}, hba, 15)
+    same = config_change.WrittenConfig({"work_mem": "4MB"}, hba)
+    assert config_change.change_cost(same, {"work_mem": "4MB"}, hba, 15) is None
+    reload = config_change.change_cost(same, {"work_mem": "8MB"}, hba, 15)
     assert reload.reload_only and reload.changed == {"work_mem"}
-    restart = config.change_cost(same, {"work_mem": "4MB", "max_connections": "200"}, hba, 15)
+    restart = config_change.change_cost(same, {"work_mem": "4MB", "max_connections": "200"}, hba, 15)
     assert restart.needs_restart_for == {"max_connections"}
-    assert config.change_cost(config.WrittenConfig({"work_mem": "4MB"}, "old"), {"work_mem": "4MB"}, hba, 15).reload_only
-    assert config.change_cost(config.WrittenConfig(None, None), {"work_mem": "4MB"}, hba, 15).needs_restart
+    assert config_change.change_cost(config_change.WrittenConfig({"work_mem": "4MB"}, "old"), {"work_mem": "4MB"}, hba, 15).reload_only
+    assert config_change.change_cost(config_change.WrittenConfig(None, None), {"work_mem": "4MB"}, hba, 15).needs_restart
 
 
 def test_config_files_are_written_private(tmp_path):
     files = config.ConfigFiles(tmp_path)
     config.write(files, {"work_mem": "4MB"}, config.hba_text())
     config.write_standby_signal(files)
-    assert config.read_written(files) == config.WrittenConfig({"work_mem": "4MB"}, config.hba_text())
+    assert config.read_written(files) == config_change.WrittenConfig({"work_mem": "4MB"}, config.hba_text())
     for path in (files.postgresql_conf, files.pg_hba, files.standby_signal):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
@@ -139,25 +140,25 @@ def test_config_files_are_written_private(tmp_path):
 
 def test_wanted_slots_cover_every_other_live_instance():
     members = [instance("orders-0", "primary"), instance("orders-1"), instance("orders-2", deleting=True)]
-    assert replication.wanted_slots("orders-0", members) == {"pgop_orders_1"}
+    assert streaming.wanted_slots("orders-0", members) == {"pgop_orders_1"}
 
 
 def test_slot_changes_never_touch_foreign_slots():
-    existing = [replication.Slot("pgop_orders_1", True), replication.Slot("pgop_gone", False),
-                replication.Slot("backup_tool", False)]
-    assert replication.slot_changes(frozenset({"pgop_orders_1", "pgop_orders_3"}), existing) == (
+    existing = [streaming.Slot("pgop_orders_1", True), streaming.Slot("pgop_gone", False),
+                streaming.Slot("backup_tool", False)]
+    assert streaming.slot_changes(frozenset({"pgop_orders_1", "pgop_orders_3"}), existing) == (
         ["pgop_orders_3"], ["pgop_gone"])
 
 
 def test_synchronous_names_preferred_lists_streaming_replicas():
     members = [instance("orders-0", "primary"), instance("orders-1"), instance("orders-2"), instance("orders-10")]
-    standbys = [replication.Standby("orders-10", "streaming", "async"), replication.Standby("orders-1", "streaming", "async"),
-                replication.Standby("orders-2", "catchup", "async")]
-    assert replication.synchronous_names(1, "preferred", "orders-0", members, standbys) == 'ANY 1 ("orders-1", "orders-10")'
-    assert replication.synchronous_names(1, "required", "orders-0", members, []) == \
+    standbys = [streaming.Standby("orders-10", "streaming", "async"), streaming.Standby("orders-1", "streaming", "async"),
+                streaming.Standby("orders-2", "catchup", "async")]
+    assert streaming.synchronous_names(1, "preferred", "orders-0", members, standbys) == 'ANY 1 ("orders-1", "orders-10")'
+    assert streaming.synchronous_names(1, "required", "orders-0", members, []) == \
         'ANY 1 ("orders-1", "orders-2", "orders-10")'
-    assert replication.synchronous_names(0, "preferred", "orders-0", members, standbys) == ""
-    assert replication.synchronous_names(2, "preferred", "orders-0", members, []) == ""
+    assert streaming.synchronous_names(0, "preferred", "orders-0", members, standbys) == ""
+    assert streaming.synchronous_names(2, "preferred", "orders-0", members, []) == ""
 
 
 # ------------------------------------------------------------------------------------- status
@@ -195,9 +196,67 @@ def test_status_when_postgres_is_down():
 
 
 def test_replica_sync_states_only_what_changed():
-    standbys = [replication.Standby("orders-1", "streaming", "quorum")]
+    standbys = [streaming.Standby("orders-1", "streaming", "quorum")]
     members = [instance("orders-1", sync_state="quorum"), instance("orders-2", sync_state="quorum"), instance("orders-3")]
     assert status.replica_sync_states(standbys, members) == {"orders-2": None}
+
+
+def test_status_keeps_the_transition_time_until_the_status_flips():
+    before = datetime(2026, 11, 22, 4, 0, 0, tzinfo=UTC)
+    now = datetime(2026, 11, 22, 5, 0, 0, tzinfo=UTC)
+    starting = ha.Decision((ha.Action(ha.START, "postgres is not running"),), ha.STARTING)
+    first = status.build_status(settings(), now=before, state=None, decision=starting, ready=False, generation=3,
+                                applied_generation=None)["conditions"]
+    again = status.build_status(settings(), now=now, state=None, decision=starting, ready=False, generation=4,
+                                applied_generation=None, previous_conditions=first)["conditions"]
+    state = PostgresState(accepting=True, role="primary")
+    flipped = status.build_status(settings(), now=now, state=state, decision=ha.Decision((), ha.RUNNING), ready=True,
+                                  generation=4, applied_generation=4, previous_conditions=first)["conditions"]
+    times = [{c["type"]: (c["status"], c["lastTransitionTime"], c["observedGeneration"]) for c in conditions}
+             for conditions in (first, again, flipped)]
+    assert times[0] == {"Ready": ("False", "2026-11-22T04:00:00Z", 3),
+                        "ConfigurationApplied": ("False", "2026-11-22T04:00:00Z", 3)}
+    assert times[1] == {"Ready": ("False", "2026-11-22T04:00:00Z", 4),
+                        "ConfigurationApplied": ("False", "2026-11-22T04:00:00Z", 4)}
+    assert times[2] == {"Ready": ("True", "2026-11-22T05:00:00Z", 4),
+                        "ConfigurationApplied": ("True", "2026-11-22T05:00:00Z", 4)}
+
+
+def test_pure_parts_are_still_reachable_under_their_old_names():
+    from pgop.agent import state
+    assert (config.WrittenConfig, config.change_cost, config.parse_postgresql_conf) == (
+        config_change.WrittenConfig, config_change.change_cost, config_change.parse_postgresql_conf)
+    assert (replication.Slot, replication.Standby, replication.slot_changes, replication.synchronous_names) == (
+        streaming.Slot, streaming.Standby, streaming.slot_changes, streaming.synchronous_names)
+    assert (state.PostgresState, state.Archiver) == (PostgresState, status.Archiver)
+
+
+# ------------------------------------------------------------------------------------ effects
+
+def test_every_action_kind_has_an_effect():
+    agent = Agent(settings(), kube.MemoryInstanceStore())
+    assert set(agent.effects) == set(ha.KINDS)
+
+
+def test_an_unknown_action_kind_fails_before_any_action_runs():
+    agent = Agent(settings(), kube.MemoryInstanceStore())
+    ran: list[str] = []
+    agent.effects = {kind: lambda action, decision, wanted: ran.append(action.kind) or True for kind in ha.KINDS}
+    decision = ha.Decision((ha.Action(ha.STOP, "why"), ha.Action("fly", "why")), ha.RUNNING)
+    with pytest.raises(LookupError, match="'fly'"):
+        agent.act(decision, None)
+    assert ran == []
+
+
+def test_an_effect_that_fails_ends_the_turns_actions():
+    agent = Agent(settings(), kube.MemoryInstanceStore())
+    ran: list[str] = []
+    agent.effects = {kind: lambda action, decision, wanted: ran.append(action.kind) or action.kind != ha.START
+                     for kind in ha.KINDS}
+    decision = ha.Decision(tuple(ha.Action(kind, "why") for kind in (ha.WRITE_CONFIG, ha.START, ha.PROMOTE)),
+                           ha.STARTING)
+    agent.act(decision, None)
+    assert ran == [ha.WRITE_CONFIG, ha.START]
 
 
 # -------------------------------------------------------------------------------- credentials
@@ -273,7 +332,7 @@ def test_bootstrap_modes_and_recovery_refusal(tmp_path):
     assert [m.value for m in bootstrap.BootstrapMode] == ["initdb", "basebackup", "recovery"]
     s = AgentSettings(cluster="orders", instance="orders-0", namespace="shop", pgdata=tmp_path / "pgdata",
                       secrets_dir=tmp_path)
-    with pytest.raises(bootstrap.BootstrapError, match="needs PGOP_RECOVERY_SOURCE"):
+    with pytest.raises(bootstrap.BootstrapError, match="needs spec.recovery.source"):
         bootstrap.bootstrap(s, "recovery")
     with pytest.raises(ValueError):
         bootstrap.bootstrap(s, "snapshot")
