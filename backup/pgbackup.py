@@ -34,6 +34,14 @@ Obj = Mapping[str, Any]
 ERROR_LIMIT = 2000  # status.error: the reason, not a whole log
 
 
+METHOD_BASEBACKUP = "basebackup"
+
+
+def requested(spec: Obj) -> tuple[str, str]:
+    """(method, target) of a PgBackup's spec, with the CRD's defaults for what it leaves out."""
+    return spec.get("method") or METHOD_BASEBACKUP, spec.get("target") or PREFER_REPLICA
+
+
 def _finish(step: Plan, phase: str, reason: str, event_text: str, **fields: Any) -> Plan:
     """A final phase: the status fields, and the Event that says so."""
     step.status.update({"phase": phase, "message": None, **fields})
@@ -113,9 +121,10 @@ def _start(backup: Obj, cluster_body: Obj | None, instances: Sequence[Obj], inst
         return _finish(step, FAILED, "NoBackupStorage", why, error=why, completedAt=timestamp(now))
 
     views = [Instance.from_object(i) for i in instances]
-    target = choose_backup_target(views, spec.get("target") or PREFER_REPLICA, now=now)
+    _, where = requested(spec)
+    target = choose_backup_target(views, where, now=now)
     if target is None:
-        wanted = "primary" if spec.get("target") == "primary" else "instance"
+        wanted = "primary" if where == "primary" else "instance"
         return _pending(step, backup, f"waiting for a ready {wanted} of PgCluster {cluster_name} to back up")
     pod = instance_pods.get(target.name)
     host = ((pod or {}).get("status") or {}).get("podIP")
