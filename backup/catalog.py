@@ -19,7 +19,7 @@ message.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -79,6 +79,20 @@ class Backup:
     def completed(self) -> bool:
         """Usable for a restore: finished, with the end position a restore must reach."""
         return self.phase == COMPLETED and self.completed_at is not None and bool(self.end_lsn)
+
+    @property
+    def end_time(self) -> datetime:
+        """When a completed backup became consistent (CatalogError for one that did not)."""
+        if self.completed_at is None:
+            raise CatalogError(f"backup {self.backup_name} has no completedAt")
+        return self.completed_at
+
+    @property
+    def end_position(self) -> int:
+        """The end LSN of a completed backup as a number (CatalogError for one without it)."""
+        if not self.end_lsn:
+            raise CatalogError(f"backup {self.backup_name} has no endLSN")
+        return parse_lsn(self.end_lsn)
 
     # ---------------------------------------------------------------- the document in S3
     def to_dict(self) -> dict[str, Any]:
@@ -184,7 +198,7 @@ def _normal_lsn(text: str) -> str:
     return format_lsn(parse_lsn(text))
 
 
-def _lenient(read, value: Any) -> Any:
+def _lenient(read: Callable[[Any], Any], value: Any) -> Any:
     # A status field that does not read as what it should is unknown, not a crash of the
     # controller: a backup without a readable end is simply not restorable.
     if value is None or value == "":
@@ -230,7 +244,7 @@ def _time(document: Mapping[str, Any], key: str) -> datetime | None:
 def completed_backups(backups: Iterable[Backup]) -> list[Backup]:
     """The backups a restore may start from, oldest first (by end, then end LSN, then name)."""
     done = [b for b in backups if b.completed]
-    return sorted(done, key=lambda b: (b.completed_at, parse_lsn(b.end_lsn), b.backup_name))
+    return sorted(done, key=lambda b: (b.end_time, b.end_position, b.backup_name))
 
 
 def first_recoverability_point(backups: Iterable[Backup]) -> datetime | None:
@@ -295,9 +309,9 @@ def choose_backup(
 
     def fits(backup: Backup) -> bool:
         if target_time is not None:
-            return backup.completed_at <= target_time
+            return backup.end_time <= target_time
         if target_position is not None:
-            return parse_lsn(backup.end_lsn) <= target_position
+            return backup.end_position <= target_position
         return True
 
     if name is not None:
@@ -319,14 +333,14 @@ def choose_backup(
 
     candidates = [b for b in done if fits(b)]
     if candidates and target_position is not None:
-        return max(candidates, key=lambda b: (parse_lsn(b.end_lsn), b.completed_at, b.backup_name))
+        return max(candidates, key=lambda b: (b.end_position, b.end_time, b.backup_name))
     if candidates:
         return candidates[-1]
     if target_time is not None:
         raise RestoreTargetError(
             f"targetTime {_timestamp(target_time)} is before the first recoverability point "
             f"{_timestamp(done[0].completed_at)}; {_range_text(done, False)}")
-    by_lsn = sorted(done, key=lambda b: (parse_lsn(b.end_lsn), b.completed_at, b.backup_name))
+    by_lsn = sorted(done, key=lambda b: (b.end_position, b.end_time, b.backup_name))
     raise RestoreTargetError(
         f"targetLSN {target_lsn} is before the first recoverability point LSN {by_lsn[0].end_lsn}; "
         f"{_range_text(by_lsn, True)}")

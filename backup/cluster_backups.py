@@ -17,7 +17,8 @@ from pgop.backup.plan import plan_backups
 from pgop.backup.retention import RetentionDecision
 from pgop.backup.s3 import describe_error
 from pgop.kernel.actions import DELETE, Plan
-from pgop.kernel.model import Cluster, parse_time
+from pgop.kernel.conditions import parse_time
+from pgop.kernel.model import Cluster
 
 log = logging.getLogger("pgop.backup")
 

@@ -55,7 +55,7 @@ def _status(body: Obj) -> Obj:
 
 def _container_terminated(pod: Obj) -> Obj:
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        terminated = (cs.get("state") or {}).get("terminated")
+        terminated: Obj | None = (cs.get("state") or {}).get("terminated")
         if terminated:
             return terminated
     return {}

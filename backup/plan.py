@@ -29,10 +29,11 @@ from typing import Any
 from pgop.backup.catalog import PENDING, RUNNING, Backup
 from pgop.backup.retention import RetentionDecision, apply_retention, first_recoverability_point
 from pgop.kernel.actions import CREATE, DELETE, Action, Plan
+from pgop.kernel.conditions import parse_time
 from pgop.kernel.conditions import rfc3339 as timestamp
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.meta import cluster_labels, object_meta, owner_reference
-from pgop.kernel.model import API_VERSION, PRIMARY, REPLICA, Cluster, Instance, parse_time
+from pgop.kernel.model import API_VERSION, PRIMARY, REPLICA, Cluster, Instance
 from pgop.kernel.readiness import is_ready
 from pgop.kernel.schedule import arm, due_run, scheduled_backup_name, validate_schedule
 

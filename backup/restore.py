@@ -26,7 +26,7 @@ from pgop.backup.catalog import Backup, choose_backup
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Storage
 from pgop.kernel import pgconfig
-from pgop.kernel.model import parse_time
+from pgop.kernel.conditions import parse_time
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from pgop.backup.catalog import COMPLETED, FAILED, Backup
 from pgop.backup.catalog import first_recoverability_point as _first_point
 from pgop.kernel.conditions import rfc3339
-from pgop.kernel.lsn import is_segment_name, parse_lsn, segment_position, wal_file_name
+from pgop.kernel.lsn import is_segment_name, segment_position, wal_file_name
 from pgop.kernel.model import RetentionSpec
 
 _MAX_AGE = re.compile(r"^([1-9][0-9]*)([hdw])$")
@@ -100,8 +100,8 @@ def wal_deletable(name: str, oldest_needed: str | None) -> bool:
     return position < _position(oldest_needed)
 
 
-def _age_key(backup: Backup):
-    return (backup.completed_at, parse_lsn(backup.end_lsn), backup.backup_name)
+def _age_key(backup: Backup) -> tuple[datetime, int, str]:
+    return (backup.end_time, backup.end_position, backup.backup_name)
 
 
 def apply_retention(backups: Iterable[Backup], retention: RetentionSpec | None, now: datetime) -> RetentionDecision:
@@ -126,16 +126,16 @@ def apply_retention(backups: Iterable[Backup], retention: RetentionSpec | None, 
             kept.update(range(min(keep_last, len(completed))))
         if max_age is not None:
             window_start = now - max_age
-            inside = [i for i, b in enumerate(completed) if b.completed_at >= window_start]
+            inside = [i for i, b in enumerate(completed) if b.end_time >= window_start]
             kept.update(inside)
-            before = [i for i, b in enumerate(completed) if b.completed_at < window_start]
+            before = [i for i, b in enumerate(completed) if b.end_time < window_start]
             if before:
                 kept.add(before[0])  # the newest before the window: its start stays restorable
 
     rules = []
     if keep_last is not None:
         rules.append(f"keepLast {keep_last}")
-    if max_age is not None:
+    if max_age is not None and retention is not None:
         rules.append(f"maxAge {retention.max_age}")
     rule_text = " and ".join(rules)
     for index, backup in enumerate(completed):
@@ -145,11 +145,11 @@ def apply_retention(backups: Iterable[Backup], retention: RetentionSpec | None, 
             decision.delete.append(backup)
             decision.reasons[backup.backup_name] = (
                 f"retention {rule_text}: {index} newer completed backup(s), completed "
-                f"{rfc3339(backup.completed_at) if backup.completed_at else '?'}")
+                f"{rfc3339(backup.end_time)}")
     decision.keep.reverse()
     decision.delete.reverse()
 
-    oldest_kept = decision.keep[0].completed_at
+    oldest_kept = decision.keep[0].end_time
     for backup in failed:
         moment = backup.started_at or backup.completed_at
         if moment is not None and moment < oldest_kept:

@@ -9,10 +9,10 @@ from pgop.cluster.plan import ObservedCluster, plan_cluster, plan_instance
 from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
 from pgop.kernel import names
 from pgop.kernel.actions import Plan
-from pgop.kernel.conditions import set_condition
+from pgop.kernel.conditions import parse_time, set_condition
 from pgop.kernel.diagnose import instance_report
 from pgop.kernel.meta import LABEL_CLUSTER, LABEL_INSTANCE
-from pgop.kernel.model import Cluster, Instance, parse_time
+from pgop.kernel.model import Cluster, Instance
 from pgop.runtime.kube import Kube
 from pgop.specs.pvc import pvc_name
 

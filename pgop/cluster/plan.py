@@ -69,7 +69,7 @@ def _meta(obj: Obj) -> Obj:
 
 
 def _name(obj: Obj) -> str:
-    return _meta(obj).get("name", "")
+    return str(_meta(obj).get("name", ""))
 
 
 def _deleting(obj: Obj) -> bool:
@@ -428,7 +428,7 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
         plan.append(Action(DELETE, "Pod", _name(bootstrap), instance.namespace,
                            f"{mode} filled a volume that is gone; bootstrap again on the new one",
                            uid=_meta(bootstrap).get("uid")))
-    elif phase == "Succeeded":
+    elif phase == "Succeeded" and pvc is not None:
         _patch(plan, "PersistentVolumeClaim", pvc, mark_initialized_patch(instance, mode),
                f"{mode} succeeded: the volume holds a data directory and is never bootstrapped again")
         plan.append(Action(DELETE, "Pod", _name(bootstrap), instance.namespace,

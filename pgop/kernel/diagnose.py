@@ -16,7 +16,7 @@ STUCK = {"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull", "InvalidImageN
 
 
 def _name(obj: Obj) -> str:
-    return obj["metadata"]["name"]
+    return str(obj["metadata"]["name"])
 
 
 def volume_problem(pvc: Obj | None, storage_class_exists: bool | None) -> str | None:

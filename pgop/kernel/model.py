@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pgop.kernel import pgconfig
 from pgop.kernel.conditions import parse_time
@@ -24,13 +24,13 @@ API_VERSION = "pgop.io/v1"
 DEFAULT_IMAGE = "localhost/pgop-postgres:dev"
 DEFAULT_IMAGE_POSTGRES_VERSION = 15  # what images/postgres installs
 
-PRIMARY = "primary"
-REPLICA = "replica"
+PRIMARY: Final = "primary"
+REPLICA: Final = "replica"
 Role = Literal["primary", "replica"]
 
-INITDB = "initdb"
-BASEBACKUP = "basebackup"
-RECOVERY = "recovery"
+INITDB: Final = "initdb"
+BASEBACKUP: Final = "basebackup"
+RECOVERY: Final = "recovery"
 BootstrapMode = Literal["initdb", "basebackup", "recovery"]
 
 REQUIRED = "required"

@@ -146,9 +146,16 @@ def test_no_circles_between_modules():
 
 def test_the_wheel_installs_one_namespace(tmp_path):
     """What the images install: pgop, pgop.backup and pgop.rds, and no top-level backup or rds."""
+    import shutil
     import zipfile
+    source = tmp_path / "source"  # a copy: the build leaves nothing in the checkout
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "pgop", "backup", "rds"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy2)(
+            REPO / name, source / name, **({"symlinks": True, "ignore": shutil.ignore_patterns("__pycache__")}
+                                          if (REPO / name).is_dir() else {}))
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                            "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert built.returncode == 0, built.stderr
     [wheel] = tmp_path.glob("pgop-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
