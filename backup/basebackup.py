@@ -239,8 +239,8 @@ class MultipartWriter:
 
     def _send(self, body: bytes) -> None:
         for future in self._parts:
-            if future.done() and future.exception():
-                raise future.exception()
+            if future.done() and (error := future.exception()) is not None:
+                raise error
         number = len(self._parts) + 1
         self._slots.acquire()  # bounded memory: wait for a part in flight to finish
 
@@ -352,12 +352,15 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
     upload = MultipartWriter(storage, archive_key, part_size, metadata={"compression": COMPRESSION})
     process = subprocess.Popen(source.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**_base_env(), **source.env})
+    assert process.stdout is not None and process.stderr is not None  # both are PIPEs
     stderr: list[bytes] = []
-    reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
+    stderr_pipe = process.stderr
+    reader = threading.Thread(target=lambda: stderr.append(stderr_pipe.read()), daemon=True)
     reader.start()
     try:
         compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1)
-        writer = compressor.stream_writer(upload, closefd=False)
+        # zstandard's stub asks for IO[bytes]; it calls only write() and flush(), which MultipartWriter has
+        writer = compressor.stream_writer(upload, closefd=False)  # type: ignore[arg-type]
         while chunk := process.stdout.read(READ_CHUNK):
             watcher.feed(chunk)
             digest.update(chunk)
@@ -385,6 +388,8 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
     try:
         if before_archive_wait is not None:
             before_archive_wait()
+        if backup.end_wal is None:  # _describe always sets it
+            raise BaseBackupError(f"backup {name} has no end WAL to wait for")
         wait_for_wal(storage, layout, backup.end_wal, archive_wait)
     except BaseException:
         # Without its WAL the tar restores nothing: do not leave it for someone to try.

@@ -1,4 +1,4 @@
-"""The backup part of the cluster controller: schedule and retention (backup.plan, pure) applied,
+"""The backup part of the cluster controller: schedule and retention (pgop.backup.plan, pure) applied,
 the S3 side of retention carried out first, and what the PgCluster status says about backups.
 
 Retention removes a dropped backup from S3 before its PgBackup object: were it the other way
@@ -83,7 +83,10 @@ def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: 
 def _prune(kube: Any, cluster: Cluster, names: list[str], retention: RetentionDecision | None) -> None:
     from pgop.backup import pruning
     from pgop.backup.access import archive_of, storage_for
-    s3 = cluster.spec.backup.s3
+    backup = cluster.spec.backup
+    if backup is None or backup.s3 is None:  # retention drops backups only of a cluster that has them
+        raise ValueError(f"PgCluster {cluster.namespace}/{cluster.name} has no spec.backup.s3")
+    s3 = backup.s3
     storage = storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
     oldest = retention.oldest_wal_needed if retention else None
     pruning.prune(storage, archive_of(cluster.name, s3), names, oldest)

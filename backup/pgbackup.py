@@ -2,7 +2,7 @@
 the pods) -> actions and a status patch. Pure; pgop.backup.handlers reads, calls, applies.
 
 Phases (the PgBackup's status.phase):
-- Pending: not started. The controller picks the instance (backup.plan.choose_backup_target:
+- Pending: not started. The controller picks the instance (pgop.backup.plan.choose_backup_target:
   a streaming replica, the primary if none is ready, per spec.target) and creates the backup
   pod against that instance's pod IP; the status becomes Running with the instance and startedAt
   in the same pass. With no ready instance it stays Pending and says so in status.message.

@@ -1,6 +1,6 @@
 """What the cluster controller does about backups: (PgCluster, its PgBackups, now) -> actions.
 
-Pure, like pgop.plan: the handler lists the PgBackups of the cluster (label pgop.io/cluster),
+Pure, like pgop.cluster.plan: the handler lists the PgBackups of the cluster (label pgop.io/cluster),
 calls plan_backups, applies the actions in order, then merges `plan.status` into the PgCluster
 status. Planning again against the result yields no actions and no status change.
 

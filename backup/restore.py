@@ -68,6 +68,7 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
     started = time.monotonic()
     tar = subprocess.Popen([*prefix, "tar", "-x", "-f", "-", "-C", str(pgdata)], stdin=subprocess.PIPE,
                            stderr=subprocess.PIPE)
+    assert tar.stdin is not None and tar.stderr is not None  # both are PIPEs
     digest = hashlib.sha256()
     total = 0
     try:
@@ -105,7 +106,10 @@ def recovery_settings(command: str, target_time: datetime | str | None = None,
     if target_time is not None:
         if isinstance(target_time, str):
             # RFC 3339 as the CRD takes it; PostgreSQL reads its own timestamp syntax, not 'T…Z'.
-            target_time = parse_time(target_time)
+            parsed = parse_time(target_time)
+            if parsed is None:
+                raise ValueError("the recovery target time is empty")
+            target_time = parsed
         settings["recovery_target_time"] = target_time.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f+00")
     elif target_lsn is not None:
         settings["recovery_target_lsn"] = target_lsn

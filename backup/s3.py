@@ -25,7 +25,7 @@ from pgop.kernel import podenv
 ACCESS_KEY_FILES = ("ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
 SECRET_KEY_FILES = ("ACCESS_SECRET_KEY", "AWS_SECRET_ACCESS_KEY")
 
-# What the pod tells `pgop agent wal-push` / `wal-fetch` (pgop/specs/pods.py sets them).
+# What the pod tells `pgop agent wal-push` / `wal-fetch` (the pod contract, pgop/kernel/podenv.py).
 ENV_BUCKET = podenv.ENV_S3_BUCKET
 ENV_PATH = podenv.ENV_S3_PATH
 ENV_CREDENTIALS_DIR = podenv.ENV_S3_CREDENTIALS_DIR
@@ -129,7 +129,7 @@ class S3Settings:
 
 
 class S3Storage:
-    """One bucket. Keys are whole object names; the layout (backup.layout) makes them."""
+    """One bucket. Keys are whole object names; the layout (pgop.backup.layout) makes them."""
 
     def __init__(self, bucket: str, *, endpoint: str | None = None, region: str | None = None,
                  credentials: Credentials | None = None, max_attempts: int = 5,

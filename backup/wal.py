@@ -137,8 +137,10 @@ def push(storage: S3Storage, layout: ArchiveLayout, wal_path: str | os.PathLike,
 
         def decide() -> str:
             existing = storage.head(key)
+            if existing is None:
+                return push_decision(None, done.sha256)
             try:
-                return push_decision(None if existing is None else dict(existing.metadata), done.sha256)
+                return push_decision(dict(existing.metadata), done.sha256)
             except WalConflict:
                 raise WalConflict(f"{path.name}: " + conflict_message(dict(existing.metadata), done.sha256,
                                                                       system_id)) from None

@@ -283,16 +283,16 @@ def agent_backup(
     complete. In a backup pod, also the termination message the backup controller reads."""
     import os
 
-    from pgop.agent import backups as agent_glue
+    from pgop.agent import backups as agent_backups
     from pgop.backup.pod import ENV_BACKUP_OBJECT, TERMINATION_LOG
     _agent_logging(verbose)
     report = os.environ.get(ENV_BACKUP_OBJECT)
-    progress = agent_glue.ProgressReporter(os.environ.get("PGOP_NAMESPACE", ""), report) if report else None
+    progress = agent_backups.ProgressReporter(os.environ.get("PGOP_NAMESPACE", ""), report) if report else None
     try:
         if host:
-            backup = agent_glue.backup_remote(name, host, progress=progress)
+            backup = agent_backups.backup_remote(name, host, progress=progress)
         else:
-            backup = agent_glue.backup_local(name)
+            backup = agent_backups.backup_local(name)
     except Exception as error:  # S3, pg_basebackup, settings: one line saying which
         from pgop.backup.s3 import describe_error
         _termination_message(TERMINATION_LOG, describe_error(error), enabled=bool(report))

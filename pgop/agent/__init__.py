@@ -5,18 +5,22 @@ One module per concern, as Patroni's `patroni/postgresql/`:
 - settings:     what the pod tells the agent (environment variables)
 - credentials:  passwords from the mounted secret files, and the passfile libpq reads them from
 - commands:     PostgreSQL binaries run as the right OS user, children tracked for reaping
-- bootstrap:    initdb / pg_basebackup into an empty volume (recovery: a later issue)
-- config:       postgresql.conf and pg_hba.conf, and what a change costs (reload or restart)
+- bootstrap:    initdb / pg_basebackup / restore from S3 into an empty volume
+- backups:      the backup engine of pgop.backup as the pod runs it: base backup, restore
+- config:       postgresql.conf and pg_hba.conf on disk
+- config_change: what a change costs (reload or restart), pure
 - postmaster:   postgres as a child process: start, stop, restart, reload; zombie reaping as PID 1
-- replication:  slots and synchronous_standby_names on a primary; LSNs on both sides
+- replication:  slots and synchronous_standby_names on a primary; LSNs on both sides (queries)
+- streaming:    which slots and synchronous names a primary should have, pure
 - state:        one read of what runs (role, LSNs, pending restarts, slots, standbys)
+- observed:     what that read returns (PostgresState, Archiver), pure data
 - ha:           the decision, pure: what is wanted + what runs -> actions
 - loop:         the loop that reads, decides, acts and reports, top to bottom
 - status:       the PgInstance status the agent writes (pure)
 - kube:         the Kubernetes side (read my PgInstance, list my cluster's, patch status), injectable
 - health:       /healthz and /readyz for the kubelet
 
-What the pod gives the agent (pgop/specs/pods.py sets all of these):
+What the pod gives the agent (the pod contract, pgop/kernel/podenv.py; pgop/specs/pods.py builds it):
 
     PGOP_CLUSTER, PGOP_INSTANCE, PGOP_NAMESPACE   which PgInstance this is (required)
     PGDATA                                         the data directory; its parent is on the volume

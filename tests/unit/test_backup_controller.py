@@ -1,4 +1,4 @@
-"""The backup controller's decisions (backup.pgbackup), the backup pod, the recovery bootstrap pod,
+"""The backup controller's decisions (pgop.backup.pgbackup), the backup pod, the recovery bootstrap pod,
 and what the cluster status says of backups."""
 from datetime import UTC, datetime
 
