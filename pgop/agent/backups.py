@@ -93,6 +93,7 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
 
     from pgop.agent import credentials
     from pgop.agent.settings import AgentSettings
+    from pgop.agent.state import one_row
     env = os.environ if env is None else env
     settings = AgentSettings.from_env(env)
     s3 = S3Settings.from_env(env)
@@ -107,7 +108,7 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
     credentials.write_private(settings.passfile, credentials.pgpass_text(entries))
     with psycopg.connect(host=host, port=settings.pg_port, user=replication.username, dbname="postgres",
                          passfile=str(settings.passfile), connect_timeout=10) as conn:
-        standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        standby = one_row(conn, "SELECT pg_is_in_recovery()")[0]
     source = basebackup.Source(host=host, port=settings.pg_port, user=replication.username,
                                bindir=settings.bindir, env={"PGPASSFILE": str(settings.passfile),
                                                             "PGAPPNAME": f"pgop-backup-{name}"[:63]})

@@ -25,7 +25,7 @@ from pgop.agent.kube import InstanceStore
 from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
 from pgop.agent.settings import AgentSettings
-from pgop.agent.state import read_state
+from pgop.agent.state import one_row, read_state
 from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import PRIMARY, Instance
 
@@ -281,19 +281,19 @@ class Agent:
         """SIGHUP, then wait until the postmaster has read the files (pg_conf_load_time moves), so
         the next look at pg_settings.pending_restart sees the new files."""
         with local.connect(self.settings) as conn:
-            before = conn.execute("SELECT pg_conf_load_time()").fetchone()[0]
+            before = one_row(conn, "SELECT pg_conf_load_time()")[0]
         self.postmaster.reload()
         deadline = time.monotonic() + RELOAD_CONFIRM_TIMEOUT
         while time.monotonic() < deadline:
             with local.connect(self.settings) as conn:
-                if conn.execute("SELECT pg_conf_load_time()").fetchone()[0] != before:
+                if one_row(conn, "SELECT pg_conf_load_time()")[0] != before:
                     return
             time.sleep(0.05)
         log.warning("postgres did not confirm the reload within %ss", RELOAD_CONFIRM_TIMEOUT)
 
     def promote(self) -> None:
         with local.connect(self.settings) as conn:
-            promoted = conn.execute("SELECT pg_promote(true, 60)").fetchone()[0]
+            promoted = one_row(conn, "SELECT pg_promote(true, 60)")[0]
         if not promoted:
             self.message = "pg_promote() did not finish within 60 s"
         else:

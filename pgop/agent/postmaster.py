@@ -12,6 +12,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import IO
 
 from pgop.agent import local
 from pgop.agent.commands import Children, Runner
@@ -57,7 +58,7 @@ class Postmaster:
         self.process: subprocess.Popen | None = None
         self.started_at: float | None = None
         self.last_exit: int | None = None
-        self._log_handle = None
+        self._log_handle: IO[bytes] | None = None
 
     @property
     def pid(self) -> int | None:

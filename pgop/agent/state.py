@@ -1,7 +1,10 @@
 """One read of what runs: the `actual` side of the agent's decision (the data is in `observed`)."""
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
+from psycopg.abc import Query
 
 from pgop.agent import replication
 from pgop.agent.config import PENDING_RESTART_QUERY
@@ -15,15 +18,23 @@ ARCHIVER_QUERY = ("SELECT archived_count, last_archived_wal, last_archived_time,
                   " failed_count, last_failed_wal, last_failed_time FROM pg_stat_archiver")
 
 
+def one_row(conn: psycopg.Connection, query: Query) -> tuple[Any, ...]:
+    """The row of a query that always returns exactly one (a view of one row, function calls)."""
+    row = conn.execute(query).fetchone()
+    if row is None:
+        raise RuntimeError(f"no row from {query!r}")
+    return row
+
+
 def read_archiver(conn: psycopg.Connection) -> Archiver:
-    return Archiver(*conn.execute(ARCHIVER_QUERY).fetchone())
+    return Archiver(*one_row(conn, ARCHIVER_QUERY))
 
 
 def read_state(conn: psycopg.Connection) -> PostgresState:
-    in_recovery, start_time, system_identifier, sync_names = conn.execute(
-        "SELECT pg_is_in_recovery(), pg_postmaster_start_time()::text,"
+    in_recovery, start_time, system_identifier, sync_names = one_row(
+        conn, "SELECT pg_is_in_recovery(), pg_postmaster_start_time()::text,"
         " (SELECT system_identifier::text FROM pg_control_system()),"
-        " current_setting('synchronous_standby_names')").fetchone()
+        " current_setting('synchronous_standby_names')")
     pending = frozenset(row[0] for row in conn.execute(PENDING_RESTART_QUERY).fetchall())
     # pg_file_settings parses the files anew: what postgres refuses of them (a bad value). A
     # restart-only setting waiting for its restart shows there too; pending_restart covers it.
@@ -35,8 +46,8 @@ def read_state(conn: psycopg.Connection) -> PostgresState:
     slots = tuple(replication.read_slots(conn))
     archiver = read_archiver(conn)
     if not in_recovery:
-        lsn, walfile = conn.execute(
-            "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())").fetchone()
+        lsn, walfile = one_row(
+            conn, "SELECT pg_current_wal_lsn()::text, pg_walfile_name(pg_current_wal_lsn())")
         # The WAL file name starts with the timeline it is written on: exact right after a
         # promotion, when pg_control_checkpoint() still shows the old one.
         return PostgresState(
@@ -45,9 +56,9 @@ def read_state(conn: psycopg.Connection) -> PostgresState:
             synchronous_standby_names=sync_names, standbys=tuple(replication.read_standbys(conn)),
             slots=slots, config_errors=config_errors, archiver=archiver,
         )
-    received, replayed, checkpoint_tli = conn.execute(
-        "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
-        " (SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
+    received, replayed, checkpoint_tli = one_row(
+        conn, "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
+        " (SELECT timeline_id FROM pg_control_checkpoint())")
     receiver = replication.read_receiver(conn)
     return PostgresState(
         accepting=True, role=REPLICA, timeline=receiver.received_tli or checkpoint_tli,

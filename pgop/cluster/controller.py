@@ -2,6 +2,7 @@
 and, without the apply step, by `pgop plan`."""
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,7 +45,7 @@ def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, Observe
     return cluster, observed, plan_cluster(cluster, observed)
 
 
-def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> dict[str, Any]:
+def status_for_cluster(cluster: Cluster, instances: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
     now = datetime.now(UTC)
     status = cluster_status(cluster, instances, now=now, waiting=plan.waiting)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
@@ -53,7 +54,7 @@ def status_for_cluster(cluster: Cluster, instances: list[dict], plan: Plan) -> d
     return status
 
 
-def archiving_condition(instances: list[dict]) -> dict[str, Any]:
+def archiving_condition(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """ContinuousArchiving from the primary's pg_stat_archiver (its PgInstance status.archiver).
 
     True once a WAL file was archived and no failure came after that success; False with reason

@@ -141,7 +141,9 @@ def instance_event(body, event, logger, **_):
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
     cluster_name = (body.get("spec") or {}).get("cluster")
-    cluster = kube().get("PgCluster", key[0], cluster_name) if cluster_name else None
+    if not cluster_name:
+        return
+    cluster = kube().get("PgCluster", key[0], cluster_name)
     if cluster is None or cluster["metadata"].get("deletionTimestamp"):
         return
     status = reconcile_cluster(cluster, logger)

@@ -15,6 +15,8 @@ from pgop.runtime.config import OperatorConfig
 def targets(cluster: Cluster) -> tuple[str, str]:
     """Where to publish: the spec's paths, or the same defaults as MysqlDb's."""
     spec = cluster.spec.publish
+    if spec is None:
+        raise ValueError(f"PgCluster {cluster.namespace}/{cluster.name} has no spec.publish")
     base = f"k8s/{cluster.namespace}/{cluster.name}/db"
     return (spec.vault_path or f"secret/data/{base}", spec.consul_prefix or f"config/{base}")
 

@@ -5,6 +5,7 @@ them into API calls, shared by the handlers and by `pgop plan`.
 """
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -88,7 +89,7 @@ class Kube:
             item.setdefault("apiVersion", api_version)
         return items
 
-    def get(self, kind: str, namespace: str, name: str) -> dict | None:
+    def get(self, kind: str, namespace: str | None, name: str) -> dict | None:
         try:
             return self._call("GET", RESOURCES[kind].path(namespace, name))
         except ApiException as e:
@@ -116,7 +117,7 @@ class Kube:
             raise
 
     def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
+        body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
@@ -128,16 +129,20 @@ class Kube:
 
     def apply(self, action: Action) -> None:
         if action.verb == CREATE:
+            if action.body is None:
+                raise ValueError(f"{action.describe()}: a create without a body")
             self.create(action.body)
         elif action.verb == PATCH:
-            sub = "status" if set(action.patch or {}) == {"status"} else None
+            if action.patch is None:
+                raise ValueError(f"{action.describe()}: a patch without a merge patch")
+            sub = "status" if set(action.patch) == {"status"} else None
             self.merge_patch(action.kind, action.namespace, action.name, action.patch, sub)
         elif action.verb == DELETE:
             self.delete(action.kind, action.namespace, action.name, action.uid)
         else:
             raise ValueError(f"unknown verb {action.verb}")
 
-    def apply_all(self, actions: Iterable[Action]) -> list[Action]:
+    def apply_all(self, actions: Iterable[Action]) -> builtins.list[Action]:
         done = []
         for action in actions:
             self.apply(action)

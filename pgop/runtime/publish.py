@@ -301,7 +301,7 @@ def ensure_master_password(
     finds the same password here.
     """
     current = vault.read(path)
-    if current.exists and current.data.get("password"):
+    if current.data is not None and current.data.get("password"):
         return StoredPassword(current.data["password"], current.version, False)
     password = generate()
     document = {**(current.data or {}), "username": username, "password": password,
@@ -311,7 +311,7 @@ def ensure_master_password(
     except CasConflict:
         # Someone (another operator replica, a retry) stored one first: theirs wins.
         winner = vault.read(path)
-        if winner.exists and winner.data.get("password"):
+        if winner.data is not None and winner.data.get("password"):
             return StoredPassword(winner.data["password"], winner.version, False)
         raise
     return StoredPassword(password, version, True)
@@ -375,7 +375,7 @@ def publish(
 
 def has_password(vault: VaultKV, vault_path: str) -> bool:
     current = vault.read(vault_path)
-    return bool(current.exists and current.data.get("password"))
+    return bool(current.data is not None and current.data.get("password"))
 
 
 def unpublish(vault: VaultKV, consul_kv: ConsulKV, *, vault_path: str, consul_prefix: str) -> None:
