@@ -248,25 +248,30 @@ def test_local_volume_is_bound_to_its_node(kubectl, cluster_nodes, namespace, lo
 
 # ---------------------------------------------------------------------------------------------
 # Faults, on the last extra node; the first extra node and the host watch.
-def heartbeats_stop(kubectl, node: str, quiet: float = 10, timeout: float = 30) -> None:
-    """The node's kubelet posts its status every 4 s (nodeStatusUpdateFrequency): wait until its
-    last heartbeat is `quiet` seconds old."""
-    def age() -> float:
-        conds = kubectl.json("get", "node", node)["status"]["conditions"]
-        beat = next(c["lastHeartbeatTime"] for c in conds if c["type"] == "Ready")
-        return time.time() - datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp()
-    kubectl.wait_for(lambda: age() > quiet, f"{node}'s heartbeats stopping", timeout)
+def last_heartbeat(kubectl, node: str) -> float:
+    conds = kubectl.json("get", "node", node)["status"]["conditions"]
+    beat = next(c["lastHeartbeatTime"] for c in conds if c["type"] == "Ready")
+    return datetime.fromisoformat(beat.replace("Z", "+00:00")).timestamp()
+
+
+def heartbeats_stop(kubectl, node: str, since: float, quiet: float = 10) -> None:
+    """The node's kubelet posts its status every 4 s (nodeStatusUpdateFrequency): none arrives
+    in the `quiet` seconds after `since` (the heartbeat times have whole seconds)."""
+    time.sleep(max(0.0, since + quiet - time.time()))
+    assert last_heartbeat(kubectl, node) <= since + 1, f"{node} still posts its status"
 
 
 def test_partition_cuts_the_node_both_ways_until_heal(web, faults, kubectl):
     cut, peer = faults.extra[-1], faults.extra[0]
+    t0 = time.time()
     faults.partition(cut)
     assert faults.state()[cut]["partition"] == "full"
     assert http_get(web.url(cut), 2).startswith("fail"), "host -> partitioned pod"
     assert web.exec_get(peer, web.url(cut), 2).startswith("fail"), "other node -> partitioned pod"
-    heartbeats_stop(kubectl, cut)   # and out of it: the kubelet reaches the API server no more
+    heartbeats_stop(kubectl, cut, t0)   # and out of it: the kubelet reaches the API server no more
     faults.heal(cut)
     assert faults.state()[cut]["partition"] == "none"
+    kubectl.wait_for(lambda: last_heartbeat(kubectl, cut) > t0 + 10, f"{cut} posting its status again", 30)
     assert http_get(web.url(cut)).startswith(cut + " ")
     assert web.exec_get(peer, web.url(cut)) == f"{cut} {web.ip(peer)}"
 
@@ -275,6 +280,7 @@ def test_partition_from_apiserver_only(web, faults, kubectl):
     cut, peer = faults.extra[-1], faults.extra[0]
     api = "host=10.96.0.1&port=443"
     assert http_get(web.url(cut, f"/probe?{api}")) == "ok"
+    t0 = time.time()
     faults.partition(cut, apiserver_only=True)
     assert faults.state()[cut]["partition"] == "apiserver"
     # pods and the node still talk to everyone else ...
@@ -283,7 +289,7 @@ def test_partition_from_apiserver_only(web, faults, kubectl):
     assert http_get(web.url(cut, f"/probe?host={web.ip(peer)}&port=8080")) == "ok"
     # ... but not to the API server, nor the API server to its kubelet
     assert http_get(web.url(cut, f"/probe?{api}"), 5) == "fail TimeoutError"
-    heartbeats_stop(kubectl, cut)
+    heartbeats_stop(kubectl, cut, t0)
     try:
         p = kubectl("logs", "-n", web.ns, web.pod[cut], "--request-timeout=5s", check=False, timeout=20)
         assert p.returncode != 0, "the API server read the pod's log from the kubelet"

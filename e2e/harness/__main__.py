@@ -136,7 +136,8 @@ def node_cmd(args) -> None:
         raise SystemExit(f"node {args.action}: which node? ({', '.join(n.name for n in nodes.registered())})")
     node = nodes.by_name(args.node)
     if args.action == "kill":
-        step(f"{node.name}: killed {nodes.kill(node)} processes (SIGKILL), link down")
+        n = nodes.kill(node, keep_link=args.keep_link)
+        step(f"{node.name}: killed {n} processes (SIGKILL)" + ("" if args.keep_link else ", link down"))
     elif args.action == "freeze":
         nodes.freeze(node)
         step(f"{node.name}: frozen ({len(nodes.processes(node))} processes)")
@@ -181,6 +182,7 @@ def main(argv: list[str] | None = None) -> None:
 list                  the extra nodes, their state, link and partition
 kill NODE             SIGKILL kubelet, containerd, kube-proxy, shims and containers at once
                       (cgroup freezer first, so nothing escapes), then the link down: power off
+  --keep-link           leave the link up (processes gone, the machine still on the network)
 restart NODE          power on: start a killed node again with its disk state (kills it first
                       if it still runs); waits for Ready unless --no-wait
 freeze NODE / thaw    stop / resume every process of the node (cgroup v1 freezer)
@@ -191,13 +193,14 @@ heal NODE             remove the partition""", formatter_class=argparse.RawDescr
     n.add_argument("node", nargs="?")
     n.add_argument("--from-apiserver-only", action="store_true")
     n.add_argument("--no-wait", action="store_true")
+    n.add_argument("--keep-link", action="store_true")
     n.add_argument("--json", action="store_true")
     n.set_defaults(fn=node_cmd)
     b = sub.add_parser("build", help="build the Go binaries (cached by version)")
     b.add_argument("only", nargs="*")
     b.set_defaults(fn=build_cmd)
     args = p.parse_args(argv)
-    if args.fn in (up, down, node_cmd):
+    if args.fn in (up, down) or (args.fn is node_cmd and args.action != "list"):
         _lock()
     args.fn(args)
 

@@ -130,8 +130,8 @@ class ClusterNodes:
             raise AssertionError(f"harness node {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
         return p.stdout
 
-    def kill(self, node: str) -> None:
-        self.harness("kill", node)
+    def kill(self, node: str, keep_link: bool = False) -> None:
+        self.harness("kill", node, *(["--keep-link"] if keep_link else []))
 
     def restart(self, node: str, wait: bool = True) -> None:
         self.harness("restart", node, *([] if wait else ["--no-wait"]))

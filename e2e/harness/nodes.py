@@ -366,9 +366,10 @@ def link_up(node: Node) -> bool:
     return len(out) > 1 and out[1] != "DOWN"
 
 
-def kill(node: Node) -> int:
+def kill(node: Node, keep_link: bool = False) -> int:
     """Power off: the node's processes frozen, SIGKILLed all at once, then its link cut so nothing
-    of it answers (a dead machine answers no ARP, no SYN). Returns how many processes died."""
+    of it answers (a dead machine answers no ARP, no SYN); with keep_link the link stays up (the
+    pods' network namespaces then refuse connections instead). Returns how many processes died."""
     pids: list[int] = []
     if node.freezer.exists():
         _set_freezer(node, "FROZEN")           # nothing forks or exits while we collect
@@ -382,7 +383,7 @@ def kill(node: Node) -> int:
         deadline = time.monotonic() + 20
         while processes(node) and time.monotonic() < deadline:
             time.sleep(0.05)
-    if _link_exists(node.veth):
+    if not keep_link and _link_exists(node.veth):
         _run("ip", "link", "set", node.veth, "down")
     for d in DAEMONS:
         proc.pidfile(node.proc_name(d)).unlink(missing_ok=True)
@@ -538,7 +539,6 @@ def _remove_orphan_pod_netns() -> None:
                 continue
         except OSError:
             continue
-        links = proc.run(["ip", "-n", ns.name, "-o", "link", "show"], check=False).stdout.splitlines()
-        if proc.run(["ip", "-n", ns.name, "-o", "link", "show"], check=False).returncode == 0 and \
-                all(": lo:" in line for line in links):
+        links = proc.run(["ip", "-n", ns.name, "-o", "link", "show"], check=False)
+        if links.returncode == 0 and all(": lo:" in line for line in links.stdout.splitlines()):
             proc.run(["ip", "netns", "del", ns.name], check=False)
