@@ -166,6 +166,27 @@ def test_pods_run_on_each_node(web, cluster_nodes):
     assert len(cidrs) == 3, f"each node has its own pod range: {cidrs}"
 
 
+def test_each_node_runs_only_its_own_containers(web, cluster_nodes, local_env):
+    """Each node's containerd holds exactly the containers of the pods bound to that node, and an
+    extra node's containers live in that node's cgroup subtree."""
+    socks = {n: st["containerd"] for n, st in cluster_nodes.state().items()}
+    socks[cluster_nodes.all[0]] = local_env["PGOP_CONTAINERD_ADDRESS"]
+    for n in web.nodes:
+        ids = subprocess.run(["ctr", "--address", socks[n], "-n", "k8s.io", "containers", "ls", "-q"],
+                             text=True, capture_output=True, check=True).stdout.split()
+        mine = web.pod_json(n)["status"]["containerStatuses"][0]["containerID"].split("//")[1]
+        assert mine in ids
+        for other in web.nodes:
+            if other != n:
+                theirs = web.pod_json(other)["status"]["containerStatuses"][0]["containerID"]
+                assert theirs.split("//")[1] not in ids, f"{n}'s containerd has {other}'s container"
+        if n in cluster_nodes.extra:
+            cgroups = subprocess.run(["sh", "-c", f"cat /sys/fs/cgroup/freezer/{n}/kubepods/*/*/{mine}/cgroup.procs"
+                                      f" /sys/fs/cgroup/freezer/{n}/kubepods/*/{mine}/cgroup.procs 2>/dev/null"],
+                                     text=True, capture_output=True).stdout.split()
+            assert cgroups, f"no process of {mine[:12]} under /{n}/kubepods"
+
+
 def test_pod_to_pod_across_nodes(web):
     """Every pod reaches every other node's pod, which sees the caller's own pod address."""
     for src in web.nodes:
