@@ -21,6 +21,7 @@ import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from . import cluster, containerd, images, paths, pki, proc
@@ -244,18 +245,23 @@ def start_kube_proxy(node: Node) -> None:
     proc.wait_for(lambda: _http_ok(f"http://{node.ip}:10256/healthz"), name, 60, log_name=name)
 
 
-def node_ready(name: str) -> bool:
+def node_ready(name: str, since: float = 0) -> bool:
+    """Ready, by a status the kubelet posted at or after `since` (a killed node's Node object still
+    says Ready until the node-monitor grace period ends)."""
     out = cluster.kubectl("get", "node", name, "-o", "json", check=False)
     if out.returncode != 0:
         return False
-    conds = json.loads(out.stdout)["status"].get("conditions", [])
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+    for c in json.loads(out.stdout)["status"].get("conditions", []):
+        if c["type"] == "Ready" and c["status"] == "True":
+            beat = datetime.fromisoformat(c["lastHeartbeatTime"].replace("Z", "+00:00")).timestamp()
+            return beat > since
+    return False
 
 
-def wait_ready(nodes: list[Node], timeout: float = 120) -> None:
+def wait_ready(nodes: list[Node], timeout: float = 120, since: float = 0) -> None:
     with step(f"nodes {', '.join(n.name for n in nodes)} Ready"):
         for n in nodes:
-            proc.wait_for(lambda n=n: node_ready(n.name), f"node {n.name} Ready", timeout,
+            proc.wait_for(lambda n=n: node_ready(n.name, since), f"node {n.name} Ready", timeout,
                           log_name=n.proc_name("kubelet"))
 
 
@@ -283,6 +289,7 @@ def up(count: int) -> list[Node]:
             raise SystemExit(f"{n.name} runs from an earlier `up --nodes {len(old) + 1}`: "
                              "`down` first to change the number of nodes")
     todo = [n for n in nodes if not running(n)]
+    t0 = time.time()
     if not todo:
         step(f"extra nodes {', '.join(n.name for n in nodes)}: running")
         return nodes
@@ -296,7 +303,7 @@ def up(count: int) -> list[Node]:
     with step(f"extra nodes {names}: kubelet, kube-proxy"):
         for n in todo:
             _start_daemons(n)
-    wait_ready(todo)
+    wait_ready(todo, since=t0)
     return nodes
 
 
@@ -411,11 +418,12 @@ def _unmount_all(*tops: Path) -> None:
 def restart(node: Node, wait: bool = True) -> None:
     """Power on again with the node's disk state (kubelet root, images, volumes); what a reboot
     loses is gone. A node still running is killed first."""
+    t0 = time.time()
     with step(f"{node.name}: restart"):
         _power_on(node, registered())
         _start_daemons(node)
     if wait:
-        wait_ready([node])
+        wait_ready([node], since=t0)
 
 
 def partition(node: Node, apiserver_only: bool = False) -> None:
