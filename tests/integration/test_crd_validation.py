@@ -180,7 +180,7 @@ def test_pgcluster_defaults(objs, crd_namespace):
     assert created["postgresVersion"] == 15
     assert created["synchronousReplicas"] == 0
     assert created["synchronousMode"] == "preferred"
-    assert created["failoverDelay"] == "30s"
+    assert created["failoverDelay"] == "0s"
     assert created["storage"]["reclaimPolicy"] == "Retain"
     assert created["bootstrap"] == {"initdb": {"database": "app", "owner": "app"}}
     with_backup = _create(objs, crd_namespace, _manifest("PgCluster", dict(spec, backup={"s3": S3})))["spec"]
