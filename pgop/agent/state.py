@@ -56,13 +56,13 @@ def read_state(conn: psycopg.Connection) -> PostgresState:
             synchronous_standby_names=sync_names, standbys=tuple(replication.read_standbys(conn)),
             slots=slots, config_errors=config_errors, archiver=archiver,
         )
-    received, replayed, checkpoint_tli = one_row(
+    received, replayed, checkpoint_tli, conninfo = one_row(
         conn, "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
-        " (SELECT timeline_id FROM pg_control_checkpoint())")
+        " (SELECT timeline_id FROM pg_control_checkpoint()), current_setting('primary_conninfo')")
     receiver = replication.read_receiver(conn)
     return PostgresState(
         accepting=True, role=REPLICA, timeline=receiver.received_tli or checkpoint_tli,
-        lsn=replayed, received_lsn=received, start_time=start_time,
+        lsn=replayed, received_lsn=received, primary_conninfo=conninfo, start_time=start_time,
         system_identifier=system_identifier, pending_restart=pending,
         synchronous_standby_names=sync_names, slots=slots, receiver=receiver, config_errors=config_errors,
         archiver=archiver,
