@@ -47,7 +47,7 @@ def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, Observe
 
 def status_for_cluster(cluster: Cluster, instances: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
     now = datetime.now(UTC)
-    status = cluster_status(cluster, instances, now=now, waiting=plan.waiting)
+    status = cluster_status(cluster, instances, now=now, waiting=plan.waiting, ha=plan.status or None)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
         archiving = archiving_condition(instances) | {"observedGeneration": cluster.generation}
         status["conditions"] = set_condition(status["conditions"], archiving, now=now, generation=cluster.generation)

@@ -411,6 +411,7 @@ class Cluster:
     generation: int = 0
     deleting: bool = False
     status: dict[str, Any] = field(default_factory=dict)  # as last written (conditions history)
+    annotations: dict[str, str] = field(default_factory=dict)  # pgop.io/switchover-to, pgop.io/fenced-instances
 
     @classmethod
     def from_object(cls, body: Body) -> Cluster:
@@ -423,6 +424,7 @@ class Cluster:
             deleting=bool(meta.get("deletionTimestamp")),
             spec=ClusterSpec.from_dict(body.get("spec")),
             status=plain(body.get("status") or {}),
+            annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
         )
 
     def validate(self) -> list[ValidationError]:
