@@ -13,12 +13,39 @@ from .pg import LocalPostgres
 
 
 @pytest.fixture(scope="session")
-def local_env() -> dict[str, str]:
+def local_env(no_operator_of_make_up) -> dict[str, str]:
     """The environment's endpoints and credentials (env.json of `make up`)."""
     try:
         return envfile.load()
     except RuntimeError as e:
         pytest.fail(str(e), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def no_operator_of_make_up():
+    """Tests that use the cluster must not race an operator the user started with `make up`: it
+    would act on the objects the tests create (e.g. write a PgBackup's status while a test does).
+    It is stopped for the run and started again afterwards, as it was (same command, environment
+    and directory); e2e tests start the operator of this checkout themselves."""
+    from pathlib import Path
+
+    from . import proc
+    pid = proc.pid_of("operator")
+    before = None
+    if pid:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            environ = Path(f"/proc/{pid}/environ").read_bytes().rstrip(b"\0").split(b"\0")
+            before = ([a.decode() for a in argv],
+                      dict(e.decode().split("=", 1) for e in environ if b"=" in e),
+                      str(Path(f"/proc/{pid}/cwd").resolve()))
+        except OSError:
+            before = None
+        proc.stop("operator")
+    yield
+    if before is not None and not proc.running("operator"):
+        argv, environ, cwd = before
+        proc.start("operator", argv, env=environ, cwd=cwd)
 
 
 @pytest.fixture(scope="session")
