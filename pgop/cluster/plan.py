@@ -24,7 +24,10 @@ Ordering decisions, top to bottom:
   already on the new spec is ready and has reported it (status.observedGeneration). Replicas go
   first (those not ready first, as restarting them costs nothing), the primary last, except when the
   change lowers a setting a hot standby needs at least as much of as its primary: then the primary
-  goes first. A change that breaks the first replica thus never reaches the primary.
+  goes first. A change that breaks the first replica thus never reaches the primary. The primary
+  is not restarted in place when a replica on the new spec streams from it: a switchover
+  (annotation pgop.io/switchover-to) makes that replica primary, and the old primary then
+  restarts as a replica.
 - Instance: PVC, then the bootstrap pod, then (once it succeeded) mark the volume initialised,
   remove the bootstrap pod and start the Postgres pod. Two pods never share a data directory.
 """
@@ -39,6 +42,7 @@ from typing import Any
 from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
 from pgop.kernel import names, pgconfig
 from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Plan, merge_patch
+from pgop.kernel.lsn import parse_lsn
 from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE
 from pgop.kernel.model import (
     BASEBACKUP,
@@ -434,6 +438,17 @@ def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> No
                             + " to be ready on the new spec")
         return
     instance, needs = restarts[0]
+    if instance.is_primary and not primary_first and len(instances) > 1:
+        successor = _switchover_candidate(instance, [i for i in instances if i.name not in outdated])
+        if successor is not None:
+            if cluster.annotations.get(ANNOTATION_SWITCHOVER) != successor.name:
+                plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
+                                   f"rolling restart: the replicas run the new spec; switchover to {successor.name} "
+                                   f"instead of restarting the primary {instance.name} in place",
+                                   patch={"metadata": {"annotations": {ANNOTATION_SWITCHOVER: successor.name}}}))
+            plan.waiting.append(f"rolling restart: {instance.name} restarts as a replica after the switchover "
+                                f"to {successor.name}")
+            return
     order = ("primary first: a lowered setting must not exceed the primary's on any replica"
              if primary_first else "replicas first, primary last")
     _patch_instance(plan, cluster, instance, outdated[instance.name],
@@ -442,6 +457,23 @@ def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> No
     if len(restarts) > 1:
         plan.waiting.append("rolling restart: next " + ", ".join(i.name for i, _ in restarts[1:])
                             + f", each once {instance.name} is ready again")
+
+
+def _switchover_candidate(primary: Instance, updated: list[Instance]) -> Instance | None:
+    """The replica already on the new spec that a switchover would promote: ready, streaming from
+    the primary, not fenced; the most advanced, then the lowest ordinal. None when there is none
+    (then the primary restarts in place, as with a single instance)."""
+    fit = [i for i in updated if not i.is_primary and i.settled and not i.spec.fenced
+           and i.status.wal_receiver == "streaming" and i.status.following == primary.name]
+    if not fit:
+        return None
+
+    def position(instance: Instance) -> int:
+        try:
+            return parse_lsn(instance.status.received_lsn or instance.status.lsn or "")
+        except ValueError:
+            return -1
+    return max(fit, key=lambda i: (position(i), -i.ordinal))
 
 
 def _patch_instance(plan: Plan, cluster: Cluster, instance: Instance, patch: dict[str, Any], reason: str) -> None:

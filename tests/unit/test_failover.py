@@ -500,3 +500,22 @@ def test_a_new_cluster_targets_ordinal_zero():
     world, cluster = World(), make_cluster()
     result = plan(world, cluster)
     assert result.status["targetPrimary"] == "orders-0" and result.status["currentPrimary"] is None
+
+
+# ---------------------------------------------------------------------------- rolling restarts
+
+def test_a_rolling_restart_switches_over_instead_of_restarting_the_primary():
+    from tests.unit.world import spec_change
+    world, cluster = ha_cluster()
+    changed = spec_change(cluster, parameters={"shared_buffers": "256MB"})
+    for _ in range(6):  # the replicas restart one by one and report they stream again
+        result = step(world, changed)
+        for name in ("orders-1", "orders-2"):
+            streaming(world, name, "0/5000000")
+        if any(a.kind == "PgCluster" for a in result):
+            break
+    assert world.cluster_annotations.get(ANNOTATION_SWITCHOVER) == "orders-1"
+    assert "shared_buffers" not in spec_of(world, "orders-0")["parameters"]  # not restarted in place
+    assert any("after the switchover" in note for note in result.waiting)
+    result = step(world, changed)
+    assert reasons(result) == ["SwitchoverStarted"]
