@@ -776,7 +776,7 @@ def test_only_the_operator_changes_role_primary_or_fenced(kube_api, objs, policy
         assert time.monotonic() < deadline, "the admission policy never refused a spec.role change"
         time.sleep(0.5)
     for field, value in (("role", "primary"), ("primary", "orders-2"), ("fenced", True)):
-        message = _forbidden(lambda: _update(objs, policy_namespace, stored, field, value))
+        message = _forbidden(lambda f=field, v=value: _update(objs, policy_namespace, stored, f, v))
         assert ROLE_MESSAGE in message and "pgop fence" in message, message
     # Everything else a person (or the cluster controller) changes is not the policy's business.
     _update(objs, policy_namespace, stored, "parameters", {"work_mem": "8MB"})
