@@ -279,7 +279,7 @@ def following(wanted_primary: str | None, state: PostgresState, wanted_conninfo:
         return wanted_primary
     if state.role != REPLICA or state.primary_conninfo is None or state.primary_conninfo != wanted_conninfo:
         return previous
-    if wanted_primary == "" and state.receiver is not None:
+    if wanted_primary == "" and state.receiver is not None and state.receiver.status is not None:
         return previous
     return wanted_primary
 

@@ -161,8 +161,12 @@ class Agent:
                 self.applied_generation = instance.generation
             if decision.actions and not self.stopping.is_set():
                 # Report what the actions made of it, not what was before (a receiver that
-                # stopped, a promotion): the operator waits for exactly that.
-                self.observe()
+                # stopped, a promotion): the operator waits for exactly that. What is left to do
+                # is the next turn's; nothing left at all: the spec is applied now.
+                after = ha.decide(wanted, self.observe(), self.settings.max_start_attempts)
+                if after.applied and not after.actions:
+                    self.applied_generation = instance.generation
+                decision = self.last_decision = after
             self.report(instance, decision, wanted=wanted)
             return bool(decision.actions)
         except Exception as error:  # the loop must turn whatever happens; the next turn retries

@@ -253,6 +253,10 @@ def test_wal_receiver_and_following():
     assert ha.following("", still, "", previous="orders-0") == "orders-0"
     gone = PostgresState(accepting=True, role="replica", primary_conninfo="")
     assert ha.following("", gone, "", previous="orders-0") == ""
+    no_row = PostgresState(accepting=True, role="replica", primary_conninfo="",
+                           receiver=ReceiverState(None, None, None))  # what read_receiver says without one
+    assert ha.following("", no_row, "", previous="orders-0") == ""
+    assert ha.wal_receiver(no_row) == "stopped"
     # Asked to follow: once the conninfo is in effect.
     assert ha.following("orders-1", gone, conninfo, previous="") == ""
     assert ha.following("orders-1", streaming, conninfo, previous="") == "orders-1"
