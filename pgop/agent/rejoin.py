@@ -50,16 +50,28 @@ def _quoted(value: str) -> str:
 
 
 def probe_source(settings: AgentSettings) -> ha.Source:
+    """The primary behind the replication host. Right after a promotion its pg_control still names
+    the old timeline until the first checkpoint, and pg_rewind (before PostgreSQL 16) reads the
+    timeline from there and finds "no rewind required": so a checkpoint first, in that case."""
     try:
         with psycopg.connect(source_conninfo(settings), autocommit=True) as conn:
             row = conn.execute(
                 "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system()),"
-                " (SELECT timeline_id FROM pg_control_checkpoint())").fetchone()
+                " (SELECT timeline_id FROM pg_control_checkpoint()),"
+                " CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_walfile_name(pg_current_wal_lsn()) END"
+                ).fetchone()
+            assert row is not None
+            in_recovery, system_identifier, checkpoint_timeline, walfile = row
+            timeline = int(walfile[:8], 16) if walfile else checkpoint_timeline
+            if not in_recovery and timeline != checkpoint_timeline:
+                log.info("a checkpoint on the primary first: its pg_control still says timeline %s, not %s",
+                         checkpoint_timeline, timeline)
+                conn.execute("CHECKPOINT")
     except psycopg.Error as error:
         return ha.Source(reachable=False, error=str(error).strip().splitlines()[0] if str(error).strip() else
                          type(error).__name__)
-    assert row is not None
-    return ha.Source(reachable=True, in_recovery=bool(row[0]), system_identifier=row[1], timeline=row[2])
+    return ha.Source(reachable=True, in_recovery=bool(in_recovery), system_identifier=system_identifier,
+                     timeline=timeline)
 
 
 def local_system_identifier(settings: AgentSettings, runner: Runner) -> str | None:
@@ -76,10 +88,12 @@ def local_system_identifier(settings: AgentSettings, runner: Runner) -> str | No
     return None
 
 
-def rewind(settings: AgentSettings, runner: Runner) -> None:
-    runner.run([settings.binary("pg_rewind"), f"--target-pgdata={settings.pgdata}",
+def rewind(settings: AgentSettings, runner: Runner) -> str:
+    """pg_rewind's output (it says "no rewind required" when the histories did not diverge)."""
+    done = runner.run([settings.binary("pg_rewind"), f"--target-pgdata={settings.pgdata}",
                 f"--source-server={source_conninfo(settings)}", "--progress"],
                env={"PGPASSFILE": str(settings.passfile), "LC_ALL": "C"}, timeout=3600)
+    return (done.stdout or "") + (done.stderr or "")
 
 
 def become_replica(settings: AgentSettings, runner: Runner, wanted_settings: dict[str, str], hba: str) -> None:
@@ -104,9 +118,10 @@ def rejoin(settings: AgentSettings, runner: Runner, spec: InstanceSpec, wanted_s
     log.info("rejoining: pg_rewind from %s:%s (primary on timeline %s)", settings.replication_host,
              settings.primary_port, source.timeline)
     try:
-        rewind(settings, runner)
+        output = rewind(settings, runner)
         become_replica(settings, runner, wanted_settings, hba)
-        return Outcome(True, REWOUND, f"pg_rewind from the primary (timeline {source.timeline}) in "
+        verdict = "no rewind was required" if "no rewind required" in output else "rewound"
+        return Outcome(True, REWOUND, f"pg_rewind from the primary (timeline {source.timeline}): {verdict}, in "
                                       f"{time.monotonic() - started:.1f}s; started as a replica",
                        time.monotonic() - started)
     except CommandError as error:

@@ -304,6 +304,33 @@ def test_demoted_primary_stops_at_once_rewinds_and_follows_the_promoted_replica(
     assert fleet.status(old)["systemIdentifier"] == fleet.status(r1)["systemIdentifier"]
 
 
+def test_a_replica_ahead_of_the_promoted_one_diverged_and_is_rewound(fleet_factory, monkeypatch):
+    from pgop.agent import loop
+    monkeypatch.setattr(loop, "DIVERGED_PATIENCE", 3.0)
+    fleet = fleet_factory(instances=3)
+    old = fleet.primary()
+    behind, ahead = fleet.replica(1), fleet.replica(2)
+    fleet.sql(old, "CREATE TABLE items (id serial PRIMARY KEY)", dbname="app", user="app")
+    wait_for(lambda: fleet.sql(behind, "SELECT to_regclass('items') IS NOT NULL", dbname="app")[0][0], "the table")
+    # One replica stops streaming; the other receives more of timeline 1 (an async tail).
+    fleet.store.update_spec(behind, primary="")
+    wait_for(lambda: fleet.status(behind).get("following") == "", f"{behind} stopped")
+    fleet.sql(old, "INSERT INTO items SELECT FROM generate_series(1, 100)", dbname="app", user="app")
+    wait_for(lambda: count(fleet, ahead) == 100, f"{ahead} has the tail")
+    fleet.stop(old)
+    fleet.store.update_spec(old, role="replica", primary="")
+    # The operator promotes the one that is behind (say, the other was not answering then).
+    fleet.store.update_spec(ahead, primary="")
+    fleet.promote(behind)
+    fleet.store.update_spec(ahead, primary=behind)
+    # Timeline 2 forked before what it replayed: it cannot follow; the agent rewinds it.
+    status = wait_for(lambda: (s := fleet.status(ahead)).get("timeline") == 2 and s.get("ready") and s,
+                      f"{ahead} rewound onto timeline 2", 90)
+    rejoined = next(c for c in status["conditions"] if c["type"] == "Rejoined")
+    assert rejoined["status"] == "True" and rejoined["reason"] == "Rewound", rejoined
+    assert count(fleet, ahead) == count(fleet, behind) == 0
+
+
 def test_failed_rewind_falls_back_to_a_clone(fleet_factory):
     fleet = fleet_factory(instances=2)
     old = fleet.primary()
