@@ -72,6 +72,9 @@ class Wanted:
     # spec.primary: None when the spec leaves it out (stream from the -rw Service, as ever); ""
     # while a failover decides (stream from nobody); else the instance to follow.
     primary: str | None = None
+    # A switchover hands over: other instances still follow this one (their spec.primary names
+    # it) to receive its last WAL, so a demotion is a fast shutdown, which sends all of it.
+    handover: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,8 +121,8 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
     write = [Action(WRITE_CONFIG, "configuration changed: " + _names(change.changed))] if change else []
 
     if actual.running and wanted.role == REPLICA and actual.state.role == PRIMARY:
-        # Demotion: at once (immediate, never smart), then rejoin as a replica of the primary.
-        stop = Action(STOP_NOW, "spec.role is replica but this instance runs as a primary: stop it now")
+        # Demotion: at once (immediate; fast in a switchover; never smart), then rejoin.
+        stop = demotion(wanted.handover)
         if wanted.primary == "":
             return Decision((stop,), DEMOTING, "demoted; waiting for spec.primary to name the primary to "
                                                "rejoin")
@@ -179,6 +182,17 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
     else:
         phase, message = RUNNING, refused
     return Decision(tuple(actions), phase, message, waiting=refused is not None)
+
+
+def demotion(handover: bool) -> Action:
+    """How a primary that should be a replica stops. Neither way lets a session commit once it
+    started (smart would). `immediate` in a failover: at once, nothing more leaves this instance.
+    `fast` in a switchover (replicas still follow it): it writes a shutdown checkpoint and its WAL
+    senders send everything to them first, so the target misses nothing and no rewind is needed."""
+    if handover:
+        return Action(STOP, "spec.role is replica and the replicas still follow this instance (a "
+                            "switchover): fast shutdown, which sends them all of its WAL")
+    return Action(STOP_NOW, "spec.role is replica but this instance runs as a primary: stop it now")
 
 
 def role_actions(wanted: str, actual: str | None) -> list[Action]:

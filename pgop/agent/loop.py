@@ -268,8 +268,11 @@ class Agent:
         following = spec_primary(instance)
         settings = config.desired_settings(self.settings, spec, replica=not primary,
                                            synchronous_standby_names=sync, streaming=following != "")
+        handover = not primary and self.cluster is not None and any(
+            spec_primary(other) == instance.name for other in streaming.cluster_members(instance.name, self.cluster))
         return ha.Wanted(role=spec.role, fenced=spec.fenced, settings=settings, hba=config.hba_text(),
-                         slots=slots, postgres_version=spec.postgres_version, primary=following)
+                         slots=slots, postgres_version=spec.postgres_version, primary=following,
+                         handover=handover)
 
     # ------------------------------------------------------------------------------- 5. act
 

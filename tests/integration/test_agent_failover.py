@@ -252,6 +252,12 @@ def test_demoted_primary_stops_at_once_rewinds_and_follows_the_promoted_replica(
     for name in (r1, r2):
         wait_for(lambda name=name: fleet.sql(name, "SELECT to_regclass('items') IS NOT NULL", dbname="app")[0][0],
                  f"the table on {name}")
+    # Failover, step 1: both replicas stop streaming and say where.
+    for name in (r1, r2):
+        fleet.store.update_spec(name, primary="")
+    for name in (r1, r2):
+        wait_for(lambda name=name: (s := fleet.status(name)).get("walReceiver") == "stopped"
+                 and s.get("following") == "" and s, f"{name} stopped")
     writer = Writer(fleet, old).start()
 
     # The operator demotes the primary while a session commits in a loop: stopped at once.
@@ -269,12 +275,7 @@ def test_demoted_primary_stops_at_once_rewinds_and_follows_the_promoted_replica(
     assert "immediate shutdown request" in fleet.settings[old].postgres_log.read_text()
     acked = {row_id for row_id, _ in writer.acked}
 
-    # Failover: both replicas stop streaming and say where; r1 is promoted.
-    for name in (r1, r2):
-        fleet.store.update_spec(name, primary="")
-    for name in (r1, r2):
-        wait_for(lambda name=name: (s := fleet.status(name)).get("walReceiver") == "stopped"
-                 and s.get("following") == "" and s, f"{name} stopped")
+    # r1 is promoted; the others follow it.
     promoted = fleet.promote(r1)
     assert promoted["timeline"] == 2
     for name in (r2, old):
@@ -302,6 +303,39 @@ def test_demoted_primary_stops_at_once_rewinds_and_follows_the_promoted_replica(
         {row[0] for row in fleet.sql(r1, "SELECT id FROM items", dbname="app")}
     assert sorted(replication_rows(fleet, r1)) == sorted([old, r2])
     assert fleet.status(old)["systemIdentifier"] == fleet.status(r1)["systemIdentifier"]
+
+
+def test_switchover_demotion_is_fast_and_loses_no_acknowledged_commit(fleet_factory):
+    fleet = fleet_factory(instances=2)
+    old = fleet.primary()
+    new = fleet.replica(1)
+    fleet.sql(old, "CREATE TABLE items (id serial PRIMARY KEY)", dbname="app", user="app")
+    wait_for(lambda: fleet.sql(new, "SELECT to_regclass('items') IS NOT NULL", dbname="app")[0][0], "the table")
+    writer = Writer(fleet, old).start()
+    # A switchover demotes the primary while the replica still follows it (spec.primary: old).
+    asked = time.monotonic()
+    fleet.store.update_spec(old, role="replica", primary="")
+    wait_for(lambda: writer.error is not None, "the writer's session to end", 10, 0.01)
+    writer.stop()
+    last_ack = writer.acked[-1][1] - asked
+    wait_for(lambda: not fleet.agents[old].postmaster.is_running(), "the old primary stopped", 30)
+    print(f"\nswitchover: last acknowledged commit {last_ack * 1000:.0f} ms after the spec change, "
+          f"stopped after {(time.monotonic() - asked) * 1000:.0f} ms")
+    assert last_ack < 1.0
+    log = fleet.settings[old].postgres_log.read_text()
+    assert "fast shutdown request" in log and "immediate shutdown request" not in log
+    acked = {row_id for row_id, _ in writer.acked}
+    # The replica received everything (the shutdown checkpoint too): no acknowledged commit lost.
+    fleet.store.update_spec(new, primary="")
+    wait_for(lambda: fleet.status(new).get("following") == "", f"{new} stopped streaming")
+    fleet.promote(new)
+    assert acked <= {row[0] for row in fleet.sql(new, "SELECT id FROM items", dbname="app")}
+    fleet.store.update_spec(old, primary=new)
+    status = wait_for(lambda: (s := fleet.status(old)).get("ready") and s.get("timeline") == 2 and s,
+                      "the old primary following the new one", 60)
+    rejoined = next(c for c in status["conditions"] if c["type"] == "Rejoined")
+    print(f"rejoin: {rejoined['message']}")
+    assert rejoined["status"] == "True" and "no rewind was required" in rejoined["message"]
 
 
 def test_a_replica_ahead_of_the_promoted_one_diverged_and_is_rewound(fleet_factory, monkeypatch):

@@ -128,6 +128,14 @@ def test_primary_wanted_replica_stops_at_once_then_rejoins_and_starts_as_replica
     assert decision.phase == ha.DEMOTING and not decision.applied
 
 
+def test_demotion_in_a_switchover_is_a_fast_shutdown():
+    # The replicas still follow this instance: they get all of its WAL before it stops.
+    decision = ha.decide(wanted(role="replica", primary="", handover=True), running(role="primary"))
+    assert decision.kinds() == [ha.STOP] and "switchover" in decision.actions[0].reason
+    assert ha.decide(wanted(role="replica", primary="", handover=False),
+                     running(role="primary")).kinds() == [ha.STOP_NOW]
+
+
 def test_demotion_stops_first_even_with_a_config_change_pending():
     decision = ha.decide(wanted(role="replica", slots=None, settings={**SETTINGS, "work_mem": "1MB"}),
                          running(role="primary"))
