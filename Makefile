@@ -4,8 +4,11 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 HARNESS := $(PY) -m e2e.harness
 PYTEST_ARGS ?=
+# Nodes in all: 1 (the default) is the host node alone; 3 adds two kubelet nodes on this machine
+# (docs/local-cluster.md).
+NODES ?= 1
 
-.PHONY: all venv up down status env test test-unit test-integration test-e2e build clean-cache
+.PHONY: all venv up down status env test test-unit test-integration test-e2e test-nodes nodes-up build clean-cache
 
 all: up
 
@@ -20,11 +23,15 @@ venv: $(VENV)/.installed
 
 ## The main job: local Kubernetes + services, CRDs, and the operator running against it.
 up: venv
-	$(HARNESS) up --operator
+	$(HARNESS) up --operator --nodes $(NODES)
 
 ## Only the cluster and services (no operator): what the tests need.
 env-up: venv
-	$(HARNESS) up
+	$(HARNESS) up --nodes $(NODES)
+
+## Two extra kubelet nodes next to a running (or not yet running) environment.
+nodes-up: venv
+	$(HARNESS) up --nodes 3
 
 down:
 	$(HARNESS) down
@@ -38,9 +45,18 @@ env:
 build: venv
 	$(HARNESS) build
 
-## Every test: unit, integration (real services) and e2e (real cluster). Brings the environment up first.
+## Every test: unit, integration (real services) and e2e (real cluster), on the environment as it is
+## (one node unless NODES=3); then the two extra nodes join and the node-level tests run (marker
+## `nodes`: three nodes, network across them, node-local volumes, node faults). Both tiers always run.
 test: env-up
-	$(VENV)/bin/pytest tests e2e $(PYTEST_ARGS)
+	@status=0; \
+	$(VENV)/bin/pytest tests e2e -m "not nodes" $(PYTEST_ARGS) || status=$$?; \
+	$(MAKE) --no-print-directory test-nodes || status=$$(( status ? status : 1 )); \
+	exit $$status
+
+test-nodes: venv
+	$(HARNESS) up --nodes 3
+	$(VENV)/bin/pytest e2e -m nodes $(PYTEST_ARGS)
 
 test-unit: venv
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
@@ -49,7 +65,7 @@ test-integration: env-up
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 test-e2e: env-up
-	$(VENV)/bin/pytest e2e $(PYTEST_ARGS)
+	$(VENV)/bin/pytest e2e -m "not nodes" $(PYTEST_ARGS)
 
 ## pgop, pgBackRest and barman-cloud base backups and restores side by side (local S3, about 2 GB,
 ## about 4 minutes on 2 cores). BENCH_ARGS, e.g. "--scale 5", are passed on.
@@ -59,3 +75,8 @@ bench-backup: venv
 	command -v pgbackrest >/dev/null && command -v barman-cloud-backup >/dev/null && command -v socat >/dev/null || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbackrest barman-cli-cloud socat
 	$(PY) -m bench.backup_compare $(BENCH_ARGS)
+
+## Node faults on a three-node environment, e.g. `make node-kill NODE=pgop-node-3`, `make node-list`
+## (kill, restart, freeze, thaw, partition, heal; ARGS=--from-apiserver-only for partition).
+node-%: venv
+	$(HARNESS) node $* $(NODE) $(ARGS)

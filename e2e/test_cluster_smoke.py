@@ -24,12 +24,15 @@ def _wait_pod_done(kubectl, ns, name, timeout=120):
         raise AssertionError(f"{e}\n{kubectl('-n', ns, 'describe', 'pod', name, check=False).stdout}") from None
 
 
-def test_node_is_ready(kubectl):
+def test_nodes_are_ready(kubectl, local_env):
+    """The host node, and the extra nodes of `make up NODES=3` when they are up: all Ready."""
     nodes = kubectl.json("get", "nodes")["items"]
-    assert len(nodes) == 1
-    ready = {c["type"]: c["status"] for c in nodes[0]["status"]["conditions"]}
-    assert ready["Ready"] == "True", nodes[0]["status"]["conditions"]
-    assert nodes[0]["status"]["nodeInfo"]["kubeletVersion"].startswith("v1.34.")
+    wanted = {n for n in local_env.get("PGOP_NODES", "").split(",") if n} or {"pgop-node"}
+    assert {n["metadata"]["name"] for n in nodes} == wanted
+    for node in nodes:
+        ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+        assert ready["Ready"] == "True", node["status"]["conditions"]
+        assert node["status"]["nodeInfo"]["kubeletVersion"].startswith("v1.34.")
 
 
 def test_kubectl_reports_the_built_version(kubectl):

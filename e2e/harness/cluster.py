@@ -157,26 +157,21 @@ def start_containerd() -> None:
                       log_name="containerd")
 
 
-def start_kubelet() -> None:
-    kc = pki.kubeconfig("kubelet", f"system:node:{paths.NODE_NAME}", "system:nodes")
-    srv_crt, srv_key = pki.cert("kubelet-serving", f"system:node:{paths.NODE_NAME}",
-                                "system:nodes", sans=[f"IP:{paths.NODE_IP}",
-                                                      f"DNS:{paths.NODE_NAME}"], server=True)
+def kubelet_config(cfg: Path, *, sock: Path, address: str, healthz: str, srv_crt: Path,
+                   srv_key: Path, pod_cidr: str, **extra) -> Path:
+    """A kubelet's KubeletConfiguration; `extra` adds fields (an extra node's cgroup root, ...)."""
     ca_crt, _ = pki.ca()
-    root = paths.STATE / "kubelet"
-    root.mkdir(parents=True, exist_ok=True)
-    cfg = paths.STATE / "kubelet-config.yaml"
     cfg.write_text(json.dumps({
         "apiVersion": "kubelet.config.k8s.io/v1beta1", "kind": "KubeletConfiguration",
         "cgroupDriver": "cgroupfs", "failCgroupV1": False,
-        "containerRuntimeEndpoint": f"unix://{paths.CONTAINERD_SOCK}",
-        "address": paths.NODE_IP, "healthzBindAddress": "127.0.0.1", "healthzPort": 10248,
+        "containerRuntimeEndpoint": f"unix://{sock}",
+        "address": address, "healthzBindAddress": healthz, "healthzPort": 10248,
         "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": True},
                            "x509": {"clientCAFile": str(ca_crt)}},
         "authorization": {"mode": "Webhook"},
         "tlsCertFile": str(srv_crt), "tlsPrivateKeyFile": str(srv_key),
         "clusterDomain": paths.CLUSTER_DOMAIN, "clusterDNS": [paths.NODE_IP],
-        "resolvConf": "/etc/resolv.conf", "failSwapOn": False, "podCIDR": paths.NODE_POD_CIDR,
+        "resolvConf": "/etc/resolv.conf", "failSwapOn": False, "podCIDR": pod_cidr,
         # Images are built locally and cannot be pulled again: never garbage-collect them.
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "evictionHard": {"memory.available": "200Mi", "nodefs.available": "2%",
@@ -184,7 +179,21 @@ def start_kubelet() -> None:
         "serializeImagePulls": False, "maxPods": 110,
         "nodeStatusUpdateFrequency": "4s", "syncFrequency": "10s",
         "fileCheckFrequency": "10s", "volumeStatsAggPeriod": "30s",
+        **extra,
     }, indent=1))
+    return cfg
+
+
+def start_kubelet() -> None:
+    kc = pki.kubeconfig("kubelet", f"system:node:{paths.NODE_NAME}", "system:nodes")
+    srv_crt, srv_key = pki.cert("kubelet-serving", f"system:node:{paths.NODE_NAME}",
+                                "system:nodes", sans=[f"IP:{paths.NODE_IP}",
+                                                      f"DNS:{paths.NODE_NAME}"], server=True)
+    root = paths.STATE / "kubelet"
+    root.mkdir(parents=True, exist_ok=True)
+    cfg = kubelet_config(paths.STATE / "kubelet-config.yaml", sock=paths.CONTAINERD_SOCK,
+                         address=paths.NODE_IP, healthz="127.0.0.1", srv_crt=srv_crt,
+                         srv_key=srv_key, pod_cidr=paths.NODE_POD_CIDR)
     with step("kubelet"):
         proc.start("kubelet", [
             k8s_bin("kubelet"), f"--config={cfg}", f"--kubeconfig={kc}",

@@ -9,7 +9,9 @@ from . import build, paths
 
 def values() -> dict[str, str]:
     from .cluster import ADMIN_KUBECONFIG
+    from .nodes import registered
     from .services import env as services_env
+    extra = [n.name for n in registered()]
     kube_bin = str(build.by_name()["kubernetes"].bindir)
     return {
         "KUBECONFIG": str(ADMIN_KUBECONFIG),
@@ -18,6 +20,9 @@ def values() -> dict[str, str]:
         "PGOP_NODE_IP": paths.NODE_IP,
         "PGOP_CONTAINERD_ADDRESS": str(paths.CONTAINERD_SOCK),
         "PGOP_ENV_DIR": str(paths.STATE),
+        # every node, and the extra ones (the only ones `python -m e2e.harness node ...` faults)
+        "PGOP_NODES": ",".join([paths.NODE_NAME, *extra]),
+        "PGOP_EXTRA_NODES": ",".join(extra),
         **services_env(),
     }
 

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
-from . import envfile
+from . import envfile, paths
 from .pg import LocalPostgres
 
 
@@ -103,3 +104,90 @@ def local_postgres():
     pg.start()
     yield pg
     pg.cleanup()
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "nodes: needs the three-node local cluster (make up NODES=3); `make test` runs "
+                   "these as its second tier, after bringing up the two extra nodes")
+
+
+class ClusterNodes:
+    """The nodes of the local cluster and the harness's fault commands, for tests.
+
+    `extra` are the nodes a test may fault (the host node carries the control plane). Each fault
+    is the CLI a person uses, `python -m e2e.harness node ACTION NODE`."""
+
+    def __init__(self, env: dict[str, str], kubectl: Kubectl):
+        self.kubectl = kubectl
+        self.all = [n for n in env.get("PGOP_NODES", "").split(",") if n]
+        self.extra = [n for n in env.get("PGOP_EXTRA_NODES", "").split(",") if n]
+
+    def harness(self, *args: str, timeout: float = 300) -> str:
+        p = subprocess.run([sys.executable, "-m", "e2e.harness", "node", *args], cwd=str(paths.REPO),
+                           text=True, capture_output=True, timeout=timeout)
+        if p.returncode != 0:
+            raise AssertionError(f"harness node {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}")
+        return p.stdout
+
+    def kill(self, node: str, keep_link: bool = False) -> None:
+        self.harness("kill", node, *(["--keep-link"] if keep_link else []))
+
+    def restart(self, node: str, wait: bool = True) -> None:
+        self.harness("restart", node, *([] if wait else ["--no-wait"]))
+
+    def freeze(self, node: str) -> None:
+        self.harness("freeze", node)
+
+    def thaw(self, node: str) -> None:
+        self.harness("thaw", node)
+
+    def partition(self, node: str, apiserver_only: bool = False) -> None:
+        self.harness("partition", node, *(["--from-apiserver-only"] if apiserver_only else []))
+
+    def heal(self, node: str) -> None:
+        self.harness("heal", node)
+
+    def state(self) -> dict[str, dict]:
+        """name -> {state: running|frozen|killed|degraded, link, partition, processes, ip, ...}"""
+        return {r["name"]: r for r in json.loads(self.harness("list", "--json"))}
+
+    def reset(self) -> None:
+        """Every extra node thawed, healed, running and Ready again (after a test, pass or fail)."""
+        for name, st in self.state().items():
+            if st["state"] == "frozen":
+                self.thaw(name)
+            if st["partition"] not in ("none", "-"):
+                self.heal(name)
+            if st["state"] != "running" or st["link"] != "up":
+                self.restart(name)
+        for name in self.extra:
+            self.wait_ready(name)
+
+    def node_of(self, namespace: str, pod: str) -> str:
+        return self.kubectl("get", "pod", "-n", namespace, pod, "-o",
+                            "jsonpath={.spec.nodeName}").stdout.strip()
+
+    def ready(self, node: str) -> bool:
+        p = self.kubectl("get", "node", node, "-o", "json", check=False)
+        if p.returncode != 0:
+            return False
+        conds = json.loads(p.stdout)["status"].get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conds)
+
+    def wait_ready(self, node: str, ready: bool = True, timeout: float = 180) -> float:
+        """Waits until the node's Ready condition is `ready`; returns the seconds it took."""
+        t0 = time.monotonic()
+        self.kubectl.wait_for(lambda: self.ready(node) == ready,
+                              f"node {node} {'Ready' if ready else 'NotReady'}", timeout)
+        return time.monotonic() - t0
+
+
+@pytest.fixture(scope="session")
+def cluster_nodes(local_env, kubectl) -> ClusterNodes:
+    """The three nodes (fails, never skips, when fewer run: `make up NODES=3`)."""
+    nodes = ClusterNodes(local_env, kubectl)
+    if len(nodes.all) < 3:
+        pytest.fail(f"the node-level tests need three nodes, this environment has {nodes.all}: "
+                    "run `make up NODES=3` (or `make test-nodes`)", pytrace=False)
+    return nodes

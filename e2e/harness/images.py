@@ -108,20 +108,31 @@ def _build(name: str, tag: str, context_inputs: list[Path], with_wheels: bool) -
     return digest
 
 
-def import_into_containerd(tag: str) -> None:
-    """podman save | ctr import, unless containerd already has this exact image."""
+def import_into_containerd(tag: str, targets: list[tuple[Path, Path]] | None = None) -> None:
+    """podman save | ctr import into each (containerd socket, stamp directory) of `targets` (the
+    host node's by default) that does not have this exact image yet; one save for all of them."""
+    from concurrent.futures import ThreadPoolExecutor
+    targets = targets or [(paths.CONTAINERD_SOCK, STAMPS)]
     image_id = _podman_id(tag)
-    STAMPS.mkdir(parents=True, exist_ok=True)
-    stamp = STAMPS / (tag.replace("/", "_").replace(":", "_") + ".id")
-    have = ctr("images", "ls", "-q", check=False).stdout.split()
-    if tag in have and stamp.exists() and stamp.read_text() == image_id:
+    todo: list[tuple[Path, Path]] = []
+    for address, stamps in targets:
+        stamps.mkdir(parents=True, exist_ok=True)
+        stamp = stamps / (tag.replace("/", "_").replace(":", "_") + ".id")
+        have = ctr("images", "ls", "-q", address=address, check=False).stdout.split()
+        if not (tag in have and stamp.exists() and stamp.read_text() == image_id):
+            todo.append((address, stamp))
+    if not todo:
         return
-    with step(f"{tag}: import into containerd"):
+    where = "" if len(targets) == 1 else f" of {len(todo)} node(s)"
+    with step(f"{tag}: import into containerd{where}"):
         with tempfile.TemporaryDirectory(dir="/var/tmp") as d:
             archive = Path(d) / "image.tar"
             _podman("save", "--format", "docker-archive", "-o", str(archive), tag)
-            ctr("images", "import", "--no-unpack=false", str(archive))
-        stamp.write_text(image_id or "")
+            with ThreadPoolExecutor(max_workers=len(todo)) as pool:
+                list(pool.map(lambda t: ctr("images", "import", "--no-unpack=false", str(archive),
+                                            address=t[0]), todo))
+        for _, stamp in todo:
+            stamp.write_text(image_id or "")
 
 
 def build_all() -> None:
@@ -134,6 +145,6 @@ def build_all() -> None:
     _podman("image", "prune", "-f", check=False)
 
 
-def import_all() -> None:
+def import_all(targets: list[tuple[Path, Path]] | None = None) -> None:
     for tag in (PAUSE_IMAGE, POSTGRES_IMAGE, OPERATOR_IMAGE):
-        import_into_containerd(tag)
+        import_into_containerd(tag, targets)

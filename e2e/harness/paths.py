@@ -35,6 +35,17 @@ MOTO_PORT = 5055
 
 CONTAINERD_SOCK = RUN / "containerd" / "containerd.sock"
 
+# Extra nodes (`up --nodes N`): node i (2, 3, ...) is `pgop-node-i` at 10.243.0.i on the same bridge,
+# with pods in 10.244.i.0/24; its state lives in STATE/nodes/<name>, its run files in RUN/nodes/<name>.
+NODES_NET = "10.243.0.0/24"
+NODES_JSON = STATE / "nodes.json"
+MAX_NODES = 6
+
+
+def node_dir(name: str) -> Path:
+    """A node's own state directory (its volumes live under it and die with it)."""
+    return STATE if name == NODE_NAME else STATE / "nodes" / name
+
 # Dev-only credentials of the local services (loopback and this node only; never real secrets).
 VAULT_DEV_ROOT_TOKEN = "pgop-dev-root"
 S3_ACCESS_KEY = "pgopdevaccess"
