@@ -69,6 +69,7 @@ class MemoryInstanceStore:
         self.lock = threading.Lock()
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.fail = False  # simulate an unreachable API server
+        self.hang = 0.0  # ... whose requests time out after this many seconds
         self.watchers: dict[str, list[Wake]] = {}
         self.changed_at: dict[str, float] = {}  # name -> time.monotonic() of its last spec change
 
@@ -123,6 +124,9 @@ class MemoryInstanceStore:
 
     def _check(self) -> None:
         if self.fail:
+            if self.hang:
+                import time
+                time.sleep(self.hang)
             raise ConnectionError("the API server is unreachable (simulated)")
 
     def get_instance(self, name: str) -> dict[str, Any] | None:

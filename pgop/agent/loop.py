@@ -43,6 +43,7 @@ RELOAD_CONFIRM_TIMEOUT = 10.0
 RECEIVER_STOP_TIMEOUT = 5.0  # seconds a reload that ends streaming waits for the WAL receiver to go
 DIVERGED_PATIENCE = 15.0  # seconds a replica may fail to stream from a later timeline before a rewind
 CONDITION_REJOINED = "Rejoined"
+WATCHDOG_EVERY = 0.5  # seconds between two looks of the isolation watchdog
 
 
 # What carries out one action: (action, its decision, what is wanted) -> go on with the next?
@@ -88,7 +89,7 @@ class Agent:
         self.last_received: tuple[str | None, str | None] = (None, None)  # (system id, receivedLSN)
         self.following: str | None = None
         self.rejoined: dict | None = None  # the Rejoined condition, while this agent runs
-        self.stopped_now_at: float | None = None  # monotonic time of the last immediate stop
+        self.rejoin_waits = False  # the last rejoin found no primary: look again after `interval`
         self.effects: dict[str, Effect] = {
             ha.STOP: self._stop,
             ha.STOP_NOW: self._stop_now,
@@ -107,6 +108,8 @@ class Agent:
 
     def run(self) -> int:
         self.start_watch()
+        if self.settings.isolation_timeout > 0:
+            threading.Thread(target=self.watchdog, name=f"isolation-{self.settings.instance}", daemon=True).start()
         while not self.stopping.is_set():
             self.wakeup.clear()
             acted = self.turn()
@@ -124,6 +127,33 @@ class Agent:
         self.watcher = threading.Thread(target=watch, args=(self.settings.instance, self.wakeup.set, self.stopping),
                                         name=f"watch-{self.settings.instance}", daemon=True)
         self.watcher.start()
+
+    def watchdog(self) -> None:
+        """Isolation, judged every WATCHDOG_EVERY seconds whatever the loop does: a turn can wait for
+        an API server that does not answer (two requests of kube.REQUEST_TIMEOUT each), and the
+        operator promotes another instance isolationTimeout plus a margin after this one's last
+        heartbeat. Once the API server has been silent for the timeout, it asks Postgres itself
+        whether a replica streams; isolated, it sends the immediate shutdown at once (the loop then
+        sees a stopped, isolated primary and leaves it stopped)."""
+        timeout = self.settings.isolation_timeout
+        while not self.stopping.wait(WATCHDOG_EVERY):
+            state = self.last_state
+            if self.isolated or state is None or state.role != PRIMARY or time.monotonic() - self.api_ok_at < timeout:
+                continue
+            try:
+                with local.connect(self.settings, timeout=1) as conn:
+                    if any(s.state == "streaming" for s in replication.read_standbys(conn)):
+                        self.replica_ok_at = time.monotonic()
+            except psycopg.Error:
+                pass  # no answer: no streaming replica seen either
+            peers = len(streaming.cluster_members(self.settings.instance, self.known_cluster))
+            why = ha.isolation(time.monotonic(), self.api_ok_at, self.replica_ok_at, timeout, peers)
+            if why and not self.isolated:
+                log.error("%s", why)
+                self.notice = f"{why} (at {rfc3339(self.now())})"
+                self.isolated = why
+                self.expect_running = False
+                self.postmaster.signal_shutdown("immediate")
 
     def stop(self) -> None:
         """Stop the loop and ask postgres for a fast shutdown now (safe in a signal handler): a
@@ -168,7 +198,7 @@ class Agent:
                     self.applied_generation = instance.generation
                 decision = self.last_decision = after
             self.report(instance, decision, wanted=wanted)
-            return bool(decision.actions)
+            return bool(decision.actions) and not self.rejoin_waits
         except Exception as error:  # the loop must turn whatever happens; the next turn retries
             log.exception("agent turn failed")
             self.message = f"agent error: {error}"
@@ -306,7 +336,6 @@ class Agent:
         fast; crash recovery (or pg_rewind) deals with the rest."""
         self.expect_running = False
         self.postmaster.stop("immediate", timeout=10)
-        self.stopped_now_at = time.monotonic()
         log.warning("stopped postgres (immediate): %s", action.reason)
         return True
 
@@ -317,6 +346,7 @@ class Agent:
         assert self.instance is not None
         self.rejoined = condition(CONDITION_REJOINED, False, "Rejoining", action.reason)
         outcome = rejoin.rejoin(self.settings, self.runner, self.instance.spec, dict(wanted.settings), wanted.hba)
+        self.rejoin_waits = not outcome.done
         if not outcome.done:
             self.message = outcome.message
             self.rejoined = condition(CONDITION_REJOINED, False, "Rejoining", outcome.message)

@@ -408,8 +408,9 @@ def test_isolated_primary_stops_itself_and_starts_again_when_the_api_server_is_b
     replica = fleet.replica(1)
     agent = fleet.agents[primary]
 
-    # The API server goes away, a replica still streams: the primary runs on.
-    fleet.store.fail = True
+    # The API server goes away (each request hangs 2.5 s, then fails), a replica still streams:
+    # the primary runs on.
+    fleet.store.hang, fleet.store.fail = 2.5, True
     time.sleep(5)
     assert agent.postmaster.is_running()
 
@@ -420,13 +421,13 @@ def test_isolated_primary_stops_itself_and_starts_again_when_the_api_server_is_b
     took = time.monotonic() - lost
     print(f"\nisolated primary stopped {took:.1f}s after its last replica went (isolationTimeout 3s, "
           "API server already gone)")
-    assert 2.5 <= took < 6
+    assert 2.5 <= took < 4.5  # the timeout plus the watchdog's look, whatever the hung requests
     assert "immediate shutdown request" in fleet.settings[primary].postgres_log.read_text()
     time.sleep(1)
     assert not agent.postmaster.is_running()  # stays stopped while isolated
 
     # The API server is back: the agent says why it stopped, and (still the primary) starts.
-    fleet.store.fail = False
+    fleet.store.hang, fleet.store.fail = 0.0, False
     said = wait_for(lambda: [m for name, patch in fleet.store.patches if name == primary
                              and "isolated" in (m := patch.get("message") or "")], "the isolation reported", 15)
     print(f"reported: {said[0]}")
