@@ -14,6 +14,7 @@ timeline (rewound); both decisions are in `ha`.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import signal
@@ -90,6 +91,7 @@ class Agent:
         self.following: str | None = None
         self.rejoined: dict | None = None  # the Rejoined condition, while this agent runs
         self.rejoin_waits = False  # the last rejoin found no primary: look again after `interval`
+        self.replica_timeline = 0  # the highest timeline this replica was seen on (they only grow)
         self.effects: dict[str, Effect] = {
             ha.STOP: self._stop,
             ha.STOP_NOW: self._stop_now,
@@ -264,6 +266,10 @@ class Agent:
                 log.error("%s", isolated)
                 self.notice = f"{isolated} (at {rfc3339(self.now())})"
             self.isolated = isolated
+        if state.role == REPLICA and state.timeline:
+            self.replica_timeline = max(self.replica_timeline, state.timeline)
+            state = dataclasses.replace(state, timeline=self.replica_timeline)
+            self.last_state = state
         diverged = ha.diverged(state, self._primary_timeline(), now - self.streaming_at, DIVERGED_PATIENCE)
         return ha.Actual(running=running, state=state, written=config.read_written(self.files),
                          standby_signal=self.files.standby_signal.exists(), failed_starts=self.failed_starts,

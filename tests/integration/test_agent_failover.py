@@ -191,6 +191,10 @@ def test_replica_told_spec_primary_empty_stops_its_receiver_and_reports_where(fl
     assert status["receivedLSN"] and status["replayLSN"] and status["timeline"] == 1
     assert status["systemIdentifier"] == fleet.status(primary)["systemIdentifier"]
     assert status["ready"] is False  # out of the -ro Service while a failover decides
+    health = fleet.agents[replica].health
+    assert health.ready is False and "spec.primary is empty" in health.detail["reason"]  # /readyz: 503
+    ready_condition = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert ready_condition["status"] == "False" and "spec.primary is empty" in ready_condition["message"]
     wait_for(lambda: fleet.status(replica).get("observedGeneration") == generation, "generation applied")
     wait_for(lambda: replication_rows(fleet, primary) == [], "the primary to see no standby")
 
@@ -208,6 +212,7 @@ def test_replica_told_spec_primary_empty_stops_its_receiver_and_reports_where(fl
     status = wait_for(lambda: (s := fleet.status(replica)).get("walReceiver") == "streaming"
                       and s.get("following") == primary and s.get("ready") and s, "streaming again", 10)
     wait_for(lambda: count(fleet, replica) == 20, "the rows written meanwhile")
+    assert fleet.agents[replica].health.ready is True
     assert fleet.sql(replica, "SHOW primary_slot_name") == [(pgconfig.slot_name(replica),)]
 
 
