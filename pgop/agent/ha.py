@@ -44,6 +44,7 @@ PROMOTING = "Promoting"
 DEMOTING = "Demoting"
 REJOINING = "Rejoining"
 ISOLATED = "Isolated"
+STOPPED = "Stopped"  # Postgres stopped on purpose (a demoted primary waiting for whom to follow)
 FENCED = "Fenced"
 FAILED = "Failed"
 
@@ -137,8 +138,9 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
         if wanted.role == REPLICA and not actual.standby_signal:
             # A data directory that ran as a primary: started as it is, it would be a second one.
             if wanted.primary == "":
-                return Decision((), REJOINING, "a former primary waits for spec.primary to name the "
-                                               "primary to rejoin", waiting=True)
+                # The operator reads `Stopped` as "this one can acknowledge no commit".
+                return Decision((), STOPPED, "demoted: Postgres is stopped; a former primary waits for "
+                                             "spec.primary to name the primary to rejoin", waiting=True)
             return Decision((Action(REJOIN, "the data directory ran as a primary; spec.role is replica"),
                              Action(START, "start as a replica")), REJOINING)
         why = "postgres is not running" if actual.failed_starts == 0 else \

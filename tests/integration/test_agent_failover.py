@@ -277,6 +277,9 @@ def test_demoted_primary_stops_at_once_rewinds_and_follows_the_promoted_replica(
     assert last_ack < 1.0
     agent = fleet.agents[old]
     wait_for(lambda: not agent.postmaster.is_running(), "postgres of the old primary stopped")
+    # What the operator takes as "it can acknowledge no commit" (pgop.cluster.failover).
+    wait_for(lambda: fleet.status(old).get("phase") == "Stopped" and "role" not in fleet.status(old),
+             "the old primary reported Stopped", 5)
     assert "immediate shutdown request" in fleet.settings[old].postgres_log.read_text()
     acked = {row_id for row_id, _ in writer.acked}
 
@@ -398,7 +401,7 @@ def test_rejoin_waits_while_the_rw_service_has_no_primary(fleet_factory, rw):
     fleet.replica(1)
     rw.move(None)  # the Service selects nobody while a failover is under way
     fleet.store.update_spec(old, role="replica")
-    status = wait_for(lambda: (s := fleet.status(old)).get("phase") in ("Demoting", "Rejoining")
+    status = wait_for(lambda: (s := fleet.status(old)).get("phase") in ("Demoting", "Rejoining", "Stopped")
                       and "not reachable" in (s.get("message") or "") and s, "the rejoin waiting", 30)
     assert status["ready"] is False
     data = fleet.settings[old].pgdata

@@ -146,7 +146,7 @@ def test_demotion_with_spec_primary_empty_stops_and_waits_for_a_name():
     decision = ha.decide(wanted(role="replica", primary=""), running(role="primary"))
     assert decision.kinds() == [ha.STOP_NOW]
     then = ha.decide(wanted(role="replica", primary=""), stopped(standby_signal=False))
-    assert then.actions == () and then.phase == ha.REJOINING and then.waiting
+    assert then.actions == () and then.phase == ha.STOPPED and then.waiting
 
 
 def test_a_former_primary_is_never_started_as_a_replica_without_rewind():
