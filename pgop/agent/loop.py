@@ -14,20 +14,21 @@ timeline (rewound); both decisions are in `ha`.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import psycopg
 
 from pgop.agent import bootstrap, config, ha, health, local, rejoin, replication, status, streaming
 from pgop.agent.commands import Runner
-from pgop.agent.kube import InstanceStore
+from pgop.agent.kube import REQUEST_TIMEOUT, InstanceStore
 from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
 from pgop.agent.settings import AgentSettings
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 HEALTHY_AFTER = 30.0  # seconds up and accepting before past failed starts are forgotten
 START_WAIT = 10.0  # seconds a turn waits for a starting postgres; then the next turns watch it
 ACTION_ALLOWANCE = 300.0  # seconds /healthz stays green during one action (a shutdown checkpoint)
+REJOIN_ALLOWANCE = 24 * 3600.0  # a rejoin may clone the whole database: the kubelet must not kill it
 RELOAD_CONFIRM_TIMEOUT = 10.0
 RECEIVER_STOP_TIMEOUT = 5.0  # seconds a reload that ends streaming waits for the WAL receiver to go
 DIVERGED_PATIENCE = 15.0  # seconds a replica may fail to stream from a later timeline before a rewind
@@ -351,7 +353,10 @@ class Agent:
             self.postmaster.stop("fast")
         assert self.instance is not None
         self.rejoined = condition(CONDITION_REJOINED, False, "Rejoining", action.reason)
-        outcome = rejoin.rejoin(self.settings, self.runner, self.instance.spec, dict(wanted.settings), wanted.hba)
+        self.health.working(REJOIN_ALLOWANCE)
+        with self.heartbeats(ha.REJOINING, f"rejoining as a replica: {action.reason}"):
+            outcome = rejoin.rejoin(self.settings, self.runner, self.instance.spec, dict(wanted.settings),
+                                    wanted.hba)
         self.rejoin_waits = not outcome.done
         if not outcome.done:
             self.message = outcome.message
@@ -431,6 +436,32 @@ class Agent:
                     return
             time.sleep(0.05)
         log.warning("postgres did not confirm the reload within %ss", RELOAD_CONFIRM_TIMEOUT)
+
+    @contextlib.contextmanager
+    def heartbeats(self, phase: str, message: str) -> Iterator[None]:
+        """Beat (lastHeartbeat, phase, message) every interval while the loop is busy with one long
+        action (a rewind, a clone), so the operator sees an agent at work, not a dead one."""
+        done = threading.Event()
+        name = self.settings.instance
+
+        def beat() -> None:
+            while True:
+                try:
+                    self.store.patch_status(name, {"lastHeartbeat": rfc3339(self.now()), "phase": phase,
+                                                   "ready": False, "message": message})
+                    self.api_ok_at = time.monotonic()
+                except Exception as error:
+                    log.debug("cannot write a heartbeat: %s", error)
+                if done.wait(self.settings.interval):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(self.settings.interval + REQUEST_TIMEOUT)
 
     def wait_receiver_gone(self) -> None:
         """After the reload that empties primary_conninfo: the startup process ends the WAL

@@ -391,6 +391,9 @@ def test_failed_rewind_falls_back_to_a_clone(fleet_factory):
     rejoined = next(c for c in status["conditions"] if c["type"] == "Rejoined")
     assert rejoined["status"] == "True" and rejoined["reason"] == "Recloned", rejoined
     assert "pg_rewind failed" in rejoined["message"]
+    # The agent beat while it rewound and cloned (the operator sees it at work, not dead).
+    assert any(patch.get("phase") == "Rejoining" and "rejoining as a replica" in (patch.get("message") or "")
+               for name, patch in fleet.store.patches if name == old)
     assert count(fleet, old) == 50
     assert status["timeline"] == 2 and status["walReceiver"] == "streaming"
 
