@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import psycopg
 
@@ -105,36 +106,50 @@ def become_replica(settings: AgentSettings, runner: Runner, wanted_settings: dic
         (settings.pgdata / leftover).unlink(missing_ok=True)
 
 
+def rewind_failed_marker(settings: AgentSettings) -> Path:
+    """Next to PGDATA (like the bootstrap marker): a pg_rewind that failed may have left PGDATA
+    half rewritten, so the next attempt, even after a restart of the agent, clones."""
+    return settings.pgdata.parent / f".{settings.pgdata.name}.pgop-rewind-failed"
+
+
 def rejoin(settings: AgentSettings, runner: Runner, spec: InstanceSpec, wanted_settings: dict[str, str],
            hba: str, clone_attempts: int = bootstrap.BASEBACKUP_ATTEMPTS) -> Outcome:
     """Postgres must be stopped. Rewinds (or clones) this data directory into a replica."""
     started = time.monotonic()
     bootstrap.write_passfile(settings, runner)
     source = probe_source(settings)
-    mine = local_system_identifier(settings, runner)
+    marker = rewind_failed_marker(settings)
+    mine = None if marker.exists() else local_system_identifier(settings, runner)
     step, why = ha.rejoin_step(mine, source)
     if step != ha.REWIND:
         return Outcome(False, None, why)
-    log.info("rejoining: pg_rewind from %s:%s (primary on timeline %s)", settings.replication_host,
-             settings.primary_port, source.timeline)
-    try:
-        output = rewind(settings, runner)
-        become_replica(settings, runner, wanted_settings, hba)
-        verdict = "no rewind was required" if "no rewind required" in output else "rewound"
-        return Outcome(True, REWOUND, f"pg_rewind from the primary (timeline {source.timeline}): {verdict}, in "
-                                      f"{time.monotonic() - started:.1f}s; started as a replica",
-                       time.monotonic() - started)
-    except CommandError as error:
-        failed = str(error)
-        log.error("pg_rewind failed (%s); emptying the volume and cloning the primary", failed)
+    if marker.exists():
+        failed = marker.read_text().strip() or "pg_rewind failed before"
+    else:
+        log.info("rejoining: pg_rewind from %s:%s (primary on timeline %s)", settings.replication_host,
+                 settings.primary_port, source.timeline)
+        try:
+            output = rewind(settings, runner)
+            become_replica(settings, runner, wanted_settings, hba)
+            verdict = "no rewind was required" if "no rewind required" in output else "rewound"
+            return Outcome(True, REWOUND, f"pg_rewind from the primary (timeline {source.timeline}): {verdict}, "
+                                          f"in {time.monotonic() - started:.1f}s; started as a replica",
+                           time.monotonic() - started)
+        except CommandError as error:
+            failed = _first_line(str(error))
+            log.error("pg_rewind failed (%s); the volume is emptied and the primary cloned", failed)
+            marker.write_text(failed + "\n")
+        if not probe_source(settings).reachable:
+            return Outcome(False, None, f"pg_rewind failed ({failed}) and the primary answers no more; "
+                                        "cloning it once it answers")
     try:
         bootstrap.basebackup(settings, spec, runner, attempts=clone_attempts)
     except bootstrap.BootstrapError as error:
-        return Outcome(False, None, f"pg_rewind failed ({_first_line(failed)}) and so did the clone: {error}")
+        return Outcome(False, None, f"pg_rewind failed ({failed}) and so did the clone: {error}")
     become_replica(settings, runner, wanted_settings, hba)
-    return Outcome(True, RECLONED, f"pg_rewind failed ({_first_line(failed)}); cloned the primary with "
-                                   f"pg_basebackup in {time.monotonic() - started:.1f}s",
-                   time.monotonic() - started)
+    marker.unlink(missing_ok=True)
+    return Outcome(True, RECLONED, f"pg_rewind failed ({failed}); cloned the primary with pg_basebackup in "
+                                   f"{time.monotonic() - started:.1f}s", time.monotonic() - started)
 
 
 def _first_line(text: str) -> str:
