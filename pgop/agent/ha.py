@@ -301,8 +301,10 @@ def following(wanted_primary: str | None, state: PostgresState, wanted_conninfo:
 
 
 def received_lsn(state: PostgresState, last_known: str | None) -> str | None:
-    """pg_last_wal_receive_lsn(), or the last one known when it is NULL (no receiver since the start)."""
-    return state.received_lsn or last_known
+    """pg_last_wal_receive_lsn(), or the last one known when it is NULL (no receiver since the
+    start), or else the replayed LSN (a replica restarted without streaming replays what it had
+    received: never more than that, so a failover never overrates it)."""
+    return state.received_lsn or last_known or (state.lsn if state.role == REPLICA else None)
 
 
 def readiness(*, role: str, primary: str | None, fenced: bool, running: bool, state: PostgresState,

@@ -22,6 +22,7 @@ from e2e.harness.pg import AgentHost
 from pgop.agent import kube
 from pgop.agent.kube import MemoryInstanceStore
 from pgop.kernel import pgconfig
+from pgop.kernel.lsn import parse_lsn
 from tests.integration.test_agent_postgres import Fleet, wait_for
 
 pytestmark = [
@@ -206,6 +207,16 @@ def test_replica_told_spec_primary_empty_stops_its_receiver_and_reports_where(fl
     assert fleet.status(replica)["receivedLSN"] == stopped_at
     assert fleet.sql(replica, "SHOW primary_conninfo") == [("",)]
     assert fleet.sql(replica, "SHOW recovery_target_timeline") == [("latest",)]
+    assert fleet.sql(primary, "SHOW max_slot_wal_keep_size") == [("1GB",)]
+
+    # Its pod restarts meanwhile: it comes back not streaming, and still says where it is.
+    fleet.stop(replica)
+    fleet.start(replica)
+    restarted = wait_for(lambda: (s := fleet.status(replica)).get("phase") == "Running"
+                         and s.get("walReceiver") == "stopped" and s.get("following") == "" and s, "restarted", 30)
+    assert restarted["receivedLSN"] == restarted["replayLSN"]
+    assert parse_lsn(restarted["replayLSN"]) >= parse_lsn(stopped_at)
+    assert count(fleet, replica) == 10
 
     # spec.primary names the primary again: streaming from the -rw Service, ready.
     fleet.store.update_spec(replica, primary=primary)

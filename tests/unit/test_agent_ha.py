@@ -275,6 +275,8 @@ def test_wal_receiver_and_following():
 def test_received_lsn_keeps_the_last_known_one():
     assert ha.received_lsn(PostgresState(received_lsn="0/5000000"), "0/4000000") == "0/5000000"
     assert ha.received_lsn(PostgresState(received_lsn=None), "0/4000000") == "0/4000000"
+    restarted = PostgresState(role="replica", received_lsn=None, lsn="0/3000000")
+    assert ha.received_lsn(restarted, None) == "0/3000000"
 
 
 def test_readiness_tells_the_truth():
