@@ -71,11 +71,8 @@ class MemoryInstanceStore:
         self.fail = False  # simulate an unreachable API server
         self.hang = 0.0  # ... whose requests time out after this many seconds
         self.watchers: dict[str, list[Wake]] = {}
-        self.changed_at: dict[str, float] = {}  # name -> time.monotonic() of its last spec change
 
     def _changed(self, name: str) -> None:
-        import time
-        self.changed_at[name] = time.monotonic()
         for wake in list(self.watchers.get(name, ())):
             wake()
 
