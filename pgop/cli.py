@@ -112,6 +112,36 @@ def plan(
             console.print(f"  then: {why}")
 
 
+@app.command()
+def promote(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    instance: str = typer.Argument(..., help="The instance to make primary (name, or its ordinal)"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the switchover until it is done or refused."),
+    timeout: float = typer.Option(180, help="Seconds to follow it."),
+) -> None:
+    """Switchover: the operator checks the instance (ready, streaming, not fenced), shuts the primary
+    down cleanly, promotes the instance once it has all the WAL, and says so (Event SwitchoverDone)."""
+    from pgop.cli_ha import promote as run_promote
+    run_promote(cluster, instance, _namespace(namespace), wait, timeout)
+
+
+@app.command()
+def fence(
+    state: str = typer.Argument(..., help="on | off"),
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    instance: str = typer.Argument("all", help="Instance name or ordinal, or all"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """Fence (stop Postgres, keep pod and volume) or unfence instances; a fenced primary is not
+    failed over."""
+    from pgop.cli_ha import fence as run_fence
+    if state not in ("on", "off"):
+        typer.echo("the first argument must be on or off", err=True)
+        raise typer.Exit(2) from None
+    run_fence(state == "on", cluster, instance, _namespace(namespace))
+
+
 S3_HELP = "The archive's S3 location when the PgCluster no longer exists"
 
 

@@ -82,6 +82,8 @@ def operator_env(env: dict[str, str]) -> dict[str, str]:
             "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL_S3",
             "PGOP_S3_ENDPOINT_IN_CLUSTER", "PGOP_VAULT_ADDR_IN_CLUSTER")
     out = {k: env[k] for k in keep if k in env}
+    # the operator's own identity: the admission policy lets only it change who is primary
+    out["KUBECONFIG"] = env.get("PGOP_OPERATOR_KUBECONFIG") or env["KUBECONFIG"]
     out["VAULT_TOKEN"] = services.vault_operator_token()  # least privilege, not the root token
     return out
 

@@ -13,6 +13,17 @@ from .images import PAUSE_IMAGE
 from .log import step
 
 ADMIN_KUBECONFIG = paths.PKI / "admin.kubeconfig"
+# The host-run operator's identity: group pgop:operators, the only non-ServiceAccount identity the
+# admission policy (deploy/admission.yaml) lets change who is primary; cluster-admin by binding.
+OPERATOR_KUBECONFIG = paths.PKI / "operator.kubeconfig"
+OPERATOR_GROUP = "pgop:operators"
+OPERATOR_BINDING = f"""
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: pgop-local-operators}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: cluster-admin}}
+subjects: [{{apiGroup: rbac.authorization.k8s.io, kind: Group, name: "{OPERATOR_GROUP}"}}]
+"""
 
 
 def k8s_bin(name: str) -> str:
@@ -290,6 +301,7 @@ def wait_node_ready(timeout: float = 120) -> None:
 def bootstrap_objects() -> None:
     with step("default StorageClass, service account of `default`"):
         kubectl("apply", "-f", "-", input=STORAGE_CLASS)
+        kubectl("apply", "-f", "-", input=OPERATOR_BINDING)
         proc.wait_for(lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
                       "default service account", 60)
 
@@ -300,6 +312,7 @@ NODE = ["containerd", "kubelet", "kube-proxy", "coredns"]
 
 def up_control_plane() -> None:
     pki.kubeconfig("admin", "pgop-admin", "system:masters")
+    pki.kubeconfig("operator", "pgop-operator", OPERATOR_GROUP)
     start_etcd()
     start_apiserver()
     start_controller_manager()
@@ -329,3 +342,6 @@ def install_crds() -> None:
         kubectl("apply", "--server-side", "--force-conflicts", "-f", str(crds))
         for f in sorted(crds.glob("*.yaml")):
             kubectl("wait", "--for=condition=Established", f"crd/{f.stem}.pgop.io", "--timeout=60s")
+        admission = paths.REPO / "deploy" / "admission.yaml"
+        if admission.exists():  # who may change who is primary (docs/high-availability.md)
+            kubectl("apply", "--server-side", "--force-conflicts", "-f", str(admission))

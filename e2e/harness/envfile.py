@@ -8,13 +8,14 @@ from . import build, paths
 
 
 def values() -> dict[str, str]:
-    from .cluster import ADMIN_KUBECONFIG
+    from .cluster import ADMIN_KUBECONFIG, OPERATOR_KUBECONFIG
     from .nodes import registered
     from .services import env as services_env
     extra = [n.name for n in registered()]
     kube_bin = str(build.by_name()["kubernetes"].bindir)
     return {
         "KUBECONFIG": str(ADMIN_KUBECONFIG),
+        "PGOP_OPERATOR_KUBECONFIG": str(OPERATOR_KUBECONFIG),  # group pgop:operators
         "KUBECTL": f"{kube_bin}/kubectl",
         "PGOP_KUBE_BIN": kube_bin,
         "PGOP_NODE_IP": paths.NODE_IP,

@@ -16,6 +16,7 @@ One module per concern, as Patroni's `patroni/postgresql/`:
 - observed:     what that read returns (PostgresState, Archiver), pure data
 - ha:           the decision, pure: what is wanted + what runs -> actions
 - loop:         the loop that reads, decides, acts and reports, top to bottom
+- rejoin:       a former primary becomes a replica again: pg_rewind, or a fresh clone
 - status:       the PgInstance status the agent writes (pure)
 - kube:         the Kubernetes side (read my PgInstance, list my cluster's, patch status), injectable
 - health:       /healthz and /readyz for the kubelet
@@ -29,7 +30,8 @@ What the pod gives the agent (the pod contract, pgop/kernel/podenv.py; pgop/spec
     PGOP_AGENT_PORT                                /healthz and /readyz (default 8008)
 
 and a service account that may get/list PgInstances and patch pginstances/status (specs/rbac.py).
-Optional, with the pod's defaults: PGOP_HEARTBEAT_INTERVAL (5 s), PGOP_MAX_START_ATTEMPTS (3),
+Optional, with the pod's defaults: PGOP_HEARTBEAT_INTERVAL (2 s), PGOP_ISOLATION_TIMEOUT (10 s:
+a primary alone this long stops itself; 0 never), PGOP_MAX_START_ATTEMPTS (3),
 PGOP_PRIMARY_HOST (<cluster>-rw.<namespace>.svc) and PGOP_PRIMARY_PORT (5432), PGOP_PG_BINDIR
 (postgres on PATH), and for running several instances on one machine PGOP_PG_PORT,
 PGOP_SOCKET_DIR, PGOP_LISTEN_ADDRESSES, PGOP_CONNECT_HOST, PGOP_RUN_DIR, PGOP_POSTGRES_LOG,

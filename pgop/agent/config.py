@@ -43,11 +43,14 @@ def desired_settings(
     *,
     replica: bool,
     synchronous_standby_names: str = "",
+    streaming: bool = True,
 ) -> dict[str, str]:
     """Every setting this instance should run with (the primary and a replica differ only in
-    where they stream from and in who confirms commits)."""
+    where they stream from and in who confirms commits). A replica with `streaming` False (its
+    spec.primary is "": a failover decides) streams from nobody: no primary_conninfo, no slot; a
+    reload ends its WAL receiver."""
     source = None
-    if replica:
+    if replica and streaming:
         source = pgconfig.ReplicationSource(
             host=settings.replication_host,
             port=settings.primary_port,
@@ -66,6 +69,9 @@ def desired_settings(
     rendered["port"] = str(settings.pg_port)
     rendered["unix_socket_directories"] = str(settings.socket_dir)
     rendered["listen_addresses"] = settings.listen_addresses
+    if replica and not streaming:
+        rendered["primary_conninfo"] = ""
+        rendered["primary_slot_name"] = ""
     return rendered
 
 

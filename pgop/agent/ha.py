@@ -3,8 +3,13 @@
 Pure (no driver or client: what runs arrives as the data of `observed`, `streaming` and
 `config_change`), and the one place where the agent decides; `loop` carries the actions out
 (one effect per action kind). Read it top to bottom: fencing first, then a Postgres that is
-not running, then configuration, then the role, then replication slots. Failover grows here:
-`role_actions` is where demotion (pg_rewind or a fresh clone) replaces today's refusal.
+not running, then configuration, then the role, then replication slots.
+
+The agent's side of failover (docs/high-availability.md) is decided here too, from plain data:
+an isolated primary stops itself (`isolation`), a primary told to be a replica stops at once
+(`immediate`) and rejoins (`rejoin_step`: pg_rewind against the primary, or a fresh clone), a
+replica told `spec.primary: ""` stops streaming, and what the status says about it (`following`,
+`wal_receiver`, `received_lsn`, `readiness`).
 """
 from __future__ import annotations
 
@@ -23,22 +28,28 @@ START = "start"
 RELOAD = "reload"
 RESTART = "restart"
 PROMOTE = "promote"
-DEMOTE = "demote"
+STOP_NOW = "stop-immediate"  # immediate shutdown: no session commits during it (demotion, isolation)
+REJOIN = "rejoin"  # pg_rewind against the primary (a fresh clone if that fails), then standby.signal
 CREATE_SLOT = "create-slot"
 DROP_SLOT = "drop-slot"
 GIVE_UP = "give-up"
-KINDS = (STOP, WRITE_CONFIG, START, RELOAD, RESTART, PROMOTE, DEMOTE, CREATE_SLOT, DROP_SLOT, GIVE_UP)
+KINDS = (STOP, STOP_NOW, WRITE_CONFIG, REJOIN, START, RELOAD, RESTART, PROMOTE, CREATE_SLOT, DROP_SLOT,
+         GIVE_UP)
 
 # Phases the agent reports in PgInstance.status.phase.
 STARTING = "Starting"
 RUNNING = "Running"
 RECONFIGURING = "Reconfiguring"
 PROMOTING = "Promoting"
+DEMOTING = "Demoting"
+REJOINING = "Rejoining"
+ISOLATED = "Isolated"
+STOPPED = "Stopped"  # Postgres stopped on purpose (a demoted primary waiting for whom to follow)
 FENCED = "Fenced"
 FAILED = "Failed"
 
 # What changes the spec's effect: once none is left, the spec is applied (observedGeneration).
-_APPLYING = frozenset({STOP, WRITE_CONFIG, START, RELOAD, RESTART, PROMOTE, DEMOTE})
+_APPLYING = frozenset({STOP, STOP_NOW, WRITE_CONFIG, REJOIN, START, RELOAD, RESTART, PROMOTE})
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,12 @@ class Wanted:
     hba: str
     slots: frozenset[str] | None = None  # None: the cluster is unknown now; leave slots alone
     postgres_version: int = 15
+    # spec.primary: None when the spec leaves it out (stream from the -rw Service, as ever); ""
+    # while a failover decides (stream from nobody); else the instance to follow.
+    primary: str | None = None
+    # A switchover hands over: other instances still follow this one (their spec.primary names
+    # it) to receive its last WAL, so a demotion is a fast shutdown, which sends all of it.
+    handover: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +85,8 @@ class Actual:
     written: WrittenConfig = field(default_factory=lambda: WrittenConfig(None, None))
     standby_signal: bool = False
     failed_starts: int = 0
+    isolated: str | None = None  # why this primary counts as isolated (`isolation`), or None
+    diverged: str | None = None  # why this replica cannot follow the primary's timeline, or None
 
 
 @dataclass(frozen=True)
@@ -92,17 +111,38 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
             return Decision((Action(STOP, "spec.fenced: no connections, no writes"),), FENCED)
         return Decision((), FENCED, "fenced: Postgres is stopped until spec.fenced is false")
 
+    if actual.isolated:
+        # Before anything else: this primary may be the deposed one, and must not commit on.
+        if actual.running:
+            return Decision((Action(STOP_NOW, actual.isolated),), ISOLATED, actual.isolated)
+        return Decision((), ISOLATED, actual.isolated + "; Postgres stays stopped until the API "
+                                                       "server answers again", waiting=True)
+
     change = change_cost(actual.written, dict(wanted.settings), wanted.hba, wanted.postgres_version)
     write = [Action(WRITE_CONFIG, "configuration changed: " + _names(change.changed))] if change else []
+
+    if actual.running and wanted.role == REPLICA and actual.state.role == PRIMARY:
+        # Demotion: at once (immediate; fast in a switchover; never smart), then rejoin.
+        stop = demotion(wanted.handover)
+        if wanted.primary == "":
+            return Decision((stop,), DEMOTING, "demoted; waiting for spec.primary to name the primary to "
+                                               "rejoin")
+        return Decision((stop, Action(REJOIN, "a former primary rejoins as a replica"),
+                         Action(START, "start as a replica")), DEMOTING)
 
     if not actual.running:
         if actual.failed_starts >= max_start_attempts:
             return Decision((Action(GIVE_UP, f"postgres failed {actual.failed_starts} times in a row"),),
                             FAILED, f"postgres failed to start or crashed {actual.failed_starts} times "
                                     "in a row; the agent exits so the kubelet restarts the pod")
-        demote = role_actions(wanted.role, REPLICA if actual.standby_signal else PRIMARY)
-        if any(action.kind == DEMOTE for action in demote):
-            return Decision(tuple(demote), FAILED, demote[0].reason)
+        if wanted.role == REPLICA and not actual.standby_signal:
+            # A data directory that ran as a primary: started as it is, it would be a second one.
+            if wanted.primary == "":
+                # The operator reads `Stopped` as "this one can acknowledge no commit".
+                return Decision((), STOPPED, "demoted: Postgres is stopped; a former primary waits for "
+                                             "spec.primary to name the primary to rejoin", waiting=True)
+            return Decision((Action(REJOIN, "the data directory ran as a primary; spec.role is replica"),
+                             Action(START, "start as a replica")), REJOINING)
         why = "postgres is not running" if actual.failed_starts == 0 else \
             f"postgres stopped; start attempt {actual.failed_starts + 1} of {max_start_attempts}"
         return Decision(tuple(write) + (Action(START, why),), STARTING)
@@ -112,6 +152,9 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
         return Decision((), STARTING,
                         "postgres runs but does not accept connections yet (starting or recovering)",
                         waiting=True)
+
+    if wanted.role == REPLICA and actual.state.role == REPLICA and actual.diverged and wanted.primary != "":
+        return Decision((Action(REJOIN, actual.diverged), Action(START, "start as a replica")), REJOINING)
 
     actions = list(write)
     if change and change.needs_restart:
@@ -134,9 +177,7 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
         # Postgres runs on, without the refused settings: not applied, so a rollout stops here.
         refused = ("postgres refuses settings of spec.parameters (see its log): "
                    + "; ".join(actual.state.config_errors))
-    if DEMOTE in kinds:
-        phase, message = FAILED, next(a.reason for a in actions if a.kind == DEMOTE)
-    elif PROMOTE in kinds:
+    if PROMOTE in kinds:
         phase, message = PROMOTING, None
     elif kinds & {RESTART, RELOAD, WRITE_CONFIG}:
         phase, message = RECONFIGURING, None
@@ -145,14 +186,147 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
     return Decision(tuple(actions), phase, message, waiting=refused is not None)
 
 
+def demotion(handover: bool) -> Action:
+    """How a primary that should be a replica stops. Neither way lets a session commit once it
+    started (smart would). `immediate` in a failover: at once, nothing more leaves this instance.
+    `fast` in a switchover (replicas still follow it): it writes a shutdown checkpoint and its WAL
+    senders send everything to them first, so the target misses nothing and no rewind is needed."""
+    if handover:
+        return Action(STOP, "spec.role is replica and the replicas still follow this instance (a "
+                            "switchover): fast shutdown, which sends them all of its WAL")
+    return Action(STOP_NOW, "spec.role is replica but this instance runs as a primary: stop it now")
+
+
 def role_actions(wanted: str, actual: str | None) -> list[Action]:
-    """The seam for failover: how an instance gets from the role it has to the one it should have."""
+    """How a running instance gets from the role it has to the one it should have (a primary that
+    should be a replica is handled before: it is stopped at once and rejoins)."""
     if wanted == PRIMARY and actual == REPLICA:
         return [Action(PROMOTE, "spec.role is primary")]
-    if wanted == REPLICA and actual == PRIMARY:
-        return [Action(DEMOTE, "spec.role is replica but this instance is a primary; demotion "
-                               "(pg_rewind) is not implemented in this version of pgop")]
     return []
+
+
+# ------------------------------------------------------------------------------ isolation
+
+def isolation(now: float, api_ok_at: float, replica_ok_at: float, timeout: float, peers: int) -> str | None:
+    """Why a primary counts as isolated, or None.
+
+    Isolated: for `timeout` seconds (monotonic clock) it has reached neither the API server (no
+    successful read of its PgInstance, no successful status patch) nor had a streaming replica
+    (pg_stat_replication). Then the operator may already have promoted another instance, and
+    this one must not acknowledge a commit any more. An instance with no other instance in its
+    cluster (`peers` 0) has nobody to fail over to: it never stops itself.
+    """
+    if peers <= 0 or timeout <= 0:
+        return None
+    api_silent, replicas_silent = now - api_ok_at, now - replica_ok_at
+    if api_silent < timeout or replicas_silent < timeout:
+        return None
+    return (f"isolated: no answer from the API server for {api_silent:.0f}s and no streaming replica "
+            f"for {replicas_silent:.0f}s (isolationTimeout {timeout:g}s): stopped postgres (immediate) so "
+            "that a deposed primary acknowledges no commit")
+
+
+# -------------------------------------------------------------------------------- rejoin
+
+@dataclass(frozen=True)
+class Source:
+    """What the agent found at the replication host (the -rw Service) before a rewind."""
+    reachable: bool
+    in_recovery: bool | None = None
+    system_identifier: str | None = None
+    timeline: int | None = None
+    error: str | None = None
+
+
+WAIT = "wait"
+REWIND = "rewind"
+REFUSE = "refuse"
+
+
+def rejoin_step(local_system_identifier: str | None, source: Source) -> tuple[str, str]:
+    """(WAIT | REWIND | REFUSE, why) for a former primary about to rejoin.
+
+    Rewind only from a primary that answers and belongs to the same system: the -rw Service may
+    select nobody (or this very instance) while the failover is under way, and a rewind that fails
+    there must never lead to the clone's emptied volume.
+    """
+    if not source.reachable:
+        return WAIT, f"the primary is not reachable ({source.error or 'no answer'}); rejoin waits for it"
+    if source.in_recovery:
+        return WAIT, "the replication host is not a primary yet (in recovery); rejoin waits"
+    if (local_system_identifier and source.system_identifier
+            and local_system_identifier != source.system_identifier):
+        return REFUSE, (f"the primary has system identifier {source.system_identifier}, this data directory "
+                        f"{local_system_identifier}: another database; not rewinding, not cloning over it")
+    return REWIND, "pg_rewind against the primary"
+
+
+def diverged(state: PostgresState, primary_timeline: int | None, not_streaming_for: float,
+             patience: float = 15.0) -> str | None:
+    """Why a running replica cannot follow: its receiver has not streamed for `patience` seconds
+    while the primary is on a later timeline (it ran past the point where that timeline forked:
+    only a rewind brings it back)."""
+    if state.role != REPLICA or primary_timeline is None or state.timeline is None:
+        return None
+    if primary_timeline <= state.timeline or not_streaming_for < patience:
+        return None
+    if state.receiver is not None and state.receiver.status == "streaming":
+        return None
+    return (f"not streaming for {not_streaming_for:.0f}s while the primary is on timeline {primary_timeline} "
+            f"and this replica on {state.timeline}: it diverged; rewinding")
+
+
+# ------------------------------------------------------------------------------- reporting
+
+def wal_receiver(state: PostgresState) -> str | None:
+    """status.walReceiver: a replica's pg_stat_wal_receiver status, `stopped` without a receiver."""
+    if state.role != REPLICA:
+        return None
+    return state.receiver.status if state.receiver is not None and state.receiver.status else "stopped"
+
+
+def following(wanted_primary: str | None, state: PostgresState, wanted_conninfo: str,
+              previous: str | None) -> str | None:
+    """status.following: the spec.primary the agent has applied. Moves only once Postgres runs with
+    the primary_conninfo it implies and, for "", once no WAL receiver is left."""
+    if wanted_primary is None:
+        return None
+    if state.role == PRIMARY:
+        return wanted_primary
+    if state.role != REPLICA or state.primary_conninfo is None or state.primary_conninfo != wanted_conninfo:
+        return previous
+    if wanted_primary == "" and state.receiver is not None and state.receiver.status is not None:
+        return previous
+    return wanted_primary
+
+
+def received_lsn(state: PostgresState, last_known: str | None) -> str | None:
+    """pg_last_wal_receive_lsn(), or the last one known when it is NULL (no receiver since the
+    start), or else the replayed LSN (a replica restarted without streaming replays what it had
+    received: never more than that, so a failover never overrates it)."""
+    return state.received_lsn or last_known or (state.lsn if state.role == REPLICA else None)
+
+
+def readiness(*, role: str, primary: str | None, fenced: bool, running: bool, state: PostgresState,
+              system_identifier: str | None) -> tuple[bool, str]:
+    """(ready, why not): what /readyz and status.ready say. A replica is ready only while it streams
+    from the primary of its own system; with spec.primary "" it stays out of the -ro Service."""
+    if fenced:
+        return False, "fenced"
+    if not running or not state.accepting:
+        return False, "postgres does not accept connections"
+    if state.role != role:
+        return False, f"postgres runs as {state.role}, spec.role is {role}"
+    if system_identifier and state.system_identifier and system_identifier != state.system_identifier:
+        return False, (f"system identifier {state.system_identifier} is not the primary's "
+                       f"({system_identifier})")
+    if role == REPLICA:
+        if primary == "":
+            return False, "spec.primary is empty (a failover decides): not streaming, not serving"
+        receiver = wal_receiver(state)
+        if receiver != "streaming":
+            return False, f"the WAL receiver is {receiver}, not streaming"
+    return True, f"postgres accepts connections as {state.role}"
 
 
 def _names(names: Iterable[str]) -> str:

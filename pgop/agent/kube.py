@@ -6,7 +6,9 @@ in the integration tests (real Postgres, no Kubernetes).
 from __future__ import annotations
 
 import copy
+import logging
 import threading
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from pgop.kernel.meta import LABEL_CLUSTER
@@ -14,6 +16,13 @@ from pgop.kernel.model import API_GROUP
 
 PLURAL = "pginstances"
 VERSION = "v1"
+REQUEST_TIMEOUT = 3.0  # seconds: a hung API server must not hold the loop (and isolation) up long
+WATCH_SECONDS = 50  # one watch request; then a new one from the last resourceVersion
+WATCH_BACKOFF = (0.5, 10.0)  # first and longest wait before the watch connects again
+
+log = logging.getLogger(__name__)
+
+Wake = Callable[[], None]
 
 
 class InstanceStore(Protocol):
@@ -25,6 +34,19 @@ class InstanceStore(Protocol):
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         """JSON merge patch of the status subresource (None values remove fields)."""
+
+
+class Watchable(Protocol):
+    def watch(self, name: str, wake: Wake, stopping: threading.Event) -> None:
+        """Call `wake` soon after the spec of PgInstance `name` changes (its generation moves) or
+        it is deleted, until `stopping` is set. Blocks: the agent runs it in a thread. Never
+        raises: a failing watch retries with a bounded backoff (the loop polls meanwhile)."""
+
+
+def generation_of(body: dict[str, Any] | None) -> int | None:
+    if not body:
+        return None
+    return int((body.get("metadata") or {}).get("generation") or 0)
 
 
 def _merge(target: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -47,6 +69,21 @@ class MemoryInstanceStore:
         self.lock = threading.Lock()
         self.patches: list[tuple[str, dict[str, Any]]] = []
         self.fail = False  # simulate an unreachable API server
+        self.hang = 0.0  # ... whose requests time out after this many seconds
+        self.watchers: dict[str, list[Wake]] = {}
+
+    def _changed(self, name: str) -> None:
+        for wake in list(self.watchers.get(name, ())):
+            wake()
+
+    def watch(self, name: str, wake: Wake, stopping: threading.Event) -> None:
+        with self.lock:
+            self.watchers.setdefault(name, []).append(wake)
+        try:
+            stopping.wait()
+        finally:
+            with self.lock:
+                self.watchers[name].remove(wake)
 
     def put(self, name: str, spec: dict[str, Any], labels: dict[str, str] | None = None) -> dict[str, Any]:
         """Create, or replace the spec (bumping metadata.generation as the API server does)."""
@@ -62,6 +99,9 @@ class MemoryInstanceStore:
             elif body["spec"] != spec:
                 body["spec"] = copy.deepcopy(spec)
                 body["metadata"]["generation"] += 1
+            else:
+                return copy.deepcopy(body)
+            self._changed(name)
             return copy.deepcopy(body)
 
     def update_spec(self, name: str, **changes: Any) -> int:
@@ -73,6 +113,7 @@ class MemoryInstanceStore:
     def delete(self, name: str) -> None:
         with self.lock:
             self.objects.pop(name, None)
+            self._changed(name)
 
     def status(self, name: str) -> dict[str, Any]:
         with self.lock:
@@ -80,6 +121,9 @@ class MemoryInstanceStore:
 
     def _check(self) -> None:
         if self.fail:
+            if self.hang:
+                import time
+                time.sleep(self.hang)
             raise ConnectionError("the API server is unreachable (simulated)")
 
     def get_instance(self, name: str) -> dict[str, Any] | None:
@@ -106,7 +150,7 @@ class MemoryInstanceStore:
 class KubeInstanceStore:
     """The API server, through the kubernetes client (in-cluster config, or a kubeconfig)."""
 
-    def __init__(self, namespace: str, configuration=None, request_timeout: float = 10):
+    def __init__(self, namespace: str, configuration=None, request_timeout: float = REQUEST_TIMEOUT):
         from kubernetes import client, config
 
         if configuration is None:
@@ -140,6 +184,44 @@ class KubeInstanceStore:
                                                         _request_timeout=self.timeout)
         # The label is the operator's; the spec field is the truth.
         return [item for item in listed.get("items", []) if (item.get("spec") or {}).get("cluster") == cluster]
+
+    def watch(self, name: str, wake: Wake, stopping: threading.Event) -> None:
+        """A watch of this one PgInstance (fieldSelector metadata.name), reconnecting with a
+        bounded backoff; wakes on a new generation (a spec change) or a deletion, not on the
+        status patches of the agent itself."""
+        from kubernetes import watch
+
+        seen: int | None = None
+        version: str | None = None
+        backoff = WATCH_BACKOFF[0]
+        while not stopping.is_set():
+            stream = watch.Watch()
+            try:
+                kwargs: dict[str, Any] = {"field_selector": f"metadata.name={name}",
+                                          "timeout_seconds": WATCH_SECONDS,
+                                          "_request_timeout": (self.timeout, WATCH_SECONDS + 10)}
+                if version:
+                    kwargs["resource_version"] = version
+                for event in stream.stream(self.api.list_namespaced_custom_object, API_GROUP, VERSION,
+                                           self.namespace, PLURAL, **kwargs):
+                    if stopping.is_set():
+                        stream.stop()
+                        break
+                    body = event.get("object") or {}
+                    if event.get("type") == "ERROR":  # e.g. 410 Gone: start from a fresh list
+                        version = None
+                        break
+                    backoff = WATCH_BACKOFF[0]
+                    version = (body.get("metadata") or {}).get("resourceVersion") or version
+                    generation = generation_of(body)
+                    if event.get("type") == "DELETED" or generation != seen:
+                        seen = generation
+                        wake()
+            except Exception as error:  # the loop polls meanwhile; try again, later each time
+                log.debug("watch of PgInstance %s failed: %s", name, error)
+                version = None
+                stopping.wait(backoff)
+                backoff = min(backoff * 2, WATCH_BACKOFF[1])
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
@@ -192,6 +274,28 @@ class FileInstanceStore:
         with self._lock():
             bodies = [self._read(path) for path in sorted(self.directory.glob("*.json"))]
         return [b for b in bodies if b and (b.get("spec") or {}).get("cluster") == cluster]
+
+    def watch(self, name: str, wake: Wake, stopping: threading.Event, every: float = 0.05) -> None:
+        """Looks at the file every `every` seconds; wakes when its generation moves."""
+        path = self.directory / f"{name}.json"
+        seen: tuple[int | None, bool] | None = None
+        stamp = None
+        while not stopping.wait(every):
+            try:
+                current = path.stat().st_mtime_ns
+            except FileNotFoundError:
+                current = None
+            if current == stamp:
+                continue
+            stamp = current
+            try:
+                generation = generation_of(self._read(path)) if current is not None else None
+            except ValueError:  # written while read: look again next time
+                stamp = None
+                continue
+            if seen is not None and (generation, current is None) != seen:
+                wake()
+            seen = (generation, current is None)
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         import json

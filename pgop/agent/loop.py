@@ -1,40 +1,52 @@
 """The agent's loop, top to bottom: read the spec, see what runs, decide, act, report.
 
-Every `interval` seconds (sooner while it is changing something), one turn:
+Every `interval` seconds, sooner while it is changing something, and at once when its PgInstance
+changes (a watch of that one object wakes the loop; the poll stays as the fallback), one turn:
 1. read my PgInstance and my cluster's (keep the last spec if the API server is unreachable;
    an unknown cluster leaves slots and synchronous names as they are),
 2. observe postgres (running? role, LSNs, pending restarts, standbys, slots) and the config files,
 3. compute what is wanted (config rendered from the spec, slots, synchronous names),
 4. `ha.decide` (pure), 5. carry the actions out, 6. write the PgInstance status (the heartbeat).
+
+Between 2 and 4 the turn also judges isolation (a primary that reached neither the API server nor
+a streaming replica for `isolation_timeout` is stopped at once) and a replica stuck on an old
+timeline (rewound); both decisions are in `ha`.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import psycopg
 
-from pgop.agent import bootstrap, config, ha, health, local, replication, status, streaming
+from pgop.agent import bootstrap, config, ha, health, local, rejoin, replication, status, streaming
 from pgop.agent.commands import Runner
-from pgop.agent.kube import InstanceStore
+from pgop.agent.kube import REQUEST_TIMEOUT, InstanceStore
 from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
 from pgop.agent.settings import AgentSettings
 from pgop.agent.state import one_row, read_state
-from pgop.kernel.conditions import rfc3339
-from pgop.kernel.model import PRIMARY, Instance
+from pgop.kernel.conditions import condition, rfc3339
+from pgop.kernel.model import PRIMARY, REPLICA, Instance
 
 log = logging.getLogger(__name__)
 
 HEALTHY_AFTER = 30.0  # seconds up and accepting before past failed starts are forgotten
 START_WAIT = 10.0  # seconds a turn waits for a starting postgres; then the next turns watch it
 ACTION_ALLOWANCE = 300.0  # seconds /healthz stays green during one action (a shutdown checkpoint)
+REJOIN_ALLOWANCE = 24 * 3600.0  # a rejoin may clone the whole database: the kubelet must not kill it
 RELOAD_CONFIRM_TIMEOUT = 10.0
+RECEIVER_STOP_TIMEOUT = 5.0  # seconds a reload that ends streaming waits for the WAL receiver to go
+DIVERGED_PATIENCE = 15.0  # seconds a replica may fail to stream from a later timeline before a rewind
+CONDITION_REJOINED = "Rejoined"
+WATCHDOG_EVERY = 0.5  # seconds between two looks of the isolation watchdog
 
 
 # What carries out one action: (action, its decision, what is wanted) -> go on with the next?
@@ -67,14 +79,30 @@ class Agent:
         self.message: str | None = None
         self.previous_status: dict = {}  # as last read: other writers' conditions are kept
         self.turns = 0
+        # Set by a change of the PgInstance (the watch), by stop(): the loop's wait ends at once.
+        self.wakeup = threading.Event()
+        self.watcher: threading.Thread | None = None
+        started = time.monotonic()
+        self.api_ok_at = started  # last successful read or status patch
+        self.replica_ok_at = started  # last time this primary had a streaming replica (or was none)
+        self.streaming_at = started  # last time this replica's WAL receiver streamed (or was none)
+        self.known_cluster: list[Instance] = []  # the last list of the cluster that was read
+        self.isolated: str | None = None
+        self.notice: str | None = None  # said in the status once the API server hears it
+        self.last_received: tuple[str | None, str | None] = (None, None)  # (system id, receivedLSN)
+        self.following: str | None = None
+        self.rejoined: dict | None = None  # the Rejoined condition, while this agent runs
+        self.rejoin_waits = False  # the last rejoin found no primary: look again after `interval`
+        self.replica_timeline = 0  # the highest timeline this replica was seen on (they only grow)
         self.effects: dict[str, Effect] = {
             ha.STOP: self._stop,
+            ha.STOP_NOW: self._stop_now,
             ha.WRITE_CONFIG: self._write_config,
+            ha.REJOIN: self._rejoin,
             ha.START: self._start_postgres,
             ha.RESTART: self._restart_postgres,
             ha.RELOAD: self._reload,
             ha.PROMOTE: self._promote,
-            ha.DEMOTE: self._demote,
             ha.CREATE_SLOT: self._create_slot,
             ha.DROP_SLOT: self._drop_slot,
             ha.GIVE_UP: self._give_up,
@@ -83,18 +111,59 @@ class Agent:
     # ------------------------------------------------------------------------------ the loop
 
     def run(self) -> int:
+        self.start_watch()
+        if self.settings.isolation_timeout > 0:
+            threading.Thread(target=self.watchdog, name=f"isolation-{self.settings.instance}", daemon=True).start()
         while not self.stopping.is_set():
+            self.wakeup.clear()
             acted = self.turn()
             if self.exit_code is not None:
                 break
-            self.stopping.wait(0.2 if acted else self.settings.interval)
+            self.wakeup.wait(0.2 if acted else self.settings.interval)
         self.shutdown()
         return self.exit_code or 0
+
+    def start_watch(self) -> None:
+        """A thread that wakes the loop when the PgInstance changes, if the store can watch."""
+        watch = getattr(self.store, "watch", None)
+        if watch is None or self.watcher is not None:
+            return
+        self.watcher = threading.Thread(target=watch, args=(self.settings.instance, self.wakeup.set, self.stopping),
+                                        name=f"watch-{self.settings.instance}", daemon=True)
+        self.watcher.start()
+
+    def watchdog(self) -> None:
+        """Isolation, judged every WATCHDOG_EVERY seconds whatever the loop does: a turn can wait for
+        an API server that does not answer (two requests of kube.REQUEST_TIMEOUT each), and the
+        operator promotes another instance isolationTimeout plus a margin after this one's last
+        heartbeat. Once the API server has been silent for the timeout, it asks Postgres itself
+        whether a replica streams; isolated, it sends the immediate shutdown at once (the loop then
+        sees a stopped, isolated primary and leaves it stopped)."""
+        timeout = self.settings.isolation_timeout
+        while not self.stopping.wait(WATCHDOG_EVERY):
+            state = self.last_state
+            if self.isolated or state is None or state.role != PRIMARY or time.monotonic() - self.api_ok_at < timeout:
+                continue
+            try:
+                with local.connect(self.settings, timeout=1) as conn:
+                    if any(s.state == "streaming" for s in replication.read_standbys(conn)):
+                        self.replica_ok_at = time.monotonic()
+            except psycopg.Error:
+                pass  # no answer: no streaming replica seen either
+            peers = len(streaming.cluster_members(self.settings.instance, self.known_cluster))
+            why = ha.isolation(time.monotonic(), self.api_ok_at, self.replica_ok_at, timeout, peers)
+            if why and not self.isolated:
+                log.error("%s", why)
+                self.notice = f"{why} (at {rfc3339(self.now())})"
+                self.isolated = why
+                self.expect_running = False
+                self.postmaster.signal_shutdown("immediate")
 
     def stop(self) -> None:
         """Stop the loop and ask postgres for a fast shutdown now (safe in a signal handler): a
         SIGTERM must reach postgres even while the loop is busy."""
         self.stopping.set()
+        self.wakeup.set()
         self.postmaster.signal_shutdown("fast")
 
     def turn(self) -> bool:
@@ -124,8 +193,16 @@ class Agent:
             self.act(decision, wanted)
             if decision.applied:
                 self.applied_generation = instance.generation
-            self.report(instance, decision)
-            return bool(decision.actions)
+            if decision.actions and not self.stopping.is_set():
+                # Report what the actions made of it, not what was before (a receiver that
+                # stopped, a promotion): the operator waits for exactly that. What is left to do
+                # is the next turn's; nothing left at all: the spec is applied now.
+                after = ha.decide(wanted, self.observe(), self.settings.max_start_attempts)
+                if after.applied and not after.actions:
+                    self.applied_generation = instance.generation
+                decision = self.last_decision = after
+            self.report(instance, decision, wanted=wanted)
+            return bool(decision.actions) and not self.rejoin_waits
         except Exception as error:  # the loop must turn whatever happens; the next turn retries
             log.exception("agent turn failed")
             self.message = f"agent error: {error}"
@@ -137,6 +214,7 @@ class Agent:
     def read_spec(self) -> Instance | None:
         try:
             body = self.store.get_instance(self.settings.instance)
+            self.api_ok_at = time.monotonic()
             if body is None:
                 self.message = f"PgInstance {self.settings.instance} does not exist"
                 return self.instance
@@ -145,10 +223,11 @@ class Agent:
         except Exception as error:
             log.warning("cannot read PgInstance %s: %s", self.settings.instance, error)
             self.message = f"cannot read the PgInstance ({error}); running on the last spec seen"
-            if self.instance is None:
-                return None
+            self.cluster = None  # the list would wait for the same unreachable API server
+            return self.instance
         try:
             self.cluster = [Instance.from_object(b) for b in self.store.list_instances(self.settings.cluster)]
+            self.known_cluster = self.cluster
         except Exception as error:
             log.warning("cannot list the PgInstances of %s: %s", self.settings.cluster, error)
             self.cluster = None
@@ -173,8 +252,42 @@ class Agent:
             if state.accepting and started is not None and time.monotonic() - started > HEALTHY_AFTER:
                 self.failed_starts = 0
         self.last_state = state
+        if state.received_lsn:
+            self.last_received = (state.system_identifier, state.received_lsn)
+        now = time.monotonic()
+        if state.role == REPLICA or (state.role == PRIMARY and any(s.state == "streaming" for s in state.standbys)):
+            self.replica_ok_at = now
+        if state.role != REPLICA or (state.receiver is not None and state.receiver.status == "streaming"):
+            self.streaming_at = now
+        if state.role == PRIMARY or self.isolated:
+            peers = len(streaming.cluster_members(self.settings.instance, self.known_cluster))
+            isolated = ha.isolation(now, self.api_ok_at, self.replica_ok_at, self.settings.isolation_timeout, peers)
+            if self.isolated and not isolated:
+                log.info("the API server answers again; isolation is over")
+            elif isolated and not self.isolated:
+                log.error("%s", isolated)
+                self.notice = f"{isolated} (at {rfc3339(self.now())})"
+            self.isolated = isolated
+        if state.role == REPLICA and state.timeline:
+            self.replica_timeline = max(self.replica_timeline, state.timeline)
+            state = dataclasses.replace(state, timeline=self.replica_timeline)
+            self.last_state = state
+        diverged = ha.diverged(state, self._primary_timeline(), now - self.streaming_at, DIVERGED_PATIENCE)
         return ha.Actual(running=running, state=state, written=config.read_written(self.files),
-                         standby_signal=self.files.standby_signal.exists(), failed_starts=self.failed_starts)
+                         standby_signal=self.files.standby_signal.exists(), failed_starts=self.failed_starts,
+                         isolated=self.isolated, diverged=diverged)
+
+    def _primary_timeline(self) -> int | None:
+        """The timeline the primary reports, if the cluster's list says who that is."""
+        instance = self.instance
+        wanted = instance.raw_spec.get("primary") if instance is not None else None
+        for other in self.known_cluster:
+            if other.name == self.settings.instance or other.spec.role != PRIMARY or other.status.role != PRIMARY:
+                continue
+            if wanted and other.name != wanted:
+                continue
+            return other.status.timeline
+        return None
 
     # ------------------------------------------------------------------------------ 3. want
 
@@ -190,10 +303,14 @@ class Agent:
             sync = (actual.written.settings or {}).get("synchronous_standby_names", "")
         else:
             sync = ""
+        following = spec_primary(instance)
         settings = config.desired_settings(self.settings, spec, replica=not primary,
-                                           synchronous_standby_names=sync)
+                                           synchronous_standby_names=sync, streaming=following != "")
+        handover = not primary and self.cluster is not None and any(
+            spec_primary(other) == instance.name for other in streaming.cluster_members(instance.name, self.cluster))
         return ha.Wanted(role=spec.role, fenced=spec.fenced, settings=settings, hba=config.hba_text(),
-                         slots=slots, postgres_version=spec.postgres_version)
+                         slots=slots, postgres_version=spec.postgres_version, primary=following,
+                         handover=handover)
 
     # ------------------------------------------------------------------------------- 5. act
 
@@ -222,6 +339,37 @@ class Agent:
         self.postmaster.stop("fast")
         return True
 
+    def _stop_now(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        """Immediate shutdown (SIGQUIT): no session gets to commit during it, unlike smart or
+        fast; crash recovery (or pg_rewind) deals with the rest."""
+        self.expect_running = False
+        self.postmaster.stop("immediate", timeout=10)
+        log.warning("stopped postgres (immediate): %s", action.reason)
+        return True
+
+    def _rejoin(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        if self.postmaster.is_running():  # a replica on a timeline it cannot follow: stop it first
+            self.expect_running = False
+            self.postmaster.stop("fast")
+        assert self.instance is not None
+        self.rejoined = condition(CONDITION_REJOINED, False, "Rejoining", action.reason)
+        self.health.working(REJOIN_ALLOWANCE)
+        with self.heartbeats(ha.REJOINING, f"rejoining as a replica: {action.reason}"):
+            outcome = rejoin.rejoin(self.settings, self.runner, self.instance.spec, dict(wanted.settings),
+                                    wanted.hba)
+        self.rejoin_waits = not outcome.done
+        if not outcome.done:
+            self.message = outcome.message
+            self.rejoined = condition(CONDITION_REJOINED, False, "Rejoining", outcome.message)
+            log.warning("rejoin: %s", outcome.message)
+            return False
+        log.info("rejoined: %s", outcome.message)
+        self.rejoined = condition(CONDITION_REJOINED, True, outcome.how or "Rejoined", outcome.message)
+        self.notice = f"rejoined as a replica: {outcome.message}"
+        self.failed_starts = 0
+        self.streaming_at = time.monotonic()
+        return True
+
     def _write_config(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
         bootstrap.write_passfile(self.settings, self.runner)
         config.write(self.files, dict(wanted.settings), wanted.hba, self.runner.owner)
@@ -235,14 +383,12 @@ class Agent:
 
     def _reload(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
         self.reload()
+        if wanted.primary == "" and wanted.role != PRIMARY:
+            self.wait_receiver_gone()
         return True
 
     def _promote(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
         self.promote()
-        return True
-
-    def _demote(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
-        self.message = action.reason  # the seam: pg_rewind or a fresh clone, later
         return True
 
     def _create_slot(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
@@ -291,6 +437,44 @@ class Agent:
             time.sleep(0.05)
         log.warning("postgres did not confirm the reload within %ss", RELOAD_CONFIRM_TIMEOUT)
 
+    @contextlib.contextmanager
+    def heartbeats(self, phase: str, message: str) -> Iterator[None]:
+        """Beat (lastHeartbeat, phase, message) every interval while the loop is busy with one long
+        action (a rewind, a clone), so the operator sees an agent at work, not a dead one."""
+        done = threading.Event()
+        name = self.settings.instance
+
+        def beat() -> None:
+            while True:
+                try:
+                    self.store.patch_status(name, {"lastHeartbeat": rfc3339(self.now()), "phase": phase,
+                                                   "ready": False, "message": message})
+                    self.api_ok_at = time.monotonic()
+                except Exception as error:
+                    log.debug("cannot write a heartbeat: %s", error)
+                if done.wait(self.settings.interval):
+                    return
+
+        thread = threading.Thread(target=beat, name=f"heartbeat-{name}", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(self.settings.interval + REQUEST_TIMEOUT)
+
+    def wait_receiver_gone(self) -> None:
+        """After the reload that empties primary_conninfo: the startup process ends the WAL
+        receiver; wait (bounded) until pg_stat_wal_receiver has no row, so the report that follows
+        can say `stopped`."""
+        deadline = time.monotonic() + RECEIVER_STOP_TIMEOUT
+        while time.monotonic() < deadline:
+            with local.connect(self.settings) as conn:
+                if replication.read_receiver(conn).status is None:
+                    return
+            time.sleep(0.02)
+        log.warning("the WAL receiver did not stop within %ss of the reload", RECEIVER_STOP_TIMEOUT)
+
     def promote(self) -> None:
         with local.connect(self.settings) as conn:
             promoted = one_row(conn, "SELECT pg_promote(true, 60)")[0]
@@ -312,30 +496,49 @@ class Agent:
 
     # ---------------------------------------------------------------------------- 6. report
 
-    def is_ready(self, instance: Instance | None) -> bool:
+    def readiness(self, instance: Instance | None) -> tuple[bool, str]:
         state = self.last_state
-        return bool(
-            instance is not None and state is not None and state.accepting
-            and not instance.spec.fenced and state.role == instance.spec.role
-            and self.postmaster.is_running()
-        )
+        if instance is None or state is None:
+            return False, "no PgInstance read yet"
+        return ha.readiness(role=instance.spec.role, primary=spec_primary(instance), fenced=instance.spec.fenced,
+                            running=self.postmaster.is_running(), state=state,
+                            system_identifier=status.primary_system_identifier(self.known_cluster,
+                                                                               self.settings.instance))
 
-    def report(self, instance: Instance | None, decision: ha.Decision | None, healthy: bool = True) -> None:
-        ready = self.is_ready(instance) and healthy
+    def is_ready(self, instance: Instance | None) -> bool:
+        return self.readiness(instance)[0]
+
+    def report(self, instance: Instance | None, decision: ha.Decision | None, healthy: bool = True,
+               wanted: ha.Wanted | None = None) -> None:
+        ready, why_not = self.readiness(instance)
+        ready = ready and healthy
         if healthy:
             self.health.turned(ready, {"phase": decision.phase if decision else None,
-                                       "role": self.last_state.role if self.last_state else None})
+                                       "role": self.last_state.role if self.last_state else None,
+                                       **({} if ready else {"reason": why_not})})
         if instance is None:
             return
+        running = self.postmaster.is_running()
+        state = self.last_state if running and self.last_state is not None else PostgresState()
+        if wanted is not None:
+            self.following = ha.following(wanted.primary, state, wanted.settings.get("primary_conninfo", ""),
+                                          self.following)
+        system_id, last_received = self.last_received
         patch = status.build_status(
-            self.settings, now=self.now(), state=self.last_state if self.postmaster.is_running() else None,
+            self.settings, now=self.now(), state=state if running else None,
             decision=decision, ready=ready, generation=instance.generation,
             applied_generation=self.applied_generation,
             previous_conditions=self.previous_status.get("conditions") or [],
-            message=self.message, primary_lsn=status.primary_lsn(self.cluster),
+            message=self.message or self.notice, primary_lsn=status.primary_lsn(self.cluster),
+            not_ready=why_not,
+            received_lsn=ha.received_lsn(state, last_received if system_id == state.system_identifier else None),
+            following=self.following, extra_conditions=[self.rejoined] if self.rejoined else [],
         )
         try:
             self.store.patch_status(instance.name, patch)
+            self.api_ok_at = time.monotonic()
+            if self.notice and not self.isolated:
+                self.notice = None  # said once the API server heard it
         except Exception as error:
             log.warning("cannot write the status of %s: %s", instance.name, error)
         self.report_replicas(instance)
@@ -366,6 +569,13 @@ class Agent:
                     else self.message})
             except Exception as error:
                 log.warning("cannot write the final status: %s", error)
+
+
+def spec_primary(instance: Instance) -> str | None:
+    """spec.primary as the operator wrote it: None when it is left out (a replica streams from the
+    -rw Service, as before failover existed), "" while a failover decides, else a name."""
+    value = instance.raw_spec.get("primary")
+    return None if value is None else str(value)
 
 
 def run(settings: AgentSettings, store: InstanceStore, serve_health: bool = True) -> int:

@@ -27,7 +27,8 @@ class PostgresState:
     role: str | None = None  # primary | replica, from pg_is_in_recovery()
     timeline: int | None = None
     lsn: str | None = None  # current WAL (primary) or last replayed (replica)
-    received_lsn: str | None = None
+    received_lsn: str | None = None  # pg_last_wal_receive_lsn() (replica; NULL before any streaming)
+    primary_conninfo: str | None = None  # in effect now (replica): what the WAL receiver uses
     start_time: str | None = None  # pg_postmaster_start_time(), as text
     system_identifier: str | None = None
     pending_restart: frozenset[str] = frozenset()

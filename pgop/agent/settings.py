@@ -15,7 +15,8 @@ from pathlib import Path
 from pgop.kernel import names, pgconfig
 from pgop.kernel.podenv import AGENT_PORT, REQUIRED_BY_AGENT, PodEnv, PodEnvError
 
-DEFAULT_INTERVAL = 5.0
+DEFAULT_INTERVAL = 2.0
+DEFAULT_ISOLATION_TIMEOUT = 10.0
 DEFAULT_MAX_START_ATTEMPTS = 3
 
 
@@ -51,6 +52,7 @@ class AgentSettings:
     primary_port: int = pgconfig.POSTGRES_PORT
     run_dir: Path | None = None  # writable, not on the volume: the passfile lives here
     interval: float = DEFAULT_INTERVAL
+    isolation_timeout: float = DEFAULT_ISOLATION_TIMEOUT  # a primary alone this long stops (0: never)
     max_start_attempts: int = DEFAULT_MAX_START_ATTEMPTS
     run_as: str | None = None  # OS user for the PostgreSQL binaries when the agent runs as root
     postgres_log: Path | None = None  # postgres' stderr; default: the agent's (the container log)
@@ -125,6 +127,7 @@ class AgentSettings:
             primary_port=number("PGOP_PRIMARY_PORT", pgconfig.POSTGRES_PORT),
             run_dir=Path(run_dir) if run_dir else None,
             interval=number("PGOP_HEARTBEAT_INTERVAL", DEFAULT_INTERVAL, float),
+            isolation_timeout=number("PGOP_ISOLATION_TIMEOUT", DEFAULT_ISOLATION_TIMEOUT, float),
             max_start_attempts=number("PGOP_MAX_START_ATTEMPTS", DEFAULT_MAX_START_ATTEMPTS),
             run_as=env.get("PGOP_RUN_AS") or None,
             postgres_log=Path(log) if log else None,

@@ -56,13 +56,15 @@ def read_state(conn: psycopg.Connection) -> PostgresState:
             synchronous_standby_names=sync_names, standbys=tuple(replication.read_standbys(conn)),
             slots=slots, config_errors=config_errors, archiver=archiver,
         )
-    received, replayed, checkpoint_tli = one_row(
+    received, replayed, checkpoint_tli, recovery_tli, conninfo = one_row(
         conn, "SELECT pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,"
-        " (SELECT timeline_id FROM pg_control_checkpoint())")
+        " (SELECT timeline_id FROM pg_control_checkpoint()),"
+        " (SELECT min_recovery_end_timeline FROM pg_control_recovery()), current_setting('primary_conninfo')")
     receiver = replication.read_receiver(conn)
+    # Without a receiver, pg_control's timelines (they lag behind a switch until a restartpoint).
     return PostgresState(
-        accepting=True, role=REPLICA, timeline=receiver.received_tli or checkpoint_tli,
-        lsn=replayed, received_lsn=received, start_time=start_time,
+        accepting=True, role=REPLICA, timeline=receiver.received_tli or max(checkpoint_tli, recovery_tli or 0),
+        lsn=replayed, received_lsn=received, primary_conninfo=conninfo, start_time=start_time,
         system_identifier=system_identifier, pending_restart=pending,
         synchronous_standby_names=sync_names, slots=slots, receiver=receiver, config_errors=config_errors,
         archiver=archiver,

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from pgop.agent.ha import Decision
+from pgop.agent.ha import Decision, wal_receiver
 from pgop.agent.observed import Archiver, PostgresState
 from pgop.agent.settings import AgentSettings
 from pgop.agent.streaming import Standby
@@ -33,6 +33,10 @@ def build_status(
     previous_conditions: Sequence[Mapping[str, Any]] = (),
     message: str | None = None,
     primary_lsn: str | None = None,
+    not_ready: str | None = None,
+    received_lsn: str | None = None,
+    following: str | None = None,
+    extra_conditions: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     state = state or PostgresState()
     phase = decision.phase if decision else "Starting"
@@ -44,7 +48,10 @@ def build_status(
         "role": state.role,
         "timeline": state.timeline,
         "lsn": state.lsn,
-        "receivedLSN": state.received_lsn,
+        "receivedLSN": (received_lsn or state.received_lsn) if state.role == "replica" else None,
+        "replayLSN": state.lsn if state.role == "replica" else None,
+        "walReceiver": wal_receiver(state),
+        "following": following,
         "pod": settings.pod_name or None,
         "podIP": settings.pod_ip or None,
         "node": settings.node_name or None,
@@ -63,7 +70,7 @@ def build_status(
     if ready:
         ready_condition = condition(CONDITION_READY, True, "Accepting", f"postgres accepts connections as {state.role}")
     else:
-        ready_condition = condition(CONDITION_READY, False, phase, text or "not ready")
+        ready_condition = condition(CONDITION_READY, False, phase, text or not_ready or "not ready")
     applied = decision is not None and decision.applied and applied_generation == generation
     pending = "; ".join(str(a) for a in decision.actions) if decision and decision.actions else "nothing"
     if applied:
@@ -75,7 +82,8 @@ def build_status(
     config_condition = condition(CONDITION_CONFIG, applied, reason, why)
     # lastTransitionTime moves only when a status flips; the operator's own types stay (a merge
     # patch replaces a list whole).
-    status["conditions"] = set_conditions(previous_conditions, [ready_condition, config_condition],
+    status["conditions"] = set_conditions(previous_conditions,
+                                          [ready_condition, config_condition, *extra_conditions],
                                           now=now, generation=generation)
     return status
 
@@ -104,6 +112,15 @@ def replica_sync_states(standbys: Iterable[Standby], instances: Iterable[Instanc
         if instance.status.sync_state != state:
             changes[instance.name] = state
     return changes
+
+
+def primary_system_identifier(instances: Iterable[Instance] | None, me: str) -> str | None:
+    """The system identifier the primary (wanted and reported) last wrote into its status: an
+    instance on another one is never ready."""
+    for instance in instances or ():
+        if instance.name != me and instance.spec.role == "primary" and instance.status.role == "primary":
+            return instance.status.system_identifier
+    return None
 
 
 def primary_lsn(instances: Iterable[Instance] | None) -> str | None:

@@ -6,13 +6,15 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.client.rest import ApiException
+
 from pgop.cluster.plan import ObservedCluster, plan_cluster, plan_instance
 from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
 from pgop.kernel import names
 from pgop.kernel.actions import Plan
 from pgop.kernel.conditions import parse_time, set_condition
 from pgop.kernel.diagnose import instance_report
-from pgop.kernel.meta import LABEL_CLUSTER, LABEL_INSTANCE
+from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import Cluster, Instance
 from pgop.runtime.kube import Kube
 from pgop.specs.pvc import pvc_name
@@ -36,18 +38,47 @@ def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | No
         role=kube.get("Role", namespace, account),
         role_binding=kube.get("RoleBinding", namespace, account),
         recovery_source=source,
+        # What failover judges the primary by, besides its PgInstance.
+        pods=kube.list("Pod", namespace, selector | {LABEL_COMPONENT: COMPONENT_POSTGRES}),
+        volumes=kube.list("PersistentVolumeClaim", namespace, selector),
     )
 
 
 def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, ObservedCluster, Plan]:
     cluster = Cluster.from_object(body)
     observed = observe_cluster(kube, cluster.namespace, cluster.name, cluster)
-    return cluster, observed, plan_cluster(cluster, observed)
+    return cluster, observed, plan_cluster(cluster, observed, now=datetime.now(UTC))
+
+
+def decision_changed(body: Mapping[str, Any], plan: Plan) -> bool:
+    """Whether what failover decided (Plan.status) differs from the PgCluster's status."""
+    current = body.get("status") or {}
+    return any(current.get(key) != value for key, value in plan.status.items())
+
+
+def persist_decision(kube: Kube, body: Mapping[str, Any], plan: Plan) -> bool:
+    """Writes what failover decided to PgCluster.status *before* any PgInstance is changed, with
+    the resourceVersion read as a precondition: a reconcile that planned from an older status
+    (another pass, another operator) gets a conflict instead of a second, different decision.
+    False on a conflict: plan again from what is stored."""
+    if not decision_changed(body, plan):
+        return True
+    meta = body.get("metadata") or {}
+    patch: dict[str, Any] = {"status": plan.status}
+    if meta.get("resourceVersion"):
+        patch["metadata"] = {"resourceVersion": meta["resourceVersion"]}
+    try:
+        kube.merge_patch("PgCluster", meta.get("namespace", ""), meta.get("name", ""), patch, "status")
+    except ApiException as e:
+        if e.status == 409:
+            return False
+        raise
+    return True
 
 
 def status_for_cluster(cluster: Cluster, instances: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
     now = datetime.now(UTC)
-    status = cluster_status(cluster, instances, now=now, waiting=plan.waiting)
+    status = cluster_status(cluster, instances, now=now, waiting=plan.waiting, ha=plan.status or None)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
         archiving = archiving_condition(instances) | {"observedGeneration": cluster.generation}
         status["conditions"] = set_condition(status["conditions"], archiving, now=now, generation=cluster.generation)

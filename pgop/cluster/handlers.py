@@ -4,16 +4,20 @@ functions of pgop.cluster.plan and applying the actions in order (pgop.runtime.a
 from __future__ import annotations
 
 import logging
+import threading
+from collections import defaultdict
 
 import kopf
 
 from pgop.cluster import controller
 from pgop.cluster import publish as cluster_publish
+from pgop.cluster.failover import pod_state
 from pgop.kernel import names
+from pgop.kernel.actions import Event
 from pgop.kernel.conditions import find_condition
-from pgop.kernel.meta import LABEL_INSTANCE
+from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
-from pgop.runtime.apply import apply_plan, cluster_hooks, kube, remember
+from pgop.runtime.apply import apply_plan, cluster_hooks, kube, record_events, remember
 from pgop.runtime.kube import NotFound
 from pgop.runtime.publish import PublishError
 
@@ -26,8 +30,40 @@ log = logging.getLogger("pgop.cluster")
 
 # ------------------------------------------------------------------------------------- PgCluster
 
+# One reconcile of a cluster at a time in this process: the timer, the spec handler and the pod
+# and PgInstance shortcuts all reconcile the same PgCluster, and two passes deciding a failover
+# from slightly different views must not both act. (Across processes, the resourceVersion
+# precondition of controller.persist_decision does the same.)
+_cluster_locks: defaultdict[tuple[str, str], threading.Lock] = defaultdict(threading.Lock)
+
+# Events that repeat while a failover waits: said once per distinct message.
+_REPEATING = {"FailoverWaitingForQuorum"}
+
+
 def reconcile_cluster(body, logger) -> dict | None:
     """Applies the plan; returns the status to write, or None when it is unchanged."""
+    meta = body["metadata"]
+    with _cluster_locks[(meta.get("namespace", ""), meta["name"])]:
+        # Plan from the stored status, not from kopf's copy, which may predate the last decision
+        # another pass of this process wrote.
+        fresh = kube().get("PgCluster", meta.get("namespace", ""), meta["name"])
+        if fresh is None:
+            return None
+        return _reconcile_cluster(fresh, logger)
+
+
+def _record(body, events: list[Event]) -> None:
+    fresh = []
+    for event in events:
+        if event.reason in _REPEATING:
+            if remember(body, "event:" + event.reason) == event.message:
+                continue
+            remember(body, "event:" + event.reason, event.message)
+        fresh.append(event)
+    record_events(body, fresh)
+
+
+def _reconcile_cluster(body, logger) -> dict | None:
     cluster, observed, plan = controller.plan_for_cluster(kube(), body)
     errors = cluster.validate()
     if errors:
@@ -37,7 +73,13 @@ def reconcile_cluster(body, logger) -> dict | None:
         return {"phase": "Failed",
                 "conditions": [{"type": "Ready", "status": "False", "reason": "InvalidSpec",
                                 "message": message, "observedGeneration": cluster.generation}]}
+    # What failover decided is stored before any PgInstance changes (an operator restarted
+    # midway continues from it); on a conflict, the next pass plans from what is stored.
+    if not controller.persist_decision(kube(), body, plan):
+        logger.info("PgCluster status changed while planning; planning again on the next pass")
+        return None
     apply_plan(body, plan, logger)
+    _record(body, plan.events)
     status = controller.status_for_cluster(cluster, list(observed.instances), plan)
     for hook in cluster_hooks():  # e.g. the backup schedule and retention (pgop.backup.handlers)
         hook(body, cluster, status, logger)
@@ -116,6 +158,14 @@ def cluster_deleted(body, **_):
         raise kopf.TemporaryError(f"removing the published credentials failed: {e}", delay=15) from None
 
 
+@kopf.on.update(API_GROUP, VERSION, "pgclusters", field="metadata.annotations")
+def cluster_annotated(body, patch, logger, **_):
+    """`pgop promote` (pgop.io/switchover-to) and `pgop fence` (pgop.io/fenced-instances) act at once."""
+    status = reconcile_cluster(body, logger)
+    if status:
+        patch.status.update(status)
+
+
 @kopf.timer(API_GROUP, VERSION, "pgclusters", interval=CLUSTER_INTERVAL, sharp=False)
 def cluster_tick(body, patch, logger, **_):
     status = reconcile_cluster(body, logger)
@@ -134,15 +184,22 @@ def instance_event(body, event, logger, **_):
     meta = body["metadata"]
     key = (meta.get("namespace"), meta["name"])
     st = body.get("status") or {}
-    state = (st.get("ready"), st.get("role"), st.get("phase"), event.get("type"))
+    spec = body.get("spec") or {}
+    # What moves a failover or switchover on: a replica that stopped streaming, a new primary.
+    state = (st.get("ready"), st.get("role"), st.get("phase"), st.get("following"), st.get("walReceiver"),
+             spec.get("role"), spec.get("primary"), event.get("type"))
     if _last_seen.get(key) == state:
         return
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
-    cluster_name = (body.get("spec") or {}).get("cluster")
+    _reconcile_cluster_of(key[0], spec.get("cluster"), logger)
+
+
+def _reconcile_cluster_of(namespace: str, cluster_name: str | None, logger) -> None:
     if not cluster_name:
         return
+    key = (namespace, cluster_name)
     cluster = kube().get("PgCluster", key[0], cluster_name)
     if cluster is None or cluster["metadata"].get("deletionTimestamp"):
         return
@@ -158,7 +215,8 @@ def instance_event(body, event, logger, **_):
 def pod_event(body, event, logger, **_):
     meta = body["metadata"]
     key = ("pod", f"{meta.get('namespace')}/{meta['name']}")
-    state = ((body.get("status") or {}).get("phase"), event.get("type"))
+    pod = pod_state(body) if event.get("type") != "DELETED" else pod_state(None)
+    state = ((body.get("status") or {}).get("phase"), pod.running, pod.deleting, event.get("type"))
     if _last_seen.get(key) == state:
         return
     _last_seen[key] = state
@@ -167,6 +225,9 @@ def pod_event(body, event, logger, **_):
     instance = kube().get("PgInstance", meta.get("namespace"), meta["labels"][LABEL_INSTANCE])
     if instance is not None and not instance["metadata"].get("deletionTimestamp"):
         reconcile_instance(instance, logger)
+    # A primary's pod gone or its container stopped starts a failover now, not on the next tick.
+    if meta["labels"].get(LABEL_COMPONENT) == COMPONENT_POSTGRES:
+        _reconcile_cluster_of(meta.get("namespace"), meta["labels"].get(LABEL_CLUSTER), logger)
 
 
 # ------------------------------------------------------------------------------------ PgInstance

@@ -8,6 +8,12 @@ Ordering decisions, top to bottom:
 - Cluster: ServiceAccount, Role, RoleBinding (the agent needs them the moment a pod starts),
   Secrets (bootstrap reads the passwords), Services, PDB, then PgInstance creations, patches,
   deletions.
+- Who is primary comes from pgop.cluster.failover (status.targetPrimary/currentPrimary, a
+  failover or switchover in progress): every PgInstance's spec.role, spec.primary and spec.fenced
+  follow it, patched first (the new primary before the others). While a failover or switchover
+  runs, nothing is scaled down or rolled.
+- A cluster that has had data never runs initdb again: every instance's spec.bootstrap becomes
+  basebackup (a lost volume is rebuilt as a replica); with every instance gone, nothing is made.
 - The first primary (ordinal 0, initdb or recovery) comes alone; replicas are created only once
   it is ready, all missing ones at once, so their pg_basebackups run in parallel against a primary
   that exists, instead of crash-looping until it does.
@@ -18,7 +24,10 @@ Ordering decisions, top to bottom:
   already on the new spec is ready and has reported it (status.observedGeneration). Replicas go
   first (those not ready first, as restarting them costs nothing), the primary last, except when the
   change lowers a setting a hot standby needs at least as much of as its primary: then the primary
-  goes first. A change that breaks the first replica thus never reaches the primary.
+  goes first. A change that breaks the first replica thus never reaches the primary. The primary
+  is not restarted in place when a replica on the new spec streams from it: a switchover
+  (annotation pgop.io/switchover-to) makes that replica primary, and the old primary then
+  restarts as a replica.
 - Instance: PVC, then the bootstrap pod, then (once it succeeded) mark the volume initialised,
   remove the bootstrap pod and start the Postgres pod. Two pods never share a data directory.
 """
@@ -27,12 +36,16 @@ from __future__ import annotations
 import secrets as system_secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
+from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
 from pgop.kernel import names, pgconfig
-from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, merge_patch
-from pgop.kernel.meta import LABEL_ROLE
+from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Plan, merge_patch
+from pgop.kernel.lsn import parse_lsn
+from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE
 from pgop.kernel.model import (
+    BASEBACKUP,
     PRIMARY,
     REPLICA,
     Cluster,
@@ -94,23 +107,55 @@ class ObservedCluster:
     role: Obj | None = None
     role_binding: Obj | None = None
     recovery_source: Obj | None = None  # the PgCluster named by spec.bootstrap.recovery.source
+    # The Postgres pods and the PVCs of the instances; None: not observed (the failover rules
+    # that need them are then not applied).
+    pods: Sequence[Obj] | None = None
+    volumes: Sequence[Obj] | None = None
 
 
-def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSource | None = None) -> Plan:
+def _by_instance(objects: Sequence[Obj] | None) -> dict[str, Obj] | None:
+    if objects is None:
+        return None
+    out: dict[str, Obj] = {}
+    for obj in objects:
+        instance = (_meta(obj).get("labels") or {}).get(LABEL_INSTANCE)
+        if instance and (obj.get("kind") != "Pod" or _name(obj) == names.postgres_pod(instance)):
+            out[instance] = obj
+    return out
+
+
+def decide_ha(cluster: Cluster, observed: ObservedCluster, now: datetime) -> HaDecision:
+    return decide(cluster, observed.instances, now=now, pods=_by_instance(observed.pods),
+                  volumes=_by_instance(observed.volumes))
+
+
+def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSource | None = None,
+                 now: datetime | None = None) -> Plan:
     """Actions that bring the objects of a PgCluster to its spec.
 
     `rng` only feeds passwords of Secrets that do not exist yet; pass a seeded one for repeatable
-    output. A cluster being deleted gets no actions: owner references let the garbage collector
-    remove what it owns.
+    output. `now` judges heartbeats and delays (default: the clock). A cluster being deleted gets
+    no actions: owner references let the garbage collector remove what it owns.
+
+    Plan.status holds what pgop.cluster.failover decided (targetPrimary, currentPrimary,
+    failover, ...): the handler writes it before it applies the actions.
     """
     plan = Plan()
     if cluster.deleting:
         return plan
+    ha = decide_ha(cluster, observed, now or datetime.now(UTC))
+    plan.status.update(ha.status)
+    plan.events += ha.events
+    plan.waiting += ha.waiting
     _plan_rbac(cluster, observed, plan)
     _plan_secrets(cluster, observed, plan, rng or system_secrets.SystemRandom())
     _plan_services(cluster, observed, plan)
     _plan_pdb(cluster, observed, plan)
-    _plan_instances(cluster, observed, plan)
+    _plan_instances(cluster, observed, plan, ha)
+    if ha.clear_switchover and ANNOTATION_SWITCHOVER in cluster.annotations:
+        plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
+                           "the switchover request is answered (status.lastSwitchover)",
+                           patch={"metadata": {"annotations": {ANNOTATION_SWITCHOVER: None}}}))
     return plan
 
 
@@ -199,12 +244,19 @@ def _plan_pdb(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
                f"{cluster.spec.instances} instance(s) wanted: drains keep at least {wanted} running")
 
 
-def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
+def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha: HaDecision) -> None:
     instances = [Instance.from_object(body) for body in observed.instances]
     live = sorted((i for i in instances if not i.deleting), key=lambda i: i.ordinal)
     wanted = cluster.spec.instances
 
     if not instances:
+        if ha.had_data:
+            plan.waiting.append(
+                "every PgInstance of this cluster is gone, but it had data (currentPrimary "
+                f"{cluster.status.get('currentPrimary') or '?'}, or a volume marked initialised): not "
+                "guessing which data is the latest, and never running initdb again; restore into a new "
+                "cluster (`pgop restore`), or recreate the PgInstances over their retained volumes")
+            return
         mode = cluster.spec.bootstrap.first_primary_mode
         recovery = cluster.spec.bootstrap.recovery
         if recovery is not None:
@@ -215,45 +267,52 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> 
                                     "where its backups are")
                 return
         how = (f"restore the backups of {recovery.source}" if recovery else "initdb a new database")
-        _create(plan, build_instance(cluster, 0, PRIMARY, mode, recovery),
+        first = instance_name(cluster.name, 0)
+        _create(plan, build_instance(cluster, 0, PRIMARY, mode, recovery, primary=first,
+                                     fenced=ha.fenced is not None and first in ha.fenced),
                 f"first primary: {how} on its own volume")
         if wanted > 1:
             plan.waiting.append(f"{wanted - 1} replica(s) are created once the primary "
-                                f"{instance_name(cluster.name, 0)} is ready")
+                                f"{first} is ready")
         return
     if not live:
         plan.waiting.append("instances are being deleted: " + ", ".join(sorted(i.name for i in instances)))
         return
 
-    primaries = [i for i in live if i.is_primary]
-    primary = primaries[0] if len(primaries) == 1 else None
-    if len(primaries) > 1:
-        plan.waiting.append("more than one instance is marked primary ("
-                            + ", ".join(i.name for i in primaries) + "); failover must settle it first")
-    elif not primaries:
-        plan.waiting.append("no instance is marked primary; failover must choose one first")
+    _plan_roles(cluster, live, plan, ha)
+    by_name = {i.name: i for i in live}
+    primary = by_name.get(ha.target_primary) if ha.current_primary == ha.target_primary else None
 
     highest = max(i.ordinal for i in instances)  # terminating ones too: their names are still taken
     missing = wanted - len(live)
     if missing > 0:
         if primary is None:
-            plan.waiting.append(f"{missing} replica(s) wait for a primary to clone from")
+            plan.waiting.append(f"{missing} replica(s) wait for the primary {ha.target_primary} to be ready"
+                                if ha.target_primary and not ha.busy
+                                else f"{missing} replica(s) wait for a primary to clone from")
         elif not primary.status.ready:
             plan.waiting.append(f"{missing} replica(s) wait for the primary {primary.name} to be ready")
         else:
             for ordinal in range(highest + 1, highest + 1 + missing):
-                _create(plan, build_instance(cluster, ordinal, REPLICA, "basebackup"),
+                name = instance_name(cluster.name, ordinal)
+                _create(plan, build_instance(cluster, ordinal, REPLICA, "basebackup", primary=ha.follow,
+                                             fenced=ha.fenced is not None and name in ha.fenced),
                         f"{wanted} instance(s) wanted: replica cloned from {primary.name} by pg_basebackup")
 
     removed: list[Instance] = []
-    if missing < 0:
-        replicas = sorted((i for i in live if not i.is_primary), key=lambda i: i.ordinal, reverse=True)
+    if missing < 0 and ha.busy:
+        plan.waiting.append("scaling down waits until the failover or switchover is done")
+    elif missing < 0:
+        replicas = sorted((i for i in live if i.name != ha.target_primary), key=lambda i: i.ordinal, reverse=True)
         removed = replicas[:-missing]
         if len(removed) < -missing:
             plan.waiting.append("only replicas are removed when scaling down, never the primary")
 
     leaving = {i.name for i in removed}
-    _plan_rollout(cluster, [i for i in live if i.name not in leaving], plan)
+    if ha.busy:
+        plan.waiting.append("configuration changes wait until the failover or switchover is done")
+    else:
+        _plan_rollout(cluster, [i for i in live if i.name not in leaving], plan)
 
     for instance in removed:
         plan.append(Action(
@@ -263,6 +322,54 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> 
             "once the PgInstance is gone",
             uid=instance.uid or None,
         ))
+
+
+def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecision) -> None:
+    """spec.role, spec.primary, spec.fenced and spec.bootstrap of every instance, as decided by
+    pgop.cluster.failover: the instance becoming primary first, then the one stepping down, then
+    the rest."""
+    def order(instance: Instance) -> tuple[int, int]:
+        if instance.name == ha.target_primary:
+            return 0, instance.ordinal
+        return (1 if instance.is_primary else 2), instance.ordinal
+
+    for instance in sorted(live, key=order):
+        raw = instance.raw_spec
+        role = PRIMARY if instance.name == ha.target_primary else REPLICA
+        desired: dict[str, Any] = {"role": role, "primary": ha.primary_of(instance.name)}
+        if ha.fenced is not None:
+            desired["fenced"] = instance.name in ha.fenced
+        if ha.had_data and raw.get("bootstrap") != BASEBACKUP:
+            desired["bootstrap"] = BASEBACKUP
+        current = {key: raw.get(key, "" if key == "primary" else None) for key in desired}
+        if current.get("fenced") is None and "fenced" in desired:
+            current["fenced"] = False
+        patch = {key: value for key, value in desired.items() if current.get(key) != value}
+        if not patch:
+            continue
+        reasons = []
+        if "role" in patch:
+            reasons.append(f"role {raw.get('role')} -> {role}"
+                           + (" (the new primary: its agent promotes it)" if role == PRIMARY
+                              else " (its agent stops Postgres as primary and rejoins as a replica)"
+                              if raw.get("role") == PRIMARY else ""))
+        if "primary" in patch:
+            follows = patch["primary"]
+            reasons.append("stop streaming: a failover decides who is primary" if follows == ""
+                           else "is the primary" if follows == instance.name else f"follow {follows}")
+        if "fenced" in patch:
+            reasons.append("fenced: Postgres stops, the pod stays" if patch["fenced"] else "unfenced: Postgres starts")
+            plan.event(WARNING if patch["fenced"] else NORMAL, "Fenced" if patch["fenced"] else "Unfenced",
+                       f"{instance.name} " + ("fenced: its Postgres is stopped, its pod and volume kept"
+                                              if patch["fenced"] else "unfenced: its Postgres starts again"))
+        if "bootstrap" in patch:
+            reasons.append("bootstrap basebackup: the cluster has data, a lost volume is rebuilt as a replica, "
+                           "never initialised")
+            for born in ("initdb", "recovery"):
+                if born in raw:
+                    patch[born] = None
+        plan.append(Action(PATCH, "PgInstance", instance.name, cluster.namespace, "; ".join(reasons),
+                           patch={"spec": patch}))
 
 
 def _managed(instance: Instance) -> dict[str, Any]:
@@ -331,6 +438,17 @@ def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> No
                             + " to be ready on the new spec")
         return
     instance, needs = restarts[0]
+    if instance.is_primary and not primary_first and len(instances) > 1:
+        successor = _switchover_candidate(instance, [i for i in instances if i.name not in outdated])
+        if successor is not None:
+            if cluster.annotations.get(ANNOTATION_SWITCHOVER) != successor.name:
+                plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
+                                   f"rolling restart: the replicas run the new spec; switchover to {successor.name} "
+                                   f"instead of restarting the primary {instance.name} in place",
+                                   patch={"metadata": {"annotations": {ANNOTATION_SWITCHOVER: successor.name}}}))
+            plan.waiting.append(f"rolling restart: {instance.name} restarts as a replica after the switchover "
+                                f"to {successor.name}")
+            return
     order = ("primary first: a lowered setting must not exceed the primary's on any replica"
              if primary_first else "replicas first, primary last")
     _patch_instance(plan, cluster, instance, outdated[instance.name],
@@ -339,6 +457,23 @@ def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> No
     if len(restarts) > 1:
         plan.waiting.append("rolling restart: next " + ", ".join(i.name for i, _ in restarts[1:])
                             + f", each once {instance.name} is ready again")
+
+
+def _switchover_candidate(primary: Instance, updated: list[Instance]) -> Instance | None:
+    """The replica already on the new spec that a switchover would promote: ready, streaming from
+    the primary, not fenced; the most advanced, then the lowest ordinal. None when there is none
+    (then the primary restarts in place, as with a single instance)."""
+    fit = [i for i in updated if not i.is_primary and i.settled and not i.spec.fenced
+           and i.status.wal_receiver == "streaming" and i.status.following == primary.name]
+    if not fit:
+        return None
+
+    def position(instance: Instance) -> int:
+        try:
+            return parse_lsn(instance.status.received_lsn or instance.status.lsn or "")
+        except ValueError:
+            return -1
+    return max(fit, key=lambda i: (position(i), -i.ordinal))
 
 
 def _patch_instance(plan: Plan, cluster: Cluster, instance: Instance, patch: dict[str, Any], reason: str) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pgop.kernel.actions import apply_merge_patch
 from pgop.kernel.conditions import condition, rfc3339, set_conditions
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance
@@ -36,12 +37,15 @@ def _entry(instance: Instance, ready: bool, primary: Instance | None) -> dict[st
         "ordinal": instance.ordinal,
         "role": status.role or instance.spec.role,
         "ready": ready,
+        "fenced": instance.spec.fenced,
     }
     optional = {
         "phase": status.phase,
         "timeline": status.timeline,
         "lsn": status.lsn,
         "receivedLSN": status.received_lsn,
+        "replayLSN": status.replay_lsn,
+        "walReceiver": status.wal_receiver,
         "syncState": status.sync_state,
         "lastHeartbeat": rfc3339(status.last_heartbeat) if status.last_heartbeat else None,
         "pod": status.pod,
@@ -61,15 +65,27 @@ def cluster_status(
     now: datetime,
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     waiting: Sequence[str] = (),
+    ha: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The status to write on a PgCluster (a merge patch body for its status subresource).
 
-    `waiting` takes Plan.waiting, so Progressing says what the operator is waiting for.
+    `waiting` takes Plan.waiting, so Progressing says what the operator is waiting for. `ha` takes
+    Plan.status, what pgop.cluster.failover decided (targetPrimary, currentPrimary, failover, ...):
+    it is written as it is, and the primary is its currentPrimary.
     """
     views = [i if isinstance(i, Instance) else Instance.from_object(i) for i in instances]
     live = sorted((i for i in views if not i.deleting), key=lambda i: i.ordinal)
     wanted = cluster.spec.instances
-    primary = _designated_primary(live)
+    if ha is not None:
+        current = ha.get("currentPrimary")
+        primary = next((i for i in live if i.name == current), None)
+        merged = (apply_merge_patch(cluster.status.get("failover"), ha["failover"])
+                  if ha.get("failover") is not None else None)
+    else:
+        primary = _designated_primary(live)
+        merged = cluster.status.get("failover")
+    failover: dict[str, Any] = dict(merged or {})
+    failover_phase = failover.get("phase")
     ready = {i.name: is_ready(i, now, heartbeat_timeout) for i in live}
     ready_count = sum(ready.values())
     primary_ready = primary is not None and ready[primary.name]
@@ -82,7 +98,14 @@ def cluster_status(
     replicas_ready = sum(1 for i in live if ready[i.name] and i is not primary)
 
     problems: list[tuple[str, str]] = []  # most severe first: the first one is the reason
-    if live and primary is None:
+    if failover_phase == "Pending":
+        problems.append(("PrimaryFailed", f"the primary {failover.get('oldPrimary')} failed "
+                         f"({failover.get('reason')}); failover after spec.failoverDelay unless it comes back"))
+    elif failover_phase and failover.get("kind") == "Failover":
+        problems.append((failover.get("waitingReason") or "FailoverInProgress",
+                         f"failover from {failover.get('oldPrimary')} ({failover.get('reason')}), "
+                         f"{failover_phase}: " + str(failover.get("waitingFor") or "")))
+    if live and primary is None and not failover_phase:
         problems.append(("NoPrimary", "no instance is marked primary"))
     elif primary is not None and not primary_ready and primary.status.last_heartbeat is not None:
         problems.append(("PrimaryUnavailable", why_not_ready(primary, now, heartbeat_timeout)))
@@ -118,8 +141,13 @@ def cluster_status(
     if waiting and not progress:
         progress.append(("Waiting", ""))
 
+    if failover_phase and failover_phase != "Pending" and not cluster.deleting:
+        progress.insert(0, (str(failover.get("kind")), f"{failover.get('kind')} {failover_phase}: "
+                            + str(failover.get("waitingFor") or "")))
     if cluster.deleting:
         phase = "Deleting"
+    elif failover_phase and failover_phase != "Pending":
+        phase = str(failover.get("kind"))
     elif not live or (primary is not None and not primary_ready and primary.status.last_heartbeat is None):
         phase = "Creating"
     elif problems:
@@ -165,6 +193,8 @@ def cluster_status(
         "conditions": set_conditions(cluster.status.get("conditions"), [ready_condition, progressing, degraded],
                                      now=now, generation=cluster.generation),
     }
+    if ha is not None:
+        status.update(ha)  # targetPrimary, currentPrimary (also when not live now), failover, ...
     if primary is not None and primary.status.timeline is not None:
         status["timeline"] = primary.status.timeline
     return status

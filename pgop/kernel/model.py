@@ -266,7 +266,7 @@ class ClusterSpec:
     image: str | None = None
     synchronous_replicas: int = 0
     synchronous_mode: str = PREFERRED
-    failover_delay: str = "30s"
+    failover_delay: str = "0s"
     storage: StorageSpec = field(default_factory=lambda: StorageSpec(size="1Gi"))
     resources: dict[str, Any] = field(default_factory=dict)  # a Kubernetes ResourceRequirements
     parameters: dict[str, str] = field(default_factory=dict)
@@ -284,7 +284,7 @@ class ClusterSpec:
             image=data.get("image") or None,
             synchronous_replicas=int(data.get("synchronousReplicas", 0)),
             synchronous_mode=data.get("synchronousMode") or PREFERRED,
-            failover_delay=data.get("failoverDelay") or "30s",
+            failover_delay=data.get("failoverDelay") or "0s",
             storage=StorageSpec.from_dict(data.get("storage")),
             resources=plain(data.get("resources") or {}),
             parameters={str(k): _setting_text(v) for k, v in (data.get("parameters") or {}).items()},
@@ -411,6 +411,7 @@ class Cluster:
     generation: int = 0
     deleting: bool = False
     status: dict[str, Any] = field(default_factory=dict)  # as last written (conditions history)
+    annotations: dict[str, str] = field(default_factory=dict)  # pgop.io/switchover-to, pgop.io/fenced-instances
 
     @classmethod
     def from_object(cls, body: Body) -> Cluster:
@@ -423,6 +424,7 @@ class Cluster:
             deleting=bool(meta.get("deletionTimestamp")),
             spec=ClusterSpec.from_dict(body.get("spec")),
             status=plain(body.get("status") or {}),
+            annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
         )
 
     def validate(self) -> list[ValidationError]:
@@ -445,6 +447,7 @@ class InstanceSpec:
     role: str
     bootstrap: str
     fenced: bool = False
+    primary: str = ""  # the instance a replica follows ("" while a failover decides); see docs/high-availability.md
     # What the cluster controller hands down, so each instance can be rolled on its own turn.
     image: str = DEFAULT_IMAGE
     postgres_version: int = DEFAULT_IMAGE_POSTGRES_VERSION
@@ -469,6 +472,7 @@ class InstanceSpec:
             role=data.get("role", REPLICA),
             bootstrap=data.get("bootstrap", BASEBACKUP),
             fenced=bool(data.get("fenced", False)),
+            primary=data.get("primary") or "",
             image=data.get("image") or DEFAULT_IMAGE,
             postgres_version=int(data.get("postgresVersion", DEFAULT_IMAGE_POSTGRES_VERSION)),
             storage=StorageSpec.from_dict(data.get("storage") or {"size": "1Gi"}),
@@ -492,6 +496,10 @@ class InstanceStatus:
     timeline: int | None = None
     lsn: str | None = None
     received_lsn: str | None = None
+    replay_lsn: str | None = None
+    wal_receiver: str | None = None  # streaming | stopped (pg_stat_wal_receiver)
+    system_identifier: str | None = None
+    following: str | None = None  # the spec.primary the agent applied
     sync_state: str | None = None
     last_heartbeat: datetime | None = None
     observed_generation: int | None = None
@@ -513,6 +521,10 @@ class InstanceStatus:
             timeline=int(timeline) if timeline is not None else None,
             lsn=data.get("lsn") or None,
             received_lsn=data.get("receivedLSN") or None,
+            replay_lsn=data.get("replayLSN") or None,
+            wal_receiver=data.get("walReceiver") or None,
+            system_identifier=str(data["systemIdentifier"]) if data.get("systemIdentifier") else None,
+            following=data.get("following"),
             sync_state=data.get("syncState"),
             last_heartbeat=parse_time(data.get("lastHeartbeat")),
             observed_generation=int(observed) if observed is not None else None,

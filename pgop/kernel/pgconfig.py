@@ -45,6 +45,9 @@ NO_ARCHIVE_COMMAND = ":"
 DEFAULT_PARAMETERS: Mapping[str, str] = {
     "hot_standby_feedback": "on",
     "wal_keep_size": "512MB",
+    # A slot whose replica is gone for long (its PgInstance still there) keeps at most this much
+    # WAL, not a full disk; a replica that fell further behind is rebuilt (pg_basebackup).
+    "max_slot_wal_keep_size": "1GB",
     "password_encryption": "scram-sha-256",
     "logging_collector": "off",  # the container runtime collects stderr
     "log_destination": "stderr",

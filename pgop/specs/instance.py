@@ -13,9 +13,11 @@ from pgop.kernel.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, 
 
 KIND = "PgInstance"
 
-# What the cluster controller keeps in step on existing instances. Never patched: cluster and
-# ordinal (identity), role and fenced (decided by failover), bootstrap/initdb/recovery (how the
-# volume was born), postgresVersion (immutable: no in-place major upgrade).
+# What the cluster controller keeps in step with the PgCluster spec on existing instances. Not
+# here: cluster and ordinal (identity, never patched), role, primary and fenced (the cluster
+# planner derives them from status.targetPrimary/currentPrimary and the annotation
+# pgop.io/fenced-instances: pgop.cluster.failover), bootstrap (becomes basebackup once the
+# cluster has had data), postgresVersion (immutable: no in-place major upgrade).
 MANAGED_FIELDS = (
     "image", "storage", "resources", "parameters",
     "synchronousReplicas", "synchronousMode", "backup", "configHash",
@@ -60,7 +62,8 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
 
 
 def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode,
-                  recovery: RecoverySpec | None = None) -> dict[str, Any]:
+                  recovery: RecoverySpec | None = None, *, primary: str = "",
+                  fenced: bool = False) -> dict[str, Any]:
     """`recovery`: spec.bootstrap.recovery with the source's S3 location filled in (the cluster
     controller looks it up), for the instance that restores."""
     spec: dict[str, Any] = {
@@ -68,7 +71,8 @@ def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootstr
         "ordinal": ordinal,
         "role": role,
         "bootstrap": bootstrap,
-        "fenced": False,
+        "fenced": fenced,
+        "primary": primary,
         "postgresVersion": cluster.spec.postgres_version,
     }
     spec.update(managed_instance_spec(cluster))
@@ -82,7 +86,8 @@ def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootstr
 
 
 def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode,
-                   recovery: RecoverySpec | None = None) -> dict[str, Any]:
+                   recovery: RecoverySpec | None = None, *, primary: str = "",
+                   fenced: bool = False) -> dict[str, Any]:
     name = instance_name(cluster.name, ordinal)
     labels = cluster_labels(cluster.name) | {LABEL_INSTANCE: name}
     return {
@@ -90,5 +95,5 @@ def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootst
         "kind": KIND,
         "metadata": object_meta(name, cluster.namespace, labels,
                                 owner=owner_reference("PgCluster", cluster.name, cluster.uid)),
-        "spec": instance_spec(cluster, ordinal, role, bootstrap, recovery),
+        "spec": instance_spec(cluster, ordinal, role, bootstrap, recovery, primary=primary, fenced=fenced),
     }

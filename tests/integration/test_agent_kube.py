@@ -28,7 +28,7 @@ def store(local_env, namespace, kubectl):
 
 
 def create(store: kube.KubeInstanceStore, cluster: Cluster, ordinal: int, role: str, mode: str) -> dict:
-    body = build_instance(cluster, ordinal, role, mode)
+    body = build_instance(cluster, ordinal, role, mode, primary=f"{cluster.name}-0")
     body["metadata"]["namespace"] = store.namespace
     body["metadata"].pop("ownerReferences", None)  # no PgCluster here: nothing else acts on it
     # Not through store.api: its client sends every body as a merge patch, which a create is not.

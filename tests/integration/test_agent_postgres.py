@@ -69,7 +69,8 @@ class Fleet:
 
     def create(self, ordinal: int, role: str, mode: str) -> str:
         name = self.name(ordinal)
-        self.store.put(name, build_instance(self.cluster, ordinal, role, mode)["spec"])
+        # spec.primary as the operator writes it: the instance that is primary (ordinal 0 here)
+        self.store.put(name, build_instance(self.cluster, ordinal, role, mode, primary=self.name(0))["spec"])
         primary_port = self.settings[self.name(0)].pg_port if ordinal else None
         self.settings[name] = self.host.settings(name, primary_port=primary_port)
         return name
@@ -402,8 +403,8 @@ def test_promote_when_the_spec_says_primary(fleet_factory):
     wait_for(lambda: fleet.sql(new, "SELECT to_regclass('before_failover') IS NOT NULL", dbname="app")[0][0],
              "the table on the replica")
     fleet.stop(old)  # what fencing the old primary will do
-    fleet.store.update_spec(old, role="replica")
-    generation = fleet.store.update_spec(new, role="primary")
+    fleet.store.update_spec(old, role="replica", primary=new)
+    generation = fleet.store.update_spec(new, role="primary", primary=new)
     status = fleet.wait_applied(new, generation)
     assert status["role"] == "primary" and status["timeline"] == 2
     fleet.sql(new, "INSERT INTO before_failover VALUES (1)", dbname="app", user="app")

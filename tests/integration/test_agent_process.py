@@ -75,7 +75,7 @@ def test_bootstrap_and_run_as_processes(host, processes, tmp_path):
                                    "spec": {"instances": 2, "synchronousReplicas": 1, "storage": {"size": "1Gi"}}})
 
     def write_instance(ordinal, role, mode):
-        body = build_instance(cluster, ordinal, role, mode)
+        body = build_instance(cluster, ordinal, role, mode, primary="orders-0")  # as the operator writes it
         body["metadata"]["generation"] = 1
         (store / f"orders-{ordinal}.json").write_text(json.dumps(body))
 

@@ -180,7 +180,7 @@ def test_pgcluster_defaults(objs, crd_namespace):
     assert created["postgresVersion"] == 15
     assert created["synchronousReplicas"] == 0
     assert created["synchronousMode"] == "preferred"
-    assert created["failoverDelay"] == "30s"
+    assert created["failoverDelay"] == "0s"
     assert created["storage"]["reclaimPolicy"] == "Retain"
     assert created["bootstrap"] == {"initdb": {"database": "app", "owner": "app"}}
     with_backup = _create(objs, crd_namespace, _manifest("PgCluster", dict(spec, backup={"s3": S3})))["spec"]
@@ -483,12 +483,14 @@ def test_pgcluster_storage_class_cannot_be_removed(objs, crd_namespace, stored):
     assert "spec.storage.storageClassName is immutable" in message
 
 
-def test_pginstance_immutables_and_changes(objs, crd_namespace, stored):
+def test_pginstance_immutables_and_changes(objs, operator_objs, crd_namespace, stored):
     old = stored("PgInstance")
     assert "spec.cluster is immutable" in _refusal(lambda: _update(objs, crd_namespace, old, "cluster", "other"))
     assert "spec.ordinal is immutable" in _refusal(lambda: _update(objs, crd_namespace, old, "ordinal", 2))
-    _update(objs, crd_namespace, old, "role", "primary")
-    _update(objs, crd_namespace, old, "fenced", True)
+    # As the operator: deploy/admission.yaml refuses these changes to anyone else.
+    _update(operator_objs, crd_namespace, old, "role", "primary")
+    _update(operator_objs, crd_namespace, old, "fenced", True)
+    _update(operator_objs, crd_namespace, old, "primary", "orders-0")
 
 
 def test_pgbackup_spec_is_immutable_and_status_is_writable(objs, crd_namespace, stored):
@@ -675,3 +677,118 @@ def test_mysqldb_status_keeps_the_controller_fields(objs, crd_namespace, stored)
                                                             old["metadata"]["name"], body)
     written = _retry_conflicts(put)
     _assert_kept(status, written["status"], "status")
+
+
+# --------------------------------------------------------------------------- admission policy
+
+ADMISSION = ROOT / "deploy" / "admission.yaml"
+OPERATOR_GROUP = "pgop:operators"
+ROLE_MESSAGE = "spec.role of a PgInstance is decided by the operator; use `pgop promote"
+
+
+def _operator_objs(kube_api, namespace: str):
+    """A client acting as a member of the group pgop:operators (by impersonation, which the admin
+    of the local cluster may do), allowed to update PgInstances in `namespace`."""
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    name = "pgop-test-operators"
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": namespace},
+            "rules": [{"apiGroups": [GROUP], "resources": ["pginstances"],
+                       "verbs": ["get", "list", "update", "patch"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": name, "namespace": namespace},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+               "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": OPERATOR_GROUP}]}
+    for body, create in ((role, rbac.create_namespaced_role), (binding, rbac.create_namespaced_role_binding)):
+        try:
+            create(namespace, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    api = client.ApiClient(configuration=kube_api.configuration)
+    api.set_default_header("Impersonate-User", "pgop-test-operator")
+    api.set_default_header("Impersonate-Group", OPERATOR_GROUP)
+    return client.CustomObjectsApi(api)
+
+
+@pytest.fixture()
+def operator_objs(kube_api, crd_namespace):
+    return _operator_objs(kube_api, crd_namespace)
+
+
+@pytest.fixture()
+def policy_namespace(kube_api, crds_installed):
+    """deploy/admission.yaml's policy, bound to a namespace of this test only (the cluster-wide
+    binding would also refuse a host-run operator that has no identity of its own yet)."""
+    core = client.CoreV1Api(kube_api)
+    suffix = uuid.uuid4().hex[:8]
+    namespace = f"pgop-vap-test-{suffix}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=namespace, labels={"app.kubernetes.io/part-of": "pgop-tests"})))
+    policy, binding = list(yaml.safe_load_all(ADMISSION.read_text()))
+    policy["metadata"]["name"] = binding["spec"]["policyName"] = f"pgop-pginstance-roles-test-{suffix}"
+    binding["metadata"]["name"] = f"pgop-pginstance-roles-test-{suffix}"
+    binding["spec"]["matchResources"] = {"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": namespace}}}
+    base = "/apis/admissionregistration.k8s.io/v1"
+    _apply(kube_api, f"{base}/validatingadmissionpolicies/{policy['metadata']['name']}", policy)
+    _apply(kube_api, f"{base}/validatingadmissionpolicybindings/{binding['metadata']['name']}", binding)
+    yield namespace
+    for path in (f"{base}/validatingadmissionpolicybindings/{binding['metadata']['name']}",
+                 f"{base}/validatingadmissionpolicies/{policy['metadata']['name']}"):
+        try:
+            kube_api.call_api(path, "DELETE", auth_settings=["BearerToken"], _return_http_data_only=True)
+        except ApiException:
+            pass
+    try:
+        core.delete_namespace(namespace)
+    except ApiException:
+        pass
+
+
+def _forbidden(call) -> str:
+    with pytest.raises(ApiException) as info:
+        call()
+    assert info.value.status == 403, f"expected 403 Forbidden, got {info.value.status}: {info.value.body}"
+    return json.loads(info.value.body)["message"]
+
+
+def test_the_admission_policy_is_valid_and_names_the_operator():
+    policy, binding = list(yaml.safe_load_all(ADMISSION.read_text()))
+    assert (policy["kind"], binding["kind"]) == ("ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    operator = yaml.safe_load_all((ROOT / "deploy" / "operator.yaml").read_text())
+    account = next(d for d in operator if d and d["kind"] == "ServiceAccount")["metadata"]
+    assert f"system:serviceaccount:{account['namespace']}:{account['name']}" in policy["spec"]["variables"][0]["expression"]
+
+
+def test_only_the_operator_changes_role_primary_or_fenced(kube_api, objs, policy_namespace):
+    instance = _create(objs, policy_namespace, _manifest("PgInstance", copy.deepcopy(INSTANCE)), dry_run=False)
+    stored = {**instance, "kind": "PgInstance"}
+    # The policy takes a moment to be loaded by the API server: wait for its first refusal.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            _update(objs, policy_namespace, stored, "role", "primary")
+        except ApiException as e:
+            assert e.status == 403, e.body
+            break
+        assert time.monotonic() < deadline, "the admission policy never refused a spec.role change"
+        time.sleep(0.5)
+    for field, value in (("role", "primary"), ("primary", "orders-2"), ("fenced", True)):
+        message = _forbidden(lambda f=field, v=value: _update(objs, policy_namespace, stored, f, v))
+        assert ROLE_MESSAGE in message and "pgop fence" in message, message
+    # Everything else a person (or the cluster controller) changes is not the policy's business.
+    _update(objs, policy_namespace, stored, "parameters", {"work_mem": "8MB"})
+    # The operator's identity: a member of pgop:operators.
+    operator = _operator_objs(kube_api, policy_namespace)
+    for field, value in (("role", "primary"), ("primary", "orders-2"), ("fenced", True)):
+        _update(operator, policy_namespace, stored, field, value, dry_run=False)
+    # The agents write status (a subresource the policy does not match).
+    body = objs.get_namespaced_custom_object(GROUP, VERSION, policy_namespace, "pginstances",
+                                             stored["metadata"]["name"])
+    body["status"] = {"role": "primary", "walReceiver": "stopped", "following": "", "replayLSN": "0/3000000"}
+    stored_status = objs.replace_namespaced_custom_object_status(GROUP, VERSION, policy_namespace, "pginstances",
+                                                                 stored["metadata"]["name"], body)["status"]
+    assert (stored_status["walReceiver"], stored_status["following"], stored_status["replayLSN"]) == \
+        ("stopped", "", "0/3000000")

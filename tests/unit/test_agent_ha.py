@@ -122,15 +122,181 @@ def test_stopped_replica_wanted_primary_starts_first_then_promotes():
     assert ha.decide(wanted(role="primary"), stopped(standby_signal=True)).kinds() == [ha.START]
 
 
-def test_primary_wanted_replica_is_the_demotion_seam():
+def test_primary_wanted_replica_stops_at_once_then_rejoins_and_starts_as_replica():
     decision = ha.decide(wanted(role="replica", slots=None), running(role="primary"))
-    assert decision.kinds() == [ha.DEMOTE]
-    assert decision.phase == ha.FAILED and "not implemented" in decision.message
+    assert decision.kinds() == [ha.STOP_NOW, ha.REJOIN, ha.START]
+    assert decision.phase == ha.DEMOTING and not decision.applied
+
+
+def test_demotion_in_a_switchover_is_a_fast_shutdown():
+    # The replicas still follow this instance: they get all of its WAL before it stops.
+    decision = ha.decide(wanted(role="replica", primary="", handover=True), running(role="primary"))
+    assert decision.kinds() == [ha.STOP] and "switchover" in decision.actions[0].reason
+    assert ha.decide(wanted(role="replica", primary="", handover=False),
+                     running(role="primary")).kinds() == [ha.STOP_NOW]
+
+
+def test_demotion_stops_first_even_with_a_config_change_pending():
+    decision = ha.decide(wanted(role="replica", slots=None, settings={**SETTINGS, "work_mem": "1MB"}),
+                         running(role="primary"))
+    assert decision.kinds()[0] == ha.STOP_NOW
+
+
+def test_demotion_with_spec_primary_empty_stops_and_waits_for_a_name():
+    decision = ha.decide(wanted(role="replica", primary=""), running(role="primary"))
+    assert decision.kinds() == [ha.STOP_NOW]
+    then = ha.decide(wanted(role="replica", primary=""), stopped(standby_signal=False))
+    assert then.actions == () and then.phase == ha.STOPPED and then.waiting
 
 
 def test_a_former_primary_is_never_started_as_a_replica_without_rewind():
     decision = ha.decide(wanted(role="replica", slots=None), stopped(standby_signal=False))
-    assert decision.kinds() == [ha.DEMOTE]  # no START: it would run as a second primary
+    assert decision.kinds() == [ha.REJOIN, ha.START]  # never START alone: a second primary
+    assert decision.phase == ha.REJOINING
+
+
+def test_a_replica_that_diverged_rejoins():
+    actual = ha.Actual(running=True, state=PostgresState(accepting=True, role="replica"),
+                       written=WrittenConfig(dict(SETTINGS), HBA), standby_signal=True, diverged="stuck")
+    assert ha.decide(wanted(role="replica", primary="orders-1"), actual).kinds() == [ha.REJOIN, ha.START]
+    assert ha.decide(wanted(role="replica", primary=""), actual).kinds() == []
+
+
+def test_isolated_primary_stops_at_once_and_stays_stopped():
+    actual = ha.Actual(running=True, state=PostgresState(accepting=True, role="primary"),
+                       written=WrittenConfig(dict(SETTINGS), HBA), isolated="isolated: no API")
+    decision = ha.decide(wanted(), actual)
+    assert decision.kinds() == [ha.STOP_NOW] and decision.phase == ha.ISOLATED
+    then = ha.decide(wanted(), ha.Actual(running=False, written=WrittenConfig(dict(SETTINGS), HBA),
+                                         isolated="isolated: no API"))
+    assert then.actions == () and then.phase == ha.ISOLATED and "stays stopped" in then.message
+
+
+def test_fencing_wins_over_isolation():
+    actual = ha.Actual(running=True, state=PostgresState(accepting=True, role="primary"), isolated="x")
+    assert ha.decide(wanted(fenced=True), actual).kinds() == [ha.STOP]
+
+
+def test_stop_streaming_is_a_reload():
+    # spec.primary "": the rendered settings lose primary_conninfo; a reload ends the receiver.
+    written = WrittenConfig({**SETTINGS, "primary_conninfo": "host=orders-rw", "primary_slot_name": "pgop_x"}, HBA)
+    decision = ha.decide(wanted(role="replica", primary="",
+                                settings={**SETTINGS, "primary_conninfo": "", "primary_slot_name": ""}),
+                         running(role="replica", written=written))
+    assert decision.kinds() == [ha.WRITE_CONFIG, ha.RELOAD]
+
+
+# ------------------------------------------------------------------------------ isolation
+
+@pytest.mark.parametrize("now, api_ok, replica_ok, peers, isolated", [
+    (100.0, 95.0, 80.0, 2, False),   # the API server answered 5 s ago
+    (100.0, 80.0, 95.0, 2, False),   # a replica streamed 5 s ago
+    (100.0, 90.0, 90.0, 2, True),    # neither for 10 s: the timeout
+    (100.0, 50.0, 60.0, 1, True),
+    (100.0, 50.0, 60.0, 0, False),   # nobody to fail over to: never
+    (100.0, 90.1, 0.0, 1, False),
+])
+def test_isolation_with_a_fake_clock(now, api_ok, replica_ok, peers, isolated):
+    why = ha.isolation(now, api_ok, replica_ok, 10.0, peers)
+    assert (why is not None) == isolated
+    if why:
+        assert "API server" in why and "streaming replica" in why
+
+
+def test_isolation_timeout_zero_disables_it():
+    assert ha.isolation(1000.0, 0.0, 0.0, 0.0, 3) is None
+
+
+def test_isolation_over_time_as_the_loop_sees_it():
+    clock, api_ok, replica_ok, timeout = 0.0, 0.0, 0.0, 10.0
+    seen = []
+    for step in range(30):  # one turn a second: the API server goes away at 5 s, replicas at 8 s
+        clock = float(step)
+        if clock < 5:
+            api_ok = clock
+        if clock < 8:
+            replica_ok = clock
+        seen.append(ha.isolation(clock, api_ok, replica_ok, timeout, peers=2) is not None)
+    assert seen.index(True) == 17  # 10 s after the last sign of either (a replica, seen at 7 s)
+    assert all(seen[17:])
+
+
+# --------------------------------------------------------------------------------- rejoin
+
+def test_rejoin_rewinds_only_from_a_primary_of_the_same_system():
+    assert ha.rejoin_step("7", ha.Source(True, False, "7", 2))[0] == ha.REWIND
+    assert ha.rejoin_step(None, ha.Source(True, False, "7", 2))[0] == ha.REWIND
+    assert ha.rejoin_step("7", ha.Source(False, error="connection refused"))[0] == ha.WAIT
+    assert ha.rejoin_step("7", ha.Source(True, True, "7", 1))[0] == ha.WAIT  # not promoted yet
+    step, why = ha.rejoin_step("7", ha.Source(True, False, "8", 1))
+    assert step == ha.REFUSE and "another database" in why
+
+
+def test_diverged_replica():
+    from pgop.agent.streaming import ReceiverState
+    stuck = PostgresState(accepting=True, role="replica", timeline=1, receiver=None)
+    assert ha.diverged(stuck, primary_timeline=2, not_streaming_for=20, patience=15)
+    assert not ha.diverged(stuck, primary_timeline=2, not_streaming_for=5, patience=15)
+    assert not ha.diverged(stuck, primary_timeline=1, not_streaming_for=20, patience=15)
+    assert not ha.diverged(stuck, primary_timeline=None, not_streaming_for=20, patience=15)
+    streaming = PostgresState(accepting=True, role="replica", timeline=1,
+                              receiver=ReceiverState("streaming", 1, "h"))
+    assert not ha.diverged(streaming, primary_timeline=2, not_streaming_for=20, patience=15)
+
+
+# ------------------------------------------------------------------------------ reporting
+
+def test_wal_receiver_and_following():
+    from pgop.agent.streaming import ReceiverState
+    conninfo = "host=orders-rw"
+    streaming = PostgresState(accepting=True, role="replica", primary_conninfo=conninfo,
+                              receiver=ReceiverState("streaming", 1, "h"))
+    assert ha.wal_receiver(streaming) == "streaming"
+    assert ha.wal_receiver(PostgresState(accepting=True, role="replica")) == "stopped"
+    assert ha.wal_receiver(PostgresState(accepting=True, role="primary")) is None
+    # Asked to stop: not applied while the old conninfo is in effect, or while a receiver is left.
+    assert ha.following("", streaming, "", previous="orders-0") == "orders-0"
+    still = PostgresState(accepting=True, role="replica", primary_conninfo="",
+                          receiver=ReceiverState("stopping", 1, "h"))
+    assert ha.following("", still, "", previous="orders-0") == "orders-0"
+    gone = PostgresState(accepting=True, role="replica", primary_conninfo="")
+    assert ha.following("", gone, "", previous="orders-0") == ""
+    no_row = PostgresState(accepting=True, role="replica", primary_conninfo="",
+                           receiver=ReceiverState(None, None, None))  # what read_receiver says without one
+    assert ha.following("", no_row, "", previous="orders-0") == ""
+    assert ha.wal_receiver(no_row) == "stopped"
+    # Asked to follow: once the conninfo is in effect.
+    assert ha.following("orders-1", gone, conninfo, previous="") == ""
+    assert ha.following("orders-1", streaming, conninfo, previous="") == "orders-1"
+    assert ha.following(None, streaming, conninfo, previous="x") is None
+    assert ha.following("orders-0", PostgresState(accepting=True, role="primary"), "", None) == "orders-0"
+
+
+def test_received_lsn_keeps_the_last_known_one():
+    assert ha.received_lsn(PostgresState(received_lsn="0/5000000"), "0/4000000") == "0/5000000"
+    assert ha.received_lsn(PostgresState(received_lsn=None), "0/4000000") == "0/4000000"
+    restarted = PostgresState(role="replica", received_lsn=None, lsn="0/3000000")
+    assert ha.received_lsn(restarted, None) == "0/3000000"
+
+
+def test_readiness_tells_the_truth():
+    from pgop.agent.streaming import ReceiverState
+    def ready(role="replica", primary=None, state_role="replica", receiver="streaming", sysid="1", primary_sysid="1",
+              fenced=False, running=True):
+        state = PostgresState(accepting=True, role=state_role, system_identifier=sysid,
+                              receiver=ReceiverState(receiver, 1, "h") if receiver else None)
+        return ha.readiness(role=role, primary=primary, fenced=fenced, running=running, state=state,
+                            system_identifier=primary_sysid)
+    assert ready() == (True, "postgres accepts connections as replica")
+    assert ready(primary="orders-0")[0]
+    assert not ready(receiver=None)[0] and "stopped" in ready(receiver=None)[1]
+    assert not ready(receiver="waiting")[0]
+    assert not ready(primary="")[0] and "failover" in ready(primary="")[1]
+    assert not ready(sysid="2")[0] and "system identifier" in ready(sysid="2")[1]
+    assert ready(primary_sysid=None)[0]  # the primary's is unknown: no judgement
+    assert ready(role="primary", state_role="primary", receiver=None)[0]
+    assert not ready(role="primary", state_role="replica")[0]
+    assert not ready(fenced=True)[0] and not ready(running=False)[0]
 
 
 def test_slots_created_for_new_instances_and_dropped_for_gone_ones_only_if_managed():
@@ -159,7 +325,7 @@ def test_order_of_actions_config_then_role_then_slots():
 
 @pytest.mark.parametrize("role_wanted, role_actual, expected", [
     ("primary", "primary", []), ("replica", "replica", []), ("primary", "replica", [ha.PROMOTE]),
-    ("replica", "primary", [ha.DEMOTE]), ("primary", None, []),
+    ("replica", "primary", []), ("primary", None, []),
 ])
 def test_role_actions(role_wanted, role_actual, expected):
     assert [a.kind for a in ha.role_actions(role_wanted, role_actual)] == expected

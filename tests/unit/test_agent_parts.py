@@ -44,7 +44,7 @@ def instance(name: str, role: str = "replica", deleting: bool = False, sync_stat
 def test_settings_from_the_pod_environment_have_the_pod_defaults():
     s = settings()
     assert (s.cluster, s.instance, s.namespace, s.pod_ip, s.node_name) == ("orders", "orders-1", "shop", "10.0.0.7", "node-a")
-    assert s.pg_port == 5432 and s.agent_port == 8008 and s.interval == 5.0
+    assert s.pg_port == 5432 and s.agent_port == 8008 and s.interval == 2.0 and s.isolation_timeout == 10.0
     assert s.socket_dir == Path(pgconfig.SOCKET_DIRECTORY)
     assert s.local_host == pgconfig.SOCKET_DIRECTORY  # peer authentication over the socket
     assert s.replication_host == "orders-rw.shop.svc"
@@ -55,9 +55,10 @@ def test_settings_from_the_pod_environment_have_the_pod_defaults():
 
 def test_settings_overrides_for_a_machine_running_several_instances():
     s = settings(PGOP_PG_PORT=6000, PGOP_CONNECT_HOST="127.0.0.1", PGOP_PRIMARY_HOST="10.1.1.1",
-                 PGOP_PRIMARY_PORT=6001, PGOP_HEARTBEAT_INTERVAL="0.5", PGOP_RUN_DIR="/run/x")
-    assert (s.pg_port, s.local_host, s.replication_host, s.primary_port, s.interval) == (
-        6000, "127.0.0.1", "10.1.1.1", 6001, 0.5)
+                 PGOP_PRIMARY_PORT=6001, PGOP_HEARTBEAT_INTERVAL="0.5", PGOP_RUN_DIR="/run/x",
+                 PGOP_ISOLATION_TIMEOUT="4.5")
+    assert (s.pg_port, s.local_host, s.replication_host, s.primary_port, s.interval, s.isolation_timeout) == (
+        6000, "127.0.0.1", "10.1.1.1", 6001, 0.5, 4.5)
     assert s.passfile == Path("/run/x/pgpass")
 
 

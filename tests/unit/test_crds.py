@@ -37,17 +37,22 @@ CONTRACT = {
                  "backup.walArchiving", "publish", "publish.vaultPath", "publish.consulPrefix"],
         "status": ["phase", "currentPrimary", "readyInstances", "instances", "instances[].name",
                    "instances[].role", "instances[].timeline", "instances[].lsn", "instances[].lagBytes",
-                   "instances[].ready", "conditions", "lastBackup", "firstRecoverabilityPoint"],
+                   "instances[].ready", "conditions", "lastBackup", "firstRecoverabilityPoint",
+                   # docs/high-availability.md
+                   "targetPrimary", "failover.phase", "failover.oldPrimary", "failover.since",
+                   "instances[].fenced"],
     },
     "PgInstance": {
-        "spec": ["cluster", "ordinal", "role", "bootstrap", "fenced",
+        "spec": ["cluster", "ordinal", "role", "bootstrap", "fenced", "primary",
                  # what the cluster controller hands down to each instance (pgop/specs/instance.py)
                  "postgresVersion", "image", "storage.size", "storage.storageClassName",
                  "storage.reclaimPolicy", "resources.requests", "resources.limits", "parameters",
                  "synchronousReplicas", "synchronousMode", "configHash", "initdb.database", "initdb.owner",
                  "recovery.source", "recovery.backup", "recovery.targetTime", "recovery.targetLSN",
                  "recovery.s3.bucket", "backup.s3.bucket", "backup.s3.credentialsSecret", "backup.walArchiving"],
-        "status": ["phase", "role", "timeline", "lsn", "ready", "lastHeartbeat", "pod", "pvc"],
+        "status": ["phase", "role", "timeline", "lsn", "ready", "lastHeartbeat", "pod", "pvc",
+                   # docs/high-availability.md: the agent writes them, the schema must keep them
+                   "receivedLSN", "replayLSN", "walReceiver", "systemIdentifier", "following"],
     },
     "PgBackup": {
         "spec": ["cluster", "method", "target"],

@@ -33,7 +33,7 @@ def test_a_minimal_spec_gets_the_crd_defaults():
     assert spec.bootstrap.initdb is not None
     assert (spec.bootstrap.initdb.database, spec.bootstrap.initdb.owner) == ("app", "app")
     assert spec.bootstrap.first_primary_mode == "initdb"
-    assert spec.failover_delay_seconds == 30
+    assert spec.failover_delay_seconds == 0  # docs/high-availability.md: fail over at once
     assert spec.backup is None and spec.validate() == []
 
 

@@ -83,16 +83,18 @@ def test_replicas_wait_for_the_primary_to_be_ready():
     assert second == []
     assert any("primary orders-0" in note for note in second.waiting)
     world.report("orders-0", ready=False)
-    assert plan(world, cluster) == []
+    # Postgres runs as primary (not ready yet): the cluster has data, nothing is created yet.
+    assert [a for a in plan(world, cluster) if a.verb == CREATE] == []
 
 
 def test_replicas_are_cloned_once_the_primary_is_ready():
     world, cluster = World(), make_cluster()
     world.apply(plan(world, cluster))
     world.report("orders-0")
-    actions = plan(world, cluster)
+    actions = [a for a in plan(world, cluster) if a.verb == CREATE]
     assert instance_actions(actions) == [(CREATE, "orders-1"), (CREATE, "orders-2")]
-    assert {(a.body["spec"]["role"], a.body["spec"]["bootstrap"]) for a in actions} == {("replica", "basebackup")}
+    assert {(a.body["spec"]["role"], a.body["spec"]["bootstrap"], a.body["spec"]["primary"])
+            for a in actions} == {("replica", "basebackup", "orders-0")}
 
 
 def test_applying_a_plan_then_planning_again_yields_nothing():
@@ -194,8 +196,11 @@ def test_scale_down_removes_the_highest_ordinal_replicas():
 def test_scale_down_never_removes_the_primary_even_at_the_highest_ordinal():
     world, cluster = running_cluster(5)
     # After a failover, orders-4 is the primary.
-    world.objects[("PgInstance", "orders-0")]["spec"]["role"] = "replica"
-    world.objects[("PgInstance", "orders-4")]["spec"]["role"] = "primary"
+    world.cluster_status.update(targetPrimary="orders-4", currentPrimary="orders-4")
+    world.objects[("PgInstance", "orders-0")]["spec"].update(role="replica", primary="orders-4")
+    world.objects[("PgInstance", "orders-4")]["spec"].update(role="primary", primary="orders-4")
+    for name in ("orders-1", "orders-2", "orders-3"):
+        world.objects[("PgInstance", name)]["spec"]["primary"] = "orders-4"
     actions = plan(world, spec_change(cluster, instances=2))
     assert instance_actions(actions) == [(DELETE, "orders-3"), (DELETE, "orders-2"), (DELETE, "orders-1")]
     world.apply(actions)
@@ -215,10 +220,14 @@ def test_scale_3_to_5_to_2_converges_and_keeps_the_primary():
 
 def test_no_replica_is_created_without_a_primary():
     world, cluster = running_cluster(3)
-    world.objects[("PgInstance", "orders-0")]["spec"]["role"] = "replica"
+    # A failover is deciding: nobody is primary.
+    world.cluster_status.update(targetPrimary="", failover={"kind": "Failover", "phase": "Deciding",
+                                                            "oldPrimary": "orders-0", "since": "2026-11-22T12:00:00Z",
+                                                            "phaseSince": "2026-11-22T12:00:00Z",
+                                                            "deposed": ["orders-0"]})
     del world.objects[("PgInstance", "orders-2")]
     result = plan(world, cluster)
-    assert instance_actions(result) == []
+    assert [a for a in instance_actions(result) if a[0] != PATCH] == []
     assert any("primary" in note for note in result.waiting)
 
 
@@ -326,12 +335,17 @@ def test_a_rollout_waits_for_a_bootstrapping_instance():
     assert instance_actions(plan(world, tuned)) == [(PATCH, "orders-1")]
 
 
-def test_role_and_fencing_are_never_patched_by_the_cluster_plan():
+def test_role_and_fencing_follow_the_failover_state_not_the_rollout():
     world, cluster = running_cluster(3)
-    world.objects[("PgInstance", "orders-1")]["spec"]["fenced"] = True
+    world.objects[("PgInstance", "orders-1")]["spec"]["fenced"] = True  # not in the annotation
+    world.objects[("PgInstance", "orders-2")]["spec"]["role"] = "primary"  # a hand edit
     actions = plan(world, spec_change(cluster, parameters={"work_mem": "1MB"}))
+    roles = [a for a in actions if a.kind == "PgInstance" and {"role", "fenced"} & set(a.patch["spec"])]
+    assert [(a.name, a.patch["spec"]) for a in roles] == [("orders-2", {"role": "replica"}),
+                                                          ("orders-1", {"fenced": False})]
     for action in actions:
-        assert not {"role", "fenced", "bootstrap", "ordinal", "cluster"} & set(action.patch["spec"])
+        if action.kind == "PgInstance" and action not in roles:
+            assert not {"role", "fenced", "primary", "bootstrap", "ordinal", "cluster"} & set(action.patch["spec"])
 
 
 # ------------------------------------------------------------------------------- plan instance

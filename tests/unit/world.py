@@ -8,11 +8,12 @@ from __future__ import annotations
 import copy
 import itertools
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pgop.cluster.plan import ObservedCluster, plan_cluster
-from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, apply_merge_patch
+from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch
 from pgop.kernel.model import Cluster, Instance
 
 NOW = datetime(2026, 11, 22, 12, 0, 0, tzinfo=UTC)
@@ -38,11 +39,29 @@ def make_cluster(**spec: Any) -> Cluster:
 class World:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str], dict[str, Any]] = {}
+        # The PgCluster's status and annotations as the handler would have written them.
+        self.cluster_status: dict[str, Any] = {}
+        self.cluster_annotations: dict[str, str] = {}
+        self.events: list[Any] = []
+
+    def cluster(self, cluster: Cluster) -> Cluster:
+        """The cluster as stored now: its status as written by the plans applied so far."""
+        return replace(cluster, status={**cluster.status, **self.cluster_status},
+                       annotations={**cluster.annotations, **self.cluster_annotations})
 
     # ---------------------------------------------------------------- applying plans
     def apply(self, actions: list[Action]) -> None:
+        """A Plan's status first (the handler writes what failover decided before acting), then
+        its actions in order."""
+        if isinstance(actions, Plan):
+            self.cluster_status = apply_merge_patch(self.cluster_status, actions.status)
+            self.events += actions.events
         for action in actions:
             key = (action.kind, action.name)
+            if action.kind == "PgCluster" and action.verb == PATCH:
+                annotations = (action.patch or {}).get("metadata", {}).get("annotations", {})
+                self.cluster_annotations = apply_merge_patch(self.cluster_annotations, annotations)
+                continue
             if action.verb == CREATE:
                 assert key not in self.objects, f"{action.kind} {action.name} exists already"
                 self.objects[key] = self._created(action)
@@ -83,9 +102,12 @@ class World:
     def all(self, kind: str) -> list[dict[str, Any]]:
         return [obj for (k, _), obj in sorted(self.objects.items()) if k == kind]
 
-    def observed_cluster(self, cluster: str = "orders") -> ObservedCluster:
+    def observed_cluster(self, cluster: str = "orders", *, pods: bool = False) -> ObservedCluster:
+        """`pods`: observe the Postgres pods and the PVCs too (the failover tests put them there)."""
         account = f"{cluster}-agent"
         return ObservedCluster(
+            pods=self.all("Pod") if pods else None,
+            volumes=self.all("PersistentVolumeClaim") if pods else None,
             instances=self.all("PgInstance"),
             services=self.all("Service"),
             secrets=self.all("Secret"),
@@ -127,8 +149,9 @@ class World:
 
 # ------------------------------------------------------------------------ planning helpers
 
-def plan(world, cluster, seed=1):
-    return plan_cluster(cluster, world.observed_cluster(cluster.name), rng=random.Random(seed))
+def plan(world, cluster, seed=1, now=NOW, pods=False):
+    return plan_cluster(world.cluster(cluster), world.observed_cluster(cluster.name, pods=pods),
+                        rng=random.Random(seed), now=now)
 
 
 def summary(actions):

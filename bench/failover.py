@@ -1,0 +1,242 @@
+"""Write gap on failover: what an application sees when the primary goes, measured from a writer pod
+inside the cluster that inserts through `<cluster>-rw` every 20 ms (e2e/chaos.py).
+
+    make up && .venv/bin/python -m bench.failover [--runs 3] [--scenarios pod-delete,switchover]
+
+Needs the operator running (make up). Per scenario, one 3-instance PgCluster
+(`synchronousMode: required`, `synchronousReplicas: 1`) in a namespace of its own, faulted N times
+in a row (each run waits until every instance streams again). Per run: the write gap over the fault
+(last acknowledged write before it to the first acknowledged write sent after it), acknowledged
+writes missing on the final primary, writes acknowledged by a deposed primary, failed attempts,
+and the time from the fault until every instance is Ready and streaming on the newest timeline.
+Prints a table next to CloudNativePG's e2e bounds; never fails on a figure (a run that does not
+recover within the bounds is shown as an error and ends that scenario).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from e2e.chaos import (
+    CNPG_BOUNDS,
+    ChaosCluster,
+    NetworkCut,
+    Writer,
+    force_delete_pod,
+    kill_postmaster,
+    lose_volume,
+    median,
+    switchover,
+)
+from e2e.harness import envfile, proc
+from e2e.harness.fixtures import Kubectl
+
+NAME = "bench"
+RESUME = 120
+CONVERGE = 300
+
+MANIFEST = """
+apiVersion: pgop.io/v1
+kind: PgCluster
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  instances: {n}
+  postgresVersion: 15
+  synchronousReplicas: 1
+  synchronousMode: {mode}
+  storage: {{size: 1Gi}}
+  bootstrap: {{initdb: {{database: app, owner: app}}}}
+"""
+
+
+@dataclass
+class Run:
+    gap: float | None = None
+    lost: int = 0
+    deposed: int = 0
+    foreign: int = 0
+    failed: int = 0
+    streams_again: float | None = None
+    isolated_acked_for: float | None = None
+    new_primary: str = ""
+    error: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+# ---- scenarios: each injects one fault into a converged cluster with a running writer, waits
+# until writes resume and every instance streams again, and returns (fault time, seconds until
+# every instance streams again, extra figures).
+
+def pod_delete(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict]:
+    at = force_delete_pod(cluster, cluster.primary())
+    writer.fault("pod delete", at)
+    writer.wait_for_ack(sent_after=at, timeout=RESUME)
+    return at, cluster.wait_converged(CONVERGE, since=at), {}
+
+
+def postmaster_kill(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict]:
+    at = kill_postmaster(cluster, cluster.primary())
+    writer.fault("postmaster kill", at)
+    writer.wait_for_ack(sent_after=at, timeout=RESUME)
+    return at, cluster.wait_converged(CONVERGE, since=at), {}
+
+
+def volume_loss(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict]:
+    at = lose_volume(cluster, cluster.primary())
+    writer.fault("volume loss", at)
+    writer.wait_for_ack(sent_after=at, timeout=RESUME)
+    return at, cluster.wait_converged(CONVERGE, since=at), {}
+
+
+def do_switchover(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict]:
+    primary = cluster.primary()
+    timeline = cluster.timeline(primary)
+    target = next(n for n in cluster.instance_names() if n != primary)
+    at = time.time()
+    p = switchover(cluster, target)
+    if p.returncode != 0:
+        raise RuntimeError(f"pgop promote failed: {(p.stderr or p.stdout).strip()[-300:]}")
+    writer.fault("switchover", at)
+    writer.wait_for_ack(sent_after=at, timeout=RESUME, where=lambda a: a.tl > timeline)
+    return at, cluster.wait_converged(CONVERGE, since=at), {}
+
+
+def isolation(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict]:
+    primary = cluster.primary()
+    timeline = cluster.timeline(primary)
+    with NetworkCut(cluster, primary) as cut:
+        assert cut.cut_at is not None
+        writer.fault("isolation", cut.cut_at)
+        writer.wait_for_ack(sent_after=cut.cut_at, timeout=RESUME, where=lambda a: a.tl > timeline)
+    streams = cluster.wait_converged(CONVERGE, since=cut.cut_at)
+    return cut.cut_at, streams, {"old_timeline": timeline}
+
+
+SCENARIOS: dict[str, tuple[Callable[[ChaosCluster, Writer], tuple[float, float, dict]], str]] = {
+    # name: (scenario, the CloudNativePG bound on the write gap it compares with)
+    "pod-delete": (pod_delete, "pod delete"),
+    "postmaster-kill": (postmaster_kill, ""),
+    "switchover": (do_switchover, "switchover"),
+    "isolation": (isolation, ""),
+    "volume-loss": (volume_loss, ""),
+}
+
+
+def one_run(cluster: ChaosCluster, scenario) -> Run:
+    run = Run()
+    writer = Writer(cluster, max_seconds=600)
+    try:
+        writer.start()
+        time.sleep(2)
+        at, streams, extra = scenario(cluster, writer)
+        report = writer.finish()
+        run.gap = report.gap_over(at)
+        run.lost = len(report.missing)
+        run.deposed = len(report.deposed_acks)
+        run.foreign = len(report.foreign_acks)
+        run.failed = len(report.failures)
+        run.streams_again = streams
+        run.new_primary = report.final_primary or ""
+        if "old_timeline" in extra:
+            last = report.last_ack_on(extra["old_timeline"])
+            run.isolated_acked_for = max(0.0, last - at) if last is not None else 0.0
+        run.notes = [p for p in report.problems() if "missing" not in p and "deposed" not in p]
+    except Exception as e:
+        run.error = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:200] if str(e).strip() else ''}"
+        traceback.print_exc(limit=2, file=sys.stderr)
+        try:
+            writer.stop(timeout=20)
+            report = writer.report(converged=False)
+            run.lost, run.deposed = len(report.missing), len(report.deposed_acks)
+            run.failed = len(report.failures)
+        except Exception:
+            pass
+    finally:
+        writer.delete()
+    return run
+
+
+def fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} s"
+
+
+def table(results: dict[str, list[Run]]) -> str:
+    head = ["scenario", "runs", "write gap median", "write gap max", "CNPG bound", "lost acked",
+            "deposed acks", "failed attempts (median)", "all streaming again median / max",
+            "CNPG rejoin bound", "errors"]
+    rows = []
+    for name, runs in results.items():
+        good = [r for r in runs if not r.error]
+        gaps = [r.gap for r in good if r.gap is not None]
+        streams = [r.streams_again for r in good if r.streams_again is not None]
+        bound = SCENARIOS[name][1]
+        rows.append([
+            name, str(len(runs)), fmt(median(gaps)), fmt(max(gaps) if gaps else None),
+            f"{CNPG_BOUNDS[bound]:.0f} s" if bound else "-",
+            str(sum(r.lost for r in runs)), str(sum(r.deposed + r.foreign for r in runs)),
+            str(median([float(r.failed) for r in good]) if good else "-"),
+            f"{fmt(median(streams))} / {fmt(max(streams) if streams else None)}",
+            f"{CNPG_BOUNDS['rejoin']:.0f} s",
+            "; ".join(sorted({r.error for r in runs if r.error}))[:120] or "-",
+        ])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = ["| " + " | ".join(h.ljust(w) for h, w in zip(head, widths)) + " |",
+             "| " + " | ".join("-" * w for w in widths) + " |"]
+    lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3, help="faults per scenario (default 3)")
+    ap.add_argument("--scenarios", default="pod-delete,postmaster-kill,switchover,isolation,volume-loss")
+    ap.add_argument("--instances", type=int, default=3)
+    ap.add_argument("--mode", choices=["required", "preferred"], default="required")
+    ap.add_argument("--keep", action="store_true", help="keep the namespaces (for a look afterwards)")
+    args = ap.parse_args(argv)
+    names = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in names if s not in SCENARIOS]
+    if unknown:
+        ap.error(f"unknown scenarios {unknown}; known: {', '.join(SCENARIOS)}")
+
+    env = envfile.load()
+    kubectl = Kubectl(env)
+    if not proc.running("operator"):
+        print("note: no operator of `make up` runs (pid file); the figures need one running", file=sys.stderr)
+    results: dict[str, list[Run]] = {}
+    for name in names:
+        ns = f"bench-failover-{uuid.uuid4().hex[:6]}"
+        kubectl("create", "namespace", ns)
+        cluster = ChaosCluster(kubectl, ns, NAME)
+        cluster.allow_chaos()
+        results[name] = []
+        try:
+            kubectl("apply", "-f", "-", input=MANIFEST.format(name=NAME, ns=ns, n=args.instances, mode=args.mode))
+            cluster.wait_ready(args.instances, 300)
+            cluster.wait_converged(120)
+            for i in range(args.runs):
+                run = one_run(cluster, SCENARIOS[name][0])
+                results[name].append(run)
+                print(f"{name} #{i + 1}: {json.dumps(run.__dict__, default=str)}", flush=True)
+                if run.error:
+                    break  # the cluster did not recover: further runs would measure something else
+        except Exception as e:
+            results[name].append(Run(error=f"set-up: {type(e).__name__}: {str(e).splitlines()[0][:160]}"))
+        finally:
+            if not args.keep:
+                kubectl("delete", "namespace", ns, "--wait=false", check=False)
+    print()
+    print(f"Failover write gap ({args.instances} instances, synchronousMode {args.mode}, "
+          f"writer every 20 ms through -rw; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
