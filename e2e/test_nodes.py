@@ -169,10 +169,10 @@ def test_pods_run_on_each_node(web, cluster_nodes):
 def test_each_node_runs_only_its_own_containers(web, cluster_nodes, local_env):
     """Each node's containerd holds exactly the containers of the pods bound to that node, and an
     extra node's containers live in that node's cgroup subtree."""
-    socks = {n: st["containerd"] for n, st in cluster_nodes.state().items()}
-    socks[cluster_nodes.all[0]] = local_env["PGOP_CONTAINERD_ADDRESS"]
+    assert cluster_nodes.containerd_address(cluster_nodes.all[0]) == local_env["PGOP_CONTAINERD_ADDRESS"]
     for n in web.nodes:
-        ids = subprocess.run(["ctr", "--address", socks[n], "-n", "k8s.io", "containers", "ls", "-q"],
+        sock = cluster_nodes.containerd_address(n)
+        ids = subprocess.run(["ctr", "--address", sock, "-n", "k8s.io", "containers", "ls", "-q"],
                              text=True, capture_output=True, check=True).stdout.split()
         mine = web.pod_json(n)["status"]["containerStatuses"][0]["containerID"].split("//")[1]
         assert mine in ids

@@ -164,6 +164,12 @@ class ClusterNodes:
         for name in self.extra:
             self.wait_ready(name)
 
+    def containerd_address(self, node: str) -> str:
+        """The node's containerd socket (`ctr --address ... -n k8s.io task ls` finds a container's
+        host PID on that node; every node's processes are visible from the host)."""
+        from .nodes import containerd_address
+        return str(containerd_address(node))
+
     def node_of(self, namespace: str, pod: str) -> str:
         return self.kubectl("get", "pod", "-n", namespace, pod, "-o",
                             "jsonpath={.spec.nodeName}").stdout.strip()

@@ -93,6 +93,13 @@ def by_name(name: str) -> Node:
     raise SystemExit(f"no extra node {name!r} (have: {', '.join(n.name for n in registered()) or 'none'})")
 
 
+def containerd_address(name: str) -> Path:
+    """The containerd socket of a node (the host node's or an extra node's), for `ctr --address`."""
+    if name == paths.NODE_NAME:
+        return paths.CONTAINERD_SOCK
+    return Node(int(name.rsplit("-", 1)[1])).sock
+
+
 def registered() -> list[Node]:
     try:
         return [Node(i) for i in json.loads(paths.NODES_JSON.read_text())["indexes"]]
