@@ -286,8 +286,9 @@ def up(count: int) -> list[Node]:
     nodes = [Node(i) for i in range(2, count + 1)]
     if old and count == 1:
         # A single-node `up` leaves the extra nodes alone, whatever their state: `up` never stops
-        # anything, and `down` is what removes them.
+        # anything, and `down` is what removes them. Their images follow the host's, though.
         step(f"extra nodes {', '.join(n.name for n in old)} are left as they are (`down` removes them)")
+        refresh_images(old)
         return old
     if not nodes:
         return []
@@ -299,6 +300,7 @@ def up(count: int) -> list[Node]:
     t0 = time.time()
     if not todo:
         step(f"extra nodes {', '.join(n.name for n in nodes)}: running")
+        refresh_images(nodes)
         return nodes
     names = ", ".join(n.name for n in todo)
     with step(f"extra nodes {names}: network, cgroups, containerd"):
@@ -306,12 +308,20 @@ def up(count: int) -> list[Node]:
         setup_host_network(nodes)
         for n in todo:
             _power_on(n, nodes)
-    images.import_all([(n.sock, n.state / "images") for n in todo])
+    refresh_images(nodes)
     with step(f"extra nodes {names}: kubelet, kube-proxy"):
         for n in todo:
             _start_daemons(n)
     wait_ready(todo, since=t0)
     return nodes
+
+
+def refresh_images(nodes: list[Node]) -> None:
+    """The images of this checkout into every extra node whose containerd runs (a rebuild after a
+    code change reaches all nodes, not only the host's; unchanged images cost one `ctr images ls`)."""
+    live = [n for n in nodes if proc.running(n.proc_name("containerd"))]
+    if live:
+        images.import_all([(n.sock, n.state / "images") for n in live])
 
 
 def _power_on(node: Node, nodes: list[Node]) -> None:
@@ -428,6 +438,7 @@ def restart(node: Node, wait: bool = True) -> None:
     t0 = time.time()
     with step(f"{node.name}: restart"):
         _power_on(node, registered())
+        refresh_images([node])
         _start_daemons(node)
     if wait:
         wait_ready([node], since=t0)
