@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # (docs/local-cluster.md).
 NODES ?= 1
 
-.PHONY: all venv up down status env test test-unit test-integration test-e2e test-nodes nodes-up build clean-cache
+.PHONY: all venv up down status env test test-unit test-integration test-e2e test-nodes nodes-up nodes-down build clean-cache
 
 all: up
 
@@ -35,6 +35,10 @@ nodes-up: venv
 
 down:
 	$(HARNESS) down
+
+## Back to one node: the extra nodes stop, the rest keeps running.
+nodes-down: venv
+	$(HARNESS) down --extra-nodes
 
 status:
 	$(HARNESS) status

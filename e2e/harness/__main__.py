@@ -89,6 +89,10 @@ def operator_env(env: dict[str, str]) -> dict[str, str]:
 
 
 def down(args) -> None:
+    if args.extra_nodes:
+        nodes.teardown()
+        envfile.write()
+        return
     if proc.stop("operator"):
         step("stopped operator")
     for name in reversed(services.NAMES):
@@ -176,7 +180,10 @@ def main(argv: list[str] | None = None) -> None:
     u.add_argument("--nodes", type=int, default=1,
                    help="nodes in all: the host node plus N-1 extra kubelet nodes (default 1)")
     u.set_defaults(fn=up)
-    sub.add_parser("down", help="stop everything this harness started").set_defaults(fn=down)
+    d = sub.add_parser("down", help="stop everything this harness started")
+    d.add_argument("--extra-nodes", action="store_true",
+                   help="only the extra nodes: back to the single node, the rest keeps running")
+    d.set_defaults(fn=down)
     sub.add_parser("status", help="which processes run").set_defaults(fn=status)
     sub.add_parser("env", help="print the env.sh to source").set_defaults(fn=env)
     n = sub.add_parser("node", help="the extra nodes: list them, inject a fault, undo it",
