@@ -180,7 +180,7 @@ def table(results: dict[str, list[Run]]) -> str:
             name, str(len(runs)), fmt(median(gaps)), fmt(max(gaps) if gaps else None),
             f"{CNPG_BOUNDS[bound]:.0f} s" if bound else "-",
             str(sum(r.lost for r in runs)), str(sum(r.deposed + r.foreign for r in runs)),
-            str(median([float(r.failed) for r in good]) if good else "-"),
+            f"{median([float(r.failed) for r in good]):.0f}" if good else "-",
             f"{fmt(median(streams))} / {fmt(max(streams) if streams else None)}",
             f"{CNPG_BOUNDS['rejoin']:.0f} s",
             "; ".join(sorted({r.error for r in runs if r.error}))[:120] or "-",

@@ -21,6 +21,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -36,7 +37,9 @@ WRITER_IMAGE = "localhost/pgop-postgres:dev"
 CHAOS_LABEL = "pgop.io/chaos"
 CHAOS_LABEL_VALUE = "allowed"
 WRITES_TABLE = "pgop_chaos_writes"
-PGOP = paths.REPO / ".venv" / "bin" / "pgop"
+# The CLI of this checkout: its venv, or the one running these tests (a worktree shares one venv).
+PGOP = next((p for p in (paths.REPO / ".venv" / "bin" / "pgop", Path(sys.executable).parent / "pgop")
+             if p.exists()), paths.REPO / ".venv" / "bin" / "pgop")
 # CloudNativePG's e2e bounds, the bar the issue names (seconds).
 CNPG_BOUNDS = {"pod delete": 20.0, "switchover": 20.0, "rejoin": 60.0}
 
@@ -583,8 +586,16 @@ def patch_role(cluster: ChaosCluster, instance: str, role: str) -> subprocess.Co
 
 # -- host-level faults: the pod's processes and network namespace on this node
 
-def _ctr(*args: str) -> str:
-    p = subprocess.run(["ctr", "--address", str(paths.CONTAINERD_SOCK), "-n", "k8s.io", *args], text=True,
+def containerd_socket(node: str) -> Path:
+    """The containerd of a node: the host's, or an extra node's of the three-node harness (its
+    processes run on this host too, in network namespaces of their own)."""
+    if not node or node == paths.NODE_NAME:
+        return paths.CONTAINERD_SOCK
+    return paths.RUN / "nodes" / node / "containerd" / "containerd.sock"
+
+
+def _ctr(socket: Path, *args: str) -> str:
+    p = subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", *args], text=True,
                        capture_output=True, timeout=30)
     if p.returncode != 0:
         raise ChaosError(f"ctr {' '.join(args)} failed: {p.stderr}")
@@ -601,7 +612,7 @@ def container_pid(cluster: ChaosCluster, pod: str, container: str = "postgres") 
     if not cid or "running" not in (statuses[container].get("state") or {}):
         raise ChaosError(f"{pod}: container {container} is not running")
     try:
-        for line in _ctr("task", "ls").splitlines()[1:]:
+        for line in _ctr(containerd_socket(obj["spec"].get("nodeName", "")), "task", "ls").splitlines()[1:]:
             parts = line.split()
             if len(parts) >= 3 and parts[0] == cid and parts[2] == "RUNNING":
                 return int(parts[1])
