@@ -277,13 +277,15 @@ class Report:
                 best = (b - a, a, b)
         return best
 
-    def gap_over(self, at: float) -> float | None:
-        """The write gap a fault at `at` caused: last ack before it to first ack of a write sent after it."""
-        before = [a.ack for a in self.acks if a.ack <= at]
-        after = [a.ack for a in self.acks if a.sent >= at]
-        if not after:
+    def gap_over(self, at: float, until: float | None = None) -> float | None:
+        """The write gap a fault at `at` caused: the longest time between two consecutive
+        acknowledged writes where the later one came after `at` (and before `until`, e.g. the next
+        fault). None when no write was acknowledged after `at`."""
+        times = sorted(a.ack for a in self.acks)
+        gaps = [b - a for a, b in zip(times, times[1:]) if b > at and (until is None or b <= until)]
+        if not gaps:
             return None
-        return min(after) - (max(before) if before else at)
+        return max(gaps)
 
     def acks_after(self, at: float) -> list[Ack]:
         return [a for a in self.acks if a.sent >= at]
@@ -365,7 +367,8 @@ class Report:
             out.append(f"{len(self.foreign_acks)} writes acknowledged on another system identifier "
                        f"({self.system_identifiers}): a re-initialised database behind -rw")
         for name, at in self.faults:
-            if not self.acks_after(at):
+            failed = [f.sent for f in self.failures if f.sent >= at]
+            if not self.acks_after(min(failed) if failed else at):
                 out.append(f"writes did not resume after {name}")
         out += self.convergence
         return out
@@ -381,8 +384,9 @@ class Report:
                  f"  servers (address, timeline, acks): {self.servers}",
                  f"  final primary {self.final_primary}: missing {len(self.missing)}, "
                  f"kept without ack {self.unacknowledged_kept}"]
-        for name, at in self.faults:
-            gap_at = self.gap_over(at)
+        starts = [at for _, at in self.faults]
+        for i, (name, at) in enumerate(self.faults):
+            gap_at = self.gap_over(at, starts[i + 1] if i + 1 < len(starts) else None)
             lines.append(f"  fault {name} at {_clock(at)}: gap {gap_at if gap_at is None else round(gap_at, 2)}s")
         if self.failures:
             first, last = self.failures[0], self.failures[-1]
@@ -492,10 +496,21 @@ class Writer:
         self.faults.append((name, at))
 
     def wait_for_ack(self, sent_after: float, timeout: float = 180,
-                     where: Callable[[Ack], bool] = lambda a: True) -> Ack:
-        """The first acknowledged write sent after `sent_after` (and matching `where`)."""
+                     where: Callable[[Ack], bool] = lambda a: True, grace: float = 3.0) -> Ack:
+        """The first write acknowledged once a fault at `sent_after` took effect: sent after the
+        first failed attempt that followed it (a fault takes a moment to bite, e.g. the kubelet
+        kills a deleted pod's container a little after the delete returns), or, when no attempt
+        failed, sent `grace` seconds after it. Only acks matching `where` count."""
         def found():
-            hits = [a for a in self.acks() if a.sent >= sent_after and where(a)]
+            acks, failures, abandoned, _ = parse_writer_log(self.log_text())
+            failed = [f.sent for f in failures if f.sent >= sent_after]
+            if failed:
+                start = min(failed)
+            elif time.time() >= sent_after + grace:
+                start = sent_after + grace
+            else:
+                return None
+            hits = [a for a in acks if a.sent >= start and where(a)]
             return min(hits, key=lambda a: a.ack) if hits else None
         try:
             return _eventually(found, "an acknowledged write after the fault", timeout, 0.5)
@@ -570,8 +585,9 @@ def lose_volume(cluster: ChaosCluster, instance: str) -> float:
     return at
 
 
-def switchover(cluster: ChaosCluster, instance: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`pgop promote CLUSTER INSTANCE` (the CLI of this checkout)."""
+def switchover(cluster: ChaosCluster, instance: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`pgop promote CLUSTER INSTANCE` (the CLI of this checkout; it follows the switchover until
+    done or refused, 180 s at most)."""
     cluster.check_allowed()
     return subprocess.run([str(PGOP), "promote", cluster.name, instance, "-n", cluster.ns], text=True,
                           capture_output=True, timeout=timeout,
