@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -192,6 +193,10 @@ def table(results: dict[str, list[Run]]) -> str:
     return "\n".join(lines)
 
 
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3, help="faults per scenario (default 3)")
@@ -210,6 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     if not proc.running("operator"):
         print("note: no operator of `make up` runs (pid file); the figures need one running", file=sys.stderr)
     results: dict[str, list[Run]] = {}
+    # Interrupted (Ctrl-C, SIGTERM): the table of what was measured so far is still printed.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        measure(kubectl, names, args, results)
+    except KeyboardInterrupt:
+        print("interrupted: the figures so far", file=sys.stderr)
+    print()
+    print(f"Failover write gap ({args.instances} instances, synchronousMode {args.mode}, "
+          f"writer every 20 ms through -rw; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    print(table(results))
+    return 0
+
+
+def measure(kubectl: Kubectl, names: list[str], args: argparse.Namespace, results: dict[str, list[Run]]) -> None:
     for name in names:
         ns = f"bench-failover-{uuid.uuid4().hex[:6]}"
         kubectl("create", "namespace", ns)
@@ -231,11 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 kubectl("delete", "namespace", ns, "--wait=false", check=False)
-    print()
-    print(f"Failover write gap ({args.instances} instances, synchronousMode {args.mode}, "
-          f"writer every 20 ms through -rw; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
-    print(table(results))
-    return 0
 
 
 if __name__ == "__main__":
