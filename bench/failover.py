@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 import traceback
@@ -180,7 +181,7 @@ def table(results: dict[str, list[Run]]) -> str:
             name, str(len(runs)), fmt(median(gaps)), fmt(max(gaps) if gaps else None),
             f"{CNPG_BOUNDS[bound]:.0f} s" if bound else "-",
             str(sum(r.lost for r in runs)), str(sum(r.deposed + r.foreign for r in runs)),
-            str(median([float(r.failed) for r in good]) if good else "-"),
+            f"{median([float(r.failed) for r in good]):.0f}" if good else "-",
             f"{fmt(median(streams))} / {fmt(max(streams) if streams else None)}",
             f"{CNPG_BOUNDS['rejoin']:.0f} s",
             "; ".join(sorted({r.error for r in runs if r.error}))[:120] or "-",
@@ -190,6 +191,10 @@ def table(results: dict[str, list[Run]]) -> str:
              "| " + " | ".join("-" * w for w in widths) + " |"]
     lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def _interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,6 +215,20 @@ def main(argv: list[str] | None = None) -> int:
     if not proc.running("operator"):
         print("note: no operator of `make up` runs (pid file); the figures need one running", file=sys.stderr)
     results: dict[str, list[Run]] = {}
+    # Interrupted (Ctrl-C, SIGTERM): the table of what was measured so far is still printed.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        measure(kubectl, names, args, results)
+    except KeyboardInterrupt:
+        print("interrupted: the figures so far", file=sys.stderr)
+    print()
+    print(f"Failover write gap ({args.instances} instances, synchronousMode {args.mode}, "
+          f"writer every 20 ms through -rw; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
+    print(table(results))
+    return 0
+
+
+def measure(kubectl: Kubectl, names: list[str], args: argparse.Namespace, results: dict[str, list[Run]]) -> None:
     for name in names:
         ns = f"bench-failover-{uuid.uuid4().hex[:6]}"
         kubectl("create", "namespace", ns)
@@ -231,11 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if not args.keep:
                 kubectl("delete", "namespace", ns, "--wait=false", check=False)
-    print()
-    print(f"Failover write gap ({args.instances} instances, synchronousMode {args.mode}, "
-          f"writer every 20 ms through -rw; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})")
-    print(table(results))
-    return 0
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -36,7 +37,9 @@ WRITER_IMAGE = "localhost/pgop-postgres:dev"
 CHAOS_LABEL = "pgop.io/chaos"
 CHAOS_LABEL_VALUE = "allowed"
 WRITES_TABLE = "pgop_chaos_writes"
-PGOP = paths.REPO / ".venv" / "bin" / "pgop"
+# The CLI of this checkout: its venv, or the one running these tests (a worktree shares one venv).
+PGOP = next((p for p in (paths.REPO / ".venv" / "bin" / "pgop", Path(sys.executable).parent / "pgop")
+             if p.exists()), paths.REPO / ".venv" / "bin" / "pgop")
 # CloudNativePG's e2e bounds, the bar the issue names (seconds).
 CNPG_BOUNDS = {"pod delete": 20.0, "switchover": 20.0, "rejoin": 60.0}
 
@@ -274,13 +277,15 @@ class Report:
                 best = (b - a, a, b)
         return best
 
-    def gap_over(self, at: float) -> float | None:
-        """The write gap a fault at `at` caused: last ack before it to first ack of a write sent after it."""
-        before = [a.ack for a in self.acks if a.ack <= at]
-        after = [a.ack for a in self.acks if a.sent >= at]
-        if not after:
+    def gap_over(self, at: float, until: float | None = None) -> float | None:
+        """The write gap a fault at `at` caused: the longest time between two consecutive
+        acknowledged writes where the later one came after `at` (and before `until`, e.g. the next
+        fault). None when no write was acknowledged after `at`."""
+        times = sorted(a.ack for a in self.acks)
+        gaps = [b - a for a, b in zip(times, times[1:]) if b > at and (until is None or b <= until)]
+        if not gaps:
             return None
-        return min(after) - (max(before) if before else at)
+        return max(gaps)
 
     def acks_after(self, at: float) -> list[Ack]:
         return [a for a in self.acks if a.sent >= at]
@@ -362,7 +367,8 @@ class Report:
             out.append(f"{len(self.foreign_acks)} writes acknowledged on another system identifier "
                        f"({self.system_identifiers}): a re-initialised database behind -rw")
         for name, at in self.faults:
-            if not self.acks_after(at):
+            failed = [f.sent for f in self.failures if f.sent >= at]
+            if not self.acks_after(min(failed) if failed else at):
                 out.append(f"writes did not resume after {name}")
         out += self.convergence
         return out
@@ -378,8 +384,9 @@ class Report:
                  f"  servers (address, timeline, acks): {self.servers}",
                  f"  final primary {self.final_primary}: missing {len(self.missing)}, "
                  f"kept without ack {self.unacknowledged_kept}"]
-        for name, at in self.faults:
-            gap_at = self.gap_over(at)
+        starts = [at for _, at in self.faults]
+        for i, (name, at) in enumerate(self.faults):
+            gap_at = self.gap_over(at, starts[i + 1] if i + 1 < len(starts) else None)
             lines.append(f"  fault {name} at {_clock(at)}: gap {gap_at if gap_at is None else round(gap_at, 2)}s")
         if self.failures:
             first, last = self.failures[0], self.failures[-1]
@@ -489,10 +496,21 @@ class Writer:
         self.faults.append((name, at))
 
     def wait_for_ack(self, sent_after: float, timeout: float = 180,
-                     where: Callable[[Ack], bool] = lambda a: True) -> Ack:
-        """The first acknowledged write sent after `sent_after` (and matching `where`)."""
+                     where: Callable[[Ack], bool] = lambda a: True, grace: float = 3.0) -> Ack:
+        """The first write acknowledged once a fault at `sent_after` took effect: sent after the
+        first failed attempt that followed it (a fault takes a moment to bite, e.g. the kubelet
+        kills a deleted pod's container a little after the delete returns), or, when no attempt
+        failed, sent `grace` seconds after it. Only acks matching `where` count."""
         def found():
-            hits = [a for a in self.acks() if a.sent >= sent_after and where(a)]
+            acks, failures, abandoned, _ = parse_writer_log(self.log_text())
+            failed = [f.sent for f in failures if f.sent >= sent_after]
+            if failed:
+                start = min(failed)
+            elif time.time() >= sent_after + grace:
+                start = sent_after + grace
+            else:
+                return None
+            hits = [a for a in acks if a.sent >= start and where(a)]
             return min(hits, key=lambda a: a.ack) if hits else None
         try:
             return _eventually(found, "an acknowledged write after the fault", timeout, 0.5)
@@ -567,8 +585,9 @@ def lose_volume(cluster: ChaosCluster, instance: str) -> float:
     return at
 
 
-def switchover(cluster: ChaosCluster, instance: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`pgop promote CLUSTER INSTANCE` (the CLI of this checkout)."""
+def switchover(cluster: ChaosCluster, instance: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`pgop promote CLUSTER INSTANCE` (the CLI of this checkout; it follows the switchover until
+    done or refused, 180 s at most)."""
     cluster.check_allowed()
     return subprocess.run([str(PGOP), "promote", cluster.name, instance, "-n", cluster.ns], text=True,
                           capture_output=True, timeout=timeout,
@@ -583,8 +602,16 @@ def patch_role(cluster: ChaosCluster, instance: str, role: str) -> subprocess.Co
 
 # -- host-level faults: the pod's processes and network namespace on this node
 
-def _ctr(*args: str) -> str:
-    p = subprocess.run(["ctr", "--address", str(paths.CONTAINERD_SOCK), "-n", "k8s.io", *args], text=True,
+def containerd_socket(node: str) -> Path:
+    """The containerd of a node: the host's, or an extra node's of the three-node harness (its
+    processes run on this host too, in network namespaces of their own)."""
+    if not node or node == paths.NODE_NAME:
+        return paths.CONTAINERD_SOCK
+    return paths.RUN / "nodes" / node / "containerd" / "containerd.sock"
+
+
+def _ctr(socket: Path, *args: str) -> str:
+    p = subprocess.run(["ctr", "--address", str(socket), "-n", "k8s.io", *args], text=True,
                        capture_output=True, timeout=30)
     if p.returncode != 0:
         raise ChaosError(f"ctr {' '.join(args)} failed: {p.stderr}")
@@ -601,7 +628,7 @@ def container_pid(cluster: ChaosCluster, pod: str, container: str = "postgres") 
     if not cid or "running" not in (statuses[container].get("state") or {}):
         raise ChaosError(f"{pod}: container {container} is not running")
     try:
-        for line in _ctr("task", "ls").splitlines()[1:]:
+        for line in _ctr(containerd_socket(obj["spec"].get("nodeName", "")), "task", "ls").splitlines()[1:]:
             parts = line.split()
             if len(parts) >= 3 and parts[0] == cid and parts[2] == "RUNNING":
                 return int(parts[1])

@@ -37,8 +37,8 @@ from e2e.operator import OperatorProcess
 
 NAME = "ha"
 INSTANCES = 3
-RESUME = 180      # bound on waiting for writes to resume after a fault
-CONVERGE = 420    # bound on waiting for every instance to stream again (a rebuild clones a volume)
+RESUME = 120      # bound on waiting for writes to resume after a fault
+CONVERGE = 300    # bound on waiting for every instance to stream again (a rebuild clones a volume)
 
 
 @pytest.fixture(scope="module")
