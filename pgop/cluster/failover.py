@@ -60,6 +60,9 @@ class PodState:
     running: bool = False  # the postgres container (the agent, PID 1) runs
     stopped_why: str = ""  # why it does not run, when it does not
     node: str | None = None
+    # created and on its way (init container, image present, container being made): the kubelet
+    # posts "running" a moment after the agent in it has already reported, so this is no failure
+    starting: bool = False
 
 
 def pod_state(pod: Obj | None) -> PodState:
@@ -81,8 +84,11 @@ def pod_state(pod: Obj | None) -> PodState:
             why = f"its container is not running ({state['waiting'].get('reason') or 'waiting'})"
         else:
             why = f"its pod is {phase}"
+    waiting_reason = (state.get("waiting") or {}).get("reason") if "waiting" in state else None
+    starting = not running and "terminated" not in state and phase == "Pending" and \
+        waiting_reason in (None, "PodInitializing", "ContainerCreating")
     return PodState(exists=True, deleting=bool(meta.get("deletionTimestamp")), running=running,
-                    stopped_why=why, node=node)
+                    stopped_why=why, node=node, starting=starting)
 
 
 def fenced_instances(annotations: Mapping[str, str], names: Sequence[str]) -> tuple[frozenset[str] | None, str]:
@@ -301,7 +307,7 @@ def _failure(facts: _Facts, name: str) -> str:
     if pod is not None:
         if not pod.exists:
             return "its pod is gone"
-        if not pod.running:
+        if not pod.running and not pod.starting:
             return pod.stopped_why
         # A pod being deleted gracefully: its agent shuts Postgres down with `fast`, which sends
         # the last WAL to the replicas; fail over when it is gone, not while it still streams.

@@ -48,6 +48,11 @@ DEFAULT_PARAMETERS: Mapping[str, str] = {
     # A slot whose replica is gone for long (its PgInstance still there) keeps at most this much
     # WAL, not a full disk; a replica that fell further behind is rebuilt (pg_basebackup).
     "max_slot_wal_keep_size": "1GB",
+    # A primary drops a replica that stopped answering after 5 s (not 60): the agent's isolation
+    # watchdog reads pg_stat_replication, and a cut-off primary must see its replicas go. A
+    # replica gives up on a silent primary as fast, so it reports a stopped receiver.
+    "wal_sender_timeout": "5s",
+    "wal_receiver_timeout": "5s",
     "password_encryption": "scram-sha-256",
     "logging_collector": "off",  # the container runtime collects stderr
     "log_destination": "stderr",

@@ -98,6 +98,18 @@ def test_a_terminated_container_starts_a_failover():
     assert reasons(result) == ["FailoverStarted"] and "OOMKilled" in result.events[0].message
 
 
+def test_a_primary_pod_still_starting_while_its_agent_already_reports_is_no_failure():
+    """The agent reports before the kubelet posts the container as running: no failover then."""
+    world, cluster = ha_cluster()
+    pod = world.objects[("Pod", "orders-0")]
+    pod["status"]["phase"] = "Pending"
+    pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
+    assert reasons(step(world, cluster)) == []
+    # ... but a pod stuck starting while its agent is silent is one
+    world.report("orders-0", heartbeat=T - timedelta(seconds=20))
+    assert reasons(step(world, cluster)) == ["FailoverStarted"]
+
+
 def test_a_stale_heartbeat_starts_a_failover():
     world, cluster = ha_cluster()
     world.report("orders-0", heartbeat=T - timedelta(seconds=20))
