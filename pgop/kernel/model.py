@@ -259,6 +259,44 @@ class PublishSpec:
     consul_prefix: str | None = None
 
 
+DEFAULT_TOPOLOGY_KEY = "kubernetes.io/hostname"
+
+
+@dataclass(frozen=True)
+class AffinitySpec:
+    """Where the instances' pods may run (spec.affinity). The pod anti-affinity keeps the pods of
+    one cluster (Postgres and bootstrap pods) apart across `topology_key`; `required` refuses to
+    schedule a second instance into a domain that has one, `preferred` only tries not to."""
+    pod_anti_affinity_type: str = PREFERRED
+    topology_key: str = DEFAULT_TOPOLOGY_KEY
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: list[dict[str, Any]] = field(default_factory=list)  # Kubernetes Tolerations
+    node_affinity: dict[str, Any] = field(default_factory=dict)  # a Kubernetes NodeAffinity
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> AffinitySpec | None:
+        if data is None:
+            return None
+        return cls(
+            pod_anti_affinity_type=data.get("podAntiAffinityType") or PREFERRED,
+            topology_key=data.get("topologyKey") or DEFAULT_TOPOLOGY_KEY,
+            node_selector={str(k): str(v) for k, v in (data.get("nodeSelector") or {}).items()},
+            tolerations=plain(list(data.get("tolerations") or [])),
+            node_affinity=plain(data.get("nodeAffinity") or {}),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"podAntiAffinityType": self.pod_anti_affinity_type,
+                               "topologyKey": self.topology_key}
+        if self.node_selector:
+            out["nodeSelector"] = dict(self.node_selector)
+        if self.tolerations:
+            out["tolerations"] = plain(self.tolerations)
+        if self.node_affinity:
+            out["nodeAffinity"] = plain(self.node_affinity)
+        return out
+
+
 @dataclass(frozen=True)
 class ClusterSpec:
     instances: int = 1
@@ -273,6 +311,8 @@ class ClusterSpec:
     bootstrap: BootstrapSpec = field(default_factory=lambda: BootstrapSpec(initdb=InitdbSpec()))
     backup: BackupSpec | None = None
     publish: PublishSpec | None = None
+    affinity: AffinitySpec | None = None  # None: the built-in preferred anti-affinity by hostname
+    topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)  # passed to the pods
 
     @classmethod
     def from_dict(cls, data: Body | None) -> ClusterSpec:
@@ -292,6 +332,8 @@ class ClusterSpec:
             backup=BackupSpec.from_dict(data.get("backup")),
             publish=(PublishSpec(publish.get("vaultPath"), publish.get("consulPrefix"))
                      if publish is not None else None),  # `publish: {}` publishes with the defaults
+            affinity=AffinitySpec.from_dict(data.get("affinity")),
+            topology_spread_constraints=plain(list(data.get("topologySpreadConstraints") or [])),
         )
 
     @property
@@ -350,6 +392,11 @@ def _validate_spec(spec: ClusterSpec) -> list[ValidationError]:
                 parse_quantity(amount)
             except ValueError as error:
                 refuse(f"spec.resources.{kind}.{resource}", str(error))
+    if spec.affinity is not None:
+        if spec.affinity.pod_anti_affinity_type not in (REQUIRED, PREFERRED):
+            refuse("spec.affinity.podAntiAffinityType", "must be required or preferred")
+        if not spec.affinity.topology_key:
+            refuse("spec.affinity.topologyKey", "must not be empty")
 
     for name, value in spec.parameters.items():
         path = f"spec.parameters.{name}"
@@ -461,6 +508,8 @@ class InstanceSpec:
     recovery: RecoverySpec | None = None  # for bootstrap recovery
     s3: S3Spec | None = None  # where WAL is archived to and fetched from
     wal_archiving: bool = False
+    affinity: AffinitySpec | None = None  # the cluster's spec.affinity, when set
+    topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Body | None) -> InstanceSpec:
@@ -485,6 +534,8 @@ class InstanceSpec:
             recovery=RecoverySpec.from_dict(data["recovery"]) if data.get("recovery") else None,
             s3=S3Spec.from_dict(backup.get("s3")),
             wal_archiving=bool(backup.get("walArchiving", False)),
+            affinity=AffinitySpec.from_dict(data.get("affinity")),
+            topology_spread_constraints=plain(list(data.get("topologySpreadConstraints") or [])),
         )
 
 

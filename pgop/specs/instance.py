@@ -21,9 +21,12 @@ KIND = "PgInstance"
 MANAGED_FIELDS = (
     "image", "storage", "resources", "parameters",
     "synchronousReplicas", "synchronousMode", "backup", "configHash",
+    "affinity", "topologySpreadConstraints",
 )
-# Fields whose change needs a new Postgres pod, not just a new config file.
-POD_FIELDS = ("image", "resources")
+# Fields whose change needs a new Postgres pod, not just a new config file. Scheduling fields
+# (affinity, topologySpreadConstraints) count too: a pod is placed once, so the new placement
+# rules reach a running instance only through a new pod.
+POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints")
 
 
 def config_hash(spec: ClusterSpec) -> str:
@@ -55,6 +58,11 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
     }
     if spec.resources:
         managed["resources"] = spec.resources
+    # Only when set: instances of a cluster without them keep the spec (and pods) they had.
+    if spec.affinity is not None:
+        managed["affinity"] = spec.affinity.to_dict()
+    if spec.topology_spread_constraints:
+        managed["topologySpreadConstraints"] = spec.topology_spread_constraints
     backup = _backup(spec)
     if backup is not None:
         managed["backup"] = backup

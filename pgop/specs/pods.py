@@ -21,7 +21,7 @@ from pgop.kernel.meta import (
     owner_reference,
     stable_hash,
 )
-from pgop.kernel.model import PRIMARY, RECOVERY, REPLICA, Instance, S3Spec
+from pgop.kernel.model import DEFAULT_TOPOLOGY_KEY, PRIMARY, RECOVERY, REPLICA, REQUIRED, Instance, S3Spec
 from pgop.kernel.podenv import (
     AGENT_PORT,
     DATA_MOUNT,
@@ -71,7 +71,55 @@ def pod_inputs_hash(instance: Instance) -> str:
         # The S3 settings are environment variables and a volume of the pod; absent, the digest
         # stays what it was before backups existed.
         inputs["s3"] = spec.s3.to_dict()
+    # Likewise the placement: absent, existing pods keep their digest through the upgrade that
+    # brought spec.affinity; setting or changing it moves the pods (one at a time, by the rollout).
+    if spec.affinity is not None:
+        inputs["affinity"] = spec.affinity.to_dict()
+    if spec.topology_spread_constraints:
+        inputs["topologySpreadConstraints"] = spec.topology_spread_constraints
     return stable_hash(inputs)
+
+
+def _affinity(instance: Instance) -> dict[str, Any]:
+    """Keeps the instances of one cluster apart: the term selects the Postgres *and* bootstrap pods
+    of the cluster's other instances, and both carry it, since with WaitForFirstConsumer storage the bootstrap pod is what decides the
+    node (the zone) of an instance's volume."""
+    placement = instance.spec.affinity
+    term = {
+        "topologyKey": placement.topology_key if placement is not None else DEFAULT_TOPOLOGY_KEY,
+        "labelSelector": {
+            "matchLabels": {LABEL_CLUSTER: instance.spec.cluster},
+            "matchExpressions": [
+                {"key": LABEL_COMPONENT, "operator": "In", "values": [COMPONENT_POSTGRES, COMPONENT_BOOTSTRAP]},
+                # Not its own pods: a new pod of an instance whose volume is bound to a node must be
+                # able to go there while the previous one (the finished bootstrap pod, the pod a
+                # rollout replaces) is still terminating.
+                {"key": LABEL_INSTANCE, "operator": "NotIn", "values": [instance.name]},
+            ],
+        },
+    }
+    anti: dict[str, Any]
+    if placement is not None and placement.pod_anti_affinity_type == REQUIRED:
+        anti = {"requiredDuringSchedulingIgnoredDuringExecution": [term]}
+    else:
+        anti = {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": term}]}
+    affinity: dict[str, Any] = {"podAntiAffinity": anti}
+    if placement is not None and placement.node_affinity:
+        affinity["nodeAffinity"] = placement.node_affinity
+    return affinity
+
+
+def _placement(instance: Instance) -> dict[str, Any]:
+    """The pod spec fields that decide where the pod runs."""
+    out: dict[str, Any] = {"affinity": _affinity(instance)}
+    placement = instance.spec.affinity
+    if placement is not None and placement.node_selector:
+        out["nodeSelector"] = dict(placement.node_selector)
+    if placement is not None and placement.tolerations:
+        out["tolerations"] = placement.tolerations
+    if instance.spec.topology_spread_constraints:
+        out["topologySpreadConstraints"] = instance.spec.topology_spread_constraints
+    return out
 
 
 def archive_env(s3: S3Spec | None) -> ArchiveEnv | None:
@@ -210,14 +258,7 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
             "restartPolicy": restart_policy,
             "terminationGracePeriodSeconds": 30,
             "securityContext": _pod_security(),
-            "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-                "weight": 100,
-                "podAffinityTerm": {
-                    "topologyKey": "kubernetes.io/hostname",
-                    "labelSelector": {"matchLabels": {LABEL_CLUSTER: cluster,
-                                                      LABEL_COMPONENT: COMPONENT_POSTGRES}},
-                },
-            }]}},
+            **_placement(instance),
             "initContainers": [_volume_owner(instance)],
             "containers": [container],
             "volumes": _volumes(instance, s3),

@@ -34,7 +34,10 @@ CONTRACT = {
                  "backup", "backup.s3", "backup.s3.bucket", "backup.s3.path", "backup.s3.endpoint",
                  "backup.s3.region", "backup.s3.credentialsSecret", "backup.schedule",
                  "backup.retention", "backup.retention.keepLast", "backup.retention.maxAge",
-                 "backup.walArchiving", "publish", "publish.vaultPath", "publish.consulPrefix"],
+                 "backup.walArchiving", "publish", "publish.vaultPath", "publish.consulPrefix",
+                 # issue 11
+                 "affinity", "affinity.podAntiAffinityType", "affinity.topologyKey", "affinity.nodeSelector",
+                 "affinity.tolerations", "affinity.nodeAffinity", "topologySpreadConstraints"],
         "status": ["phase", "currentPrimary", "readyInstances", "instances", "instances[].name",
                    "instances[].role", "instances[].timeline", "instances[].lsn", "instances[].lagBytes",
                    "instances[].ready", "conditions", "lastBackup", "firstRecoverabilityPoint",
@@ -49,7 +52,9 @@ CONTRACT = {
                  "storage.reclaimPolicy", "resources.requests", "resources.limits", "parameters",
                  "synchronousReplicas", "synchronousMode", "configHash", "initdb.database", "initdb.owner",
                  "recovery.source", "recovery.backup", "recovery.targetTime", "recovery.targetLSN",
-                 "recovery.s3.bucket", "backup.s3.bucket", "backup.s3.credentialsSecret", "backup.walArchiving"],
+                 "recovery.s3.bucket", "backup.s3.bucket", "backup.s3.credentialsSecret", "backup.walArchiving",
+                 "affinity.podAntiAffinityType", "affinity.topologyKey", "affinity.nodeSelector",
+                 "affinity.tolerations", "affinity.nodeAffinity", "topologySpreadConstraints"],
         "status": ["phase", "role", "timeline", "lsn", "ready", "lastHeartbeat", "pod", "pvc",
                    # docs/high-availability.md: the agent writes them, the schema must keep them
                    "receivedLSN", "replayLSN", "walReceiver", "systemIdentifier", "following"],
@@ -128,7 +133,12 @@ PRINTER_COLUMNS = {
 
 # Where a schema may keep fields it does not describe (nowhere in spec).
 FREE_FORM = {("PgCluster", "status.kopf"), ("PgInstance", "status.kopf"), ("PgBackup", "status.kopf"),
-             ("MysqlDb", "status.kopf"), ("MysqlDb", "status.pendingModifications")}
+             ("MysqlDb", "status.kopf"), ("MysqlDb", "status.pendingModifications"),
+             # Kubernetes types passed to the pods as they are (issue 11); the API server validates
+             # them when the pod is created, and their schemas follow Kubernetes releases.
+             ("PgCluster", "spec.affinity.nodeAffinity"), ("PgInstance", "spec.affinity.nodeAffinity"),
+             ("PgCluster", "spec.topologySpreadConstraints[]"),
+             ("PgInstance", "spec.topologySpreadConstraints[]")}
 
 
 # --------------------------------------------------------------------------- helpers

@@ -64,6 +64,8 @@ MODEL: dict[str, Callable[[], Any]] = {
     "PgCluster.spec.bootstrap.initdb.database": lambda: cluster({"bootstrap": {"initdb": {}}})
                                                         .spec.bootstrap.initdb.database,
     "PgCluster.spec.bootstrap.initdb.owner": lambda: cluster({"bootstrap": {"initdb": {}}}).spec.bootstrap.initdb.owner,
+    "PgCluster.spec.affinity.podAntiAffinityType": lambda: cluster({"affinity": {}}).spec.affinity.pod_anti_affinity_type,
+    "PgCluster.spec.affinity.topologyKey": lambda: cluster({"affinity": {}}).spec.affinity.topology_key,
     "PgCluster.spec.backup.target": lambda: cluster({"backup": {"s3": S3}}).spec.backup.target,
     "PgCluster.spec.backup.walArchiving": lambda: cluster({"backup": {"s3": S3}}).spec.backup.wal_archiving,
     "PgInstance.spec.fenced": lambda: Instance.from_object({"metadata": {"name": "orders-0"},

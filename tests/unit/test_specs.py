@@ -210,6 +210,125 @@ def test_a_pod_without_backups_has_no_s3_settings_and_keeps_its_digest():
     assert pod_inputs_hash(moved) != pod_inputs_hash(backed_up)
 
 
+# -------------------------------------------------------------------------------- placement (issue 11)
+
+AFFINITY = {"podAntiAffinityType": "required", "topologyKey": "topology.kubernetes.io/zone",
+            "nodeSelector": {"disk": "ssd"},
+            "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "pg", "effect": "NoSchedule"}],
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "pool", "operator": "In", "values": ["db"]}]}]}}}
+SPREAD = [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule",
+           "labelSelector": {"matchLabels": {"pgop.io/cluster": "orders"}}}]
+
+
+def _selects(selector, labels):
+    if not matches(selector.get("matchLabels", {}), labels):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] in ("In", "NotIn")
+        if (labels.get(expression["key"]) in expression["values"]) != (expression["operator"] == "In"):
+            return False
+    return True
+
+
+def _avoids_exactly_the_other_instances(term, pod, pods):
+    own = pod["metadata"]["labels"]["pgop.io/instance"]
+    return all(_selects(term["labelSelector"], p["metadata"]["labels"]) ==
+               (p["metadata"]["labels"]["pgop.io/instance"] != own) for p in pods)
+
+
+def _all_pods(cluster):
+    return [build_postgres_pod(instance(0, "primary", cluster=cluster)),
+            build_postgres_pod(instance(1, "replica", "basebackup", cluster=cluster)),
+            build_bootstrap_pod(instance(2, "replica", "basebackup", cluster=cluster))]
+
+
+def _anti_terms(pod):
+    anti = pod["spec"]["affinity"]["podAntiAffinity"]
+    return ([("required", term) for term in anti.get("requiredDuringSchedulingIgnoredDuringExecution", [])] +
+            [("preferred", weighted["podAffinityTerm"])
+             for weighted in anti.get("preferredDuringSchedulingIgnoredDuringExecution", [])])
+
+
+def own_successor(pod):
+    """The instance's other pod: its Postgres pod after its bootstrap pod, or the next one of a rollout."""
+    name = pod["metadata"]["labels"]["pgop.io/instance"]
+    return {"metadata": {"labels": dict(pod["metadata"]["labels"], **{"pgop.io/instance": name,
+                                                                      "pgop.io/component": "postgres"})}}
+
+
+def test_without_spec_affinity_every_pod_prefers_a_node_of_its_own():
+    other = build_postgres_pod(instance(0, "primary", cluster=make_cluster(name="billing")))
+    pods = _all_pods(make_cluster())
+    for pod in pods:
+        [(kind, term)] = _anti_terms(pod)
+        assert (kind, term["topologyKey"]) == ("preferred", "kubernetes.io/hostname")
+        # the term avoids the Postgres and bootstrap pods of the cluster's other instances, not
+        # the instance's own (a replaced pod may still be terminating), nor other clusters' pods
+        assert _avoids_exactly_the_other_instances(term, pod, pods + [own_successor(pod)])
+        assert not _selects(term["labelSelector"], other["metadata"]["labels"])
+        assert not {"nodeSelector", "tolerations", "topologySpreadConstraints"} & set(pod["spec"])
+        assert "nodeAffinity" not in pod["spec"]["affinity"]
+
+
+def test_required_anti_affinity_reaches_postgres_and_bootstrap_pods():
+    cluster = make_cluster(affinity={"podAntiAffinityType": "required"})
+    pods = _all_pods(cluster)
+    for pod in pods:
+        [(kind, term)] = _anti_terms(pod)
+        assert (kind, term["topologyKey"]) == ("required", "kubernetes.io/hostname")
+        # with WaitForFirstConsumer storage the bootstrap pod places the volume: it must avoid
+        # (and be avoided by) the other instances' pods too
+        assert _avoids_exactly_the_other_instances(term, pod, pods + [own_successor(pod)])
+    assert cluster.spec.validate() == []
+
+
+def test_placement_fields_pass_through_to_both_pods():
+    cluster = make_cluster(affinity=AFFINITY, topologySpreadConstraints=SPREAD)
+    for pod in _all_pods(cluster):
+        spec = pod["spec"]
+        [(kind, term)] = _anti_terms(pod)
+        assert (kind, term["topologyKey"]) == ("required", "topology.kubernetes.io/zone")
+        assert spec["nodeSelector"] == {"disk": "ssd"}
+        assert spec["tolerations"] == AFFINITY["tolerations"]
+        assert spec["affinity"]["nodeAffinity"] == AFFINITY["nodeAffinity"]
+        assert spec["topologySpreadConstraints"] == SPREAD
+
+
+def test_the_instance_carries_the_placement_only_when_set():
+    plain_spec = build_instance(make_cluster(), 0, "primary", "initdb")["spec"]
+    assert "affinity" not in plain_spec and "topologySpreadConstraints" not in plain_spec
+    spec = build_instance(make_cluster(affinity={"nodeSelector": {"disk": "ssd"}}), 0, "primary", "initdb")["spec"]
+    assert spec["affinity"] == {"podAntiAffinityType": "preferred", "topologyKey": "kubernetes.io/hostname",
+                                "nodeSelector": {"disk": "ssd"}}
+    assert "topologySpreadConstraints" not in spec
+
+
+def test_placement_enters_the_pod_digest_only_when_set():
+    base = instance()
+    # an upgrade to an operator that knows spec.affinity restarts no pod of a cluster without it
+    assert pod_inputs_hash(base) == pod_inputs_hash(instance(cluster=make_cluster(resources=RESOURCES)))
+    placed = instance(cluster=make_cluster(resources=RESOURCES, affinity={"podAntiAffinityType": "required"}))
+    assert pod_inputs_hash(placed) != pod_inputs_hash(base)
+    assert pod_inputs_hash(instance(cluster=make_cluster(resources=RESOURCES, affinity=AFFINITY))) != \
+        pod_inputs_hash(placed)
+    spread = instance(cluster=make_cluster(resources=RESOURCES, topologySpreadConstraints=SPREAD))
+    assert pod_inputs_hash(spread) != pod_inputs_hash(base)
+
+
+def test_an_unknown_anti_affinity_type_is_refused():
+    errors = make_cluster(affinity={"podAntiAffinityType": "sometimes"}).spec.validate()
+    assert [path for path, _ in errors] == ["spec.affinity.podAntiAffinityType"]
+
+
+def test_placed_pginstance_spec_fits_the_pginstance_crd():
+    cluster = make_cluster(affinity=AFFINITY, topologySpreadConstraints=SPREAD)
+    body = build_instance(cluster, 0, "primary", "initdb")
+    assert pruned_paths(body["spec"], _crd_schema("pginstances.yaml")["properties"]["spec"], "spec") == []
+    cluster_spec = {"storage": {"size": "1Gi"}, "affinity": AFFINITY, "topologySpreadConstraints": SPREAD}
+    assert pruned_paths(cluster_spec, _crd_schema("pgclusters.yaml")["properties"]["spec"], "spec") == []
+
+
 # -------------------------------------------------------------------------------- bootstrap pod
 
 @pytest.mark.parametrize("mode", ["initdb", "basebackup", "recovery"])
