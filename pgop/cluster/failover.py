@@ -63,6 +63,7 @@ class PodState:
     # created and on its way (init container, image present, container being made): the kubelet
     # posts "running" a moment after the agent in it has already reported, so this is no failure
     starting: bool = False
+    created: datetime | None = None
 
 
 def pod_state(pod: Obj | None) -> PodState:
@@ -87,8 +88,12 @@ def pod_state(pod: Obj | None) -> PodState:
     waiting_reason = (state.get("waiting") or {}).get("reason") if "waiting" in state else None
     starting = not running and "terminated" not in state and phase == "Pending" and \
         waiting_reason in (None, "PodInitializing", "ContainerCreating")
+    try:
+        created = parse_time(meta.get("creationTimestamp"))
+    except ValueError:
+        created = None
     return PodState(exists=True, deleting=bool(meta.get("deletionTimestamp")), running=running,
-                    stopped_why=why, node=node, starting=starting)
+                    stopped_why=why, node=node, starting=starting, created=created)
 
 
 def fenced_instances(annotations: Mapping[str, str], names: Sequence[str]) -> tuple[frozenset[str] | None, str]:
@@ -309,6 +314,13 @@ def _failure(facts: _Facts, name: str) -> str:
             return "its pod is gone"
         if not pod.running and not pod.starting:
             return pod.stopped_why
+        if not pod.running:
+            # Starting: fine when its agent has reported since the pod was made (the kubelet
+            # posts "running" late); a pod made after the last heartbeat replaced the primary's
+            # pod, whose Postgres is gone: fail over rather than wait for it to start again.
+            beat = instance.status.last_heartbeat
+            if beat is None or pod.created is None or beat <= pod.created:
+                return f"its pod was replaced and is starting ({pod.stopped_why})"
         # A pod being deleted gracefully: its agent shuts Postgres down with `fast`, which sends
         # the last WAL to the replicas; fail over when it is gone, not while it still streams.
     age = heartbeat_age(instance, facts.now)

@@ -5,11 +5,12 @@ by hand (`with_pods`)."""
 from __future__ import annotations
 
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from pgop.cluster.failover import ANNOTATION_FENCED, ANNOTATION_SWITCHOVER, pod_state
 from pgop.cluster.status import cluster_status
 from pgop.kernel.actions import CREATE, PATCH, WARNING
+from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import Instance
 from pgop.specs.pods import pod_role_label
 from tests.unit.world import NOW, World, make_cluster, plan, running_cluster
@@ -100,14 +101,22 @@ def test_a_terminated_container_starts_a_failover():
 
 def test_a_primary_pod_still_starting_while_its_agent_already_reports_is_no_failure():
     """The agent reports before the kubelet posts the container as running: no failover then."""
-    world, cluster = ha_cluster()
-    pod = world.objects[("Pod", "orders-0")]
-    pod["status"]["phase"] = "Pending"
-    pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
+    def starting(made: datetime):
+        world, cluster = ha_cluster()
+        pod = world.objects[("Pod", "orders-0")]
+        pod["metadata"]["creationTimestamp"] = rfc3339(made)
+        pod["status"]["phase"] = "Pending"
+        pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "PodInitializing"}}
+        return world, cluster
+
+    world, cluster = starting(T - timedelta(seconds=5))  # the agent beat since the pod was made
     assert reasons(step(world, cluster)) == []
-    # ... but a pod stuck starting while its agent is silent is one
-    world.report("orders-0", heartbeat=T - timedelta(seconds=20))
+    world.report("orders-0", heartbeat=T - timedelta(seconds=20))  # ... and then fell silent
     assert reasons(step(world, cluster)) == ["FailoverStarted"]
+
+    world, cluster = starting(T + timedelta(seconds=1))  # made after the last heartbeat
+    result = step(world, cluster)
+    assert reasons(result) == ["FailoverStarted"] and "replaced" in result.events[0].message
 
 
 def test_a_stale_heartbeat_starts_a_failover():
