@@ -242,6 +242,12 @@ class Agent:
             self.expect_running = False
             log.error("postgres exited unexpectedly (exit code %s)", self.postmaster.last_exit)
         state = PostgresState()
+        if not running and self.settings.pgdata.joinpath("global", "pg_control").exists():
+            # Stopped on purpose (demoted, switchover): report where it ended, for the operator.
+            stopped = rejoin.stopped_position(self.settings, self.runner)
+            if stopped is not None:
+                lsn, timeline, system_identifier = stopped
+                state = PostgresState(lsn=lsn, timeline=timeline, system_identifier=system_identifier)
         if running:
             try:
                 with local.connect(self.settings) as conn:

@@ -89,6 +89,28 @@ def local_system_identifier(settings: AgentSettings, runner: Runner) -> str | No
     return None
 
 
+def stopped_position(settings: AgentSettings, runner: Runner) -> tuple[str, int, str] | None:
+    """(last checkpoint LSN, its timeline, system identifier) of a cleanly stopped data directory,
+    from pg_control: where a primary stopped by a switchover ended (its shutdown checkpoint is
+    the last WAL it wrote, which its walsenders sent before it stopped). None for a crashed or
+    unreadable one."""
+    try:
+        out = runner.run([settings.binary("pg_controldata"), "-D", str(settings.pgdata)], timeout=30,
+                         env={"LC_ALL": "C"}).stdout
+    except CommandError as error:
+        log.debug("pg_controldata: %s", error)
+        return None
+    fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in fields.items()}
+    if fields.get("Database cluster state") not in ("shut down", "shut down in recovery"):
+        return None
+    try:
+        return (fields["Latest checkpoint location"], int(fields["Latest checkpoint's TimeLineID"]),
+                fields["Database system identifier"])
+    except (KeyError, ValueError):
+        return None
+
+
 def rewind(settings: AgentSettings, runner: Runner) -> str:
     """pg_rewind's output (it says "no rewind required" when the histories did not diverge)."""
     done = runner.run([settings.binary("pg_rewind"), f"--target-pgdata={settings.pgdata}",

@@ -613,8 +613,9 @@ def _demoting(facts: _Facts, state: _State) -> None:
     waited = (facts.now - since).total_seconds() if since else 0.0
     final = failover.get("oldPrimaryLSN")
     if not final:
-        if old is not None and old.status.role == REPLICA and facts.fresh(old, since) and \
-                (old.status.replay_lsn or old.status.lsn):
+        # Demoted cleanly: back as a replica, or stopped with the shutdown checkpoint it ended on
+        if old is not None and (old.status.role == REPLICA or old.status.phase == "Stopped") and \
+                facts.fresh(old, since) and (old.status.replay_lsn or old.status.lsn):
             final = old.status.replay_lsn or old.status.lsn
             failover = {**failover, "oldPrimaryLSN": final}
             state.failover = failover
