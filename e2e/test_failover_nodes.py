@@ -89,3 +89,7 @@ def node_fault(placed, what: str, inject: Callable[[str], None], end: Callable[[
 
 def test_primary_node_frozen_then_thawed(placed, cluster_nodes):
     node_fault(placed, "frozen node", cluster_nodes.freeze, cluster_nodes.thaw)
+
+
+def test_primary_node_partitioned_then_healed(placed, cluster_nodes):
+    node_fault(placed, "partitioned node", cluster_nodes.partition, cluster_nodes.heal)
