@@ -525,13 +525,15 @@ class Agent:
         if instance is None:
             return
         running = self.postmaster.is_running()
-        state = self.last_state if running and self.last_state is not None else PostgresState()
+        # Stopped: only what pg_control says of a clean shutdown (where it ended), nothing live
+        state = self.last_state if self.last_state is not None and (running or self.last_state.role is None) \
+            else PostgresState()
         if wanted is not None:
             self.following = ha.following(wanted.primary, state, wanted.settings.get("primary_conninfo", ""),
                                           self.following)
         system_id, last_received = self.last_received
         patch = status.build_status(
-            self.settings, now=self.now(), state=state if running else None,
+            self.settings, now=self.now(), state=state,
             decision=decision, ready=ready, generation=instance.generation,
             applied_generation=self.applied_generation,
             previous_conditions=self.previous_status.get("conditions") or [],
