@@ -26,11 +26,9 @@ from e2e.chaos import (
     Writer,
     failover_started,
     force_delete_pod,
-    kill_container,
     kill_postmaster,
     lose_volume,
     patch_role,
-    promotion_target,
     switchover,
 )
 from e2e.operator import OperatorProcess
@@ -183,31 +181,6 @@ def test_operator_killed_in_the_middle_of_a_failover(cluster, writer, operator):
     writer.wait_for_ack(sent_after=at, timeout=RESUME)
     cluster.wait_converged(CONVERGE, since=at)
     assert_user_checks(writer.finish())
-
-
-def test_agent_of_the_new_primary_killed_during_promotion(cluster, writer):
-    primary = cluster.primary()
-    killed: list[str] = []
-
-    def kill_agent(obj):
-        target = promotion_target(primary)(obj)
-        if target and not killed:
-            killed.append(target)
-            kill_container(cluster, target)
-        return target
-    watch = Watch(cluster, ["pgcluster", NAME], kill_agent).start()
-    try:
-        at = force_delete_pod(cluster, primary)
-        writer.fault("primary pod deleted, new primary's agent killed while promoting", at)
-        _, target = watch.wait(RESUME)
-        print(f"agent of {target} killed during its promotion")
-    finally:
-        watch.stop()
-    writer.wait_for_ack(sent_after=at, timeout=RESUME)
-    cluster.wait_converged(CONVERGE, since=at)
-    report = writer.finish()
-    assert_user_checks(report)
-    assert cluster.primary() != primary or len(report.timelines) > 1
 
 
 def test_switchover_under_load(cluster, writer):

@@ -115,7 +115,12 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     instances = kubectl.json("-n", ns, "get", "pginstances")["items"]
     assert sorted(i["metadata"]["name"] for i in instances) == [f"{name}-0", f"{name}-1", f"{name}-2"]
     assert all(i["metadata"]["ownerReferences"][0]["uid"] == uid for i in instances)
-    assert {i["spec"]["bootstrap"] for i in instances} == {"initdb", "basebackup"}
+    # the first primary's volume was filled by initdb, the replicas' by pg_basebackup; once the
+    # cluster has data every instance says basebackup, so a lost volume is never re-initialised
+    filled = {p["metadata"]["name"]: p["metadata"]["annotations"].get("pgop.io/initialized")
+              for p in kubectl.json("-n", ns, "get", "pvc")["items"]}
+    assert filled == {f"{name}-0": "initdb", f"{name}-1": "basebackup", f"{name}-2": "basebackup"}
+    assert {i["spec"]["bootstrap"] for i in instances} == {"basebackup"}
     for svc in ("rw", "ro", "r"):
         kubectl("-n", ns, "get", "svc", f"{name}-{svc}")
     for s in ("superuser", "app", "replication"):
@@ -289,8 +294,12 @@ def test_parameters_reload_or_roll(kubectl, namespace, operator):
     restarted = {p: exec_psql(kubectl, ns, p, "select pg_postmaster_start_time()") for p in pods}
     assert all(restarted[p] != started[p] for p in pods)
     assert restarted[f"{name}-1"] < restarted[f"{name}-0"]  # replica first
+    # ... and then a switchover to it instead of a restart of the primary in place
+    eventually(lambda: (cluster(kubectl, ns, name).get("status") or {}).get("currentPrimary") == f"{name}-1",
+               f"{name}-1 primary after the switchover", 120)
     wait_ready(kubectl, ns, name, 2)
-    assert exec_psql(kubectl, ns, f"{name}-0", "select pg_is_in_recovery()") == "f"
+    assert exec_psql(kubectl, ns, f"{name}-1", "select pg_is_in_recovery()") == "f"
+    assert exec_psql(kubectl, ns, f"{name}-0", "select pg_is_in_recovery()") == "t"
 
 
 def test_publish_puts_credentials_in_vault_and_config_in_consul(kubectl, namespace, operator, local_env):
