@@ -18,7 +18,7 @@ from botocore.config import Config
 
 from e2e.harness import paths
 from e2e.relay import Relay
-from e2e.test_pgcluster import connect, eventually, exec_psql, manifest, operator, wait_ready  # noqa: F401 (a fixture)
+from e2e.test_pgcluster import connect, eventually, exec_psql, manifest, wait_ready
 
 BUCKET = "pgop-e2e-backups"
 TIMEOUT = 300

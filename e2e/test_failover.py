@@ -31,21 +31,11 @@ from e2e.chaos import (
     patch_role,
     switchover,
 )
-from e2e.operator import OperatorProcess
 
 NAME = "ha"
 INSTANCES = 3
 RESUME = 120      # bound on waiting for writes to resume after a fault
 CONVERGE = 300    # bound on waiting for every instance to stream again (a rebuild clones a volume)
-
-
-@pytest.fixture(scope="module")
-def operator(local_env, tmp_path_factory):
-    from e2e.harness.__main__ import operator_env
-    op = OperatorProcess(operator_env(local_env), tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    yield op
-    op.stop()
 
 
 def manifest(ns: str) -> str:

@@ -21,7 +21,6 @@ import pytest
 
 from e2e.chaos import ChaosCluster, Report, Writer
 from e2e.chaos_nodes import HostWriter, primary_on_extra_node, spread_manifest
-from e2e.operator import OperatorProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.nodes]
 
@@ -29,15 +28,6 @@ NAME = "hanodes"
 INSTANCES = 3
 RESUME = 120      # bound on waiting for a write acknowledged by a new primary after the fault
 CONVERGE = 300    # bound on waiting for every instance to stream again after the fault ended
-
-
-@pytest.fixture(scope="module")
-def operator(local_env, tmp_path_factory):
-    from e2e.harness.__main__ import operator_env
-    op = OperatorProcess(operator_env(local_env), tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    yield op
-    op.stop()
 
 
 @pytest.fixture

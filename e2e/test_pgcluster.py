@@ -7,20 +7,7 @@ import time
 import psycopg
 import pytest
 
-from e2e.operator import OperatorProcess
-
 TIMEOUT = 240
-
-
-@pytest.fixture(scope="module")
-def operator(local_env, tmp_path_factory):
-    from e2e.harness.__main__ import operator_env
-    # what `make up` gives the operator: the cluster, moto for RDS, Vault (a least-privilege
-    # token, not root) and Consul
-    op = OperatorProcess(operator_env(local_env), tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    yield op
-    op.stop()
 
 
 def manifest(name, ns, instances=3, sync=1, extra=""):

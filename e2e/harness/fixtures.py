@@ -49,6 +49,19 @@ def no_operator_of_make_up():
         proc.start("operator", argv, env=environ, cwd=cwd)
 
 
+@pytest.fixture(scope="module")
+def operator(local_env, tmp_path_factory):
+    """The operator of this checkout, as `make up` runs it (its identity, moto, Vault with a
+    least-privilege token, Consul), for one test module; its log in the module's tmp dir."""
+    from e2e.operator import OperatorProcess
+
+    from .__main__ import operator_env
+    op = OperatorProcess(operator_env(local_env), tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+
+
 @pytest.fixture(scope="session")
 def kube_api(local_env):
     from kubernetes import config
