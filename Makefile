@@ -33,7 +33,7 @@ env-up: venv
 nodes-up: venv
 	$(HARNESS) up --nodes 3
 
-down:
+down: venv
 	$(HARNESS) down
 
 ## Back to one node: the extra nodes stop, the rest keeps running.

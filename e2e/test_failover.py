@@ -26,9 +26,11 @@ from e2e.chaos import (
     Writer,
     failover_started,
     force_delete_pod,
+    kill_container,
     kill_postmaster,
     lose_volume,
     patch_role,
+    promotion_target,
     switchover,
 )
 
@@ -168,6 +170,33 @@ def test_operator_killed_in_the_middle_of_a_failover(cluster, writer, operator):
         watch.stop()
         if operator.p is None or operator.p.poll() is not None:
             operator.start()
+    writer.wait_for_ack(sent_after=at, timeout=RESUME)
+    cluster.wait_converged(CONVERGE, since=at)
+    assert_user_checks(writer.finish())
+
+
+def test_agent_of_the_new_primary_killed_during_promotion(cluster, writer):
+    """A second failure inside the first: the replica chosen for promotion loses its container
+    (agent and Postgres) the moment it is chosen. Both the old primary (pod gone) and the chosen
+    one (crashed) must still tell where their WAL ends, or a quorum of 2 of 3 is never reached:
+    a crashed former primary recovers as a standby following no one and reports its position."""
+    primary = cluster.primary()
+    killed: list[str] = []
+
+    def kill_agent(obj):
+        target = promotion_target(primary)(obj)
+        if target and not killed:
+            killed.append(target)
+            kill_container(cluster, target)
+        return target
+    watch = Watch(cluster, ["pgcluster", NAME], kill_agent).start()
+    try:
+        at = force_delete_pod(cluster, primary)
+        writer.fault("primary pod deleted, then the new primary's container killed while promoting", at)
+        _, target = watch.wait(RESUME)
+        print(f"container of {target} killed during its promotion")
+    finally:
+        watch.stop()
     writer.wait_for_ack(sent_after=at, timeout=RESUME)
     cluster.wait_converged(CONVERGE, since=at)
     assert_user_checks(writer.finish())

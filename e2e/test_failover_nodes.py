@@ -20,7 +20,7 @@ from collections.abc import Callable
 import pytest
 
 from e2e.chaos import ChaosCluster, Report, Writer
-from e2e.chaos_nodes import HostWriter, primary_on_extra_node, spread_manifest
+from e2e.chaos_nodes import HostWriter, node_of, primary_on_extra_node, spread_manifest
 
 pytestmark = [pytest.mark.cluster, pytest.mark.nodes]
 
@@ -75,6 +75,47 @@ def node_fault(placed, what: str, inject: Callable[[str], None], end: Callable[[
     assert_user_checks(report)
     assert cluster.primary() != primary
     assert cluster.in_recovery(primary)  # the old primary rejoined as a replica of the new one
+
+
+def test_primary_node_killed_then_restarted(placed, cluster_nodes):
+    """Power loss: kubelet, containerd and every container of the node die at once, its link goes
+    down; later the machine boots again with its disk (the old primary's volume) intact."""
+    node_fault(placed, "killed node", cluster_nodes.kill, cluster_nodes.restart)
+
+
+def test_primary_node_cut_off_from_the_api_server_only(placed, cluster_nodes):
+    """The node still reaches the other nodes and the clients, but not the API server (nor the API
+    server its kubelet): the primary's agent cannot report, and the replicas still reach it."""
+    node_fault(placed, "node cut off from the API server", lambda n: cluster_nodes.partition(n, apiserver_only=True),
+               cluster_nodes.heal)
+
+
+def test_drain_of_the_primary_node_switches_over_first(placed, cluster_nodes):
+    """`kubectl drain` of the primary's node: the operator sees the node cordoned and switches over
+    to a replica on another node while the primary's PodDisruptionBudget refuses its eviction; then
+    the drain evicts the old primary as a replica. Writes fail only inside the switchover's gap."""
+    cluster, primary, node, writer = placed
+    at = time.time()
+    writer.fault(f"kubectl drain {node} (primary {primary})", at)
+    p = cluster_nodes.drain(node)
+    drained = time.time()
+    print(f"drain took {drained - at:.1f}s:\n{p.stdout[-2000:]}")
+    assert p.returncode == 0, p.stdout + p.stderr
+    new = cluster.primary()
+    assert new != primary and node_of(cluster, new) != node
+    last = cluster.status().get("lastSwitchover") or {}
+    assert (last.get("target"), last.get("result")) == (new, "Done"), last
+    # The old primary's pod was evicted as a replica: it waits (Pending) for its node-local volume.
+    writer.wait_for_ack(sent_after=drained, timeout=RESUME)
+    cluster_nodes.uncordon(node)
+    cluster.wait_converged(CONVERGE, since=drained)
+    report = writer.finish()
+    assert_user_checks(report)
+    gap, start, end = report.longest_gap
+    print(f"switchover gap {gap:.1f}s; {len(report.failures)} failed write attempt(s)")
+    outside = [f for f in report.failures if not start - 0.5 <= f.at <= end + 0.5]
+    assert not outside, f"writes failed outside the switchover gap ({start:.1f}-{end:.1f}): {outside[:5]}"
+    assert cluster.in_recovery(primary)
 
 
 def test_primary_node_frozen_then_thawed(placed, cluster_nodes):

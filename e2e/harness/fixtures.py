@@ -165,8 +165,20 @@ class ClusterNodes:
         """name -> {state: running|frozen|killed|degraded, link, partition, processes, ip, ...}"""
         return {r["name"]: r for r in json.loads(self.harness("list", "--json"))}
 
+    def drain(self, node: str, timeout: float = 240) -> subprocess.CompletedProcess:
+        """`kubectl drain` as a person runs it before node maintenance: cordon, then evict every
+        pod (evictions a PodDisruptionBudget refuses are retried until `timeout`)."""
+        return self.kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data",
+                            f"--timeout={int(timeout)}s", check=False, timeout=timeout + 30)
+
+    def uncordon(self, node: str) -> None:
+        self.kubectl("uncordon", node)
+
     def reset(self) -> None:
-        """Every extra node thawed, healed, running and Ready again (after a test, pass or fail)."""
+        """Every extra node thawed, healed, uncordoned, running and Ready again (after a test, pass
+        or fail)."""
+        for name in self.extra:
+            self.uncordon(name)
         for name, st in self.state().items():
             if st["state"] == "frozen":
                 self.thaw(name)

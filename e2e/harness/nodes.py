@@ -296,6 +296,8 @@ def up(count: int) -> list[Node]:
         if n not in nodes:
             raise SystemExit(f"{n.name} runs from an earlier `up --nodes {len(old) + 1}`: "
                              "`down` first to change the number of nodes")
+    for n in nodes:
+        _clear_faults(n)
     todo = [n for n in nodes if not running(n)]
     t0 = time.time()
     if not todo:
@@ -332,8 +334,18 @@ def _power_on(node: Node, nodes: list[Node]) -> None:
     _unmount_all(node.run, node.state / "kubelet")
     shutil.rmtree(node.run, ignore_errors=True)
     setup_netns(node, nodes)
+    _clear_faults(node)
     setup_cgroups(node)
     start_containerd(node)
+
+
+def _clear_faults(node: Node) -> None:
+    """A fault a killed test run left behind (a frozen cgroup, partition rules in the node's
+    namespace) undone: `up` means healthy nodes, and a reused namespace keeps its iptables rules."""
+    if freezer_state(node) == "FROZEN":
+        thaw(node)
+    if partition_state(node) in ("full", "apiserver"):
+        heal(node)
 
 
 # ---------------------------------------------------------------------------------------------

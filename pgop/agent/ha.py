@@ -30,10 +30,11 @@ RESTART = "restart"
 PROMOTE = "promote"
 STOP_NOW = "stop-immediate"  # immediate shutdown: no session commits during it (demotion, isolation)
 REJOIN = "rejoin"  # pg_rewind against the primary (a fresh clone if that fails), then standby.signal
+STANDBY = "standby"  # standby.signal written: the next start recovers as a standby, never as a primary
 CREATE_SLOT = "create-slot"
 DROP_SLOT = "drop-slot"
 GIVE_UP = "give-up"
-KINDS = (STOP, STOP_NOW, WRITE_CONFIG, REJOIN, START, RELOAD, RESTART, PROMOTE, CREATE_SLOT, DROP_SLOT,
+KINDS = (STOP, STOP_NOW, WRITE_CONFIG, REJOIN, STANDBY, START, RELOAD, RESTART, PROMOTE, CREATE_SLOT, DROP_SLOT,
          GIVE_UP)
 
 # Phases the agent reports in PgInstance.status.phase.
@@ -49,7 +50,7 @@ FENCED = "Fenced"
 FAILED = "Failed"
 
 # What changes the spec's effect: once none is left, the spec is applied (observedGeneration).
-_APPLYING = frozenset({STOP, STOP_NOW, WRITE_CONFIG, REJOIN, START, RELOAD, RESTART, PROMOTE})
+_APPLYING = frozenset({STOP, STOP_NOW, WRITE_CONFIG, REJOIN, STANDBY, START, RELOAD, RESTART, PROMOTE})
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,9 @@ class Actual:
     failed_starts: int = 0
     isolated: str | None = None  # why this primary counts as isolated (`isolation`), or None
     diverged: str | None = None  # why this replica cannot follow the primary's timeline, or None
+    # Stopped without a clean shutdown (pg_control says "in production"): where its WAL ends is
+    # known only once crash recovery has replayed all of it.
+    crashed: bool = False
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,15 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
                                     "in a row; the agent exits so the kubelet restarts the pod")
         if wanted.role == REPLICA and not actual.standby_signal:
             # A data directory that ran as a primary: started as it is, it would be a second one.
+            if wanted.primary == "" and actual.crashed:
+                # A primary that crashed while a failover decides (its pod killed, or its agent
+                # during a promotion): pg_control does not say where its WAL ends, so the operator
+                # would wait for it forever. Started as a standby with no one to follow, it replays
+                # all of its pg_wal (crash recovery runs to the end of WAL before a standby accepts
+                # connections) and reports that position like any replica; it never writes.
+                return Decision(tuple(write) + (Action(STANDBY, "a crashed former primary reports where its WAL ends as a "
+                                                 "standby following no one"),
+                                 Action(START, "start as a standby that follows no one")), STARTING)
             if wanted.primary == "":
                 # The operator reads `Stopped` as "this one can acknowledge no commit".
                 return Decision((), STOPPED, "demoted: Postgres is stopped; a former primary waits for "

@@ -99,6 +99,7 @@ class Agent:
             ha.STOP_NOW: self._stop_now,
             ha.WRITE_CONFIG: self._write_config,
             ha.REJOIN: self._rejoin,
+            ha.STANDBY: self._standby,
             ha.START: self._start_postgres,
             ha.RESTART: self._restart_postgres,
             ha.RELOAD: self._reload,
@@ -242,9 +243,11 @@ class Agent:
             self.expect_running = False
             log.error("postgres exited unexpectedly (exit code %s)", self.postmaster.last_exit)
         state = PostgresState()
+        crashed = False
         if not running and self.settings.pgdata.joinpath("global", "pg_control").exists():
             # Stopped on purpose (demoted, switchover): report where it ended, for the operator.
             stopped = rejoin.stopped_position(self.settings, self.runner)
+            crashed = stopped is None
             if stopped is not None:
                 lsn, timeline, system_identifier = stopped
                 state = PostgresState(lsn=lsn, timeline=timeline, system_identifier=system_identifier)
@@ -281,7 +284,7 @@ class Agent:
         diverged = ha.diverged(state, self._primary_timeline(), now - self.streaming_at, DIVERGED_PATIENCE)
         return ha.Actual(running=running, state=state, written=config.read_written(self.files),
                          standby_signal=self.files.standby_signal.exists(), failed_starts=self.failed_starts,
-                         isolated=self.isolated, diverged=diverged)
+                         isolated=self.isolated, diverged=diverged, crashed=crashed)
 
     def _primary_timeline(self) -> int | None:
         """The timeline the primary reports, if the cluster's list says who that is."""
@@ -379,6 +382,11 @@ class Agent:
     def _write_config(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
         bootstrap.write_passfile(self.settings, self.runner)
         config.write(self.files, dict(wanted.settings), wanted.hba, self.runner.owner)
+        return True
+
+    def _standby(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
+        log.info("%s", action.reason)
+        config.write_standby_signal(self.files, self.runner.owner)
         return True
 
     def _start_postgres(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:

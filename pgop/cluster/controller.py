@@ -34,6 +34,7 @@ def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | No
         services=kube.list("Service", namespace, selector),
         secrets=kube.list("Secret", namespace, selector),
         pdb=kube.get("PodDisruptionBudget", namespace, names.pdb(name)),
+        primary_pdb=kube.get("PodDisruptionBudget", namespace, names.primary_pdb(name)),
         service_account=kube.get("ServiceAccount", namespace, account),
         role=kube.get("Role", namespace, account),
         role_binding=kube.get("RoleBinding", namespace, account),
@@ -41,7 +42,20 @@ def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | No
         # What failover judges the primary by, besides its PgInstance.
         pods=kube.list("Pod", namespace, selector | {LABEL_COMPONENT: COMPONENT_POSTGRES}),
         volumes=kube.list("PersistentVolumeClaim", namespace, selector),
+        cordoned_nodes=cordoned_nodes(kube),
     )
+
+
+def cordoned_nodes(kube: Kube) -> frozenset[str] | None:
+    """The nodes marked unschedulable (a drain cordons first); None when nodes cannot be read (an
+    operator without the RBAC for it then does not switch over ahead of drains)."""
+    try:
+        nodes = kube.list("Node", "", fields={"spec.unschedulable": "true"})
+    except ApiException as e:
+        if e.status == 403:
+            return None
+        raise
+    return frozenset(n["metadata"]["name"] for n in nodes)
 
 
 def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, ObservedCluster, Plan]:

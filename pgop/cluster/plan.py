@@ -41,7 +41,7 @@ from typing import Any
 
 from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
 from pgop.kernel import names, pgconfig
-from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Plan, merge_patch
+from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Event, Plan, merge_patch
 from pgop.kernel.lsn import parse_lsn
 from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE
 from pgop.kernel.model import (
@@ -55,7 +55,7 @@ from pgop.kernel.model import (
     parse_quantity,
 )
 from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
-from pgop.specs.pdb import build_pdb
+from pgop.specs.pdb import build_pdb, build_primary_pdb
 from pgop.specs.pods import (
     ANNOTATION_POD_INPUTS,
     build_bootstrap_pod,
@@ -102,7 +102,8 @@ class ObservedCluster:
     instances: Sequence[Obj] = ()
     services: Sequence[Obj] = ()
     secrets: Sequence[Obj] = ()
-    pdb: Obj | None = None
+    pdb: Obj | None = None  # the replicas' budget
+    primary_pdb: Obj | None = None
     service_account: Obj | None = None
     role: Obj | None = None
     role_binding: Obj | None = None
@@ -111,6 +112,8 @@ class ObservedCluster:
     # that need them are then not applied).
     pods: Sequence[Obj] | None = None
     volumes: Sequence[Obj] | None = None
+    # Nodes marked unschedulable (cordoned, as a drain starts); None: not observed.
+    cordoned_nodes: frozenset[str] | None = None
 
 
 def _by_instance(objects: Sequence[Obj] | None) -> dict[str, Obj] | None:
@@ -152,6 +155,7 @@ def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSour
     _plan_services(cluster, observed, plan)
     _plan_pdb(cluster, observed, plan)
     _plan_instances(cluster, observed, plan, ha)
+    _plan_drain(cluster, observed, plan, ha)
     if ha.clear_switchover and ANNOTATION_SWITCHOVER in cluster.annotations:
         plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
                            "the switchover request is answered (status.lastSwitchover)",
@@ -233,15 +237,58 @@ def _plan_services(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> N
 
 
 def _plan_pdb(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
-    pdb = build_pdb(cluster)
-    wanted = pdb["spec"]["minAvailable"]
-    if observed.pdb is None:
-        _create(plan, pdb, f"node drains keep at least {wanted} instance(s) running")
+    for pdb, current, purpose in (
+            (build_primary_pdb(cluster), observed.primary_pdb, "node drains never evict the primary (a switchover "
+                                                               "comes first)"),
+            (build_pdb(cluster), observed.pdb, "node drains evict one replica at a time")):
+        if current is None:
+            _create(plan, pdb, purpose)
+            continue
+        spec = current.get("spec") or {}
+        if spec.get("minAvailable") != pdb["spec"]["minAvailable"] or spec.get("selector") != pdb["spec"]["selector"]:
+            _patch(plan, "PodDisruptionBudget", current, {"spec": pdb["spec"]},
+                   f"{cluster.spec.instances} instance(s) wanted: {purpose}")
+
+
+def _plan_drain(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha: HaDecision) -> None:
+    """A drain of the primary's node: switchover to a replica on a schedulable node first.
+
+    `kubectl drain` cordons the node, then evicts its pods; the primary's PDB refuses the primary's
+    eviction (pgop.specs.pdb), and this asks for a switchover the moment the node is cordoned. Once
+    the old primary is a replica, its pod loses the primary label and the drain evicts it.
+    """
+    cordoned = observed.cordoned_nodes
+    primary = ha.current_primary
+    if not cordoned or ha.busy or not primary or primary != ha.target_primary \
+            or cluster.annotations.get(ANNOTATION_SWITCHOVER) \
+            or any(a.kind == "PgCluster" and ANNOTATION_SWITCHOVER in
+                   ((a.patch or {}).get("metadata") or {}).get("annotations", {}) for a in plan):
         return
-    spec = observed.pdb.get("spec") or {}
-    if spec.get("minAvailable") != wanted or spec.get("selector") != pdb["spec"]["selector"]:
-        _patch(plan, "PodDisruptionBudget", observed.pdb, {"spec": pdb["spec"]},
-               f"{cluster.spec.instances} instance(s) wanted: drains keep at least {wanted} running")
+    pods = _by_instance(observed.pods) or {}
+    node = _pod_node(pods.get(primary))
+    if node not in cordoned:
+        return
+    instances = [Instance.from_object(body) for body in observed.instances]
+    current = next((i for i in instances if i.name == primary), None)
+    if current is None:
+        return
+    elsewhere = [i for i in instances if _pod_node(pods.get(i.name)) not in cordoned | {""}]
+    successor = _switchover_candidate(current, elsewhere)
+    if successor is None:
+        plan.waiting.append(f"the primary's node {node} is cordoned (a drain?) and no ready replica streaming "
+                            f"from {primary} runs on another node: the primary's PodDisruptionBudget holds "
+                            "it until one does")
+        return
+    plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
+                       f"the primary {primary}'s node {node} is cordoned (a drain?): switchover to "
+                       f"{successor.name} on {_pod_node(pods.get(successor.name))} before its pod is evicted",
+                       patch={"metadata": {"annotations": {ANNOTATION_SWITCHOVER: successor.name}}}))
+    plan.events.append(Event(NORMAL, "NodeDrain", f"the primary {primary}'s node {node} is cordoned: "
+                                                  f"switchover to {successor.name} first"))
+
+
+def _pod_node(pod: Obj | None) -> str:
+    return str(((pod or {}).get("spec") or {}).get("nodeName") or "")
 
 
 def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha: HaDecision) -> None:

@@ -35,6 +35,10 @@ def pdb(cluster: str) -> str:
     return cluster
 
 
+def primary_pdb(cluster: str) -> str:
+    return f"{cluster}-primary"
+
+
 def postgres_pod(instance: str) -> str:
     return instance
 

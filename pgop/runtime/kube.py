@@ -42,6 +42,7 @@ RESOURCES = {
     "ServiceAccount": Resource("", "v1", "serviceaccounts"),
     "PersistentVolumeClaim": Resource("", "v1", "persistentvolumeclaims"),
     "Event": Resource("", "v1", "events"),
+    "Node": Resource("", "v1", "nodes"),
     "StorageClass": Resource("storage.k8s.io", "v1", "storageclasses"),
     "PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets"),
     "Role": Resource("rbac.authorization.k8s.io", "v1", "roles"),
@@ -77,10 +78,13 @@ class Kube:
         raw = data.data
         return json.loads(raw) if raw else None
 
-    def list(self, kind: str, namespace: str, selector: dict[str, str] | None = None) -> list[dict]:
+    def list(self, kind: str, namespace: str, selector: dict[str, str] | None = None,
+             fields: dict[str, str] | None = None) -> list[dict]:
         query = []
         if selector:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items())))
+        if fields:
+            query.append(("fieldSelector", ",".join(f"{k}={v}" for k, v in fields.items())))
         out = self._call("GET", RESOURCES[kind].path(namespace), query=query)
         items = out.get("items", [])
         api_version = out.get("apiVersion", "")

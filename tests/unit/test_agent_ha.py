@@ -30,9 +30,9 @@ def running(role="primary", written=None, **state) -> ha.Actual:
     )
 
 
-def stopped(standby_signal=False, failed_starts=0, written=None) -> ha.Actual:
+def stopped(standby_signal=False, failed_starts=0, written=None, crashed=False) -> ha.Actual:
     return ha.Actual(running=False, written=written or WrittenConfig(dict(SETTINGS), HBA),
-                     standby_signal=standby_signal, failed_starts=failed_starts)
+                     standby_signal=standby_signal, failed_starts=failed_starts, crashed=crashed)
 
 
 def test_converged_primary_does_nothing_and_has_applied_its_spec():
@@ -147,6 +147,17 @@ def test_demotion_with_spec_primary_empty_stops_and_waits_for_a_name():
     assert decision.kinds() == [ha.STOP_NOW]
     then = ha.decide(wanted(role="replica", primary=""), stopped(standby_signal=False))
     assert then.actions == () and then.phase == ha.STOPPED and then.waiting
+
+
+def test_a_crashed_former_primary_reports_its_position_as_a_standby_following_no_one():
+    """Its pod was killed (or its agent, while it was being promoted): pg_control does not say
+    where its WAL ends, so it recovers as a standby first; it is never started as a primary."""
+    decision = ha.decide(wanted(role="replica", primary=""), stopped(standby_signal=False, crashed=True))
+    assert decision.kinds() == [ha.STANDBY, ha.START]
+    assert decision.kinds().index(ha.STANDBY) < decision.kinds().index(ha.START)
+    # Once named, a primary to follow is joined by rewind, as for any former primary.
+    assert ha.decide(wanted(role="replica", primary="orders-1", slots=None),
+                     stopped(standby_signal=False, crashed=True)).kinds() == [ha.REJOIN, ha.START]
 
 
 def test_a_former_primary_is_never_started_as_a_replica_without_rewind():

@@ -540,3 +540,50 @@ def test_a_rolling_restart_switches_over_instead_of_restarting_the_primary():
     assert any("after the switchover" in note for note in result.waiting)
     result = step(world, changed)
     assert reasons(result) == ["SwitchoverStarted"]
+
+
+# ---------------------------------------------------------------------------- node drains
+
+def spread(world, **nodes):
+    for name, node in nodes.items():
+        world.objects[("Pod", name)]["spec"]["nodeName"] = node
+
+
+def test_a_cordoned_primary_node_is_answered_by_a_switchover_to_the_most_advanced_replica_elsewhere():
+    world, cluster = ha_cluster()
+    spread(world, **{"orders-0": "node-1", "orders-1": "node-2", "orders-2": "node-3"})
+    streaming(world, "orders-2", "0/4800000")  # more advanced than orders-1
+    world.cordoned = {"node-1"}
+    result = step(world, cluster)
+    assert world.cluster_annotations.get(ANNOTATION_SWITCHOVER) == "orders-2"
+    assert reasons(result) == ["NodeDrain"] and "node-1" in result.events[0].message
+    result = step(world, cluster)
+    assert reasons(result) == ["SwitchoverStarted"]
+    assert world.cluster_status["failover"]["target"] == "orders-2"
+
+
+def test_a_drain_never_picks_a_replica_on_a_cordoned_node():
+    world, cluster = ha_cluster()
+    spread(world, **{"orders-0": "node-1", "orders-1": "node-1", "orders-2": "node-2"})
+    world.cordoned = {"node-1"}
+    step(world, cluster)
+    assert world.cluster_annotations.get(ANNOTATION_SWITCHOVER) == "orders-2"
+
+
+def test_a_drain_with_no_replica_to_take_over_waits_and_says_why():
+    world, cluster = ha_cluster()
+    spread(world, **{"orders-0": "node-1", "orders-1": "node-2", "orders-2": "node-3"})
+    for name in ("orders-1", "orders-2"):  # not streaming: not fit to take over
+        world.report(name, role="replica", walReceiver="stopped", following="", systemIdentifier="7001")
+    world.cordoned = {"node-1"}
+    result = step(world, cluster)
+    assert ANNOTATION_SWITCHOVER not in world.cluster_annotations
+    assert any("node-1 is cordoned" in note and "PodDisruptionBudget" in note for note in result.waiting)
+
+
+def test_a_cordoned_replica_node_changes_nothing():
+    world, cluster = ha_cluster()
+    spread(world, **{"orders-0": "node-1", "orders-1": "node-2", "orders-2": "node-3"})
+    world.cordoned = {"node-2"}
+    result = step(world, cluster)
+    assert ANNOTATION_SWITCHOVER not in world.cluster_annotations and not reasons(result)

@@ -6,7 +6,7 @@ import pytest
 from pgop.kernel import names
 from pgop.kernel.model import DEFAULT_IMAGE, Instance
 from pgop.specs.instance import build_instance, config_hash
-from pgop.specs.pdb import build_pdb, min_available
+from pgop.specs.pdb import build_pdb, build_primary_pdb, min_available
 from pgop.specs.pods import (
     AGENT_PORT,
     ANNOTATION_POD_INPUTS,
@@ -415,16 +415,24 @@ def test_short_passwords_are_refused():
 
 # ---------------------------------------------------------------------------------------- PDB
 
-@pytest.mark.parametrize("instances, kept", [(1, 1), (2, 1), (3, 2), (5, 4)])
-def test_drains_take_one_instance_at_a_time(instances, kept):
+@pytest.mark.parametrize("instances, kept", [(1, 0), (2, 0), (3, 1), (5, 3)])
+def test_drains_take_one_replica_at_a_time(instances, kept):
     assert min_available(instances) == kept
     assert build_pdb(make_cluster(instances=instances))["spec"]["minAvailable"] == kept
 
 
-def test_pdb_counts_postgres_pods_only():
-    selector = build_pdb(make_cluster())["spec"]["selector"]["matchLabels"]
-    assert {name for name, labels in _pods().items() if matches(selector, labels)} == \
-        {"primary", "replica", "promoting"}
+@pytest.mark.parametrize("instances", [1, 3])
+def test_drains_never_evict_the_primary(instances):
+    pdb = build_primary_pdb(make_cluster(instances=instances))
+    assert (pdb["metadata"]["name"], pdb["spec"]["minAvailable"]) == ("orders-primary", 1)
+
+
+def test_the_budgets_split_the_postgres_pods_by_role():
+    def covered(pdb):
+        return {name for name, labels in _pods().items() if matches(pdb["spec"]["selector"]["matchLabels"], labels)}
+    # A pod being promoted (label pending) is in neither: it is not yet the primary -rw reaches.
+    assert covered(build_primary_pdb(make_cluster())) == {"primary"}
+    assert covered(build_pdb(make_cluster())) == {"replica"}
 
 
 # --------------------------------------------------------------------------------------- RBAC

@@ -43,6 +43,7 @@ class World:
         self.cluster_status: dict[str, Any] = {}
         self.cluster_annotations: dict[str, str] = {}
         self.events: list[Any] = []
+        self.cordoned: set[str] = set()  # nodes marked unschedulable (observed with the pods)
 
     def cluster(self, cluster: Cluster) -> Cluster:
         """The cluster as stored now: its status as written by the plans applied so far."""
@@ -108,10 +109,12 @@ class World:
         return ObservedCluster(
             pods=self.all("Pod") if pods else None,
             volumes=self.all("PersistentVolumeClaim") if pods else None,
+            cordoned_nodes=frozenset(self.cordoned) if pods else None,
             instances=self.all("PgInstance"),
             services=self.all("Service"),
             secrets=self.all("Secret"),
             pdb=self.get("PodDisruptionBudget", cluster),
+            primary_pdb=self.get("PodDisruptionBudget", f"{cluster}-primary"),
             service_account=self.get("ServiceAccount", account),
             role=self.get("Role", account),
             role_binding=self.get("RoleBinding", account),
