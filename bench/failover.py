@@ -2,6 +2,7 @@
 inside the cluster that inserts through `<cluster>-rw` every 20 ms (e2e/chaos.py).
 
     make up && .venv/bin/python -m bench.failover [--runs 3] [--scenarios pod-delete,switchover]
+    make up NODES=3 && .venv/bin/python -m bench.failover --scenarios node-kill,node-freeze,node-partition,node-apiserver-partition,node-drain
 
 Needs the operator running (make up). Per scenario, one 3-instance PgCluster
 (`synchronousMode: required`, `synchronousReplicas: 1`) in a namespace of its own, faulted N times
@@ -9,6 +10,10 @@ in a row (each run waits until every instance streams again). Per run: the write
 (last acknowledged write before it to the first acknowledged write sent after it), acknowledged
 writes missing on the final primary, writes acknowledged by a deposed primary, failed attempts,
 and the time from the fault until every instance is Ready and streaming on the newest timeline.
+The node-* scenarios fault the primary's *node* on the three-node local cluster (`make up NODES=3`):
+the cluster then has one instance per node on node-local volumes, the writer runs on the host node
+(never faulted), and before each run the primary is switched over to an extra node if it runs on the
+host node; after each run every node is up again.
 Prints a table next to CloudNativePG's e2e bounds; never fails on a figure (a run that does not
 recover within the bounds is shown as an error and ends that scenario).
 """
@@ -35,8 +40,9 @@ from e2e.chaos import (
     median,
     switchover,
 )
+from e2e.chaos_nodes import HostWriter, node_of, primary_on_extra_node, spread_manifest
 from e2e.harness import envfile, proc
-from e2e.harness.fixtures import Kubectl
+from e2e.harness.fixtures import ClusterNodes, Kubectl
 
 NAME = "bench"
 RESUME = 120
@@ -119,6 +125,46 @@ def isolation(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict
     return cut.cut_at, streams, {"old_timeline": timeline}
 
 
+# The node-level scenarios: set by main() when one is asked for (needs `make up NODES=3`).
+NODES: ClusterNodes | None = None
+
+
+def _nodes() -> ClusterNodes:
+    if NODES is None:
+        raise RuntimeError("node scenarios need the three-node environment (make up NODES=3)")
+    return NODES
+
+
+def node_fault(inject: Callable[[str], object], end: Callable[[str], object], what: str):
+    """The primary's node faulted until a write is acknowledged on a newer timeline, then the fault
+    ends (the node comes back) and every instance must stream again."""
+    def scenario(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict]:
+        primary = cluster.primary()
+        node = node_of(cluster, primary)
+        timeline = cluster.timeline(primary)
+        at = time.time()
+        inject(node)
+        writer.fault(f"{what} {node}", at)
+        writer.wait_for_ack(sent_after=at, timeout=RESUME, where=lambda a: a.tl > timeline)
+        end(node)
+        return at, cluster.wait_converged(CONVERGE, since=at), {"old_timeline": timeline}
+    return scenario
+
+
+def node_drain(cluster: ChaosCluster, writer: Writer) -> tuple[float, float, dict]:
+    primary = cluster.primary()
+    node = node_of(cluster, primary)
+    timeline = cluster.timeline(primary)
+    at = time.time()
+    writer.fault(f"kubectl drain {node}", at)
+    p = _nodes().drain(node)
+    if p.returncode != 0:
+        raise RuntimeError(f"kubectl drain {node}: {(p.stderr or p.stdout).strip()[-300:]}")
+    writer.wait_for_ack(sent_after=at, timeout=RESUME, where=lambda a: a.tl > timeline)
+    _nodes().uncordon(node)
+    return at, cluster.wait_converged(CONVERGE, since=at), {"drain": time.time() - at}
+
+
 SCENARIOS: dict[str, tuple[Callable[[ChaosCluster, Writer], tuple[float, float, dict]], str]] = {
     # name: (scenario, the CloudNativePG bound on the write gap it compares with)
     "pod-delete": (pod_delete, "pod delete"),
@@ -126,12 +172,29 @@ SCENARIOS: dict[str, tuple[Callable[[ChaosCluster, Writer], tuple[float, float, 
     "switchover": (do_switchover, "switchover"),
     "isolation": (isolation, ""),
     "volume-loss": (volume_loss, ""),
+    "node-kill": (node_fault(lambda n: _nodes().kill(n), lambda n: _nodes().restart(n), "killed node"),
+                  "node loss"),
+    "node-freeze": (node_fault(lambda n: _nodes().freeze(n), lambda n: _nodes().thaw(n), "frozen node"),
+                    "node loss"),
+    "node-partition": (node_fault(lambda n: _nodes().partition(n), lambda n: _nodes().heal(n),
+                                  "partitioned node"), "node loss"),
+    "node-apiserver-partition": (node_fault(lambda n: _nodes().partition(n, apiserver_only=True),
+                                            lambda n: _nodes().heal(n), "node cut off from the API server"),
+                                 "node loss"),
+    "node-drain": (node_drain, "switchover"),
 }
 
 
-def one_run(cluster: ChaosCluster, scenario) -> Run:
+def is_node_scenario(name: str) -> bool:
+    return name.startswith("node-")
+
+
+def one_run(cluster: ChaosCluster, scenario, on_nodes: bool = False) -> Run:
     run = Run()
-    writer = Writer(cluster, max_seconds=600)
+    if on_nodes:  # the primary on a node that may be faulted; the client on the host node
+        _nodes().reset()
+        primary_on_extra_node(cluster, _nodes().extra, CONVERGE)
+    writer = (HostWriter if on_nodes else Writer)(cluster, max_seconds=600)
     try:
         writer.start()
         time.sleep(2)
@@ -160,6 +223,8 @@ def one_run(cluster: ChaosCluster, scenario) -> Run:
             pass
     finally:
         writer.delete()
+        if on_nodes:
+            _nodes().reset()
     return run
 
 
@@ -212,6 +277,11 @@ def main(argv: list[str] | None = None) -> int:
 
     env = envfile.load()
     kubectl = Kubectl(env)
+    if any(is_node_scenario(n) for n in names):
+        global NODES
+        NODES = ClusterNodes(env, kubectl)
+        if not NODES.extra:
+            ap.error("the node-* scenarios need the three-node environment: make up NODES=3")
     if not proc.running("operator"):
         print("note: no operator of `make up` runs (pid file); the figures need one running", file=sys.stderr)
     results: dict[str, list[Run]] = {}
@@ -236,11 +306,14 @@ def measure(kubectl: Kubectl, names: list[str], args: argparse.Namespace, result
         cluster.allow_chaos()
         results[name] = []
         try:
-            kubectl("apply", "-f", "-", input=MANIFEST.format(name=NAME, ns=ns, n=args.instances, mode=args.mode))
+            on_nodes = is_node_scenario(name)
+            manifest = spread_manifest(NAME, ns, args.instances, args.mode) if on_nodes else \
+                MANIFEST.format(name=NAME, ns=ns, n=args.instances, mode=args.mode)
+            kubectl("apply", "-f", "-", input=manifest)
             cluster.wait_ready(args.instances, 300)
             cluster.wait_converged(120)
             for i in range(args.runs):
-                run = one_run(cluster, SCENARIOS[name][0])
+                run = one_run(cluster, SCENARIOS[name][0], on_nodes)
                 results[name].append(run)
                 print(f"{name} #{i + 1}: {json.dumps(run.__dict__, default=str)}", flush=True)
                 if run.error:

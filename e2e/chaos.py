@@ -41,7 +41,9 @@ WRITES_TABLE = "pgop_chaos_writes"
 PGOP = next((p for p in (paths.REPO / ".venv" / "bin" / "pgop", Path(sys.executable).parent / "pgop")
              if p.exists()), paths.REPO / ".venv" / "bin" / "pgop")
 # CloudNativePG's e2e bounds, the bar the issue names (seconds).
-CNPG_BOUNDS = {"pod delete": 20.0, "switchover": 20.0, "rejoin": 60.0}
+CNPG_BOUNDS = {"pod delete": 20.0, "switchover": 20.0, "rejoin": 60.0,
+               # node loss: the node-monitor grace period (40-50 s) plus up to 5 s, the upper end
+               "node loss": 55.0}
 
 
 class ChaosError(AssertionError):

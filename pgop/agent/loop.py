@@ -47,6 +47,7 @@ RECEIVER_STOP_TIMEOUT = 5.0  # seconds a reload that ends streaming waits for th
 DIVERGED_PATIENCE = 15.0  # seconds a replica may fail to stream from a later timeline before a rewind
 CONDITION_REJOINED = "Rejoined"
 WATCHDOG_EVERY = 0.5  # seconds between two looks of the isolation watchdog
+POSTMASTER_POLL = 0.1  # seconds between two looks at the postmaster while the loop idles
 
 
 # What carries out one action: (action, its decision, what is wanted) -> go on with the next?
@@ -120,9 +121,21 @@ class Agent:
             acted = self.turn()
             if self.exit_code is not None:
                 break
-            self.wakeup.wait(0.2 if acted else self.settings.interval)
+            self.idle(0.2 if acted else self.settings.interval)
         self.shutdown()
         return self.exit_code or 0
+
+    def idle(self, seconds: float) -> None:
+        """Waits `seconds`, or less: until the PgInstance changes (the watch sets `wakeup`) or the
+        postmaster exits. A crashed postgres is restarted within POSTMASTER_POLL, not a heartbeat
+        interval later: a primary's restart in place is most of the write gap it causes."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.wakeup.wait(min(left, POSTMASTER_POLL)):
+                return
+            if self.expect_running and not self.postmaster.is_running():
+                return
 
     def start_watch(self) -> None:
         """A thread that wakes the loop when the PgInstance changes, if the store can watch."""

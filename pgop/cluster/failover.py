@@ -39,6 +39,11 @@ ISOLATION_MARGIN = 5.0
 # A switchover whose target has not received the old primary's last WAL by then is given up:
 # the old primary, cleanly shut down, is promoted again (nothing was lost).
 SWITCHOVER_CATCH_UP_TIMEOUT = 60.0
+# A target whose agent beats but has not reported primary by then (pg_promote() gives up after
+# 60 s) is deposed and the failover decides again among the others: no failover waits for ever on
+# one instance. Nothing is lost: until it reports primary nobody streams from it, so with
+# synchronousMode required it cannot get a commit acknowledged.
+PROMOTION_TIMEOUT = 90.0
 
 FAILOVER, SWITCHOVER = "Failover", "Switchover"
 PENDING, DECIDING, DEMOTING, PROMOTING = "Pending", "Deciding", "Demoting", "Promoting"
@@ -525,6 +530,15 @@ def _promoting(facts: _Facts, state: _State) -> None:
     if why and not (target is not None and facts.fresh(target)):
         state.failover = {**failover, "kind": FAILOVER}
         _start_failover(facts, state, target_name, f"promotion of {target_name} failed: {why}",
+                        deposed=[target_name])
+        return
+    waited = (facts.now - since).total_seconds() if since is not None else 0.0
+    if waited > PROMOTION_TIMEOUT:
+        state.failover = {**failover, "kind": FAILOVER}
+        _start_failover(facts, state, target_name,
+                        f"{target_name} did not report primary within {PROMOTION_TIMEOUT:.0f}s of being chosen "
+                        f"(phase {target.status.phase if target is not None else 'unknown'}: "
+                        f"{(target.status.message if target is not None else None) or 'no message'})",
                         deposed=[target_name])
         return
     _wait(state, "Promoting", f"{target_name} is being promoted; waiting for its agent to report it primary")

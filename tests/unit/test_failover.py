@@ -219,6 +219,28 @@ def test_the_most_advanced_replica_is_promoted_not_the_lagging_one():
         "orders-0": "orders-2", "orders-1": "orders-2", "orders-2": "orders-2"}
 
 
+def test_a_target_that_never_reports_primary_is_deposed_and_the_failover_decides_again():
+    from pgop.cluster.failover import PROMOTION_TIMEOUT
+    world, cluster = started()
+    answer(world, "orders-1", "0/4000000")
+    answer(world, "orders-2", "0/4800000")
+    step(world, cluster)
+    assert world.cluster_status["targetPrimary"] == "orders-2"
+    # Its agent beats on, but pg_promote() never succeeds: within the bound it is waited for ...
+    later = T + timedelta(seconds=PROMOTION_TIMEOUT - 5)
+    world.report("orders-2", role="replica", heartbeat=later, phase="Promoting", message="pg_promote() did not finish")
+    result = step(world, cluster, at=later)
+    assert world.cluster_status["failover"]["phase"] == "Promoting" and not reasons(result)
+    # ... past it, it is deposed and the others are asked again.
+    past = T + timedelta(seconds=PROMOTION_TIMEOUT + 5)
+    world.report("orders-2", role="replica", heartbeat=past, phase="Promoting", message="pg_promote() did not finish")
+    result = step(world, cluster, at=past)
+    assert reasons(result) == ["FailoverStarted"] and "did not report primary" in result.events[0].message
+    failover = world.cluster_status["failover"]
+    assert failover["phase"] == "Deciding" and "orders-2" in failover["deposed"]
+    assert spec_of(world, "orders-2")["role"] == "replica"
+
+
 def test_equal_received_positions_go_by_replay_then_lowest_ordinal():
     world, cluster = started(4)
     answer(world, "orders-1", "0/4000000", replay="0/3000000")
