@@ -44,6 +44,12 @@ SWITCHOVER_CATCH_UP_TIMEOUT = 60.0
 # one instance. Nothing is lost: until it reports primary nobody streams from it, so with
 # synchronousMode required it cannot get a commit acknowledged.
 PROMOTION_TIMEOUT = 90.0
+# A primary whose agent has been silent this long (three beats of 2 s) counts as failed before the
+# heartbeat timeout when every replica that streamed from it has lost its WAL stream since (a
+# replica's receiver gives up after wal_receiver_timeout, 5 s): two observers, the API server and
+# the replicas, both lost it, as when its node dies, freezes or is cut off. A primary cut off from
+# the API server only still streams to its replicas and waits for the heartbeat timeout.
+CORROBORATED_SILENCE = 6.0
 
 FAILOVER, SWITCHOVER = "Failover", "Switchover"
 PENDING, DECIDING, DEMOTING, PROMOTING = "Pending", "Deciding", "Demoting", "Promoting"
@@ -331,11 +337,32 @@ def _failure(facts: _Facts, name: str) -> str:
     age = heartbeat_age(instance, facts.now)
     if age is not None and age > facts.heartbeat_timeout:
         return f"no heartbeat from its agent for {age:.0f}s (limit {facts.heartbeat_timeout:.0f}s)"
+    if age is not None and age > CORROBORATED_SILENCE:
+        lost = _replicas_that_lost(facts, instance)
+        if lost:
+            return (f"no heartbeat from its agent for {age:.0f}s, and its replicas {', '.join(lost)} "
+                    "stopped receiving its WAL since")
     if instance.status.phase == "Failed":
         return "its agent gave up starting Postgres (" + (instance.status.message or "phase Failed") + ")"
     # Postgres crashed inside a live pod: the agent restarts it in place (crash recovery, no new
     # timeline); that is no reason to fail over while the agent beats.
     return ""
+
+
+def _replicas_that_lost(facts: _Facts, primary: Instance) -> list[str]:
+    """The replicas that followed `primary` and report, after its last heartbeat, that they no
+    longer receive its WAL; empty unless there is at least one and *all* of them say so."""
+    beat = primary.status.last_heartbeat
+    followers = [i for i in facts.live if i.name != primary.name and i.status.following == primary.name
+                 and not facts.is_fenced(i)]
+    if beat is None or not followers:
+        return []
+    for replica in followers:
+        st = replica.status
+        if not facts.fresh(replica) or st.last_heartbeat is None or st.last_heartbeat <= beat \
+                or st.wal_receiver == STREAMING:
+            return []
+    return [i.name for i in followers]
 
 
 def _start_failover(facts: _Facts, state: _State, old: str, why: str, deposed: Sequence[str] = ()) -> None:

@@ -91,6 +91,36 @@ def test_a_deleted_primary_pod_starts_a_failover_at_once():
     assert [a.name for a in result if a.kind == "PgInstance"][0] == "orders-0"
 
 
+def _silent_primary(stopped_receivers: tuple[str, ...], silence: float = 7.0, replicas_after: bool = True):
+    """The primary's agent beat last at T; `silence` seconds later the replicas report (after its
+    last beat, or before it), those in `stopped_receivers` without a WAL stream."""
+    world, cluster = ha_cluster()
+    now = T + timedelta(seconds=silence)
+    for name in ("orders-1", "orders-2"):
+        at = now - timedelta(seconds=1) if replicas_after else T - timedelta(seconds=1)
+        world.report(name, role="replica", heartbeat=at, receivedLSN="0/4000000", following="orders-0",
+                     walReceiver="stopped" if name in stopped_receivers else "streaming", systemIdentifier="7001")
+    return step(world, cluster, at=now)
+
+
+def test_a_silent_primary_whose_replicas_all_lost_its_stream_fails_over_before_the_heartbeat_timeout():
+    """Its node died, froze or was cut off: the API server and the replicas both lost it."""
+    result = _silent_primary(("orders-1", "orders-2"))
+    assert reasons(result) == ["FailoverStarted"]
+    assert "stopped receiving its WAL" in result.events[0].message
+
+
+def test_a_silent_primary_still_streaming_to_a_replica_waits_for_the_heartbeat_timeout():
+    """Cut off from the API server only: a replica still receives its WAL."""
+    assert reasons(_silent_primary(("orders-1",))) == []
+    assert reasons(_silent_primary(("orders-1",), silence=16.0)) == ["FailoverStarted"]
+
+
+def test_replica_reports_older_than_the_primarys_last_beat_do_not_count():
+    assert reasons(_silent_primary(("orders-1", "orders-2"), replicas_after=False)) == []
+    assert reasons(_silent_primary(("orders-1", "orders-2"), silence=4.0)) == []  # not silent long enough
+
+
 def test_a_terminated_container_starts_a_failover():
     world, cluster = ha_cluster()
     world.objects[("Pod", "orders-0")]["status"]["containerStatuses"][0]["state"] = {
