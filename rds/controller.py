@@ -32,6 +32,7 @@ from pgop.rds.policy import (
     DeletionStep,
     DisableDeletionProtection,
     Finished,
+    LeaveUnpublished,
     Modify,
     Publish,
     Refuse,
@@ -122,6 +123,10 @@ class MysqlDbController:
         report = Report(obj, self.clock())
         identifier = policy.target_identifier(obj, scope=self.scope)
         report.set(lastError=None)
+        refused = policy.path_refusal(obj)
+        if refused is not None:  # before anything is read: the path may be another tenant's
+            self._degrade(refused, obj, None, identifier, report)
+            return report.plan
         try:
             for _ in range(MAX_STEPS_PER_PASS):
                 current = dataclasses.replace(obj, status=report.status)
@@ -386,6 +391,13 @@ class MysqlDbController:
         report.plan.finished = True
         return False
 
+    def _leave_unpublished(self, step: LeaveUnpublished, obj: MysqlDbObject, instance: DbInstance | None,
+                           report: Report, attempt: int) -> bool:
+        report.condition("Degraded", True, step.reason, step.message)
+        report.event(WARNING, step.reason, step.message)
+        report.plan.finished = True
+        return False
+
     def _finished(self, step: Finished, obj: MysqlDbObject, instance: DbInstance | None,
                   report: Report, attempt: int) -> bool:
         report.plan.finished = True
@@ -429,6 +441,7 @@ _DELETION_STEPS: Mapping[type, Callable[[MysqlDbController, Any, MysqlDbObject, 
     WaitForDeletion: MysqlDbController._wait_for_deletion,
     ReleaseInstance: MysqlDbController._release_instance,
     Unpublish: MysqlDbController._unpublish,
+    LeaveUnpublished: MysqlDbController._leave_unpublished,
     Finished: MysqlDbController._finished,
 }
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pgop.kernel import tenancy
 from pgop.kernel.conditions import parse_rfc3339
 from pgop.rds.diff import Changes, diff
 from pgop.rds.identifier import db_instance_identifier, final_snapshot_identifier
@@ -134,6 +135,13 @@ class Unpublish:
 
 
 @dataclass(frozen=True)
+class LeaveUnpublished:
+    """The spec's Vault or Consul path is outside the namespace: deletion removes nothing there."""
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Finished:
     pass
 
@@ -141,7 +149,7 @@ class Finished:
 # What next_step and deletion_step return.
 Step = Create | Claim | ResetPassword | Modify | Publish | Wait | Degrade | Refuse
 DeletionStep = (BlockDeletion | DisableDeletionProtection | DeleteInstance | WaitForDeletion | ReleaseInstance
-                | Unpublish | Finished)
+                | Unpublish | LeaveUnpublished | Finished)
 
 
 # --- identity and ownership ----------------------------------------------------------------------
@@ -159,6 +167,14 @@ def target_identifier(obj: MysqlDbObject, *, scope: str = "") -> str:
     return (obj.status.get("dbInstanceIdentifier")
             or obj.adopt_identifier
             or db_instance_identifier(obj.namespace, obj.name, scope=scope))
+
+
+def path_refusal(obj: MysqlDbObject) -> Refuse | None:
+    """spec.vaultPath and spec.consulPrefix must stay below the namespace's own prefix
+    (pgop.kernel.tenancy); otherwise pgop neither reads, writes nor deletes them."""
+    refused = tenancy.refused_paths(obj.namespace, vault=("spec.vaultPath", obj.spec.vault_path),
+                                    consul=("spec.consulPrefix", obj.spec.consul_prefix))
+    return Refuse(tenancy.REASON, tenancy.refusal_message(refused)) if refused else None
 
 
 def create_request(obj: MysqlDbObject, identifier: str) -> dict[str, Any]:
@@ -191,6 +207,9 @@ def next_step(
     identifier: str,
     password_in_vault: bool | None = None,
 ) -> Step:
+    refused = path_refusal(obj)
+    if refused is not None:
+        return refused
     recorded = obj.status.get("dbInstanceIdentifier")
     adopting = obj.adopt_identifier
     if recorded and adopting and adopting != recorded:
@@ -266,6 +285,9 @@ def deletion_step(obj: MysqlDbObject, instance: DbInstance | None) -> DeletionSt
     stored = obj.status.get("vaultPath") or obj.status.get("consulPrefix")
     if spec.deletion_policy == "Retain" or not stored:
         return Finished()
+    refused = path_refusal(obj)
+    if refused is not None:
+        return LeaveUnpublished(refused.reason, refused.message)
     return Unpublish()
 
 

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
-from pgop.kernel import pgconfig
+from pgop.kernel import pgconfig, tenancy
 from pgop.kernel.conditions import parse_time
 from pgop.kernel.lsn import parse_lsn
 
@@ -473,6 +473,23 @@ class Cluster:
             status=plain(body.get("status") or {}),
             annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
         )
+
+    def publish_paths(self) -> tuple[str, str] | None:
+        """Where spec.publish writes (Vault path, Consul prefix): the spec's, or the same defaults
+        as MysqlDb's; None without spec.publish."""
+        publish = self.spec.publish
+        if publish is None:
+            return None
+        return (publish.vault_path or tenancy.default_vault_path(self.namespace, self.name),
+                publish.consul_prefix or tenancy.default_consul_prefix(self.namespace, self.name))
+
+    def refused_publish_paths(self) -> list[tenancy.RefusedPath]:
+        """spec.publish paths outside this cluster's namespace: never read, written or deleted."""
+        paths = self.publish_paths()
+        if paths is None:
+            return []
+        return tenancy.refused_paths(self.namespace, vault=("spec.publish.vaultPath", paths[0]),
+                                     consul=("spec.publish.consulPrefix", paths[1]))
 
     def validate(self) -> list[ValidationError]:
         errors: list[ValidationError] = []

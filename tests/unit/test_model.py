@@ -212,3 +212,20 @@ def test_an_instance_is_settled_only_when_ready_on_its_current_spec():
     assert not Instance.from_object(_instance_body(ready=True, observedGeneration=2)).settled
     assert not Instance.from_object(_instance_body(ready=False, observedGeneration=3)).settled
     assert not Instance.from_object(_instance_body()).settled
+
+
+# ------------------------------------------------------------ spec.publish stays in the namespace
+
+def test_publish_paths_default_below_the_clusters_namespace():
+    cluster = Cluster.from_object(cluster_body(publish={}))
+    assert cluster.publish_paths() == ("secret/data/k8s/shop/orders/db", "config/k8s/shop/orders/db")
+    assert cluster.refused_publish_paths() == []
+    assert Cluster.from_object(cluster_body()).publish_paths() is None
+
+
+def test_publish_paths_of_another_namespace_are_refused_segment_by_segment():
+    # the substring test this replaces let this one through: k8s/shop/ is in it
+    cluster = Cluster.from_object(cluster_body(publish={"vaultPath": "secret/data/k8s/billing/k8s/shop/db",
+                                                        "consulPrefix": "config/k8s/shop/../billing/db"}))
+    refused = cluster.refused_publish_paths()
+    assert [r.field for r in refused] == ["spec.publish.vaultPath", "spec.publish.consulPrefix"]

@@ -25,8 +25,10 @@ class MemoryVault:
     def __init__(self):
         self.store: dict[str, tuple[int, dict]] = {}
         self.down = False
+        self.touched: list[str] = []  # every path read, written or deleted
 
     def _check(self, path):
+        self.touched.append(path)
         if self.down:
             raise pub.VaultUnavailable(f"Vault read {path}: Vault is unreachable or sealed")
 
@@ -52,13 +54,16 @@ class MemoryConsul:
     def __init__(self):
         self.keys: dict[str, str] = {}
         self.down = False
+        self.touched: list[str] = []
 
     def read(self, prefix):
+        self.touched.append(prefix)
         if self.down:
             raise pub.ConsulUnavailable(f"Consul read {prefix}: Consul is unreachable")
         return {k[len(prefix) + 1:]: v for k, v in self.keys.items() if k.startswith(prefix + "/")}
 
     def write(self, prefix, entries):
+        self.touched.append(prefix)
         if self.down:
             raise pub.ConsulUnavailable(f"Consul write {prefix}: Consul is unreachable")
         for k in list(self.keys):
@@ -67,6 +72,7 @@ class MemoryConsul:
         self.keys.update({f"{prefix}/{k}": v for k, v in entries.items()})
 
     def delete(self, prefix):
+        self.touched.append(prefix)
         for k in list(self.keys):
             if k.startswith(prefix + "/"):
                 del self.keys[k]
@@ -216,6 +222,30 @@ def test_adoption_with_reset(controller, aws, vault):
     data = vault.read(o.spec.vault_path).data
     assert data["password"] and data["username"] == "legacyadmin" and "pendingPassword" not in data
     assert "PasswordReset" in [e.reason for e in reset.events]
+
+
+def test_a_path_of_another_namespace_is_never_read_written_or_deleted(controller, aws, vault, consul_kv):
+    """The attack: a MysqlDb in shop names billing's secret. Before, pgop reused billing's
+    password, overwrote its host and deleted both on deletion."""
+    theirs, their_config = "secret/data/k8s/billing/orders-db/db", "config/k8s/billing/orders-db/db"
+    vault.store[theirs] = (1, {"username": "app", "password": "Billing-Secret-1"})
+    consul_kv.keys[f"{their_config}/host"] = "billing.db"
+    o = make(spec={"vaultPath": theirs, "consulPrefix": their_config})
+    outcome = controller.reconcile(o)
+    assert outcome.status["phase"] == "Failed" and reason(outcome, "Degraded") == "PathOutsideNamespace"
+    message = outcome.status["lastError"]
+    assert "spec.vaultPath" in message and "spec.consulPrefix" in message and "secret/data/k8s/shop/" in message
+    assert outcome.permanent and [e.reason for e in outcome.events] == ["PathOutsideNamespace"]
+    assert vault.touched == [] and consul_kv.touched == []
+    assert aws.client.describe_db_instances()["DBInstances"] == []
+    # deleted, even with a status that says it stored there (an object from before this check)
+    recorded = advance(o, outcome)
+    recorded = dataclasses.replace(recorded, status={**recorded.status, "vaultPath": theirs,
+                                                     "consulPrefix": their_config})
+    done = controller.finalize(recorded)
+    assert done.finished and "PathOutsideNamespace" in [e.reason for e in done.events]
+    assert vault.touched == [] and consul_kv.touched == []
+    assert vault.store[theirs][1]["password"] == "Billing-Secret-1" and consul_kv.keys[f"{their_config}/host"]
 
 
 def test_importing_the_handlers_builds_no_client(monkeypatch):

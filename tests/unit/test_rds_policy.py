@@ -13,6 +13,7 @@ from pgop.rds.policy import (
     DeleteInstance,
     DisableDeletionProtection,
     Finished,
+    LeaveUnpublished,
     Modify,
     Publish,
     Refuse,
@@ -129,6 +130,32 @@ def test_adoption_resets_password_only_when_asked():
                       ResetPassword)
     assert isinstance(policy.next_step(o, claimed, identifier="legacy-orders", password_in_vault=True),
                       Publish)
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"vaultPath": "secret/data/k8s/billing/orders/db"}, "spec.vaultPath"),
+    ({"vaultPath": "secret/data/k8s/billing/k8s/shop/db"}, "spec.vaultPath"),
+    ({"vaultPath": "secret/data/k8s/shop/../billing/db"}, "spec.vaultPath"),
+    ({"consulPrefix": "config/k8s/billing/orders/db"}, "spec.consulPrefix"),
+    ({"consulPrefix": "config/k8s/shop//db"}, "spec.consulPrefix"),
+])
+def test_a_path_outside_the_namespace_is_refused_before_anything_else(spec, field):
+    o = obj(spec=spec)
+    for instance in (None, ours(o)):
+        step = policy.next_step(o, instance, identifier="shop-orders-x", password_in_vault=True)
+        assert isinstance(step, Refuse) and step.reason == "PathOutsideNamespace"
+        assert step.message.startswith(field) and "nothing there" in step.message
+    assert policy.path_refusal(obj()) is None
+
+
+def test_deletion_never_removes_what_lies_outside_the_namespace():
+    stored = {"vaultPath": "secret/data/k8s/billing/orders/db", "consulPrefix": "config/k8s/shop/orders/db"}
+    o = obj(spec={"vaultPath": "secret/data/k8s/billing/orders/db", "deletionPolicy": "Delete"}, status=stored)
+    step = policy.deletion_step(o, None)
+    assert isinstance(step, LeaveUnpublished) and step.reason == "PathOutsideNamespace"
+    assert "spec.vaultPath" in step.message
+    # its own instance still goes as deletionPolicy says: only the path is refused
+    assert isinstance(policy.deletion_step(o, ours(o)), DeleteInstance)
 
 
 def test_adoption_target_missing():
