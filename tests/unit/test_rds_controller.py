@@ -209,10 +209,14 @@ def test_deletion_protection(controller, aws):
     assert controller.finalize(off).finished
 
 
+LEGACY = {"DBInstanceIdentifier": "legacy", "Engine": "mysql", "EngineVersion": "8.0.35",
+          "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
+          "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7}
+
+
 def test_adoption_with_reset(controller, aws, vault):
-    aws.create({"DBInstanceIdentifier": "legacy", "Engine": "mysql", "EngineVersion": "8.0.35",
-                "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
-                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7}, "Legacy-Password-1")
+    aws.create({**LEGACY, "Tags": [{"Key": policy.TAG_ADOPTABLE_BY, "Value": "shop/orders-db"}]},
+               "Legacy-Password-1")
     o = make(annotations={"pgop.io/adopt": "legacy"})
     outcome = controller.reconcile(o)
     assert outcome.status["phase"] == "Ready" and "password" not in vault.read(o.spec.vault_path).data
@@ -222,6 +226,33 @@ def test_adoption_with_reset(controller, aws, vault):
     data = vault.read(o.spec.vault_path).data
     assert data["password"] and data["username"] == "legacyadmin" and "pendingPassword" not in data
     assert "PasswordReset" in [e.reason for e in reset.events]
+
+
+def test_adoption_refused_touches_nothing_until_allowed(aws, vault, consul_kv):
+    aws.create(LEGACY, "Legacy-Password-1")
+    before = aws.describe("legacy")
+    refusing = MysqlDbController(aws, vault, consul_kv, poll_seconds=1, resync_seconds=30)
+    o = make(annotations={"pgop.io/adopt": "legacy", "pgop.io/reset-password": "true"})
+    outcome = refusing.reconcile(o)
+    assert outcome.status["phase"] == "Degraded" and reason(outcome, "Degraded") == "AdoptionNotAllowed"
+    assert [e.reason for e in outcome.events] == ["AdoptionNotAllowed"] and outcome.permanent is None
+    assert aws.describe("legacy") == before  # no tag, no password reset, no modification
+    assert vault.touched == [] and consul_kv.touched == []
+    gone = refusing.finalize(advance(o, outcome))
+    assert gone.finished and aws.describe("legacy") == before
+    # an administrator names the namespace in the operator's configuration: the next look adopts
+    allowing = MysqlDbController(aws, vault, consul_kv, poll_seconds=1, resync_seconds=30,
+                                 adopt_namespaces=frozenset({"shop"}))
+    adopted = allowing.reconcile(advance(o, outcome))
+    assert adopted.status["phase"] == "Ready" and adopted.status["adopted"] is True
+    assert aws.describe("legacy").tags[policy.TAG_UID] == o.uid
+
+
+def test_the_operator_configuration_names_the_namespaces_that_may_adopt():
+    from pgop.runtime.config import OperatorConfig
+    assert OperatorConfig.from_env({}).rds_adopt_namespaces == frozenset()
+    config = OperatorConfig.from_env({"PGOP_RDS_ADOPT_NAMESPACES": " legacy-apps, shop ,,"})
+    assert config.rds_adopt_namespaces == frozenset({"legacy-apps", "shop"})
 
 
 def test_a_path_of_another_namespace_is_never_read_written_or_deleted(controller, aws, vault, consul_kv):
