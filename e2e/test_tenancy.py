@@ -4,6 +4,9 @@ one namespace only (a Role there, nothing elsewhere), applying manifests with ku
 - A MysqlDb or a PgCluster whose Vault path or Consul prefix leaves the tenant's namespace is
   refused at admission (deploy/admission.yaml, policy pgop-tenant-paths) with a message naming the
   field, on create and on update; paths below the tenant's own prefix are accepted.
+- Parameters that give up durability (fsync off, synchronous_commit off/local with
+  synchronousMode required) are refused by the CRD unless spec.allowUnsafeParameters is true, and
+  `pgop plan` says the same.
 
 The rules of this checkout are installed first, the way `make up` installs them
 (e2e.harness.cluster.install_crds: crds/ and deploy/admission.yaml, server-side). No operator is
@@ -12,12 +15,16 @@ needed: nothing refused here ever reaches one. RDS adoption: e2e/test_mysqldb.py
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
 
 from e2e.harness import cluster as harness_cluster
+from e2e.harness import paths
 
 pytestmark = [pytest.mark.cluster]
 
@@ -141,3 +148,49 @@ def test_a_tenant_cannot_publish_a_pgcluster_into_another_namespace(kubectl, ten
                          input=pgcluster("orders", ns, publish={field: own}))
     assert accepted.returncode == 0, accepted.stderr
 
+
+# --------------------------------------------------------------------- unsafe parameters
+
+def pgop_plan(local_env, manifest: str, ns: str, tmp_path) -> subprocess.CompletedProcess:
+    """`pgop plan -f` of this checkout against the cluster: what a person checks before applying."""
+    path = tmp_path / "cluster.json"
+    path.write_text(manifest)
+    return subprocess.run([sys.executable, "-m", "pgop.cli", "plan", "-f", str(path), "-n", ns],
+                          capture_output=True, text=True, cwd=str(paths.REPO), timeout=120,
+                          env={**os.environ, "KUBECONFIG": local_env["KUBECONFIG"],
+                               "PYTHONPATH": str(paths.REPO)})
+
+
+@pytest.mark.parametrize("spec,setting", [
+    ({"parameters": {"fsync": "off"}}, "spec.parameters.fsync"),
+    ({"parameters": {"fsync": "false"}}, "spec.parameters.fsync"),
+    ({"synchronousMode": "required", "parameters": {"synchronous_commit": "off"}},
+     "spec.parameters.synchronous_commit"),
+    ({"synchronousMode": "required", "parameters": {"synchronous_commit": "local"}},
+     "spec.parameters.synchronous_commit"),
+], ids=["fsync-off", "fsync-false", "sync-commit-off", "sync-commit-local"])
+def test_unsafe_parameters_are_refused_unless_the_spec_allows_them(kubectl, tenancy, local_env, tmp_path,
+                                                                   spec, setting):
+    ns, _ = tenancy
+    manifest = pgcluster("orders", ns, **spec)
+    refused(as_tenant(kubectl, ns, "apply", "-f", "-", input=manifest), setting, "spec.allowUnsafeParameters: true")
+    assert absent(kubectl, ns, "pgcluster", "orders")
+    plan = pgop_plan(local_env, manifest, ns, tmp_path)
+    assert plan.returncode == 2 and f"invalid {setting}" in plan.stdout, plan.stdout + plan.stderr
+    # said explicitly, it is the tenant's choice
+    allowed = pgcluster("orders", ns, allowUnsafeParameters=True, **spec)
+    accepted = as_tenant(kubectl, ns, "apply", "--dry-run=server", "-f", "-", input=allowed)
+    assert accepted.returncode == 0, accepted.stderr
+
+
+def test_full_page_writes_stays_the_operators_even_with_the_opt_in(kubectl, tenancy):
+    ns, _ = tenancy
+    manifest = pgcluster("orders", ns, allowUnsafeParameters=True, parameters={"full_page_writes": "off"})
+    refused(as_tenant(kubectl, ns, "apply", "-f", "-", input=manifest), "full_page_writes")
+
+
+def test_synchronous_commit_off_is_the_tenants_business_without_required_sync(kubectl, tenancy):
+    ns, _ = tenancy
+    manifest = pgcluster("orders", ns, synchronousMode="preferred", parameters={"synchronous_commit": "off"})
+    accepted = as_tenant(kubectl, ns, "apply", "--dry-run=server", "-f", "-", input=manifest)
+    assert accepted.returncode == 0, accepted.stderr

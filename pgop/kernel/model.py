@@ -313,6 +313,7 @@ class ClusterSpec:
     publish: PublishSpec | None = None
     affinity: AffinitySpec | None = None  # None: the built-in preferred anti-affinity by hostname
     topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)  # passed to the pods
+    allow_unsafe_parameters: bool = False  # fsync off, synchronous_commit off with required sync
 
     @classmethod
     def from_dict(cls, data: Body | None) -> ClusterSpec:
@@ -334,6 +335,7 @@ class ClusterSpec:
                      if publish is not None else None),  # `publish: {}` publishes with the defaults
             affinity=AffinitySpec.from_dict(data.get("affinity")),
             topology_spread_constraints=plain(list(data.get("topologySpreadConstraints") or [])),
+            allow_unsafe_parameters=bool(data.get("allowUnsafeParameters", False)),
         )
 
     @property
@@ -406,6 +408,9 @@ def _validate_spec(spec: ClusterSpec) -> list[ValidationError]:
             refuse(path, "is set by the operator and cannot be overridden")
         if any(ord(char) < 32 or ord(char) == 127 for char in value):
             refuse(path, "must not contain control characters such as newlines")
+    if not spec.allow_unsafe_parameters:
+        for name, why in pgconfig.unsafe_settings(spec.parameters, synchronous_mode=spec.synchronous_mode):
+            refuse(f"spec.parameters.{name}", f"{why}; set spec.allowUnsafeParameters: true to accept that")
 
     bootstrap = spec.bootstrap
     if (bootstrap.initdb is None) == (bootstrap.recovery is None):

@@ -280,6 +280,10 @@ REFUSED = [
     ("PgCluster", "parameters", {"work_mem": "4MB\narchive_command = 'x'"},
      ["spec.parameters values must not contain control characters"]),
     ("PgCluster", "parameters", {"work_mem": 4}, ["spec.parameters.work_mem", "string"]),
+    # durability given up (issue 12): only with spec.allowUnsafeParameters (e2e/test_tenancy.py)
+    ("PgCluster", "parameters", {"fsync": "off"}, ["spec.parameters.fsync must not be off",
+                                                   "spec.allowUnsafeParameters: true"]),
+    ("PgCluster", "parameters", {"FSYNC": "False"}, ["spec.parameters.fsync must not be off"]),
     # bootstrap
     ("PgCluster", "bootstrap", {}, ["spec.bootstrap must set exactly one of initdb or recovery"]),
     ("PgCluster", "bootstrap", {"initdb": {}, "recovery": {"source": "orders"}},
