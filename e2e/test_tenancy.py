@@ -72,11 +72,13 @@ def pgcluster(name, ns, **spec):
 
 
 def wait_for_the_policy(kubectl, ns, other, timeout=30):
-    """A new ValidatingAdmissionPolicy takes the API server a moment to load: wait for its first
-    refusal (a server-side dry run, so nothing is created meanwhile)."""
+    """A new ValidatingAdmissionPolicy (and the tenant's new RoleBinding) take the API server a
+    moment to load: wait for the policy's first refusal (a server-side dry run, so nothing is
+    created meanwhile)."""
     probe = mysqldb("probe", ns, vaultPath=f"secret/data/k8s/{other}/probe/db")
     deadline = time.monotonic() + timeout
-    while as_tenant(kubectl, ns, "apply", "--dry-run=server", "-f", "-", input=probe).returncode == 0:
+    while "pgop-tenant-paths" not in as_tenant(kubectl, ns, "apply", "--dry-run=server", "-f", "-",
+                                               input=probe).stderr:
         assert time.monotonic() < deadline, "the pgop-tenant-paths admission policy never refused a path"
         time.sleep(0.5)
 
