@@ -334,12 +334,20 @@ def test_deletion_protection_blocks_until_turned_off(operator, api, ns, rds):
     assert rds.describe(identifier) is None
 
 
-def test_adoption_takes_over_without_replacing_the_password(operator, api, ns, rds, vault):
-    legacy = f"legacy-{uuid.uuid4().hex[:6]}"
-    rds.create({"DBInstanceIdentifier": legacy, "Engine": "mysql", "EngineVersion": "8.0.35",
+def legacy_instance(rds, prefix, password, **tags):
+    """An RDS instance pgop did not create (tags: what an administrator put on it)."""
+    identifier = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    rds.create({"DBInstanceIdentifier": identifier, "Engine": "mysql", "EngineVersion": "8.0.35",
                 "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
-                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7}, "LegacyPassword123")
-    SEEN_PASSWORDS.add("LegacyPassword123")
+                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7,
+                "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}, password)
+    SEEN_PASSWORDS.add(password)
+    return identifier
+
+
+def test_adoption_takes_over_without_replacing_the_password(operator, api, ns, rds, vault):
+    # the administrator's consent: the instance names the one MysqlDb that may adopt it
+    legacy = legacy_instance(rds, "legacy", "LegacyPassword123", **{policy.TAG_ADOPTABLE_BY: f"{ns}/adopted"})
     body = manifest("adopted", deletionPolicy="Retain")
     body["metadata"]["annotations"] = {"pgop.io/adopt": legacy}
     create(api, ns, body)
@@ -349,6 +357,51 @@ def test_adoption_takes_over_without_replacing_the_password(operator, api, ns, r
     assert "password" not in vault.read(f"secret/data/k8s/{ns}/adopted/db").data
     delete(api, ns, "adopted")
     gone(api, ns, "adopted")
+    assert rds.describe(legacy) is not None  # Retain
+    rds.delete(legacy, final_snapshot=None, delete_automated_backups=True)
+
+
+def test_adopting_an_untagged_instance_is_refused_until_an_administrator_allows_it(operator, api, core, ns, rds,
+                                                                                   vault):
+    """The attack (issue 12): a tenant annotates pgop.io/adopt with an instance of the account that
+    pgop did not create, asks for a new password, and deletes the MysqlDb with deletionPolicy
+    Delete. Nothing of it may happen: no tag, no password, no deletion."""
+    legacy = legacy_instance(rds, "untagged", "UntaggedPassword123", team="billing")
+    before = rds.describe(legacy)
+    grab = manifest("grabber", deletionPolicy="Delete")
+    grab["metadata"]["annotations"] = {"pgop.io/adopt": legacy, "pgop.io/reset-password": "true"}
+    create(api, ns, grab)
+    obj = wait_phase(api, ns, "grabber", "Degraded")
+    degraded = condition(obj, "Degraded")
+    assert degraded["reason"] == "AdoptionNotAllowed"
+    assert f"pgop.io/adoptable-by={ns}/grabber" in degraded["message"]
+    assert "PGOP_RDS_ADOPT_NAMESPACES" in degraded["message"]
+    assert ("Warning", "AdoptionNotAllowed") in [(t, r) for t, r, _ in events_of(core, ns, "grabber")]
+    time.sleep(6)  # more than one resync: still nothing
+    after = rds.describe(legacy)
+    assert after.tags == before.tags and after.pending == before.pending and after.status == "available"
+    assert not vault.read(f"secret/data/k8s/{ns}/grabber/db").exists
+    delete(api, ns, "grabber")
+    gone(api, ns, "grabber")
+    assert rds.describe(legacy).tags == before.tags  # deletionPolicy Delete did not reach it
+
+    # An administrator names the namespace in the operator's configuration: now it may.
+    configured = operator.env
+    operator.stop()
+    operator.env = {**configured, "PGOP_RDS_ADOPT_NAMESPACES": f"elsewhere,{ns}"}
+    operator.start()
+    try:
+        welcome = manifest("welcome", deletionPolicy="Retain")
+        welcome["metadata"]["annotations"] = {"pgop.io/adopt": legacy}
+        create(api, ns, welcome)
+        adopted = wait_phase(api, ns, "welcome", "Ready", timeout=90)
+        assert rds.describe(legacy).tags[policy.TAG_UID] == adopted["metadata"]["uid"]
+        delete(api, ns, "welcome")
+        gone(api, ns, "welcome")
+    finally:
+        operator.stop()
+        operator.env = configured
+        operator.start()
     assert rds.describe(legacy) is not None  # Retain
     rds.delete(legacy, final_snapshot=None, delete_automated_backups=True)
 

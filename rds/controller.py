@@ -32,6 +32,7 @@ from pgop.rds.policy import (
     DeletionStep,
     DisableDeletionProtection,
     Finished,
+    LeaveUnpublished,
     Modify,
     Publish,
     Refuse,
@@ -103,6 +104,7 @@ class MysqlDbController:
         resync_seconds: float = 60.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         generate_password: Callable[[], str] = pub.generate_password,
+        adopt_namespaces: frozenset[str] = frozenset(),
     ):
         self.rds = rds
         self.vault = vault
@@ -112,6 +114,7 @@ class MysqlDbController:
         self.resync_seconds = resync_seconds
         self.clock = clock
         self.generate_password = generate_password
+        self.adopt_namespaces = adopt_namespaces  # where pgop.io/adopt needs no tag on the instance
 
     # --- create / update / resume / timer --------------------------------------------------------
 
@@ -122,16 +125,22 @@ class MysqlDbController:
         report = Report(obj, self.clock())
         identifier = policy.target_identifier(obj, scope=self.scope)
         report.set(lastError=None)
+        refused = policy.path_refusal(obj)
+        if refused is not None:  # before anything is read: the path may be another tenant's
+            self._degrade(refused, obj, None, identifier, report)
+            return report.plan
         try:
             for _ in range(MAX_STEPS_PER_PASS):
                 current = dataclasses.replace(obj, status=report.status)
                 instance = self.rds.describe(identifier)
                 password_in_vault = None
+                # Only for an instance already ours: an adoption is claimed (or refused) first.
                 if (instance is not None and instance.status in policy.USABLE_STATES
-                        and (policy.is_ours(current, instance) or current.adopt_identifier)):
+                        and policy.is_ours(current, instance)):
                     password_in_vault = pub.has_password(self.vault, obj.spec.vault_path)
                 step = policy.next_step(current, instance, identifier=identifier,
-                                        password_in_vault=password_in_vault)
+                                        password_in_vault=password_in_vault,
+                                        adopt_namespaces=self.adopt_namespaces)
                 if not self._perform(step, current, instance, identifier, report):
                     break
             else:
@@ -386,6 +395,13 @@ class MysqlDbController:
         report.plan.finished = True
         return False
 
+    def _leave_unpublished(self, step: LeaveUnpublished, obj: MysqlDbObject, instance: DbInstance | None,
+                           report: Report, attempt: int) -> bool:
+        report.condition("Degraded", True, step.reason, step.message)
+        report.event(WARNING, step.reason, step.message)
+        report.plan.finished = True
+        return False
+
     def _finished(self, step: Finished, obj: MysqlDbObject, instance: DbInstance | None,
                   report: Report, attempt: int) -> bool:
         report.plan.finished = True
@@ -429,6 +445,7 @@ _DELETION_STEPS: Mapping[type, Callable[[MysqlDbController, Any, MysqlDbObject, 
     WaitForDeletion: MysqlDbController._wait_for_deletion,
     ReleaseInstance: MysqlDbController._release_instance,
     Unpublish: MysqlDbController._unpublish,
+    LeaveUnpublished: MysqlDbController._leave_unpublished,
     Finished: MysqlDbController._finished,
 }
 
@@ -440,4 +457,5 @@ def build_controller(config: OperatorConfig) -> MysqlDbController:
     vault, consul_kv = pub.connect_from_config(config)
     return MysqlDbController(rds, vault, consul_kv, scope=config.cluster_name,
                              poll_seconds=config.rds_poll_seconds,
-                             resync_seconds=config.rds_resync_seconds)
+                             resync_seconds=config.rds_resync_seconds,
+                             adopt_namespaces=config.rds_adopt_namespaces)

@@ -7,11 +7,12 @@ object is being deleted. The controller (rds/controller.py) performs the step an
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from pgop.kernel import tenancy
 from pgop.kernel.conditions import parse_rfc3339
 from pgop.rds.diff import Changes, diff
 from pgop.rds.identifier import db_instance_identifier, final_snapshot_identifier
@@ -25,6 +26,10 @@ TAG_NAMESPACE = "pgop.io/namespace"
 TAG_NAME = "pgop.io/name"
 TAG_UID = "pgop.io/uid"
 OWNERSHIP_TAG_KEYS = (TAG_MANAGED_BY, TAG_NAMESPACE, TAG_NAME, TAG_UID)
+# Set by an administrator on an instance pgop did not create: `<namespace>/<name>` of the one
+# MysqlDb that may adopt it.
+TAG_ADOPTABLE_BY = "pgop.io/adoptable-by"
+ADOPT_NAMESPACES_SETTING = "PGOP_RDS_ADOPT_NAMESPACES"
 
 # RDS instance states in which pgop may modify and publish.
 USABLE_STATES = {"available", "storage-optimization"}
@@ -134,6 +139,13 @@ class Unpublish:
 
 
 @dataclass(frozen=True)
+class LeaveUnpublished:
+    """The spec's Vault or Consul path is outside the namespace: deletion removes nothing there."""
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
 class Finished:
     pass
 
@@ -141,7 +153,7 @@ class Finished:
 # What next_step and deletion_step return.
 Step = Create | Claim | ResetPassword | Modify | Publish | Wait | Degrade | Refuse
 DeletionStep = (BlockDeletion | DisableDeletionProtection | DeleteInstance | WaitForDeletion | ReleaseInstance
-                | Unpublish | Finished)
+                | Unpublish | LeaveUnpublished | Finished)
 
 
 # --- identity and ownership ----------------------------------------------------------------------
@@ -159,6 +171,29 @@ def target_identifier(obj: MysqlDbObject, *, scope: str = "") -> str:
     return (obj.status.get("dbInstanceIdentifier")
             or obj.adopt_identifier
             or db_instance_identifier(obj.namespace, obj.name, scope=scope))
+
+
+def path_refusal(obj: MysqlDbObject) -> Refuse | None:
+    """spec.vaultPath and spec.consulPrefix must stay below the namespace's own prefix
+    (pgop.kernel.tenancy); otherwise pgop neither reads, writes nor deletes them."""
+    refused = tenancy.refused_paths(obj.namespace, vault=("spec.vaultPath", obj.spec.vault_path),
+                                    consul=("spec.consulPrefix", obj.spec.consul_prefix))
+    return Refuse(tenancy.REASON, tenancy.refusal_message(refused)) if refused else None
+
+
+def adoption_refusal(obj: MysqlDbObject, instance: DbInstance, adopt_namespaces: Collection[str]) -> Degrade | None:
+    """Adopting hands a database pgop did not create, with its data, to a namespace, and lets it
+    reset the password and delete the instance. Only an administrator can allow that: by naming
+    the namespace in the operator's configuration, or by tagging the instance with the one
+    MysqlDb that may adopt it. Never by default."""
+    claimant = f"{obj.namespace}/{obj.name}"
+    if obj.namespace in adopt_namespaces or instance.tags.get(TAG_ADOPTABLE_BY, "").strip() == claimant:
+        return None
+    return Degrade("AdoptionNotAllowed",
+                   f"DB instance {instance.identifier} may not be adopted by MysqlDb {claimant}: an "
+                   f"administrator allows it by tagging the instance {TAG_ADOPTABLE_BY}={claimant}, or "
+                   f"by adding {obj.namespace} to the operator's {ADOPT_NAMESPACES_SETTING}; "
+                   f"nothing on the instance was changed")
 
 
 def create_request(obj: MysqlDbObject, identifier: str) -> dict[str, Any]:
@@ -190,7 +225,11 @@ def next_step(
     *,
     identifier: str,
     password_in_vault: bool | None = None,
+    adopt_namespaces: Collection[str] = frozenset(),
 ) -> Step:
+    refused = path_refusal(obj)
+    if refused is not None:
+        return refused
     recorded = obj.status.get("dbInstanceIdentifier")
     adopting = obj.adopt_identifier
     if recorded and adopting and adopting != recorded:
@@ -213,10 +252,11 @@ def next_step(
             return Degrade("OwnedByAnother",
                            f"DB instance {instance.identifier} is managed by MysqlDb {owner} (uid {other})")
         if adopting == instance.identifier:
-            return Claim(ownership_tags(obj))
+            return adoption_refusal(obj, instance, adopt_namespaces) or Claim(ownership_tags(obj))
         return Degrade("IdentifierTaken",
                        f"DB instance {instance.identifier} exists and was not created for this MysqlDb; "
-                       f"annotate pgop.io/adopt: {instance.identifier} to take it over")
+                       f"annotate pgop.io/adopt: {instance.identifier} to take it over, where an "
+                       f"administrator allows it ({TAG_ADOPTABLE_BY} or {ADOPT_NAMESPACES_SETTING})")
 
     if instance.status == "deleting":
         return Degrade("InstanceDeleting", f"DB instance {instance.identifier} is being deleted outside pgop")
@@ -266,6 +306,9 @@ def deletion_step(obj: MysqlDbObject, instance: DbInstance | None) -> DeletionSt
     stored = obj.status.get("vaultPath") or obj.status.get("consulPrefix")
     if spec.deletion_policy == "Retain" or not stored:
         return Finished()
+    refused = path_refusal(obj)
+    if refused is not None:
+        return LeaveUnpublished(refused.reason, refused.message)
     return Unpublish()
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pgop.rds.spec import default_consul_prefix, default_vault_path
+from pgop.kernel.tenancy import default_consul_prefix, default_vault_path
 
 
 def status_rows(body: Mapping[str, Any]) -> list[tuple[str, str]]:

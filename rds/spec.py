@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgop.kernel.tenancy import default_consul_prefix, default_vault_path
 from pgop.rds.classes import instance_class_for
 
 ENGINE = "mysql"
@@ -20,14 +21,6 @@ RESET_PASSWORD_ANNOTATION = "pgop.io/reset-password"
 
 class InvalidSpec(ValueError):
     """A spec the operator cannot act on; the message names the field."""
-
-
-def default_vault_path(namespace: str, name: str) -> str:
-    return f"secret/data/k8s/{namespace}/{name}/db"
-
-
-def default_consul_prefix(namespace: str, name: str) -> str:
-    return f"config/k8s/{namespace}/{name}/db"
 
 
 @dataclass(frozen=True)

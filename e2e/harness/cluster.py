@@ -343,5 +343,7 @@ def install_crds() -> None:
         for f in sorted(crds.glob("*.yaml")):
             kubectl("wait", "--for=condition=Established", f"crd/{f.stem}.pgop.io", "--timeout=60s")
         admission = paths.REPO / "deploy" / "admission.yaml"
-        if admission.exists():  # who may change who is primary (docs/high-availability.md)
+        # who may change who is primary (docs/high-availability.md); where a namespace's objects
+        # may publish in Vault and Consul (README "Security")
+        if admission.exists():
             kubectl("apply", "--server-side", "--force-conflicts", "-f", str(admission))

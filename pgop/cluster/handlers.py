@@ -12,7 +12,7 @@ import kopf
 from pgop.cluster import controller
 from pgop.cluster import publish as cluster_publish
 from pgop.cluster.failover import pod_state
-from pgop.kernel import names
+from pgop.kernel import names, tenancy
 from pgop.kernel.actions import Event
 from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
@@ -131,8 +131,8 @@ def publish(body) -> None:
     if cluster.spec.publish is None or cluster.validate():
         return
     problem = cluster_publish.namespace_problem(cluster)
-    if problem:
-        kopf.warn(body, reason="PublishRefused", message=problem)
+    if problem:  # the Degraded condition says it too (pgop.cluster.status)
+        kopf.warn(body, reason=tenancy.REASON, message=problem)
         return
     secret = kube().get("Secret", cluster.namespace, names.app_secret(cluster.name))
     if secret is None:
@@ -150,8 +150,12 @@ def publish(body) -> None:
 def cluster_deleted(body, **_):
     """Owner references remove the cluster's objects; what it published outside is removed here."""
     cluster = Cluster.from_object(body)
-    if cluster.spec.publish is None or cluster_publish.namespace_problem(cluster):
+    if cluster.spec.publish is None:
         return  # nothing was published
+    problem = cluster_publish.namespace_problem(cluster)
+    if problem:  # never published there, and never removed: it may be another namespace's
+        kopf.warn(body, reason=tenancy.REASON, message=problem)
+        return
     try:
         cluster_publish.unpublish_cluster(cluster)
     except PublishError as e:

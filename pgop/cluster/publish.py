@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import base64
 
-from pgop.kernel import names
+from pgop.kernel import names, tenancy
 from pgop.kernel.model import Cluster
 from pgop.kernel.pgconfig import POSTGRES_PORT
 from pgop.runtime import publish as pub
@@ -13,12 +13,14 @@ from pgop.runtime.config import OperatorConfig
 
 
 def targets(cluster: Cluster) -> tuple[str, str]:
-    """Where to publish: the spec's paths, or the same defaults as MysqlDb's."""
-    spec = cluster.spec.publish
-    if spec is None:
+    """Where to publish: the spec's paths, or the same defaults as MysqlDb's; never a path outside
+    the cluster's namespace (ValueError), so no caller can read, write or delete one."""
+    paths = cluster.publish_paths()
+    if paths is None:
         raise ValueError(f"PgCluster {cluster.namespace}/{cluster.name} has no spec.publish")
-    base = f"k8s/{cluster.namespace}/{cluster.name}/db"
-    return (spec.vault_path or f"secret/data/{base}", spec.consul_prefix or f"config/{base}")
+    if cluster.refused_publish_paths():
+        raise ValueError(namespace_problem(cluster))
+    return paths
 
 
 def connection(cluster: Cluster) -> pub.Connection:
@@ -33,13 +35,10 @@ def connection(cluster: Cluster) -> pub.Connection:
 
 
 def namespace_problem(cluster: Cluster) -> str | None:
-    """A cluster may publish only under its own namespace's paths (CEL cannot see the namespace)."""
-    vault_path, consul_prefix = targets(cluster)
-    own = f"k8s/{cluster.namespace}/"
-    if own not in vault_path or not consul_prefix.startswith(f"config/{own}"):
-        return (f"spec.publish: paths must stay under secret/data/{own} and config/{own} "
-                f"(got {vault_path} and {consul_prefix})")
-    return None
+    """A cluster publishes only below its own namespace's prefix, compared segment by segment
+    (pgop.kernel.tenancy); deploy/admission.yaml refuses such a spec at admission already."""
+    refused = cluster.refused_publish_paths()
+    return tenancy.refusal_message(refused) if refused else None
 
 
 def publish_cluster(cluster: Cluster, app_secret: dict) -> tuple[str, str]:

@@ -15,6 +15,8 @@ from pgop.kernel.conditions import condition, rfc3339, set_conditions
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_ready, is_stale, why_not_ready
+from pgop.kernel.tenancy import REASON as REASON_PATH_REFUSED
+from pgop.kernel.tenancy import refusal_message
 
 __all__ = ["DEFAULT_HEARTBEAT_TIMEOUT", "cluster_status"]
 
@@ -127,6 +129,9 @@ def cluster_status(
         problems.append(("SynchronousReplicasMissing",
                          f"{replicas_ready} of {sync} synchronous replicas are ready: commits "
                          "continue without waiting for the missing ones"))
+    refused = cluster.refused_publish_paths()
+    if refused:  # the database works; what spec.publish asks is not done
+        problems.append((REASON_PATH_REFUSED, refusal_message(refused)))
 
     progress: list[tuple[str, str]] = []
     first_time = cluster.status.get("phase") in (None, "", "Creating")

@@ -13,7 +13,7 @@ from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
-from pgop.kernel import pgconfig
+from pgop.kernel import pgconfig, tenancy
 from pgop.kernel.conditions import parse_time
 from pgop.kernel.lsn import parse_lsn
 
@@ -313,6 +313,7 @@ class ClusterSpec:
     publish: PublishSpec | None = None
     affinity: AffinitySpec | None = None  # None: the built-in preferred anti-affinity by hostname
     topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)  # passed to the pods
+    allow_unsafe_parameters: bool = False  # fsync off, synchronous_commit off with required sync
 
     @classmethod
     def from_dict(cls, data: Body | None) -> ClusterSpec:
@@ -334,6 +335,7 @@ class ClusterSpec:
                      if publish is not None else None),  # `publish: {}` publishes with the defaults
             affinity=AffinitySpec.from_dict(data.get("affinity")),
             topology_spread_constraints=plain(list(data.get("topologySpreadConstraints") or [])),
+            allow_unsafe_parameters=bool(data.get("allowUnsafeParameters", False)),
         )
 
     @property
@@ -406,6 +408,9 @@ def _validate_spec(spec: ClusterSpec) -> list[ValidationError]:
             refuse(path, "is set by the operator and cannot be overridden")
         if any(ord(char) < 32 or ord(char) == 127 for char in value):
             refuse(path, "must not contain control characters such as newlines")
+    if not spec.allow_unsafe_parameters:
+        for name, why in pgconfig.unsafe_settings(spec.parameters, synchronous_mode=spec.synchronous_mode):
+            refuse(f"spec.parameters.{name}", f"{why}; set spec.allowUnsafeParameters: true to accept that")
 
     bootstrap = spec.bootstrap
     if (bootstrap.initdb is None) == (bootstrap.recovery is None):
@@ -473,6 +478,23 @@ class Cluster:
             status=plain(body.get("status") or {}),
             annotations={str(k): str(v) for k, v in (meta.get("annotations") or {}).items()},
         )
+
+    def publish_paths(self) -> tuple[str, str] | None:
+        """Where spec.publish writes (Vault path, Consul prefix): the spec's, or the same defaults
+        as MysqlDb's; None without spec.publish."""
+        publish = self.spec.publish
+        if publish is None:
+            return None
+        return (publish.vault_path or tenancy.default_vault_path(self.namespace, self.name),
+                publish.consul_prefix or tenancy.default_consul_prefix(self.namespace, self.name))
+
+    def refused_publish_paths(self) -> list[tenancy.RefusedPath]:
+        """spec.publish paths outside this cluster's namespace: never read, written or deleted."""
+        paths = self.publish_paths()
+        if paths is None:
+            return []
+        return tenancy.refused_paths(self.namespace, vault=("spec.publish.vaultPath", paths[0]),
+                                     consul=("spec.publish.consulPrefix", paths[1]))
 
     def validate(self) -> list[ValidationError]:
         errors: list[ValidationError] = []

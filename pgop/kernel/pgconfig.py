@@ -97,6 +97,33 @@ HOT_STANDBY_MINIMUMS: Mapping[str, int] = {
 }
 
 
+# Values that give up durability (the CRD's CEL rules hold the same regexes; tests compare them).
+# fsync is a boolean: PostgreSQL reads any case and any unique prefix of off/false/no, and 0.
+_READS_AS_OFF = re.compile(r"\s*(0|of|off|f|fa|fal|fals|false|n|no)\s*", re.IGNORECASE)
+# synchronous_commit is an enum (whole words, any case); off and local acknowledge a commit
+# before any replica has it.
+_COMMITS_BEFORE_REPLICAS = re.compile(r"\s*(0|off|false|no|local)\s*", re.IGNORECASE)
+
+
+def unsafe_settings(parameters: Mapping[str, str], *, synchronous_mode: str) -> list[tuple[str, str]]:
+    """(name as written, why) of each setting that can lose acknowledged commits or corrupt the
+    data files, for spec.parameters to refuse unless spec.allowUnsafeParameters is true.
+
+    full_page_writes is not here: the operator owns it (pg_rewind needs it on), so it is refused
+    whatever the spec says.
+    """
+    found = []
+    for name, value in parameters.items():
+        key = name.lower()
+        if key == "fsync" and _READS_AS_OFF.fullmatch(value):
+            found.append((name, "fsync off lets a crash of a node corrupt the data files"))
+        elif (key == "synchronous_commit" and synchronous_mode == "required"
+              and _COMMITS_BEFORE_REPLICAS.fullmatch(value)):
+            found.append((name, f"synchronous_commit {value.strip()} acknowledges commits before a synchronous "
+                                "replica has them, which synchronousMode required promises not to do"))
+    return found
+
+
 def is_owned(name: str) -> bool:
     """True for a setting the operator controls and spec.parameters may not set."""
     key = name.lower()

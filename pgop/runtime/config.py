@@ -10,6 +10,7 @@
 | `CONSUL_HTTP_ADDR`, `CONSUL_HTTP_TOKEN` | Consul agent (`host:port` or URL) and ACL token |
 | `PGOP_CLUSTER_NAME` | optional; hashed into RDS identifiers when clusters share an AWS account |
 | `PGOP_RDS_POLL_SECONDS`, `PGOP_RDS_RESYNC_SECONDS` | how often a changing / a settled MysqlDb is checked |
+| `PGOP_RDS_ADOPT_NAMESPACES` | comma-separated namespaces whose MysqlDbs may adopt (`pgop.io/adopt`) any RDS instance pgop did not create; unset: none (an instance tagged `pgop.io/adoptable-by: <namespace>/<name>` can still be adopted by that one MysqlDb) |
 
 AWS credentials are not read here: boto3 finds them as usual (environment, profile, IRSA).
 Secret fields are excluded from repr() so a logged config never shows them.
@@ -50,6 +51,7 @@ class OperatorConfig:
     cluster_name: str = ""
     rds_poll_seconds: float = 15.0
     rds_resync_seconds: float = 60.0
+    rds_adopt_namespaces: frozenset[str] = frozenset()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -68,6 +70,8 @@ class OperatorConfig:
             cluster_name=env.get("PGOP_CLUSTER_NAME", ""),
             rds_poll_seconds=float(env.get("PGOP_RDS_POLL_SECONDS", "15")),
             rds_resync_seconds=float(env.get("PGOP_RDS_RESYNC_SECONDS", "60")),
+            rds_adopt_namespaces=frozenset(
+                ns.strip() for ns in env.get("PGOP_RDS_ADOPT_NAMESPACES", "").split(",") if ns.strip()),
         )
 
     @property

@@ -362,9 +362,11 @@ def test_deletion_protection_blocks_until_turned_off(controller, rds, names):
 
 def test_adoption_keeps_the_password_unless_asked(controller, rds, vault, consul_kv, names):
     legacy = f"legacy-{uuid.uuid4().hex[:8]}"
+    # an administrator allows this one MysqlDb to adopt it (issue 12: never by default)
     rds.create({"DBInstanceIdentifier": legacy, "Engine": "mysql", "EngineVersion": "8.0.35",
                 "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
-                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7}, "TheirOwnPassword1")
+                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7,
+                "Tags": [{"Key": policy.TAG_ADOPTABLE_BY, "Value": "/".join(names)}]}, "TheirOwnPassword1")
     o = make(names, annotations={"pgop.io/adopt": legacy})
     outcome = controller.reconcile(o)
     assert outcome.status["phase"] == "Ready" and outcome.status["dbInstanceIdentifier"] == legacy

@@ -37,7 +37,9 @@ CONTRACT = {
                  "backup.walArchiving", "publish", "publish.vaultPath", "publish.consulPrefix",
                  # issue 11
                  "affinity", "affinity.podAntiAffinityType", "affinity.topologyKey", "affinity.nodeSelector",
-                 "affinity.tolerations", "affinity.nodeAffinity", "topologySpreadConstraints"],
+                 "affinity.tolerations", "affinity.nodeAffinity", "topologySpreadConstraints",
+                 # issue 12
+                 "allowUnsafeParameters"],
         "status": ["phase", "currentPrimary", "readyInstances", "instances", "instances[].name",
                    "instances[].role", "instances[].timeline", "instances[].lsn", "instances[].lagBytes",
                    "instances[].ready", "conditions", "lastBackup", "firstRecoverabilityPoint",
@@ -87,6 +89,7 @@ TYPED = [
     ("PgCluster", "spec.backup.walArchiving", "boolean", None, True),
     ("PgCluster", "spec.backup.schedule", "string", None, None),
     ("PgCluster", "spec.parameters", "object", None, None),
+    ("PgCluster", "spec.allowUnsafeParameters", "boolean", None, False),
     ("PgCluster", "status.readyInstances", "integer", None, None),
     ("PgCluster", "status.instances", "array", None, None),
     ("PgCluster", "status.instances[].lagBytes", "integer", None, None),
@@ -402,6 +405,29 @@ def test_owned_parameters_are_refused():
                  "wal_log_hints", "recovery_target", "promote_trigger_file", "ssl_cert_file"]:
         assert f"'{name}'" in text, name
     assert "lowerAscii()" in text, "PostgreSQL setting names are case-insensitive"
+
+
+def test_unsafe_parameters_are_refused_as_the_model_refuses_them():
+    """The CEL rules and pgop.kernel.pgconfig.unsafe_settings (which `pgop plan` uses) agree."""
+    from pgop.kernel.pgconfig import unsafe_settings
+    rules = {r["message"].split()[0]: r for p, r in _rules("PgCluster")
+             if p == "spec" and "allowUnsafeParameters" in r["rule"]}
+    assert set(rules) == {"spec.parameters.fsync", "spec.parameters.synchronous_commit"}
+    for rule in rules.values():
+        assert rule["rule"].startswith("(has(self.allowUnsafeParameters) && self.allowUnsafeParameters) ||")
+        assert "spec.allowUnsafeParameters: true" in rule["message"] and rule["fieldPath"] == ".parameters"
+    assert "k.lowerAscii() != 'fsync'" in rules["spec.parameters.fsync"]["rule"]
+    sync_rule = rules["spec.parameters.synchronous_commit"]["rule"]
+    assert "self.synchronousMode != 'required'" in sync_rule and "k.lowerAscii() != 'synchronous_commit'" in sync_rule
+    fsync, sync = _rule_regex("PgCluster", "spec", 0), _rule_regex("PgCluster", "spec", 1)
+    for value in ["off", "OFF", "Of", "o", "f", "fa", "fal", "fals", "false", "falsey", "n", "no", "nope", "0",
+                  "00", " off", "off ", "on", "true", "1", "yes", "local", "LOCAL", "remote_write",
+                  "remote_apply", "loc", ""]:
+        assert bool(fsync.search(value)) == bool(unsafe_settings({"fsync": value}, synchronous_mode="required")), value
+        assert bool(sync.search(value)) == bool(
+            unsafe_settings({"synchronous_commit": value}, synchronous_mode="required")), value
+    # full_page_writes needs no rule of its own: the operator owns it (the owned-settings rule)
+    assert "'full_page_writes'" in " ".join(r["rule"] for p, r in _rules("PgCluster") if p == "spec.parameters")
 
 
 def test_bootstrap_rules():

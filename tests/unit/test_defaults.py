@@ -58,6 +58,7 @@ MODEL: dict[str, Callable[[], Any]] = {
     "PgCluster.spec.synchronousReplicas": lambda: cluster().spec.synchronous_replicas,
     "PgCluster.spec.synchronousMode": lambda: cluster().spec.synchronous_mode,
     "PgCluster.spec.failoverDelay": lambda: cluster().spec.failover_delay,
+    "PgCluster.spec.allowUnsafeParameters": lambda: cluster().spec.allow_unsafe_parameters,
     "PgCluster.spec.storage.reclaimPolicy": lambda: cluster().spec.storage.reclaim_policy,
     "PgCluster.spec.bootstrap": lambda: {"initdb": {}} if cluster().spec.bootstrap.initdb is not None
                                         and cluster().spec.bootstrap.recovery is None else None,

@@ -212,3 +212,65 @@ def test_an_instance_is_settled_only_when_ready_on_its_current_spec():
     assert not Instance.from_object(_instance_body(ready=True, observedGeneration=2)).settled
     assert not Instance.from_object(_instance_body(ready=False, observedGeneration=3)).settled
     assert not Instance.from_object(_instance_body()).settled
+
+
+# ------------------------------------------------------------ unsafe parameters (issue 12)
+
+def _unsafe(parameters, **spec):
+    return ClusterSpec.from_dict({"storage": {"size": "1Gi"}, "instances": 3, "synchronousReplicas": 1,
+                                  "parameters": parameters, **spec}).validate()
+
+
+@pytest.mark.parametrize("value", ["off", "OFF", "of", "false", "f", "No", "n", "0", " off ", False])
+def test_fsync_off_is_refused_in_any_spelling_postgres_reads_as_off(value):
+    errors = _unsafe({"fsync": value})
+    assert paths(errors) == ["spec.parameters.fsync"]
+    assert "corrupt" in errors[0][1] and "spec.allowUnsafeParameters: true" in errors[0][1]
+
+
+@pytest.mark.parametrize("value", ["on", "true", "1", "yes", "o", "offline"])
+def test_fsync_on_or_not_a_false_spelling_passes(value):
+    assert _unsafe({"fsync": value}) == []
+
+
+@pytest.mark.parametrize("value", ["off", "local", "LOCAL", "false", "0", "no"])
+def test_synchronous_commit_off_or_local_is_refused_with_required_sync(value):
+    errors = _unsafe({"synchronous_commit": value}, synchronousMode="required")
+    assert paths(errors) == ["spec.parameters.synchronous_commit"]
+    assert "synchronousMode required" in errors[0][1]
+    # what preferred promises, off does not break
+    assert _unsafe({"synchronous_commit": value}, synchronousMode="preferred") == []
+
+
+@pytest.mark.parametrize("value", ["on", "remote_apply", "remote_write", "of", "loc"])
+def test_synchronous_commit_that_waits_for_a_replica_passes(value):
+    assert _unsafe({"synchronous_commit": value}, synchronousMode="required") == []
+
+
+def test_setting_names_are_case_insensitive_for_the_unsafe_rule():
+    assert paths(_unsafe({"FSync": "off"})) == ["spec.parameters.FSync"]
+
+
+def test_allow_unsafe_parameters_lets_them_through_but_never_owned_ones():
+    spec = {"allowUnsafeParameters": True, "synchronousMode": "required"}
+    assert _unsafe({"fsync": "off", "synchronous_commit": "local"}, **spec) == []
+    # full_page_writes is the operator's (pg_rewind needs it): refused with or without the opt-in
+    assert paths(_unsafe({"full_page_writes": "off"}, **spec)) == ["spec.parameters.full_page_writes"]
+    assert ClusterSpec.from_dict({"storage": {"size": "1Gi"}}).allow_unsafe_parameters is False
+
+
+# ------------------------------------------------------------ spec.publish stays in the namespace
+
+def test_publish_paths_default_below_the_clusters_namespace():
+    cluster = Cluster.from_object(cluster_body(publish={}))
+    assert cluster.publish_paths() == ("secret/data/k8s/shop/orders/db", "config/k8s/shop/orders/db")
+    assert cluster.refused_publish_paths() == []
+    assert Cluster.from_object(cluster_body()).publish_paths() is None
+
+
+def test_publish_paths_of_another_namespace_are_refused_segment_by_segment():
+    # the substring test this replaces let this one through: k8s/shop/ is in it
+    cluster = Cluster.from_object(cluster_body(publish={"vaultPath": "secret/data/k8s/billing/k8s/shop/db",
+                                                        "consulPrefix": "config/k8s/shop/../billing/db"}))
+    refused = cluster.refused_publish_paths()
+    assert [r.field for r in refused] == ["spec.publish.vaultPath", "spec.publish.consulPrefix"]

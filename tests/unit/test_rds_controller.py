@@ -25,8 +25,10 @@ class MemoryVault:
     def __init__(self):
         self.store: dict[str, tuple[int, dict]] = {}
         self.down = False
+        self.touched: list[str] = []  # every path read, written or deleted
 
     def _check(self, path):
+        self.touched.append(path)
         if self.down:
             raise pub.VaultUnavailable(f"Vault read {path}: Vault is unreachable or sealed")
 
@@ -52,13 +54,16 @@ class MemoryConsul:
     def __init__(self):
         self.keys: dict[str, str] = {}
         self.down = False
+        self.touched: list[str] = []
 
     def read(self, prefix):
+        self.touched.append(prefix)
         if self.down:
             raise pub.ConsulUnavailable(f"Consul read {prefix}: Consul is unreachable")
         return {k[len(prefix) + 1:]: v for k, v in self.keys.items() if k.startswith(prefix + "/")}
 
     def write(self, prefix, entries):
+        self.touched.append(prefix)
         if self.down:
             raise pub.ConsulUnavailable(f"Consul write {prefix}: Consul is unreachable")
         for k in list(self.keys):
@@ -67,6 +72,7 @@ class MemoryConsul:
         self.keys.update({f"{prefix}/{k}": v for k, v in entries.items()})
 
     def delete(self, prefix):
+        self.touched.append(prefix)
         for k in list(self.keys):
             if k.startswith(prefix + "/"):
                 del self.keys[k]
@@ -203,10 +209,14 @@ def test_deletion_protection(controller, aws):
     assert controller.finalize(off).finished
 
 
+LEGACY = {"DBInstanceIdentifier": "legacy", "Engine": "mysql", "EngineVersion": "8.0.35",
+          "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
+          "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7}
+
+
 def test_adoption_with_reset(controller, aws, vault):
-    aws.create({"DBInstanceIdentifier": "legacy", "Engine": "mysql", "EngineVersion": "8.0.35",
-                "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
-                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7}, "Legacy-Password-1")
+    aws.create({**LEGACY, "Tags": [{"Key": policy.TAG_ADOPTABLE_BY, "Value": "shop/orders-db"}]},
+               "Legacy-Password-1")
     o = make(annotations={"pgop.io/adopt": "legacy"})
     outcome = controller.reconcile(o)
     assert outcome.status["phase"] == "Ready" and "password" not in vault.read(o.spec.vault_path).data
@@ -216,6 +226,57 @@ def test_adoption_with_reset(controller, aws, vault):
     data = vault.read(o.spec.vault_path).data
     assert data["password"] and data["username"] == "legacyadmin" and "pendingPassword" not in data
     assert "PasswordReset" in [e.reason for e in reset.events]
+
+
+def test_adoption_refused_touches_nothing_until_allowed(aws, vault, consul_kv):
+    aws.create(LEGACY, "Legacy-Password-1")
+    before = aws.describe("legacy")
+    refusing = MysqlDbController(aws, vault, consul_kv, poll_seconds=1, resync_seconds=30)
+    o = make(annotations={"pgop.io/adopt": "legacy", "pgop.io/reset-password": "true"})
+    outcome = refusing.reconcile(o)
+    assert outcome.status["phase"] == "Degraded" and reason(outcome, "Degraded") == "AdoptionNotAllowed"
+    assert [e.reason for e in outcome.events] == ["AdoptionNotAllowed"] and outcome.permanent is None
+    assert aws.describe("legacy") == before  # no tag, no password reset, no modification
+    assert vault.touched == [] and consul_kv.touched == []
+    gone = refusing.finalize(advance(o, outcome))
+    assert gone.finished and aws.describe("legacy") == before
+    # an administrator names the namespace in the operator's configuration: the next look adopts
+    allowing = MysqlDbController(aws, vault, consul_kv, poll_seconds=1, resync_seconds=30,
+                                 adopt_namespaces=frozenset({"shop"}))
+    adopted = allowing.reconcile(advance(o, outcome))
+    assert adopted.status["phase"] == "Ready" and adopted.status["adopted"] is True
+    assert aws.describe("legacy").tags[policy.TAG_UID] == o.uid
+
+
+def test_the_operator_configuration_names_the_namespaces_that_may_adopt():
+    from pgop.runtime.config import OperatorConfig
+    assert OperatorConfig.from_env({}).rds_adopt_namespaces == frozenset()
+    config = OperatorConfig.from_env({"PGOP_RDS_ADOPT_NAMESPACES": " legacy-apps, shop ,,"})
+    assert config.rds_adopt_namespaces == frozenset({"legacy-apps", "shop"})
+
+
+def test_a_path_of_another_namespace_is_never_read_written_or_deleted(controller, aws, vault, consul_kv):
+    """The attack: a MysqlDb in shop names billing's secret. Before, pgop reused billing's
+    password, overwrote its host and deleted both on deletion."""
+    theirs, their_config = "secret/data/k8s/billing/orders-db/db", "config/k8s/billing/orders-db/db"
+    vault.store[theirs] = (1, {"username": "app", "password": "Billing-Secret-1"})
+    consul_kv.keys[f"{their_config}/host"] = "billing.db"
+    o = make(spec={"vaultPath": theirs, "consulPrefix": their_config})
+    outcome = controller.reconcile(o)
+    assert outcome.status["phase"] == "Failed" and reason(outcome, "Degraded") == "PathOutsideNamespace"
+    message = outcome.status["lastError"]
+    assert "spec.vaultPath" in message and "spec.consulPrefix" in message and "secret/data/k8s/shop/" in message
+    assert outcome.permanent and [e.reason for e in outcome.events] == ["PathOutsideNamespace"]
+    assert vault.touched == [] and consul_kv.touched == []
+    assert aws.client.describe_db_instances()["DBInstances"] == []
+    # deleted, even with a status that says it stored there (an object from before this check)
+    recorded = advance(o, outcome)
+    recorded = dataclasses.replace(recorded, status={**recorded.status, "vaultPath": theirs,
+                                                     "consulPrefix": their_config})
+    done = controller.finalize(recorded)
+    assert done.finished and "PathOutsideNamespace" in [e.reason for e in done.events]
+    assert vault.touched == [] and consul_kv.touched == []
+    assert vault.store[theirs][1]["password"] == "Billing-Secret-1" and consul_kv.keys[f"{their_config}/host"]
 
 
 def test_importing_the_handlers_builds_no_client(monkeypatch):

@@ -13,6 +13,7 @@ from pgop.rds.policy import (
     DeleteInstance,
     DisableDeletionProtection,
     Finished,
+    LeaveUnpublished,
     Modify,
     Publish,
     Refuse,
@@ -116,7 +117,7 @@ def test_adoption_claims_then_keeps_the_password():
     o = obj(annotations={"pgop.io/adopt": "legacy-orders"})
     assert policy.target_identifier(o) == "legacy-orders"
     legacy = ours(o, identifier="legacy-orders", tags={"team": "legacy"})
-    assert isinstance(policy.next_step(o, legacy, identifier="legacy-orders"), Claim)
+    assert isinstance(policy.next_step(o, legacy, identifier="legacy-orders", adopt_namespaces={"shop"}), Claim)
     claimed = ours(o, identifier="legacy-orders")
     step = policy.next_step(o, claimed, identifier="legacy-orders", password_in_vault=False)
     assert step == Publish(password_managed=False)
@@ -129,6 +130,74 @@ def test_adoption_resets_password_only_when_asked():
                       ResetPassword)
     assert isinstance(policy.next_step(o, claimed, identifier="legacy-orders", password_in_vault=True),
                       Publish)
+
+
+def test_adoption_is_refused_unless_an_administrator_allows_it():
+    o = obj(annotations={"pgop.io/adopt": "legacy-orders"})
+    untagged = ours(o, identifier="legacy-orders", tags={"team": "legacy"})
+    step = policy.next_step(o, untagged, identifier="legacy-orders")
+    assert step == policy.adoption_refusal(o, untagged, frozenset())
+    assert isinstance(step, Degrade) and step.reason == "AdoptionNotAllowed"
+    # the message says how an administrator allows it, and that nothing was touched
+    assert "pgop.io/adoptable-by=shop/orders" in step.message
+    assert "PGOP_RDS_ADOPT_NAMESPACES" in step.message and "nothing on the instance was changed" in step.message
+    # other namespaces in the configuration do not count
+    assert isinstance(policy.next_step(o, untagged, identifier="legacy-orders",
+                                       adopt_namespaces={"billing", "shop-2"}), Degrade)
+
+
+@pytest.mark.parametrize("tag,allowed", [
+    ("shop/orders", True), (" shop/orders ", True),
+    ("shop", False), ("shop/other", False), ("billing/orders", False), ("shop/orders/x", False),
+    ("*", False), ("", False),
+])
+def test_the_adoptable_by_tag_names_the_one_mysqldb_that_may_adopt(tag, allowed):
+    o = obj(annotations={"pgop.io/adopt": "legacy-orders"})
+    tagged = ours(o, identifier="legacy-orders", tags={policy.TAG_ADOPTABLE_BY: tag})
+    step = policy.next_step(o, tagged, identifier="legacy-orders")
+    assert isinstance(step, Claim) == allowed
+    if not allowed:
+        assert isinstance(step, Degrade) and step.reason == "AdoptionNotAllowed"
+
+
+def test_the_operator_configuration_allows_adoption_for_its_namespaces():
+    o = obj(annotations={"pgop.io/adopt": "legacy-orders"})
+    untagged = ours(o, identifier="legacy-orders", tags={})
+    assert isinstance(policy.next_step(o, untagged, identifier="legacy-orders", adopt_namespaces={"shop"}), Claim)
+
+
+def test_adoption_never_takes_an_instance_of_another_mysqldb_even_where_allowed():
+    o = obj(annotations={"pgop.io/adopt": "shop-orders-x"})
+    other = ours(o, tags={**policy.ownership_tags(o), policy.TAG_UID: "other-uid",
+                          policy.TAG_ADOPTABLE_BY: "shop/orders"})
+    step = policy.next_step(o, other, identifier="shop-orders-x", adopt_namespaces={"shop"})
+    assert isinstance(step, Degrade) and step.reason == "OwnedByAnother"
+
+
+@pytest.mark.parametrize("spec,field", [
+    ({"vaultPath": "secret/data/k8s/billing/orders/db"}, "spec.vaultPath"),
+    ({"vaultPath": "secret/data/k8s/billing/k8s/shop/db"}, "spec.vaultPath"),
+    ({"vaultPath": "secret/data/k8s/shop/../billing/db"}, "spec.vaultPath"),
+    ({"consulPrefix": "config/k8s/billing/orders/db"}, "spec.consulPrefix"),
+    ({"consulPrefix": "config/k8s/shop//db"}, "spec.consulPrefix"),
+])
+def test_a_path_outside_the_namespace_is_refused_before_anything_else(spec, field):
+    o = obj(spec=spec)
+    for instance in (None, ours(o)):
+        step = policy.next_step(o, instance, identifier="shop-orders-x", password_in_vault=True)
+        assert isinstance(step, Refuse) and step.reason == "PathOutsideNamespace"
+        assert step.message.startswith(field) and "nothing there" in step.message
+    assert policy.path_refusal(obj()) is None
+
+
+def test_deletion_never_removes_what_lies_outside_the_namespace():
+    stored = {"vaultPath": "secret/data/k8s/billing/orders/db", "consulPrefix": "config/k8s/shop/orders/db"}
+    o = obj(spec={"vaultPath": "secret/data/k8s/billing/orders/db", "deletionPolicy": "Delete"}, status=stored)
+    step = policy.deletion_step(o, None)
+    assert isinstance(step, LeaveUnpublished) and step.reason == "PathOutsideNamespace"
+    assert "spec.vaultPath" in step.message
+    # its own instance still goes as deletionPolicy says: only the path is refused
+    assert isinstance(policy.deletion_step(o, ours(o)), DeleteInstance)
 
 
 def test_adoption_target_missing():

@@ -173,3 +173,13 @@ def test_two_instances_running_as_primary_is_called_out():
     world.report("orders-1", role="primary")
     degraded = condition(status_of(world, cluster), "Degraded")
     assert degraded["reason"] == "MultiplePrimaries" and "orders-0, orders-1" in degraded["message"]
+
+
+def test_a_publish_path_outside_the_namespace_degrades_the_cluster_and_says_why():
+    world, cluster = healthy(publish={"vaultPath": "secret/data/k8s/billing/k8s/shop/db"})
+    status = status_of(world, cluster)
+    degraded = condition(status, "Degraded")
+    assert status["phase"] == "Degraded" and degraded["status"] == "True"
+    assert degraded["reason"] == "PathOutsideNamespace"
+    assert degraded["message"].startswith("spec.publish.vaultPath 'secret/data/k8s/billing/k8s/shop/db'")
+    assert condition(status, "Ready")["status"] == "True"  # the database itself is fine
