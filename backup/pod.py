@@ -16,7 +16,15 @@ from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import LABEL_COMPONENT, cluster_labels, object_meta, owner_reference
 from pgop.kernel.model import Instance
 from pgop.kernel.podenv import ENV_BACKUP_OBJECT, S3_CREDENTIALS_MOUNT, SECRETS_MOUNT
-from pgop.specs.pods import _container_security, _pod_security, _s3_volumes, _secret_source, pod_env
+from pgop.specs.pods import (
+    TLS_VOLUME_MOUNT,
+    _container_security,
+    _pod_security,
+    _s3_volumes,
+    _secret_source,
+    pod_env,
+    tls_volume,
+)
 
 COMPONENT_BACKUP = "backup"
 LABEL_BACKUP = "pgop.io/backup"
@@ -42,6 +50,7 @@ def build_backup_pod(backup: str, backup_uid: str, instance: Instance, host: str
         "env": env,
         "volumeMounts": [
             {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
+            TLS_VOLUME_MOUNT,
             *([{"name": "s3-credentials", "mountPath": S3_CREDENTIALS_MOUNT, "readOnly": True}]
               if instance.spec.s3 is not None else []),
             {"name": "run", "mountPath": pgconfig.SOCKET_DIRECTORY},
@@ -71,6 +80,7 @@ def build_backup_pod(backup: str, backup_uid: str, instance: Instance, host: str
                     _secret_source(names.superuser_secret(cluster), "superuser"),
                     _secret_source(names.replication_secret(cluster), "replication"),
                 ]}},
+                tls_volume(cluster),
                 *_s3_volumes(instance.spec.s3),
                 {"name": "run", "emptyDir": {}},
                 {"name": "tmp", "emptyDir": {}},

@@ -20,6 +20,7 @@ from typing import Any
 from pgop.backup import basebackup, restore
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import S3Settings, S3Storage
+from pgop.kernel import pgconfig
 from pgop.kernel.model import RecoverySpec
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,20 @@ class ProgressReporter:
 
 def _switch_wal_on_primary(settings, passfile: Path) -> None:
     """A backup taken from a replica ends in a segment only the primary archives, once it is
-    full or switched; on a quiet database that is never. Switch it, as the superuser over the -rw
-    Service, so the backup's last segment reaches the archive now."""
+    full or switched; on a quiet database that is never. Switch it over the -rw Service, so the
+    backup's last segment reaches the archive now."""
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
     from pgop.agent import credentials
-    superuser = credentials.read_credentials(settings.secrets_dir, credentials.SUPERUSER)
-    with psycopg.connect(host=settings.replication_host, port=settings.primary_port, user=superuser.username,
-                         dbname="postgres", passfile=str(passfile), connect_timeout=10, autocommit=True) as conn:
+    tls = settings.client_options()
+    # With TLS the replication role by certificate (granted pg_switch_wal): the superuser has no
+    # network login then.
+    user = pgconfig.REPLICATION_USER if tls else \
+        credentials.read_credentials(settings.secrets_dir, credentials.SUPERUSER).username
+    with psycopg.connect(make_conninfo("", **tls), host=settings.replication_host, port=settings.primary_port,
+                         user=user, dbname="postgres", passfile=str(passfile), connect_timeout=10,
+                         autocommit=True) as conn:
         conn.execute("SELECT pg_switch_wal()")
 
 
@@ -90,6 +97,7 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
     """A base backup of the instance at `host` (a backup pod's view: over the network, as the
     replication role whose password is in the pod's secrets) to the cluster's archive."""
     import psycopg
+    from psycopg.conninfo import make_conninfo
 
     from pgop.agent import credentials
     from pgop.agent.settings import AgentSettings
@@ -106,12 +114,16 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
     except credentials.CredentialsError:
         pass  # only needed to switch WAL after a backup from a replica
     credentials.write_private(settings.passfile, credentials.pgpass_text(entries))
-    with psycopg.connect(host=host, port=settings.pg_port, user=replication.username, dbname="postgres",
-                         passfile=str(settings.passfile), connect_timeout=10) as conn:
+    # `host` is the instance's pod IP, which no certificate names: the server is checked against
+    # the cluster's CA only (verify-ca).
+    tls = settings.client_options(check_hostname=False)
+    with psycopg.connect(make_conninfo("", **tls), host=host, port=settings.pg_port, user=replication.username,
+                         dbname="postgres", passfile=str(settings.passfile), connect_timeout=10) as conn:
         standby = one_row(conn, "SELECT pg_is_in_recovery()")[0]
     source = basebackup.Source(host=host, port=settings.pg_port, user=replication.username,
                                bindir=settings.bindir, env={"PGPASSFILE": str(settings.passfile),
-                                                            "PGAPPNAME": f"pgop-backup-{name}"[:63]})
+                                                            "PGAPPNAME": f"pgop-backup-{name}"[:63],
+                                                            **settings.client_env(check_hostname=False)})
     before_wait = (lambda: _switch_wal_on_primary(settings, settings.passfile)) if standby else None
     log.info("base backup %s of %s (%s) to s3://%s/%s", name, host, "replica" if standby else "primary",
              s3.bucket, layout.root)

@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 
 from pgop.agent import config, credentials, local
+from pgop.agent import replication as replication_sql
 from pgop.agent.commands import CommandError, Runner
 from pgop.agent.postmaster import Postmaster
 from pgop.agent.settings import AgentSettings
@@ -134,7 +135,7 @@ def initdb(settings: AgentSettings, spec: InstanceSpec, runner: Runner) -> None:
         "--data-checksums", "--encoding=UTF8", "--locale=C.UTF-8",
     ], timeout=300)
     files = config.ConfigFiles(settings.pgdata)
-    config.write(files, config.desired_settings(settings, spec, replica=False), config.hba_text(), runner.owner)
+    config.write(files, config.desired_settings(settings, spec, replica=False), config.hba_text(settings, spec), runner.owner)
 
     # Only the socket (or the test's loopback) while roles are made: no client can come in.
     listen = settings.connect_host if settings.connect_host and not settings.connect_host.startswith("/") else ""
@@ -164,6 +165,7 @@ def create_roles(conn: psycopg.Connection, replication: credentials.Credentials,
         sql.Identifier(app.username), sql.Literal(_verifier(conn, app.username, app.password))))
     conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
         sql.Identifier(database), sql.Identifier(app.username)))
+    replication_sql.grant_replication_role_rights(conn, replication.username)
 
 
 # -------------------------------------------------------------------------------- basebackup
@@ -193,7 +195,7 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
         try:
             runner.run(argv, env={"PGPASSFILE": str(settings.passfile),
                                   "PGAPPNAME": f"{settings.instance}-basebackup",
-                                  "PGCONNECT_TIMEOUT": "10"}, timeout=3600)
+                                  "PGCONNECT_TIMEOUT": "10", **settings.client_env()}, timeout=3600)
             break
         except CommandError as error:
             last_error = error
@@ -210,7 +212,7 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
                              f"failed {attempts} times: {last_error}")
 
     files = config.ConfigFiles(settings.pgdata)
-    config.write(files, config.desired_settings(settings, spec, replica=True), config.hba_text(), runner.owner)
+    config.write(files, config.desired_settings(settings, spec, replica=True), config.hba_text(settings, spec), runner.owner)
     config.write_standby_signal(files, runner.owner)
     # The clone carries the primary's files that describe the primary, not this instance.
     for leftover in ("postmaster.opts", "backup_label.old"):
@@ -234,7 +236,7 @@ def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=No
     log.info("restored backup %s (%d bytes in %.1fs), now on timeline %s", result.backup.backup_name,
              result.bytes_unpacked, result.seconds_unpack, result.timeline)
     files = config.ConfigFiles(settings.pgdata)
-    config.write(files, config.desired_settings(settings, spec, replica=False), config.hba_text(), runner.owner)
+    config.write(files, config.desired_settings(settings, spec, replica=False), config.hba_text(settings, spec), runner.owner)
     for leftover in ("postmaster.opts", "backup_label.old"):
         (settings.pgdata / leftover).unlink(missing_ok=True)
     adopt_credentials(settings, runner)

@@ -57,6 +57,7 @@ def desired_settings(
             application_name=settings.instance,
             slot_name=pgconfig.slot_name(settings.instance),
             passfile=str(settings.passfile),
+            tls=settings.tls,
         )
     rendered = pgconfig.postgresql_settings(
         cluster_name=spec.cluster or settings.cluster,
@@ -64,6 +65,7 @@ def desired_settings(
         synchronous_standby_names="" if replica else synchronous_standby_names,
         wal_archiving=WAL_ARCHIVING_AVAILABLE and spec.wal_archiving and spec.s3 is not None,
         replication_source=source,
+        tls=settings.tls,
     )
     # Where this instance listens; the pod's values are pgconfig's, a test machine's are its own.
     rendered["port"] = str(settings.pg_port)
@@ -80,8 +82,11 @@ def desired_settings(
 WAL_ARCHIVING_AVAILABLE = True
 
 
-def hba_text() -> str:
-    return pgconfig.render_pg_hba(pgconfig.hba_rules())
+def hba_text(settings: AgentSettings | None = None, spec: InstanceSpec | None = None) -> str:
+    """pg_hba.conf of the instance: TLS-only network logins when the pod has certificates."""
+    return pgconfig.render_pg_hba(pgconfig.hba_rules(
+        tls=settings is not None and settings.tls is not None,
+        superuser_over_network=bool(spec is not None and spec.enable_superuser_access)))
 
 
 def read_written(files: ConfigFiles) -> WrittenConfig:

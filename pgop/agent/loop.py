@@ -33,6 +33,7 @@ from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
 from pgop.agent.settings import AgentSettings
 from pgop.agent.state import one_row, read_state
+from pgop.kernel import pgconfig
 from pgop.kernel.conditions import condition, rfc3339
 from pgop.kernel.model import PRIMARY, REPLICA, Instance
 
@@ -95,6 +96,8 @@ class Agent:
         self.rejoined: dict | None = None  # the Rejoined condition, while this agent runs
         self.rejoin_waits = False  # the last rejoin found no primary: look again after `interval`
         self.replica_timeline = 0  # the highest timeline this replica was seen on (they only grow)
+        self.granted_for: float | None = None  # the postmaster start the role grants were made in
+        self.certificates: tuple[float | None, str] | None = None  # (postmaster start, files' digest)
         self.effects: dict[str, Effect] = {
             ha.STOP: self._stop,
             ha.STOP_NOW: self._stop_now,
@@ -124,6 +127,38 @@ class Agent:
             self.idle(0.2 if acted else self.settings.interval)
         self.shutdown()
         return self.exit_code or 0
+
+    def grant_replication_role(self) -> None:
+        """On a primary, once per postmaster start: what the replication role may run besides
+        streaming (pg_rewind's reads, a checkpoint, a WAL switch), so no network login needs the
+        superuser. Idempotent; clusters made before it get it on their next primary start."""
+        state, started = self.last_state, self.postmaster.started_at
+        if state is None or state.role != PRIMARY or not state.accepting or started is None \
+                or self.granted_for == started:
+            return
+        try:
+            with local.connect(self.settings) as conn:
+                replication.grant_replication_role_rights(conn, pgconfig.REPLICATION_USER)
+            self.granted_for = started
+        except psycopg.Error as error:
+            log.warning("cannot grant the replication role its rights: %s", str(error).strip())
+
+    def reload_renewed_certificates(self) -> None:
+        """The operator renews a certificate before it expires and the kubelet swaps the mounted
+        files; Postgres reads certificate files at start and on SIGHUP. A reload, no restart:
+        sessions stay, new connections get the new certificate."""
+        tls = self.settings.tls
+        started = self.postmaster.started_at
+        if tls is None or started is None:
+            return
+        digest = certificates_digest(tls)
+        if self.certificates is None or self.certificates[0] != started:
+            self.certificates = (started, digest)  # what this postmaster read when it started
+            return
+        if self.certificates[1] != digest:
+            log.info("the certificates in %s changed (renewed): reloading postgres", tls.directory)
+            self.postmaster.reload()
+            self.certificates = (started, digest)
 
     def idle(self, seconds: float) -> None:
         """Waits `seconds`, or less: until the PgInstance changes (the watch sets `wakeup`) or the
@@ -205,6 +240,8 @@ class Agent:
             for action in decision.actions:
                 log.info("%s", action)
             self.act(decision, wanted)
+            self.grant_replication_role()
+            self.reload_renewed_certificates()
             if decision.applied:
                 self.applied_generation = instance.generation
             if decision.actions and not self.stopping.is_set():
@@ -330,7 +367,7 @@ class Agent:
                                            synchronous_standby_names=sync, streaming=following != "")
         handover = not primary and self.cluster is not None and any(
             spec_primary(other) == instance.name for other in streaming.cluster_members(instance.name, self.cluster))
-        return ha.Wanted(role=spec.role, fenced=spec.fenced, settings=settings, hba=config.hba_text(),
+        return ha.Wanted(role=spec.role, fenced=spec.fenced, settings=settings, hba=config.hba_text(self.settings, spec),
                          slots=slots, postgres_version=spec.postgres_version, primary=following,
                          handover=handover)
 
@@ -598,6 +635,18 @@ class Agent:
                     else self.message})
             except Exception as error:
                 log.warning("cannot write the final status: %s", error)
+
+
+def certificates_digest(tls: pgconfig.TlsFiles) -> str:
+    import hashlib
+    digest = hashlib.sha256()
+    for path in (tls.server_cert, tls.server_key, tls.ca):
+        try:
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        except OSError:
+            digest.update(b"-")
+    return digest.hexdigest()
 
 
 def spec_primary(instance: Instance) -> str | None:

@@ -38,11 +38,15 @@ class Outcome:
 
 
 def source_conninfo(settings: AgentSettings) -> str:
-    """libpq conninfo of the primary behind the replication host, as the superuser (pg_rewind
-    reads any file of the source); the password from the agent's passfile."""
+    """libpq conninfo of the primary behind the replication host, for pg_rewind (it reads files of
+    the source) and the probe before it. With TLS: as the replication role, by certificate (it has
+    the grants pg_rewind needs; the superuser has no network login); without: as the superuser,
+    the password from the agent's passfile."""
+    tls = settings.client_options()
     fields = {"host": settings.replication_host, "port": str(settings.primary_port),
-              "user": pgconfig.SUPERUSER, "dbname": "postgres", "passfile": str(settings.passfile),
-              "connect_timeout": "5", "application_name": f"{settings.instance}-rewind"}
+              "user": pgconfig.REPLICATION_USER if tls else pgconfig.SUPERUSER, "dbname": "postgres",
+              "passfile": str(settings.passfile), "connect_timeout": "5",
+              "application_name": f"{settings.instance}-rewind", **tls}
     return " ".join(f"{key}='{_quoted(value)}'" for key, value in fields.items())
 
 

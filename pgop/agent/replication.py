@@ -58,3 +58,27 @@ def drop_slot(conn: psycopg.Connection, name: str) -> None:
 def read_receiver(conn: psycopg.Connection) -> ReceiverState:
     row = conn.execute("SELECT status, received_tli, sender_host FROM pg_stat_wal_receiver").fetchone()
     return ReceiverState(*row) if row else ReceiverState(None, None, None)
+
+
+# What the replication role may do besides streaming, so that no network login needs the
+# superuser: pg_rewind against the primary (read its files, its pg_control), the probe before it
+# (a checkpoint), and the WAL switch after a backup taken from a replica.
+REPLICATION_ROLE_FUNCTIONS = (
+    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(text, boolean)",
+    "pg_catalog.pg_read_binary_file(text)",
+    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+    "pg_catalog.pg_control_system()",
+    "pg_catalog.pg_control_checkpoint()",
+    "pg_catalog.pg_switch_wal()",
+)
+
+
+def grant_replication_role_rights(conn: psycopg.Connection, role: str) -> None:
+    """Idempotent; run by the primary (a grant on a replica arrives with the WAL)."""
+    from psycopg import sql
+    for function in REPLICATION_ROLE_FUNCTIONS:
+        conn.execute(sql.SQL(f"GRANT EXECUTE ON FUNCTION {function} TO {{}}").format(sql.Identifier(role)))
+    # CHECKPOINT without the superuser: the predefined role of PostgreSQL 15 and later.
+    if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'pg_checkpoint'").fetchone():
+        conn.execute(sql.SQL("GRANT pg_checkpoint TO {}").format(sql.Identifier(role)))

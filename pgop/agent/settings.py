@@ -56,10 +56,32 @@ class AgentSettings:
     max_start_attempts: int = DEFAULT_MAX_START_ATTEMPTS
     run_as: str | None = None  # OS user for the PostgreSQL binaries when the agent runs as root
     postgres_log: Path | None = None  # postgres' stderr; default: the agent's (the container log)
+    tls_dir: Path | None = None  # the pod's certificates (PGOP_TLS_DIR); None: no TLS
 
     @property
     def local_host(self) -> str:
         return self.connect_host or str(self.socket_dir)
+
+    @property
+    def tls(self) -> pgconfig.TlsFiles | None:
+        return pgconfig.TlsFiles(str(self.tls_dir)) if self.tls_dir is not None else None
+
+    def client_options(self, check_hostname: bool = True) -> dict[str, str]:
+        """libpq options of the agent's network connections to other instances: with TLS, as the
+        replication role by certificate, the server checked against the cluster's CA and (unless
+        connecting by IP) its name; without TLS, nothing."""
+        tls = self.tls
+        if tls is None:
+            return {}
+        options = tls.client_options()
+        if not check_hostname:
+            options["sslmode"] = "verify-ca"
+        return options
+
+    def client_env(self, check_hostname: bool = True) -> dict[str, str]:
+        """The same, as libpq environment variables, for pg_basebackup."""
+        env = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY"}
+        return {env[key]: value for key, value in self.client_options(check_hostname).items()}
 
     @property
     def replication_host(self) -> str:
@@ -131,4 +153,5 @@ class AgentSettings:
             max_start_attempts=number("PGOP_MAX_START_ATTEMPTS", DEFAULT_MAX_START_ATTEMPTS),
             run_as=env.get("PGOP_RUN_AS") or None,
             postgres_log=Path(log) if log else None,
+            tls_dir=Path(pod.tls_dir) if pod.tls_dir else None,
         )

@@ -54,6 +54,7 @@ from pgop.kernel.model import (
     instance_name,
     parse_quantity,
 )
+from pgop.specs import tls
 from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
 from pgop.specs.pdb import build_pdb, build_primary_pdb
 from pgop.specs.pods import (
@@ -151,7 +152,8 @@ def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSour
     plan.events += ha.events
     plan.waiting += ha.waiting
     _plan_rbac(cluster, observed, plan)
-    _plan_secrets(cluster, observed, plan, rng or system_secrets.SystemRandom())
+    ca_cert = _plan_certificates(cluster, observed, plan, now or datetime.now(UTC))
+    _plan_secrets(cluster, observed, plan, rng or system_secrets.SystemRandom(), ca_cert)
     _plan_services(cluster, observed, plan)
     _plan_pdb(cluster, observed, plan)
     _plan_instances(cluster, observed, plan, ha)
@@ -199,13 +201,48 @@ def _plan_rbac(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
                "the Role is granted to the agents' ServiceAccount only")
 
 
-def _plan_secrets(cluster: Cluster, observed: ObservedCluster, plan: Plan, rng: RandomSource) -> None:
+def _plan_secrets(cluster: Cluster, observed: ObservedCluster, plan: Plan, rng: RandomSource,
+                  ca_cert: str | None = None) -> None:
     existing = {_name(secret) for secret in observed.secrets}
-    for secret in build_cluster_secrets(cluster, rng):
+    for secret in build_cluster_secrets(cluster, rng, ca_cert):
         # An existing Secret is never touched: its password is already in the database.
         if secret["metadata"]["name"] not in existing:
             user = secret["stringData"]["username"]
             _create(plan, secret, f"credentials of the {user!r} role, with a generated password")
+
+
+def _plan_certificates(cluster: Cluster, observed: ObservedCluster, plan: Plan, now: datetime) -> str | None:
+    """The cluster's CA (made once, never replaced by the operator) and the server and replication
+    certificates it signs, issued again before they expire (pgop.specs.tls). Returns the CA
+    certificate (for the credentials Secrets' `ca.crt`), None when it is unusable."""
+    existing = {_name(secret): secret for secret in observed.secrets}
+    ca_name = names.ca_secret(cluster.name)
+    ca_secret = existing.get(ca_name)
+    ca_cert, ca_key = tls.secret_text(ca_secret, tls.CA_CERT), tls.secret_text(ca_secret, tls.CA_KEY)
+    if ca_secret is None:
+        ca = tls.issue_ca(f"{cluster.name}.{cluster.namespace} (pgop CA)", now)
+        _create(plan, tls.build_ca_secret(cluster, ca),
+                "the cluster's own CA: it signs the server and replication certificates (TLS)")
+    elif not ca_cert or not ca_key:
+        plan.waiting.append(f"Secret {ca_name} lacks {tls.CA_CERT} or {tls.CA_KEY}: no certificate can be "
+                            "issued until it holds both (delete it and the operator makes a new CA)")
+        return None
+    else:
+        ca = tls.KeyPair(ca_cert, ca_key)
+    for name, common_name, dns_names, server in tls.leaf_secrets(cluster):
+        current = existing.get(name)
+        why = tls.renewal_reason(tls.secret_text(current, tls.TLS_CERT), ca.cert, now, dns_names, common_name)
+        if not why:
+            continue
+        body = tls.build_leaf_secret(cluster, name, ca, tls.issue_leaf(ca, common_name, dns_names, now, server))
+        what = "server certificate (names: the cluster's Services)" if server else \
+            f"client certificate of the {common_name!r} role (replication, clones, rewinds, backups)"
+        if current is None:
+            _create(plan, body, f"the {what}, signed by the cluster's CA")
+        else:
+            _patch(plan, "Secret", current, {"stringData": body["stringData"]},
+                   f"the {what} is issued again: {why}; the agents reload Postgres, no restart")
+    return ca.cert
 
 
 def _ports_match(current: Sequence[Obj], desired: Sequence[Obj]) -> bool:

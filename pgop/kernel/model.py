@@ -305,6 +305,7 @@ class ClusterSpec:
     synchronous_replicas: int = 0
     synchronous_mode: str = PREFERRED
     failover_delay: str = "0s"
+    enable_superuser_access: bool = False  # the superuser over the network (pg_hba.conf)
     storage: StorageSpec = field(default_factory=lambda: StorageSpec(size="1Gi"))
     resources: dict[str, Any] = field(default_factory=dict)  # a Kubernetes ResourceRequirements
     parameters: dict[str, str] = field(default_factory=dict)
@@ -326,6 +327,7 @@ class ClusterSpec:
             synchronous_replicas=int(data.get("synchronousReplicas", 0)),
             synchronous_mode=data.get("synchronousMode") or PREFERRED,
             failover_delay=data.get("failoverDelay") or "0s",
+            enable_superuser_access=bool(data.get("enableSuperuserAccess", False)),
             storage=StorageSpec.from_dict(data.get("storage")),
             resources=plain(data.get("resources") or {}),
             parameters={str(k): _setting_text(v) for k, v in (data.get("parameters") or {}).items()},
@@ -525,6 +527,7 @@ class InstanceSpec:
     parameters: dict[str, str] = field(default_factory=dict)
     synchronous_replicas: int = 0
     synchronous_mode: str = PREFERRED
+    enable_superuser_access: bool = False
     config_hash: str = ""
     initdb: InitdbSpec | None = None  # for bootstrap initdb
     recovery: RecoverySpec | None = None  # for bootstrap recovery
@@ -551,6 +554,7 @@ class InstanceSpec:
             parameters={str(k): _setting_text(v) for k, v in (data.get("parameters") or {}).items()},
             synchronous_replicas=int(data.get("synchronousReplicas", 0)),
             synchronous_mode=data.get("synchronousMode") or PREFERRED,
+            enable_superuser_access=bool(data.get("enableSuperuserAccess", False)),
             config_hash=data.get("configHash", ""),
             initdb=InitdbSpec.from_dict(data["initdb"]) if data.get("initdb") is not None else None,
             recovery=RecoverySpec.from_dict(data["recovery"]) if data.get("recovery") else None,

@@ -26,6 +26,19 @@ def replication_secret(cluster: str) -> str:
     return f"{cluster}-replication"
 
 
+def ca_secret(cluster: str) -> str:
+    """The cluster's CA (certificate and key): read by the operator only."""
+    return f"{cluster}-ca"
+
+
+def server_tls_secret(cluster: str) -> str:
+    return f"{cluster}-server"
+
+
+def replication_tls_secret(cluster: str) -> str:
+    return f"{cluster}-replication-tls"
+
+
 def agent_account(cluster: str) -> str:
     """ServiceAccount, Role and RoleBinding of the agents of one cluster."""
     return f"{cluster}-agent"

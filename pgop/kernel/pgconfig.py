@@ -140,8 +140,44 @@ def effective_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
 # ---------------------------------------------------------------------------------- replication
 
 @dataclass(frozen=True)
+class TlsFiles:
+    """The certificate files of an instance (pgop.specs.tls makes them; the pod mounts them): the
+    server's, the CA that signed every certificate of the cluster, and the replication role's
+    client certificate."""
+
+    directory: str
+
+    @property
+    def server_cert(self) -> str:
+        return f"{self.directory}/server.crt"
+
+    @property
+    def server_key(self) -> str:
+        return f"{self.directory}/server.key"
+
+    @property
+    def ca(self) -> str:
+        return f"{self.directory}/ca.crt"
+
+    @property
+    def client_cert(self) -> str:
+        return f"{self.directory}/replication.crt"
+
+    @property
+    def client_key(self) -> str:
+        return f"{self.directory}/replication.key"
+
+    def client_options(self) -> dict[str, str]:
+        """libpq options of a connection as the replication role: TLS, the server's name checked
+        against the cluster's CA, and the role's certificate instead of a password."""
+        return {"sslmode": "verify-full", "sslrootcert": self.ca, "sslcert": self.client_cert,
+                "sslkey": self.client_key}
+
+
+@dataclass(frozen=True)
 class ReplicationSource:
-    """Where a replica streams from. The password stays in `passfile`, never in the config."""
+    """Where a replica streams from. The password stays in `passfile`, never in the config; with
+    `tls`, the replica logs in with its certificate and checks the primary's."""
 
     host: str
     application_name: str
@@ -149,6 +185,7 @@ class ReplicationSource:
     passfile: str
     port: int = POSTGRES_PORT
     user: str = REPLICATION_USER
+    tls: TlsFiles | None = None
 
 
 def slot_name(instance_name: str) -> str:
@@ -165,6 +202,8 @@ def primary_conninfo(source: ReplicationSource) -> str:
         "application_name": source.application_name,
         "sslmode": "prefer",
     }
+    if source.tls is not None:
+        fields.update(source.tls.client_options())
     return " ".join(f"{key}={_conninfo_value(value)}" for key, value in fields.items())
 
 
@@ -215,6 +254,7 @@ def postgresql_settings(
     wal_archiving: bool = False,
     restore_from_archive: bool = False,
     replication_source: ReplicationSource | None = None,
+    tls: TlsFiles | None = None,
 ) -> dict[str, str]:
     """Every setting an instance runs with: defaults < user parameters < operator-owned settings.
 
@@ -240,6 +280,10 @@ def postgresql_settings(
         "archive_command": WAL_PUSH_COMMAND if wal_archiving else NO_ARCHIVE_COMMAND,
         "synchronous_standby_names": synchronous_standby_names,
     })
+    if tls is not None:
+        # Re-read on reload: a renewed certificate needs no restart.
+        settings.update({"ssl": "on", "ssl_cert_file": tls.server_cert, "ssl_key_file": tls.server_key,
+                         "ssl_ca_file": tls.ca, "ssl_min_protocol_version": "TLSv1.2"})
     if restore_from_archive:
         settings["restore_command"] = WAL_FETCH_COMMAND
     if replication_source is not None:
@@ -260,19 +304,37 @@ def render_postgresql_conf(settings: Mapping[str, str]) -> str:
 
 # ---------------------------------------------------------------------------------- pg_hba.conf
 
-def hba_rules(superuser: str = SUPERUSER, replication_user: str = REPLICATION_USER) -> list[str]:
+def hba_rules(superuser: str = SUPERUSER, replication_user: str = REPLICATION_USER, *, tls: bool = False,
+              superuser_over_network: bool = False) -> list[str]:
     """Client authentication, first match wins.
 
     Only the OS user `postgres` gets in without a password (`kubectl exec ... psql`); every network
     login uses scram; the replication protocol is open to the replication role alone, as no later
     line matches `replication` for anyone else.
+
+    With `tls` (every pod of a cluster): nothing in plaintext over the network; the replication
+    role logs in with its certificate only (replication, and the plain connections of pg_rewind
+    and backups); the superuser not over the network at all unless `superuser_over_network`.
     """
-    return [
-        f"local   all           {superuser:<18}          peer",
-        "local   all           all                         scram-sha-256",
-        f"host    replication   {replication_user:<18} all      scram-sha-256",
-        "host    all           all                all      scram-sha-256",
+    if not tls:
+        return [
+            f"local   all           {superuser:<18}          peer",
+            "local   all           all                         scram-sha-256",
+            f"host    replication   {replication_user:<18} all      scram-sha-256",
+            "host    all           all                all      scram-sha-256",
+        ]
+    rules = [
+        f"local     all           {superuser:<18}          peer",
+        "local     all           all                         scram-sha-256",
+        "hostnossl replication   all                all      reject",
+        "hostnossl all           all                all      reject",
+        f"hostssl   replication   {replication_user:<18} all      cert",
+        f"hostssl   all           {replication_user:<18} all      cert",
     ]
+    if not superuser_over_network:
+        rules.append(f"hostssl   all           {superuser:<18} all      reject")
+    rules.append("hostssl   all           all                all      scram-sha-256")
+    return rules
 
 
 def render_pg_hba(rules: Iterable[str]) -> str:

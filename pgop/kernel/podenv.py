@@ -24,6 +24,8 @@ ENV_NODE_NAME = "PGOP_NODE_NAME"
 ENV_PGDATA = "PGDATA"
 ENV_AGENT_PORT = "PGOP_AGENT_PORT"
 ENV_SECRETS_DIR = "PGOP_SECRETS_DIR"
+# The certificates (server, CA, replication client): TLS on; unset, no TLS (an agent run by hand).
+ENV_TLS_DIR = "PGOP_TLS_DIR"
 # Where WAL is archived and read back (spec.backup.s3, or the source's archive for a restore).
 ENV_S3_BUCKET = "PGOP_S3_BUCKET"
 ENV_S3_PATH = "PGOP_S3_PATH"
@@ -38,6 +40,7 @@ DATA_MOUNT = "/var/lib/postgresql/data"
 # A subdirectory, because initdb wants an empty directory and a volume's root may hold lost+found.
 PGDATA = f"{DATA_MOUNT}/pgdata"
 SECRETS_MOUNT = "/etc/pgop/secrets"
+TLS_MOUNT = "/etc/pgop/tls"
 # Files of the S3 credentials Secret: ACCESS_KEY_ID and ACCESS_SECRET_KEY (or AWS_ACCESS_KEY_ID
 # and AWS_SECRET_ACCESS_KEY).
 S3_CREDENTIALS_MOUNT = "/etc/pgop/s3"
@@ -104,6 +107,7 @@ class PodEnv:
     pgdata: str = PGDATA
     agent_port: int = AGENT_PORT
     secrets_dir: str = SECRETS_MOUNT
+    tls_dir: str = ""
     archive: ArchiveEnv | None = None
     backup_object: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)  # not read by pgop (e.g. PSQL_HISTORY)
@@ -119,6 +123,8 @@ class PodEnv:
         env += [{"name": ENV_PGDATA, "value": self.pgdata},
                 {"name": ENV_AGENT_PORT, "value": str(self.agent_port)},
                 {"name": ENV_SECRETS_DIR, "value": self.secrets_dir}]
+        if self.tls_dir:
+            env.append({"name": ENV_TLS_DIR, "value": self.tls_dir})
         env += [{"name": name, "value": value} for name, value in self.extra.items()]
         if self.archive is not None:
             env += self.archive.to_env()
@@ -148,6 +154,7 @@ class PodEnv:
             pgdata=env.get(ENV_PGDATA) or PGDATA,
             agent_port=agent_port,
             secrets_dir=env.get(ENV_SECRETS_DIR) or SECRETS_MOUNT,
+            tls_dir=env.get(ENV_TLS_DIR, ""),
             archive=ArchiveEnv.from_env(env),
             backup_object=env.get(ENV_BACKUP_OBJECT) or None,
         )

@@ -20,7 +20,7 @@ KIND = "PgInstance"
 # cluster has had data), postgresVersion (immutable: no in-place major upgrade).
 MANAGED_FIELDS = (
     "image", "storage", "resources", "parameters",
-    "synchronousReplicas", "synchronousMode", "backup", "configHash",
+    "synchronousReplicas", "synchronousMode", "enableSuperuserAccess", "backup", "configHash",
     "affinity", "topologySpreadConstraints",
 )
 # Fields whose change needs a new Postgres pod, not just a new config file. Scheduling fields
@@ -54,6 +54,7 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
         "parameters": dict(spec.parameters),
         "synchronousReplicas": spec.synchronous_replicas,
         "synchronousMode": spec.synchronous_mode,
+        "enableSuperuserAccess": spec.enable_superuser_access,
         "configHash": config_hash(spec),
     }
     if spec.resources:

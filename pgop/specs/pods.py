@@ -28,6 +28,7 @@ from pgop.kernel.podenv import (
     PGDATA,
     S3_CREDENTIALS_MOUNT,
     SECRETS_MOUNT,
+    TLS_MOUNT,
     ArchiveEnv,
     PodEnv,
 )
@@ -132,7 +133,7 @@ def archive_env(s3: S3Spec | None) -> ArchiveEnv | None:
 def pod_env(instance: Instance, s3: S3Spec | None = None) -> PodEnv:
     """The pod contract of an instance's pods: identity from the pod's metadata, the archive of
     `s3` (a recovery reads its source's) or of the cluster."""
-    return PodEnv(archive=archive_env(s3 if s3 is not None else instance.spec.s3),
+    return PodEnv(archive=archive_env(s3 if s3 is not None else instance.spec.s3), tls_dir=TLS_MOUNT,
                   # The root filesystem is read-only; keep `kubectl exec ... psql` from complaining.
                   extra={"PSQL_HISTORY": "/tmp/.psql_history"})
 
@@ -152,6 +153,24 @@ def _secret_source(secret: str, directory: str) -> dict[str, Any]:
     ]}}
 
 
+def tls_volume(cluster: str) -> dict[str, Any]:
+    """The certificates at TLS_MOUNT (pgconfig.TlsFiles names the files): the server's and the CA's
+    from <cluster>-server, the replication role's from <cluster>-replication-tls. Read-only to the
+    postgres group; Postgres and libpq accept a root-owned key readable by the group. The kubelet
+    refreshes the files when the operator renews a certificate."""
+    def items(pairs: dict[str, str]) -> list[dict[str, str]]:
+        return [{"key": key, "path": path} for key, path in pairs.items()]
+    return {"name": "tls", "projected": {"defaultMode": 0o440, "sources": [
+        {"secret": {"name": names.server_tls_secret(cluster),
+                    "items": items({"tls.crt": "server.crt", "tls.key": "server.key", "ca.crt": "ca.crt"})}},
+        {"secret": {"name": names.replication_tls_secret(cluster),
+                    "items": items({"tls.crt": "replication.crt", "tls.key": "replication.key"})}},
+    ]}}
+
+
+TLS_VOLUME_MOUNT = {"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}
+
+
 def _volumes(instance: Instance, s3: S3Spec | None = None) -> list[dict[str, Any]]:
     cluster = instance.spec.cluster
     return [
@@ -162,6 +181,7 @@ def _volumes(instance: Instance, s3: S3Spec | None = None) -> list[dict[str, Any
             _secret_source(names.replication_secret(cluster), "replication"),
             _secret_source(names.app_secret(cluster), "app"),
         ]}},
+        tls_volume(cluster),
         *_s3_volumes(s3 if s3 is not None else instance.spec.s3),
         {"name": "run", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},
@@ -186,6 +206,7 @@ def _volume_mounts(instance: Instance, s3_location: S3Spec | None = None) -> lis
     return [
         {"name": "pgdata", "mountPath": DATA_MOUNT},
         {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
+        TLS_VOLUME_MOUNT,
         *s3,
         {"name": "run", "mountPath": pgconfig.SOCKET_DIRECTORY},
         {"name": "tmp", "mountPath": "/tmp"},

@@ -30,24 +30,24 @@ def generate_password(rng: RandomSource, length: int = PASSWORD_LENGTH) -> str:
     return "".join(rng.choice(PASSWORD_ALPHABET) for _ in range(length))
 
 
-def build_secret(cluster: Cluster, name: str, username: str, password: str, dbname: str) -> dict[str, Any]:
+def build_secret(cluster: Cluster, name: str, username: str, password: str, dbname: str,
+                 ca_cert: str | None = None) -> dict[str, Any]:
+    """`ca_cert`: the cluster's CA certificate, as `ca.crt` (a client that wants
+    `sslmode=verify-full` checks the server with it); the uri asks for TLS (`sslmode=require`)."""
     host = service_host(cluster, names.rw_service(cluster.name))
     port = str(pgconfig.POSTGRES_PORT)
-    uri = f"postgresql://{quote(username, safe='')}:{quote(password, safe='')}@{host}:{port}/{quote(dbname, safe='')}"
+    uri = (f"postgresql://{quote(username, safe='')}:{quote(password, safe='')}@{host}:{port}/"
+           f"{quote(dbname, safe='')}?sslmode=require")
+    data = {"username": username, "password": password, "host": host, "port": port, "dbname": dbname, "uri": uri}
+    if ca_cert:
+        data["ca.crt"] = ca_cert
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": object_meta(name, cluster.namespace, cluster_labels(cluster.name),
                                 owner=owner_reference("PgCluster", cluster.name, cluster.uid)),
         "type": "kubernetes.io/basic-auth",
-        "stringData": {
-            "username": username,
-            "password": password,
-            "host": host,
-            "port": port,
-            "dbname": dbname,
-            "uri": uri,
-        },
+        "stringData": data,
     }
 
 
@@ -57,12 +57,12 @@ def app_identity(cluster: Cluster) -> tuple[str, str]:
     return (initdb.owner, initdb.database) if initdb is not None else ("app", "app")
 
 
-def build_cluster_secrets(cluster: Cluster, rng: RandomSource) -> list[dict[str, Any]]:
+def build_cluster_secrets(cluster: Cluster, rng: RandomSource, ca_cert: str | None = None) -> list[dict[str, Any]]:
     owner, database = app_identity(cluster)
     return [
         build_secret(cluster, names.superuser_secret(cluster.name), pgconfig.SUPERUSER,
-                     generate_password(rng), "postgres"),
+                     generate_password(rng), "postgres", ca_cert),
         build_secret(cluster, names.replication_secret(cluster.name), pgconfig.REPLICATION_USER,
-                     generate_password(rng), "postgres"),
-        build_secret(cluster, names.app_secret(cluster.name), owner, generate_password(rng), database),
+                     generate_password(rng), "postgres", ca_cert),
+        build_secret(cluster, names.app_secret(cluster.name), owner, generate_password(rng), database, ca_cert),
     ]

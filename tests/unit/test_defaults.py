@@ -57,6 +57,7 @@ MODEL: dict[str, Callable[[], Any]] = {
     "PgCluster.spec.postgresVersion": lambda: cluster().spec.postgres_version,
     "PgCluster.spec.synchronousReplicas": lambda: cluster().spec.synchronous_replicas,
     "PgCluster.spec.synchronousMode": lambda: cluster().spec.synchronous_mode,
+    "PgCluster.spec.enableSuperuserAccess": lambda: cluster().spec.enable_superuser_access,
     "PgCluster.spec.failoverDelay": lambda: cluster().spec.failover_delay,
     "PgCluster.spec.allowUnsafeParameters": lambda: cluster().spec.allow_unsafe_parameters,
     "PgCluster.spec.storage.reclaimPolicy": lambda: cluster().spec.storage.reclaim_policy,
@@ -71,6 +72,8 @@ MODEL: dict[str, Callable[[], Any]] = {
     "PgCluster.spec.backup.walArchiving": lambda: cluster({"backup": {"s3": S3}}).spec.backup.wal_archiving,
     "PgInstance.spec.fenced": lambda: Instance.from_object({"metadata": {"name": "orders-0"},
                                                             "spec": {"cluster": "orders"}}).spec.fenced,
+    "PgInstance.spec.enableSuperuserAccess": lambda: Instance.from_object(
+        {"metadata": {"name": "orders-0"}, "spec": {"cluster": "orders"}}).spec.enable_superuser_access,
     "PgBackup.spec.method": lambda: requested({})[0],
     "PgBackup.spec.target": lambda: requested({})[1],
     "MysqlDb.spec.instanceSize": lambda: "small" if instance_class_for(None, None) == instance_class_for("small", None)

@@ -143,9 +143,20 @@ def test_no_password_is_in_the_pod_spec():
     pod = build_postgres_pod(instance())
     assert not any("password" in e["name"].lower() or "secretKeyRef" in e.get("valueFrom", {})
                    for e in container(pod)["env"])
-    [projected] = [v for v in pod["spec"]["volumes"] if "projected" in v]
+    [projected] = [v for v in pod["spec"]["volumes"] if v["name"] == "secrets"]
     secrets = [source["secret"]["name"] for source in projected["projected"]["sources"]]
     assert secrets == ["orders-superuser", "orders-replication", "orders-app"]
+
+
+def test_pods_mount_the_server_and_replication_certificates_never_the_ca_key():
+    pod = build_postgres_pod(instance())
+    [tls] = [v for v in pod["spec"]["volumes"] if v["name"] == "tls"]
+    sources = {source["secret"]["name"]: {item["key"]: item["path"] for item in source["secret"]["items"]}
+               for source in tls["projected"]["sources"]}
+    assert sources == {"orders-server": {"tls.crt": "server.crt", "tls.key": "server.key", "ca.crt": "ca.crt"},
+                       "orders-replication-tls": {"tls.crt": "replication.crt", "tls.key": "replication.key"}}
+    assert {"name": "PGOP_TLS_DIR", "value": "/etc/pgop/tls"} in container(pod)["env"]
+    assert {"name": "tls", "mountPath": "/etc/pgop/tls", "readOnly": True} in container(pod)["volumeMounts"]
 
 
 def test_pod_labels_resources_image_and_owner():

@@ -5,6 +5,7 @@ defaults), so "a second plan yields nothing" is tested against objects that look
 """
 from __future__ import annotations
 
+import base64
 import copy
 import itertools
 import random
@@ -68,7 +69,11 @@ class World:
                 self.objects[key] = self._created(action)
             elif action.verb == PATCH:
                 current = self.objects[key]
-                patched = apply_merge_patch(current, action.patch)
+                patch = dict(action.patch or {})
+                if action.kind == "Secret" and "stringData" in patch:  # as the API server stores it
+                    patch["data"] = {k: base64.b64encode(v.encode()).decode()
+                                     for k, v in patch.pop("stringData").items()}
+                patched = apply_merge_patch(current, patch)
                 if action.kind == "PgInstance" and patched.get("spec") != current.get("spec"):
                     patched["metadata"]["generation"] = current["metadata"]["generation"] + 1
                 self.objects[key] = patched
@@ -91,7 +96,7 @@ class World:
                                  "sessionAffinity": "None", "ipFamilies": ["IPv4"],
                                  "ipFamilyPolicy": "SingleStack", "internalTrafficPolicy": "Cluster"})
         if action.kind == "Secret":
-            body["data"] = {k: "<base64>" for k in body.pop("stringData")}
+            body["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in body.pop("stringData").items()}
         if action.kind == "Pod":
             body["status"] = {"phase": "Pending"}
         return body
