@@ -53,6 +53,10 @@ DEFAULT_PARAMETERS: Mapping[str, str] = {
     # replica gives up on a silent primary as fast, so it reports a stopped receiver.
     "wal_sender_timeout": "5s",
     "wal_receiver_timeout": "5s",
+    # A replica whose primary went away (restarted in place, replaced by a promotion) tries again
+    # after 1 s, not 5: with synchronous replicas no commit is acknowledged until one is back, so
+    # this wait is most of the write gap of a postmaster restart or a switchover.
+    "wal_retrieve_retry_interval": "1s",
     "password_encryption": "scram-sha-256",
     "logging_collector": "off",  # the container runtime collects stderr
     "log_destination": "stderr",
