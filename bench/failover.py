@@ -9,7 +9,9 @@ Needs the operator running (make up). Per scenario, one 3-instance PgCluster
 in a row (each run waits until every instance streams again). Per run: the write gap over the fault
 (last acknowledged write before it to the first acknowledged write sent after it), acknowledged
 writes missing on the final primary, writes acknowledged by a deposed primary, failed attempts,
-and the time from the fault until every instance is Ready and streaming on the newest timeline.
+and the time from the fault until every instance is Ready and streaming on the newest timeline; for
+the scenarios that cut the primary off (isolation, node-*), how long after the fault the old
+primary still acknowledged a write.
 The node-* scenarios fault the primary's *node* on the three-node local cluster (`make up NODES=3`):
 the cluster then has one instance per node on node-local volumes, the writer runs on the host node
 (never faulted), and before each run the primary is switched over to an extra node if it runs on the
@@ -234,8 +236,8 @@ def fmt(v: float | None) -> str:
 
 def table(results: dict[str, list[Run]]) -> str:
     head = ["scenario", "runs", "write gap median", "write gap max", "CNPG bound", "lost acked",
-            "deposed acks", "failed attempts (median)", "all streaming again median / max",
-            "CNPG rejoin bound", "errors"]
+            "deposed acks", "old primary acked for (max)", "failed attempts (median)",
+            "all streaming again median / max", "CNPG rejoin bound", "errors"]
     rows = []
     for name, runs in results.items():
         good = [r for r in runs if not r.error]
@@ -246,6 +248,8 @@ def table(results: dict[str, list[Run]]) -> str:
             name, str(len(runs)), fmt(median(gaps)), fmt(max(gaps) if gaps else None),
             f"{CNPG_BOUNDS[bound]:.0f} s" if bound else "-",
             str(sum(r.lost for r in runs)), str(sum(r.deposed + r.foreign for r in runs)),
+            fmt(max(acked)) if (acked := [r.isolated_acked_for for r in good if r.isolated_acked_for is not None])
+            else "-",
             f"{median([float(r.failed) for r in good]):.0f}" if good else "-",
             f"{fmt(median(streams))} / {fmt(max(streams) if streams else None)}",
             f"{CNPG_BOUNDS['rejoin']:.0f} s",
