@@ -422,13 +422,21 @@ def _pending(facts: _Facts, state: _State) -> None:
 
 
 def _answered(facts: _Facts, instance: Instance, since: datetime | None) -> bool:
-    """Its agent stopped streaming on request and reported where it stopped, after `since`."""
+    """It can acknowledge no commit and said where its WAL ends, after `since`: a replica whose
+    agent stopped streaming on request, or a former primary its agent keeps stopped after a clean
+    shutdown (its pod was deleted: the agent's fast shutdown), whose end of WAL pg_control gives."""
     st = instance.status
-    return (not facts.is_fenced(instance) and facts.fresh(instance, since) and st.following == ""
-            and st.wal_receiver == STOPPED and st.role == REPLICA)
+    if facts.is_fenced(instance) or not facts.fresh(instance, since):
+        return False
+    if st.following == "" and st.wal_receiver == STOPPED and st.role == REPLICA:
+        return True
+    return st.phase == "Stopped" and st.role is None and bool(st.lsn) and bool(st.system_identifier)
 
 
-def _position(instance: Instance) -> tuple[int, int]:
+def _position(instance: Instance) -> tuple[int, int, int]:
+    """(timeline, received, replayed). The newest timeline first: WAL an old timeline has past the
+    point where a newer one forked was never acknowledged (its primary could commit no more when
+    the newer one was promoted), so it must not outrank the newer timeline."""
     st = instance.status
 
     def lsn(text: str | None) -> int:
@@ -437,7 +445,7 @@ def _position(instance: Instance) -> tuple[int, int]:
         except ValueError:
             return -1
     replay = lsn(st.replay_lsn or st.lsn)
-    return max(lsn(st.received_lsn), replay), replay
+    return st.timeline or 0, max(lsn(st.received_lsn), replay), replay
 
 
 def _cannot_write(facts: _Facts, instance: Instance | None, since: datetime | None,

@@ -271,6 +271,28 @@ def test_a_target_that_never_reports_primary_is_deposed_and_the_failover_decides
     assert spec_of(world, "orders-2")["role"] == "replica"
 
 
+def test_a_cleanly_stopped_former_primary_counts_toward_the_quorum_with_its_pg_control_position():
+    """Two quick failures: the first failed primary came back cleanly stopped (its pod's deletion
+    ran the agent's fast shutdown) and waits; with one replica answering, that makes 2 of 3."""
+    world, cluster = started()
+    world.report("orders-0", role=None, phase="Stopped", lsn="0/4800028", timeline=1, systemIdentifier="7001",
+                 heartbeat=T)
+    world.objects[("PgInstance", "orders-0")]["status"].pop("role", None)
+    answer(world, "orders-1", "0/48000A0")
+    result = step(world, cluster)
+    assert world.cluster_status["targetPrimary"] == "orders-1", result.waiting
+    assert reasons(result) == ["Promoted"]
+
+
+def test_a_newer_timeline_outranks_more_wal_on_an_older_one():
+    """WAL an old timeline has past the fork was never acknowledged: the newer timeline wins."""
+    world, cluster = started()
+    answer(world, "orders-1", "0/4000100", timeline=2)
+    answer(world, "orders-2", "0/4800000", timeline=1)
+    step(world, cluster)
+    assert world.cluster_status["targetPrimary"] == "orders-1"
+
+
 def test_equal_received_positions_go_by_replay_then_lowest_ordinal():
     world, cluster = started(4)
     answer(world, "orders-1", "0/4000000", replay="0/3000000")
