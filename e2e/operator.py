@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from e2e.harness import paths, proc
@@ -31,6 +32,9 @@ class OperatorProcess:
 
     def stop(self) -> None:
         if self.p and self.p.poll() is None:
+            # The threads' stacks into the log first: what any handler still running waits on.
+            os.kill(self.p.pid, signal.SIGUSR1)
+            time.sleep(0.2)
             os.killpg(self.p.pid, signal.SIGTERM)
             try:
                 self.p.wait(20)

@@ -26,7 +26,7 @@ What the pod gives the agent (the pod contract, pgop/kernel/podenv.py; pgop/spec
     PGOP_CLUSTER, PGOP_INSTANCE, PGOP_NAMESPACE   which PgInstance this is (required)
     PGDATA                                         the data directory; its parent is on the volume
     PGOP_SECRETS_DIR                               {superuser,replication,app}/{username,password}
-    PGOP_POD_NAME, PGOP_POD_IP, PGOP_NODE_NAME     reported in status
+    PGOP_POD_NAME, PGOP_POD_UID, PGOP_POD_IP, PGOP_NODE_NAME   reported in status
     PGOP_AGENT_PORT                                /healthz and /readyz (default 8008)
 
 and a service account that may get/list PgInstances and patch pginstances/status (specs/rbac.py).

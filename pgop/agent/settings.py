@@ -39,6 +39,7 @@ class AgentSettings:
     pgdata: Path
     secrets_dir: Path
     pod_name: str = ""
+    pod_uid: str = ""
     pod_ip: str = ""
     node_name: str = ""
     agent_port: int = AGENT_PORT
@@ -136,6 +137,7 @@ class AgentSettings:
             pgdata=Path(pod.pgdata),
             secrets_dir=Path(pod.secrets_dir),
             pod_name=pod.pod_name,
+            pod_uid=pod.pod_uid,
             pod_ip=pod.pod_ip,
             node_name=pod.node_name,
             agent_port=pod.agent_port,

@@ -53,6 +53,7 @@ def build_status(
         "walReceiver": wal_receiver(state),
         "following": following,
         "pod": settings.pod_name or None,
+        "podUID": settings.pod_uid or None,
         "podIP": settings.pod_ip or None,
         "node": settings.node_name or None,
         "pendingRestart": bool(state.pending_restart),

@@ -75,6 +75,7 @@ class PodState:
     # posts "running" a moment after the agent in it has already reported, so this is no failure
     starting: bool = False
     created: datetime | None = None
+    uid: str | None = None
 
 
 def pod_state(pod: Obj | None) -> PodState:
@@ -104,7 +105,8 @@ def pod_state(pod: Obj | None) -> PodState:
     except ValueError:
         created = None
     return PodState(exists=True, deleting=bool(meta.get("deletionTimestamp")), running=running,
-                    stopped_why=why, node=node, starting=starting, created=created)
+                    stopped_why=why, node=node, starting=starting, created=created,
+                    uid=meta.get("uid"))
 
 
 def fenced_instances(annotations: Mapping[str, str], names: Sequence[str]) -> tuple[frozenset[str] | None, str]:
@@ -139,11 +141,14 @@ class HaDecision:
     busy: bool = False  # a failover or switchover runs: no scale-down, no rolling restart
     clear_switchover: bool = False  # remove the annotation pgop.io/switchover-to
     had_data: bool = False  # the cluster was initialised once: never initdb again
+    held: frozenset[str] = frozenset()  # follow nobody whatever `follow` says (the old primary)
 
     def primary_of(self, name: str) -> str:
         """spec.primary of an instance: its own name on the target, else whom replicas follow."""
         if name == self.target_primary:
             return name
+        if name in self.held:
+            return ""
         return "" if self.follow == name else self.follow
 
 
@@ -232,8 +237,16 @@ class _State:
         target = self.target or ""
         failover = self.failover
         phase = (failover or {}).get("phase")
-        if phase in (DECIDING, PROMOTING):
+        held: frozenset[str] = frozenset()
+        if phase == DECIDING:
             follow = ""
+        elif phase == PROMOTING:
+            # The other replicas stream from the target already while it promotes (a standby
+            # serves WAL too, and its replicas follow it onto the new timeline), so the new
+            # primary has its synchronous standbys the moment it takes writes. Nobody of them is
+            # ahead of it: it was chosen as the most advanced. The old primary waits to rejoin.
+            follow = target
+            held = frozenset({str(failover.get("oldPrimary") or "")} - {""}) if failover else frozenset()
         elif phase == DEMOTING:
             follow = str(failover.get("oldPrimary") or "") if failover else ""
         else:
@@ -246,7 +259,7 @@ class _State:
         return HaDecision(target_primary=target, current_primary=self.current, follow=follow, fenced=fenced,
                           status=status, events=self.events, waiting=self.waiting,
                           busy=phase not in (None, PENDING), clear_switchover=self.clear_switchover,
-                          had_data=self.had_data)
+                          had_data=self.had_data, held=held)
 
 
 def _replace(old: Any, new: Any) -> Any:
@@ -306,6 +319,16 @@ def _steady(facts: _Facts, state: _State) -> None:
     _maybe_switchover(facts, state)
 
 
+def _replaced(instance: Instance, pod: PodState) -> bool:
+    """The pod is not the one the agent last reported from: by UID when both are known, else by
+    time (a pod made after the last heartbeat)."""
+    reported = instance.status.pod_uid
+    if reported and pod.uid:
+        return reported != pod.uid
+    beat = instance.status.last_heartbeat
+    return beat is None or pod.created is None or beat <= pod.created
+
+
 def _failure(facts: _Facts, name: str) -> str:
     """Why the (target) primary `name` cannot serve, or "" when it can (or we cannot tell yet)."""
     instance = facts.by_name.get(name)
@@ -326,11 +349,11 @@ def _failure(facts: _Facts, name: str) -> str:
         if not pod.running and not pod.starting:
             return pod.stopped_why
         if not pod.running:
-            # Starting: fine when its agent has reported since the pod was made (the kubelet
-            # posts "running" late); a pod made after the last heartbeat replaced the primary's
-            # pod, whose Postgres is gone: fail over rather than wait for it to start again.
-            beat = instance.status.last_heartbeat
-            if beat is None or pod.created is None or beat <= pod.created:
+            # Starting: fine when its agent has reported from this pod (the kubelet posts
+            # "running" late); a new pod replaced the primary's, whose Postgres is gone or going
+            # (a force-deleted pod's containers may still beat from the node for a while): fail
+            # over rather than wait for it to start again.
+            if _replaced(instance, pod):
                 return f"its pod was replaced and is starting ({pod.stopped_why})"
         # A pod being deleted gracefully: its agent shuts Postgres down with `fast`, which sends
         # the last WAL to the replicas; fail over when it is gone, not while it still streams.

@@ -18,6 +18,7 @@ from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
 from pgop.runtime.apply import apply_plan, cluster_hooks, kube, record_events, remember
+from pgop.runtime.coalesce import Coalescer
 from pgop.runtime.kube import NotFound
 from pgop.runtime.publish import PublishError
 
@@ -200,10 +201,20 @@ def instance_event(body, event, logger, **_):
     _reconcile_cluster_of(key[0], spec.get("cluster"), logger)
 
 
+# The event shortcuts coalesce per cluster: while one runs, further events only ask it for one more
+# pass (which re-reads everything), so a burst of pod and PgInstance events holds one thread per
+# cluster, not one per event, and the pool stays free for the timers and the delete handlers.
+_shortcuts = Coalescer()
+
+
 def _reconcile_cluster_of(namespace: str, cluster_name: str | None, logger) -> None:
-    if not cluster_name:
-        return
-    key = (namespace, cluster_name)
+    if cluster_name:
+        key = (namespace, cluster_name)
+        _shortcuts.run(key, lambda: _reconcile_cluster_now(key, logger))
+
+
+def _reconcile_cluster_now(key: tuple[str, str], logger) -> None:
+    cluster_name = key[1]
     cluster = kube().get("PgCluster", key[0], cluster_name)
     if cluster is None or cluster["metadata"].get("deletionTimestamp"):
         return

@@ -581,6 +581,7 @@ class InstanceStatus:
     last_heartbeat: datetime | None = None
     observed_generation: int | None = None
     pod: str | None = None
+    pod_uid: str | None = None  # the pod its agent runs in: a replaced pod has a new one
     pvc: str | None = None
     node: str | None = None
     pending_restart: bool = False
@@ -606,6 +607,7 @@ class InstanceStatus:
             last_heartbeat=parse_time(data.get("lastHeartbeat")),
             observed_generation=int(observed) if observed is not None else None,
             pod=data.get("pod"),
+            pod_uid=data.get("podUID"),
             pvc=data.get("pvc"),
             node=data.get("node"),
             pending_restart=bool(data.get("pendingRestart", False)),

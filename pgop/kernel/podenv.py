@@ -19,6 +19,8 @@ ENV_CLUSTER = "PGOP_CLUSTER"
 ENV_INSTANCE = "PGOP_INSTANCE"
 ENV_NAMESPACE = "PGOP_NAMESPACE"
 ENV_POD_NAME = "PGOP_POD_NAME"
+# Tells a pod from its namesake that replaced it (a force-deleted pod's containers may run on).
+ENV_POD_UID = "PGOP_POD_UID"
 ENV_POD_IP = "PGOP_POD_IP"
 ENV_NODE_NAME = "PGOP_NODE_NAME"
 ENV_PGDATA = "PGDATA"
@@ -52,6 +54,7 @@ _DOWNWARD = {
     ENV_INSTANCE: f"metadata.labels['{LABEL_INSTANCE}']",
     ENV_NAMESPACE: "metadata.namespace",
     ENV_POD_NAME: "metadata.name",
+    ENV_POD_UID: "metadata.uid",
     ENV_POD_IP: "status.podIP",
     ENV_NODE_NAME: "spec.nodeName",
 }
@@ -102,6 +105,7 @@ class PodEnv:
     instance: str = ""
     namespace: str = ""
     pod_name: str = ""
+    pod_uid: str = ""
     pod_ip: str = ""
     node_name: str = ""
     pgdata: str = PGDATA
@@ -117,6 +121,7 @@ class PodEnv:
         env: list[dict[str, Any]] = []
         for name, value in ((ENV_CLUSTER, self.cluster), (ENV_INSTANCE, self.instance),
                             (ENV_NAMESPACE, self.namespace), (ENV_POD_NAME, self.pod_name),
+                            (ENV_POD_UID, self.pod_uid),
                             (ENV_POD_IP, self.pod_ip), (ENV_NODE_NAME, self.node_name)):
             env.append({"name": name, "value": value} if value else
                        {"name": name, "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": _DOWNWARD[name]}}})
@@ -149,6 +154,7 @@ class PodEnv:
             instance=env.get(ENV_INSTANCE, ""),
             namespace=env.get(ENV_NAMESPACE, ""),
             pod_name=env.get(ENV_POD_NAME, ""),
+            pod_uid=env.get(ENV_POD_UID, ""),
             pod_ip=env.get(ENV_POD_IP, ""),
             node_name=env.get(ENV_NODE_NAME, ""),
             pgdata=env.get(ENV_PGDATA) or PGDATA,

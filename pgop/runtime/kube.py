@@ -54,6 +54,11 @@ RESOURCES = {
 }
 
 
+# (connect, read) seconds: a call to an API server that stopped answering fails instead of holding
+# a handler thread, and with it the cluster's reconcile lock, for ever.
+REQUEST_TIMEOUT = (5.0, 30.0)
+
+
 class NotFound(Exception):
     pass
 
@@ -74,7 +79,7 @@ class Kube:
                                  header_params={"Accept": "application/json",
                                                 "Content-Type": content_type},
                                  auth_settings=["BearerToken"], _preload_content=False,
-                                 _return_http_data_only=True)
+                                 _return_http_data_only=True, _request_timeout=REQUEST_TIMEOUT)
         raw = data.data
         return json.loads(raw) if raw else None
 

@@ -328,10 +328,13 @@ def test_replicas_do_not_manage_slots():
     assert ha.decide(wanted(role="replica", slots=frozenset()), actual).actions == ()
 
 
-def test_order_of_actions_config_then_role_then_slots():
+def test_order_of_actions_config_then_slots_then_promotion():
+    """A standby about to be promoted makes the slots first: the other replicas stream from it
+    while it promotes. It never drops one (a standby's slots are not its to manage)."""
     decision = ha.decide(wanted(settings={**SETTINGS, "work_mem": "1MB"}, slots=frozenset({"pgop_x"})),
-                         running(role="replica"))
-    assert decision.kinds() == [ha.WRITE_CONFIG, ha.RELOAD, ha.PROMOTE]
+                         running(role="replica", slots=(Slot("pgop_orders_9", False),)))
+    assert [(a.kind, a.target) for a in decision.actions] == [
+        (ha.WRITE_CONFIG, None), (ha.RELOAD, None), (ha.CREATE_SLOT, "pgop_x"), (ha.PROMOTE, None)]
 
 
 @pytest.mark.parametrize("role_wanted, role_actual, expected", [

@@ -149,6 +149,25 @@ def test_a_primary_pod_still_starting_while_its_agent_already_reports_is_no_fail
     assert reasons(result) == ["FailoverStarted"] and "replaced" in result.events[0].message
 
 
+def test_a_replaced_primary_pod_starts_a_failover_though_its_old_container_still_beats():
+    """A force-deleted pod's containers run on until the kubelet stops them, and its agent goes on
+    beating; the new pod (same name, new UID) is not yet running: the UID tells them apart."""
+    world, cluster = ha_cluster()
+    pod = world.objects[("Pod", "orders-0")]
+    pod["metadata"]["creationTimestamp"] = rfc3339(T - timedelta(seconds=1))
+    pod["status"]["phase"] = "Pending"
+    pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    world.report("orders-0", heartbeat=T, podUID="uid-of-the-deleted-pod")  # beat after the new pod was made
+    result = step(world, cluster)
+    assert reasons(result) == ["FailoverStarted"] and "replaced" in result.events[0].message
+    world, cluster = ha_cluster()  # the same pod, still starting, its agent reporting from it
+    pod = world.objects[("Pod", "orders-0")]
+    pod["status"]["phase"] = "Pending"
+    pod["status"]["containerStatuses"][0]["state"] = {"waiting": {"reason": "ContainerCreating"}}
+    world.report("orders-0", podUID=pod["metadata"]["uid"])
+    assert reasons(step(world, cluster)) == []
+
+
 def test_a_stale_heartbeat_starts_a_failover():
     world, cluster = ha_cluster()
     world.report("orders-0", heartbeat=T - timedelta(seconds=20))
@@ -238,7 +257,10 @@ def test_the_most_advanced_replica_is_promoted_not_the_lagging_one():
     assert "orders-1 received 0/4000000" in promoted.message and "orders-2 received 0/4800000" in promoted.message
     assert "may be lost" in promoted.message
     assert (spec_of(world, "orders-2")["role"], spec_of(world, "orders-2")["primary"]) == ("primary", "orders-2")
-    assert spec_of(world, "orders-1")["primary"] == ""  # not yet: the new primary is not primary yet
+    # The other replica streams from the target while it promotes (its synchronous standby at
+    # once); the old primary waits to rejoin.
+    assert spec_of(world, "orders-1")["primary"] == "orders-2"
+    assert spec_of(world, "orders-0")["primary"] == ""
     # The new primary reports: the failover is done, the replicas follow it.
     world.report("orders-2", role="primary", lsn="0/4800100", timeline=2, heartbeat=T)
     result = step(world, cluster)
