@@ -161,15 +161,21 @@ class Agent:
             self.certificates = (started, digest)
 
     def idle(self, seconds: float) -> None:
-        """Waits `seconds`, or less: until the PgInstance changes (the watch sets `wakeup`) or the
-        postmaster exits. A crashed postgres is restarted within POSTMASTER_POLL, not a heartbeat
-        interval later: a primary's restart in place is most of the write gap it causes."""
+        """Waits `seconds`, or less: until the PgInstance changes (the watch sets `wakeup`), the
+        postmaster exits, or the WAL receiver comes or goes. A crashed postgres is restarted within
+        POSTMASTER_POLL, not a heartbeat interval later: a primary's restart in place is most of
+        the write gap it causes. A receiver that ended (its primary shut down in a switchover,
+        having sent everything) is reported at once: the operator promotes the target when it
+        reads that it received the old primary's last WAL."""
         deadline = time.monotonic() + seconds
+        receiver = self.postmaster.wal_receiver_pid() if self.expect_running else None
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or self.wakeup.wait(min(left, POSTMASTER_POLL)):
                 return
             if self.expect_running and not self.postmaster.is_running():
+                return
+            if self.expect_running and self.postmaster.wal_receiver_pid() != receiver:
                 return
 
     def start_watch(self) -> None:

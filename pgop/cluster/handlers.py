@@ -195,10 +195,24 @@ def instance_event(body, event, logger, **_):
              spec.get("role"), spec.get("primary"), event.get("type"))
     if _last_seen.get(key) == state:
         return
+    before = _last_seen.get(key)
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
+    elif before is None or (before[1], before[5]) != (st.get("role"), spec.get("role")):
+        # A role reported or wanted anew: the pod's role label (what -rw and -ro select) follows
+        # now, not on the instance's next tick; a promoted primary takes writes a tick sooner.
+        _instance_shortcuts.run(key, lambda: _relabel(key, logger))
     _reconcile_cluster_of(key[0], spec.get("cluster"), logger)
+
+
+_instance_shortcuts = Coalescer()
+
+
+def _relabel(key: tuple[str, str], logger) -> None:
+    instance = kube().get("PgInstance", key[0], key[1])
+    if instance is not None and not instance["metadata"].get("deletionTimestamp"):
+        reconcile_instance(instance, logger)
 
 
 # The event shortcuts coalesce per cluster: while one runs, further events only ask it for one more
