@@ -9,6 +9,8 @@ from pathlib import Path
 
 from e2e.harness import paths, proc
 
+TEST_OPERATOR = "operator-test"  # its PID file, which `make down` reads too
+
 
 class OperatorProcess:
     def __init__(self, env: dict[str, str], log: Path):
@@ -16,13 +18,16 @@ class OperatorProcess:
         self.p: subprocess.Popen | None = None
 
     def start(self) -> None:
-        # One operator at a time: the one `make up` started would act on the same objects.
+        # One operator at a time: the one `make up` started, or one a killed test run left behind,
+        # would act on the same objects.
         proc.stop("operator")
+        proc.stop(TEST_OPERATOR)
         pgop = paths.REPO / ".venv" / "bin" / "pgop"
         out = open(self.log, "ab")
         self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces"], stdout=out,
                                   stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                   start_new_session=True)
+        proc.record(TEST_OPERATOR, self.p.pid)
 
     def kill(self) -> None:
         """SIGKILL: what a crash or a node loss does to the operator."""

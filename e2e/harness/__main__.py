@@ -95,6 +95,8 @@ def down(args) -> None:
         return
     if proc.stop("operator"):
         step("stopped operator")
+    if proc.stop("operator-test"):  # a test's own operator, left by a killed run
+        step("stopped a test's operator")
     for name in reversed(services.NAMES):
         if proc.stop(name):
             step(f"stopped {name}")

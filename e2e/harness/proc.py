@@ -65,6 +65,14 @@ def start(name: str, argv: list[str], env: dict[str, str] | None = None,
     return p.pid
 
 
+def record(name: str, pid: int) -> None:
+    """Names a process started elsewhere (a test's own operator), so `stop(name)` and `down` find
+    it even when the run that started it was killed."""
+    PIDS.mkdir(parents=True, exist_ok=True)
+    pidfile(name).write_text(str(pid))
+    (PIDS / f"{name}.start").write_text(_starttime(pid))
+
+
 def stop(name: str, timeout: float = 20.0) -> bool:
     """SIGTERM to the process group we started, SIGKILL after timeout. True if it was running."""
     pid = pid_of(name)
