@@ -244,9 +244,12 @@ class _State:
             # The other replicas stream from the target already while it promotes (a standby
             # serves WAL too, and its replicas follow it onto the new timeline), so the new
             # primary has its synchronous standbys the moment it takes writes. Nobody of them is
-            # ahead of it: it was chosen as the most advanced. The old primary waits to rejoin.
+            # ahead of it: it was chosen as the most advanced. The old primary, and any target
+            # deposed before (it may have promoted itself), wait for the failover to end to rejoin.
             follow = target
-            held = frozenset({str(failover.get("oldPrimary") or "")} - {""}) if failover else frozenset()
+            if failover:
+                held = frozenset({str(failover.get("oldPrimary") or "")}
+                                 | {str(name) for name in failover.get("deposed") or []}) - {"", target}
         elif phase == DEMOTING:
             follow = str(failover.get("oldPrimary") or "") if failover else ""
         else:

@@ -293,6 +293,30 @@ def test_a_target_that_never_reports_primary_is_deposed_and_the_failover_decides
     assert spec_of(world, "orders-2")["role"] == "replica"
 
 
+def test_while_a_second_target_promotes_the_deposed_one_and_the_old_primary_follow_nobody():
+    from pgop.cluster.failover import PROMOTION_TIMEOUT
+    world, cluster = started(instances=4)
+    for name, lsn in (("orders-1", "0/4000000"), ("orders-2", "0/4400000"), ("orders-3", "0/4800000")):
+        answer(world, name, lsn)
+    step(world, cluster)
+    assert world.cluster_status["targetPrimary"] == "orders-3"
+    assert {n: spec_of(world, n)["primary"] for n in world.instance_names()} == {
+        "orders-0": "", "orders-1": "orders-3", "orders-2": "orders-3", "orders-3": "orders-3"}
+    past = T + timedelta(seconds=PROMOTION_TIMEOUT + 5)
+    # pg_promote() never succeeded, and it no longer answers (it streams from the old primary)
+    world.report("orders-3", role="replica", heartbeat=past, phase="Promoting", following="orders-0",
+                 walReceiver="streaming")
+    step(world, cluster, at=past)  # orders-3 deposed: Deciding again, everyone stops streaming
+    assert {spec_of(world, n)["primary"] for n in ("orders-1", "orders-2")} == {""}
+    again = past + timedelta(seconds=1)
+    answer(world, "orders-1", "0/4000000", at=again)
+    answer(world, "orders-2", "0/4400000", at=again)
+    step(world, cluster, at=again)
+    assert world.cluster_status["targetPrimary"] == "orders-2"
+    assert {n: spec_of(world, n)["primary"] for n in world.instance_names()} == {
+        "orders-0": "", "orders-1": "orders-2", "orders-2": "orders-2", "orders-3": ""}
+
+
 def test_a_cleanly_stopped_former_primary_counts_toward_the_quorum_with_its_pg_control_position():
     """Two quick failures: the first failed primary came back cleanly stopped (its pod's deletion
     ran the agent's fast shutdown) and waits; with one replica answering, that makes 2 of 3."""
