@@ -363,7 +363,7 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
         plan.waiting.append("instances are being deleted: " + ", ".join(sorted(i.name for i in instances)))
         return
 
-    _plan_roles(cluster, live, plan, ha)
+    _plan_roles(cluster, live, plan, ha, _rw_elsewhere(observed, ha))
     by_name = {i.name: i for i in live}
     primary = by_name.get(ha.target_primary) if ha.current_primary == ha.target_primary else None
 
@@ -408,10 +408,25 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
         ))
 
 
-def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecision) -> None:
+def _rw_elsewhere(observed: ObservedCluster, ha: HaDecision) -> list[str]:
+    """Instances other than the one the replicas should follow whose pod still carries the
+    `primary` role label: -rw may still route there (replicas connect through it)."""
+    if not ha.follow or observed.pods is None:
+        return []
+    return sorted(name for name, pod in (_by_instance(observed.pods) or {}).items()
+                  if name != ha.follow and ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ROLE) == PRIMARY)
+
+
+def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecision,
+                rw_elsewhere: Sequence[str] = ()) -> None:
     """spec.role, spec.primary, spec.fenced and spec.bootstrap of every instance, as decided by
     pgop.cluster.failover: the instance becoming primary first, then the one stepping down, then
-    the rest."""
+    the rest. A replica is not pointed at a new primary while another instance's pod still has the
+    `primary` label: through -rw it could reach the old primary and let it acknowledge commits
+    again (the instance planner moves that label; the next pass points them)."""
+    if rw_elsewhere:
+        plan.waiting.append(f"the replicas follow {ha.follow} once the pod of {', '.join(rw_elsewhere)} "
+                            "has left -rw (its role label)")
     def order(instance: Instance) -> tuple[int, int]:
         if instance.name == ha.target_primary:
             return 0, instance.ordinal
@@ -420,7 +435,10 @@ def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecisi
     for instance in sorted(live, key=order):
         raw = instance.raw_spec
         role = PRIMARY if instance.name == ha.target_primary else REPLICA
-        desired: dict[str, Any] = {"role": role, "primary": ha.primary_of(instance.name)}
+        follows = ha.primary_of(instance.name)
+        if rw_elsewhere and follows and follows != instance.name and follows != raw.get("primary", ""):
+            follows = raw.get("primary", "") or ""  # not pointed anywhere new yet
+        desired: dict[str, Any] = {"role": role, "primary": follows}
         if ha.fenced is not None:
             desired["fenced"] = instance.name in ha.fenced
         if ha.had_data and raw.get("bootstrap") != BASEBACKUP:
