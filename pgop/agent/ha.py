@@ -178,10 +178,10 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
         actions.append(Action(RESTART, "pg_settings.pending_restart for " + _names(actual.state.pending_restart)))
 
     if wanted.role == PRIMARY and actual.state.role == REPLICA and wanted.slots is not None:
-        # Before the promotion: the other replicas already stream from this standby through
-        # their slots while it promotes (pgop.cluster.failover, phase Promoting).
+        # Before the promotion (a standby may hold physical slots): the replicas pointed at it
+        # once it is primary find their slots at their first connection.
         create, _ = slot_changes(wanted.slots, actual.state.slots)
-        actions += [Action(CREATE_SLOT, "an instance of the cluster streams from it once it is promoted", name)
+        actions += [Action(CREATE_SLOT, "an instance of the cluster will stream from it once it is promoted", name)
                     for name in create]
 
     actions += role_actions(wanted.role, actual.state.role)

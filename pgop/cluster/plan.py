@@ -414,7 +414,7 @@ def _rw_elsewhere(observed: ObservedCluster, ha: HaDecision) -> list[str]:
     if not ha.follow or observed.pods is None:
         return []
     return sorted(name for name, pod in (_by_instance(observed.pods) or {}).items()
-                  if name != ha.follow and ((pod.get("metadata") or {}).get("labels") or {}).get(LABEL_ROLE) == PRIMARY)
+                  if name != ha.follow and (_meta(pod).get("labels") or {}).get(LABEL_ROLE) == PRIMARY)
 
 
 def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecision,
@@ -437,7 +437,7 @@ def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecisi
         role = PRIMARY if instance.name == ha.target_primary else REPLICA
         follows = ha.primary_of(instance.name)
         if rw_elsewhere and follows and follows != instance.name and follows != raw.get("primary", ""):
-            follows = raw.get("primary", "") or ""  # not pointed anywhere new yet
+            follows = raw.get("primary", "")  # not pointed anywhere new yet
         desired: dict[str, Any] = {"role": role, "primary": follows}
         if ha.fenced is not None:
             desired["fenced"] = instance.name in ha.fenced
