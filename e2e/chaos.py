@@ -202,17 +202,19 @@ class ChaosCluster:
             sysid = self.system_identifier(primary)
             rows = self.psql(primary, "select application_name, state from pg_stat_replication")
             streaming = {r.split("|")[0] for r in rows.splitlines() if r.endswith("|streaming")}
+            primary_ip = self.pod(primary)["status"].get("podIP")
             for name in names:
                 if name == primary:
                     continue
                 if name not in streaming:
                     problems.append(f"{name} not streaming from {primary} (pg_stat_replication: {rows!r})")
-                rec = self.psql(name, "select status, received_tli from pg_stat_wal_receiver")
-                if rec != f"streaming|{tl}":
-                    problems.append(f"{name}: WAL receiver {rec!r}, expected streaming on timeline {tl}")
+                # straight from the primary's pod, not through the -rw Service
+                rec = self.psql(name, "select status, received_tli, sender_host from pg_stat_wal_receiver")
+                if rec != f"streaming|{tl}|{primary_ip}":
+                    problems.append(f"{name}: WAL receiver {rec!r}, expected streaming on timeline {tl} "
+                                    f"from {primary_ip}")
                 if self.system_identifier(name) != sysid:
                     problems.append(f"{name} is on another system identifier than {primary}")
-            primary_ip = self.pod(primary)["status"].get("podIP")
             endpoints = self.rw_endpoints()
             if endpoints != [primary_ip]:
                 problems.append(f"{self.name}-rw endpoints {endpoints}, expected only {primary} ({primary_ip})")

@@ -81,12 +81,12 @@ def _switch_wal_on_primary(settings, passfile: Path) -> None:
     from psycopg.conninfo import make_conninfo
 
     from pgop.agent import credentials
-    tls = settings.client_options()
+    tls = settings.client_options(settings.rw_host)
     # With TLS the replication role by certificate (granted pg_switch_wal): the superuser has no
     # network login then.
     user = pgconfig.REPLICATION_USER if tls else \
         credentials.read_credentials(settings.secrets_dir, credentials.SUPERUSER).username
-    with psycopg.connect(make_conninfo("", **tls), host=settings.replication_host, port=settings.primary_port,
+    with psycopg.connect(make_conninfo("", **tls), host=settings.rw_host, port=settings.primary_port,
                          user=user, dbname="postgres", passfile=str(passfile), connect_timeout=10,
                          autocommit=True) as conn:
         conn.execute("SELECT pg_switch_wal()")
@@ -116,14 +116,14 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
     credentials.write_private(settings.passfile, credentials.pgpass_text(entries))
     # `host` is the instance's pod IP, which no certificate names: the server is checked against
     # the cluster's CA only (verify-ca).
-    tls = settings.client_options(check_hostname=False)
+    tls = settings.client_options(host)
     with psycopg.connect(make_conninfo("", **tls), host=host, port=settings.pg_port, user=replication.username,
                          dbname="postgres", passfile=str(settings.passfile), connect_timeout=10) as conn:
         standby = one_row(conn, "SELECT pg_is_in_recovery()")[0]
     source = basebackup.Source(host=host, port=settings.pg_port, user=replication.username,
                                bindir=settings.bindir, env={"PGPASSFILE": str(settings.passfile),
                                                             "PGAPPNAME": f"pgop-backup-{name}"[:63],
-                                                            **settings.client_env(check_hostname=False)})
+                                                            **settings.client_env(host)})
     before_wait = (lambda: _switch_wal_on_primary(settings, settings.passfile)) if standby else None
     log.info("base backup %s of %s (%s) to s3://%s/%s", name, host, "replica" if standby else "primary",
              s3.bucket, layout.root)

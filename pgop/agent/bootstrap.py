@@ -180,13 +180,14 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
     replication = credentials.read_credentials(settings.secrets_dir, credentials.REPLICATION)
     write_passfile(settings, runner)
     slot = pgconfig.slot_name(settings.instance)
+    host = settings.source_host(spec)
     create_slot = True
     last_error: Exception | None = None
     for attempt in range(1, attempts + 1):
         empty_data_directory(settings, runner)
         argv = [
             settings.binary("pg_basebackup"), "-D", str(settings.pgdata),
-            "-h", settings.replication_host, "-p", str(settings.primary_port),
+            "-h", host, "-p", str(settings.primary_port),
             "-U", replication.username, "--no-password",
             "-X", "stream", "--checkpoint=fast", "-S", slot,
         ]
@@ -195,7 +196,7 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
         try:
             runner.run(argv, env={"PGPASSFILE": str(settings.passfile),
                                   "PGAPPNAME": f"{settings.instance}-basebackup",
-                                  "PGCONNECT_TIMEOUT": "10", **settings.client_env()}, timeout=3600)
+                                  "PGCONNECT_TIMEOUT": "10", **settings.client_env(host)}, timeout=3600)
             break
         except CommandError as error:
             last_error = error
@@ -208,7 +209,7 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
             time.sleep(retry_delay * attempt)
     else:
         empty_data_directory(settings, runner)
-        raise BootstrapError(f"pg_basebackup from {settings.replication_host}:{settings.primary_port} "
+        raise BootstrapError(f"pg_basebackup from {host}:{settings.primary_port} "
                              f"failed {attempts} times: {last_error}")
 
     files = config.ConfigFiles(settings.pgdata)

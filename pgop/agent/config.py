@@ -52,7 +52,7 @@ def desired_settings(
     source = None
     if replica and streaming:
         source = pgconfig.ReplicationSource(
-            host=settings.replication_host,
+            host=settings.source_host(spec),
             port=settings.primary_port,
             application_name=settings.instance,
             slot_name=pgconfig.slot_name(settings.instance),

@@ -37,13 +37,13 @@ class Outcome:
     seconds: float = 0.0
 
 
-def source_conninfo(settings: AgentSettings) -> str:
-    """libpq conninfo of the primary behind the replication host, for pg_rewind (it reads files of
+def source_conninfo(settings: AgentSettings, host: str) -> str:
+    """libpq conninfo of the primary at `host` (AgentSettings.source_host), for pg_rewind (it reads files of
     the source) and the probe before it. With TLS: as the replication role, by certificate (it has
     the grants pg_rewind needs; the superuser has no network login); without: as the superuser,
     the password from the agent's passfile."""
-    tls = settings.client_options()
-    fields = {"host": settings.replication_host, "port": str(settings.primary_port),
+    tls = settings.client_options(host)
+    fields = {"host": host, "port": str(settings.primary_port),
               "user": pgconfig.REPLICATION_USER if tls else pgconfig.SUPERUSER, "dbname": "postgres",
               "passfile": str(settings.passfile), "connect_timeout": "5",
               "application_name": f"{settings.instance}-rewind", **tls}
@@ -54,12 +54,12 @@ def _quoted(value: str) -> str:
     return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
-def probe_source(settings: AgentSettings) -> ha.Source:
-    """The primary behind the replication host. Right after a promotion its pg_control still names
+def probe_source(settings: AgentSettings, host: str) -> ha.Source:
+    """The primary at `host`. Right after a promotion its pg_control still names
     the old timeline until the first checkpoint, and pg_rewind (before PostgreSQL 16) reads the
     timeline from there and finds "no rewind required": so a checkpoint first, in that case."""
     try:
-        with psycopg.connect(source_conninfo(settings), autocommit=True) as conn:
+        with psycopg.connect(source_conninfo(settings, host), autocommit=True) as conn:
             row = conn.execute(
                 "SELECT pg_is_in_recovery(), (SELECT system_identifier::text FROM pg_control_system()),"
                 " (SELECT timeline_id FROM pg_control_checkpoint()),"
@@ -115,10 +115,10 @@ def stopped_position(settings: AgentSettings, runner: Runner) -> tuple[str, int,
         return None
 
 
-def rewind(settings: AgentSettings, runner: Runner) -> str:
+def rewind(settings: AgentSettings, runner: Runner, host: str) -> str:
     """pg_rewind's output (it says "no rewind required" when the histories did not diverge)."""
     done = runner.run([settings.binary("pg_rewind"), f"--target-pgdata={settings.pgdata}",
-                f"--source-server={source_conninfo(settings)}", "--progress"],
+                f"--source-server={source_conninfo(settings, host)}", "--progress"],
                env={"PGPASSFILE": str(settings.passfile), "LC_ALL": "C"}, timeout=3600)
     return (done.stdout or "") + (done.stderr or "")
 
@@ -143,7 +143,8 @@ def rejoin(settings: AgentSettings, runner: Runner, spec: InstanceSpec, wanted_s
     """Postgres must be stopped. Rewinds (or clones) this data directory into a replica."""
     started = time.monotonic()
     bootstrap.write_passfile(settings, runner)
-    source = probe_source(settings)
+    host = settings.source_host(spec)
+    source = probe_source(settings, host)
     marker = rewind_failed_marker(settings)
     mine = None if marker.exists() else local_system_identifier(settings, runner)
     step, why = ha.rejoin_step(mine, source)
@@ -152,10 +153,10 @@ def rejoin(settings: AgentSettings, runner: Runner, spec: InstanceSpec, wanted_s
     if marker.exists():
         failed = marker.read_text().strip() or "pg_rewind failed before"
     else:
-        log.info("rejoining: pg_rewind from %s:%s (primary on timeline %s)", settings.replication_host,
+        log.info("rejoining: pg_rewind from %s:%s (primary on timeline %s)", host,
                  settings.primary_port, source.timeline)
         try:
-            output = rewind(settings, runner)
+            output = rewind(settings, runner, host)
             become_replica(settings, runner, wanted_settings, hba)
             verdict = "no rewind was required" if "no rewind required" in output else "rewound"
             return Outcome(True, REWOUND, f"pg_rewind from the primary (timeline {source.timeline}): {verdict}, "
@@ -165,7 +166,7 @@ def rejoin(settings: AgentSettings, runner: Runner, spec: InstanceSpec, wanted_s
             failed = _first_line(str(error))
             log.error("pg_rewind failed (%s); the volume is emptied and the primary cloned", failed)
             marker.write_text(failed + "\n")
-        if not probe_source(settings).reachable:
+        if not probe_source(settings, host).reachable:
             return Outcome(False, None, f"pg_rewind failed ({failed}) and the primary answers no more; "
                                         "cloning it once it answers")
     try:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pgop.kernel import names, pgconfig
+from pgop.kernel.model import InstanceSpec
 from pgop.kernel.podenv import AGENT_PORT, REQUIRED_BY_AGENT, PodEnv, PodEnvError
 
 DEFAULT_INTERVAL = 2.0
@@ -49,7 +50,7 @@ class AgentSettings:
     socket_dir: Path = Path(pgconfig.SOCKET_DIRECTORY)
     listen_addresses: str = "*"
     connect_host: str = ""  # how the agent reaches its own Postgres; default: the socket directory
-    primary_host: str = ""  # where a replica clones and streams from; default: the -rw Service
+    primary_host: str = ""  # where a replica clones and streams from, for all (a test machine's); see source_host
     primary_port: int = pgconfig.POSTGRES_PORT
     run_dir: Path | None = None  # writable, not on the volume: the passfile lives here
     interval: float = DEFAULT_INTERVAL
@@ -67,26 +68,30 @@ class AgentSettings:
     def tls(self) -> pgconfig.TlsFiles | None:
         return pgconfig.TlsFiles(str(self.tls_dir)) if self.tls_dir is not None else None
 
-    def client_options(self, check_hostname: bool = True) -> dict[str, str]:
-        """libpq options of the agent's network connections to other instances: with TLS, as the
-        replication role by certificate, the server checked against the cluster's CA and (unless
-        connecting by IP) its name; without TLS, nothing."""
+    def client_options(self, host: str) -> dict[str, str]:
+        """libpq options of the agent's network connections to another instance at `host`: with
+        TLS, as the replication role by certificate, the server checked against the cluster's CA
+        and (unless `host` is an IP address) its name; without TLS, nothing."""
         tls = self.tls
-        if tls is None:
-            return {}
-        options = tls.client_options()
-        if not check_hostname:
-            options["sslmode"] = "verify-ca"
-        return options
+        return {} if tls is None else tls.client_options(host)
 
-    def client_env(self, check_hostname: bool = True) -> dict[str, str]:
+    def client_env(self, host: str) -> dict[str, str]:
         """The same, as libpq environment variables, for pg_basebackup."""
         env = {"sslmode": "PGSSLMODE", "sslrootcert": "PGSSLROOTCERT", "sslcert": "PGSSLCERT", "sslkey": "PGSSLKEY"}
-        return {env[key]: value for key, value in self.client_options(check_hostname).items()}
+        return {env[key]: value for key, value in self.client_options(host).items()}
 
     @property
-    def replication_host(self) -> str:
+    def rw_host(self) -> str:
+        """The -rw Service: whichever instance carries the primary label (for pg_switch_wal)."""
         return self.primary_host or f"{names.rw_service(self.cluster)}.{self.namespace}.svc"
+
+    def source_host(self, spec: InstanceSpec) -> str:
+        """Where this replica clones, streams and rewinds from: the instance it follows, at the
+        pod IP the operator wrote into spec.primaryHost. Never through -rw while that is known: a
+        Service may still route to a deposed primary (kube-proxy and conntrack lag behind the
+        label), which could then acknowledge commits again. The -rw Service only for a spec written
+        before spec.primaryHost existed, or while the followed pod has no IP."""
+        return self.primary_host or spec.primary_host or self.rw_host
 
     @property
     def runtime_dir(self) -> Path:

@@ -141,11 +141,14 @@ class HaDecision:
     busy: bool = False  # a failover or switchover runs: no scale-down, no rolling restart
     clear_switchover: bool = False  # remove the annotation pgop.io/switchover-to
     had_data: bool = False  # the cluster was initialised once: never initdb again
+    held: frozenset[str] = frozenset()  # follow nobody whatever `follow` says (the old primary)
 
     def primary_of(self, name: str) -> str:
         """spec.primary of an instance: its own name on the target, else whom replicas follow."""
         if name == self.target_primary:
             return name
+        if name in self.held:
+            return ""
         return "" if self.follow == name else self.follow
 
 
@@ -234,12 +237,21 @@ class _State:
         target = self.target or ""
         failover = self.failover
         phase = (failover or {}).get("phase")
-        if phase in (DECIDING, PROMOTING):
-            # Not even the target while it promotes: replicas reach their primary through the -rw
-            # Service, which may still route to the old primary (its pod's label, the endpoints,
-            # every node's kube-proxy follow a moment later); a replica streaming from it again
-            # would let it acknowledge commits the new primary never gets.
+        held: frozenset[str] = frozenset()
+        if phase == DECIDING:
             follow = ""
+        elif phase == PROMOTING:
+            # The other replicas stream from the target already while it promotes (a standby
+            # serves WAL too, and its replicas follow it onto the new timeline), so the new
+            # primary has its synchronous standbys the moment it takes writes. They reach it at
+            # its pod IP (spec.primaryHost), never through -rw, which may still route to the old
+            # primary. Nobody of them is
+            # ahead of it: it was chosen as the most advanced. The old primary, and any target
+            # deposed before (it may have promoted itself), wait for the failover to end to rejoin.
+            follow = target
+            if failover:
+                held = frozenset({str(failover.get("oldPrimary") or "")}
+                                 | {str(name) for name in failover.get("deposed") or []}) - {"", target}
         elif phase == DEMOTING:
             follow = str(failover.get("oldPrimary") or "") if failover else ""
         else:
@@ -252,7 +264,7 @@ class _State:
         return HaDecision(target_primary=target, current_primary=self.current, follow=follow, fenced=fenced,
                           status=status, events=self.events, waiting=self.waiting,
                           busy=phase not in (None, PENDING), clear_switchover=self.clear_switchover,
-                          had_data=self.had_data)
+                          had_data=self.had_data, held=held)
 
 
 def _replace(old: Any, new: Any) -> Any:

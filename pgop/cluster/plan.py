@@ -363,7 +363,8 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
         plan.waiting.append("instances are being deleted: " + ", ".join(sorted(i.name for i in instances)))
         return
 
-    _plan_roles(cluster, live, plan, ha, _rw_elsewhere(observed, ha))
+    pod_ips = _pod_ips(observed)
+    _plan_roles(cluster, live, plan, ha, pod_ips, _rw_elsewhere(observed, ha, pod_ips))
     by_name = {i.name: i for i in live}
     primary = by_name.get(ha.target_primary) if ha.current_primary == ha.target_primary else None
 
@@ -380,6 +381,7 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
             for ordinal in range(highest + 1, highest + 1 + missing):
                 name = instance_name(cluster.name, ordinal)
                 _create(plan, build_instance(cluster, ordinal, REPLICA, "basebackup", primary=ha.follow,
+                                             primary_host=pod_ips.get(ha.follow, ""),
                                              fenced=ha.fenced is not None and name in ha.fenced),
                         f"{wanted} instance(s) wanted: replica cloned from {primary.name} by pg_basebackup")
 
@@ -408,22 +410,31 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
         ))
 
 
-def _rw_elsewhere(observed: ObservedCluster, ha: HaDecision) -> list[str]:
-    """Instances other than the one the replicas should follow whose pod still carries the
-    `primary` role label: -rw may still route there (replicas connect through it)."""
-    if not ha.follow or observed.pods is None:
+def _pod_ips(observed: ObservedCluster) -> dict[str, str]:
+    """The pod IP of each instance's Postgres pod that has one: where replicas stream from."""
+    return {name: ip for name, pod in (_by_instance(observed.pods) or {}).items()
+            if (ip := str((pod.get("status") or {}).get("podIP") or ""))}
+
+
+def _rw_elsewhere(observed: ObservedCluster, ha: HaDecision, pod_ips: Mapping[str, str]) -> list[str]:
+    """While the pod of the instance the replicas should follow has no IP yet, they would connect
+    through -rw: the instances other than that one whose pod still carries the `primary` role
+    label, where -rw may still route."""
+    if not ha.follow or observed.pods is None or ha.follow in pod_ips:
         return []
     return sorted(name for name, pod in (_by_instance(observed.pods) or {}).items()
                   if name != ha.follow and (_meta(pod).get("labels") or {}).get(LABEL_ROLE) == PRIMARY)
 
 
 def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecision,
-                rw_elsewhere: Sequence[str] = ()) -> None:
-    """spec.role, spec.primary, spec.fenced and spec.bootstrap of every instance, as decided by
-    pgop.cluster.failover: the instance becoming primary first, then the one stepping down, then
-    the rest. A replica is not pointed at a new primary while another instance's pod still has the
-    `primary` label: through -rw it could reach the old primary and let it acknowledge commits
-    again (the instance planner moves that label; the next pass points them)."""
+                pod_ips: Mapping[str, str], rw_elsewhere: Sequence[str] = ()) -> None:
+    """spec.role, spec.primary, spec.primaryHost, spec.fenced and spec.bootstrap of every
+    instance, as decided by pgop.cluster.failover: the instance becoming primary first, then the
+    one stepping down, then the rest. A replica streams from the pod IP of the instance it follows
+    (spec.primaryHost), never through -rw, which may still route to a deposed primary. Only while
+    that pod has no IP is a replica left on -rw, and then not pointed at a new primary while
+    another instance's pod still has the `primary` label (the instance planner moves that label;
+    the next pass points them)."""
     if rw_elsewhere:
         plan.waiting.append(f"the replicas follow {ha.follow} once the pod of {', '.join(rw_elsewhere)} "
                             "has left -rw (its role label)")
@@ -438,12 +449,16 @@ def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecisi
         follows = ha.primary_of(instance.name)
         if rw_elsewhere and follows and follows != instance.name and follows != raw.get("primary", ""):
             follows = raw.get("primary", "")  # not pointed anywhere new yet
-        desired: dict[str, Any] = {"role": role, "primary": follows}
+        host = ""
+        if follows and follows != instance.name:
+            # the last address known while the followed pod has none (recreated, not yet running)
+            host = pod_ips.get(follows) or (raw.get("primaryHost") or "" if raw.get("primary") == follows else "")
+        desired: dict[str, Any] = {"role": role, "primary": follows, "primaryHost": host}
         if ha.fenced is not None:
             desired["fenced"] = instance.name in ha.fenced
         if ha.had_data and raw.get("bootstrap") != BASEBACKUP:
             desired["bootstrap"] = BASEBACKUP
-        current = {key: raw.get(key, "" if key == "primary" else None) for key in desired}
+        current = {key: raw.get(key, "" if key in ("primary", "primaryHost") else None) for key in desired}
         if current.get("fenced") is None and "fenced" in desired:
             current["fenced"] = False
         patch = {key: value for key, value in desired.items() if current.get(key) != value}
@@ -459,6 +474,8 @@ def _plan_roles(cluster: Cluster, live: list[Instance], plan: Plan, ha: HaDecisi
             follows = patch["primary"]
             reasons.append("stop streaming: a failover decides who is primary" if follows == ""
                            else "is the primary" if follows == instance.name else f"follow {follows}")
+        if "primaryHost" in patch and "primary" not in patch and follows:
+            reasons.append(f"{follows} is at {patch['primaryHost'] or 'no pod IP'} now")
         if "fenced" in patch:
             reasons.append("fenced: Postgres stops, the pod stays" if patch["fenced"] else "unfenced: Postgres starts")
             plan.event(WARNING if patch["fenced"] else NORMAL, "Fenced" if patch["fenced"] else "Unfenced",

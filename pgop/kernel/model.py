@@ -519,6 +519,7 @@ class InstanceSpec:
     bootstrap: str
     fenced: bool = False
     primary: str = ""  # the instance a replica follows ("" while a failover decides); see docs/high-availability.md
+    primary_host: str = ""  # the pod IP of that instance, where the replica streams from
     # What the cluster controller hands down, so each instance can be rolled on its own turn.
     image: str = DEFAULT_IMAGE
     postgres_version: int = DEFAULT_IMAGE_POSTGRES_VERSION
@@ -547,6 +548,7 @@ class InstanceSpec:
             bootstrap=data.get("bootstrap", BASEBACKUP),
             fenced=bool(data.get("fenced", False)),
             primary=data.get("primary") or "",
+            primary_host=data.get("primaryHost") or "",
             image=data.get("image") or DEFAULT_IMAGE,
             postgres_version=int(data.get("postgresVersion", DEFAULT_IMAGE_POSTGRES_VERSION)),
             storage=StorageSpec.from_dict(data.get("storage") or {"size": "1Gi"}),

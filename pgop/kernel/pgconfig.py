@@ -6,6 +6,7 @@ archiving, recovery, TLS files); users tune everything else through spec.paramet
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -171,11 +172,22 @@ class TlsFiles:
     def client_key(self) -> str:
         return f"{self.directory}/replication.key"
 
-    def client_options(self) -> dict[str, str]:
-        """libpq options of a connection as the replication role: TLS, the server's name checked
-        against the cluster's CA, and the role's certificate instead of a password."""
-        return {"sslmode": "verify-full", "sslrootcert": self.ca, "sslcert": self.client_cert,
-                "sslkey": self.client_key}
+    def client_options(self, host: str = "") -> dict[str, str]:
+        """libpq options of a connection as the replication role: TLS, the server checked against
+        the cluster's CA, and the role's certificate instead of a password. The server's name is
+        checked too (verify-full) unless `host` is an IP address, which no certificate of the
+        cluster names (an instance's pod IP): then the CA alone (verify-ca), which only the
+        cluster's own instances hold a certificate of."""
+        return {"sslmode": "verify-ca" if is_ip_address(host) else "verify-full", "sslrootcert": self.ca,
+                "sslcert": self.client_cert, "sslkey": self.client_key}
+
+
+def is_ip_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -207,7 +219,7 @@ def primary_conninfo(source: ReplicationSource) -> str:
         "sslmode": "prefer",
     }
     if source.tls is not None:
-        fields.update(source.tls.client_options())
+        fields.update(source.tls.client_options(source.host))
     return " ".join(f"{key}={_conninfo_value(value)}" for key, value in fields.items())
 
 

@@ -71,10 +71,11 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
 
 
 def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode,
-                  recovery: RecoverySpec | None = None, *, primary: str = "",
+                  recovery: RecoverySpec | None = None, *, primary: str = "", primary_host: str = "",
                   fenced: bool = False) -> dict[str, Any]:
     """`recovery`: spec.bootstrap.recovery with the source's S3 location filled in (the cluster
-    controller looks it up), for the instance that restores."""
+    controller looks it up), for the instance that restores. `primary_host`: the pod IP of
+    `primary`, where a replica clones and streams from."""
     spec: dict[str, Any] = {
         "cluster": cluster.name,
         "ordinal": ordinal,
@@ -82,6 +83,7 @@ def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootstr
         "bootstrap": bootstrap,
         "fenced": fenced,
         "primary": primary,
+        **({"primaryHost": primary_host} if primary_host else {}),
         "postgresVersion": cluster.spec.postgres_version,
     }
     spec.update(managed_instance_spec(cluster))
@@ -95,7 +97,7 @@ def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootstr
 
 
 def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode,
-                   recovery: RecoverySpec | None = None, *, primary: str = "",
+                   recovery: RecoverySpec | None = None, *, primary: str = "", primary_host: str = "",
                    fenced: bool = False) -> dict[str, Any]:
     name = instance_name(cluster.name, ordinal)
     labels = cluster_labels(cluster.name) | {LABEL_INSTANCE: name}
@@ -104,5 +106,6 @@ def build_instance(cluster: Cluster, ordinal: int, role: Role, bootstrap: Bootst
         "kind": KIND,
         "metadata": object_meta(name, cluster.namespace, labels,
                                 owner=owner_reference("PgCluster", cluster.name, cluster.uid)),
-        "spec": instance_spec(cluster, ordinal, role, bootstrap, recovery, primary=primary, fenced=fenced),
+        "spec": instance_spec(cluster, ordinal, role, bootstrap, recovery, primary=primary,
+                              primary_host=primary_host, fenced=fenced),
     }

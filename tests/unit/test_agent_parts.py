@@ -47,7 +47,12 @@ def test_settings_from_the_pod_environment_have_the_pod_defaults():
     assert s.pg_port == 5432 and s.agent_port == 8008 and s.interval == 2.0 and s.isolation_timeout == 10.0
     assert s.socket_dir == Path(pgconfig.SOCKET_DIRECTORY)
     assert s.local_host == pgconfig.SOCKET_DIRECTORY  # peer authentication over the socket
-    assert s.replication_host == "orders-rw.shop.svc"
+    assert s.rw_host == "orders-rw.shop.svc"
+    # a replica streams from the pod IP of the instance it follows; -rw only for a spec without one
+    spec = InstanceSpec.from_dict({"cluster": "orders", "ordinal": 1, "role": "replica", "primary": "orders-2",
+                                   "primaryHost": "10.244.0.12"})
+    assert s.source_host(spec) == "10.244.0.12"
+    assert s.source_host(InstanceSpec.from_dict({"cluster": "orders", "primary": "orders-2"})) == "orders-rw.shop.svc"
     assert s.passfile == Path(pgconfig.SOCKET_DIRECTORY) / "pgpass"
     assert s.bootstrap_marker == Path("/var/lib/postgresql/data/.pgdata.pgop-bootstrap")
     assert s.bindir == "/usr/lib/postgresql/15/bin" and s.run_as is None
@@ -57,8 +62,9 @@ def test_settings_overrides_for_a_machine_running_several_instances():
     s = settings(PGOP_PG_PORT=6000, PGOP_CONNECT_HOST="127.0.0.1", PGOP_PRIMARY_HOST="10.1.1.1",
                  PGOP_PRIMARY_PORT=6001, PGOP_HEARTBEAT_INTERVAL="0.5", PGOP_RUN_DIR="/run/x",
                  PGOP_ISOLATION_TIMEOUT="4.5")
-    assert (s.pg_port, s.local_host, s.replication_host, s.primary_port, s.interval, s.isolation_timeout) == (
+    assert (s.pg_port, s.local_host, s.rw_host, s.primary_port, s.interval, s.isolation_timeout) == (
         6000, "127.0.0.1", "10.1.1.1", 6001, 0.5, 4.5)
+    assert s.source_host(InstanceSpec.from_dict({"primaryHost": "10.244.0.12"})) == "10.1.1.1"
     assert s.passfile == Path("/run/x/pgpass")
 
 

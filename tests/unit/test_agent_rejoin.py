@@ -11,7 +11,8 @@ from pgop.agent.commands import CommandError
 from pgop.agent.settings import AgentSettings
 from pgop.kernel.model import InstanceSpec
 
-SPEC = InstanceSpec(cluster="orders", ordinal=0, role="replica", bootstrap="basebackup")
+SPEC = InstanceSpec(cluster="orders", ordinal=0, role="replica", bootstrap="basebackup", primary="orders-1",
+                    primary_host="10.244.0.11")
 
 
 @pytest.fixture
@@ -22,11 +23,13 @@ def world(tmp_path, monkeypatch):
     calls: list[str] = []
     state = {"sources": [], "rewind": "ok", "clone": "ok"}
 
-    def probe(_settings):
+    def probe(_settings, host):
+        assert host == SPEC.primary_host  # the followed instance's pod, never -rw
         calls.append("probe")
         return state["sources"].pop(0) if state["sources"] else ha.Source(True, False, "7", 2)
 
-    def rewind(_settings, _runner):
+    def rewind(_settings, _runner, host):
+        assert host == SPEC.primary_host
         calls.append("rewind")
         if state["rewind"] != "ok":
             raise CommandError(["pg_rewind"], 1, state["rewind"])
@@ -93,9 +96,9 @@ def test_another_database_is_never_rewound_or_cloned_over(world):
     assert not outcome.done and "another database" in outcome.message and calls == ["probe"]
 
 
-def test_source_conninfo_names_the_rw_service_as_superuser():
+def test_source_conninfo_names_the_followed_host_as_superuser_without_tls():
     settings = AgentSettings(cluster="orders", instance="orders-0", namespace="shop", pgdata=Path("/d/pgdata"),
                              secrets_dir=Path("/s"))
-    conninfo = rejoin.source_conninfo(settings)
-    assert "host='orders-rw.shop.svc'" in conninfo and "user='postgres'" in conninfo
+    conninfo = rejoin.source_conninfo(settings, "10.244.0.12")
+    assert "host='10.244.0.12'" in conninfo and "user='postgres'" in conninfo
     assert "passfile='/var/run/postgresql/pgpass'" in conninfo and "password" not in conninfo.replace("passfile", "")

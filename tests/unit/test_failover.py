@@ -25,7 +25,8 @@ def with_pods(world: World) -> None:
         world.objects[("Pod", name)] = {
             "kind": "Pod", "metadata": {"name": name, "labels": labels, "uid": f"pod-{name}"},
             "spec": {"nodeName": "node-1"},
-            "status": {"phase": "Running", "containerStatuses": [{"name": "postgres", "state": {"running": {}}}]}}
+            "status": {"phase": "Running", "podIP": f"10.244.0.{10 + int(name.rsplit('-', 1)[1])}",
+                       "containerStatuses": [{"name": "postgres", "state": {"running": {}}}]}}
         world.objects[("PersistentVolumeClaim", name)] = {
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "labels": labels, "annotations": {"pgop.io/initialized": "initdb"}}}
@@ -34,13 +35,14 @@ def with_pods(world: World) -> None:
 def ha_cluster(instances=3, **spec):
     world, cluster = running_cluster(instances, **spec)
     with_pods(world)
-    for name in world.instance_names():
-        if name == "orders-0":
-            world.report(name, lsn="0/5000000", systemIdentifier="7001")
-        else:
-            world.report(name, lsn="0/4000000", receivedLSN="0/4000000", replayLSN="0/4000000",
-                         walReceiver="streaming", following="orders-0", systemIdentifier="7001")
-    step(world, cluster)
+    for _ in range(2):  # the first pass hands down the pod IPs (spec.primaryHost): the agents apply them
+        for name in world.instance_names():
+            if name == "orders-0":
+                world.report(name, lsn="0/5000000", systemIdentifier="7001")
+            else:
+                world.report(name, lsn="0/4000000", receivedLSN="0/4000000", replayLSN="0/4000000",
+                             walReceiver="streaming", following="orders-0", systemIdentifier="7001")
+        step(world, cluster)
     assert world.cluster_status["currentPrimary"] == "orders-0"
     assert world.cluster_status["targetPrimary"] == "orders-0"
     return world, cluster
@@ -257,7 +259,11 @@ def test_the_most_advanced_replica_is_promoted_not_the_lagging_one():
     assert "orders-1 received 0/4000000" in promoted.message and "orders-2 received 0/4800000" in promoted.message
     assert "may be lost" in promoted.message
     assert (spec_of(world, "orders-2")["role"], spec_of(world, "orders-2")["primary"]) == ("primary", "orders-2")
-    assert spec_of(world, "orders-1")["primary"] == ""  # not yet: the new primary is not primary yet
+    # The other replica streams from the target while it promotes, by its pod IP (its synchronous
+    # standby at once); the old primary waits to rejoin.
+    assert (spec_of(world, "orders-1")["primary"], spec_of(world, "orders-1")["primaryHost"]) == (
+        "orders-2", "10.244.0.12")
+    assert spec_of(world, "orders-0")["primary"] == ""
     # The new primary reports: the failover is done, the replicas follow it.
     world.report("orders-2", role="primary", lsn="0/4800100", timeline=2, heartbeat=T)
     result = step(world, cluster)
@@ -290,16 +296,18 @@ def test_a_target_that_never_reports_primary_is_deposed_and_the_failover_decides
     assert spec_of(world, "orders-2")["role"] == "replica"
 
 
-def test_replicas_follow_the_new_primary_only_once_the_old_primarys_pod_left_rw():
-    """Replicas connect through -rw: while the old primary's pod still has the `primary` label
-    (a primary cut off from the API server only runs on), -rw may route them to it, and a replica
-    streaming from it again would let it acknowledge commits the new primary never gets."""
+def test_replicas_stream_from_the_new_primarys_pod_ip_at_once_even_while_the_old_pod_is_behind_rw():
+    """A replica streams from the pod IP of the instance it follows (spec.primaryHost), never
+    through -rw: the old primary's pod may still carry the `primary` label (a primary cut off
+    from the API server only runs on), and a replica reaching it again through -rw would let it
+    acknowledge commits the new primary never gets. By IP, that cannot happen, so nothing waits."""
     import copy
     world, cluster = started()
-    # the old primary's pod is back in the API (cut off, not gone) with its old label
+    assert spec_of(world, "orders-1")["primaryHost"] == ""  # deciding: follows nobody
     pod = copy.deepcopy(world.objects[("Pod", "orders-1")])
     pod["metadata"].update(name="orders-0", uid="uid-old-primary-pod")
     pod["metadata"]["labels"] = {**pod["metadata"]["labels"], "pgop.io/instance": "orders-0", "pgop.io/role": "primary"}
+    pod["status"]["podIP"] = "10.244.0.10"
     answer(world, "orders-1", "0/4000000")
     answer(world, "orders-2", "0/4800000")
     step(world, cluster)
@@ -307,11 +315,67 @@ def test_replicas_follow_the_new_primary_only_once_the_old_primarys_pod_left_rw(
     world.objects[("Pod", "orders-0")] = pod
     result = step(world, cluster)
     assert reasons(result) == ["FailoverDone"]
+    assert (spec_of(world, "orders-1")["primary"], spec_of(world, "orders-1")["primaryHost"]) == (
+        "orders-2", "10.244.0.12")
+    assert spec_of(world, "orders-2")["primaryHost"] == ""  # the primary streams from nobody
+    assert not any("-rw" in note for note in result.waiting)
+
+
+def test_without_a_pod_ip_for_the_new_primary_replicas_wait_until_the_old_pod_left_rw():
+    """Only while the new primary's pod has no IP would a replica connect through -rw: then it is
+    not pointed there while another pod still carries the `primary` label."""
+    import copy
+    world, cluster = started()
+    pod = copy.deepcopy(world.objects[("Pod", "orders-1")])
+    pod["metadata"].update(name="orders-0", uid="uid-old-primary-pod")
+    pod["metadata"]["labels"] = {**pod["metadata"]["labels"], "pgop.io/instance": "orders-0", "pgop.io/role": "primary"}
+    del world.objects[("Pod", "orders-2")]["status"]["podIP"]
+    answer(world, "orders-1", "0/4000000")
+    answer(world, "orders-2", "0/4800000")
+    world.objects[("Pod", "orders-0")] = pod  # cut off: its pod is back in the API, its agent silent
+    world.report("orders-0", heartbeat=T - timedelta(seconds=20))
+    result = step(world, cluster)
+    assert world.cluster_status["targetPrimary"] == "orders-2"
     assert spec_of(world, "orders-1")["primary"] == ""
     assert any("once the pod of orders-0 has left -rw" in note for note in result.waiting)
+    world.report("orders-2", role="primary", lsn="0/4800100", timeline=2, heartbeat=T)
+    result = step(world, cluster)
+    assert reasons(result) == ["FailoverDone"] and spec_of(world, "orders-1")["primary"] == ""
     pod["metadata"]["labels"]["pgop.io/role"] = "pending"  # the instance planner moved the label
     step(world, cluster)
-    assert spec_of(world, "orders-1")["primary"] == "orders-2"
+    assert (spec_of(world, "orders-1")["primary"], spec_of(world, "orders-1")["primaryHost"]) == ("orders-2", "")
+    world.objects[("Pod", "orders-2")]["status"]["podIP"] = "10.244.0.22"
+    result = step(world, cluster)
+    assert spec_of(world, "orders-1")["primaryHost"] == "10.244.0.22"
+    assert any("orders-2 is at 10.244.0.22 now" in a.reason for a in result)
+    # the pod recreated, not yet running: the last address stays (never -rw instead)
+    del world.objects[("Pod", "orders-2")]["status"]["podIP"]
+    step(world, cluster)
+    assert spec_of(world, "orders-1")["primaryHost"] == "10.244.0.22"
+
+
+def test_while_a_second_target_promotes_the_deposed_one_and_the_old_primary_follow_nobody():
+    from pgop.cluster.failover import PROMOTION_TIMEOUT
+    world, cluster = started(instances=4)
+    for name, lsn in (("orders-1", "0/4000000"), ("orders-2", "0/4400000"), ("orders-3", "0/4800000")):
+        answer(world, name, lsn)
+    step(world, cluster)
+    assert world.cluster_status["targetPrimary"] == "orders-3"
+    assert {n: spec_of(world, n)["primary"] for n in world.instance_names()} == {
+        "orders-0": "", "orders-1": "orders-3", "orders-2": "orders-3", "orders-3": "orders-3"}
+    past = T + timedelta(seconds=PROMOTION_TIMEOUT + 5)
+    # pg_promote() never succeeded, and it no longer answers (it streams from the old primary)
+    world.report("orders-3", role="replica", heartbeat=past, phase="Promoting", following="orders-0",
+                 walReceiver="streaming")
+    step(world, cluster, at=past)  # orders-3 deposed: Deciding again, everyone stops streaming
+    assert {spec_of(world, n)["primary"] for n in ("orders-1", "orders-2")} == {""}
+    again = past + timedelta(seconds=1)
+    answer(world, "orders-1", "0/4000000", at=again)
+    answer(world, "orders-2", "0/4400000", at=again)
+    step(world, cluster, at=again)
+    assert world.cluster_status["targetPrimary"] == "orders-2"
+    assert {n: spec_of(world, n)["primary"] for n in world.instance_names()} == {
+        "orders-0": "", "orders-1": "orders-2", "orders-2": "orders-2", "orders-3": ""}
 
 
 def test_a_cleanly_stopped_former_primary_counts_toward_the_quorum_with_its_pg_control_position():

@@ -101,6 +101,10 @@ def test_a_replica_streams_over_tls_checking_the_primarys_name():
     conninfo = pgconfig.primary_conninfo(source)
     assert "sslmode=verify-full" in conninfo and "sslrootcert=/etc/pgop/tls/ca.crt" in conninfo
     assert "sslcert=/etc/pgop/tls/replication.crt" in conninfo and "sslkey=/etc/pgop/tls/replication.key" in conninfo
+    by_ip = pgconfig.primary_conninfo(pgconfig.ReplicationSource(
+        host="10.244.0.12", application_name="orders-1", slot_name="pgop_orders_1", passfile="/run/pgpass", tls=files))
+    # no certificate names a pod IP: the server is checked against the cluster's own CA only
+    assert "host=10.244.0.12" in by_ip and "sslmode=verify-ca" in by_ip and "sslrootcert=/etc/pgop/tls/ca.crt" in by_ip
     settings = pgconfig.postgresql_settings(cluster_name="orders", parameters={}, tls=files)
     assert (settings["ssl"], settings["ssl_cert_file"], settings["ssl_key_file"], settings["ssl_ca_file"]) == \
         ("on", "/etc/pgop/tls/server.crt", "/etc/pgop/tls/server.key", "/etc/pgop/tls/ca.crt")
