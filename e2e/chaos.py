@@ -329,17 +329,28 @@ class Report:
             first[a.tl] = min(first.get(a.tl, a.ack), a.ack)
         return dict(sorted(first.items()))
 
+    def _late_on_older_timeline(self) -> list[Ack]:
+        """Writes acknowledged on an older timeline after a newer timeline's first acknowledged
+        write."""
+        first = self.timelines
+        return [a for a in self.acks if any(t > a.tl and at < a.ack for t, at in first.items())]
+
     @property
     def deposed_acks(self) -> list[Ack]:
-        """Writes acknowledged on an older timeline after a newer timeline's first acknowledged
-        write: a deposed primary still serving (split brain)."""
-        first = self.timelines
-        out = []
-        for a in self.acks:
-            newer = [t for t, at in first.items() if t > a.tl and at < a.ack]
-            if newer:
-                out.append(a)
-        return out
+        """Writes a deposed primary acknowledged after the new primary's first write that are not
+        on the final primary: it committed them after the fork, still serving (split brain)."""
+        if self.final_rows is None:
+            return self._late_on_older_timeline()
+        return [a for a in self._late_on_older_timeline() if a.seq not in self.final_rows]
+
+    @property
+    def delayed_acks(self) -> list[Ack]:
+        """Writes acknowledged late on an older timeline whose row is on the final primary: the
+        commit was made before the fork (the new timeline has it; each seq is inserted once), and
+        only its answer arrived late, e.g. from a node frozen mid-reply. Reported, not a problem."""
+        if self.final_rows is None:
+            return []
+        return [a for a in self._late_on_older_timeline() if a.seq in self.final_rows]
 
     @property
     def servers(self) -> list[tuple[str, int, int]]:
@@ -387,7 +398,8 @@ class Report:
                  f"({_clock(a)} -> {_clock(b)})",
                  f"  servers (address, timeline, acks): {self.servers}",
                  f"  final primary {self.final_primary}: missing {len(self.missing)}, "
-                 f"kept without ack {self.unacknowledged_kept}"]
+                 f"kept without ack {self.unacknowledged_kept}, acknowledged late by a deposed primary "
+                 f"but committed before the fork {[(a.seq, a.server, a.tl) for a in self.delayed_acks]}"]
         starts = [at for _, at in self.faults]
         for i, (name, at) in enumerate(self.faults):
             gap_at = self.gap_over(at, starts[i + 1] if i + 1 < len(starts) else None)

@@ -4,8 +4,10 @@ writes through `<cluster>-rw`, and then checks what a user checks:
 
 - writes resume (an acknowledged write sent after the fault);
 - every acknowledged write is on the final primary (zero lost with `required`);
-- no write was acknowledged by a deposed primary after the new primary's first write (each write
-  records the server's address, system identifier and timeline in the same statement);
+- no write was acknowledged by a deposed primary after the new primary's first write that the
+  final primary lacks (each write records the server's address, system identifier and timeline in
+  the same statement; a late answer for a commit made before the fork, as from a node frozen
+  mid-reply, is reported, not counted: the new timeline has that commit);
 - every instance ends Ready and streaming from the one primary on the newest timeline, and `-rw`
   points at that primary only.
 

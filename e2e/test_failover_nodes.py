@@ -9,7 +9,7 @@ an extra node. The writer pod is pinned to the host node, so the fault never tak
 Each scenario faults the primary's node, waits until a write is acknowledged on a newer timeline
 (a replica on another node took over), ends the fault, and checks what a user checks
 (e2e/test_failover.py): writes resumed, no acknowledged write lost, none acknowledged by the deposed
-primary after the new primary's first, every instance Ready and streaming at the end, the old
+primary after the new primary's first that the final primary lacks, every instance Ready and streaming at the end, the old
 primary a replica of the new one. No timing is asserted; the waits are generous bounds.
 """
 from __future__ import annotations
