@@ -281,6 +281,20 @@ def rejoin_step(local_system_identifier: str | None, source: Source) -> tuple[st
     return REWIND, "pg_rewind against the primary"
 
 
+def receiving(state: PostgresState, primary_timeline: int | None, previous_received: str | None) -> bool:
+    """A replica's WAL receiver really streams: it is on the primary's timeline (or that is not
+    known), or it received more since the last look (a lagging replica catching up on an older
+    timeline's WAL). pg_stat_wal_receiver says `streaming` from the moment the receiver starts,
+    also when its primary then refuses it (a diverged replica retrying twice a second): that alone
+    proves nothing."""
+    receiver = state.receiver
+    if state.role != REPLICA or receiver is None or receiver.status != "streaming":
+        return False
+    if primary_timeline is None or (receiver.received_tli or 0) >= primary_timeline:
+        return True
+    return state.received_lsn is not None and state.received_lsn != previous_received
+
+
 def diverged(state: PostgresState, primary_timeline: int | None, not_streaming_for: float,
              patience: float = 15.0) -> str | None:
     """Why a running replica cannot follow: its receiver has not streamed for `patience` seconds
@@ -290,7 +304,8 @@ def diverged(state: PostgresState, primary_timeline: int | None, not_streaming_f
         return None
     if primary_timeline <= state.timeline or not_streaming_for < patience:
         return None
-    if state.receiver is not None and state.receiver.status == "streaming":
+    receiver = state.receiver
+    if receiver is not None and receiver.status == "streaming" and (receiver.received_tli or 0) >= primary_timeline:
         return None
     return (f"not streaming for {not_streaming_for:.0f}s while the primary is on timeline {primary_timeline} "
             f"and this replica on {state.timeline}: it diverged; rewinding")

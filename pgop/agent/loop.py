@@ -88,6 +88,7 @@ class Agent:
         self.api_ok_at = started  # last successful read or status patch
         self.replica_ok_at = started  # last time this primary had a streaming replica (or was none)
         self.streaming_at = started  # last time this replica's WAL receiver streamed (or was none)
+        self.receiving = False  # the last look saw this replica's WAL receiver really streaming
         self.known_cluster: list[Instance] = []  # the last list of the cluster that was read
         self.isolated: str | None = None
         self.notice: str | None = None  # said in the status once the API server hears it
@@ -161,15 +162,23 @@ class Agent:
             self.certificates = (started, digest)
 
     def idle(self, seconds: float) -> None:
-        """Waits `seconds`, or less: until the PgInstance changes (the watch sets `wakeup`) or the
-        postmaster exits. A crashed postgres is restarted within POSTMASTER_POLL, not a heartbeat
-        interval later: a primary's restart in place is most of the write gap it causes."""
+        """Waits `seconds`, or less: until the PgInstance changes (the watch sets `wakeup`), the
+        postmaster exits, or a WAL receiver that was streaming ends. A crashed postgres is
+        restarted within POSTMASTER_POLL, not a heartbeat interval later: a primary's restart in
+        place is most of the write gap it causes. A stream that ended (its primary shut down in a
+        switchover, having sent everything) is reported at once: the operator promotes the target
+        when it reads that it received the old primary's last WAL. (A receiver that only retries,
+        refused each time, wakes nobody: that would be a turn every retry.)"""
         deadline = time.monotonic() + seconds
+        watch_receiver = self.expect_running and self.receiving
+        receiver = self.postmaster.wal_receiver_pid() if watch_receiver else None
         while True:
             left = deadline - time.monotonic()
             if left <= 0 or self.wakeup.wait(min(left, POSTMASTER_POLL)):
                 return
             if self.expect_running and not self.postmaster.is_running():
+                return
+            if watch_receiver and self.postmaster.wal_receiver_pid() != receiver:
                 return
 
     def start_watch(self) -> None:
@@ -311,12 +320,15 @@ class Agent:
             if state.accepting and started is not None and time.monotonic() - started > HEALTHY_AFTER:
                 self.failed_starts = 0
         self.last_state = state
+        previous_received = self.last_received[1] if self.last_received else None
         if state.received_lsn:
             self.last_received = (state.system_identifier, state.received_lsn)
         now = time.monotonic()
         if state.role == REPLICA or (state.role == PRIMARY and any(s.state == "streaming" for s in state.standbys)):
             self.replica_ok_at = now
-        if state.role != REPLICA or (state.receiver is not None and state.receiver.status == "streaming"):
+        primary_timeline = self._primary_timeline()
+        self.receiving = ha.receiving(state, primary_timeline, previous_received)
+        if state.role != REPLICA or self.receiving:
             self.streaming_at = now
         if state.role == PRIMARY or self.isolated:
             peers = len(streaming.cluster_members(self.settings.instance, self.known_cluster))
@@ -331,7 +343,7 @@ class Agent:
             self.replica_timeline = max(self.replica_timeline, state.timeline)
             state = dataclasses.replace(state, timeline=self.replica_timeline)
             self.last_state = state
-        diverged = ha.diverged(state, self._primary_timeline(), now - self.streaming_at, DIVERGED_PATIENCE)
+        diverged = ha.diverged(state, primary_timeline, now - self.streaming_at, DIVERGED_PATIENCE)
         return ha.Actual(running=running, state=state, written=config.read_written(self.files),
                          standby_signal=self.files.standby_signal.exists(), failed_starts=self.failed_starts,
                          isolated=self.isolated, diverged=diverged, crashed=crashed)

@@ -64,6 +64,26 @@ class Postmaster:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    def wal_receiver_pid(self) -> int | None:
+        """The pid of postgres's WAL receiver process, if one runs: it exits when its primary
+        goes (a switchover's clean shutdown ends the stream), a moment worth reporting at once.
+        Read from /proc, no connection: cheap enough for every POSTMASTER_POLL."""
+        pid = self.pid
+        if pid is None:
+            return None
+        try:
+            children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        except OSError:
+            return None
+        for child in children:
+            try:
+                title = Path(f"/proc/{child}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if title.startswith(b"postgres: ") and b"walreceiver" in title:
+                return int(child)
+        return None
+
     def is_running(self) -> bool:
         if self.process is None:
             return False

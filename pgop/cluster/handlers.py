@@ -18,6 +18,7 @@ from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
 from pgop.runtime.apply import apply_plan, cluster_hooks, kube, record_events, remember
+from pgop.runtime.coalesce import Coalescer
 from pgop.runtime.kube import NotFound
 from pgop.runtime.publish import PublishError
 
@@ -194,20 +195,47 @@ def instance_event(body, event, logger, **_):
              spec.get("role"), spec.get("primary"), event.get("type"))
     if _last_seen.get(key) == state:
         return
+    before = _last_seen.get(key)
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
+    elif before is None or (before[1], before[5]) != (st.get("role"), spec.get("role")):
+        # A role reported or wanted anew: the pod's role label (what -rw and -ro select) follows
+        # now, not on the instance's next tick; a promoted primary takes writes a tick sooner.
+        _instance_shortcuts.run(key, lambda: _relabel(key, logger))
     _reconcile_cluster_of(key[0], spec.get("cluster"), logger)
 
 
+_instance_shortcuts = Coalescer()
+
+
+def _relabel(key: tuple[str, str], logger) -> None:
+    instance = kube().get("PgInstance", key[0], key[1])
+    if instance is not None and not instance["metadata"].get("deletionTimestamp"):
+        reconcile_instance(instance, logger)
+
+
+# The event shortcuts coalesce per cluster: while one runs, further events only ask it for one more
+# pass (which re-reads everything), so a burst of pod and PgInstance events holds one thread per
+# cluster, not one per event, and the pool stays free for the timers and the delete handlers.
+_shortcuts = Coalescer()
+
+
 def _reconcile_cluster_of(namespace: str, cluster_name: str | None, logger) -> None:
-    if not cluster_name:
-        return
-    key = (namespace, cluster_name)
+    if cluster_name:
+        key = (namespace, cluster_name)
+        _shortcuts.run(key, lambda: _reconcile_cluster_now(key, logger))
+
+
+def _reconcile_cluster_now(key: tuple[str, str], logger) -> None:
+    cluster_name = key[1]
     cluster = kube().get("PgCluster", key[0], cluster_name)
     if cluster is None or cluster["metadata"].get("deletionTimestamp"):
         return
-    status = reconcile_cluster(cluster, logger)
+    try:
+        status = reconcile_cluster(cluster, logger)
+    except NotFound:
+        return  # deleted meanwhile (its PgInstances and pods go with it): nothing to do
     if status:
         try:
             kube().merge_patch("PgCluster", key[0], cluster_name, {"status": status}, "status")
@@ -220,7 +248,9 @@ def pod_event(body, event, logger, **_):
     meta = body["metadata"]
     key = ("pod", f"{meta.get('namespace')}/{meta['name']}")
     pod = pod_state(body) if event.get("type") != "DELETED" else pod_state(None)
-    state = ((body.get("status") or {}).get("phase"), pod.running, pod.deleting, event.get("type"))
+    # podIP too: replicas stream from it (spec.primaryHost), a new one is handed down at once
+    state = ((body.get("status") or {}).get("phase"), (body.get("status") or {}).get("podIP"), pod.running,
+             pod.deleting, event.get("type"))
     if _last_seen.get(key) == state:
         return
     _last_seen[key] = state

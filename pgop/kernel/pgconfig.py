@@ -42,6 +42,8 @@ WAL_FETCH_COMMAND = "pgop agent wal-fetch %f %p"
 # ':' then "archives" by doing nothing, where an empty archive_command would keep WAL forever.
 NO_ARCHIVE_COMMAND = ":"
 
+ARCHIVE_RETRY_INTERVAL = "1s"
+
 # Defaults a user may override in spec.parameters.
 DEFAULT_PARAMETERS: Mapping[str, str] = {
     "hot_standby_feedback": "on",
@@ -55,9 +57,10 @@ DEFAULT_PARAMETERS: Mapping[str, str] = {
     "wal_sender_timeout": "5s",
     "wal_receiver_timeout": "5s",
     # A replica whose primary went away (restarted in place, replaced by a promotion) tries again
-    # after 1 s, not 5: with synchronous replicas no commit is acknowledged until one is back, so
-    # this wait is most of the write gap of a postmaster restart or a switchover.
-    "wal_retrieve_retry_interval": "1s",
+    # after 0.5 s, not 5: with synchronous replicas no commit is acknowledged until one is back,
+    # so this wait is most of the write gap of a postmaster restart or a switchover. (1 s when
+    # it also reads the archive: each try runs restore_command, a process of its own.)
+    "wal_retrieve_retry_interval": "500ms",
     "password_encryption": "scram-sha-256",
     "logging_collector": "off",  # the container runtime collects stderr
     "log_destination": "stderr",
@@ -302,6 +305,8 @@ def postgresql_settings(
                          "ssl_ca_file": tls.ca, "ssl_min_protocol_version": "TLSv1.2"})
     if restore_from_archive:
         settings["restore_command"] = WAL_FETCH_COMMAND
+        if "wal_retrieve_retry_interval" not in {key.lower() for key in parameters}:
+            settings["wal_retrieve_retry_interval"] = ARCHIVE_RETRY_INTERVAL
     if replication_source is not None:
         settings["primary_conninfo"] = primary_conninfo(replication_source)
         settings["primary_slot_name"] = replication_source.slot_name

@@ -251,8 +251,29 @@ def test_diverged_replica():
     assert not ha.diverged(stuck, primary_timeline=1, not_streaming_for=20, patience=15)
     assert not ha.diverged(stuck, primary_timeline=None, not_streaming_for=20, patience=15)
     streaming = PostgresState(accepting=True, role="replica", timeline=1,
-                              receiver=ReceiverState("streaming", 1, "h"))
+                              receiver=ReceiverState("streaming", 2, "h"))
     assert not ha.diverged(streaming, primary_timeline=2, not_streaming_for=20, patience=15)
+    # A receiver caught in the moment between its start and the primary's refusal says
+    # "streaming" on its own old timeline: after 15 s of no progress that is divergence too.
+    refused = PostgresState(accepting=True, role="replica", timeline=1,
+                            receiver=ReceiverState("streaming", 1, "h"))
+    assert ha.diverged(refused, primary_timeline=2, not_streaming_for=20, patience=15)
+
+
+def test_a_receiver_streams_when_on_the_primarys_timeline_or_making_progress():
+    from pgop.agent.streaming import ReceiverState
+
+    def replica(tli, received="0/5000000", status="streaming"):
+        return PostgresState(accepting=True, role="replica", timeline=1, received_lsn=received,
+                             receiver=ReceiverState(status, tli, "h") if status else None)
+    assert ha.receiving(replica(2), primary_timeline=2, previous_received="0/5000000")
+    assert ha.receiving(replica(1), primary_timeline=None, previous_received="0/5000000")
+    # catching up on the older timeline's WAL: it moves
+    assert ha.receiving(replica(1, "0/5000100"), primary_timeline=2, previous_received="0/5000000")
+    # a diverged replica's receiver, restarted every retry: "streaming", never moving
+    assert not ha.receiving(replica(1), primary_timeline=2, previous_received="0/5000000")
+    assert not ha.receiving(replica(2, status=None), primary_timeline=2, previous_received=None)
+    assert not ha.receiving(replica(2, status="waiting"), primary_timeline=2, previous_received=None)
 
 
 # ------------------------------------------------------------------------------ reporting

@@ -204,3 +204,13 @@ def test_owned_parameters_match_what_the_crd_refuses():
     prefixes = set(re.findall(r"startsWith\('([a-z_]+)'\)", text))
     assert listed == pgconfig.OWNED_PARAMETERS
     assert prefixes == set(pgconfig.OWNED_PREFIXES)
+
+
+def test_replicas_retry_a_lost_primary_twice_a_second_and_the_archive_once():
+    from pgop.kernel.pgconfig import postgresql_settings as build
+    plain = build(cluster_name="orders", parameters={})
+    assert plain["wal_retrieve_retry_interval"] == "500ms"
+    archive = build(cluster_name="orders", parameters={}, restore_from_archive=True)
+    assert archive["wal_retrieve_retry_interval"] == "1s"  # each try runs restore_command
+    mine = build(cluster_name="orders", parameters={"wal_retrieve_retry_interval": "3s"}, restore_from_archive=True)
+    assert mine["wal_retrieve_retry_interval"] == "3s"
