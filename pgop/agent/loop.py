@@ -502,15 +502,16 @@ class Agent:
     def reload(self) -> None:
         """SIGHUP, then wait until the postmaster has read the files (pg_conf_load_time moves), so
         the next look at pg_settings.pending_restart sees the new files."""
+        # One session: the postmaster signals its children once it has read the files, and this
+        # backend takes the new files (and a new pg_conf_load_time) before its next statement.
         with local.connect(self.settings) as conn:
             before = one_row(conn, "SELECT pg_conf_load_time()")[0]
-        self.postmaster.reload()
-        deadline = time.monotonic() + RELOAD_CONFIRM_TIMEOUT
-        while time.monotonic() < deadline:
-            with local.connect(self.settings) as conn:
+            self.postmaster.reload()
+            deadline = time.monotonic() + RELOAD_CONFIRM_TIMEOUT
+            while time.monotonic() < deadline:
+                time.sleep(0.02)
                 if one_row(conn, "SELECT pg_conf_load_time()")[0] != before:
                     return
-            time.sleep(0.05)
         log.warning("postgres did not confirm the reload within %ss", RELOAD_CONFIRM_TIMEOUT)
 
     @contextlib.contextmanager

@@ -256,12 +256,13 @@ def pod_event(body, event, logger, **_):
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
+    # A primary's pod gone or its container stopped starts a failover now, not on the next tick:
+    # first, before the instance's own pass recreates the pod (the replicas stop streaming sooner).
+    if meta["labels"].get(LABEL_COMPONENT) == COMPONENT_POSTGRES:
+        _reconcile_cluster_of(meta.get("namespace"), meta["labels"].get(LABEL_CLUSTER), logger)
     instance = kube().get("PgInstance", meta.get("namespace"), meta["labels"][LABEL_INSTANCE])
     if instance is not None and not instance["metadata"].get("deletionTimestamp"):
         reconcile_instance(instance, logger)
-    # A primary's pod gone or its container stopped starts a failover now, not on the next tick.
-    if meta["labels"].get(LABEL_COMPONENT) == COMPONENT_POSTGRES:
-        _reconcile_cluster_of(meta.get("namespace"), meta["labels"].get(LABEL_CLUSTER), logger)
 
 
 # ------------------------------------------------------------------------------------ PgInstance
