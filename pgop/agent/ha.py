@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pgop.agent.config_change import WrittenConfig, change_cost
 from pgop.agent.observed import PostgresState
-from pgop.agent.streaming import slot_changes
+from pgop.agent.streaming import is_managed_slot, slot_changes
 from pgop.kernel.model import PRIMARY, REPLICA
 
 # Actions, in the order the loop carries them out.
@@ -69,7 +69,8 @@ class Wanted:
     fenced: bool
     settings: Mapping[str, str]
     hba: str
-    slots: frozenset[str] | None = None  # None: the cluster is unknown now; leave slots alone
+    # None: the cluster is unknown now (or others still follow this replica); leave slots alone
+    slots: frozenset[str] | None = None
     postgres_version: int = 15
     # spec.primary: None when the spec leaves it out (stream from the -rw Service, as ever); ""
     # while a failover decides (stream from nobody); else the instance to follow.
@@ -190,6 +191,12 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
         create, drop = slot_changes(wanted.slots, actual.state.slots)
         actions += [Action(CREATE_SLOT, "an instance of the cluster streams from it", name) for name in create]
         actions += [Action(DROP_SLOT, "its instance is gone; it would keep WAL forever", name) for name in drop]
+
+    if wanted.role == REPLICA and actual.state.role == REPLICA and wanted.slots is not None:
+        # Slots a replica still holds (made as the target of a promotion that was then deposed,
+        # or kept from its time as primary) keep WAL on it that nobody fetches.
+        actions += [Action(DROP_SLOT, "a replica nobody streams from keeps no replication slot", slot.name)
+                    for slot in actual.state.slots if is_managed_slot(slot.name) and not slot.active]
 
     kinds = {action.kind for action in actions}
     refused = None

@@ -379,6 +379,8 @@ class Agent:
                                            synchronous_standby_names=sync, streaming=following != "")
         handover = not primary and self.cluster is not None and any(
             spec_primary(other) == instance.name for other in streaming.cluster_members(instance.name, self.cluster))
+        if not primary and self.cluster is not None and not handover:
+            slots = frozenset()  # a replica nobody follows keeps no slots (see ha.decide)
         return ha.Wanted(role=spec.role, fenced=spec.fenced, settings=settings, hba=config.hba_text(self.settings, spec),
                          slots=slots, postgres_version=spec.postgres_version, primary=following,
                          handover=handover)

@@ -344,9 +344,15 @@ def test_unknown_cluster_leaves_slots_alone():
     assert ha.decide(wanted(slots=None), actual).actions == ()
 
 
-def test_replicas_do_not_manage_slots():
-    actual = running(role="replica", slots=(Slot("pgop_orders_9", False),))
-    assert ha.decide(wanted(role="replica", slots=frozenset()), actual).actions == ()
+def test_a_replica_nobody_follows_drops_the_inactive_slots_it_made_and_nothing_else():
+    """A promotion target deposed before it became primary (or a former primary) may still hold
+    the slots it made for the others: they keep WAL on it that nobody fetches."""
+    actual = running(role="replica", slots=(Slot("pgop_orders_9", False), Slot("pgop_orders_2", True),
+                                            Slot("barman", False)))
+    decision = ha.decide(wanted(role="replica", slots=frozenset()), actual)
+    assert [(a.kind, a.target) for a in decision.actions] == [(ha.DROP_SLOT, "pgop_orders_9")]
+    # others still follow it (a switchover's old primary hands over), or the cluster is unknown
+    assert ha.decide(wanted(role="replica", slots=None), actual).actions == ()
 
 
 def test_order_of_actions_config_then_slots_then_promotion():
