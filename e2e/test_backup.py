@@ -192,6 +192,22 @@ spec:
     assert "early-b1" in progressing.get("message", ""), progressing
 
 
+def status_patch_from_pod(kubectl, ns: str, pod: str, backup: str) -> str:
+    """What the API server answers when the pod's own ServiceAccount token (as any process in it
+    could read) patches the status of PgBackup `backup`: "ALLOWED", or the status and body."""
+    script = (
+        "from kubernetes import client, config\n"
+        "config.load_incluster_config()\n"
+        "api = client.CustomObjectsApi()\n"
+        "try:\n"
+        f"    api.patch_namespaced_custom_object_status('pgop.io', 'v1', {ns!r}, 'pgbackups', {backup!r},"
+        " {'status': {'phase': 'Failed'}})\n"
+        "    print('ALLOWED')\n"
+        "except client.ApiException as e:\n"
+        "    print(e.status, e.body)\n")
+    return kubectl("-n", ns, "exec", pod, "-c", "postgres", "--", "python3", "-c", script).stdout.strip()
+
+
 def test_scheduled_backups_and_retention(kubectl, namespace, operator, s3, local_env):
     ns, name, prefix = namespace, "sched", f"e2e-{uuid.uuid4().hex[:8]}"
     s3_secret(kubectl, ns, local_env)
@@ -209,6 +225,12 @@ def test_scheduled_backups_and_retention(kubectl, namespace, operator, s3, local
     assert body["metadata"]["annotations"]["pgop.io/scheduled-at"].endswith(":00Z")
     assert first == f"{name}-{datetime.strptime(body['metadata']['annotations']['pgop.io/scheduled-at'], '%Y-%m-%dT%H:%M:%SZ'):%Y%m%d%H%M}"
     first_wal = body["status"]["beginWal"]
+    # A Postgres pod's token (one ServiceAccount for the cluster's agents) cannot forge a backup's
+    # status, which retention trusts: only the backup's own pod may write it.
+    forged = status_patch_from_pod(kubectl, ns, f"{name}-0", first)
+    assert forged.startswith("403") and f"only its backup pod {first}-backup" in forged, forged
+    assert f"came from pod {name}-0" in forged
+    assert kubectl.json("-n", ns, "get", "pgbackup", first)["status"]["phase"] == "Completed"
     switch_and_wait_archived(kubectl, ns, f"{name}-0")
 
     # the next minute's backup; retention keeps 1: the first goes, in S3 and as a PgBackup
