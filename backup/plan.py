@@ -33,7 +33,7 @@ from pgop.kernel.conditions import parse_time
 from pgop.kernel.conditions import rfc3339 as timestamp
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.meta import cluster_labels, object_meta, owner_reference
-from pgop.kernel.model import API_VERSION, PRIMARY, REPLICA, Cluster, Instance
+from pgop.kernel.model import API_VERSION, PRIMARY, REPLICA, Cluster, Instance, with_sync_states_from_primary
 from pgop.kernel.readiness import is_ready
 from pgop.kernel.schedule import arm, due_run, scheduled_backup_name, validate_schedule
 
@@ -174,7 +174,7 @@ def choose_backup_target(
     def ready(instance: Instance) -> bool:
         return is_ready(instance, now) if now is not None else instance.status.ready
 
-    live = [i for i in instances if not i.deleting and not _fenced(i) and ready(i)]
+    live = [i for i in with_sync_states_from_primary(instances) if not i.deleting and not _fenced(i) and ready(i)]
     primaries = [i for i in live if i.spec.role == PRIMARY and i.status.role == PRIMARY]
     primary = min(primaries, key=lambda i: i.ordinal) if primaries else None
     if target == TARGET_PRIMARY:

@@ -97,8 +97,12 @@ def test_backup_from_a_replica_and_point_in_time_restore(kubectl, namespace, ope
 
     # pgop backup --wait: a PgBackup, taken from the replica (once the primary sees it streaming),
     # streamed to S3
-    eventually(lambda: (kubectl.json("-n", ns, "get", "pginstance", f"{name}-1").get("status") or {}).get("syncState"),
-               "the replica streaming", timeout=30)
+    eventually(lambda: ((kubectl.json("-n", ns, "get", "pginstance", f"{name}-0").get("status") or {})
+                        .get("replicaSyncStates") or {}).get(f"{name}-1"),
+               "the replica streaming (as the primary reports it)", timeout=30)
+    # One instance's agent token cannot write another instance's status (failover reads it).
+    forged = status_patch_from_pod(kubectl, ns, f"{name}-0", f"{name}-1", "pginstances")
+    assert forged.startswith("403") and f"only its own pods ({name}-1, {name}-1-bootstrap)" in forged, forged
     t0 = time.monotonic()
     out = pgop(local_env, "backup", name, "-n", ns, "--name", "shop-first", "--wait").stdout
     print(f"backup of a fresh cluster: {time.monotonic() - t0:.1f}s")
@@ -192,15 +196,16 @@ spec:
     assert "early-b1" in progressing.get("message", ""), progressing
 
 
-def status_patch_from_pod(kubectl, ns: str, pod: str, backup: str) -> str:
+def status_patch_from_pod(kubectl, ns: str, pod: str, name: str, plural: str = "pgbackups") -> str:
     """What the API server answers when the pod's own ServiceAccount token (as any process in it
-    could read) patches the status of PgBackup `backup`: "ALLOWED", or the status and body."""
+    could read) patches the status of the `plural` object `name`: "ALLOWED", or the status and
+    body."""
     script = (
         "from kubernetes import client, config\n"
         "config.load_incluster_config()\n"
         "api = client.CustomObjectsApi()\n"
         "try:\n"
-        f"    api.patch_namespaced_custom_object_status('pgop.io', 'v1', {ns!r}, 'pgbackups', {backup!r},"
+        f"    api.patch_namespaced_custom_object_status('pgop.io', 'v1', {ns!r}, {plural!r}, {name!r},"
         " {'status': {'phase': 'Failed'}})\n"
         "    print('ALLOWED')\n"
         "except client.ApiException as e:\n"

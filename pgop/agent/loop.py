@@ -615,6 +615,13 @@ class Agent:
             received_lsn=ha.received_lsn(state, last_received if system_id == state.system_identifier else None),
             following=self.following, extra_conditions=[self.rejoined] if self.rejoined else [],
         )
+        previous = instance.status.replica_sync_states
+        if state.role == PRIMARY and instance.spec.role == PRIMARY and self.cluster is not None:
+            # each replica's sync state as this primary sees it, on its own status
+            patch["replicaSyncStates"] = status.replica_sync_states(
+                state.standbys, streaming.cluster_members(instance.name, self.cluster), previous)
+        elif previous is not None:
+            patch["replicaSyncStates"] = None
         try:
             self.store.patch_status(instance.name, patch)
             self.api_ok_at = time.monotonic()
@@ -622,19 +629,6 @@ class Agent:
                 self.notice = None  # said once the API server heard it
         except Exception as error:
             log.warning("cannot write the status of %s: %s", instance.name, error)
-        self.report_replicas(instance)
-
-    def report_replicas(self, instance: Instance) -> None:
-        """syncState of each replica as this primary sees it, on the replica's own status."""
-        state = self.last_state
-        if state is None or state.role != PRIMARY or instance.spec.role != PRIMARY or self.cluster is None:
-            return
-        members = streaming.cluster_members(instance.name, self.cluster)
-        for name, sync_state in status.replica_sync_states(state.standbys, members).items():
-            try:
-                self.store.patch_status(name, {"syncState": sync_state})
-            except Exception as error:
-                log.debug("cannot write the syncState of %s: %s", name, error)
 
     # -------------------------------------------------------------------------- shutdown
 

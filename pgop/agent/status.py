@@ -103,16 +103,15 @@ def archiver_status(archiver: Archiver) -> dict[str, Any]:
     }
 
 
-def replica_sync_states(standbys: Iterable[Standby], instances: Iterable[Instance]) -> dict[str, str | None]:
-    """syncState of each other instance as this primary sees it (None: not streaming), only
-    where it differs from what the instance's status says."""
-    seen = {s.application_name: s.sync_state for s in standbys}
-    changes: dict[str, str | None] = {}
-    for instance in instances:
-        state = seen.get(instance.name)
-        if instance.status.sync_state != state:
-            changes[instance.name] = state
-    return changes
+def replica_sync_states(standbys: Iterable[Standby], members: Iterable[Instance],
+                        previous: Mapping[str, str] | None) -> dict[str, str | None]:
+    """status.replicaSyncStates of a primary, as a merge patch value: the sync state of each
+    member of the cluster that streams from it, as pg_stat_replication says; a member it had
+    before and no longer sees is removed (None). On the primary's own status: an agent writes no
+    other instance's status (pgop.kernel.model.with_sync_states_from_primary reads it)."""
+    names = {i.name for i in members}
+    seen = {s.application_name: s.sync_state for s in standbys if s.application_name in names and s.sync_state}
+    return {**{name: None for name in previous or {} if name not in seen}, **seen}
 
 
 def primary_system_identifier(instances: Iterable[Instance] | None, me: str) -> str | None:

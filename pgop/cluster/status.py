@@ -13,7 +13,7 @@ from typing import Any
 from pgop.kernel.actions import apply_merge_patch
 from pgop.kernel.conditions import condition, rfc3339, set_conditions
 from pgop.kernel.lsn import lag_bytes
-from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance
+from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance, with_sync_states_from_primary
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_ready, is_stale, why_not_ready
 from pgop.kernel.tenancy import REASON as REASON_PATH_REFUSED
 from pgop.kernel.tenancy import refusal_message
@@ -75,7 +75,8 @@ def cluster_status(
     Plan.status, what pgop.cluster.failover decided (targetPrimary, currentPrimary, failover, ...):
     it is written as it is, and the primary is its currentPrimary.
     """
-    views = [i if isinstance(i, Instance) else Instance.from_object(i) for i in instances]
+    views = with_sync_states_from_primary([i if isinstance(i, Instance) else Instance.from_object(i)
+                                           for i in instances])
     live = sorted((i for i in views if not i.deleting), key=lambda i: i.ordinal)
     wanted = cluster.spec.instances
     if ha is not None:

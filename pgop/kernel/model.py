@@ -6,8 +6,9 @@ what depends on the image, on cron semantics, on names the operator reserves.
 """
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
@@ -580,6 +581,8 @@ class InstanceStatus:
     system_identifier: str | None = None
     following: str | None = None  # the spec.primary the agent applied
     sync_state: str | None = None
+    # On a primary: each streaming replica's sync state as it sees it (pg_stat_replication).
+    replica_sync_states: dict[str, str] | None = None
     last_heartbeat: datetime | None = None
     observed_generation: int | None = None
     pod: str | None = None
@@ -606,6 +609,8 @@ class InstanceStatus:
             system_identifier=str(data["systemIdentifier"]) if data.get("systemIdentifier") else None,
             following=data.get("following"),
             sync_state=data.get("syncState"),
+            replica_sync_states=({str(k): str(v) for k, v in data["replicaSyncStates"].items() if v}
+                                 if isinstance(data.get("replicaSyncStates"), Mapping) else None),
             last_heartbeat=parse_time(data.get("lastHeartbeat")),
             observed_generation=int(observed) if observed is not None else None,
             pod=data.get("pod"),
@@ -658,3 +663,18 @@ class Instance:
     def settled(self) -> bool:
         """Ready, and its agent has applied the current spec (so a rollout may move on)."""
         return self.status.ready and self.status.observed_generation == self.generation
+
+
+def with_sync_states_from_primary(instances: Sequence[Instance]) -> list[Instance]:
+    """Each replica's syncState as its primary reports it: the primary's agent writes
+    status.replicaSyncStates on its own PgInstance (an agent writes no other instance's status);
+    a replica missing there is not streaming. Without one such primary (none yet, or an agent of
+    an older version), what each instance's own status says."""
+    primaries = [i for i in instances if i.spec.role == PRIMARY and i.status.role == PRIMARY
+                 and i.status.replica_sync_states is not None]
+    if len(primaries) != 1:
+        return list(instances)
+    primary = primaries[0]
+    seen = primary.status.replica_sync_states or {}
+    return [i if i is primary else dataclasses.replace(i, status=dataclasses.replace(i.status, sync_state=seen.get(i.name)))
+            for i in instances]

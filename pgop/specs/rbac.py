@@ -1,7 +1,8 @@
 """What the agent in an instance's pods may do, and nothing more.
 
 Read its cluster's PgInstances (the primary keeps a slot and a sync name for every replica),
-write their status (heartbeat, role, LSN) and a backup's progress, read its cluster's Secrets (and the S3 credentials),
+write their status (heartbeat, role, LSN; deploy/admission.yaml narrows that to each pod's own
+instance, and a backup's status to its own backup pod) and a backup's progress, read its cluster's Secrets (and the S3 credentials),
 read pods, and record Events. It never touches the PgCluster, Services or other Secrets.
 """
 from __future__ import annotations

@@ -261,8 +261,9 @@ def test_replicas_stream_with_slots_and_quorum_sync(fleet_factory):
 
     # Heartbeat fields, as the operator reads them.
     primary_status = fleet.status(primary)
-    replica_status = wait_for(lambda: (s := fleet.status(r1)).get("syncState") == "quorum" and s,
-                              "the primary to report the replica's sync state")
+    wait_for(lambda: (fleet.status(primary).get("replicaSyncStates") or {}).get(r1) == "quorum",
+             "the primary to report the replica's sync state, on its own status")
+    replica_status = fleet.status(r1)
     assert primary_status["role"] == "primary" and replica_status["role"] == "replica"
     assert primary_status["timeline"] == replica_status["timeline"] == 1
     assert replica_status["lsn"] and replica_status["receivedLSN"]

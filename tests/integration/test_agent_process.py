@@ -106,7 +106,8 @@ def test_bootstrap_and_run_as_processes(host, processes, tmp_path):
     replica_agent = subprocess.Popen([PGOP, "agent", "run"], env=replica_env, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
     processes.append(replica_agent)
-    wait_for(lambda: status("orders-1").get("syncState") == "quorum" and status("orders-1").get("ready"),
+    wait_for(lambda: (status("orders-0").get("replicaSyncStates") or {}).get("orders-1") == "quorum"
+             and status("orders-1").get("ready"),
              "the replica streaming as a quorum standby")
     assert status("orders-1")["role"] == "replica"
 

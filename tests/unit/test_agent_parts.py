@@ -202,10 +202,27 @@ def test_status_when_postgres_is_down():
     assert "start: postgres is not running" in conditions["ConfigurationApplied"]["message"]
 
 
-def test_replica_sync_states_only_what_changed():
-    standbys = [streaming.Standby("orders-1", "streaming", "quorum")]
-    members = [instance("orders-1", sync_state="quorum"), instance("orders-2", sync_state="quorum"), instance("orders-3")]
-    assert status.replica_sync_states(standbys, members) == {"orders-2": None}
+def test_replica_sync_states_of_the_members_a_primary_sees_and_the_gone_ones_removed():
+    standbys = [streaming.Standby("orders-1", "streaming", "quorum"), streaming.Standby("pg_basebackup", "backup", "async")]
+    members = [instance("orders-1"), instance("orders-2"), instance("orders-3")]
+    assert status.replica_sync_states(standbys, members, {"orders-1": "quorum", "orders-2": "quorum"}) == {
+        "orders-1": "quorum", "orders-2": None}
+    assert status.replica_sync_states([], members, None) == {}
+
+
+def test_each_replicas_sync_state_is_read_from_its_primarys_status():
+    from pgop.kernel.model import with_sync_states_from_primary
+    def inst(name, role, **st):
+        return Instance.from_object({"metadata": {"name": name, "namespace": "shop"},
+                                     "spec": {"cluster": "orders", "role": role},
+                                     "status": {"role": role, **st}})
+    primary = inst("orders-0", "primary", replicaSyncStates={"orders-1": "quorum"})
+    view = {i.name: i.status.sync_state
+            for i in with_sync_states_from_primary([primary, inst("orders-1", "replica"),
+                                                    inst("orders-2", "replica", syncState="quorum")])}
+    assert view == {"orders-0": None, "orders-1": "quorum", "orders-2": None}  # orders-2's own claim is not read
+    legacy = [inst("orders-0", "primary"), inst("orders-1", "replica", syncState="async")]
+    assert with_sync_states_from_primary(legacy)[1].status.sync_state == "async"  # an older primary's agent
 
 
 def test_status_keeps_the_transition_time_until_the_status_flips():
