@@ -54,14 +54,8 @@ kind: Pod
 metadata: {{name: writer}}
 spec:
   restartPolicy: Never
-  securityContext: {{runAsUser: 999, runAsGroup: 999, fsGroup: 999}}
-  initContainers:
-  # host-path volumes are created root-owned; hand the directory to the postgres uid
-  - name: own
-    image: {POSTGRES_IMAGE}
-    command: [chown, "999:999", /data]
-    securityContext: {{runAsUser: 0}}
-    volumeMounts: [{{name: data, mountPath: /data}}]
+  # no root anywhere: the default class's volumes take the pod's fsGroup
+  securityContext: {{runAsUser: 999, runAsGroup: 999, fsGroup: 999, runAsNonRoot: true}}
   containers:
   - name: postgres
     image: {POSTGRES_IMAGE}

@@ -252,7 +252,7 @@ def test_local_volume_is_bound_to_its_node(kubectl, cluster_nodes, namespace, lo
     pv = kubectl.json("get", "pv", pvc["spec"]["volumeName"])
     terms = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"]
     assert terms[0]["matchExpressions"][0]["values"] == [node]
-    path = pv["spec"]["hostPath"]["path"]
+    path = pv["spec"]["local"]["path"]
     assert path.startswith(f"{local_env['PGOP_ENV_DIR']}/nodes/{node}/volumes/"), path
 
     kubectl("delete", "pod", "-n", namespace, "writer", "--wait=true", timeout=120)

@@ -119,9 +119,6 @@ def start_controller_manager() -> None:
             f"--cluster-signing-cert-file={ca_crt}", f"--cluster-signing-key-file={ca_key}",
             "--use-service-account-credentials=true",
             f"--service-cluster-ip-range={paths.SERVICE_CIDR}",
-            # The built-in host-path provisioner gives PVCs a directory on this node
-            # (/tmp/hostpath-provisioner/...): dynamic provisioning without a CSI driver.
-            "--enable-hostpath-provisioner=true",
             "--controllers=*,-cloud-node-lifecycle,-service-lb-controller,-node-route-controller",
             "--v=1",
         ])
@@ -246,15 +243,19 @@ subjects:
 - {apiGroup: rbac.authorization.k8s.io, kind: User, name: "pgop-env:coredns"}
 """
 
-STORAGE_CLASS = """
+# The default class: node-local volumes from the harness's provisioner (e2e/harness/provisioner.py),
+# bound once the scheduler has picked the pod's node, as most real storage classes are.
+STORAGE_CLASS_NAME = "standard"
+STORAGE_PROVISIONER = "pgop.io/local"
+STORAGE_CLASS = f"""
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
-  name: standard
-  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
-provisioner: kubernetes.io/host-path
+  name: {STORAGE_CLASS_NAME}
+  annotations: {{storageclass.kubernetes.io/is-default-class: "true"}}
+provisioner: {STORAGE_PROVISIONER}
 reclaimPolicy: Delete
-volumeBindingMode: Immediate
+volumeBindingMode: WaitForFirstConsumer
 """
 
 
@@ -300,6 +301,11 @@ def wait_node_ready(timeout: float = 120) -> None:
 
 def bootstrap_objects() -> None:
     with step("default StorageClass, service account of `default`"):
+        # A class is immutable: one left by an older harness (the built-in host-path provisioner,
+        # whose volumes ignore fsGroup) is replaced.
+        old = kubectl("get", "storageclass", STORAGE_CLASS_NAME, "-o", "jsonpath={.provisioner}", check=False)
+        if old.returncode == 0 and old.stdout.strip() not in ("", STORAGE_PROVISIONER):
+            kubectl("delete", "storageclass", STORAGE_CLASS_NAME)
         kubectl("apply", "-f", "-", input=STORAGE_CLASS)
         kubectl("apply", "-f", "-", input=OPERATOR_BINDING)
         proc.wait_for(lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0,

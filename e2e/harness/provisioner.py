@@ -112,9 +112,11 @@ def provision(api: Api, pvc: dict, reclaim: str) -> None:
             "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                          "namespace": meta["namespace"], "name": meta["name"], "uid": meta["uid"],
                          "resourceVersion": meta["resourceVersion"]},
-            # Directory, not DirectoryOrCreate: a volume whose node lost its disk fails to mount
-            # instead of coming back empty.
-            "hostPath": {"path": str(directory), "type": "Directory"},
+            # A local volume, not a host path: the kubelet applies the pod's fsGroup to it (as CSI
+            # drivers do), so pods need no root init container to own it. A volume whose node
+            # lost its disk fails to mount (the bind mount's source is gone) instead of coming
+            # back empty.
+            "local": {"path": str(directory)},
             "nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
                 {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}]}]}},
         },
@@ -135,7 +137,7 @@ def reclaim(api: Api, pv: dict) -> None:
         return
     if spec.get("persistentVolumeReclaimPolicy") != "Delete":
         return
-    directory = Path(spec["hostPath"]["path"])
+    directory = Path((spec.get("local") or spec.get("hostPath") or {}).get("path", "/nonexistent"))
     node = meta.get("labels", {}).get("pgop.io/node", "")
     if node and directory.parent == volumes_dir(node):
         shutil.rmtree(directory, ignore_errors=True)

@@ -9,10 +9,13 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 from psycopg import sql
@@ -43,6 +46,35 @@ class BootstrapError(RuntimeError):
 class BootstrapResult:
     mode: BootstrapMode
     already_done: bool = False
+
+
+def unwritable_volume(mode: int, owner: tuple[int, int], user: tuple[int, int, frozenset[int]]) -> str | None:
+    """Why the user `(uid, gid, supplementary gids)` cannot create PGDATA in a volume root of this
+    mode and owner, or None. The pod's fsGroup normally hands the root to the postgres group; a
+    storage class whose volumes do not support that leaves it as the provisioner made it."""
+    uid, gid, groups = user
+    if uid == 0:
+        return None
+    if owner[0] == uid:
+        needed = stat.S_IWUSR | stat.S_IXUSR
+    elif owner[1] == gid or owner[1] in groups:
+        needed = stat.S_IWGRP | stat.S_IXGRP
+    else:
+        needed = stat.S_IWOTH | stat.S_IXOTH
+    if mode & needed == needed:
+        return None
+    return (f"owned by {owner[0]}:{owner[1]} with mode {stat.S_IMODE(mode):04o}, not writable by uid {uid} "
+            f"(groups {', '.join(str(g) for g in sorted({gid, *groups}))}): its storage class does not apply "
+            f"the pod's fsGroup; use a storage class whose volumes support ownership management "
+            f"(CSI drivers, local volumes) or make the provisioner create group-writable directories")
+
+
+def check_volume(directory: Path) -> None:
+    info = directory.stat()
+    problem = unwritable_volume(info.st_mode, (info.st_uid, info.st_gid),
+                                (os.geteuid(), os.getegid(), frozenset(os.getgroups())))
+    if problem:
+        raise BootstrapError(f"the volume at {directory} is {problem}")
 
 
 def is_bootstrapped(settings: AgentSettings) -> bool:
@@ -104,6 +136,8 @@ def bootstrap(settings: AgentSettings, mode: BootstrapMode | str, spec: Instance
     spec = spec or InstanceSpec(cluster=settings.cluster, ordinal=0,
                                 role="replica" if mode is BootstrapMode.BASEBACKUP else "primary",
                                 bootstrap=mode.value)
+    if settings.bootstrap_marker.parent.exists():
+        check_volume(settings.bootstrap_marker.parent)
     settings.bootstrap_marker.parent.mkdir(parents=True, exist_ok=True)
     if mode is BootstrapMode.INITDB:
         initdb(settings, spec, runner)

@@ -224,6 +224,9 @@ def _container_security() -> dict[str, Any]:
 
 
 def _pod_security() -> dict[str, Any]:
+    """What Pod Security "restricted" asks for, and no more. The volume is handed to the postgres
+    group by fsGroup (the kubelet does it for every volume type that supports ownership: CSI,
+    local, emptyDir); there is no root init container to chown it."""
     return {
         "runAsUser": POSTGRES_UID,
         "runAsGroup": POSTGRES_UID,
@@ -232,25 +235,6 @@ def _pod_security() -> dict[str, Any]:
         # Walk the volume to fix ownership only when its root is wrong, not on every start.
         "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
-    }
-
-
-def _volume_owner(instance: Instance) -> dict[str, Any]:
-    """Hands the volume's root to the postgres uid. fsGroup does that for most volume types, but
-    not for host-path volumes (the local provisioner), which arrive owned by root; this runs as
-    root with CHOWN only, and only changes anything when the owner is wrong."""
-    return {
-        "name": "volume-owner",
-        "image": instance.spec.image,
-        "imagePullPolicy": "IfNotPresent",
-        "command": ["sh", "-c", f'[ "$(stat -c %u:%g {DATA_MOUNT})" = "{POSTGRES_UID}:{POSTGRES_UID}" ] '
-                                f'|| chown {POSTGRES_UID}:{POSTGRES_UID} {DATA_MOUNT}'],
-        "securityContext": {"runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False,
-                            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
-                            "capabilities": {"drop": ["ALL"], "add": ["CHOWN"]}},
-        "volumeMounts": [{"name": "pgdata", "mountPath": DATA_MOUNT}],
-        "resources": {"requests": {"cpu": "10m", "memory": "16Mi"},
-                      "limits": {"cpu": "100m", "memory": "64Mi"}},
     }
 
 
@@ -280,7 +264,6 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
             "terminationGracePeriodSeconds": 30,
             "securityContext": _pod_security(),
             **_placement(instance),
-            "initContainers": [_volume_owner(instance)],
             "containers": [container],
             "volumes": _volumes(instance, s3),
         },

@@ -360,3 +360,26 @@ def test_bootstrap_modes_and_recovery_refusal(tmp_path):
         bootstrap.bootstrap(s, "recovery")
     with pytest.raises(ValueError):
         bootstrap.bootstrap(s, "snapshot")
+
+
+# ------------------------------------------------------------------ the volume the pod was given
+
+POSTGRES = (999, 999, frozenset({999}))
+
+
+@pytest.mark.parametrize("mode, owner", [
+    (0o2775, (0, 999)),   # fsGroup applied: the postgres group may write
+    (0o700, (999, 999)),  # handed to the postgres user
+    (0o777, (0, 0)),      # a provisioner that makes world-writable directories
+])
+def test_a_volume_the_postgres_user_can_write_is_fine(mode, owner):
+    assert bootstrap.unwritable_volume(stat.S_IFDIR | mode, owner, POSTGRES) is None
+
+
+def test_a_root_owned_volume_without_fsgroup_is_named_with_what_to_do():
+    problem = bootstrap.unwritable_volume(stat.S_IFDIR | 0o755, (0, 0), POSTGRES)
+    assert problem and "owned by 0:0 with mode 0755" in problem and "uid 999" in problem
+    assert "fsGroup" in problem and "storage class" in problem
+    # the owner's bits do not count for another user, nor the group's for a stranger
+    assert bootstrap.unwritable_volume(stat.S_IFDIR | 0o770, (0, 0), POSTGRES)
+    assert bootstrap.unwritable_volume(stat.S_IFDIR | 0o705, (0, 999), POSTGRES)

@@ -561,3 +561,54 @@ def test_pginstance_spec_fits_the_pginstance_crd():
                            backup={"s3": {"bucket": "b", "credentialsSecret": "s"}})
     body = build_instance(cluster, 0, "primary", "initdb")
     assert pruned_paths(body["spec"], _crd_schema("pginstances.yaml")["properties"]["spec"], "spec") == []
+
+
+# ------------------------------------------------------------------------ Pod Security "restricted"
+
+_RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}
+
+
+def _restricted_violations(pod) -> list[str]:
+    """The rules of the Pod Security Standard "restricted" (kubernetes.io/docs/concepts/security/
+    pod-security-standards). e2e/test_pod_security.py shows the real admission; this names the
+    rule a change would break."""
+    spec, found = pod["spec"], []
+    pod_security = spec.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            found.append(key)
+    for volume in spec.get("volumes") or ():
+        kinds = set(volume) - {"name"}
+        if not kinds <= _RESTRICTED_VOLUMES:
+            found.append(f"volume {volume['name']}: {kinds}")
+    if (pod_security.get("seccompProfile") or {}).get("type") not in ("RuntimeDefault", "Localhost"):
+        found.append("seccompProfile")
+    for c in [*(spec.get("initContainers") or ()), *spec["containers"]]:
+        security = c.get("securityContext") or {}
+        if security.get("privileged"):
+            found.append(f"{c['name']}: privileged")
+        if security.get("allowPrivilegeEscalation") is not False:
+            found.append(f"{c['name']}: allowPrivilegeEscalation")
+        caps = security.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or ()) or set(caps.get("add") or ()) - {"NET_BIND_SERVICE"}:
+            found.append(f"{c['name']}: capabilities")
+        if not security.get("runAsNonRoot", pod_security.get("runAsNonRoot")):
+            found.append(f"{c['name']}: runAsNonRoot")
+        if security.get("runAsUser", pod_security.get("runAsUser")) == 0:
+            found.append(f"{c['name']}: runAsUser 0")
+    return found
+
+
+@pytest.mark.parametrize("which", ["postgres", "bootstrap-initdb", "bootstrap-recovery", "backup"])
+def test_every_pod_pgop_makes_meets_pod_security_restricted(which):
+    from pgop.backup.pod import build_backup_pod
+    if which == "postgres":
+        pod = build_postgres_pod(instance())
+    elif which == "backup":
+        pod = build_backup_pod("nightly", "uid-1", instance(1, "replica", "basebackup"), "10.0.0.7")
+    else:
+        pod = build_bootstrap_pod(instance(0, "primary", which.split("-")[1]))
+    assert _restricted_violations(pod) == []
+    # the volume is owned through fsGroup, not by a root init container
+    assert "initContainers" not in pod["spec"]
