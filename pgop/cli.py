@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import typer
 
+from pgop.cli_output import OUTPUT_HELP, Output
+
+# add_completion: `pgop --install-completion` / `--show-completion` (bash, zsh, fish, PowerShell)
 app = typer.Typer(help="pgop: PostgreSQL clusters and RDS MySQL databases on Kubernetes.",
-                  no_args_is_help=True, add_completion=False)
+                  no_args_is_help=True, add_completion=True)
 agent_app = typer.Typer(help="The instance manager: PID 1 in each Postgres pod.",
                         no_args_is_help=True)
 app.add_typer(agent_app, name="agent")
@@ -40,10 +43,10 @@ def _namespace(namespace: str | None) -> str:
 def status(
     cluster: str = typer.Argument(..., help="PgCluster name"),
     namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    output: Output = typer.Option(Output.table, "--output", "-o", help=OUTPUT_HELP),
 ) -> None:
     """Show a PgCluster at a glance: instances, roles, LSN, lag, sync state, heartbeats."""
-    from rich.console import Console
-
+    from pgop.cli_output import cluster_document, console, dump
     from pgop.cli_views import cluster_table, conditions_table
     from pgop.kernel.meta import LABEL_CLUSTER
     from pgop.runtime.kube import Kube
@@ -55,22 +58,28 @@ def status(
         typer.echo(f"PgCluster {ns}/{cluster} not found", err=True)
         raise typer.Exit(1) from None
     instances = kube.list("PgInstance", ns, {LABEL_CLUSTER: cluster})
-    console = Console()
-    console.print(cluster_table(body, instances))
-    console.print(conditions_table(body))
+    if output != Output.table:
+        typer.echo(dump(cluster_document(body, instances), output), nl=False)
+        return
+    out = console()
+    out.print(cluster_table(body, instances))
+    out.print(conditions_table(body))
 
 
 @app.command()
 def plan(
     filename: str = typer.Option(..., "--filename", "-f", help="PgCluster manifest (YAML)"),
     namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    output: Output = typer.Option(Output.table, "--output", "-o", help=OUTPUT_HELP),
 ) -> None:
     """What the operator would create, change or delete for this manifest, without doing it."""
+    import sys
     import uuid
 
     import yaml
-    from rich.console import Console
 
+    from pgop.cli_output import console as make_console
+    from pgop.cli_output import dump, plan_document, plans_document
     from pgop.cli_views import plan_table
     from pgop.cluster.controller import observe_cluster
     from pgop.cluster.plan import plan_cluster
@@ -80,7 +89,10 @@ def plan(
     with open(filename) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     kube = Kube()
-    console = Console()
+    table = output == Output.table
+    # With -o json|yaml, stdout holds the document only; what a person reads goes to stderr.
+    console = make_console() if table else make_console(sys.stderr)
+    documents = []
     for doc in docs:
         if doc.get("kind") != "PgCluster":
             console.print(f"skipping {doc.get('kind')} {doc.get('metadata', {}).get('name')}: "
@@ -103,6 +115,9 @@ def plan(
             raise typer.Exit(2) from None
         result = plan_cluster(cluster, observe_cluster(kube, ns, meta["name"], cluster))
         state = "exists" if live is not None else "does not exist yet"
+        if not table:
+            documents.append(plan_document(ns, meta["name"], live is not None, list(result), result.waiting))
+            continue
         if not result:
             console.print(f"PgCluster {ns}/{meta['name']} ({state}): no changes")
         else:
@@ -110,6 +125,8 @@ def plan(
                                              f"{len(result)} action(s)"))
         for why in result.waiting:
             console.print(f"  then: {why}")
+    if not table:
+        typer.echo(dump(documents[0] if len(documents) == 1 else plans_document(documents), output), nl=False)
 
 
 @app.command()
@@ -169,6 +186,7 @@ def backups(
     s3_path: str | None = typer.Option(None, help=S3_HELP + ": spec.backup.s3.path."),
     s3_endpoint: str | None = typer.Option(None, help=S3_HELP + ": endpoint URL."),
     s3_credentials_secret: str | None = typer.Option(None, help=S3_HELP + ": the Secret with its keys."),
+    output: Output = typer.Option(Output.table, "--output", "-o", help=OUTPUT_HELP),
 ) -> None:
     """List the base backups of a cluster from its S3 catalog (not from the API), with the first
     point in time a restore can reach."""
@@ -177,7 +195,7 @@ def backups(
     ns = _namespace(namespace)
     kube = Kube()
     list_catalog(cluster, ns, s3_location(kube, ns, cluster, s3_bucket, s3_path, s3_endpoint,
-                                          s3_credentials_secret), kube)
+                                          s3_credentials_secret), kube, output)
 
 
 @app.command()
@@ -204,6 +222,61 @@ def restore(
                 instances=instances, dry_run=dry_run, wait=wait, timeout=timeout)
 
 
+@app.command()
+def psql(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    psql_args: list[str] | None = typer.Argument(None, metavar="[-- PSQL_ARGS...]",
+                                                 help="Passed to psql, after `--` (e.g. -- -d app -c 'select 1')."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    replica: bool = typer.Option(False, "--replica", help="A ready replica (least lag) instead of the primary."),
+) -> None:
+    """psql in the primary's (or a replica's) Postgres pod, via `kubectl exec`; a terminal only
+    when stdin is one, so `echo 'select 1' | pgop psql orders` works in scripts."""
+    from pgop.cli_day2 import psql as run_psql
+    run_psql(cluster, _namespace(namespace), replica, psql_args or [])
+
+
+@app.command()
+def restart(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    instance: str | None = typer.Option(None, "--instance", help="Only this instance (name or ordinal)."),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow the restart until every instance is back."),
+    timeout: float = typer.Option(900, help="Seconds to follow it."),
+) -> None:
+    """Rolling restart of Postgres, done by the operator: one instance at a time, each once the one
+    before is ready again, replicas first, the primary last by switchover to an up-to-date replica
+    (in place when there is none)."""
+    from pgop.cli_day2 import restart as run_restart
+    run_restart(cluster, _namespace(namespace), instance, wait, timeout)
+
+
+@app.command()
+def reload(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow until every agent has reloaded."),
+    timeout: float = typer.Option(300, help="Seconds to follow it."),
+) -> None:
+    """Ask every instance's agent to reload the Postgres configuration (SIGHUP; no restart)."""
+    from pgop.cli_day2 import reload as run_reload
+    run_reload(cluster, _namespace(namespace), wait, timeout)
+
+
+@app.command()
+def report(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    filename: str | None = typer.Option(None, "--filename", "-f",
+                                        help="Where to write the tar.gz (default <cluster>-report-<time>.tar.gz; "
+                                             "- for stdout)."),
+) -> None:
+    """A support bundle: the PgCluster, PgInstances, PgBackups, pods, Services, PVCs, Events and pod
+    logs, with every Secret value and password redacted."""
+    from pgop.cli_report import report as run_report
+    run_report(cluster, _namespace(namespace), filename)
+
+
 mysqldb_app = typer.Typer(help="MysqlDb (AWS RDS MySQL) databases.", no_args_is_help=True)
 app.add_typer(mysqldb_app, name="mysqldb")
 
@@ -212,10 +285,12 @@ app.add_typer(mysqldb_app, name="mysqldb")
 def mysqldb_status(
     name: str = typer.Argument(..., help="MysqlDb name"),
     namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    output: Output = typer.Option(Output.table, "--output", "-o", help=OUTPUT_HELP),
 ) -> None:
     """The RDS instance, its phase, where its secret and config live, and the last error
     (never the password)."""
-    from pgop.rds.report import render
+    from pgop.cli_output import dump
+    from pgop.rds.report import render, status_document
     from pgop.runtime.kube import Kube
 
     ns = _namespace(namespace)
@@ -223,7 +298,7 @@ def mysqldb_status(
     if body is None:
         typer.echo(f"MysqlDb {ns}/{name} not found", err=True)
         raise typer.Exit(1) from None
-    typer.echo(render(body))
+    typer.echo(render(body) if output == Output.table else dump(status_document(body), output), nl=output == Output.table)
 
 
 @app.command()

@@ -131,16 +131,20 @@ def last_archived_wal(storage, layout) -> str | None:
     return last
 
 
-def list_catalog(cluster: str, namespace: str, s3: S3Spec, kube) -> None:
-    from rich.console import Console
-
+def list_catalog(cluster: str, namespace: str, s3: S3Spec, kube, output: str = "table") -> None:
     from pgop.backup.catalog import first_recoverability_point
+    from pgop.cli_output import Output, backups_document, dump
+    from pgop.cli_output import console as make_console
     from pgop.cli_views import backups_table
     storage, layout, backups = read_catalog(kube, namespace, cluster, s3)
-    console = Console() if sys.stdout.isatty() else Console(width=200)  # piped: whole rows, no ellipses
-    console.print(backups_table(backups, f"Base backups of {cluster} in s3://{storage.bucket}/{layout.root}"))
     first = first_recoverability_point(backups)
     wal = last_archived_wal(storage, layout)
+    location = f"s3://{storage.bucket}/{layout.root}"
+    if output != Output.table:
+        typer.echo(dump(backups_document(cluster, location, backups, first, wal), Output(output)), nl=False)
+        return
+    console = make_console()  # piped: whole rows, no ellipses
+    console.print(backups_table(backups, f"Base backups of {cluster} in {location}"))
     console.print(f"first recoverability point: {rfc3339(first)}" if first else
                   "first recoverability point: none (no completed backup)")
     console.print(f"last archived WAL segment: {wal or 'none'}")

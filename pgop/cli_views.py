@@ -36,29 +36,47 @@ def _bytes(n: Any) -> str:
     return f"{n} TiB"
 
 
+def instance_rows(cluster: dict[str, Any], instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per PgInstance, by ordinal: what `pgop status` shows as a table and as JSON/YAML."""
+    entries = {e["name"]: e for e in (cluster.get("status") or {}).get("instances") or []}
+    rows = []
+    for inst in sorted(instances, key=lambda i: i["spec"].get("ordinal", 0)):
+        name = inst["metadata"]["name"]
+        st = inst.get("status") or {}
+        entry = entries.get(name, {})
+        rows.append({
+            "name": name,
+            "role": st.get("role") or inst["spec"].get("role"),
+            "ready": bool(entry.get("ready", st.get("ready"))),
+            "phase": st.get("phase"),
+            "timeline": st.get("timeline"),
+            "lsn": st.get("lsn"),
+            "lagBytes": entry.get("lagBytes"),
+            "syncState": entry.get("syncState") or st.get("syncState"),
+            "lastHeartbeat": st.get("lastHeartbeat"),
+            "pod": st.get("pod"),
+            "fenced": bool(inst["spec"].get("fenced")),
+        })
+    return rows
+
+
 def cluster_table(cluster: dict[str, Any], instances: Iterable[dict[str, Any]],
                   now: datetime | None = None) -> Table:
     now = now or datetime.now(UTC)
     status = cluster.get("status") or {}
     spec = cluster.get("spec") or {}
-    entries = {e["name"]: e for e in status.get("instances") or []}
     title = (f"PgCluster {cluster['metadata']['namespace']}/{cluster['metadata']['name']}: "
              f"{status.get('phase', 'Unknown')}, {status.get('readyInstances', 0)}/"
              f"{spec.get('instances', '?')} ready, primary {status.get('currentPrimary') or '-'}")
     table = Table(title=title, title_justify="left")
     for col in ("INSTANCE", "ROLE", "READY", "TIMELINE", "LSN", "LAG", "SYNC", "HEARTBEAT", "POD"):
         table.add_column(col)
-    for inst in sorted(instances, key=lambda i: i["spec"].get("ordinal", 0)):
-        name = inst["metadata"]["name"]
-        st = inst.get("status") or {}
-        entry = entries.get(name, {})
-        ready = entry.get("ready", st.get("ready"))
+    for row in instance_rows(cluster, instances):
         table.add_row(
-            name, st.get("role") or inst["spec"].get("role", "-"),
-            Text("yes", style="green") if ready else Text("no", style="red"),
-            str(st.get("timeline", "-")), st.get("lsn") or "-", _bytes(entry.get("lagBytes")),
-            entry.get("syncState") or st.get("syncState") or "-",
-            _age(st.get("lastHeartbeat"), now), st.get("pod") or "-")
+            row["name"], row["role"] or "-",
+            Text("yes", style="green") if row["ready"] else Text("no", style="red"),
+            str(row["timeline"] if row["timeline"] is not None else "-"), row["lsn"] or "-",
+            _bytes(row["lagBytes"]), row["syncState"] or "-", _age(row["lastHeartbeat"], now), row["pod"] or "-")
     return table
 
 

@@ -49,3 +49,37 @@ def render(body: Mapping[str, Any]) -> str:
     rows = status_rows(body)
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)
+
+
+def status_document(body: Mapping[str, Any]) -> dict[str, Any]:
+    """`pgop mysqldb status -o json|yaml`: kind MysqlDbStatus (docs/cli.md), the same facts as
+    `status_rows`; never a password (the object holds none)."""
+    meta = body.get("metadata") or {}
+    spec = body.get("spec") or {}
+    status = body.get("status") or {}
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    return {
+        "apiVersion": "pgop.io/cli/v1",
+        "kind": "MysqlDbStatus",
+        "namespace": namespace,
+        "name": name,
+        "phase": status.get("phase") or "Pending",
+        "dbInstanceIdentifier": status.get("dbInstanceIdentifier"),
+        "dbInstanceStatus": status.get("dbInstanceStatus"),
+        "endpoint": status.get("endpoint"),
+        "port": status.get("port"),
+        "engineVersion": status.get("engineVersion") or spec.get("engineVersion"),
+        "instanceClass": status.get("instanceClass") or spec.get("instanceClass"),
+        "instanceSize": spec.get("instanceSize"),
+        "storageGB": status.get("allocatedStorage") or spec.get("storageGB"),
+        "vaultPath": status.get("vaultPath") or spec.get("vaultPath") or default_vault_path(namespace, name),
+        "consulPrefix": status.get("consulPrefix") or spec.get("consulPrefix")
+        or default_consul_prefix(namespace, name),
+        "deletionPolicy": spec.get("deletionPolicy", "Snapshot"),
+        "deletionProtection": bool(spec.get("deletionProtection")),
+        "pendingModifications": status.get("pendingModifications") or {},
+        "finalSnapshotIdentifier": status.get("finalSnapshotIdentifier"),
+        "conditions": [{"type": c.get("type"), "status": c.get("status"), "reason": c.get("reason"),
+                        "message": c.get("message")} for c in status.get("conditions") or []],
+        "lastError": status.get("lastError"),
+    }

@@ -78,6 +78,9 @@ class Wanted:
     # A switchover hands over: other instances still follow this one (their spec.primary names
     # it) to receive its last WAL, so a demotion is a fast shutdown, which sends all of it.
     handover: bool = False
+    # spec.restartRequestedAt / spec.reloadRequestedAt (`pgop restart`, `pgop reload`): "" = none.
+    restart_token: str = ""
+    reload_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class Actual:
     # Stopped without a clean shutdown (pg_control says "in production"): where its WAL ends is
     # known only once crash recovery has replayed all of it.
     crashed: bool = False
+    # The request tokens the running postmaster has honoured (it started, or restarted or reloaded,
+    # for them); None: not known yet, nothing is asked.
+    restarted_for: str | None = None
+    reloaded_for: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +184,10 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
         actions.append(Action(RELOAD, "a reload applies " + _names(change.changed)))
     elif actual.state.pending_restart:
         actions.append(Action(RESTART, "pg_settings.pending_restart for " + _names(actual.state.pending_restart)))
+    if not any(a.kind == RESTART for a in actions) and asked(wanted.restart_token, actual.restarted_for):
+        actions.append(Action(RESTART, f"restart requested (spec.restartRequestedAt {wanted.restart_token})"))
+    elif not any(a.kind in (RESTART, RELOAD) for a in actions) and asked(wanted.reload_token, actual.reloaded_for):
+        actions.append(Action(RELOAD, f"reload requested (spec.reloadRequestedAt {wanted.reload_token})"))
 
     if wanted.role == PRIMARY and actual.state.role == REPLICA and wanted.slots is not None:
         # Before the promotion (a standby may hold physical slots): the replicas pointed at it
@@ -211,6 +222,11 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
     else:
         phase, message = RUNNING, refused
     return Decision(tuple(actions), phase, message, waiting=refused is not None)
+
+
+def asked(token: str, honoured: str | None) -> bool:
+    """A restart or reload request this postmaster has not carried out yet."""
+    return bool(token) and honoured is not None and token != honoured
 
 
 def demotion(handover: bool) -> Action:

@@ -35,6 +35,7 @@ from pgop.agent.settings import AgentSettings
 from pgop.agent.state import one_row, read_state
 from pgop.kernel import pgconfig
 from pgop.kernel.conditions import condition, rfc3339
+from pgop.kernel.meta import RELOAD_FIELD, RESTART_FIELD
 from pgop.kernel.model import PRIMARY, REPLICA, Instance
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ POSTMASTER_POLL = 0.1  # seconds between two looks at the postmaster while the l
 
 # What carries out one action: (action, its decision, what is wanted) -> go on with the next?
 Effect = Callable[[ha.Action, ha.Decision, ha.Wanted], bool]
+
+
+def request_token(instance: Instance, field: str) -> str:
+    return str(instance.raw_spec.get(field) or "")
 
 
 def utcnow() -> datetime:
@@ -99,6 +104,11 @@ class Agent:
         self.replica_timeline = 0  # the highest timeline this replica was seen on (they only grow)
         self.granted_for: float | None = None  # the postmaster start the role grants were made in
         self.certificates: tuple[float | None, str] | None = None  # (postmaster start, files' digest)
+        # The `pgop restart` / `pgop reload` tokens (spec.restartRequestedAt, spec.reloadRequestedAt)
+        # the running postmaster has honoured. Set from the first spec read: the postmaster this
+        # agent (PID 1) starts next starts after any request made so far.
+        self.restarted_for: str | None = None
+        self.reloaded_for: str | None = None
         self.effects: dict[str, Effect] = {
             ha.STOP: self._stop,
             ha.STOP_NOW: self._stop_now,
@@ -242,6 +252,9 @@ class Agent:
                                 "made one; nothing to run")
                 self.report(instance, ha.Decision((), ha.FAILED, self.message))
                 return False
+            if self.restarted_for is None:
+                self.restarted_for = request_token(instance, RESTART_FIELD)
+                self.reloaded_for = request_token(instance, RELOAD_FIELD)
             actual = self.observe()
             wanted = self.want(instance, actual)
             decision = ha.decide(wanted, actual, self.settings.max_start_attempts)
@@ -346,7 +359,8 @@ class Agent:
         diverged = ha.diverged(state, primary_timeline, now - self.streaming_at, DIVERGED_PATIENCE)
         return ha.Actual(running=running, state=state, written=config.read_written(self.files),
                          standby_signal=self.files.standby_signal.exists(), failed_starts=self.failed_starts,
-                         isolated=self.isolated, diverged=diverged, crashed=crashed)
+                         isolated=self.isolated, diverged=diverged, crashed=crashed,
+                         restarted_for=self.restarted_for, reloaded_for=self.reloaded_for)
 
     def _primary_timeline(self) -> int | None:
         """The timeline the primary reports, if the cluster's list says who that is."""
@@ -383,7 +397,8 @@ class Agent:
             slots = frozenset()  # a replica nobody follows keeps no slots (see ha.decide)
         return ha.Wanted(role=spec.role, fenced=spec.fenced, settings=settings, hba=config.hba_text(self.settings, spec),
                          slots=slots, postgres_version=spec.postgres_version, primary=following,
-                         handover=handover)
+                         handover=handover, restart_token=request_token(instance, RESTART_FIELD),
+                         reload_token=request_token(instance, RELOAD_FIELD))
 
     # ------------------------------------------------------------------------------- 5. act
 
@@ -454,13 +469,20 @@ class Agent:
         return True
 
     def _start_postgres(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
-        return self._start(restart=False)
+        return self._honour(wanted, self._start(restart=False))
 
     def _restart_postgres(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
-        return self._start(restart=True)
+        return self._honour(wanted, self._start(restart=True))
+
+    def _honour(self, wanted: ha.Wanted, started: bool) -> bool:
+        """A postmaster that starts reads the files as they are: every request so far is met."""
+        if started:
+            self.restarted_for, self.reloaded_for = wanted.restart_token, wanted.reload_token
+        return started
 
     def _reload(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
         self.reload()
+        self.reloaded_for = wanted.reload_token
         if wanted.primary == "" and wanted.role != PRIMARY:
             self.wait_receiver_gone()
         return True

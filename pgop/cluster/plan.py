@@ -43,7 +43,7 @@ from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
 from pgop.kernel import names, pgconfig
 from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Event, Plan, merge_patch
 from pgop.kernel.lsn import parse_lsn
-from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE
+from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE, RESTART_FIELD
 from pgop.kernel.model import (
     BASEBACKUP,
     PRIMARY,
@@ -55,7 +55,13 @@ from pgop.kernel.model import (
     parse_quantity,
 )
 from pgop.specs import tls
-from pgop.specs.instance import MANAGED_FIELDS, POD_FIELDS, build_instance, managed_instance_spec
+from pgop.specs.instance import (
+    MANAGED_FIELDS,
+    POD_FIELDS,
+    build_instance,
+    managed_instance_spec,
+    restart_scope,
+)
 from pgop.specs.pdb import build_pdb, build_primary_pdb
 from pgop.specs.pods import (
     ANNOTATION_POD_INPUTS,
@@ -497,6 +503,8 @@ def _managed(instance: Instance) -> dict[str, Any]:
 
 def _restart_needs(instance: Instance, desired: Mapping[str, Any], cluster: Cluster) -> list[str]:
     needs = [f"{key} changed" for key in POD_FIELDS if instance.raw_spec.get(key) != desired.get(key)]
+    if desired.get(RESTART_FIELD) and instance.raw_spec.get(RESTART_FIELD) != desired.get(RESTART_FIELD):
+        needs.append(f"restart requested at {desired[RESTART_FIELD]} (pgop restart)")
     change = pgconfig.classify_change(
         pgconfig.effective_parameters(instance.spec.parameters),
         pgconfig.effective_parameters(cluster.spec.parameters),
@@ -522,8 +530,8 @@ def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> No
         if instance.spec.postgres_version != cluster.spec.postgres_version:
             plan.waiting.append(f"{instance.name} runs PostgreSQL {instance.spec.postgres_version}; "
                                 "a major upgrade in place is not supported")
-    desired = managed_instance_spec(cluster)
-    outdated = {i.name: merge_patch(_managed(i), desired) for i in instances}
+    wanted = {i.name: _desired_of(i, managed_instance_spec(cluster), restart_scope(cluster)) for i in instances}
+    outdated = {i.name: merge_patch(_managed(i), wanted[i.name]) for i in instances}
     outdated = {name: patch for name, patch in outdated.items() if patch}
     if not outdated:
         return
@@ -532,7 +540,7 @@ def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> No
     restarts: list[tuple[Instance, list[str]]] = []
     for instance in instances:
         if instance.name in outdated:
-            needs = _restart_needs(instance, desired, cluster)
+            needs = _restart_needs(instance, wanted[instance.name], cluster)
             if needs:
                 restarts.append((instance, needs))
             else:
@@ -576,6 +584,17 @@ def _plan_rollout(cluster: Cluster, instances: list[Instance], plan: Plan) -> No
     if len(restarts) > 1:
         plan.waiting.append("rolling restart: next " + ", ".join(i.name for i, _ in restarts[1:])
                             + f", each once {instance.name} is ready again")
+
+
+def _desired_of(instance: Instance, desired: dict[str, Any], scope: frozenset[str] | None) -> dict[str, Any]:
+    """The managed spec of one instance: a restart asked for other instances (`pgop restart
+    --instance`) leaves this one's restart token as it is."""
+    if scope is None or instance.name in scope:
+        return desired
+    mine = {key: value for key, value in desired.items() if key != RESTART_FIELD}
+    if RESTART_FIELD in instance.raw_spec:
+        mine[RESTART_FIELD] = instance.raw_spec[RESTART_FIELD]
+    return mine
 
 
 def _switchover_candidate(primary: Instance, updated: list[Instance]) -> Instance | None:

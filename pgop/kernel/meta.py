@@ -14,6 +14,10 @@ LABEL_COMPONENT = "pgop.io/component"
 COMPONENT_POSTGRES = "postgres"
 COMPONENT_BOOTSTRAP = "bootstrap"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "pgop")
+# PgInstance spec fields of `pgop restart` / `pgop reload` requests (pgop.specs.instance writes
+# them, the agent acts on them): an opaque token; a new token asks for one restart (reload).
+RESTART_FIELD = "restartRequestedAt"
+RELOAD_FIELD = "reloadRequestedAt"
 
 
 def cluster_labels(cluster: str) -> dict[str, str]:

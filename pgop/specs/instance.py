@@ -5,10 +5,19 @@ cluster controller can roll a change out one instance at a time, replicas before
 """
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from pgop.kernel import pgconfig
-from pgop.kernel.meta import LABEL_INSTANCE, cluster_labels, object_meta, owner_reference, stable_hash
+from pgop.kernel.meta import (
+    LABEL_INSTANCE,
+    RELOAD_FIELD,
+    RESTART_FIELD,
+    cluster_labels,
+    object_meta,
+    owner_reference,
+    stable_hash,
+)
 from pgop.kernel.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, RecoverySpec, Role, instance_name
 
 KIND = "PgInstance"
@@ -21,12 +30,24 @@ KIND = "PgInstance"
 MANAGED_FIELDS = (
     "image", "storage", "resources", "parameters",
     "synchronousReplicas", "synchronousMode", "enableSuperuserAccess", "backup", "configHash",
-    "affinity", "topologySpreadConstraints",
+    "affinity", "topologySpreadConstraints", "restartRequestedAt", "reloadRequestedAt",
 )
 # Fields whose change needs a new Postgres pod, not just a new config file. Scheduling fields
 # (affinity, topologySpreadConstraints) count too: a pod is placed once, so the new placement
 # rules reach a running instance only through a new pod.
 POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints")
+
+# Day-2 requests of `pgop restart` and `pgop reload`, by annotation on the PgCluster (people ask
+# the operator; only the operator patches a PgInstance's spec). The value is an opaque token (the
+# CLI writes the time of the request). The planner copies it into each instance's
+# spec.restartRequestedAt / spec.reloadRequestedAt, a restart rolled one instance at a time like
+# any change that needs one; an agent restarts (reloads) Postgres once when the token it finds
+# there differs from the one its running postmaster has honoured.
+ANNOTATION_RESTART = "pgop.io/restart-requested-at"
+# JSON list of the instance names a restart is for; absent: every instance.
+ANNOTATION_RESTART_INSTANCES = "pgop.io/restart-instances"
+ANNOTATION_RELOAD = "pgop.io/reload-requested-at"
+TOKEN_MAX = 64
 
 
 def config_hash(spec: ClusterSpec) -> str:
@@ -67,7 +88,26 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
     backup = _backup(spec)
     if backup is not None:
         managed["backup"] = backup
+    for annotation, field in ((ANNOTATION_RESTART, RESTART_FIELD), (ANNOTATION_RELOAD, RELOAD_FIELD)):
+        token = cluster.annotations.get(annotation, "").strip()[:TOKEN_MAX]  # the CRD's maxLength
+        if token:
+            managed[field] = token
     return managed
+
+
+def restart_scope(cluster: Cluster) -> frozenset[str] | None:
+    """The instances the restart request is for (annotation pgop.io/restart-instances, a JSON
+    list of names); None: every instance. An unreadable list counts as none, never as all."""
+    text = cluster.annotations.get(ANNOTATION_RESTART_INSTANCES)
+    if text is None:
+        return None
+    try:
+        names = json.loads(text)
+    except ValueError:
+        return frozenset()
+    if not isinstance(names, list):
+        return frozenset()
+    return frozenset(str(n) for n in names)
 
 
 def instance_spec(cluster: Cluster, ordinal: int, role: Role, bootstrap: BootstrapMode,
