@@ -45,7 +45,7 @@ WATCH_NAMESPACES = "PGOP_WATCH_NAMESPACES"
 
 # A namespace name (an RFC 1123 label), or a kopf pattern of one: '*' and '?' globs, '!' to exclude.
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_PATTERN = re.compile(r"!?[-a-z0-9*?]{1,63}")
+_PATTERN = re.compile(r"!?[a-z0-9*?][-a-z0-9*?]{0,62}")
 
 
 def is_pattern(namespace: str) -> bool:

@@ -88,6 +88,33 @@ def read_token_file(path: str, what: str) -> str | None:
     return token
 
 
+def split_kv2_path(path: str) -> tuple[str, str]:
+    """'secret/data/k8s/shop/orders/db' -> ('secret', 'k8s/shop/orders/db').
+
+    The first segment is the KV v2 mount; a following 'data/' (the API path form the contract uses)
+    is optional.
+    """
+    parts = [p for p in path.strip("/").split("/") if p]
+    if len(parts) < 2:
+        raise ValueError(f"Vault path {path!r} needs a mount and a key, e.g. secret/data/app/db")
+    mount, rest = parts[0], parts[1:]
+    if rest[0] in ("data", "metadata") and len(rest) > 1:
+        rest = rest[1:]
+    return mount, "/".join(rest)
+
+
+@dataclass(frozen=True)
+class SecretVersion:
+    """One read of a KV v2 secret: version 0 means nothing was ever written (or it was destroyed)."""
+
+    version: int
+    data: Mapping[str, Any] | None = field(default=None, repr=False)
+
+    @property
+    def exists(self) -> bool:
+        return self.data is not None
+
+
 class VaultKV:
     """KV v2 reads and check-and-set writes, with a token or a Kubernetes auth login."""
 
