@@ -40,6 +40,8 @@ class Identity:
 
 def can(kube_api, who: Identity, verb: str, resource: str, namespace: str = "", group: str = "",
         subresource: str = "") -> bool:
+    resource, _, sub = resource.partition("/")  # "pods/exec": resource pods, subresource exec
+    subresource = subresource or sub
     attributes = {"verb": verb, "resource": resource, "group": group}
     if namespace:
         attributes["namespace"] = namespace
