@@ -16,16 +16,24 @@ app.add_typer(agent_app, name="agent")
 @app.command()
 def run(
     namespace: list[str] = typer.Option([], "--namespace", "-n",
-                                        help="Watch these namespaces (repeatable)."),
+                                        help="Watch only these namespaces (repeatable); "
+                                             "default: PGOP_WATCH_NAMESPACES."),
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A",
-                                        help="Watch the whole cluster (the default when no -n)."),
+                                        help="Watch the whole cluster (the default when neither -n "
+                                             "nor PGOP_WATCH_NAMESPACES is given)."),
     liveness: str | None = typer.Option(None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the operator against the current kubeconfig (or in-cluster config)."""
+    import os
+
     from . import operator
-    operator.run(namespace, clusterwide=all_namespaces or not namespace, liveness=liveness,
-                 verbose=verbose)
+    from .runtime.config import watch_scope
+    try:
+        namespaces = watch_scope(namespace, all_namespaces, os.environ)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    operator.run(namespaces, liveness=liveness, verbose=verbose)
 
 
 def _namespace(namespace: str | None) -> str:

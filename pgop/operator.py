@@ -7,8 +7,11 @@ import faulthandler
 import importlib
 import logging
 import signal
+from collections.abc import Sequence
 
 import kopf
+
+from pgop.runtime.config import is_pattern
 
 # Each package registers its handlers when imported; a package with no handlers yet is skipped.
 HANDLER_MODULES = ("pgop.cluster.handlers", "pgop.rds.handlers", "pgop.backup.handlers")
@@ -52,13 +55,25 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.background.cancellation_polling = 0.5
 
 
-def run(namespaces: list[str], clusterwide: bool, liveness: str | None = None,
-        verbose: bool = False) -> None:
+def settings_for(namespaces: Sequence[str]) -> kopf.OperatorSettings:
+    """kopf's settings before start-up. Watching only namespaces named exactly (namespaced mode),
+    kopf must neither list nor watch Namespaces nor CustomResourceDefinitions: those are cluster-wide
+    reads the operator's RBAC does not grant there (deploy/operator-namespaced.yaml). The CRDs are
+    then looked up once, at start (install crds/ before the operator). A pattern ('!solo-*') needs
+    kopf to watch Namespaces, so it keeps kopf's scanning (and needs deploy/operator.yaml's RBAC)."""
+    settings = kopf.OperatorSettings()
+    settings.scanning.disabled = bool(namespaces) and not any(is_pattern(ns) for ns in namespaces)
+    return settings
+
+
+def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = False) -> None:
+    """Watches `namespaces`, or every namespace when there are none."""
     kopf.configure(verbose=verbose)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck handler waits on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     loaded = load_handlers()
-    log.info("pgop operator starting with handlers from %s", ", ".join(loaded) or "nothing")
+    log.info("pgop operator starting with handlers from %s, watching %s", ", ".join(loaded) or "nothing",
+             ", ".join(namespaces) if namespaces else "all namespaces")
     asyncio.run(kopf.operator(
-        clusterwide=clusterwide, namespaces=list(namespaces), standalone=True,
-        liveness_endpoint=liveness))
+        clusterwide=not namespaces, namespaces=list(namespaces), standalone=True,
+        settings=settings_for(namespaces), liveness_endpoint=liveness))

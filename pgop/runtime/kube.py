@@ -22,6 +22,7 @@ class Resource:
     group: str
     version: str
     plural: str
+    namespaced: bool = True
 
     def path(self, namespace: str | None, name: str | None = None, sub: str | None = None) -> str:
         base = f"/api/{self.version}" if not self.group else f"/apis/{self.group}/{self.version}"
@@ -42,8 +43,8 @@ RESOURCES = {
     "ServiceAccount": Resource("", "v1", "serviceaccounts"),
     "PersistentVolumeClaim": Resource("", "v1", "persistentvolumeclaims"),
     "Event": Resource("", "v1", "events"),
-    "Node": Resource("", "v1", "nodes"),
-    "StorageClass": Resource("storage.k8s.io", "v1", "storageclasses"),
+    "Node": Resource("", "v1", "nodes", namespaced=False),
+    "StorageClass": Resource("storage.k8s.io", "v1", "storageclasses", namespaced=False),
     "PodDisruptionBudget": Resource("policy", "v1", "poddisruptionbudgets"),
     "Role": Resource("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": Resource("rbac.authorization.k8s.io", "v1", "rolebindings"),
@@ -85,12 +86,17 @@ class Kube:
 
     def list(self, kind: str, namespace: str, selector: dict[str, str] | None = None,
              fields: dict[str, str] | None = None) -> list[dict]:
+        resource = RESOURCES[kind]
+        if resource.namespaced and not namespace:
+            # A list across every namespace needs a cluster-wide grant the namespaced operator does
+            # not have (deploy/operator-namespaced.yaml), and nothing pgop does needs one.
+            raise ValueError(f"listing {kind} needs a namespace: pgop never lists across namespaces")
         query = []
         if selector:
             query.append(("labelSelector", ",".join(f"{k}={v}" for k, v in selector.items())))
         if fields:
             query.append(("fieldSelector", ",".join(f"{k}={v}" for k, v in fields.items())))
-        out = self._call("GET", RESOURCES[kind].path(namespace), query=query)
+        out = self._call("GET", resource.path(namespace), query=query)
         items = out.get("items", [])
         api_version = out.get("apiVersion", "")
         for item in items:  # list items come without kind/apiVersion

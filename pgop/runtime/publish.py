@@ -67,6 +67,27 @@ class ConsulForbidden(PublishError):
     reason = "ConsulForbidden"
 
 
+class CredentialsUnavailable(PublishError):
+    reason = "CredentialsUnavailable"
+
+
+def read_token_file(path: str, what: str) -> str | None:
+    """The token in `path`, read now, or None when there is no such file (an optional Secret without
+    that key). A mounted Secret's file changes in place when the Secret does (the kubelet swaps it
+    atomically), so reading it on every call picks up a rotated token. The error names the file and
+    the reason, never its content."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    except FileNotFoundError:
+        return None
+    except OSError as error:
+        raise CredentialsUnavailable(f"{what} token file {path}: {error.strerror or type(error).__name__}") from None
+    if not token:
+        raise CredentialsUnavailable(f"{what} token file {path} is empty")
+    return token
+
+
 def split_kv2_path(path: str) -> tuple[str, str]:
     """'secret/data/k8s/shop/orders/db' -> ('secret', 'k8s/shop/orders/db').
 
@@ -97,9 +118,12 @@ class SecretVersion:
 class VaultKV:
     """KV v2 reads and check-and-set writes, with a token or a Kubernetes auth login."""
 
-    def __init__(self, client: hvac.Client, *, login: Callable[[hvac.Client], None] | None = None):
+    def __init__(self, client: hvac.Client, *, login: Callable[[hvac.Client], None] | None = None,
+                 token_file: str | None = None):
         self._client = client
         self._login = login
+        self._token_file = token_file
+        self._token = client.token  # used while the token file does not exist
 
     @classmethod
     def connect(
@@ -112,18 +136,25 @@ class VaultKV:
         jwt_path: str = SERVICE_ACCOUNT_TOKEN,
         timeout: float = 5.0,
         verify: bool | str = True,
+        token_file: str | None = None,
     ) -> VaultKV:
+        """`token_file` (read on every call) wins over `token` while it exists; a Kubernetes auth role
+        wins over both."""
         client = hvac.Client(url=addr, token=token, timeout=timeout, verify=verify)
         login = None
         if kubernetes_role:
+            token_file = None
+
             def login(c: hvac.Client) -> None:
                 with open(jwt_path) as f:
                     jwt = f.read().strip()
                 c.auth.kubernetes.login(role=kubernetes_role, jwt=jwt, mount_point=kubernetes_mount)
-        return cls(client, login=login)
+        return cls(client, login=login, token_file=token_file)
 
     def _do(self, what: str, path: str, call: Callable[[], Any]) -> Any:
         for attempt in (1, 2):
+            if self._token_file:
+                self._client.token = read_token_file(self._token_file, "Vault") or self._token
             try:
                 if self._login and not self._client.token:
                     self._login(self._client)
@@ -134,7 +165,8 @@ class VaultKV:
                     continue
                 if not self._client.token and not self._login:
                     raise VaultForbidden(f"Vault {what} {path}: permission denied: no Vault token "
-                                         "configured (set VAULT_TOKEN or PGOP_VAULT_K8S_ROLE)") from None
+                                         "configured (set PGOP_VAULT_TOKEN_FILE, VAULT_TOKEN or "
+                                         "PGOP_VAULT_K8S_ROLE)") from None
                 raise VaultForbidden(f"Vault {what} {path}: permission denied") from None
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout,
                     hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError,
@@ -190,16 +222,21 @@ class VaultKV:
 class ConsulKV:
     """A set of keys under a prefix, written and removed as one transaction."""
 
-    def __init__(self, client: consul.Consul):
+    def __init__(self, client: consul.Consul, *, token_file: str | None = None):
         self._client = client
+        self._token_file = token_file
+        self._token = client.token  # used while the token file does not exist
 
     @classmethod
     def connect(cls, host: str, port: int, *, scheme: str = "http", token: str | None = None,
-                timeout: float = 5.0) -> ConsulKV:
+                timeout: float = 5.0, token_file: str | None = None) -> ConsulKV:
+        """`token_file` (read on every call) wins over `token` while it exists."""
         return cls(consul.Consul(host=host, port=port, scheme=scheme, token=token,
-                                 connections_timeout=timeout))
+                                 connections_timeout=timeout), token_file=token_file)
 
     def _do(self, what: str, prefix: str, call: Callable[[], Any]) -> Any:
+        if self._token_file:
+            self._client.token = read_token_file(self._token_file, "Consul") or self._token
         try:
             return call()
         except (requests.exceptions.ConnectionError, requests.exceptions.Timeout, consul.exceptions.Timeout):
@@ -387,8 +424,9 @@ def connect_from_config(config) -> tuple[VaultKV, ConsulKV]:
     """Vault and Consul clients for the endpoints and credentials of an OperatorConfig."""
     vault = VaultKV.connect(config.vault_addr, config.vault_token,
                             kubernetes_role=config.vault_k8s_role,
-                            kubernetes_mount=config.vault_k8s_mount)
+                            kubernetes_mount=config.vault_k8s_mount,
+                            token_file=config.vault_token_file)
     address = config.consul_address
     consul_kv = ConsulKV.connect(address.host, address.port, scheme=address.scheme,
-                                 token=config.consul_token)
+                                 token=config.consul_token, token_file=config.consul_token_file)
     return vault, consul_kv
