@@ -80,7 +80,7 @@ def build_backup_pod(backup: str, backup_uid: str, instance: Instance, host: str
                     _secret_source(names.superuser_secret(cluster), "superuser"),
                     _secret_source(names.replication_secret(cluster), "replication"),
                 ]}},
-                tls_volume(cluster),
+                tls_volume(cluster, instance.spec.tls),
                 *_s3_volumes(instance.spec.s3),
                 {"name": "run", "emptyDir": {}},
                 {"name": "tmp", "emptyDir": {}},

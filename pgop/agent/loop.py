@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 
@@ -109,6 +110,7 @@ class Agent:
         # agent (PID 1) starts next starts after any request made so far.
         self.restarted_for: str | None = None
         self.reloaded_for: str | None = None
+        self.loaded_certificates: dict[str, Any] | None = None  # status.certificates
         self.effects: dict[str, Effect] = {
             ha.STOP: self._stop,
             ha.STOP_NOW: self._stop_now,
@@ -165,11 +167,13 @@ class Agent:
         digest = certificates_digest(tls)
         if self.certificates is None or self.certificates[0] != started:
             self.certificates = (started, digest)  # what this postmaster read when it started
+            self.loaded_certificates = loaded_certificates(tls)
             return
         if self.certificates[1] != digest:
             log.info("the certificates in %s changed (renewed): reloading postgres", tls.directory)
             self.postmaster.reload()
             self.certificates = (started, digest)
+            self.loaded_certificates = loaded_certificates(tls)
 
     def idle(self, seconds: float) -> None:
         """Waits `seconds`, or less: until the PgInstance changes (the watch sets `wakeup`), the
@@ -644,6 +648,8 @@ class Agent:
                 state.standbys, streaming.cluster_members(instance.name, self.cluster), previous)
         elif previous is not None:
             patch["replicaSyncStates"] = None
+        if self.loaded_certificates is not None and running:
+            patch["certificates"] = self.loaded_certificates
         try:
             self.store.patch_status(instance.name, patch)
             self.api_ok_at = time.monotonic()
@@ -671,13 +677,33 @@ class Agent:
 def certificates_digest(tls: pgconfig.TlsFiles) -> str:
     import hashlib
     digest = hashlib.sha256()
-    for path in (tls.server_cert, tls.server_key, tls.ca):
+    for path in (tls.server_cert, tls.server_key, tls.ca, tls.server_ca):
         try:
             with open(path, "rb") as f:
                 digest.update(f.read())
         except OSError:
             digest.update(b"-")
     return digest.hexdigest()
+
+
+def loaded_certificates(tls: pgconfig.TlsFiles) -> dict[str, Any]:
+    """status.certificates: fingerprints of the CAs this instance trusts (client and server side)
+    and of the certificates it presents, as read now. The operator rotates its CA by them: the
+    leaves are issued from a new CA only once every instance trusts it, and the old CA leaves the
+    bundle only once every instance presents leaves of the new one."""
+    def read(path: str) -> str:
+        try:
+            with open(path) as f:
+                return f.read()
+        except OSError:
+            return ""
+    trusted = pgconfig.certificate_fingerprints(read(tls.ca))
+    if tls.server_ca != tls.ca:
+        trusted += [fp for fp in pgconfig.certificate_fingerprints(read(tls.server_ca)) if fp not in trusted]
+    server = pgconfig.certificate_fingerprints(read(tls.server_cert))
+    replication = pgconfig.certificate_fingerprints(read(tls.client_cert))
+    return {"trusted": trusted, "server": server[0] if server else "",
+            "replication": replication[0] if replication else ""}
 
 
 def spec_primary(instance: Instance) -> str | None:

@@ -66,7 +66,10 @@ class AgentSettings:
 
     @property
     def tls(self) -> pgconfig.TlsFiles | None:
-        return pgconfig.TlsFiles(str(self.tls_dir)) if self.tls_dir is not None else None
+        if self.tls_dir is None:
+            return None
+        # server-ca.crt is mounted when spec.tls is set (the server's issuer may be the user's CA)
+        return pgconfig.TlsFiles(str(self.tls_dir), (self.tls_dir / "server-ca.crt").exists())
 
     def client_options(self, host: str) -> dict[str, str]:
         """libpq options of the agent's network connections to another instance at `host`: with

@@ -43,7 +43,17 @@ def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | No
         pods=kube.list("Pod", namespace, selector | {LABEL_COMPONENT: COMPONENT_POSTGRES}),
         volumes=kube.list("PersistentVolumeClaim", namespace, selector),
         cordoned_nodes=cordoned_nodes(kube),
+        user_secrets=user_secrets(kube, namespace, cluster),
     )
+
+
+def user_secrets(kube: Kube, namespace: str, cluster: Cluster | None) -> dict[str, Any]:
+    """The Secrets spec.tls names (None for one that does not exist)."""
+    spec = cluster.spec.tls if cluster is not None else None
+    if spec is None:
+        return {}
+    return {name: kube.get("Secret", namespace, name)
+            for name in (spec.server_secret, spec.client_ca_secret) if name}
 
 
 def cordoned_nodes(kube: Kube) -> frozenset[str] | None:
@@ -93,6 +103,8 @@ def persist_decision(kube: Kube, body: Mapping[str, Any], plan: Plan) -> bool:
 def status_for_cluster(cluster: Cluster, instances: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
     now = datetime.now(UTC)
     status = cluster_status(cluster, instances, now=now, waiting=plan.waiting, ha=plan.status or None)
+    for judged in plan.conditions:  # e.g. CertificatesReady
+        status["conditions"] = set_condition(status["conditions"], judged, now=now, generation=cluster.generation)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:
         archiving = archiving_condition(instances) | {"observedGeneration": cluster.generation}
         status["conditions"] = set_condition(status["conditions"], archiving, now=now, generation=cluster.generation)

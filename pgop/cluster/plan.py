@@ -35,13 +35,14 @@ from __future__ import annotations
 
 import secrets as system_secrets
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
 from pgop.kernel import names, pgconfig
 from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Event, Plan, merge_patch
+from pgop.kernel.conditions import condition
 from pgop.kernel.lsn import parse_lsn
 from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE, RESTART_FIELD
 from pgop.kernel.model import (
@@ -54,7 +55,7 @@ from pgop.kernel.model import (
     instance_name,
     parse_quantity,
 )
-from pgop.specs import tls
+from pgop.specs import ca_rotation, tls, user_tls
 from pgop.specs.instance import (
     MANAGED_FIELDS,
     POD_FIELDS,
@@ -121,6 +122,8 @@ class ObservedCluster:
     volumes: Sequence[Obj] | None = None
     # Nodes marked unschedulable (cordoned, as a drain starts); None: not observed.
     cordoned_nodes: frozenset[str] | None = None
+    # The Secrets spec.tls names, by name (None: not found); they carry no label of the cluster.
+    user_secrets: Mapping[str, Obj | None] = field(default_factory=dict)
 
 
 def _by_instance(objects: Sequence[Obj] | None) -> dict[str, Obj] | None:
@@ -209,46 +212,139 @@ def _plan_rbac(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> None:
 
 def _plan_secrets(cluster: Cluster, observed: ObservedCluster, plan: Plan, rng: RandomSource,
                   ca_cert: str | None = None) -> None:
-    existing = {_name(secret) for secret in observed.secrets}
+    existing = {_name(secret): secret for secret in observed.secrets}
     for secret in build_cluster_secrets(cluster, rng, ca_cert):
-        # An existing Secret is never touched: its password is already in the database.
-        if secret["metadata"]["name"] not in existing:
-            user = secret["stringData"]["username"]
+        name = secret["metadata"]["name"]
+        user = secret["stringData"]["username"]
+        current = existing.get(name)
+        if current is None:
             _create(plan, secret, f"credentials of the {user!r} role, with a generated password")
+        elif ca_cert and tls.secret_text(current, tls.CA_CERT) != ca_cert:
+            # Only ca.crt: the password is already in the database, the uri is the user's.
+            _patch(plan, "Secret", current, {"stringData": {tls.CA_CERT: ca_cert}},
+                   f"the CAs that check the server ({user!r} credentials' ca.crt): the CA bundle changed")
 
 
 def _plan_certificates(cluster: Cluster, observed: ObservedCluster, plan: Plan, now: datetime) -> str | None:
-    """The cluster's CA (made once, never replaced by the operator) and the server and replication
-    certificates it signs, issued again before they expire (pgop.specs.tls). Returns the CA
-    certificate (for the credentials Secrets' `ca.crt`), None when it is unusable."""
+    """The cluster's CA (made once, rotated in phases: pgop.specs.ca_rotation), the server and
+    replication certificates it signs, issued again before they expire (pgop.specs.tls), and the
+    check of the Secrets the user brings (spec.tls: pgop.specs.user_tls), as the condition
+    CertificatesReady. Returns what checks the server (the credentials Secrets' `ca.crt`): the
+    issuer of the user's server certificate, else the CA bundle; None when unknown."""
     existing = {_name(secret): secret for secret in observed.secrets}
     ca_name = names.ca_secret(cluster.name)
     ca_secret = existing.get(ca_name)
-    ca_cert, ca_key = tls.secret_text(ca_secret, tls.CA_CERT), tls.secret_text(ca_secret, tls.CA_KEY)
     if ca_secret is None:
         ca = tls.issue_ca(f"{cluster.name}.{cluster.namespace} (pgop CA)", now)
         _create(plan, tls.build_ca_secret(cluster, ca),
                 "the cluster's own CA: it signs the server and replication certificates (TLS)")
-    elif not ca_cert or not ca_key:
-        plan.waiting.append(f"Secret {ca_name} lacks {tls.CA_CERT} or {tls.CA_KEY}: no certificate can be "
-                            "issued until it holds both (delete it and the operator makes a new CA)")
-        return None
+        state = ca_rotation.CaState(ca)
     else:
-        ca = tls.KeyPair(ca_cert, ca_key)
+        found = ca_rotation.ca_state(ca_secret)
+        if found is None:
+            plan.waiting.append(f"Secret {ca_name} lacks {tls.CA_CERT} or {tls.CA_KEY}: no certificate can be "
+                                "issued until it holds both (delete it and the operator makes a new CA)")
+            plan.conditions.append(condition("CertificatesReady", False, "CAUnusable",
+                                             f"Secret {ca_name} lacks {tls.CA_CERT} or {tls.CA_KEY}"))
+            return None
+        state = _plan_ca_rotation(cluster, observed, plan, ca_secret, found, now)
+    user = cluster.spec.tls
+    user_server = user.server_secret if user is not None else None
+    problems = _check_user_secrets(cluster, observed, now)
+    client_ca = tls.secret_text(observed.user_secrets.get(user.client_ca_secret or ""), tls.CA_CERT) \
+        if user is not None and user.client_ca_secret else None
+    client_bundle = state.bundle + (client_ca if client_ca is None or client_ca.endswith("\n") else client_ca + "\n") \
+        if client_ca else state.bundle
+    ca = state.current
     for name, common_name, dns_names, server in tls.leaf_secrets(cluster):
+        if server and user_server:
+            continue  # the user's certificate serves; the pods mount its Secret
+        bundle = state.bundle if server else client_bundle
         current = existing.get(name)
         why = tls.renewal_reason(tls.secret_text(current, tls.TLS_CERT), ca.cert, now, dns_names, common_name)
-        if not why:
-            continue
-        body = tls.build_leaf_secret(cluster, name, ca, tls.issue_leaf(ca, common_name, dns_names, now, server))
         what = "server certificate (names: the cluster's Services)" if server else \
             f"client certificate of the {common_name!r} role (replication, clones, rewinds, backups)"
+        if not why:
+            if tls.secret_text(current, tls.CA_CERT) != bundle and current is not None:
+                _patch(plan, "Secret", current, {"stringData": {tls.CA_CERT: bundle}},
+                       f"the CAs trusted beside the {what} changed (CA rotation or spec.tls.clientCASecret); "
+                       "the agents reload Postgres, no restart")
+            continue
+        body = tls.build_leaf_secret(cluster, name, ca, tls.issue_leaf(ca, common_name, dns_names, now, server),
+                                     bundle)
         if current is None:
             _create(plan, body, f"the {what}, signed by the cluster's CA")
         else:
             _patch(plan, "Secret", current, {"stringData": body["stringData"]},
                    f"the {what} is issued again: {why}; the agents reload Postgres, no restart")
-    return ca.cert
+    rotating = f"; CA rotation in phase {state.phase}" if state.phase != ca_rotation.STEADY else ""
+    if problems:
+        plan.conditions.append(condition("CertificatesReady", False, problems[0][0],
+                                         "; ".join(message for _, message in problems)))
+    else:
+        served = f"the server certificate of Secret {user_server}" if user_server else \
+            "the server certificate signed by the cluster's CA"
+        plan.conditions.append(condition("CertificatesReady", True, "Valid", served + rotating))
+    if user_server:
+        return tls.secret_text(observed.user_secrets.get(user_server), tls.CA_CERT)
+    return state.bundle
+
+
+def _check_user_secrets(cluster: Cluster, observed: ObservedCluster, now: datetime) -> list[user_tls.Problem]:
+    user = cluster.spec.tls
+    if user is None:
+        return []
+    problems = []
+    if user.server_secret:
+        problems += user_tls.check_server_secret(cluster, user.server_secret,
+                                                 observed.user_secrets.get(user.server_secret), now)
+    if user.client_ca_secret:
+        problems += user_tls.check_client_ca_secret(cluster, user.client_ca_secret,
+                                                    observed.user_secrets.get(user.client_ca_secret), now)
+    return problems
+
+
+def _plan_ca_rotation(cluster: Cluster, observed: ObservedCluster, plan: Plan, ca_secret: Obj,
+                      state: ca_rotation.CaState, now: datetime) -> ca_rotation.CaState:
+    """The next phase of a rotation of the cluster's CA, when its time has come; returns the CA
+    state once this plan is applied (what signs the leaves and what the bundle holds)."""
+    forced = ca_rotation.ANNOTATION_ROTATE_CA in cluster.annotations
+    existing = {_name(secret): secret for secret in observed.secrets}
+    user = cluster.spec.tls
+    leaves, signed_by_current = [], True
+    for name, common_name, dns_names, server in tls.leaf_secrets(cluster):
+        if server and user is not None and user.server_secret:
+            continue
+        pem = tls.secret_text(existing.get(name), tls.TLS_CERT) or ""
+        leaves.append(("server" if server else "replication", pem))
+        signed_by_current = signed_by_current and not tls.renewal_reason(pem, state.current.cert, now,
+                                                                         dns_names, common_name)
+    reports = {_name(i): ca_rotation.InstanceCertificates.from_instance(i)
+               for i in observed.instances if not _deleting(i)}
+    step = ca_rotation.rotation_step(state, now, forced=forced, instances=reports,
+                                     leaves=ca_rotation.leaves_of(leaves), leaves_signed_by_current=signed_by_current)
+    if forced and (step.action == ca_rotation.START or state.phase != ca_rotation.STEADY):
+        plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
+                           "the CA rotation it asks for " + ("starts" if step.action else "already runs"),
+                           patch={"metadata": {"annotations": {ca_rotation.ANNOTATION_ROTATE_CA: None}}}))
+    if not step.action:
+        if step.reason:
+            plan.waiting.append(step.reason)
+        return state
+    new_ca = None
+    if step.action == ca_rotation.START:
+        new_ca = tls.issue_ca(f"{cluster.name}.{cluster.namespace} (pgop CA {now:%Y-%m-%d})", now)
+        patch = ca_rotation.start_patch(new_ca, now)
+        what = f"CA rotation starts ({step.reason}): a new CA, trusted next to the old one"
+    elif step.action == ca_rotation.PROMOTE:
+        patch = ca_rotation.promote_patch(state)
+        what = f"CA rotation: the new CA signs from now on ({step.reason})"
+    else:
+        patch = ca_rotation.finish_patch()
+        what = f"CA rotation ends: {step.reason}"
+    _patch(plan, "Secret", ca_secret, patch, what)
+    plan.events.append(Event(NORMAL, "CARotation", what))
+    return ca_rotation.after(state, step.action, new_ca, now)
 
 
 def _ports_match(current: Sequence[Obj], desired: Sequence[Obj]) -> bool:

@@ -76,7 +76,8 @@ class Plan(list[Action]):
     - `events`: Events to record once the actions are applied;
     - `requeue_after`: seconds until the object should be looked at again (None: no hurry);
     - `permanent`: a failure only a person can fix (no retry until the object changes);
-    - `finished`: on deletion, the outside world is cleaned up and the finalizer may go.
+    - `finished`: on deletion, the outside world is cleaned up and the finalizer may go;
+    - `conditions`: status conditions the planner judged (e.g. CertificatesReady), without times.
 
     Compares equal to a plain list of the same actions.
     """
@@ -92,6 +93,7 @@ class Plan(list[Action]):
         self.requeue_after = requeue_after
         self.permanent = permanent
         self.finished = finished
+        self.conditions: list[dict[str, Any]] = []
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.events.append(Event(type_, reason, message))
@@ -102,6 +104,7 @@ class Plan(list[Action]):
         self.waiting += other.waiting
         self.status.update(other.status)
         self.events += other.events
+        self.conditions += other.conditions
         if other.requeue_after is not None:
             self.requeue_after = (other.requeue_after if self.requeue_after is None
                                   else min(self.requeue_after, other.requeue_after))

@@ -260,6 +260,32 @@ class PublishSpec:
     consul_prefix: str | None = None
 
 
+@dataclass(frozen=True)
+class TlsSpec:
+    """spec.tls: certificates the user brings (e.g. cert-manager's), each a Secret in the
+    cluster's namespace. `server_secret` (kubernetes.io/tls: tls.crt, tls.key, ca.crt) replaces
+    the operator's server certificate; `client_ca_secret` (ca.crt) is trusted for client
+    certificates besides the cluster's own CA."""
+    server_secret: str | None = None
+    client_ca_secret: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Body | None) -> TlsSpec | None:
+        if not data:
+            return None
+        spec = cls(server_secret=data.get("serverSecret") or None,
+                   client_ca_secret=data.get("clientCASecret") or None)
+        return spec if spec.server_secret or spec.client_ca_secret else None
+
+    def to_dict(self) -> dict[str, str]:
+        out = {}
+        if self.server_secret:
+            out["serverSecret"] = self.server_secret
+        if self.client_ca_secret:
+            out["clientCASecret"] = self.client_ca_secret
+        return out
+
+
 DEFAULT_TOPOLOGY_KEY = "kubernetes.io/hostname"
 
 
@@ -316,6 +342,7 @@ class ClusterSpec:
     affinity: AffinitySpec | None = None  # None: the built-in preferred anti-affinity by hostname
     topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)  # passed to the pods
     allow_unsafe_parameters: bool = False  # fsync off, synchronous_commit off with required sync
+    tls: TlsSpec | None = None  # certificates the user brings
 
     @classmethod
     def from_dict(cls, data: Body | None) -> ClusterSpec:
@@ -339,6 +366,7 @@ class ClusterSpec:
             affinity=AffinitySpec.from_dict(data.get("affinity")),
             topology_spread_constraints=plain(list(data.get("topologySpreadConstraints") or [])),
             allow_unsafe_parameters=bool(data.get("allowUnsafeParameters", False)),
+            tls=TlsSpec.from_dict(data.get("tls")),
         )
 
     @property
@@ -537,6 +565,7 @@ class InstanceSpec:
     wal_archiving: bool = False
     affinity: AffinitySpec | None = None  # the cluster's spec.affinity, when set
     topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)
+    tls: TlsSpec | None = None  # the cluster's spec.tls, when set: the pod mounts those Secrets
 
     @classmethod
     def from_dict(cls, data: Body | None) -> InstanceSpec:
@@ -565,6 +594,7 @@ class InstanceSpec:
             wal_archiving=bool(backup.get("walArchiving", False)),
             affinity=AffinitySpec.from_dict(data.get("affinity")),
             topology_spread_constraints=plain(list(data.get("topologySpreadConstraints") or [])),
+            tls=TlsSpec.from_dict(data.get("tls")),
         )
 
 

@@ -6,6 +6,8 @@ archiving, recovery, TLS files); users tune everything else through spec.paramet
 """
 from __future__ import annotations
 
+import base64
+import hashlib
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -150,10 +152,13 @@ def effective_parameters(parameters: Mapping[str, str]) -> dict[str, str]:
 @dataclass(frozen=True)
 class TlsFiles:
     """The certificate files of an instance (pgop.specs.tls makes them; the pod mounts them): the
-    server's, the CA that signed every certificate of the cluster, and the replication role's
+    server's, the CAs trusted for client certificates (`ca.crt`, Postgres' ssl_ca_file), the CAs
+    that check the server (`server-ca.crt` when the server's certificate has its own issuer, a
+    Secret the user brings; else `ca.crt`: the cluster's CA signs both), and the replication role's
     client certificate."""
 
     directory: str
+    separate_server_ca: bool = False  # server-ca.crt is mounted (spec.tls is set)
 
     @property
     def server_cert(self) -> str:
@@ -168,6 +173,10 @@ class TlsFiles:
         return f"{self.directory}/ca.crt"
 
     @property
+    def server_ca(self) -> str:
+        return f"{self.directory}/server-ca.crt" if self.separate_server_ca else self.ca
+
+    @property
     def client_cert(self) -> str:
         return f"{self.directory}/replication.crt"
 
@@ -177,12 +186,27 @@ class TlsFiles:
 
     def client_options(self, host: str = "") -> dict[str, str]:
         """libpq options of a connection as the replication role: TLS, the server checked against
-        the cluster's CA, and the role's certificate instead of a password. The server's name is
-        checked too (verify-full) unless `host` is an IP address, which no certificate of the
-        cluster names (an instance's pod IP): then the CA alone (verify-ca), which only the
-        cluster's own instances hold a certificate of."""
-        return {"sslmode": "verify-ca" if is_ip_address(host) else "verify-full", "sslrootcert": self.ca,
+        the CAs that sign its certificate, and the role's certificate instead of a password. The
+        server's name is checked too (verify-full) unless `host` is an IP address, which no
+        certificate of the cluster names (an instance's pod IP): then the CA alone (verify-ca)."""
+        return {"sslmode": "verify-ca" if is_ip_address(host) else "verify-full", "sslrootcert": self.server_ca,
                 "sslcert": self.client_cert, "sslkey": self.client_key}
+
+
+_PEM_CERTIFICATE = re.compile(r"-----BEGIN CERTIFICATE-----(.+?)-----END CERTIFICATE-----", re.S)
+
+
+def certificate_fingerprints(pem: str) -> list[str]:
+    """SHA-256 of each certificate (DER) in a PEM text, in hex: how the agent reports which CAs
+    and certificates it loaded, and how the operator compares them with its Secrets."""
+    out = []
+    for block in _PEM_CERTIFICATE.findall(pem or ""):
+        try:
+            der = base64.b64decode("".join(block.split()), validate=True)
+        except ValueError:
+            continue
+        out.append(hashlib.sha256(der).hexdigest())
+    return out
 
 
 def is_ip_address(host: str) -> bool:

@@ -30,12 +30,12 @@ KIND = "PgInstance"
 MANAGED_FIELDS = (
     "image", "storage", "resources", "parameters",
     "synchronousReplicas", "synchronousMode", "enableSuperuserAccess", "backup", "configHash",
-    "affinity", "topologySpreadConstraints", "restartRequestedAt", "reloadRequestedAt",
+    "affinity", "topologySpreadConstraints", "restartRequestedAt", "reloadRequestedAt", "tls",
 )
 # Fields whose change needs a new Postgres pod, not just a new config file. Scheduling fields
 # (affinity, topologySpreadConstraints) count too: a pod is placed once, so the new placement
 # rules reach a running instance only through a new pod.
-POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints")
+POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints", "tls")
 
 # Day-2 requests of `pgop restart` and `pgop reload`, by annotation on the PgCluster (people ask
 # the operator; only the operator patches a PgInstance's spec). The value is an opaque token (the
@@ -85,6 +85,8 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
         managed["affinity"] = spec.affinity.to_dict()
     if spec.topology_spread_constraints:
         managed["topologySpreadConstraints"] = spec.topology_spread_constraints
+    if spec.tls is not None:  # the pods mount the user's Secrets
+        managed["tls"] = spec.tls.to_dict()
     backup = _backup(spec)
     if backup is not None:
         managed["backup"] = backup

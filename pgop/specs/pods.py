@@ -21,7 +21,7 @@ from pgop.kernel.meta import (
     owner_reference,
     stable_hash,
 )
-from pgop.kernel.model import DEFAULT_TOPOLOGY_KEY, PRIMARY, RECOVERY, REPLICA, REQUIRED, Instance, S3Spec
+from pgop.kernel.model import DEFAULT_TOPOLOGY_KEY, PRIMARY, RECOVERY, REPLICA, REQUIRED, Instance, S3Spec, TlsSpec
 from pgop.kernel.podenv import (
     AGENT_PORT,
     DATA_MOUNT,
@@ -78,6 +78,8 @@ def pod_inputs_hash(instance: Instance) -> str:
         inputs["affinity"] = spec.affinity.to_dict()
     if spec.topology_spread_constraints:
         inputs["topologySpreadConstraints"] = spec.topology_spread_constraints
+    if spec.tls is not None:  # which Secrets the pod mounts
+        inputs["tls"] = spec.tls.to_dict()
     return stable_hash(inputs)
 
 
@@ -153,19 +155,38 @@ def _secret_source(secret: str, directory: str) -> dict[str, Any]:
     ]}}
 
 
-def tls_volume(cluster: str) -> dict[str, Any]:
-    """The certificates at TLS_MOUNT (pgconfig.TlsFiles names the files): the server's and the CA's
-    from <cluster>-server, the replication role's from <cluster>-replication-tls. Read-only to the
-    postgres group; Postgres and libpq accept a root-owned key readable by the group. The kubelet
-    refreshes the files when the operator renews a certificate."""
+def tls_volume(cluster: str, user: TlsSpec | None = None) -> dict[str, Any]:
+    """The certificates at TLS_MOUNT (pgconfig.TlsFiles names the files). Read-only to the postgres
+    group; Postgres and libpq accept a root-owned key readable by the group. The kubelet refreshes
+    the files when a Secret changes (the operator renews its certificates, cert-manager the
+    user's), and the agent reloads Postgres.
+
+    Without spec.tls (`user` None): the server's certificate and the CA bundle from <cluster>-server,
+    the replication role's from <cluster>-replication-tls (the layout of every cluster before
+    spec.tls existed). With it: the server's certificate from spec.tls.serverSecret when set, its
+    issuer as server-ca.crt (what replicas check the server with), and the CAs trusted for client
+    certificates (the cluster's CA bundle and spec.tls.clientCASecret's, which the operator joins)
+    from <cluster>-replication-tls as ca.crt."""
     def items(pairs: dict[str, str]) -> list[dict[str, str]]:
         return [{"key": key, "path": path} for key, path in pairs.items()]
-    return {"name": "tls", "projected": {"defaultMode": 0o440, "sources": [
-        {"secret": {"name": names.server_tls_secret(cluster),
-                    "items": items({"tls.crt": "server.crt", "tls.key": "server.key", "ca.crt": "ca.crt"})}},
-        {"secret": {"name": names.replication_tls_secret(cluster),
-                    "items": items({"tls.crt": "replication.crt", "tls.key": "replication.key"})}},
-    ]}}
+    replication = names.replication_tls_secret(cluster)
+    if user is None:
+        sources = [
+            {"secret": {"name": names.server_tls_secret(cluster),
+                        "items": items({"tls.crt": "server.crt", "tls.key": "server.key", "ca.crt": "ca.crt"})}},
+            {"secret": {"name": replication,
+                        "items": items({"tls.crt": "replication.crt", "tls.key": "replication.key"})}},
+        ]
+    else:
+        sources = [
+            {"secret": {"name": user.server_secret or names.server_tls_secret(cluster),
+                        "items": items({"tls.crt": "server.crt", "tls.key": "server.key",
+                                        "ca.crt": "server-ca.crt"})}},
+            {"secret": {"name": replication,
+                        "items": items({"tls.crt": "replication.crt", "tls.key": "replication.key",
+                                        "ca.crt": "ca.crt"})}},
+        ]
+    return {"name": "tls", "projected": {"defaultMode": 0o440, "sources": sources}}
 
 
 TLS_VOLUME_MOUNT = {"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True}
@@ -181,7 +202,7 @@ def _volumes(instance: Instance, s3: S3Spec | None = None) -> list[dict[str, Any
             _secret_source(names.replication_secret(cluster), "replication"),
             _secret_source(names.app_secret(cluster), "app"),
         ]}},
-        tls_volume(cluster),
+        tls_volume(cluster, instance.spec.tls),
         *_s3_volumes(s3 if s3 is not None else instance.spec.s3),
         {"name": "run", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {}},

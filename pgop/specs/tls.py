@@ -1,8 +1,10 @@
 """The certificates of a cluster: its own CA, the server certificate every instance presents, and
 the client certificate the replicas log in with.
 
-- `<cluster>-ca` (Opaque: `ca.crt`, `ca.key`): the cluster's CA, made once, valid 10 years. Its key
-  stays in this Secret, which only the operator reads (the agents' Role does not name it).
+- `<cluster>-ca` (Opaque: `ca.crt`, `ca.key`): the cluster's CA, valid 10 years, rotated in phases
+  (pgop.specs.ca_rotation). Its key stays in this Secret, which only the operator reads (the
+  agents' Role does not name it). The leaf Secrets' `ca.crt` is the CA bundle (both CAs while a
+  rotation runs).
 - `<cluster>-server` (kubernetes.io/tls: `tls.crt`, `tls.key`, `ca.crt`): presented by every
   instance; its names are the cluster's Services (`-rw`, `-ro`, `-r`, short and qualified), so a
   client can check it with `sslmode=verify-full`.
@@ -181,8 +183,11 @@ def build_ca_secret(cluster: Cluster, ca: KeyPair) -> dict[str, Any]:
     return _secret(cluster, names.ca_secret(cluster.name), "Opaque", {CA_CERT: ca.cert, CA_KEY: ca.key})
 
 
-def build_leaf_secret(cluster: Cluster, name: str, ca: KeyPair, leaf: KeyPair) -> dict[str, Any]:
-    return _secret(cluster, name, "kubernetes.io/tls", {TLS_CERT: leaf.cert, TLS_KEY: leaf.key, CA_CERT: ca.cert})
+def build_leaf_secret(cluster: Cluster, name: str, ca: KeyPair, leaf: KeyPair,
+                      bundle: str | None = None) -> dict[str, Any]:
+    """`bundle`: the CAs to trust beside the leaf, as ca.crt (default: the CA that signed it)."""
+    return _secret(cluster, name, "kubernetes.io/tls",
+                   {TLS_CERT: leaf.cert, TLS_KEY: leaf.key, CA_CERT: bundle or ca.cert})
 
 
 def leaf_secrets(cluster: Cluster) -> list[tuple[str, str, list[str], bool]]:
