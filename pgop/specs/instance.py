@@ -9,7 +9,16 @@ from typing import Any
 
 from pgop.kernel import pgconfig
 from pgop.kernel.meta import LABEL_INSTANCE, cluster_labels, object_meta, owner_reference, stable_hash
-from pgop.kernel.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, RecoverySpec, Role, instance_name
+from pgop.kernel.model import (
+    API_VERSION,
+    NAMESPACED_LAYOUT,
+    BootstrapMode,
+    Cluster,
+    ClusterSpec,
+    RecoverySpec,
+    Role,
+    instance_name,
+)
 
 KIND = "PgInstance"
 
@@ -66,6 +75,10 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
         managed["topologySpreadConstraints"] = spec.topology_spread_constraints
     backup = _backup(spec)
     if backup is not None:
+        # Only the namespaced layout is said: instances of a cluster that keeps the legacy layout
+        # keep the spec (and pods) they had.
+        if cluster.archive_layout == NAMESPACED_LAYOUT:
+            backup["archiveLayout"] = NAMESPACED_LAYOUT
         managed["backup"] = backup
     return managed
 
