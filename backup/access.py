@@ -7,7 +7,7 @@ from typing import Any
 
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import Credentials, CredentialsError, S3Storage
-from pgop.kernel.model import S3Spec
+from pgop.kernel.model import NAMESPACED_LAYOUT, S3Spec
 
 
 def storage_for(kube: Any, namespace: str, s3: S3Spec, **kwargs) -> S3Storage:
@@ -18,5 +18,6 @@ def storage_for(kube: Any, namespace: str, s3: S3Spec, **kwargs) -> S3Storage:
                      credentials=Credentials.from_secret(secret), **kwargs)
 
 
-def archive_of(cluster: str, s3: S3Spec) -> ArchiveLayout:
-    return ArchiveLayout(cluster, s3.path or "")
+def archive_of(cluster: str, s3: S3Spec, namespace: str = "", layout: str = NAMESPACED_LAYOUT) -> ArchiveLayout:
+    """The archive of a cluster of `namespace` in the layout its PgCluster pins (Cluster.archive_layout)."""
+    return ArchiveLayout(cluster, s3.path or "", namespace if layout == NAMESPACED_LAYOUT else "")

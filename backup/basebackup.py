@@ -441,10 +441,11 @@ def _describe(layout: ArchiveLayout, name: str, watcher: TarWatcher, started_at:
 
 # ------------------------------------------------------------------------------ the catalog
 
-def list_backups(storage: S3Storage, path: str, cluster: str) -> list[Backup]:
+def list_backups(storage: S3Storage, path: str, cluster: str, namespace: str = "") -> list[Backup]:
     """The base backups of a cluster as its catalog in S3 says (only those with a backup.json:
-    complete ones), oldest first. A document that cannot be read is skipped with a warning."""
-    layout = ArchiveLayout(cluster, path)
+    complete ones), oldest first. A document that cannot be read is skipped with a warning.
+    `namespace`: of the namespaced layout; "" for the legacy one."""
+    layout = ArchiveLayout(cluster, path, namespace)
     found: list[Backup] = []
     for info in storage.list(keys.base_root(layout)):
         if keys.backup_name_of_catalog_key(layout, info.key) is None:

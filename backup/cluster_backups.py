@@ -89,4 +89,4 @@ def _prune(kube: Any, cluster: Cluster, names: list[str], retention: RetentionDe
     s3 = backup.s3
     storage = storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
     oldest = retention.oldest_wal_needed if retention else None
-    pruning.prune(storage, archive_of(cluster.name, s3), names, oldest)
+    pruning.prune(storage, archive_of(cluster.name, s3, cluster.namespace, cluster.archive_layout), names, oldest)

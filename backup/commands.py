@@ -19,9 +19,9 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
-from pgop.backup import wal
+from pgop.backup import marker, wal
 from pgop.backup.layout import ArchiveLayout
-from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Settings, S3Storage, describe_error
+from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, S3Settings, S3Storage, describe_error
 from pgop.kernel import podenv
 
 log = logging.getLogger("pgop.wal")
@@ -41,14 +41,35 @@ S3_CONNECT_TIMEOUT = 3.0
 S3_READ_TIMEOUT = 30.0
 
 
+def archive_layout(env: Mapping[str, str]) -> ArchiveLayout:
+    """The archive the pod's environment names (the pod contract, pgop.kernel.podenv): the
+    cluster, spec.backup.s3.path and, in the namespaced layout, the namespace."""
+    pod = podenv.PodEnv.from_env(env)
+    if not pod.archive_cluster:
+        raise wal.WalError(f"neither {ENV_ARCHIVE_CLUSTER} nor {ENV_CLUSTER} says whose archive this is")
+    archive = pod.archive
+    return ArchiveLayout(pod.archive_cluster, archive.path if archive else "",
+                         (archive.namespace or "") if archive else "")
+
+
 def _target(env: Mapping[str, str]) -> tuple[S3Storage, ArchiveLayout]:
     settings = S3Settings.from_env(env)
-    cluster = podenv.PodEnv.from_env(env).archive_cluster
-    if not cluster:
-        raise wal.WalError(f"neither {ENV_ARCHIVE_CLUSTER} nor {ENV_CLUSTER} says whose archive this is")
+    layout = archive_layout(env)
     storage = S3Storage.from_settings(settings, max_attempts=S3_ATTEMPTS, connect_timeout=S3_CONNECT_TIMEOUT,
                                       read_timeout=S3_READ_TIMEOUT)
-    return storage, ArchiveLayout(cluster, env.get(ENV_PATH, ""))
+    return storage, layout
+
+
+def _check_owner(storage: S3Storage, layout: ArchiveLayout, path: Path, env: Mapping[str, str]) -> None:
+    """Refuses (marker.ForeignArchive) to archive into a root another database system owns. The
+    file is pg_wal/<name> of a data directory (archive_command runs in PGDATA); a file elsewhere
+    has no pg_control to tell its system by, and is not checked."""
+    system_id = wal.system_identifier(path)
+    if system_id is None:
+        return
+    pgdata = path.absolute().parent.parent
+    marker.check_before_push(storage, layout, system_id, pgdata, namespace=env.get(podenv.ENV_NAMESPACE, ""),
+                             created_by=env.get(podenv.ENV_INSTANCE, ""))
 
 
 def _say(text: str) -> None:
@@ -61,6 +82,7 @@ def wal_push(path: str, env: Mapping[str, str] | None = None) -> int:
     started = time.monotonic()
     try:
         storage, layout = _target(env)
+        _check_owner(storage, layout, Path(path), env)
         result = wal.push(storage, layout, path)
     except Exception as error:  # every failure is "retry later" for PostgreSQL; say which
         _say(f"wal-push {Path(path).name} failed: {describe_error(error).removeprefix(Path(path).name + ': ')}")

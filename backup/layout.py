@@ -1,8 +1,11 @@
 """Where things live in the bucket (pure). docs/backup-layout.md is the human version of this.
 
-    <path>/<cluster>/wal/<timeline>/<wal file name>.zst
+    <path>/<namespace>/<cluster>/wal/<timeline>/<wal file name>.zst
+    <path>/<namespace>/<cluster>/archive.json        whose archive this is (pgop.backup.marker)
 
-`<path>` is spec.backup.s3.path (may be empty), `<cluster>` the PgCluster's name, `<timeline>` the
+`<path>` is spec.backup.s3.path (may be empty), `<namespace>` the PgCluster's namespace (absent in
+the legacy layout `<path>/<cluster>/` that clusters created before it keep: the PgCluster
+annotation pgop.io/archive-layout pins which), `<cluster>` the PgCluster's name, `<timeline>` the
 first 8 hex digits of the WAL file name: the timeline it belongs to. Every kind of file PostgreSQL
 archives has its timeline there (segments, `.partial` segments left by a promotion, `.backup`
 history files of base backups, `NNNNNNNN.history` timeline files), so a timeline's WAL is one
@@ -33,20 +36,34 @@ def _clean(part: str | None) -> str:
     return "/".join(p for p in (part or "").split("/") if p)
 
 
+MARKER_DOCUMENT = "archive.json"
+
+
 @dataclass(frozen=True)
 class ArchiveLayout:
     """The keys of one cluster's archive in its bucket."""
     cluster: str
     path: str = ""  # spec.backup.s3.path
+    namespace: str = ""  # the cluster's namespace; "" for the legacy layout <path>/<cluster>/
 
     def __post_init__(self) -> None:
         if not self.cluster or "/" in self.cluster:
             raise ValueError(f"cluster name {self.cluster!r} cannot name an archive")
+        if "/" in self.namespace or self.namespace in (".", ".."):
+            raise ValueError(f"namespace {self.namespace!r} cannot name an archive")
 
     @property
     def root(self) -> str:
-        """`<path>/<cluster>/`: everything of this cluster (base backups will live beside wal/)."""
-        return "/".join(p for p in (_clean(self.path), self.cluster) if p) + "/"
+        """`<path>/<namespace>/<cluster>/` (legacy: `<path>/<cluster>/`): everything of this cluster."""
+        return "/".join(p for p in (_clean(self.path), self.namespace, self.cluster) if p) + "/"
+
+    @property
+    def legacy(self) -> bool:
+        return not self.namespace
+
+    @property
+    def marker_key(self) -> str:
+        return f"{self.root}{MARKER_DOCUMENT}"
 
     @property
     def wal_root(self) -> str:

@@ -28,7 +28,7 @@ from pgop.backup.pod import backup_pod_name, build_backup_pod
 from pgop.kernel.actions import CREATE, NORMAL, WARNING, Action, Plan
 from pgop.kernel.conditions import rfc3339 as timestamp
 from pgop.kernel.diagnose import pod_problem
-from pgop.kernel.model import PRIMARY, Cluster, Instance
+from pgop.kernel.model import PRIMARY, REASON_FOREIGN_ARCHIVE, Cluster, Instance
 
 Obj = Mapping[str, Any]
 ERROR_LIMIT = 2000  # status.error: the reason, not a whole log
@@ -165,7 +165,8 @@ def _follow_pod(backup: Obj, pod: Obj, phase: str, step: Plan) -> Plan:
     if pod_phase == "Failed":
         reason = _last_lines(terminated.get("message") or "") or \
             f"the backup pod {pod_name} failed ({terminated.get('reason') or 'see its log'})"
-        return _finish(step, FAILED, "BackupFailed", reason, error=reason,
+        why = REASON_FOREIGN_ARCHIVE if reason.startswith(REASON_FOREIGN_ARCHIVE + ":") else "BackupFailed"
+        return _finish(step, FAILED, why, reason, error=reason,
                            completedAt=terminated.get("finishedAt"))
     if phase == PENDING:  # the pod exists but the status write that goes with it was lost
         step.status.update({"phase": RUNNING, "message": f"backup pod {pod_name} {pod_phase or 'created'}"})

@@ -3,8 +3,9 @@ zstd -> tar, no compressed copy on disk), recovery settings that fetch the SOURC
 and one run of postgres until it reaches the target and promotes onto a new timeline.
 
 The settings for the restore_command carry the source archive in the command itself
-(`PGOP_S3_CLUSTER=<source> PGOP_S3_PATH=<path> pgop agent wal-fetch %f %p`), so the server needs
-only the pod's usual PGOP_S3_* environment (bucket, endpoint, credentials).
+(`PGOP_S3_CLUSTER=<source> PGOP_S3_PATH=<path> PGOP_S3_NAMESPACE=<namespace> pgop agent wal-fetch
+%f %p`, the namespace empty for a source in the legacy layout), so the server needs only the pod's
+usual PGOP_S3_* environment (bucket, endpoint, credentials).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pgop.backup import layout as keys
 from pgop.backup.catalog import Backup, choose_backup
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Storage
-from pgop.kernel import pgconfig
+from pgop.kernel import pgconfig, podenv
 from pgop.kernel.conditions import parse_time
 
 log = logging.getLogger(__name__)
@@ -92,9 +93,11 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
     return total, time.monotonic() - started
 
 
-def restore_command(source: str, path: str = "", extra_env: Mapping[str, str] | None = None) -> str:
-    """wal-fetch from the source cluster's archive (bucket, endpoint, credentials: the pod's)."""
-    env = {ENV_ARCHIVE_CLUSTER: source, ENV_PATH: path, **(extra_env or {})}
+def restore_command(source: str, path: str = "", extra_env: Mapping[str, str] | None = None,
+                    namespace: str = "") -> str:
+    """wal-fetch from the source cluster's archive (bucket, endpoint, credentials: the pod's). The
+    namespace is always said, empty for the legacy layout: the pod's own may differ."""
+    env = {ENV_ARCHIVE_CLUSTER: source, ENV_PATH: path, podenv.ENV_S3_NAMESPACE: namespace, **(extra_env or {})}
     assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
     return f"{assignments} {pgconfig.WAL_FETCH_COMMAND}"
 
@@ -220,7 +223,8 @@ def restore(storage: S3Storage, source: ArchiveLayout, pgdata: Path, backups: Se
     size, seconds = unpack(storage, source, backup, pgdata, prefix)
     for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         (pgdata / leftover).unlink(missing_ok=True)
-    write_recovery(pgdata, recovery_settings(restore_command(source.cluster, source.path, command_env),
+    write_recovery(pgdata, recovery_settings(restore_command(source.cluster, source.path, command_env,
+                                                             namespace=source.namespace),
                                              target_time, target_lsn))
     timeline = recover(pgdata, bindir=bindir, prefix=prefix, options=options, timeout=timeout, env=env)
     return RestoreResult(backup, seconds, size, timeline)

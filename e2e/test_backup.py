@@ -112,9 +112,9 @@ def test_backup_from_a_replica_and_point_in_time_restore(kubectl, namespace, ope
     assert st["phase"] == "Completed" and st["instance"] == f"{name}-1"  # the replica, not the primary
     assert st["sizeBytes"] > 0 and st["timeline"] == 1
     assert st["beginLSN"] and st["endLSN"] and st["beginWal"] <= st["endWal"]
-    assert st["s3Path"] == f"s3://{BUCKET}/{prefix}/{name}/base/shop-first/"
-    assert set(keys(s3, f"{prefix}/{name}/base/shop-first/")) == {
-        f"{prefix}/{name}/base/shop-first/base.tar.zst", f"{prefix}/{name}/base/shop-first/backup.json"}
+    assert st["s3Path"] == f"s3://{BUCKET}/{prefix}/{ns}/{name}/base/shop-first/"
+    assert set(keys(s3, f"{prefix}/{ns}/{name}/base/shop-first/")) == {
+        f"{prefix}/{ns}/{name}/base/shop-first/base.tar.zst", f"{prefix}/{ns}/{name}/base/shop-first/backup.json"}
     row = kubectl("-n", ns, "get", "pgbackup", "shop-first", "--no-headers").stdout.split()
     assert row[:3] == ["shop-first", name, "Completed"]
     # the cluster says so too
@@ -159,7 +159,7 @@ def test_backup_from_a_replica_and_point_in_time_restore(kubectl, namespace, ope
     restored = kubectl.json("-n", ns, "get", "pgcluster", "shop-pitr")
     assert restored["spec"]["bootstrap"]["recovery"] == {"source": name, "targetTime": target_text}
     # the restored cluster archives into its own place, not into the source's
-    eventually(lambda: keys(s3, f"{prefix}/shop-pitr/wal/"), "the restored cluster's own archive", timeout=120)
+    eventually(lambda: keys(s3, f"{prefix}/{ns}/shop-pitr/wal/"), "the restored cluster's own archive", timeout=120)
     assert rows(kubectl, ns, name) == (300, 300)
     # the S3 keys went nowhere they should not
     secret_key = local_env["S3_SECRET_ACCESS_KEY"]
@@ -245,10 +245,10 @@ def test_scheduled_backups_and_retention(kubectl, namespace, operator, s3, local
     kept = eventually(second_and_first_gone, "the second scheduled backup and the first one removed",
                       timeout=180, interval=2)
     assert len(kept) == 1 and kept[0] > first
-    assert keys(s3, f"{prefix}/{name}/base/{first}/") == []
-    assert keys(s3, f"{prefix}/{name}/base/{kept[0]}/")
+    assert keys(s3, f"{prefix}/{ns}/{name}/base/{first}/") == []
+    assert keys(s3, f"{prefix}/{ns}/{name}/base/{kept[0]}/")
     kept_body = kubectl.json("-n", ns, "get", "pgbackup", kept[0])
-    wal = [k.rsplit("/", 1)[-1] for k in keys(s3, f"{prefix}/{name}/wal/")]
+    wal = [k.rsplit("/", 1)[-1] for k in keys(s3, f"{prefix}/{ns}/{name}/wal/")]
     segments = sorted(w[:24] for w in wal if len(w) == 28)  # <24 hex>.zst
     assert first_wal not in segments  # only the kept backup's WAL onwards remains
     assert segments[0] >= kept_body["status"]["beginWal"]  # one timeline: names sort in WAL order
@@ -289,7 +289,7 @@ def test_archiving_survives_an_s3_outage(kubectl, namespace, operator, s3, local
         assert failed.returncode == 1, failed.stdout + failed.stderr
         st = kubectl.json("-n", ns, "get", "pgbackup", "flaky-down")["status"]
         assert st["phase"] == "Failed" and "S3" in st["error"], st
-        assert not [k for k in keys(s3, f"{prefix}/{name}/base/flaky-down/") if k.endswith("backup.json")]
+        assert not [k for k in keys(s3, f"{prefix}/{ns}/{name}/base/flaky-down/") if k.endswith("backup.json")]
         archiving = eventually(lambda: condition(kubectl, ns, name, "ContinuousArchiving").get("status") == "False"
                                and condition(kubectl, ns, name, "ContinuousArchiving"), "ArchivingFailing", timeout=60)
         assert archiving["reason"] == "ArchivingFailing"
@@ -301,7 +301,7 @@ def test_archiving_survives_an_s3_outage(kubectl, namespace, operator, s3, local
         events = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}").stdout
         assert "ArchivingFailing" in events and "ArchivingRecovered" in events
         switch_and_wait_archived(kubectl, ns, f"{name}-0", timeout=180)
-        archived = sorted(k.rsplit("/", 1)[-1][:24] for k in keys(s3, f"{prefix}/{name}/wal/00000001/")
+        archived = sorted(k.rsplit("/", 1)[-1][:24] for k in keys(s3, f"{prefix}/{ns}/{name}/wal/00000001/")
                           if k.endswith(".zst") and len(k.rsplit("/", 1)[-1]) == 28)
         for segment in switched:
             assert segment in archived, f"{segment} missing from the archive"

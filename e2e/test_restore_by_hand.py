@@ -159,7 +159,7 @@ def test_the_documented_restore_by_hand_reaches_the_target_time(archiving_postgr
         "AWS_ACCESS_KEY_ID=...": f"AWS_ACCESS_KEY_ID={s3['access']}",
         "AWS_SECRET_ACCESS_KEY=...": f"AWS_SECRET_ACCESS_KEY={s3['secret']}",
         "https://s3.example": s3["endpoint"],
-        "s3://pg-backups/shop/orders": f"s3://{s3['bucket']}/{layout.root.rstrip('/')}",
+        "s3://pg-backups/shop/sales/orders": f"s3://{s3['bucket']}/{layout.root.rstrip('/')}",
         "<backup name>": BACKUP,
         "/usr/lib/postgresql/15/bin": restored.bindir,
         "port = 5433": f"port = {restored.port}",

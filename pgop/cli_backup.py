@@ -115,11 +115,22 @@ def s3_location(kube, namespace: str, cluster: str, bucket: str | None, path: st
 
 
 def read_catalog(kube, namespace: str, cluster: str, s3: S3Spec):
+    """The catalog in the layout the PgCluster pins; for a cluster that is gone, the namespaced
+    location if it has backups, else the legacy one (never another namespace's)."""
     from pgop.backup.access import archive_of, storage_for
     from pgop.backup.basebackup import list_backups
+    from pgop.kernel.model import ARCHIVE_LAYOUTS, Cluster
     storage = storage_for(kube, namespace, s3, max_attempts=2, connect_timeout=5)
-    layout = archive_of(cluster, s3)
-    return storage, layout, list_backups(storage, layout.path, cluster)
+    body = kube.get("PgCluster", namespace, cluster)
+    layouts = [Cluster.from_object(body).archive_layout] if body is not None else list(ARCHIVE_LAYOUTS)
+    found = []
+    for name in layouts:
+        layout = archive_of(cluster, s3, namespace, name)
+        found.append((layout, list_backups(storage, layout.path, cluster, layout.namespace)))
+        if found[-1][1]:
+            break
+    layout, backups = next((f for f in found if f[1]), found[0])
+    return storage, layout, backups
 
 
 def last_archived_wal(storage, layout) -> str | None:

@@ -3,10 +3,17 @@ base backup and the restore with the pod's settings (AgentSettings and the PGOP_
 of the pod contract, pgop.kernel.podenv).
 
 What a restore restores comes from the PgInstance's spec.recovery, as the operator resolved it:
-`source` (the source cluster; its archive is `<path>/<source>/` in the bucket of the pod's
-PGOP_S3_* environment, which reaches the source's archive), `s3.path` (default PGOP_S3_PATH),
-`backup` (default: the latest one fitting the target), `targetTime` or `targetLSN` (at most one;
-default: the end of the archive).
+`source` (the source cluster, in this cluster's namespace; its archive is
+`<path>/<namespace>/<source>/`, or `<path>/<source>/` in the legacy layout, in the bucket of the
+pod's PGOP_S3_* environment, which reaches the source's archive), `s3.path` (default
+PGOP_S3_PATH), `archiveLayout` (the source's pinned layout; unknown when the source PgCluster is
+gone: the namespaced location is looked at first, then the legacy one), `backup` (default: the
+latest one fitting the target), `targetTime` or `targetLSN` (at most one; default: the end of the
+archive).
+
+Before a base backup is uploaded, the archive's marker is checked (pgop.backup.marker): a root
+that another database system archives to is refused, the backup fails with reason
+ArchiveBelongsToAnotherCluster.
 """
 from __future__ import annotations
 
@@ -17,11 +24,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from pgop.backup import basebackup, restore
+from pgop.backup import basebackup, marker, restore
+from pgop.backup.commands import archive_layout
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import S3Settings, S3Storage
 from pgop.kernel import pgconfig
-from pgop.kernel.model import RecoverySpec
+from pgop.kernel.model import LEGACY_LAYOUT, NAMESPACED_LAYOUT, RecoverySpec
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +47,9 @@ def backup_local(name: str, env: Mapping[str, str] | None = None) -> Any:
     settings = AgentSettings.from_env(env)
     s3 = S3Settings.from_env(env)
     storage = S3Storage.from_settings(s3)
-    layout = ArchiveLayout(settings.cluster, s3.path)
+    layout = archive_layout({**env, "PGOP_S3_CLUSTER": settings.cluster})
+    control = (settings.pgdata / "global" / "pg_control").read_bytes()
+    _check_owner(storage, layout, basebackup.system_identifier(control), settings, name)
     source = basebackup.Source(host=settings.local_host, port=settings.pg_port, user="postgres",
                                bindir=settings.bindir, prefix=_prefix(settings),
                                env={"PGPASSFILE": str(settings.passfile)} if settings.passfile.exists() else {})
@@ -106,7 +116,7 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
     settings = AgentSettings.from_env(env)
     s3 = S3Settings.from_env(env)
     storage = S3Storage.from_settings(s3)
-    layout = ArchiveLayout(settings.cluster, s3.path)
+    layout = archive_layout({**env, "PGOP_S3_CLUSTER": settings.cluster})
     replication = credentials.read_credentials(settings.secrets_dir, credentials.REPLICATION)
     entries = [replication]
     try:
@@ -119,7 +129,9 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
     tls = settings.client_options(host)
     with psycopg.connect(make_conninfo("", **tls), host=host, port=settings.pg_port, user=replication.username,
                          dbname="postgres", passfile=str(settings.passfile), connect_timeout=10) as conn:
-        standby = one_row(conn, "SELECT pg_is_in_recovery()")[0]
+        standby, system_id = one_row(conn, "SELECT pg_is_in_recovery(),"
+                                           " (SELECT system_identifier::text FROM pg_control_system())")
+    _check_owner(storage, layout, system_id, settings, name)
     source = basebackup.Source(host=host, port=settings.pg_port, user=replication.username,
                                bindir=settings.bindir, env={"PGPASSFILE": str(settings.passfile),
                                                             "PGAPPNAME": f"pgop-backup-{name}"[:63],
@@ -131,6 +143,36 @@ def backup_remote(name: str, host: str, env: Mapping[str, str] | None = None,
                                        before_archive_wait=before_wait)
 
 
+def _check_owner(storage: S3Storage, layout: ArchiveLayout, system_id: str, settings, name: str) -> None:
+    """The archive must be this database system's (or nobody's yet): else ForeignArchive."""
+    marker.ensure_ours(storage, layout, system_id, namespace=settings.namespace,
+                       created_by=f"{settings.instance or settings.cluster} (backup {name})")
+
+
+def source_candidates(wanted: RecoverySpec, namespace: str, path: str) -> list[ArchiveLayout]:
+    """Where the source's archive may be, in the order to look (pure): its pinned layout when the
+    operator knew it; else the namespaced location, then the legacy one. Never another namespace:
+    the source is a cluster of this namespace (spec.recovery.s3.path reaches any other root,
+    explicitly)."""
+    namespaced = ArchiveLayout(wanted.source, path, namespace)
+    legacy = ArchiveLayout(wanted.source, path)
+    if wanted.archive_layout == NAMESPACED_LAYOUT:
+        return [namespaced]
+    if wanted.archive_layout == LEGACY_LAYOUT:
+        return [legacy]
+    return [namespaced, legacy]
+
+
+def find_source(storage: S3Storage, candidates: list[ArchiveLayout]) -> tuple[ArchiveLayout, list]:
+    """The first candidate with backups in its catalog, and those backups; the first candidate
+    (with none) when no candidate has any: the restore then says there is nothing to restore."""
+    for layout in candidates:
+        backups = basebackup.list_backups(storage, layout.path, layout.cluster, layout.namespace)
+        if backups:
+            return layout, backups
+    return candidates[0], []
+
+
 def restore_local(settings, wanted: RecoverySpec, env: Mapping[str, str] | None = None) -> restore.RestoreResult:
     """Restore into this pod's (empty) PGDATA, replaying the source's WAL to the target."""
     env = os.environ if env is None else env
@@ -139,8 +181,13 @@ def restore_local(settings, wanted: RecoverySpec, env: Mapping[str, str] | None 
     settings_s3 = S3Settings.from_env(env)
     storage = S3Storage.from_settings(settings_s3)
     path = wanted.s3.path if wanted.s3 is not None and wanted.s3.path else settings_s3.path
-    source = ArchiveLayout(wanted.source, path or "")
-    backups = basebackup.list_backups(storage, source.path, source.cluster)
+    candidates = source_candidates(wanted, settings.namespace, path or "")
+    source, backups = find_source(storage, candidates)
+    if not backups:
+        raise restore.RestoreError(
+            f"no base backup of {wanted.source} in " + " nor in ".join(
+                f"s3://{settings_s3.bucket}/{c.root}" for c in candidates) + ": nothing to restore from")
+    log.info("restoring %s from s3://%s/%s", wanted.source, settings_s3.bucket, source.root)
     return restore.restore(
         storage, source, settings.pgdata, backups, name=wanted.backup, target_time=wanted.target_time,
         target_lsn=wanted.target_lsn, bindir=settings.bindir, prefix=_prefix(settings),

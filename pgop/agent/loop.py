@@ -33,7 +33,7 @@ from pgop.agent.kube import REQUEST_TIMEOUT, InstanceStore
 from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
 from pgop.agent.settings import AgentSettings
-from pgop.agent.state import one_row, read_state
+from pgop.agent.state import one_row, read_state, with_archive_refusal
 from pgop.kernel import pgconfig
 from pgop.kernel.conditions import condition, rfc3339
 from pgop.kernel.meta import RELOAD_FIELD, RESTART_FIELD
@@ -330,7 +330,7 @@ class Agent:
         if running:
             try:
                 with local.connect(self.settings) as conn:
-                    state = read_state(conn)
+                    state = with_archive_refusal(read_state(conn), self.settings.pgdata)
             except psycopg.Error as error:
                 state = PostgresState(error=str(error).strip())
             started = self.postmaster.started_at

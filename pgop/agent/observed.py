@@ -19,6 +19,8 @@ class Archiver:
     failed_count: int = 0
     last_failed_wal: str | None = None
     last_failed_time: datetime | None = None
+    # Why wal-push last refused this archive (pgop.backup.marker: reason, message), if it did.
+    refusal: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

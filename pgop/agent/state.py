@@ -1,6 +1,8 @@
 """One read of what runs: the `actual` side of the agent's decision (the data is in `observed`)."""
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,6 +30,18 @@ def one_row(conn: psycopg.Connection, query: Query) -> tuple[Any, ...]:
 
 def read_archiver(conn: psycopg.Connection) -> Archiver:
     return Archiver(*one_row(conn, ARCHIVER_QUERY))
+
+
+def with_archive_refusal(state: PostgresState, pgdata: Path) -> PostgresState:
+    """The state with the reason wal-push last refused the archive (another database system's
+    marker), which pg_stat_archiver cannot say: archive_command left it in PGDATA."""
+    if state.archiver is None or state.role != PRIMARY:
+        return state
+    from pgop.backup.marker import last_refusal
+    refusal = last_refusal(pgdata)
+    if refusal is None:
+        return state
+    return dataclasses.replace(state, archiver=dataclasses.replace(state.archiver, refusal=refusal))
 
 
 def read_state(conn: psycopg.Connection) -> PostgresState:

@@ -100,6 +100,7 @@ def archiver_status(archiver: Archiver) -> dict[str, Any]:
         "failedCount": archiver.failed_count,
         "lastFailedWal": archiver.last_failed_wal,
         "lastFailedTime": when(archiver.last_failed_time),
+        "refusal": {"reason": archiver.refusal[0], "message": archiver.refusal[1]} if archiver.refusal else None,
     }
 
 

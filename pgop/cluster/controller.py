@@ -8,7 +8,7 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
-from pgop.cluster.plan import ObservedCluster, plan_cluster, plan_instance
+from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance
 from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
 from pgop.kernel import names
 from pgop.kernel.actions import Plan
@@ -25,10 +25,10 @@ def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | No
     account = names.agent_account(name)
     instances = kube.list("PgInstance", namespace, selector)
     recovery = cluster.spec.bootstrap.recovery if cluster is not None else None
-    # Only needed to create the first instance, and only when the spec does not say where the
-    # source's backups are.
+    # Only needed to create the first instance: where the source's backups are (unless the spec
+    # says) and in which archive layout. Always of this namespace.
     source = kube.get("PgCluster", namespace, recovery.source) \
-        if recovery is not None and recovery.s3 is None and not instances else None
+        if recovery is not None and not instances else None
     return ObservedCluster(
         instances=instances,
         services=kube.list("Service", namespace, selector),
@@ -71,7 +71,10 @@ def cordoned_nodes(kube: Kube) -> frozenset[str] | None:
 def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, ObservedCluster, Plan]:
     cluster = Cluster.from_object(body)
     observed = observe_cluster(kube, cluster.namespace, cluster.name, cluster)
-    return cluster, observed, plan_cluster(cluster, observed, now=datetime.now(UTC))
+    plan = plan_cluster(cluster, observed, now=datetime.now(UTC))
+    # The layout the plan pins (its first action, when not pinned yet): the hooks that run after
+    # it (retention) must use the same.
+    return pin_archive_layout(cluster, observed), observed, plan
 
 
 def decision_changed(body: Mapping[str, Any], plan: Plan) -> bool:
@@ -133,6 +136,12 @@ def archiving_condition(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any
     failed_at = parse_time(archiver.get("lastFailedTime"))
     last_ok = (f"last archived {archiver.get('lastArchivedWal')} at {archiver.get('lastArchivedTime')}"
                if archived_at else "nothing archived yet")
+    refusal = archiver.get("refusal") or {}
+    if failed_at is not None and (archived_at is None or failed_at > archived_at) and refusal.get("reason"):
+        # Refused on purpose (another database system's archive): the reason says what to do.
+        return kind | {"status": "False", "reason": refusal["reason"],
+                       "message": f"the primary {name} refuses to archive WAL ({archiver.get('lastFailedWal')} "
+                                  f"waits in pg_wal, nothing is lost): {refusal.get('message', '')}"}
     if failed_at is not None and (archived_at is None or failed_at > archived_at):
         return kind | {"status": "False", "reason": "ArchivingFailing",
                        "message": f"the primary {name} fails to archive WAL: {archiver.get('failedCount', 0)} "

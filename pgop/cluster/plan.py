@@ -46,7 +46,11 @@ from pgop.kernel.conditions import condition
 from pgop.kernel.lsn import parse_lsn
 from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE, RESTART_FIELD
 from pgop.kernel.model import (
+    ANNOTATION_ARCHIVE_LAYOUT,
+    ARCHIVE_LAYOUTS,
     BASEBACKUP,
+    LEGACY_LAYOUT,
+    NAMESPACED_LAYOUT,
     PRIMARY,
     REPLICA,
     Cluster,
@@ -157,6 +161,17 @@ def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSour
     if cluster.deleting:
         return plan
     ha = decide_ha(cluster, observed, now or datetime.now(UTC))
+    if ANNOTATION_ARCHIVE_LAYOUT not in cluster.annotations:
+        # First, before any PgInstance is made from it: a failed patch stops the pass (apply_plan),
+        # so no instance archives to a location the annotation does not pin.
+        cluster = pin_archive_layout(cluster, observed)
+        layout = cluster.archive_layout
+        plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
+                           f"pin the archive layout: {layout} ("
+                           + (f"<path>/{cluster.namespace}/{cluster.name}/" if layout == NAMESPACED_LAYOUT else
+                              f"<path>/{cluster.name}/, where this cluster archived before namespaces were "
+                              "part of the location") + ")",
+                           patch={"metadata": {"annotations": {ANNOTATION_ARCHIVE_LAYOUT: layout}}}))
     plan.status.update(ha.status)
     plan.events += ha.events
     plan.waiting += ha.waiting
@@ -174,9 +189,30 @@ def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSour
     return plan
 
 
+def pin_archive_layout(cluster: Cluster, observed: ObservedCluster) -> Cluster:
+    """The cluster with its archive layout decided, for a cluster whose PgCluster does not pin one
+    yet (ANNOTATION_ARCHIVE_LAYOUT): a cluster this operator sees for the first time, with nothing
+    made yet, gets the namespaced layout; one that already has instances, volumes, a primary or
+    backups was created by an earlier version and keeps archiving where it did (legacy): moving
+    it would orphan its backups and WAL. A pinned cluster is returned as it is."""
+    if ANNOTATION_ARCHIVE_LAYOUT in cluster.annotations:
+        return cluster
+    status = cluster.status
+    existed = bool(observed.instances) or bool(observed.volumes) or any(
+        status.get(key) for key in ("currentPrimary", "targetPrimary", "lastBackup", "firstRecoverabilityPoint"))
+    layout = LEGACY_LAYOUT if existed else NAMESPACED_LAYOUT
+    return replace(cluster, annotations={**cluster.annotations, ANNOTATION_ARCHIVE_LAYOUT: layout})
+
+
 def resolve_recovery(recovery: RecoverySpec, source: Obj | None) -> RecoverySpec:
     """spec.bootstrap.recovery with the S3 location of the source's archive: its own s3 when set
-    (the source may be long gone), else the source PgCluster's spec.backup.s3."""
+    (the source may be long gone), else the source PgCluster's spec.backup.s3 and its pinned
+    archive layout. Without the source, the layout stays unknown: the restore looks in this
+    namespace's location first, then in the legacy one."""
+    if source is not None and recovery.archive_layout is None:
+        source_cluster = Cluster.from_object(source)
+        if ANNOTATION_ARCHIVE_LAYOUT in source_cluster.annotations and source_cluster.archive_layout in ARCHIVE_LAYOUTS:
+            recovery = replace(recovery, archive_layout=source_cluster.archive_layout)
     if recovery.s3 is not None or source is None:
         return recovery
     backup = Cluster.from_object(source).spec.backup

@@ -39,6 +39,18 @@ PREFERRED = "preferred"
 RETAIN = "Retain"
 DELETE = "Delete"
 
+# Where a cluster's archive lives in its bucket (pgop.backup.layout): `<path>/<namespace>/<cluster>/`
+# for clusters created by this operator version on, `<path>/<cluster>/` (legacy) for those that
+# archived before it. The operator pins the choice on the PgCluster once, when it first sees the
+# cluster, so a cluster's archive never moves under it; docs/backup-layout.md.
+ANNOTATION_ARCHIVE_LAYOUT = "pgop.io/archive-layout"
+NAMESPACED_LAYOUT: Final = "namespaced"
+LEGACY_LAYOUT: Final = "legacy"
+ARCHIVE_LAYOUTS = (NAMESPACED_LAYOUT, LEGACY_LAYOUT)
+# The reason archiving and backups are refused when the archive's marker names another database
+# system (pgop.backup.marker): ContinuousArchiving False, a failed PgBackup.
+REASON_FOREIGN_ARCHIVE = "ArchiveBelongsToAnotherCluster"
+
 MAX_CLUSTER_NAME = 50  # leaves room for -rw, -replication, -<ordinal>-bootstrap in 63 chars
 
 ValidationError = tuple[str, str]  # (field path, what is wrong, said to a person)
@@ -183,6 +195,9 @@ class RecoverySpec:
     target_time: str | None = None
     target_lsn: str | None = None
     s3: S3Spec | None = None
+    # The source's archive layout, when the operator knows it (the source PgCluster exists); None:
+    # the restore looks at the namespaced location first, then at the legacy one.
+    archive_layout: str | None = None
 
     @classmethod
     def from_dict(cls, data: Body) -> RecoverySpec:
@@ -192,6 +207,7 @@ class RecoverySpec:
             target_time=data.get("targetTime"),
             target_lsn=data.get("targetLSN"),
             s3=S3Spec.from_dict(data.get("s3")),
+            archive_layout=data.get("archiveLayout") or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -202,6 +218,8 @@ class RecoverySpec:
                 out[key] = value
         if self.s3:
             out["s3"] = self.s3.to_dict()
+        if self.archive_layout:
+            out["archiveLayout"] = self.archive_layout
         return out
 
 
@@ -527,8 +545,23 @@ class Cluster:
         return tenancy.refused_paths(self.namespace, vault=("spec.publish.vaultPath", paths[0]),
                                      consul=("spec.publish.consulPrefix", paths[1]))
 
+    @property
+    def archive_layout(self) -> str:
+        """The pinned layout of this cluster's archive (ANNOTATION_ARCHIVE_LAYOUT). A cluster the
+        operator has not pinned yet is one that predates the annotation: the legacy layout."""
+        return self.annotations.get(ANNOTATION_ARCHIVE_LAYOUT) or LEGACY_LAYOUT
+
+    @property
+    def archive_namespace(self) -> str:
+        """The namespace part of the archive's location: "" for the legacy layout."""
+        return self.namespace if self.archive_layout == NAMESPACED_LAYOUT else ""
+
     def validate(self) -> list[ValidationError]:
         errors: list[ValidationError] = []
+        layout = self.annotations.get(ANNOTATION_ARCHIVE_LAYOUT)
+        if layout is not None and layout not in ARCHIVE_LAYOUTS:
+            errors.append((f"metadata.annotations[{ANNOTATION_ARCHIVE_LAYOUT}]",
+                           f"must be {' or '.join(ARCHIVE_LAYOUTS)}, not {layout!r}"))
         if len(self.name) > MAX_CLUSTER_NAME or not re.match(r"^[a-z]([-a-z0-9]*[a-z0-9])?$", self.name):
             errors.append(("metadata.name",
                            f"must be a DNS label of at most {MAX_CLUSTER_NAME} characters starting with a letter"))
@@ -563,6 +596,7 @@ class InstanceSpec:
     recovery: RecoverySpec | None = None  # for bootstrap recovery
     s3: S3Spec | None = None  # where WAL is archived to and fetched from
     wal_archiving: bool = False
+    archive_layout: str = LEGACY_LAYOUT  # spec.backup.archiveLayout: the cluster's pinned layout
     affinity: AffinitySpec | None = None  # the cluster's spec.affinity, when set
     topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)
     tls: TlsSpec | None = None  # the cluster's spec.tls, when set: the pod mounts those Secrets
@@ -592,6 +626,7 @@ class InstanceSpec:
             recovery=RecoverySpec.from_dict(data["recovery"]) if data.get("recovery") else None,
             s3=S3Spec.from_dict(backup.get("s3")),
             wal_archiving=bool(backup.get("walArchiving", False)),
+            archive_layout=backup.get("archiveLayout") or LEGACY_LAYOUT,
             affinity=AffinitySpec.from_dict(data.get("affinity")),
             topology_spread_constraints=plain(list(data.get("topologySpreadConstraints") or [])),
             tls=TlsSpec.from_dict(data.get("tls")),

@@ -35,6 +35,9 @@ ENV_S3_ENDPOINT = "PGOP_S3_ENDPOINT"
 ENV_S3_REGION = "PGOP_S3_REGION"
 ENV_S3_CREDENTIALS_DIR = "PGOP_S3_CREDENTIALS_DIR"
 ENV_S3_CLUSTER = "PGOP_S3_CLUSTER"  # whose archive; default: the pod's cluster (a restore names the source)
+# The namespace part of the archive's location (`<path>/<namespace>/<cluster>/`); unset or empty:
+# the legacy layout `<path>/<cluster>/` of clusters that archived before namespaces were part of it.
+ENV_S3_NAMESPACE = "PGOP_S3_NAMESPACE"
 # The PgBackup whose status.uploadedBytes a backup pod updates.
 ENV_BACKUP_OBJECT = "PGOP_BACKUP_OBJECT"
 
@@ -74,11 +77,13 @@ class ArchiveEnv:
     region: str | None = None
     credentials_dir: str | None = S3_CREDENTIALS_MOUNT
     cluster: str | None = None  # whose archive, when not the pod's own cluster
+    namespace: str | None = None  # the namespace part of the archive's location; None: legacy layout
 
     def to_env(self) -> list[dict[str, Any]]:
         env: list[dict[str, Any]] = [{"name": ENV_S3_BUCKET, "value": self.bucket}]
         for name, value in ((ENV_S3_PATH, self.path), (ENV_S3_ENDPOINT, self.endpoint),
-                            (ENV_S3_REGION, self.region), (ENV_S3_CLUSTER, self.cluster)):
+                            (ENV_S3_REGION, self.region), (ENV_S3_CLUSTER, self.cluster),
+                            (ENV_S3_NAMESPACE, self.namespace)):
             if value:
                 env.append({"name": name, "value": value})
         if self.credentials_dir:
@@ -93,7 +98,7 @@ class ArchiveEnv:
             return None
         return cls(bucket=bucket, path=env.get(ENV_S3_PATH, ""), endpoint=env.get(ENV_S3_ENDPOINT) or None,
                    region=env.get(ENV_S3_REGION) or None, credentials_dir=env.get(ENV_S3_CREDENTIALS_DIR) or None,
-                   cluster=env.get(ENV_S3_CLUSTER) or None)
+                   cluster=env.get(ENV_S3_CLUSTER) or None, namespace=env.get(ENV_S3_NAMESPACE) or None)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,16 @@ from pgop.kernel.meta import (
     owner_reference,
     stable_hash,
 )
-from pgop.kernel.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, RecoverySpec, Role, instance_name
+from pgop.kernel.model import (
+    API_VERSION,
+    NAMESPACED_LAYOUT,
+    BootstrapMode,
+    Cluster,
+    ClusterSpec,
+    RecoverySpec,
+    Role,
+    instance_name,
+)
 
 KIND = "PgInstance"
 
@@ -89,6 +98,10 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
         managed["tls"] = spec.tls.to_dict()
     backup = _backup(spec)
     if backup is not None:
+        # Only the namespaced layout is said: instances of a cluster that keeps the legacy layout
+        # keep the spec (and pods) they had.
+        if cluster.archive_layout == NAMESPACED_LAYOUT:
+            backup["archiveLayout"] = NAMESPACED_LAYOUT
         managed["backup"] = backup
     for annotation, field in ((ANNOTATION_RESTART, RESTART_FIELD), (ANNOTATION_RELOAD, RELOAD_FIELD)):
         token = cluster.annotations.get(annotation, "").strip()[:TOKEN_MAX]  # the CRD's maxLength

@@ -21,7 +21,17 @@ from pgop.kernel.meta import (
     owner_reference,
     stable_hash,
 )
-from pgop.kernel.model import DEFAULT_TOPOLOGY_KEY, PRIMARY, RECOVERY, REPLICA, REQUIRED, Instance, S3Spec, TlsSpec
+from pgop.kernel.model import (
+    DEFAULT_TOPOLOGY_KEY,
+    NAMESPACED_LAYOUT,
+    PRIMARY,
+    RECOVERY,
+    REPLICA,
+    REQUIRED,
+    Instance,
+    S3Spec,
+    TlsSpec,
+)
 from pgop.kernel.podenv import (
     AGENT_PORT,
     DATA_MOUNT,
@@ -72,6 +82,8 @@ def pod_inputs_hash(instance: Instance) -> str:
         # The S3 settings are environment variables and a volume of the pod; absent, the digest
         # stays what it was before backups existed.
         inputs["s3"] = spec.s3.to_dict()
+        if spec.archive_layout == NAMESPACED_LAYOUT:  # legacy: the digest of before the layouts
+            inputs["archiveLayout"] = spec.archive_layout
     # Likewise the placement: absent, existing pods keep their digest through the upgrade that
     # brought spec.affinity; setting or changing it moves the pods (one at a time, by the rollout).
     if spec.affinity is not None:
@@ -125,17 +137,26 @@ def _placement(instance: Instance) -> dict[str, Any]:
     return out
 
 
-def archive_env(s3: S3Spec | None) -> ArchiveEnv | None:
-    """Where a pod's WAL archive is, from an S3 spec (credentials mounted at S3_CREDENTIALS_MOUNT)."""
+def archive_env(s3: S3Spec | None, namespace: str = "") -> ArchiveEnv | None:
+    """Where a pod's WAL archive is, from an S3 spec (credentials mounted at S3_CREDENTIALS_MOUNT);
+    `namespace`: the namespace part of the namespaced layout, "" for the legacy one."""
     if s3 is None:
         return None
-    return ArchiveEnv(bucket=s3.bucket, path=s3.path or "", endpoint=s3.endpoint, region=s3.region)
+    return ArchiveEnv(bucket=s3.bucket, path=s3.path or "", endpoint=s3.endpoint, region=s3.region,
+                      namespace=namespace or None)
+
+
+def archive_namespace(instance: Instance) -> str:
+    """The namespace part of the instance's own archive location ("" in the legacy layout)."""
+    return instance.namespace if instance.spec.archive_layout == NAMESPACED_LAYOUT else ""
 
 
 def pod_env(instance: Instance, s3: S3Spec | None = None) -> PodEnv:
     """The pod contract of an instance's pods: identity from the pod's metadata, the archive of
-    `s3` (a recovery reads its source's) or of the cluster."""
-    return PodEnv(archive=archive_env(s3 if s3 is not None else instance.spec.s3), tls_dir=TLS_MOUNT,
+    `s3` (a recovery reads its source's: the restore says the source's layout in its own
+    restore_command) or of the cluster."""
+    return PodEnv(archive=archive_env(s3 if s3 is not None else instance.spec.s3, archive_namespace(instance)),
+                  tls_dir=TLS_MOUNT,
                   # The root filesystem is read-only; keep `kubectl exec ... psql` from complaining.
                   extra={"PSQL_HISTORY": "/tmp/.psql_history"})
 

@@ -6,6 +6,8 @@ and the credentials as files, like a pod gives them.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
 import pwd
 import shutil
@@ -435,3 +437,118 @@ def test_the_agent_archives_when_its_spec_asks_and_reports_it(archive_env, s3):
     finally:
         fleet.cleanup()
         host.cleanup()
+
+
+# --------------------------------------------------------------- one archive per database system
+
+def _archiving(started: list[LocalPostgres]) -> LocalPostgres:
+    pg = LocalPostgres()
+    started.append(pg)
+    pg.initdb()
+    _configure(pg, archive_mode="on", archive_command=pgconfig.WAL_PUSH_COMMAND, wal_level="replica")
+    pg.start()
+    return pg
+
+
+def _marker_of(s3, layout: ArchiveLayout) -> dict:
+    body = s3["client"].get_object(Bucket=s3["bucket"], Key=layout.marker_key)["Body"].read()
+    return json.loads(body)
+
+
+def test_two_namespaces_with_one_cluster_name_and_path_archive_apart(archive_env, s3, monkeypatch):
+    """The namespaced layout: two clusters `orders` in namespaces a and b, one bucket and path,
+    each archives under its own root with its own marker."""
+    path, started = archive_env["layout"].path, []
+    try:
+        servers = {}
+        for namespace in ("a", "b"):
+            monkeypatch.setenv("PGOP_S3_NAMESPACE", namespace)  # the server inherits it at start
+            monkeypatch.setenv("PGOP_NAMESPACE", namespace)
+            servers[namespace] = _archiving(started)
+        for namespace, pg in servers.items():
+            layout = ArchiveLayout(CLUSTER, path, namespace)
+            segment = _switch(pg)
+            wait_for(lambda pg=pg, segment=segment: _archiver(pg)["last"] >= segment, f"{segment} archived in {namespace}")
+            assert layout.wal_key(segment) in _keys(s3, layout.wal_root)
+            written = _marker_of(s3, layout)
+            assert (written["systemIdentifier"], written["namespace"], written["cluster"]) == \
+                (pg.psql("SELECT system_identifier FROM pg_control_system()"), namespace, CLUSTER)
+            assert _archiver(pg)["failed"] == 0
+        assert not _keys(s3, archive_env["layout"].wal_root)  # nothing in the legacy root
+    finally:
+        for pg in started:
+            pg.cleanup()
+
+
+def test_a_new_database_under_an_old_ones_name_is_refused_until_the_old_archive_is_moved(archive_env, s3):
+    """A cluster deleted and created anew from scratch (same name, bucket and path, a new system
+    identifier): its WAL stays in pg_wal, pg_stat_archiver counts failures, the agent's report and
+    the cluster's condition say ArchiveBelongsToAnotherCluster; once the old archive is moved away
+    the same segments are archived, nothing skipped."""
+    from pgop.agent.state import Archiver, PostgresState, with_archive_refusal
+    from pgop.backup import marker
+    from pgop.kernel.model import REASON_FOREIGN_ARCHIVE
+
+    layout, started = archive_env["layout"], []
+    try:
+        old = _archiving(started)
+        first = _switch(old)
+        wait_for(lambda: _archiver(old)["last"] >= first, f"{first} archived by the first database")
+        old_id = old.psql("SELECT system_identifier FROM pg_control_system()")
+        assert _marker_of(s3, layout)["systemIdentifier"] == old_id
+        old.cleanup()
+
+        new = _archiving(started)
+        new_id = new.psql("SELECT system_identifier FROM pg_control_system()")
+        assert new_id != old_id
+        stuck = _switch(new)
+        failing = wait_for(lambda: (lambda a: a if a["failed"] >= 1 else None)(_archiver(new)),
+                           "the new database's archiving to be refused")
+        assert failing["archived"] == 0
+        assert (new.pgdata / "pg_wal" / "archive_status" / f"{stuck}.ready").exists()  # kept, not lost
+        assert REASON_FOREIGN_ARCHIVE in new.log_tail(50)
+        assert _marker_of(s3, layout)["systemIdentifier"] == old_id  # never overwritten
+        reason, message = marker.last_refusal(new.pgdata)
+        assert reason == REASON_FOREIGN_ARCHIVE and old_id in message and new_id in message
+        # what the agent reports and the operator makes of it
+        state = with_archive_refusal(PostgresState(role="primary", archiver=Archiver(failed_count=failing["failed"],
+                                                                                     last_failed_wal=stuck)),
+                                     new.pgdata)
+        reported = archiver_status(state.archiver) | {"lastFailedTime": "2026-01-01T00:00:00Z"}
+        condition = archiving_condition([{"metadata": {"name": "orders-0"}, "spec": {"role": "primary"},
+                                          "status": {"role": "primary", "archiver": reported}}])
+        assert (condition["status"], condition["reason"]) == ("False", REASON_FOREIGN_ARCHIVE)
+        assert f"s3://{s3['bucket']}/{layout.root}" in condition["message"]
+
+        # the user moves the old archive away: the next try archives, from the stuck segment on
+        for key in _keys(s3, layout.root):
+            s3["client"].delete_object(Bucket=s3["bucket"], Key=key)
+        after = _switch(new)
+        wait_for(lambda: _archiver(new)["last"] >= after, f"{after} archived once the old archive is gone",
+                 timeout=120)
+        keys = _keys(s3, layout.wal_root)
+        assert layout.wal_key(stuck) in keys and layout.wal_key(after) in keys
+        assert _marker_of(s3, layout)["systemIdentifier"] == new_id
+        assert marker.last_refusal(new.pgdata) is None
+    finally:
+        for pg in started:
+            pg.cleanup()
+
+
+def test_a_base_backup_into_another_systems_archive_fails_before_uploading(archiving_postgres, archive_env, s3,
+                                                                          storage):
+    """The check the backup pod makes before pg_basebackup starts (pgop.agent.backups)."""
+    from pgop.backup import marker
+    from pgop.kernel.model import REASON_FOREIGN_ARCHIVE
+    layout = ArchiveLayout(CLUSTER, archive_env["layout"].path, "shop")
+    forged = marker.Marker("12345").to_json().encode()
+    assert storage.put_new(layout.marker_key, io.BytesIO(forged), len(forged), {})
+    pg = archiving_postgres
+    system_id = pg.psql("SELECT system_identifier FROM pg_control_system()")
+    with pytest.raises(marker.ForeignArchive, match=REASON_FOREIGN_ARCHIVE):
+        marker.ensure_ours(storage, layout, system_id)
+    assert not _keys(s3, f"{layout.root}base/")
+    # its own (empty) root is claimed and a backup goes there
+    own = ArchiveLayout(CLUSTER, archive_env["layout"].path, "sales")
+    assert marker.ensure_ours(storage, own, system_id) == marker.CLAIMED
+    assert marker.ensure_ours(storage, own, system_id) == marker.OURS

@@ -12,7 +12,8 @@ def test_pg_stat_archiver_becomes_the_instance_status_archiver():
     reported = archiver_status(Archiver(5, "000000010000000000000005", AT, 2, "000000010000000000000006", AT))
     assert reported == {"archivedCount": 5, "lastArchivedWal": "000000010000000000000005",
                         "lastArchivedTime": "2026-01-02T03:04:05Z", "failedCount": 2,
-                        "lastFailedWal": "000000010000000000000006", "lastFailedTime": "2026-01-02T03:04:05Z"}
+                        "lastFailedWal": "000000010000000000000006", "lastFailedTime": "2026-01-02T03:04:05Z",
+                        "refusal": None}
     # never archived, never failed: the fields are cleared (merge patch), not left from before
     assert archiver_status(Archiver())["lastFailedWal"] is None
 

@@ -104,7 +104,10 @@ def test_base_backup_keys():
 
 def test_recovery_settings_and_their_removal(tmp_path: Path):
     command = restore_command("orders", "shop path")
-    assert command == "PGOP_S3_CLUSTER=orders PGOP_S3_PATH='shop path' pgop agent wal-fetch %f %p"
+    # the legacy layout says its empty namespace: the pod's own (of its new cluster) may differ
+    assert command == "PGOP_S3_CLUSTER=orders PGOP_S3_PATH='shop path' PGOP_S3_NAMESPACE='' pgop agent wal-fetch %f %p"
+    assert restore_command("orders", "p", namespace="shop") == \
+        "PGOP_S3_CLUSTER=orders PGOP_S3_PATH=p PGOP_S3_NAMESPACE=shop pgop agent wal-fetch %f %p"
     settings = recovery_settings(command, target_time="2026-11-22T07:00:00.25+01:00")
     # PostgreSQL's own syntax: it refuses RFC 3339's 'T' and 'Z' ("invalid value for parameter")
     assert settings["recovery_target_time"] == "2026-11-22 06:00:00.250000+00"
@@ -115,7 +118,7 @@ def test_recovery_settings_and_their_removal(tmp_path: Path):
     (tmp_path / "postgresql.auto.conf").write_text("work_mem = '8MB'\n")
     write_recovery(tmp_path, settings)
     text = (tmp_path / "postgresql.auto.conf").read_text()
-    assert "restore_command = 'PGOP_S3_CLUSTER=orders PGOP_S3_PATH=''shop path'' pgop" in text
+    assert "restore_command = 'PGOP_S3_CLUSTER=orders PGOP_S3_PATH=''shop path'' PGOP_S3_NAMESPACE='''' pgop" in text
     assert (tmp_path / "recovery.signal").exists()
     remove_recovery(tmp_path)
     assert (tmp_path / "postgresql.auto.conf").read_text() == "work_mem = '8MB'\n"

@@ -26,6 +26,7 @@ from tests.unit.world import (
 def test_first_plan_creates_the_cluster_objects_in_dependency_order():
     actions = plan(World(), make_cluster())
     assert summary(actions) == [
+        (PATCH, "PgCluster", "orders"),  # the archive layout, pinned before anything archives
         (CREATE, "ServiceAccount", "orders-agent"),
         (CREATE, "Role", "orders-agent"),
         (CREATE, "RoleBinding", "orders-agent"),
