@@ -18,11 +18,18 @@ def run(
                                         help="Watch the whole cluster (the default when no -n)."),
     liveness: str | None = typer.Option(None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    leader_elect: bool = typer.Option(False, "--leader-elect", envvar="PGOP_LEADER_ELECT",
+                                      help="Act only while holding a Lease: run several replicas, one active."),
+    lease_name: str = typer.Option("pgop-operator", help="The Lease of --leader-elect."),
+    lease_namespace: str | None = typer.Option(
+        None, help="Its namespace (default: $PGOP_NAMESPACE, else the pod's own namespace)."),
 ) -> None:
     """Run the operator against the current kubeconfig (or in-cluster config)."""
     from . import operator
+    from .runtime.leader import default_namespace
+    election = operator.LeaderElection(lease_namespace or default_namespace(), lease_name) if leader_elect else None
     operator.run(namespace, clusterwide=all_namespaces or not namespace, liveness=liveness,
-                 verbose=verbose)
+                 verbose=verbose, leader_election=election)
 
 
 def _namespace(namespace: str | None) -> str:

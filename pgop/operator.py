@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import importlib
 import logging
+import os
 import signal
+import urllib.parse
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
 
+import aiohttp.web
 import kopf
 
 # Each package registers its handlers when imported; a package with no handlers yet is skipped.
@@ -52,13 +59,63 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.background.cancellation_polling = 0.5
 
 
+@dataclass(frozen=True)
+class LeaderElection:
+    """Run as one of several replicas: act only while holding this Lease."""
+    namespace: str
+    name: str = "pgop-operator"
+
+
 def run(namespaces: list[str], clusterwide: bool, liveness: str | None = None,
-        verbose: bool = False) -> None:
+        verbose: bool = False, leader_election: LeaderElection | None = None) -> None:
     kopf.configure(verbose=verbose)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck handler waits on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     loaded = load_handlers()
     log.info("pgop operator starting with handlers from %s", ", ".join(loaded) or "nothing")
-    asyncio.run(kopf.operator(
-        clusterwide=clusterwide, namespaces=list(namespaces), standalone=True,
-        liveness_endpoint=liveness))
+    operator = functools.partial(kopf.operator, clusterwide=clusterwide, namespaces=list(namespaces),
+                                 standalone=True, liveness_endpoint=liveness)
+    if leader_election is None:
+        asyncio.run(operator())
+    else:
+        asyncio.run(_run_as_leader(operator, leader_election, liveness))
+
+
+async def _run_as_leader(operator: Callable[[], Coroutine[Any, Any, None]], election: LeaderElection,
+                         liveness: str | None) -> None:
+    """Waits for the Lease (answering the liveness probe meanwhile: a candidate is healthy), then
+    runs the operator while renewing it. Losing the Lease ends the process at once, with no
+    handler left running: the container restarts as a candidate."""
+    from pgop.runtime import leader
+    from pgop.runtime.kube import Kube
+
+    elector = leader.Elector(Kube(), election.namespace, election.name)
+    probe = await _serve_candidate_liveness(liveness) if liveness else None
+    try:
+        await elector.acquire()
+    finally:
+        if probe is not None:
+            await probe.cleanup()
+    keeper = asyncio.create_task(elector.keep())
+    running = asyncio.create_task(operator())
+    done, _ = await asyncio.wait({keeper, running}, return_when=asyncio.FIRST_COMPLETED)
+    if keeper in done:
+        log.error("leader election: %s; stopping now", keeper.exception())
+        logging.shutdown()
+        os._exit(1)
+    keeper.cancel()
+    await asyncio.to_thread(elector.release)
+    running.result()
+
+
+async def _serve_candidate_liveness(url: str) -> aiohttp.web.AppRunner:
+    parsed = urllib.parse.urlparse(url)
+    app = aiohttp.web.Application()
+
+    async def candidate(_: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        return aiohttp.web.json_response({"leader": False})
+    app.router.add_get(parsed.path or "/", candidate)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, parsed.hostname, parsed.port or 80).start()
+    return runner
