@@ -5,6 +5,7 @@ cleanly (SIGTERM: the Lease is released and taken over at once). Each process is
 finished work, as a user sees it."""
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -53,6 +54,14 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_dies_or_stops(kubectl
     kubectl("apply", "-f", "-", input=manifest("ha-one", ns, instances=1, sync=0))
     wait_ready(kubectl, ns, "ha-one", 1)
     assert "ha-one" in a.log_text() and "ha-one" not in b.log_text()  # the candidate acted on nothing
+    # Logs not on a terminal are JSON lines: the operator's (kopf's keys) and the agent's in its pod.
+    for line in a.log_text().splitlines():
+        if line.strip():
+            assert {"timestamp", "severity", "message"} <= set(json.loads(line)), line
+    agent = [json.loads(line) for line in kubectl("-n", ns, "logs", "ha-one-0").stdout.splitlines()
+             if line.startswith("{")]
+    assert agent and all(entry["cluster"] == "ha-one" and entry["instance"] == "ha-one-0"
+                         and entry["namespace"] == ns for entry in agent)
 
     # The leader dies: the candidate waits out the Lease, then acts (a new cluster made Ready).
     killed = time.monotonic()

@@ -243,9 +243,14 @@ def version() -> None:
 # ------------------------------------------------------------------------ pgop agent (in pods)
 
 def _agent_logging(verbose: bool) -> None:
-    import logging
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import os
+
+    from .runtime import logs
+    try:
+        logs.configure(verbose, logs.pod_fields(os.environ))
+    except ValueError as error:
+        typer.echo(f"pgop agent: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 @agent_app.command("run")

@@ -9,6 +9,7 @@ import importlib
 import logging
 import os
 import signal
+import sys
 import urllib.parse
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -68,9 +69,13 @@ class LeaderElection:
 
 def run(namespaces: list[str], clusterwide: bool, liveness: str | None = None,
         verbose: bool = False, leader_election: LeaderElection | None = None) -> None:
-    kopf.configure(verbose=verbose)
+    from pgop.runtime import logs
+    chosen = logs.choose_format(os.environ.get(logs.ENV_LOG_FORMAT), sys.stderr.isatty())
+    # kopf's JSON lines carry the object each handler works on (`object`: kind, namespace, name).
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if chosen == logs.JSON else kopf.LogFormat.FULL)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck handler waits on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logging.captureWarnings(True)  # a library's warning becomes a log line like any other
     loaded = load_handlers()
     log.info("pgop operator starting with handlers from %s", ", ".join(loaded) or "nothing")
     operator = functools.partial(kopf.operator, clusterwide=clusterwide, namespaces=list(namespaces),
