@@ -537,6 +537,7 @@ class InstanceSpec:
     wal_archiving: bool = False
     affinity: AffinitySpec | None = None  # the cluster's spec.affinity, when set
     topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)
+    pod_template: int = 0  # the pod template revision (pgop.specs.pods); 0: from before revisions
 
     @classmethod
     def from_dict(cls, data: Body | None) -> InstanceSpec:
@@ -550,6 +551,7 @@ class InstanceSpec:
             fenced=bool(data.get("fenced", False)),
             primary=data.get("primary") or "",
             primary_host=data.get("primaryHost") or "",
+            pod_template=int(data.get("podTemplate") or 0),
             image=data.get("image") or DEFAULT_IMAGE,
             postgres_version=int(data.get("postgresVersion", DEFAULT_IMAGE_POSTGRES_VERSION)),
             storage=StorageSpec.from_dict(data.get("storage") or {"size": "1Gi"}),

@@ -10,6 +10,7 @@ from typing import Any
 from pgop.kernel import pgconfig
 from pgop.kernel.meta import LABEL_INSTANCE, cluster_labels, object_meta, owner_reference, stable_hash
 from pgop.kernel.model import API_VERSION, BootstrapMode, Cluster, ClusterSpec, RecoverySpec, Role, instance_name
+from pgop.specs.pods import POD_TEMPLATE_REVISION
 
 KIND = "PgInstance"
 
@@ -21,12 +22,12 @@ KIND = "PgInstance"
 MANAGED_FIELDS = (
     "image", "storage", "resources", "parameters",
     "synchronousReplicas", "synchronousMode", "enableSuperuserAccess", "backup", "configHash",
-    "affinity", "topologySpreadConstraints",
+    "affinity", "topologySpreadConstraints", "podTemplate",
 )
 # Fields whose change needs a new Postgres pod, not just a new config file. Scheduling fields
 # (affinity, topologySpreadConstraints) count too: a pod is placed once, so the new placement
 # rules reach a running instance only through a new pod.
-POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints")
+POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints", "podTemplate")
 
 
 def config_hash(spec: ClusterSpec) -> str:
@@ -56,6 +57,7 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
         "synchronousMode": spec.synchronous_mode,
         "enableSuperuserAccess": spec.enable_superuser_access,
         "configHash": config_hash(spec),
+        "podTemplate": POD_TEMPLATE_REVISION,
     }
     if spec.resources:
         managed["resources"] = spec.resources
