@@ -10,24 +10,28 @@ from pathlib import Path
 from e2e.harness import paths, proc
 
 TEST_OPERATOR = "operator-test"  # its PID file, which `make down` reads too
+STANDBY_OPERATOR = "operator-test-standby"  # a second replica's (leader election tests), also read by `make down`
 
 
 class OperatorProcess:
-    def __init__(self, env: dict[str, str], log: Path):
-        self.env, self.log = env, log
+    def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = (),
+                 pid_name: str = TEST_OPERATOR):
+        self.env, self.log, self.args, self.pid_name = env, log, args, pid_name
         self.p: subprocess.Popen | None = None
 
-    def start(self) -> None:
-        # One operator at a time: the one `make up` started, or one a killed test run left behind,
-        # would act on the same objects.
-        proc.stop("operator")
-        proc.stop(TEST_OPERATOR)
+    def start(self, alone: bool = True) -> None:
+        # One operator at a time (unless replicas elect a leader): the one `make up` started, or
+        # one a killed test run left behind, would act on the same objects.
+        if alone:
+            proc.stop("operator")
+            proc.stop(TEST_OPERATOR)
+            proc.stop(STANDBY_OPERATOR)
         pgop = paths.REPO / ".venv" / "bin" / "pgop"
         out = open(self.log, "ab")
-        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces"], stdout=out,
+        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces", *self.args], stdout=out,
                                   stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                   start_new_session=True)
-        proc.record(TEST_OPERATOR, self.p.pid)
+        proc.record(self.pid_name, self.p.pid)
 
     def kill(self) -> None:
         """SIGKILL: what a crash or a node loss does to the operator."""

@@ -23,17 +23,24 @@ def run(
                                              "nor PGOP_WATCH_NAMESPACES is given)."),
     liveness: str | None = typer.Option(None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
+    leader_elect: bool = typer.Option(False, "--leader-elect", envvar="PGOP_LEADER_ELECT",
+                                      help="Act only while holding a Lease: run several replicas, one active."),
+    lease_name: str = typer.Option("pgop-operator", help="The Lease of --leader-elect."),
+    lease_namespace: str | None = typer.Option(
+        None, help="Its namespace (default: $PGOP_NAMESPACE, else the pod's own namespace)."),
 ) -> None:
     """Run the operator against the current kubeconfig (or in-cluster config)."""
     import os
 
     from . import operator
     from .runtime.config import watch_scope
+    from .runtime.leader import default_namespace
     try:
         namespaces = watch_scope(namespace, all_namespaces, os.environ)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    operator.run(namespaces, liveness=liveness, verbose=verbose)
+    election = operator.LeaderElection(lease_namespace or default_namespace(), lease_name) if leader_elect else None
+    operator.run(namespaces, liveness=liveness, verbose=verbose, leader_election=election)
 
 
 def _namespace(namespace: str | None) -> str:
@@ -319,9 +326,14 @@ def version() -> None:
 # ------------------------------------------------------------------------ pgop agent (in pods)
 
 def _agent_logging(verbose: bool) -> None:
-    import logging
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    import os
+
+    from .runtime import logs
+    try:
+        logs.configure(verbose, logs.pod_fields(os.environ))
+    except ValueError as error:
+        typer.echo(f"pgop agent: {error}", err=True)
+        raise typer.Exit(2) from None
 
 
 @agent_app.command("run")

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import functools
 import importlib
 import logging
+import os
 import signal
-from collections.abc import Sequence
+import sys
+import urllib.parse
+from collections.abc import Callable, Coroutine, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import aiohttp.web
 import kopf
 
 from pgop.runtime.config import is_pattern
@@ -66,14 +73,69 @@ def settings_for(namespaces: Sequence[str]) -> kopf.OperatorSettings:
     return settings
 
 
-def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = False) -> None:
+@dataclass(frozen=True)
+class LeaderElection:
+    """Run as one of several replicas: act only while holding this Lease."""
+    namespace: str
+    name: str = "pgop-operator"
+
+
+def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = False,
+        leader_election: LeaderElection | None = None) -> None:
     """Watches `namespaces`, or every namespace when there are none."""
-    kopf.configure(verbose=verbose)
+    from pgop.runtime import logs
+    chosen = logs.choose_format(os.environ.get(logs.ENV_LOG_FORMAT), sys.stderr.isatty())
+    # kopf's JSON lines carry the object each handler works on (`object`: kind, namespace, name).
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON if chosen == logs.JSON else kopf.LogFormat.FULL)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck handler waits on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    logging.captureWarnings(True)  # a library's warning becomes a log line like any other
     loaded = load_handlers()
     log.info("pgop operator starting with handlers from %s, watching %s", ", ".join(loaded) or "nothing",
              ", ".join(namespaces) if namespaces else "all namespaces")
-    asyncio.run(kopf.operator(
-        clusterwide=not namespaces, namespaces=list(namespaces), standalone=True,
-        settings=settings_for(namespaces), liveness_endpoint=liveness))
+    operator = functools.partial(kopf.operator, clusterwide=not namespaces, namespaces=list(namespaces),
+                                 standalone=True, settings=settings_for(namespaces), liveness_endpoint=liveness)
+    if leader_election is None:
+        asyncio.run(operator())
+    else:
+        asyncio.run(_run_as_leader(operator, leader_election, liveness))
+
+
+async def _run_as_leader(operator: Callable[[], Coroutine[Any, Any, None]], election: LeaderElection,
+                         liveness: str | None) -> None:
+    """Waits for the Lease (answering the liveness probe meanwhile: a candidate is healthy), then
+    runs the operator while renewing it. Losing the Lease ends the process at once, with no
+    handler left running: the container restarts as a candidate."""
+    from pgop.runtime import leader
+    from pgop.runtime.kube import Kube
+
+    elector = leader.Elector(Kube(), election.namespace, election.name)
+    probe = await _serve_candidate_liveness(liveness) if liveness else None
+    try:
+        await elector.acquire()
+    finally:
+        if probe is not None:
+            await probe.cleanup()
+    keeper = asyncio.create_task(elector.keep())
+    running = asyncio.create_task(operator())
+    done, _ = await asyncio.wait({keeper, running}, return_when=asyncio.FIRST_COMPLETED)
+    if keeper in done:
+        log.error("leader election: %s; stopping now", keeper.exception())
+        logging.shutdown()
+        os._exit(1)
+    keeper.cancel()
+    await asyncio.to_thread(elector.release)
+    running.result()
+
+
+async def _serve_candidate_liveness(url: str) -> aiohttp.web.AppRunner:
+    parsed = urllib.parse.urlparse(url)
+    app = aiohttp.web.Application()
+
+    async def candidate(_: aiohttp.web.Request) -> aiohttp.web.StreamResponse:
+        return aiohttp.web.json_response({"leader": False})
+    app.router.add_get(parsed.path or "/", candidate)
+    runner = aiohttp.web.AppRunner(app)
+    await runner.setup()
+    await aiohttp.web.TCPSite(runner, parsed.hostname, parsed.port or 80).start()
+    return runner

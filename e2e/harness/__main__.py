@@ -95,8 +95,9 @@ def down(args) -> None:
         return
     if proc.stop("operator"):
         step("stopped operator")
-    if proc.stop("operator-test"):  # a test's own operator, left by a killed run
-        step("stopped a test's operator")
+    for name in ("operator-test", "operator-test-standby"):  # a test's own, left by a killed run
+        if proc.stop(name):
+            step(f"stopped a test's operator ({name})")
     for name in reversed(services.NAMES):
         if proc.stop(name):
             step(f"stopped {name}")

@@ -600,6 +600,7 @@ class InstanceSpec:
     affinity: AffinitySpec | None = None  # the cluster's spec.affinity, when set
     topology_spread_constraints: list[dict[str, Any]] = field(default_factory=list)
     tls: TlsSpec | None = None  # the cluster's spec.tls, when set: the pod mounts those Secrets
+    pod_template: int = 0  # the pod template revision (pgop.specs.pods); 0: from before revisions
 
     @classmethod
     def from_dict(cls, data: Body | None) -> InstanceSpec:
@@ -613,6 +614,7 @@ class InstanceSpec:
             fenced=bool(data.get("fenced", False)),
             primary=data.get("primary") or "",
             primary_host=data.get("primaryHost") or "",
+            pod_template=int(data.get("podTemplate") or 0),
             image=data.get("image") or DEFAULT_IMAGE,
             postgres_version=int(data.get("postgresVersion", DEFAULT_IMAGE_POSTGRES_VERSION)),
             storage=StorageSpec.from_dict(data.get("storage") or {"size": "1Gi"}),

@@ -52,6 +52,7 @@ RESOURCES = {
     "PgInstance": Resource("pgop.io", "v1", "pginstances"),
     "PgBackup": Resource("pgop.io", "v1", "pgbackups"),
     "MysqlDb": Resource("pgop.io", "v1", "mysqldbs"),
+    "Lease": Resource("coordination.k8s.io", "v1", "leases"),
 }
 
 
@@ -120,6 +121,11 @@ class Kube:
             if e.status == 409:  # already there: creation is idempotent
                 return None
             raise
+
+    def replace(self, body: dict) -> dict:
+        """PUT: the write fails with 409 when the object changed since `body` was read."""
+        meta = body["metadata"]
+        return self._call("PUT", RESOURCES[body["kind"]].path(meta.get("namespace"), meta["name"]), body=body)
 
     def merge_patch(self, kind: str, namespace: str, name: str, patch: dict,
                     subresource: str | None = None) -> dict | None:

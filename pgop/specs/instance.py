@@ -28,6 +28,7 @@ from pgop.kernel.model import (
     Role,
     instance_name,
 )
+from pgop.specs.pods import POD_TEMPLATE_REVISION
 
 KIND = "PgInstance"
 
@@ -40,11 +41,12 @@ MANAGED_FIELDS = (
     "image", "storage", "resources", "parameters",
     "synchronousReplicas", "synchronousMode", "enableSuperuserAccess", "backup", "configHash",
     "affinity", "topologySpreadConstraints", "restartRequestedAt", "reloadRequestedAt", "tls",
+    "podTemplate",
 )
 # Fields whose change needs a new Postgres pod, not just a new config file. Scheduling fields
 # (affinity, topologySpreadConstraints) count too: a pod is placed once, so the new placement
 # rules reach a running instance only through a new pod.
-POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints", "tls")
+POD_FIELDS = ("image", "resources", "affinity", "topologySpreadConstraints", "tls", "podTemplate")
 
 # Day-2 requests of `pgop restart` and `pgop reload`, by annotation on the PgCluster (people ask
 # the operator; only the operator patches a PgInstance's spec). The value is an opaque token (the
@@ -86,6 +88,7 @@ def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:
         "synchronousMode": spec.synchronous_mode,
         "enableSuperuserAccess": spec.enable_superuser_access,
         "configHash": config_hash(spec),
+        "podTemplate": POD_TEMPLATE_REVISION,
     }
     if spec.resources:
         managed["resources"] = spec.resources

@@ -69,11 +69,20 @@ def pod_role_label(instance: Instance) -> str:
     return REPLICA if actual in (None, REPLICA) else ROLE_PENDING
 
 
+# The revision of the pod template this code builds. Raise it when a change to the pods built here
+# (or to the agent in the image) must reach running pods: the cluster controller hands it to every
+# PgInstance through the rolling restart (replicas first, the primary by switchover), so an
+# operator upgrade leaves no database on the old template. A change that needs no restart keeps it.
+# 1: before revisions existed. 2: no root init container (Pod Security "restricted").
+POD_TEMPLATE_REVISION = 2
+
+
 def pod_inputs_hash(instance: Instance) -> str:
     """Digest of the instance fields that shape the Postgres pod.
 
-    Built from the instance spec rather than the rendered pod, so a new operator version with a
-    different pod template never restarts running databases; only a change a user asked for does.
+    Built from the instance spec rather than the rendered pod, so a pod is replaced only when its
+    PgInstance says so: on a change a user asked for, or on a new POD_TEMPLATE_REVISION, both
+    handed down one instance at a time by the rolling restart. Never all pods at once.
     """
     spec = instance.spec
     inputs: dict[str, Any] = {"image": spec.image, "resources": spec.resources,
@@ -92,6 +101,8 @@ def pod_inputs_hash(instance: Instance) -> str:
         inputs["topologySpreadConstraints"] = spec.topology_spread_constraints
     if spec.tls is not None:  # which Secrets the pod mounts
         inputs["tls"] = spec.tls.to_dict()
+    if spec.pod_template:
+        inputs["podTemplate"] = spec.pod_template
     return stable_hash(inputs)
 
 
