@@ -38,10 +38,17 @@ spec:
         if status.get("phase") == "Ready":
             break
         time.sleep(1)
-    logs = kubectl("-n", "pgop-system", "logs", "deployment/pgop-operator", check=False).stdout
+    # Two replicas, both live; the one holding the Lease did the work, the other waited.
+    holder = kubectl("-n", "pgop-system", "get", "lease", "pgop-operator", "-o",
+                     "jsonpath={.spec.holderIdentity}").stdout.strip()
+    pods = kubectl.json("-n", "pgop-system", "get", "pods", "-l", "app=pgop-operator")["items"]
+    leader = next(p for p in pods if holder.startswith(p["metadata"]["name"] + "_"))
+    logs = kubectl("-n", "pgop-system", "logs", leader["metadata"]["name"], check=False).stdout
     assert status.get("phase") == "Ready", f"{status}\n{logs[-3000:]}"
     assert f"{namespace}/incluster: create PgInstance incluster-0" in logs
-    pod = kubectl.json("-n", "pgop-system", "get", "pods", "-l", "app=pgop-operator")["items"][0]
-    assert pod["status"]["containerStatuses"][0]["ready"] is True
-    assert pod["spec"]["securityContext"]["runAsUser"] == 65532
+    assert len(pods) == 2 and all(p["status"]["containerStatuses"][0]["ready"] for p in pods)
+    assert all(p["spec"]["securityContext"]["runAsUser"] == 65532 for p in pods)
+    [standby] = [p for p in pods if p is not leader]
+    standby_log = kubectl("-n", "pgop-system", "logs", standby["metadata"]["name"], check=False).stdout
+    assert "is a candidate" in standby_log and "incluster" not in standby_log
     kubectl("-n", namespace, "delete", "pgcluster", "incluster", "--timeout=120s")

@@ -193,3 +193,18 @@ def test_vault_and_consul_clients_take_the_token_from_the_file_each_call(tmp_pat
     assert seen(vault) == "rotated" and seen(consul_kv) == "rotated"
     path.unlink()  # an optional Secret without the key: the variable's token, if any
     assert seen(vault) == "from-env" and seen(consul_kv) == "from-env"
+
+
+def test_two_replicas_elect_a_leader_through_a_lease_they_alone_may_write():
+    for name in ("operator.yaml", "operator-namespaced.yaml"):
+        deployment = one(name, "Deployment")
+        assert deployment["spec"]["replicas"] == 2
+        assert "--leader-elect" in _container(name)["args"]
+        env = {e["name"]: e for e in _container(name)["env"]}
+        assert env["PGOP_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+        role = one(name, "Role")
+        assert role["metadata"]["namespace"] == deployment["metadata"]["namespace"]
+        assert grants(role["rules"]) == {("coordination.k8s.io", "leases", v) for v in ("create", "get", "update")}
+        assert all(r.get("resourceNames") == ["pgop-operator"] for r in role["rules"] if "create" not in r["verbs"])
+        binding = one(name, "RoleBinding")
+        assert binding["roleRef"]["name"] == role["metadata"]["name"]
