@@ -586,3 +586,26 @@ def test_merge_patch_turns_current_into_desired(current, desired):
     assert apply_merge_patch(current, patch) == desired
     assert (patch == {}) == (current == desired)
 
+
+
+def test_a_new_pod_template_revision_rolls_the_pods_of_an_upgraded_operator_one_at_a_time():
+    from pgop.specs.pods import POD_TEMPLATE_REVISION
+    world, cluster = running_cluster(3)
+    for name in world.instance_names():  # instances made by an operator from before revisions
+        world.get("PgInstance", name)["spec"].pop("podTemplate", None)
+    before = {name: pod_inputs_hash(world.instance(name)) for name in world.instance_names()}
+    order = []
+    for _ in range(10):
+        actions = plan(world, cluster)
+        if not actions:
+            break
+        assert len(actions) == 1 and "podTemplate changed" in actions[0].reason
+        assert actions[0].patch["spec"]["podTemplate"] == POD_TEMPLATE_REVISION
+        order.append(actions[0].name)
+        world.apply(actions)
+        assert plan(world, cluster) == []  # nothing else moves until it is back on the new pod
+        world.report(actions[0].name)
+    assert order == ["orders-1", "orders-2", "orders-0"]
+    after = {name: pod_inputs_hash(world.instance(name)) for name in world.instance_names()}
+    assert all(after[name] != before[name] for name in before)  # each got a new pod
+    assert plan(world, cluster) == []  # and the same revision again restarts nothing
