@@ -31,6 +31,15 @@ class DbInstance:
     port: int | None
     tags: Mapping[str, str] = field(default_factory=dict)
     pending: Mapping[str, Any] = field(default_factory=dict)
+    db_subnet_group_name: str | None = None
+    vpc_security_group_ids: tuple[str, ...] = ()
+    db_parameter_group_names: tuple[str, ...] = ()
+    storage_encrypted: bool = False
+    kms_key_id: str | None = None
+    preferred_backup_window: str | None = None
+    preferred_maintenance_window: str | None = None
+    publicly_accessible: bool = False
+    auto_minor_version_upgrade: bool = True
 
     @classmethod
     def from_api(cls, raw: Mapping[str, Any]) -> DbInstance:
@@ -53,4 +62,17 @@ class DbInstance:
             port=endpoint.get("Port"),
             tags={t["Key"]: t["Value"] for t in raw.get("TagList") or []},
             pending=dict(raw.get("PendingModifiedValues") or {}),
+            db_subnet_group_name=(raw.get("DBSubnetGroup") or {}).get("DBSubnetGroupName"),
+            # "removing" groups are on their way out: they no longer count as the instance's.
+            vpc_security_group_ids=tuple(sorted(
+                g["VpcSecurityGroupId"] for g in raw.get("VpcSecurityGroups") or []
+                if g.get("VpcSecurityGroupId") and g.get("Status") not in ("removing", "inactive"))),
+            db_parameter_group_names=tuple(
+                g["DBParameterGroupName"] for g in raw.get("DBParameterGroups") or [] if g.get("DBParameterGroupName")),
+            storage_encrypted=bool(raw.get("StorageEncrypted", False)),
+            kms_key_id=raw.get("KmsKeyId"),
+            preferred_backup_window=raw.get("PreferredBackupWindow"),
+            preferred_maintenance_window=(raw.get("PreferredMaintenanceWindow") or "").lower() or None,
+            publicly_accessible=bool(raw.get("PubliclyAccessible", False)),
+            auto_minor_version_upgrade=bool(raw.get("AutoMinorVersionUpgrade", True)),
         )

@@ -365,7 +365,7 @@ def test_adoption_keeps_the_password_unless_asked(controller, rds, vault, consul
     # an administrator allows this one MysqlDb to adopt it (issue 12: never by default)
     rds.create({"DBInstanceIdentifier": legacy, "Engine": "mysql", "EngineVersion": "8.0.35",
                 "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
-                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7,
+                "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7, "StorageEncrypted": True,
                 "Tags": [{"Key": policy.TAG_ADOPTABLE_BY, "Value": "/".join(names)}]}, "TheirOwnPassword1")
     o = make(names, annotations={"pgop.io/adopt": legacy})
     outcome = controller.reconcile(o)

@@ -211,7 +211,7 @@ def test_deletion_protection(controller, aws):
 
 LEGACY = {"DBInstanceIdentifier": "legacy", "Engine": "mysql", "EngineVersion": "8.0.35",
           "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
-          "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7}
+          "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7, "StorageEncrypted": True}
 
 
 def test_adoption_with_reset(controller, aws, vault):

@@ -19,6 +19,7 @@ def instance(**overrides):
         status="available", engine="mysql", engine_version="8.0.35", instance_class="db.t4g.small",
         storage_gb=20, multi_az=False, backup_retention_days=7, deletion_protection=False,
         db_name="orders", master_username="dbadmin", host="h", port=3306, tags={}, pending={},
+        storage_encrypted=True,
     )
     base.update(overrides)
     return DbInstance(**base)
@@ -74,7 +75,10 @@ def test_engine_upgrade_minor_and_major():
     minor = diff(spec(engineVersion="8.0.36"), instance())
     assert minor.modify["EngineVersion"] == "8.0.36"
     assert "AllowMajorVersionUpgrade" not in minor.modify
-    major = diff(spec(engineVersion="8.4.3"), instance())
+    refused = diff(spec(engineVersion="8.4.3"), instance())
+    assert refused.empty and [r.reason for r in refused.refusals] == ["MajorVersionUpgradeNotAllowed"]
+    assert "spec.allowMajorVersionUpgrade: true" in refused.refusals[0].message
+    major = diff(spec(engineVersion="8.4.3", allowMajorVersionUpgrade=True), instance())
     assert major.modify["AllowMajorVersionUpgrade"] is True
 
 

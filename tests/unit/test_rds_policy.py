@@ -44,6 +44,7 @@ def ours(o, **overrides):
         engine_version="8.0.35", instance_class="db.t4g.small", storage_gb=20, multi_az=False,
         backup_retention_days=7, deletion_protection=False, db_name="orders", master_username="dbadmin",
         host="shop-orders-x.rds", port=3306, tags=policy.ownership_tags(o), pending={},
+        storage_encrypted=True,
     )
     base.update(overrides)
     return DbInstance(**base)
