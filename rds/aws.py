@@ -66,6 +66,14 @@ PERMANENT_CODES = {
     "DBInstanceAlreadyExists": "IdentifierTaken",
     "DBInstanceNotFound": "InstanceNotFound",
     "DBInstanceNotFoundFault": "InstanceNotFound",
+    "DBSnapshotNotFound": "RestoreSourceNotFound",
+    "DBSnapshotNotFoundFault": "RestoreSourceNotFound",
+    "PointInTimeRestoreNotEnabled": "InvalidRestore",
+    "PointInTimeRestoreNotEnabledFault": "InvalidRestore",
+    "InvalidRestoreFault": "InvalidRestore",
+    "DBSecurityGroupNotFound": "SecurityGroupNotFound",
+    "DBParameterGroupNotFoundFault": "ParameterGroupNotFound",
+    "DBSubnetGroupNotFound": "SubnetGroupNotFound",
 }
 
 
@@ -200,6 +208,43 @@ class Rds:
     def modify(self, identifier: str, changes: Mapping[str, Any]) -> DbInstance:
         modified = self._call("modify_db_instance", DBInstanceIdentifier=identifier, **changes)
         return DbInstance.from_api(modified["DBInstance"])
+
+    def restore(self, operation: str, request: Mapping[str, Any]) -> DbInstance:
+        """RestoreDBInstanceFromDBSnapshot or RestoreDBInstanceToPointInTime (rds.policy.Restore)."""
+        if operation not in ("restore_db_instance_from_db_snapshot", "restore_db_instance_to_point_in_time"):
+            raise ValueError(f"not a restore operation: {operation}")
+        restored = self._call(operation, **request)
+        return DbInstance.from_api(restored["DBInstance"])
+
+    def snapshots(self, identifier: str) -> list[dict[str, Any]]:
+        """The DB snapshots of one instance (manual and automated), oldest first."""
+        found: list[dict[str, Any]] = []
+        marker = None
+        while True:
+            kwargs: dict[str, Any] = {"DBInstanceIdentifier": identifier}
+            if marker:
+                kwargs["Marker"] = marker
+            page = self._call("describe_db_snapshots", **kwargs)
+            found += page.get("DBSnapshots") or []
+            marker = page.get("Marker")
+            if not marker:
+                break
+        return sorted(found, key=lambda s: str(s.get("SnapshotCreateTime") or ""))
+
+    def restorable_window(self, identifier: str) -> tuple[Any, Any] | None:
+        """(earliest, latest) restorable times of an instance's automated backups, or None."""
+        try:
+            backups = self._call("describe_db_instance_automated_backups",
+                                 DBInstanceIdentifier=identifier).get("DBInstanceAutomatedBackups") or []
+        except RdsError:
+            backups = []
+        for backup in backups:
+            window = backup.get("RestoreWindow") or {}
+            if window.get("LatestTime"):
+                return window.get("EarliestTime"), window.get("LatestTime")
+        described = self._call("describe_db_instances", DBInstanceIdentifier=identifier).get("DBInstances") or []
+        latest = described[0].get("LatestRestorableTime") if described else None
+        return (None, latest) if latest else None
 
     def set_master_password(self, identifier: str, password: str) -> None:
         self._call(

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from pgop.kernel.actions import NORMAL, WARNING, Plan
 from pgop.kernel.conditions import condition, rfc3339, set_condition
+from pgop.kernel.schedule import arm
 from pgop.rds import policy
-from pgop.rds.aws import Rds, RdsError
+from pgop.rds.aws import ErrorClass, Rds, RdsError
 from pgop.rds.instance import DbInstance
 from pgop.rds.policy import (
     BlockDeletion,
@@ -34,10 +35,14 @@ from pgop.rds.policy import (
     Finished,
     LeaveUnpublished,
     Modify,
+    PromotePassword,
     Publish,
     Refuse,
     ReleaseInstance,
     ResetPassword,
+    Restore,
+    RotatePassword,
+    SetRestoredPassword,
     Step,
     Unpublish,
     Wait,
@@ -134,13 +139,17 @@ class MysqlDbController:
                 current = dataclasses.replace(obj, status=report.status)
                 instance = self.rds.describe(identifier)
                 password_in_vault = None
+                password_pending = False
                 # Only for an instance already ours: an adoption is claimed (or refused) first.
                 if (instance is not None and instance.status in policy.USABLE_STATES
                         and policy.is_ours(current, instance)):
-                    password_in_vault = pub.has_password(self.vault, obj.spec.vault_path)
+                    stored = self.vault.read(obj.spec.vault_path).data or {}
+                    password_in_vault = bool(stored.get("password"))
+                    password_pending = bool(stored.get("pendingPassword"))
                 step = policy.next_step(current, instance, identifier=identifier,
                                         password_in_vault=password_in_vault,
-                                        adopt_namespaces=self.adopt_namespaces)
+                                        password_pending=password_pending,
+                                        adopt_namespaces=self.adopt_namespaces, now=report.now)
                 if not self._perform(step, current, instance, identifier, report):
                     break
             else:
@@ -188,6 +197,106 @@ class MysqlDbController:
                      f"MySQL {spec.engine_version}")
         return True
 
+    def _restore(self, step: Restore, obj: MysqlDbObject, instance: DbInstance | None,
+                 identifier: str, report: Report) -> bool:
+        """Like _create: the new instance's own password is in Vault before RDS is asked, so a
+        crash anywhere leaves a password that SetRestoredPassword gives the instance."""
+        spec = obj.spec
+        stored = pub.ensure_master_password(
+            self.vault, spec.vault_path, username=policy.MASTER_USERNAME, engine=ENGINE,
+            dbname=spec.database_name, generate=self.generate_password)
+        report.set(vaultPath=spec.vault_path)
+        if stored.created:
+            report.event(NORMAL, "PasswordStored",
+                         f"master password stored in Vault at {spec.vault_path} (version {stored.version})")
+        try:
+            self.rds.restore(step.operation, step.request)
+        except RdsError as error:
+            if error.reason == "IdentifierTaken":
+                return True
+            if error.reason == "InstanceNotFound":  # the source instance of a point-in-time restore
+                raise RdsError(error.operation, error.code, error.aws_message,
+                               ErrorClass(False, "RestoreSourceNotFound")) from None
+            raise
+        report.set(dbInstanceIdentifier=identifier, consulPrefix=spec.consul_prefix,
+                   appliedTags=dict(spec.tags),
+                   restore={"source": step.source, "startedAt": rfc3339(report.now), "passwordSet": False})
+        report.phase(policy.CREATING)
+        report.condition("Progressing", True, "Restoring", f"restoring {identifier} from {step.source}")
+        report.event(NORMAL, "Restoring", f"restoring {identifier} from {step.source}")
+        return True
+
+    def _set_restored_password(self, step: SetRestoredPassword, obj: MysqlDbObject,
+                               instance: DbInstance | None, identifier: str, report: Report) -> bool:
+        instance = _existing(instance, step)
+        spec = obj.spec
+        stored = pub.ensure_master_password(
+            self.vault, spec.vault_path, username=instance.master_username, engine=ENGINE,
+            dbname=spec.database_name, generate=self.generate_password)
+        self.rds.set_master_password(instance.identifier, stored.password)
+        restored = dict(obj.status.get("restore") or {})
+        source = restored.get("source") or (spec.restore_from.describe() if spec.restore_from else "?")
+        report.set(dbInstanceIdentifier=instance.identifier, vaultPath=spec.vault_path,
+                   consulPrefix=spec.consul_prefix,
+                   restore={**restored, "source": source, "passwordSet": True})
+        report.event(NORMAL, "PasswordSet",
+                     f"restored {instance.identifier} from {source} has its own master password now "
+                     f"(Vault {spec.vault_path}); the source's password no longer opens it")
+        return True
+
+    def _rotate_password(self, step: RotatePassword, obj: MysqlDbObject, instance: DbInstance | None,
+                         identifier: str, report: Report) -> bool:
+        """Vault first: the new password is stored as pendingPassword with check-and-set (a
+        concurrent writer makes this pass fail and retry, never overwrite), then sent to RDS with
+        ApplyImmediately. Applications keep reading `password` (the old one, which RDS still takes)
+        until PromotePassword, once RDS shows no pending password change."""
+        instance = _existing(instance, step)
+        path = obj.spec.vault_path
+        current = self.vault.read(path)
+        data = dict(current.data or {})
+        pending = data.get("pendingPassword")
+        if not pending:
+            pending = self.generate_password()
+            self.vault.write(path, {**data, "pendingPassword": pending}, cas=current.version)
+        self.rds.set_master_password(instance.identifier, pending)
+        state = policy.rotation_state(obj)
+        in_progress = dict(state.get("inProgress") or {})
+        if step.trigger != "Resumed" or not in_progress:
+            in_progress = {"trigger": step.trigger, "startedAt": rfc3339(report.now),
+                           "request": step.request, "scheduledAt": step.scheduled_at}
+        report.set(passwordRotation={**state, "inProgress": in_progress})
+        report.condition("Progressing", True, "RotatingPassword",
+                         f"new master password of {instance.identifier} sent to RDS ({in_progress['trigger']})")
+        report.event(NORMAL, "RotatingPassword",
+                     f"new master password for {instance.identifier} stored in Vault at {path} as "
+                     f"pendingPassword and sent to RDS ({in_progress['trigger']})")
+        return True
+
+    def _promote_password(self, step: PromotePassword, obj: MysqlDbObject, instance: DbInstance | None,
+                          identifier: str, report: Report) -> bool:
+        instance = _existing(instance, step)
+        path = obj.spec.vault_path
+        current = self.vault.read(path)
+        data = dict(current.data or {})
+        pending = data.pop("pendingPassword", None)
+        state = policy.rotation_state(obj)
+        in_progress = dict(state.get("inProgress") or {})
+        version = current.version
+        if pending:
+            version = self.vault.write(path, {**data, "username": instance.master_username, "password": pending},
+                                       cas=current.version)
+        rotation = {k: v for k, v in state.items() if k != "inProgress"}
+        rotation.update(lastRotatedAt=rfc3339(report.now), vaultVersion=version, inProgress=None)
+        if in_progress.get("request"):
+            rotation["handledRequest"] = in_progress["request"]
+        if in_progress.get("scheduledAt"):
+            rotation["lastScheduledAt"] = in_progress["scheduledAt"]
+        report.set(passwordRotation=rotation)
+        report.event(NORMAL, "PasswordRotated",
+                     f"master password of {instance.identifier} rotated: Vault {path} version {version} "
+                     f"holds the new one")
+        return True
+
     def _claim(self, step: Claim, obj: MysqlDbObject, instance: DbInstance | None,
                identifier: str, report: Report) -> bool:
         instance = _existing(instance, step)
@@ -205,6 +314,12 @@ class MysqlDbController:
         if changes.modify:
             self.rds.modify(instance.identifier, changes.modify)
             described = ", ".join(f"{k}={v}" for k, v in sorted(changes.modify.items()))
+            if step.drift:
+                # Changed outside pgop (console, CLI, another tool): put back, and say what and where.
+                for difference in changes.differences:
+                    report.event(WARNING, "DriftReverted",
+                                 f"{difference.describe()}: changed outside pgop on {instance.identifier}, "
+                                 f"put back to the spec")
             report.event(NORMAL, "Modifying", f"ModifyDBInstance {instance.identifier}: {described}")
             report.condition("Progressing", True, "Modifying", described)
             if report.status.get("phase") == policy.READY:
@@ -228,6 +343,11 @@ class MysqlDbController:
         was = obj.status.get("phase")
         report.set(**policy.instance_status(instance), vaultPath=spec.vault_path,
                    consulPrefix=spec.consul_prefix, observedGeneration=obj.generation, checks=0)
+        rotation = policy.rotation_state(obj)
+        if spec.password_rotation_schedule and not rotation.get("lastScheduledAt"):
+            # First sight of a schedule: the next due time rotates, not one already past.
+            rotation["lastScheduledAt"] = rfc3339(arm(spec.password_rotation_schedule, report.now))
+            report.set(passwordRotation=rotation)
         report.phase(policy.READY)
         message = f"{instance.identifier} is available at {instance.host}:{instance.port}"
         if not step.password_managed:
@@ -427,6 +547,10 @@ def _existing(instance: DbInstance | None, step: object) -> DbInstance:
 # Step type -> the method that performs it: (controller, step, obj, instance, identifier, report) -> go on?
 _STEPS: Mapping[type, Callable[[MysqlDbController, Any, MysqlDbObject, DbInstance | None, str, Report], bool]] = {
     Create: MysqlDbController._create,
+    Restore: MysqlDbController._restore,
+    SetRestoredPassword: MysqlDbController._set_restored_password,
+    RotatePassword: MysqlDbController._rotate_password,
+    PromotePassword: MysqlDbController._promote_password,
     Claim: MysqlDbController._claim,
     ResetPassword: MysqlDbController._reset_password,
     Modify: MysqlDbController._modify,

@@ -13,11 +13,12 @@ from datetime import datetime
 from typing import Any
 
 from pgop.kernel import tenancy
-from pgop.kernel.conditions import parse_rfc3339
+from pgop.kernel.conditions import parse_rfc3339, rfc3339
+from pgop.kernel.schedule import ScheduleError, due_run
 from pgop.rds.diff import Changes, diff
 from pgop.rds.identifier import db_instance_identifier, final_snapshot_identifier
 from pgop.rds.instance import DbInstance
-from pgop.rds.spec import ENGINE, MysqlDbObject
+from pgop.rds.spec import ENGINE, MysqlDbObject, MysqlDbSpec
 
 MASTER_USERNAME = "dbadmin"
 
@@ -63,6 +64,32 @@ class Create:
 
 
 @dataclass(frozen=True)
+class Restore:
+    """A new instance from spec.restoreFrom: `operation` is the RDS call, `request` its arguments."""
+    operation: str  # restore_db_instance_from_db_snapshot | restore_db_instance_to_point_in_time
+    request: Mapping[str, Any]
+    source: str  # what is restored, for status and Events
+
+
+@dataclass(frozen=True)
+class SetRestoredPassword:
+    """A restored instance still has its source's master password: give it its own (from Vault)."""
+
+
+@dataclass(frozen=True)
+class RotatePassword:
+    """Store a new password in Vault as pendingPassword (CAS) unless one is pending, send it to RDS."""
+    trigger: str  # Requested (pgop mysqldb rotate), Scheduled (spec.passwordRotation.schedule), Resumed
+    request: str | None = None  # the pgop.io/rotate-password token being handled
+    scheduled_at: str | None = None  # the due time of the schedule being handled
+
+
+@dataclass(frozen=True)
+class PromotePassword:
+    """RDS took the pending password: make it Vault's `password` (applications pick it up)."""
+
+
+@dataclass(frozen=True)
 class Claim:
     """Adopt an instance pgop did not create: tag it as ours."""
     tags: Mapping[str, str]
@@ -76,6 +103,9 @@ class ResetPassword:
 @dataclass(frozen=True)
 class Modify:
     changes: Changes
+    # True when the spec was already applied (status.observedGeneration is this generation) and the
+    # instance differs anyway: a change made outside pgop, put back and reported as drift.
+    drift: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,7 +181,8 @@ class Finished:
 
 
 # What next_step and deletion_step return.
-Step = Create | Claim | ResetPassword | Modify | Publish | Wait | Degrade | Refuse
+Step = (Create | Restore | SetRestoredPassword | Claim | ResetPassword | RotatePassword | PromotePassword
+        | Modify | Publish | Wait | Degrade | Refuse)
 DeletionStep = (BlockDeletion | DisableDeletionProtection | DeleteInstance | WaitForDeletion | ReleaseInstance
                 | Unpublish | LeaveUnpublished | Finished)
 
@@ -196,9 +227,91 @@ def adoption_refusal(obj: MysqlDbObject, instance: DbInstance, adopt_namespaces:
                    f"nothing on the instance was changed")
 
 
+def _placement(spec: MysqlDbSpec) -> dict[str, Any]:
+    """The network, parameter group and maintenance settings the spec sets (RDS's defaults for the
+    ones it leaves out), as CreateDBInstance and both restore calls take them."""
+    request: dict[str, Any] = {"PubliclyAccessible": spec.publicly_accessible}
+    if spec.db_subnet_group_name is not None:
+        request["DBSubnetGroupName"] = spec.db_subnet_group_name
+    if spec.vpc_security_group_ids is not None:
+        request["VpcSecurityGroupIds"] = list(spec.vpc_security_group_ids)
+    if spec.db_parameter_group_name is not None:
+        request["DBParameterGroupName"] = spec.db_parameter_group_name
+    if spec.preferred_backup_window is not None:
+        request["PreferredBackupWindow"] = spec.preferred_backup_window
+    if spec.auto_minor_version_upgrade is not None:
+        request["AutoMinorVersionUpgrade"] = spec.auto_minor_version_upgrade
+    return request
+
+
+RESTORE_FROM_SNAPSHOT = "restore_db_instance_from_db_snapshot"
+RESTORE_TO_POINT_IN_TIME = "restore_db_instance_to_point_in_time"
+
+
+def restore_request(obj: MysqlDbObject, identifier: str) -> Restore:
+    """The restore call of spec.restoreFrom. Encryption and its KMS key come from the snapshot or
+    the source instance (RDS takes no choice there); the maintenance window, storage and engine
+    version are set by the Modify that follows, like any other difference."""
+    spec = obj.spec
+    restore = spec.restore_from
+    if restore is None:
+        raise ValueError("restore_request without spec.restoreFrom")
+    tags = {**spec.tags, **ownership_tags(obj)}
+    common = {
+        "DBInstanceClass": spec.instance_class,
+        "MultiAZ": spec.multi_az,
+        "BackupRetentionPeriod": spec.backup_retention_days,
+        "DeletionProtection": spec.deletion_protection,
+        "CopyTagsToSnapshot": True,
+        **_placement(spec),
+        "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())],
+    }
+    if restore.snapshot_identifier:
+        return Restore(RESTORE_FROM_SNAPSHOT, {"DBInstanceIdentifier": identifier,
+                                               "DBSnapshotIdentifier": restore.snapshot_identifier,
+                                               **common}, restore.describe())
+    request: dict[str, Any] = {"SourceDBInstanceIdentifier": restore.source_db_instance_identifier,
+                               "TargetDBInstanceIdentifier": identifier, **common}
+    if restore.use_latest_restorable_time:
+        request["UseLatestRestorableTime"] = True
+    else:
+        request["RestoreTime"] = restore.restore_time
+    return Restore(RESTORE_TO_POINT_IN_TIME, request, restore.describe())
+
+
+def rotation_state(obj: MysqlDbObject) -> dict[str, Any]:
+    return dict(obj.status.get("passwordRotation") or {})
+
+
+def rotation_due(obj: MysqlDbObject, now: datetime | None) -> RotatePassword | None:
+    """A rotation asked for by `pgop mysqldb rotate` (a pgop.io/rotate-password token not handled
+    yet) or due by spec.passwordRotation.schedule (a due time after the last one handled; the first
+    sight of a schedule only arms it, see `armed_schedule`)."""
+    state = rotation_state(obj)
+    token = obj.rotation_request
+    if token and token != state.get("handledRequest"):
+        return RotatePassword("Requested", request=token)
+    schedule = obj.spec.password_rotation_schedule
+    if schedule and now is not None:
+        last = parse_rfc3339(state.get("lastScheduledAt")) if state.get("lastScheduledAt") else None
+        try:
+            due = due_run(schedule, last, now)
+        except ScheduleError:
+            return None  # spec.py refused it already
+        if due is not None:
+            return RotatePassword("Scheduled", scheduled_at=rfc3339(due))
+    return None
+
+
 def create_request(obj: MysqlDbObject, identifier: str) -> dict[str, Any]:
     spec = obj.spec
     tags = {**spec.tags, **ownership_tags(obj)}
+    encryption: dict[str, Any] = {"StorageEncrypted": spec.storage_encrypted}
+    if spec.kms_key_id:
+        encryption["KmsKeyId"] = spec.kms_key_id
+    maintenance: dict[str, Any] = {}
+    if spec.preferred_maintenance_window is not None:
+        maintenance["PreferredMaintenanceWindow"] = spec.preferred_maintenance_window
     return {
         "DBInstanceIdentifier": identifier,
         "Engine": ENGINE,
@@ -210,9 +323,10 @@ def create_request(obj: MysqlDbObject, identifier: str) -> dict[str, Any]:
         "MultiAZ": spec.multi_az,
         "BackupRetentionPeriod": spec.backup_retention_days,
         "DeletionProtection": spec.deletion_protection,
-        "StorageEncrypted": True,
+        **encryption,
         "CopyTagsToSnapshot": True,
-        "PubliclyAccessible": False,
+        **_placement(spec),
+        **maintenance,
         "Tags": [{"Key": k, "Value": v} for k, v in sorted(tags.items())],
     }
 
@@ -225,7 +339,9 @@ def next_step(
     *,
     identifier: str,
     password_in_vault: bool | None = None,
+    password_pending: bool = False,
     adopt_namespaces: Collection[str] = frozenset(),
+    now: datetime | None = None,
 ) -> Step:
     refused = path_refusal(obj)
     if refused is not None:
@@ -243,6 +359,8 @@ def next_step(
                            f"empty: restore it under the same identifier, or delete this MysqlDb")
         if adopting:
             return Degrade("AdoptionTargetNotFound", f"DB instance {adopting} to adopt does not exist")
+        if obj.spec.restore_from is not None:
+            return restore_request(obj, identifier)
         return Create(create_request(obj, identifier))
 
     if not is_ours(obj, instance):
@@ -271,15 +389,36 @@ def next_step(
     if password_in_vault is False and obj.wants_password_reset:
         return ResetPassword()
 
+    # A restored instance answers to its source's password until it is given its own.
+    # (A MysqlDb that recorded an instance but no restore never restored: nothing to do here.)
+    restored = obj.status.get("restore") or {}
+    if (obj.spec.restore_from is not None and not restored.get("passwordSet")
+            and (restored or not obj.status.get("dbInstanceIdentifier"))):
+        return SetRestoredPassword()
+
+    # Password rotation: Vault (pendingPassword) first, then RDS, then Vault's `password`.
+    if password_pending:
+        if any("password" in k.lower() for k in instance.pending):
+            return Wait(MODIFYING, "PasswordChanging",
+                        f"RDS is applying the new master password of {instance.identifier}")
+        if rotation_state(obj).get("inProgress"):
+            return PromotePassword()
+        return RotatePassword("Resumed")  # the pending password may not have reached RDS
+    rotation = rotation_due(obj, now)
+    if rotation is not None:
+        return rotation
+
     changes = diff(
         obj.spec, instance,
         ownership_tags=ownership_tags(obj),
         previously_applied_tags=obj.status.get("appliedTags") or {},
     )
     if changes.refusals:
-        return Refuse("ImmutableField", "; ".join(r.message for r in changes.refusals))
+        return Refuse(changes.refusals[0].reason, "; ".join(r.message for r in changes.refusals))
     if not changes.empty:
-        return Modify(changes)
+        settled = (obj.status.get("observedGeneration") == obj.generation
+                   and obj.status.get("phase") in SETTLED_PHASES)
+        return Modify(changes, drift=settled and bool(changes.differences))
     return Publish(password_managed=password_in_vault is not False)
 
 
@@ -337,6 +476,15 @@ def instance_status(instance: DbInstance) -> dict[str, Any]:
         "backupRetentionDays": instance.backup_retention_days,
         "deletionProtection": instance.deletion_protection,
         "pendingModifications": {k: str(v) for k, v in pending.items()} or None,
+        "storageEncrypted": instance.storage_encrypted,
+        "kmsKeyId": instance.kms_key_id,
+        "dbSubnetGroupName": instance.db_subnet_group_name,
+        "vpcSecurityGroupIds": list(instance.vpc_security_group_ids),
+        "dbParameterGroupName": ",".join(instance.db_parameter_group_names) or None,
+        "preferredBackupWindow": instance.preferred_backup_window,
+        "preferredMaintenanceWindow": instance.preferred_maintenance_window,
+        "publiclyAccessible": instance.publicly_accessible,
+        "autoMinorVersionUpgrade": instance.auto_minor_version_upgrade,
     }
 
 
