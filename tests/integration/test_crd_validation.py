@@ -229,6 +229,18 @@ def test_other_defaults(objs, crd_namespace):
     # below the test's namespace (NAMESPACE): deploy/admission.yaml refuses paths of others
     ("MysqlDb", "vaultPath", "secret/data/k8s/NAMESPACE/teams/orders"),
     ("MysqlDb", "consulPrefix", "config/k8s/NAMESPACE/orders-db/db"),
+    # issue 16
+    ("MysqlDb", "dbSubnetGroupName", "private-db"),
+    ("MysqlDb", "vpcSecurityGroupIds", ["sg-0123456789abcdef0", "sg-0123abcd"]),
+    ("MysqlDb", "dbParameterGroupName", "orders-mysql80"),
+    ("MysqlDb", "kmsKeyId", "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"),
+    ("MysqlDb", "kmsKeyId", "alias/rds-orders"),
+    ("MysqlDb", "preferredBackupWindow", "03:00-04:00"),
+    ("MysqlDb", "preferredMaintenanceWindow", "Sun:05:00-sun:06:00"),
+    ("MysqlDb", "passwordRotation", {"schedule": "0 3 1 * *"}),
+    ("MysqlDb", "restoreFrom", {"snapshotIdentifier": "orders-final-1"}),
+    ("MysqlDb", "restoreFrom", {"sourceDbInstanceIdentifier": "shop-orders-db", "restoreTime": "2026-11-30T14:05:00Z"}),
+    ("MysqlDb", "restoreFrom", {"sourceDbInstanceIdentifier": "shop-orders-db", "useLatestRestorableTime": True}),
 ])
 def test_valid_variants_are_accepted(objs, crd_namespace, kind, field, value):
     spec = copy.deepcopy(BASES[kind])
@@ -357,6 +369,19 @@ REFUSED = [
     ("MysqlDb", "tags", {"pgop.io/owner": "x"}, ["spec.tags keys"]),
     ("MysqlDb", "vaultPath", "secret/k8s/shop/db", ["spec.vaultPath must be a Vault KV v2 path"]),
     ("MysqlDb", "consulPrefix", "config//x", ["spec.consulPrefix must be a Consul key prefix"]),
+    # issue 16
+    ("MysqlDb", "preferredBackupWindow", "3:00-4:00", ["spec.preferredBackupWindow must be hh24:mi-hh24:mi"]),
+    ("MysqlDb", "preferredMaintenanceWindow", "05:00-06:00",
+     ["spec.preferredMaintenanceWindow must be ddd:hh24:mi-ddd:hh24:mi"]),
+    ("MysqlDb", "vpcSecurityGroupIds", ["default"], ["spec.vpcSecurityGroupIds items must be security group ids"]),
+    ("MysqlDb", "kmsKeyId", "my key", ["spec.kmsKeyId must be a KMS key ARN"]),
+    ("MysqlDb", "passwordRotation", {"schedule": "monthly"}, ["spec.passwordRotation.schedule must be"]),
+    ("MysqlDb", "restoreFrom", {}, ["spec.restoreFrom needs exactly one of"]),
+    ("MysqlDb", "restoreFrom", {"snapshotIdentifier": "s", "sourceDbInstanceIdentifier": "i"},
+     ["spec.restoreFrom needs exactly one of"]),
+    ("MysqlDb", "restoreFrom", {"sourceDbInstanceIdentifier": "i"}, ["needs exactly one of restoreTime"]),
+    ("MysqlDb", "restoreFrom", {"snapshotIdentifier": "s", "useLatestRestorableTime": True},
+     ["go with sourceDbInstanceIdentifier"]),
 ]
 
 
@@ -483,6 +508,27 @@ def test_pgcluster_immutables(objs, crd_namespace, stored, field, value, expecte
 def test_pgcluster_allowed_changes(objs, crd_namespace, stored, field, value):
     old = stored("PgCluster", postgresVersion=14)
     _update(objs, crd_namespace, old, field, value)
+
+
+@pytest.mark.parametrize("field,value,expected", [
+    ("storageEncrypted", False, "spec.storageEncrypted is immutable"),
+    ("kmsKeyId", "alias/other", "spec.kmsKeyId is immutable"),
+    ("kmsKeyId", _DELETE, "spec.kmsKeyId is immutable"),
+    ("restoreFrom", {"snapshotIdentifier": "later"}, "spec.restoreFrom can only be given when the MysqlDb is created"),
+])
+def test_mysqldb_encryption_and_restore_are_immutable(objs, crd_namespace, stored, field, value, expected):
+    old = stored("MysqlDb", kmsKeyId="alias/rds-orders")
+    message = _refusal(lambda: _update(objs, crd_namespace, old, field, value))
+    assert expected in message and "restore" in message, message
+
+
+@pytest.mark.parametrize("field,value", [
+    ("vpcSecurityGroupIds", ["sg-0123abcd"]), ("dbParameterGroupName", "other"), ("publiclyAccessible", True),
+    ("preferredMaintenanceWindow", "mon:01:00-mon:02:00"), ("allowMajorVersionUpgrade", True),
+    ("passwordRotation", {"schedule": "@monthly"}),
+])
+def test_mysqldb_allowed_changes(objs, crd_namespace, stored, field, value):
+    _update(objs, crd_namespace, stored("MysqlDb"), field, value)
 
 
 def test_pgcluster_storage_class_cannot_be_removed(objs, crd_namespace, stored):

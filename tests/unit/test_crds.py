@@ -69,13 +69,26 @@ CONTRACT = {
     "MysqlDb": {
         "spec": ["engineVersion", "instanceSize", "instanceClass", "storageGB", "databaseName", "multiAZ",
                  "backupRetentionDays", "deletionPolicy", "deletionProtection", "applyImmediately", "tags",
-                 "vaultPath", "consulPrefix"],
+                 "vaultPath", "consulPrefix",
+                 # issue 16
+                 "dbSubnetGroupName", "vpcSecurityGroupIds", "dbParameterGroupName", "storageEncrypted",
+                 "kmsKeyId", "preferredBackupWindow", "preferredMaintenanceWindow", "publiclyAccessible",
+                 "autoMinorVersionUpgrade", "allowMajorVersionUpgrade", "passwordRotation.schedule",
+                 "restoreFrom.snapshotIdentifier", "restoreFrom.sourceDbInstanceIdentifier",
+                 "restoreFrom.restoreTime", "restoreFrom.useLatestRestorableTime"],
         "status": ["phase", "dbInstanceIdentifier", "endpoint", "port", "conditions",
                    "finalSnapshotIdentifier", "instanceClass", "allocatedStorage", "lastError",
                    # what the rds controller keeps there (rds/controller.py, rds/policy.py)
                    "dbInstanceArn", "dbInstanceStatus", "engineVersion", "multiAZ", "backupRetentionDays",
                    "deletionProtection", "pendingModifications", "vaultPath", "consulPrefix", "adopted",
-                   "appliedTags", "nextCheckAt", "checks", "faults", "observedGeneration"],
+                   "appliedTags", "nextCheckAt", "checks", "faults", "observedGeneration",
+                   # issue 16
+                   "storageEncrypted", "kmsKeyId", "dbSubnetGroupName", "vpcSecurityGroupIds",
+                   "dbParameterGroupName", "preferredBackupWindow", "preferredMaintenanceWindow",
+                   "publiclyAccessible", "autoMinorVersionUpgrade", "restore.source", "restore.passwordSet",
+                   "passwordRotation.lastRotatedAt", "passwordRotation.vaultVersion",
+                   "passwordRotation.handledRequest", "passwordRotation.lastScheduledAt",
+                   "passwordRotation.inProgress"],
     },
 }
 
@@ -110,6 +123,11 @@ TYPED = [
     ("MysqlDb", "spec.deletionProtection", "boolean", None, False),
     ("MysqlDb", "spec.tags", "object", None, None),
     ("MysqlDb", "status.port", "integer", None, None),
+    ("MysqlDb", "spec.storageEncrypted", "boolean", None, True),
+    ("MysqlDb", "spec.publiclyAccessible", "boolean", None, False),
+    ("MysqlDb", "spec.allowMajorVersionUpgrade", "boolean", None, False),
+    ("MysqlDb", "spec.autoMinorVersionUpgrade", "boolean", None, None),
+    ("MysqlDb", "spec.vpcSecurityGroupIds", "array", None, None),
 ]
 
 # Fields whose changes CEL transition rules (rules that use oldSelf) must police, and a word the
@@ -125,6 +143,9 @@ TRANSITIONS = [
     ("MysqlDb", "spec.databaseName", "immutable"),
     ("MysqlDb", "spec.storageGB", "not shrink"),
     ("MysqlDb", "spec.engineVersion", "not downgraded"),
+    ("MysqlDb", "spec.storageEncrypted", "restore a snapshot into a new MysqlDb"),
+    ("MysqlDb", "spec.kmsKeyId", "restore a snapshot into a new MysqlDb"),
+    ("MysqlDb", "spec.restoreFrom", "create a new MysqlDb"),
 ]
 
 PRINTER_COLUMNS = {
@@ -387,7 +408,11 @@ def test_transition_rules_guard_the_immutables(kind, path, word):
     leaf = path.rsplit(".", 1)
     if len(leaf) == 2:
         parent = _node(kind, leaf[0])
-        assert leaf[1] in parent.get("required", []) or "default" in node, f"{kind}.{path} can be removed"
+        # ... or the parent has a transition rule that keeps it from being added or removed
+        guarded = any(f"has(self.{leaf[1]})" in r["rule"] and f"has(oldSelf.{leaf[1]})" in r["rule"]
+                      for r in parent.get("x-kubernetes-validations") or [])
+        assert leaf[1] in parent.get("required", []) or "default" in node or guarded, \
+            f"{kind}.{path} can be removed"
 
 
 def test_synchronous_replicas_rule():
@@ -466,6 +491,17 @@ REGEX_CASES = [
     ("MysqlDb", "spec.databaseName", 0, ["orders", "Orders_2"], ["1orders", "orders-db", "_x", ""]),
     ("MysqlDb", "spec.instanceClass", 0, ["db.t3.micro", "db.r6gd.2xlarge"], ["m5.large", "db.t3", "db.T3.micro"]),
     ("PgBackup", "spec.cluster", 0, ["orders", "a1-b"], ["Orders", "1orders", "orders-", ""]),
+    ("MysqlDb", "spec.preferredBackupWindow", 0, ["03:00-04:00", "23:30-00:30"],
+     ["3:00-04:00", "03:00", "24:00-01:00", "03:60-04:00", "03:00 - 04:00"]),
+    ("MysqlDb", "spec.preferredMaintenanceWindow", 0, ["sun:05:00-sun:06:00", "mon:23:30-tue:00:30"],
+     ["sun:5:00-sun:06:00", "sunday:05:00-sun:06:00", "05:00-06:00", "sun:05:00-sun:25:00"]),
+    ("MysqlDb", "spec.vpcSecurityGroupIds[]", 0, ["sg-0123abcd", "sg-08cc42caeead4904c"],
+     ["sg-", "0123abcd", "sg-XYZ12345", "sg-0123abcd0123abcd01"]),
+    ("MysqlDb", "spec.kmsKeyId", 0,
+     ["arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab", "alias/rds-orders",
+      "1234abcd-12ab-34cd-56ef-1234567890ab", "arn:aws:kms:eu-west-1:123456789012:alias/orders"],
+     ["key/abc", "arn:aws:s3:::bucket", "1234", ""]),
+    ("MysqlDb", "spec.passwordRotation.schedule", 0, ["0 3 1 * *", "@monthly"], ["0 3 * *", "@reboot", ""]),
 ]
 
 
