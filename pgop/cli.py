@@ -316,6 +316,41 @@ def mysqldb_status(
     typer.echo(render(body) if output == Output.table else dump(status_document(body), output), nl=output == Output.table)
 
 
+@mysqldb_app.command("rotate")
+def mysqldb_rotate(
+    name: str = typer.Argument(..., help="MysqlDb name"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """Rotate the master password: the operator writes the new one to Vault (check-and-set), then
+    to RDS, then makes it the one applications read. The CLI never sees it."""
+    from pgop.cli_mysqldb import rotate
+    rotate(name, _namespace(namespace))
+
+
+@mysqldb_app.command("snapshots")
+def mysqldb_snapshots(
+    name: str = typer.Argument(..., help="MysqlDb name"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """The RDS snapshots of the MysqlDb's instance and its point-in-time window (your AWS credentials)."""
+    from pgop.cli_mysqldb import snapshots
+    snapshots(name, _namespace(namespace))
+
+
+@mysqldb_app.command("restore")
+def mysqldb_restore(
+    name: str = typer.Argument(..., help="MysqlDb to restore"),
+    to: str = typer.Option(..., "--to", help="Name of the new MysqlDb"),
+    snapshot: str | None = typer.Option(None, "--snapshot", help="DB snapshot identifier"),
+    time: str | None = typer.Option(None, "--time", help="Point in time (RFC 3339, e.g. 2026-11-30T14:05:00Z)"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+) -> None:
+    """A new MysqlDb from a snapshot, a point in time, or (neither given) the latest restorable time;
+    it gets its own password in Vault and config in Consul."""
+    from pgop.cli_mysqldb import restore
+    restore(name, _namespace(namespace), to, snapshot, time)
+
+
 @app.command()
 def version() -> None:
     """Print the pgop version."""
