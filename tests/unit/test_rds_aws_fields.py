@@ -16,6 +16,7 @@ from moto import mock_aws
 from pgop.rds import policy
 from pgop.rds.aws import Rds
 from pgop.rds.controller import MysqlDbController
+from pgop.runtime import publish as pub
 from tests.unit.test_rds_controller import MemoryConsul, MemoryVault, advance, make, reason
 
 
@@ -304,3 +305,64 @@ def test_restore_crash_before_status_still_sets_the_password(controller, network
     outcome = controller.reconcile(target)
     assert "PasswordSet" in [e.reason for e in outcome.events] and outcome.status["phase"] == "Ready"
     assert vault.read(target.spec.vault_path).data["password"]
+
+
+# --- where moto cannot play AWS: Stubber ------------------------------------------------------------
+
+def _stubbed(o, **fields):
+    identifier = policy.target_identifier(o)
+    raw = {
+        "DBInstanceIdentifier": identifier, "DBInstanceArn": f"arn:aws:rds:us-east-1:1:db:{identifier}",
+        "DBInstanceStatus": "available", "Engine": "mysql", "EngineVersion": "8.0.35",
+        "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "MultiAZ": False, "BackupRetentionPeriod": 7,
+        "DeletionProtection": False, "DBName": "orders", "MasterUsername": "dbadmin", "StorageEncrypted": True,
+        "PubliclyAccessible": False, "Endpoint": {"Address": f"{identifier}.rds.example", "Port": 3306},
+        "TagList": [{"Key": k, "Value": v} for k, v in policy.ownership_tags(o).items()],
+    }
+    raw.update(fields)
+    return {"DBInstances": [raw]}
+
+
+def test_minor_upgrade_waiting_for_the_window_is_shown_and_not_asked_twice(vault, consul_kv):
+    """Stubber: moto applies every modification at once; RDS keeps a minor upgrade without
+    applyImmediately in PendingModifiedValues until the maintenance window."""
+    from botocore.stub import Stubber
+    client = boto3.client("rds", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    o = make(spec={"engineVersion": "8.0.36"})
+    o = dataclasses.replace(o, status={"phase": "Ready", "dbInstanceIdentifier": policy.target_identifier(o)})
+    pending = _stubbed(o, PendingModifiedValues={"EngineVersion": "8.0.36"})
+    stub = Stubber(client)
+    stub.add_response("describe_db_instances", pending)  # no modify_db_instance is expected
+    pub.ensure_master_password(vault, o.spec.vault_path, username="dbadmin", engine="mysql", dbname="orders")
+    with stub:
+        outcome = MysqlDbController(Rds(client), vault, consul_kv).reconcile(o)
+        stub.assert_no_pending_responses()
+    assert outcome.status["phase"] == "Ready"
+    assert outcome.status["pendingModifications"] == {"EngineVersion": "8.0.36"}
+    assert outcome.status["engineVersion"] == "8.0.35"
+
+
+def test_rotation_waits_while_rds_applies_the_password(vault, consul_kv):
+    """Stubber: RDS shows a pending master password change (as ****) for a while; moto does not.
+    Vault's `password` stays the old one (which RDS still takes) until the change is applied."""
+    from botocore.stub import Stubber
+    client = boto3.client("rds", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
+    o = make()
+    o = dataclasses.replace(o, status={"phase": "Ready", "dbInstanceIdentifier": policy.target_identifier(o),
+                                       "passwordRotation": {"inProgress": {"trigger": "Requested"}}})
+    old = pub.ensure_master_password(vault, o.spec.vault_path, username="dbadmin", engine="mysql", dbname="orders")
+    current = vault.read(o.spec.vault_path)
+    vault.write(o.spec.vault_path, {**current.data, "pendingPassword": "New-Password-123"}, cas=current.version)
+    stub = Stubber(client)
+    stub.add_response("describe_db_instances", _stubbed(o, PendingModifiedValues={"MasterUserPassword": "****"}))
+    stub.add_response("describe_db_instances", _stubbed(o))  # applied: promote
+    stub.add_response("describe_db_instances", _stubbed(o))  # then publish
+    controller = MysqlDbController(Rds(client), vault, consul_kv)
+    with stub:
+        waiting = controller.reconcile(o)
+        assert waiting.status["phase"] == "Modifying" and reason(waiting, "Progressing") == "PasswordChanging"
+        assert vault.read(o.spec.vault_path).data["password"] == old.password
+        assert "pendingModifications" not in waiting.status or not waiting.status["pendingModifications"]
+        done = controller.reconcile(advance(o, waiting))
+    assert "PasswordRotated" in [e.reason for e in done.events]
+    assert vault.read(o.spec.vault_path).data["password"] == "New-Password-123"
