@@ -526,3 +526,74 @@ metadata: {{name: orders-api, namespace: {ns}}}
     finally:
         vault_root.sys.disable_auth_method(mount)
         kubectl("delete", "clusterrolebinding", f"{ns}-vault-token-reviewer", check=False)
+
+
+# --- issue 16: drift, rotation and restore through kubectl and the pgop command (not run by the author)
+
+def _pgop(env, ns, *args):
+    cli_env = {**os.environ, "KUBECONFIG": env["KUBECONFIG"], "PGOP_RDS_ENDPOINT": env["PGOP_RDS_ENDPOINT"],
+               "AWS_DEFAULT_REGION": env["AWS_DEFAULT_REGION"], "AWS_ACCESS_KEY_ID": env["AWS_ACCESS_KEY_ID"],
+               "AWS_SECRET_ACCESS_KEY": env["AWS_SECRET_ACCESS_KEY"], "PYTHONPATH": str(REPO)}
+    done = subprocess.run([str(REPO / ".venv" / "bin" / "pgop"), *args, "-n", ns], env=cli_env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_drift_made_with_the_aws_api_is_put_back_with_an_event(operator, api, core, ns, rds, vault):
+    create(api, ns, manifest("drift-db", backupRetentionDays=7))
+    obj = wait_phase(api, ns, "drift-db", "Ready")
+    remember_password(vault, f"secret/data/k8s/{ns}/drift-db/db")
+    identifier = obj["status"]["dbInstanceIdentifier"]
+    rds.client.modify_db_instance(DBInstanceIdentifier=identifier, DBInstanceClass="db.m6g.large",
+                                  BackupRetentionPeriod=1, ApplyImmediately=True)
+    wait(lambda: any(r == "DriftReverted" and "spec.instanceClass" in m for _, r, m in events_of(core, ns, "drift-db")),
+         "a DriftReverted event", timeout=60)
+    instance = wait(lambda: (i := rds.describe(identifier)) and i.instance_class == "db.t4g.small" and i,
+                    "the instance class put back", timeout=30)
+    assert instance.backup_retention_days == 7
+    delete(api, ns, "drift-db")
+    gone(api, ns, "drift-db")
+
+
+def test_rotate_with_the_cli_then_vault_has_a_new_version(operator, api, core, env, ns, vault):
+    create(api, ns, manifest("rotate-db"))
+    wait_phase(api, ns, "rotate-db", "Ready")
+    path = f"secret/data/k8s/{ns}/rotate-db/db"
+    before = vault.read(path)
+    remember_password(vault, path)
+    out = _pgop(env, ns, "mysqldb", "rotate", "rotate-db")
+    assert "pgop.io/rotate-password" in out
+    token = get(api, ns, "rotate-db")["metadata"]["annotations"]["pgop.io/rotate-password"]
+    wait(lambda: (get(api, ns, "rotate-db")["status"].get("passwordRotation") or {}).get("handledRequest") == token,
+         "the rotation handled", timeout=60)
+    after = vault.read(path)
+    remember_password(vault, path)
+    assert after.version > before.version and after.data["password"] != before.data["password"]
+    assert "pendingPassword" not in after.data
+    obj = get(api, ns, "rotate-db")
+    for password in (before.data["password"], after.data["password"]):
+        assert password not in repr(obj) and password not in repr(events_of(core, ns, "rotate-db"))
+    delete(api, ns, "rotate-db")
+    gone(api, ns, "rotate-db")
+
+
+def test_restore_with_the_cli_gets_its_own_secret_and_config(operator, api, core, env, ns, rds, vault, consul_kv):
+    create(api, ns, manifest("source-db"))
+    source = wait_phase(api, ns, "source-db", "Ready")
+    source_secret = remember_password(vault, f"secret/data/k8s/{ns}/source-db/db")
+    snap = f"e2e-{uuid.uuid4().hex[:8]}"
+    rds.client.create_db_snapshot(DBSnapshotIdentifier=snap, DBInstanceIdentifier=source["status"]["dbInstanceIdentifier"])
+    assert snap in _pgop(env, ns, "mysqldb", "snapshots", "source-db")
+    _pgop(env, ns, "mysqldb", "restore", "source-db", "--to", "copy-db", "--snapshot", snap)
+    copy = wait_phase(api, ns, "copy-db", "Ready", timeout=90)
+    assert copy["spec"]["restoreFrom"] == {"snapshotIdentifier": snap}
+    assert copy["status"]["restore"]["passwordSet"] is True
+    secret = remember_password(vault, f"secret/data/k8s/{ns}/copy-db/db")
+    assert secret["password"] != source_secret["password"] and secret["host"] == copy["status"]["endpoint"]
+    assert consul_kv.read(f"config/k8s/{ns}/copy-db/db")["host"] == copy["status"]["endpoint"]
+    reasons = [r for _, r, _ in events_of(core, ns, "copy-db")]
+    assert "Restoring" in reasons and "PasswordSet" in reasons
+    for name in ("copy-db", "source-db"):
+        delete(api, ns, name)
+        gone(api, ns, name)

@@ -83,6 +83,9 @@ MODEL: dict[str, Callable[[], Any]] = {
     "MysqlDb.spec.backupRetentionDays": lambda: mysqldb().backup_retention_days,
     "MysqlDb.spec.deletionPolicy": lambda: mysqldb().deletion_policy,
     "MysqlDb.spec.deletionProtection": lambda: mysqldb().deletion_protection,
+    "MysqlDb.spec.storageEncrypted": lambda: mysqldb().storage_encrypted,
+    "MysqlDb.spec.publiclyAccessible": lambda: mysqldb().publicly_accessible,
+    "MysqlDb.spec.allowMajorVersionUpgrade": lambda: mysqldb().allow_major_version_upgrade,
     "MysqlDb.spec.applyImmediately": lambda: mysqldb().apply_immediately,
 }
 
