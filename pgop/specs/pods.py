@@ -25,6 +25,7 @@ from pgop.kernel.model import DEFAULT_TOPOLOGY_KEY, PRIMARY, RECOVERY, REPLICA, 
 from pgop.kernel.podenv import (
     AGENT_PORT,
     DATA_MOUNT,
+    METRICS_PORT,
     PGDATA,
     S3_CREDENTIALS_MOUNT,
     SECRETS_MOUNT,
@@ -34,7 +35,7 @@ from pgop.kernel.podenv import (
 )
 from pgop.specs.pvc import pvc_name
 
-__all__ = ["AGENT_PORT", "DATA_MOUNT", "PGDATA", "S3_CREDENTIALS_MOUNT", "SECRETS_MOUNT"]
+__all__ = ["AGENT_PORT", "DATA_MOUNT", "METRICS_PORT", "PGDATA", "S3_CREDENTIALS_MOUNT", "SECRETS_MOUNT"]
 
 POSTGRES_UID = 999
 READINESS_PATH = "/readyz"  # 200 when Postgres accepts connections in the role the spec asks for
@@ -299,6 +300,7 @@ def build_postgres_pod(instance: Instance) -> dict[str, Any]:
         "ports": [
             {"name": "postgres", "containerPort": pgconfig.POSTGRES_PORT, "protocol": "TCP"},
             {"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         # Short period: readiness is what moves a Service endpoint, and time to Ready counts.
         "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": "agent"},
