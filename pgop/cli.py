@@ -17,12 +17,13 @@ def run(
     all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A",
                                         help="Watch the whole cluster (the default when no -n)."),
     liveness: str | None = typer.Option(None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"),
+    metrics: str | None = typer.Option(None, help="Serve Prometheus metrics, e.g. http://0.0.0.0:9090/metrics"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run the operator against the current kubeconfig (or in-cluster config)."""
     from . import operator
     operator.run(namespace, clusterwide=all_namespaces or not namespace, liveness=liveness,
-                 verbose=verbose)
+                 verbose=verbose, metrics=metrics)
 
 
 def _namespace(namespace: str | None) -> str:

@@ -53,11 +53,15 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
 
 
 def run(namespaces: list[str], clusterwide: bool, liveness: str | None = None,
-        verbose: bool = False) -> None:
+        verbose: bool = False, metrics: str | None = None) -> None:
     kopf.configure(verbose=verbose)
     # `kill -USR1 <pid>` prints every thread's stack to stderr: what a stuck handler waits on.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     loaded = load_handlers()
+    if metrics:
+        from pgop import operator_metrics
+        operator_metrics.register()
+        operator_metrics.serve(metrics)
     log.info("pgop operator starting with handlers from %s", ", ".join(loaded) or "nothing")
     asyncio.run(kopf.operator(
         clusterwide=clusterwide, namespaces=list(namespaces), standalone=True,
