@@ -34,8 +34,8 @@ DATABASES_QUERY = (
     "SELECT datname, pg_database_size(oid), age(datfrozenxid) FROM pg_database"
     " WHERE datallowconn ORDER BY datname")
 OLDEST_QUERY = (
-    "SELECT coalesce(extract(epoch FROM max(now() - xact_start)) FILTER"
-    " (WHERE backend_type = 'client backend'), 0)::float8,"
+    "SELECT coalesce(extract(epoch FROM max(now() - xact_start)"
+    " FILTER (WHERE backend_type = 'client backend')), 0)::float8,"
     " coalesce(max(greatest(age(backend_xid), age(backend_xmin))), 0)::bigint"
     " FROM pg_stat_activity WHERE pid <> pg_backend_pid()")
 REPLICA_LAGS_QUERY = (
@@ -100,8 +100,10 @@ class InstanceCollector:
             try:
                 with local.connect(settings, timeout=SCRAPE_CONNECT_TIMEOUT) as conn:
                     activity = read_activity(conn)
-            except psycopg.Error as error:  # postgres starting, stopping, busy: up is 0 this time
+            except psycopg.OperationalError as error:  # starting, stopping, busy: up is 0 this time
                 log.debug("metrics: postgres did not answer: %s", str(error).strip())
+            except psycopg.Error as error:  # a query of ours postgres refuses: say so
+                log.warning("metrics: %s", str(error).strip())
         instance = agent.instance
         return Scrape(
             namespace=settings.namespace, cluster=settings.cluster, instance=settings.instance,
