@@ -200,6 +200,11 @@ def components() -> list[GoComponent]:
                     {"github.com/hashicorp/consul": "consul"}),
         GoComponent("vault", "github.com/hashicorp/vault", v.VAULT,
                     {"github.com/hashicorp/vault": "vault"}, pin_upstream=True),
+        # No web UI assets (the `builtinassets` tag needs the npm build): the API, the scrapes and
+        # the rule evaluation are what the tests use.
+        GoComponent("prometheus", "github.com/prometheus/prometheus", v.PROMETHEUS,
+                    {"github.com/prometheus/prometheus/cmd/prometheus": "prometheus",
+                     "github.com/prometheus/prometheus/cmd/promtool": "promtool"}),
     ]
 
 
