@@ -14,8 +14,11 @@ TEST_OPERATOR = "operator-test"  # its PID file, which `make down` reads too
 
 class OperatorProcess:
     def __init__(self, env: dict[str, str], log: Path):
+        from e2e.harness.services import free_port
         self.env, self.log = env, log
         self.p: subprocess.Popen | None = None
+        # its /metrics, on loopback: e2e/test_metrics.py has Prometheus scrape it
+        self.metrics_port = free_port()
 
     def start(self) -> None:
         # One operator at a time: the one `make up` started, or one a killed test run left behind,
@@ -24,7 +27,8 @@ class OperatorProcess:
         proc.stop(TEST_OPERATOR)
         pgop = paths.REPO / ".venv" / "bin" / "pgop"
         out = open(self.log, "ab")
-        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces"], stdout=out,
+        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces",
+                                   "--metrics", f"http://127.0.0.1:{self.metrics_port}/metrics"], stdout=out,
                                   stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                   start_new_session=True)
         proc.record(TEST_OPERATOR, self.p.pid)
