@@ -19,6 +19,7 @@ from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT,
 from pgop.kernel.model import API_GROUP, Cluster
 from pgop.runtime.apply import apply_plan, kube, on_cluster_reconcile, record_events, warn_once
 from pgop.runtime.kube import NotFound
+from pgop.runtime.metrics import measured
 
 VERSION = "v1"
 INTERVAL = 2.0
@@ -71,16 +72,19 @@ def cluster_backups(body: Any, cluster: Cluster, status: dict[str, Any], logger:
 
 @kopf.on.create(API_GROUP, VERSION, "pgbackups")
 @kopf.on.resume(API_GROUP, VERSION, "pgbackups", when=_unfinished)
+@measured("PgBackup")
 def backup_changed(body, logger, **_):
     reconcile_backup(body, logger)
 
 
 @kopf.timer(API_GROUP, VERSION, "pgbackups", interval=INTERVAL, sharp=False, when=_unfinished)
+@measured("PgBackup")
 def backup_tick(body, logger, **_):
     reconcile_backup(body, logger)
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_BACKUP: kopf.PRESENT})
+@measured("Pod")
 def backup_pod_event(body, event, logger, **_):
     """Cuts the wait for the timer when a backup pod finishes."""
     if event.get("type") == "DELETED" or (body.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):

@@ -17,7 +17,10 @@ class OperatorProcess:
     def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = (),
                  pid_name: str = TEST_OPERATOR):
         self.env, self.log, self.args, self.pid_name = env, log, args, pid_name
+        from e2e.harness.services import free_port
         self.p: subprocess.Popen | None = None
+        # its /metrics, on loopback: e2e/test_metrics.py has Prometheus scrape it
+        self.metrics_port = free_port()
 
     def start(self, alone: bool = True) -> None:
         # One operator at a time (unless replicas elect a leader): the one `make up` started, or
@@ -28,7 +31,8 @@ class OperatorProcess:
             proc.stop(STANDBY_OPERATOR)
         pgop = paths.REPO / ".venv" / "bin" / "pgop"
         out = open(self.log, "ab")
-        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces", *self.args], stdout=out,
+        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces", *self.args,
+                                   "--metrics", f"http://127.0.0.1:{self.metrics_port}/metrics"], stdout=out,
                                   stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                   start_new_session=True)
         proc.record(self.pid_name, self.p.pid)

@@ -22,6 +22,7 @@ def run(
                                         help="Watch the whole cluster (the default when neither -n "
                                              "nor PGOP_WATCH_NAMESPACES is given)."),
     liveness: str | None = typer.Option(None, help="Serve a liveness probe, e.g. http://0.0.0.0:8080/healthz"),
+    metrics: str | None = typer.Option(None, help="Serve Prometheus metrics, e.g. http://0.0.0.0:9090/metrics"),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
     leader_elect: bool = typer.Option(False, "--leader-elect", envvar="PGOP_LEADER_ELECT",
                                       help="Act only while holding a Lease: run several replicas, one active."),
@@ -40,7 +41,8 @@ def run(
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
     election = operator.LeaderElection(lease_namespace or default_namespace(), lease_name) if leader_elect else None
-    operator.run(namespaces, liveness=liveness, verbose=verbose, leader_election=election)
+    operator.run(namespaces, liveness=liveness, verbose=verbose, leader_election=election,
+                 metrics=metrics)
 
 
 def _namespace(namespace: str | None) -> str:

@@ -81,7 +81,7 @@ class LeaderElection:
 
 
 def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = False,
-        leader_election: LeaderElection | None = None) -> None:
+        leader_election: LeaderElection | None = None, metrics: str | None = None) -> None:
     """Watches `namespaces`, or every namespace when there are none."""
     from pgop.runtime import logs
     chosen = logs.choose_format(os.environ.get(logs.ENV_LOG_FORMAT), sys.stderr.isatty())
@@ -91,6 +91,10 @@ def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.captureWarnings(True)  # a library's warning becomes a log line like any other
     loaded = load_handlers()
+    if metrics:
+        from pgop import operator_metrics
+        operator_metrics.register()
+        operator_metrics.serve(metrics)
     log.info("pgop operator starting with handlers from %s, watching %s", ", ".join(loaded) or "nothing",
              ", ".join(namespaces) if namespaces else "all namespaces")
     operator = functools.partial(kopf.operator, clusterwide=not namespaces, namespaces=list(namespaces),

@@ -26,6 +26,7 @@ from pgop.rds import policy
 from pgop.rds.controller import MysqlDbController, build_controller
 from pgop.rds.spec import InvalidSpec, MysqlDbObject
 from pgop.runtime.config import OperatorConfig
+from pgop.runtime.metrics import measured
 
 GROUP, VERSION, PLURAL = "pgop.io", "v1", "mysqldbs"
 TIMER_INTERVAL = 5.0  # a tick only compares status.nextCheckAt with the clock
@@ -78,6 +79,7 @@ def _report(plan: Plan, body: Any, patch: Any, memo: Any) -> None:
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL)
+@measured("MysqlDb")
 def reconcile(body: Any, patch: Any, memo: Any, retry: int, **_: Any) -> None:
     obj = _view(body, patch)
     plan = controller().reconcile(obj, attempt=retry)
@@ -89,6 +91,7 @@ def reconcile(body: Any, patch: Any, memo: Any, retry: int, **_: Any) -> None:
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_INTERVAL, initial_delay=TIMER_INTERVAL)
+@measured("MysqlDb")
 def look_again(body: Any, status: Any, patch: Any, memo: Any, **_: Any) -> None:
     if body.get("metadata", {}).get("deletionTimestamp"):
         return
@@ -105,6 +108,7 @@ def look_again(body: Any, status: Any, patch: Any, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)
+@measured("MysqlDb")
 def delete(body: Any, patch: Any, memo: Any, retry: int, **_: Any) -> None:
     obj = _view(body, patch)
     plan = controller().finalize(obj, attempt=retry)

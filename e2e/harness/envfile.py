@@ -18,6 +18,7 @@ def values() -> dict[str, str]:
         "PGOP_OPERATOR_KUBECONFIG": str(OPERATOR_KUBECONFIG),  # group pgop:operators
         "KUBECTL": f"{kube_bin}/kubectl",
         "PGOP_KUBE_BIN": kube_bin,
+        "PGOP_PROMETHEUS_BIN": str(build.by_name()["prometheus"].bindir),  # prometheus, promtool
         "PGOP_NODE_IP": paths.NODE_IP,
         "PGOP_CONTAINERD_ADDRESS": str(paths.CONTAINERD_SOCK),
         "PGOP_ENV_DIR": str(paths.STATE),

@@ -132,7 +132,7 @@ class AgentHost:
         return AgentSettings(
             cluster=self.cluster, instance=instance, namespace=self.namespace,
             pgdata=home / "pgdata", secrets_dir=self.secrets_dir, pod_name=instance,
-            pod_ip="127.0.0.1", agent_port=free_port(), agent_address="127.0.0.1",
+            pod_ip="127.0.0.1", agent_port=free_port(), agent_address="127.0.0.1", metrics_port=free_port(),
             bindir=self.bindir, pg_port=free_port(), socket_dir=home / "run",
             listen_addresses="127.0.0.1", connect_host="127.0.0.1",
             primary_host="127.0.0.1", primary_port=primary_port or 5432, run_dir=home / "run",
@@ -148,6 +148,7 @@ class AgentHost:
             "PGOP_NAMESPACE": settings.namespace, "PGOP_POD_NAME": settings.pod_name,
             "PGOP_POD_IP": settings.pod_ip, "PGDATA": str(settings.pgdata),
             "PGOP_AGENT_PORT": str(settings.agent_port), "PGOP_AGENT_ADDRESS": settings.agent_address,
+            "PGOP_METRICS_PORT": str(settings.metrics_port),
             "PGOP_SECRETS_DIR": str(settings.secrets_dir), "PGOP_PG_BINDIR": settings.bindir,
             "PGOP_PG_PORT": str(settings.pg_port), "PGOP_SOCKET_DIR": str(settings.socket_dir),
             "PGOP_LISTEN_ADDRESSES": settings.listen_addresses, "PGOP_CONNECT_HOST": settings.connect_host,

@@ -11,6 +11,9 @@ CONSUL = "v1.20.1"
 # OpenBao's main module is refused by the Go module proxy (403 "not available"), so the Vault API
 # server is HashiCorp Vault 1.14.x: the last MPL-2.0 release, the code OpenBao was forked from.
 VAULT = "v1.13.0"
+# Prometheus 3.x is published to the Go module proxy as v0.3XX.Y (Go modules cannot be v3 without a
+# /v3 path): the server and promtool that scrape the pods and check pgop's alerting rules.
+PROMETHEUS = "v0.316.0"
 
 DEBIAN_SUITE = "bookworm"
 POSTGRES_MAJOR = 15

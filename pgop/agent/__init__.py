@@ -20,6 +20,8 @@ One module per concern, as Patroni's `patroni/postgresql/`:
 - status:       the PgInstance status the agent writes (pure)
 - kube:         the Kubernetes side (read my PgInstance, list my cluster's, patch status), injectable
 - health:       /healthz and /readyz for the kubelet
+- metrics:      the instance's Prometheus samples from an observation and one scrape's reads, pure
+- exporter:     /metrics: the scrape-time reads and the HTTP server, beside the loop
 
 What the pod gives the agent (the pod contract, pgop/kernel/podenv.py; pgop/specs/pods.py builds it):
 
@@ -28,6 +30,7 @@ What the pod gives the agent (the pod contract, pgop/kernel/podenv.py; pgop/spec
     PGOP_SECRETS_DIR                               {superuser,replication,app}/{username,password}
     PGOP_POD_NAME, PGOP_POD_UID, PGOP_POD_IP, PGOP_NODE_NAME   reported in status
     PGOP_AGENT_PORT                                /healthz and /readyz (default 8008)
+    PGOP_METRICS_PORT                              /metrics, the container port `metrics` (default 9187; 0: off)
 
 and a service account that may get/list PgInstances and patch pginstances/status (specs/rbac.py).
 Optional, with the pod's defaults: PGOP_HEARTBEAT_INTERVAL (2 s), PGOP_ISOLATION_TIMEOUT (10 s:

@@ -27,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from pgop.agent import bootstrap, config, ha, health, local, rejoin, replication, status, streaming
+from pgop.agent import bootstrap, config, exporter, ha, health, local, rejoin, replication, status, streaming
 from pgop.agent.commands import Runner
 from pgop.agent.kube import REQUEST_TIMEOUT, InstanceStore
 from pgop.agent.observed import PostgresState
@@ -724,8 +724,10 @@ def run(settings: AgentSettings, store: InstanceStore, serve_health: bool = True
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     server = health.serve(agent.health, settings.agent_address, settings.agent_port) if serve_health else None
+    metrics = exporter.serve(agent, settings) if serve_health else None
     try:
         return agent.run()
     finally:
-        if server is not None:
-            server.shutdown()
+        for running in (server, metrics):
+            if running is not None:
+                running.shutdown()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from pgop.kernel import names, pgconfig
 from pgop.kernel.model import InstanceSpec
-from pgop.kernel.podenv import AGENT_PORT, REQUIRED_BY_AGENT, PodEnv, PodEnvError
+from pgop.kernel.podenv import AGENT_PORT, ENV_METRICS_PORT, METRICS_PORT, REQUIRED_BY_AGENT, PodEnv, PodEnvError
 
 DEFAULT_INTERVAL = 2.0
 DEFAULT_ISOLATION_TIMEOUT = 10.0
@@ -45,6 +45,7 @@ class AgentSettings:
     node_name: str = ""
     agent_port: int = AGENT_PORT
     agent_address: str = "0.0.0.0"
+    metrics_port: int = METRICS_PORT  # 0: no /metrics server (several agents on one test machine)
     bindir: str = "/usr/lib/postgresql/15/bin"
     pg_port: int = pgconfig.POSTGRES_PORT
     socket_dir: Path = Path(pgconfig.SOCKET_DIRECTORY)
@@ -150,6 +151,7 @@ class AgentSettings:
             node_name=pod.node_name,
             agent_port=pod.agent_port,
             agent_address=env.get("PGOP_AGENT_ADDRESS") or "0.0.0.0",
+            metrics_port=number(ENV_METRICS_PORT, METRICS_PORT),
             bindir=env.get("PGOP_PG_BINDIR") or default_bindir(env),
             pg_port=number("PGOP_PG_PORT", pgconfig.POSTGRES_PORT),
             socket_dir=Path(env.get("PGOP_SOCKET_DIR") or pgconfig.SOCKET_DIRECTORY),

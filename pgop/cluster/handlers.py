@@ -20,6 +20,7 @@ from pgop.kernel.model import API_GROUP, Cluster
 from pgop.runtime.apply import apply_plan, cluster_hooks, kube, record_events, remember
 from pgop.runtime.coalesce import Coalescer
 from pgop.runtime.kube import NotFound
+from pgop.runtime.metrics import measured
 from pgop.runtime.publish import PublishError
 
 VERSION = "v1"
@@ -117,6 +118,7 @@ def _changed(current: dict, desired: dict) -> bool:
 @kopf.on.create(API_GROUP, VERSION, "pgclusters")
 @kopf.on.update(API_GROUP, VERSION, "pgclusters", field="spec")
 @kopf.on.resume(API_GROUP, VERSION, "pgclusters")
+@measured("PgCluster")
 def cluster_changed(body, patch, logger, **_):
     status = reconcile_cluster(body, logger)
     if status:
@@ -148,6 +150,7 @@ def publish(body) -> None:
 
 
 @kopf.on.delete(API_GROUP, VERSION, "pgclusters")
+@measured("PgCluster")
 def cluster_deleted(body, **_):
     """Owner references remove the cluster's objects; what it published outside is removed here."""
     cluster = Cluster.from_object(body)
@@ -164,6 +167,7 @@ def cluster_deleted(body, **_):
 
 
 @kopf.on.update(API_GROUP, VERSION, "pgclusters", field="metadata.annotations")
+@measured("PgCluster")
 def cluster_annotated(body, patch, logger, **_):
     """`pgop promote` (pgop.io/switchover-to) and `pgop fence` (pgop.io/fenced-instances) act at once."""
     status = reconcile_cluster(body, logger)
@@ -172,6 +176,7 @@ def cluster_annotated(body, patch, logger, **_):
 
 
 @kopf.timer(API_GROUP, VERSION, "pgclusters", interval=CLUSTER_INTERVAL, sharp=False)
+@measured("PgCluster")
 def cluster_tick(body, patch, logger, **_):
     status = reconcile_cluster(body, logger)
     if status:
@@ -185,6 +190,7 @@ _last_seen: dict[tuple[str, str], tuple] = {}
 
 
 @kopf.on.event(API_GROUP, VERSION, "pginstances")
+@measured("PgInstance")
 def instance_event(body, event, logger, **_):
     meta = body["metadata"]
     key = (meta.get("namespace"), meta["name"])
@@ -244,6 +250,7 @@ def _reconcile_cluster_now(key: tuple[str, str], logger) -> None:
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_INSTANCE: kopf.PRESENT})
+@measured("Pod")
 def pod_event(body, event, logger, **_):
     meta = body["metadata"]
     key = ("pod", f"{meta.get('namespace')}/{meta['name']}")
@@ -280,10 +287,12 @@ def reconcile_instance(body, logger) -> None:
 @kopf.on.create(API_GROUP, VERSION, "pginstances")
 @kopf.on.resume(API_GROUP, VERSION, "pginstances")
 @kopf.on.update(API_GROUP, VERSION, "pginstances", field="spec")
+@measured("PgInstance")
 def instance_changed(body, logger, **_):
     reconcile_instance(body, logger)
 
 
 @kopf.timer(API_GROUP, VERSION, "pginstances", interval=INSTANCE_INTERVAL, sharp=False)
+@measured("PgInstance")
 def instance_tick(body, logger, **_):
     reconcile_instance(body, logger)

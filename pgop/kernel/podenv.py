@@ -50,6 +50,9 @@ TLS_MOUNT = "/etc/pgop/tls"
 # and AWS_SECRET_ACCESS_KEY).
 S3_CREDENTIALS_MOUNT = "/etc/pgop/s3"
 AGENT_PORT = 8008
+# /metrics of the instance (the named container port `metrics`); PGOP_METRICS_PORT=0 turns it off.
+METRICS_PORT = 9187
+ENV_METRICS_PORT = "PGOP_METRICS_PORT"
 
 # Identity from the pod's own metadata (downward API) when the builder leaves the value empty.
 _DOWNWARD = {

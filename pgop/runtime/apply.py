@@ -14,6 +14,7 @@ import kopf
 from kubernetes.client.rest import ApiException
 
 from pgop.kernel.actions import NORMAL, Event, Plan
+from pgop.runtime import metrics
 from pgop.runtime.kube import Kube, NotFound
 
 log = logging.getLogger("pgop.runtime")
@@ -47,6 +48,8 @@ def apply_plan(body: Any, plan: Iterable[Any], logger: Any) -> None:
 
 
 def record_events(body: Any, events: Iterable[Event]) -> None:
+    events = list(events)
+    metrics.events_recorded(body, events)
     for event in events:
         (kopf.info if event.type == NORMAL else kopf.warn)(body, reason=event.reason, message=event.message)
         log.info("%s/%s: %s: %s", body["metadata"].get("namespace"), body["metadata"]["name"],

@@ -35,6 +35,7 @@ from pgop.kernel.model import (
 from pgop.kernel.podenv import (
     AGENT_PORT,
     DATA_MOUNT,
+    METRICS_PORT,
     PGDATA,
     S3_CREDENTIALS_MOUNT,
     SECRETS_MOUNT,
@@ -44,7 +45,7 @@ from pgop.kernel.podenv import (
 )
 from pgop.specs.pvc import pvc_name
 
-__all__ = ["AGENT_PORT", "DATA_MOUNT", "PGDATA", "S3_CREDENTIALS_MOUNT", "SECRETS_MOUNT"]
+__all__ = ["AGENT_PORT", "DATA_MOUNT", "METRICS_PORT", "PGDATA", "S3_CREDENTIALS_MOUNT", "SECRETS_MOUNT"]
 
 POSTGRES_UID = 999
 READINESS_PATH = "/readyz"  # 200 when Postgres accepts connections in the role the spec asks for
@@ -335,6 +336,7 @@ def build_postgres_pod(instance: Instance) -> dict[str, Any]:
         "ports": [
             {"name": "postgres", "containerPort": pgconfig.POSTGRES_PORT, "protocol": "TCP"},
             {"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
         # Short period: readiness is what moves a Service endpoint, and time to Ready counts.
         "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": "agent"},
