@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from e2e.harness.images import POSTGRES_IMAGE
-from e2e.test_backup import cluster_manifest, pgop, rows, s3_secret, switch_and_wait_archived
+from e2e.test_backup import cluster_manifest, pgop, rows, s3, s3_secret, switch_and_wait_archived  # noqa: F401 (s3: a fixture)
 from e2e.test_pgcluster import connect, exec_psql, wait_ready
 
 pytestmark = pytest.mark.cluster
