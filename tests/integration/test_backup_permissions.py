@@ -26,7 +26,7 @@ import botocore.config
 import pytest
 from botocore.exceptions import ClientError
 
-from e2e.harness import build, services
+from e2e.harness import services
 from e2e.harness.pg import OS_USER, LocalPostgres
 from pgop.backup import basebackup
 from pgop.backup import layout as keys
@@ -70,7 +70,7 @@ class IamS3:
     account, and the bucket policy between them."""
 
     def __init__(self, root: Path):
-        binary = build.by_name()["versitygw"].bindir / "versitygw"
+        binary = services.versitygw_binary()
         if not binary.exists():
             pytest.fail(f"{binary} is missing: run `make up` (it builds versitygw)", pytrace=False)
         self.binary, self.root = binary, root
