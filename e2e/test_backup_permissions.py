@@ -153,6 +153,7 @@ def test_pods_cannot_delete_the_archive_and_retention_still_works(kubectl, names
         return sorted(b["metadata"]["name"] for b in items if (b.get("status") or {}).get("phase") == "Completed")
     first = eventually(completed, "a scheduled backup", timeout=150, interval=2)[0]
     assert keys_in(locked_bucket, bucket, f"{prefix}/{name}/base/{first}/")
+    first_wal = kubectl.json("-n", ns, "get", "pgbackup", first)["status"]["beginWal"]
     switch_and_wait_archived(kubectl, ns, f"{name}-0")
 
     def second_and_first_gone():
@@ -162,7 +163,10 @@ def test_pods_cannot_delete_the_archive_and_retention_still_works(kubectl, names
                       timeout=180, interval=2)
     assert keys_in(locked_bucket, bucket, f"{prefix}/{name}/base/{first}/") == []
     assert keys_in(locked_bucket, bucket, f"{prefix}/{name}/base/{kept[0]}/")
-    assert wal_key not in keys_in(locked_bucket, bucket, f"{prefix}/{name}/wal/")  # before the kept backup
+    kept_wal = kubectl.json("-n", ns, "get", "pgbackup", kept[0])["status"]["beginWal"]
+    segments = sorted(k.rsplit("/", 1)[-1][:24] for k in keys_in(locked_bucket, bucket, f"{prefix}/{name}/wal/")
+                      if len(k.rsplit("/", 1)[-1]) == 28)  # <24 hex>.zst
+    assert first_wal not in segments and segments[0] >= kept_wal  # only the kept backup's WAL onwards
     events = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}").stdout
     assert "DeletedPgBackup" in events and "RetentionFailed" not in events
     for account in (locked_bucket["writer"], locked_bucket["retainer"]):
