@@ -230,6 +230,21 @@ def test_the_pods_keys_archive_and_back_up_but_may_not_delete(iam_s3, writer_pos
         == "AccessDenied"
 
 
+def test_a_useless_tar_the_pods_keys_cannot_delete_stays_unlisted(iam_s3, local_postgres, caplog):
+    """The one delete a pod tries: the tar of a backup whose WAL never reached the archive (here
+    nothing archives). Refused; the backup fails for its own reason, and nothing lists the tar."""
+    layout = ArchiveLayout(CLUSTER, f"it-{uuid.uuid4().hex[:8]}")
+    writer = iam_s3.storage(iam_s3.writer)
+    with pytest.raises(basebackup.BaseBackupError, match="did not reach the archive"):
+        basebackup.take_base_backup(writer, layout, "unarchived", _source(local_postgres), archive_wait=2)
+    prefix = keys.backup_prefix(layout, "unarchived")
+    assert iam_s3.keys(prefix) == {prefix + "base.tar.zst"}  # no backup.json: not a backup
+    assert basebackup.list_backups(writer, layout.path, CLUSTER) == []
+    [warning] = [r.getMessage() for r in caplog.records if "could not delete" in r.getMessage()]
+    assert "S3 AccessDenied" in warning and "retention removes it with the failed backup" in warning
+    assert iam_s3.writer[1] not in caplog.text
+
+
 # ---------------------------------------------------------------------------- the operator
 
 class Namespace:
