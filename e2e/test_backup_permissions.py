@@ -9,6 +9,7 @@ allows, versitygw refuses, as AWS does.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import subprocess
 import uuid
@@ -17,7 +18,7 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from e2e.harness import services
+from e2e.harness import paths, services
 from e2e.test_backup import condition, switch_and_wait_archived
 from e2e.test_pgcluster import eventually, manifest, wait_ready
 
@@ -32,9 +33,12 @@ class Accounts:
         self.made: list[str] = []
 
     def _admin(self, *args: str) -> None:
-        done = subprocess.run([str(services.versitygw_binary()), "admin", "--access", self.env["S3_ACCESS_KEY_ID"],
-                               "--secret", self.env["S3_SECRET_ACCESS_KEY"], "--endpoint-url",
-                               self.env["AWS_ENDPOINT_URL_S3"], *args], capture_output=True, text=True, timeout=30)
+        # the root keys in the environment, not on a command line `ps` shows
+        env = {**os.environ, "ADMIN_ACCESS_KEY_ID": self.env["S3_ACCESS_KEY_ID"],
+               "ADMIN_SECRET_ACCESS_KEY": self.env["S3_SECRET_ACCESS_KEY"], "ADMIN_REGION": paths.AWS_REGION,
+               "ADMIN_ENDPOINT_URL": self.env["AWS_ENDPOINT_URL_S3"]}
+        done = subprocess.run([str(services.versitygw_binary()), "admin", *args], env=env, capture_output=True,
+                              text=True, timeout=30)
         if done.returncode != 0:
             raise AssertionError(f"versitygw admin {args[0]} failed (is the S3 server of `make up` started "
                                  f"with --iam-dir? restart it with this checkout): {done.stdout}{done.stderr}")

@@ -116,8 +116,9 @@ class IamS3:
         ]}
 
     def _admin(self, *args: str) -> None:
-        done = subprocess.run([str(self.binary), "admin", "--access", self.admin[0], "--secret", self.admin[1],
-                               "--endpoint-url", self.endpoint, *args], capture_output=True, text=True, timeout=30)
+        env = {**os.environ, "ADMIN_ACCESS_KEY_ID": self.admin[0], "ADMIN_SECRET_ACCESS_KEY": self.admin[1],
+               "ADMIN_REGION": "us-east-1", "ADMIN_ENDPOINT_URL": self.endpoint}
+        done = subprocess.run([str(self.binary), "admin", *args], env=env, capture_output=True, text=True, timeout=30)
         if done.returncode != 0:
             raise AssertionError(f"versitygw admin {args[0]} failed: {done.stdout}{done.stderr}")
 
