@@ -114,6 +114,7 @@ except client.ApiException as e:
 def test_pods_cannot_delete_the_archive_and_retention_still_works(kubectl, namespace, operator, local_env,
                                                                   locked_bucket):
     ns, name, prefix, bucket = namespace, "locked", f"e2e-{uuid.uuid4().hex[:8]}", locked_bucket["bucket"]
+    root = f"{prefix}/{ns}/{name}/"  # a new cluster's archive: the namespaced layout
     _secret(kubectl, ns, WRITER_SECRET, locked_bucket["writer"])
     _secret(kubectl, ns, RETENTION_SECRET, locked_bucket["retainer"])
 
@@ -144,11 +145,11 @@ def test_pods_cannot_delete_the_archive_and_retention_still_works(kubectl, names
     assert RETENTION_SECRET not in json.dumps(kubectl.json("-n", ns, "get", "pginstances")["items"])
 
     # From inside the Postgres pod: its keys may not delete, its token may not read the other keys.
-    wal_key = next(k for k in keys_in(locked_bucket, bucket, f"{prefix}/{name}/wal/") if first_segment in k)
+    wal_key = next(k for k in keys_in(locked_bucket, bucket, f"{root}wal/") if first_segment in k)
     script = (f"KEY = {wal_key!r}\nSECRET = {RETENTION_SECRET!r}\nNAMESPACE = {ns!r}\n") + IN_POD
     out = kubectl("-n", ns, "exec", f"{name}-0", "-c", "postgres", "--", "python3", "-c", script).stdout
     assert "delete: AccessDenied" in out and "secret: 403" in out, out
-    assert wal_key in keys_in(locked_bucket, bucket, f"{prefix}/{name}/wal/")
+    assert wal_key in keys_in(locked_bucket, bucket, f"{root}wal/")
 
     # Scheduled base backups (uploaded by backup pods with the pods' keys); retention keeps one and
     # removes the other from S3 with the retention keys.
@@ -156,7 +157,7 @@ def test_pods_cannot_delete_the_archive_and_retention_still_works(kubectl, names
         items = kubectl.json("-n", ns, "get", "pgbackups")["items"]
         return sorted(b["metadata"]["name"] for b in items if (b.get("status") or {}).get("phase") == "Completed")
     first = eventually(completed, "a scheduled backup", timeout=150, interval=2)[0]
-    assert keys_in(locked_bucket, bucket, f"{prefix}/{name}/base/{first}/")
+    assert keys_in(locked_bucket, bucket, f"{root}base/{first}/")
     first_wal = kubectl.json("-n", ns, "get", "pgbackup", first)["status"]["beginWal"]
     switch_and_wait_archived(kubectl, ns, f"{name}-0")
 
@@ -165,10 +166,10 @@ def test_pods_cannot_delete_the_archive_and_retention_still_works(kubectl, names
         return names and first not in names and names
     kept = eventually(second_and_first_gone, "the second scheduled backup and the first one removed",
                       timeout=180, interval=2)
-    assert keys_in(locked_bucket, bucket, f"{prefix}/{name}/base/{first}/") == []
-    assert keys_in(locked_bucket, bucket, f"{prefix}/{name}/base/{kept[0]}/")
+    assert keys_in(locked_bucket, bucket, f"{root}base/{first}/") == []
+    assert keys_in(locked_bucket, bucket, f"{root}base/{kept[0]}/")
     kept_wal = kubectl.json("-n", ns, "get", "pgbackup", kept[0])["status"]["beginWal"]
-    segments = sorted(k.rsplit("/", 1)[-1][:24] for k in keys_in(locked_bucket, bucket, f"{prefix}/{name}/wal/")
+    segments = sorted(k.rsplit("/", 1)[-1][:24] for k in keys_in(locked_bucket, bucket, f"{root}wal/")
                       if len(k.rsplit("/", 1)[-1]) == 28)  # <24 hex>.zst
     assert first_wal not in segments and segments[0] >= kept_wal  # only the kept backup's WAL onwards
     events = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}").stdout
