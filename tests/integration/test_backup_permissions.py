@@ -225,7 +225,7 @@ def test_the_pods_keys_archive_and_back_up_but_may_not_delete(iam_s3, writer_pos
     writer.client.abort_multipart_upload(Bucket=iam_s3.bucket, Key=prefix + "aborted", UploadId=upload)
     uploads = iam_s3.root_client.list_multipart_uploads(Bucket=iam_s3.bucket).get("Uploads") or []
     assert not [u for u in uploads if u["UploadId"] == upload]
-    # the retention keys cannot write: they are no way into the archive for a pod that stole them
+    # the retention keys cannot write: the operator never writes to the archive
     retainer = iam_s3.storage(iam_s3.retainer)
     assert _refused(lambda: retainer.client.put_object(Bucket=iam_s3.bucket, Key=prefix + "x", Body=b"x")) \
         == "AccessDenied"
