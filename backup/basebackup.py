@@ -34,7 +34,7 @@ from pgop.backup import catalog
 from pgop.backup import layout as keys
 from pgop.backup.catalog import Backup
 from pgop.backup.layout import ArchiveLayout
-from pgop.backup.s3 import S3Storage
+from pgop.backup.s3 import S3Storage, describe_error
 from pgop.kernel.lsn import format_lsn, parse_lsn, wal_file_name
 
 log = logging.getLogger(__name__)
@@ -392,11 +392,15 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
             raise BaseBackupError(f"backup {name} has no end WAL to wait for")
         wait_for_wal(storage, layout, backup.end_wal, archive_wait)
     except BaseException:
-        # Without its WAL the tar restores nothing: do not leave it for someone to try.
+        # Without its WAL the tar restores nothing. No backup.json names it, so nothing takes it for
+        # a backup: removing it saves space, no more. Pod keys without the right to delete (with
+        # spec.backup.s3.retentionCredentialsSecret) are refused; retention then removes the tar
+        # with the failed backup's prefix, once that is older than the oldest kept backup.
         try:
             storage.delete(archive_key)
         except Exception as error:
-            log.warning("could not delete %s: %s", archive_key, error)
+            log.warning("could not delete %s (%s): retention removes it with the failed backup",
+                        archive_key, describe_error(error))
         raise
     seconds = time.monotonic() - clock
     backup = _replace(backup, completed_at=_utcnow(round_up=True),

@@ -82,11 +82,11 @@ def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: 
 
 def _prune(kube: Any, cluster: Cluster, names: list[str], retention: RetentionDecision | None) -> None:
     from pgop.backup import pruning
-    from pgop.backup.access import archive_of, storage_for
+    from pgop.backup.access import archive_of, retention_storage_for
     backup = cluster.spec.backup
     if backup is None or backup.s3 is None:  # retention drops backups only of a cluster that has them
         raise ValueError(f"PgCluster {cluster.namespace}/{cluster.name} has no spec.backup.s3")
     s3 = backup.s3
-    storage = storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
+    storage = retention_storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
     oldest = retention.oldest_wal_needed if retention else None
     pruning.prune(storage, archive_of(cluster.name, s3, cluster.namespace, cluster.archive_layout), names, oldest)

@@ -35,14 +35,21 @@ def _xattrs_work(d: Path) -> bool:
         probe.unlink(missing_ok=True)
 
 
+def versitygw_binary() -> Path:
+    return build.by_name()["versitygw"].bindir / "versitygw"
+
+
 def start_s3() -> None:
     data = paths.STATE / "s3" / "data"
     data.mkdir(parents=True, exist_ok=True)
-    gw = build.by_name()["versitygw"].bindir / "versitygw"
-    args = [str(gw), "--access", paths.S3_ACCESS_KEY, "--secret", paths.S3_SECRET_KEY,
+    # Internal IAM: tests add accounts with `versitygw admin create-user` and bucket policies that
+    # refuse them deletes (docs/backup-permissions.md). The root account is unaffected.
+    iam = paths.STATE / "s3" / "iam"
+    iam.mkdir(parents=True, exist_ok=True)
+    args = [str(versitygw_binary()), "--access", paths.S3_ACCESS_KEY, "--secret", paths.S3_SECRET_KEY,
             "--region", paths.AWS_REGION, "--port", f"127.0.0.1:{paths.S3_PORT}",
             "--port", f"{paths.NODE_IP}:{paths.S3_PORT}", "--health", "/health", "--quiet",
-            "posix"]
+            "--iam-dir", str(iam), "posix"]
     if not _xattrs_work(data):
         sidecar = paths.STATE / "s3" / "meta"
         sidecar.mkdir(parents=True, exist_ok=True)

@@ -216,7 +216,9 @@ def resolve_recovery(recovery: RecoverySpec, source: Obj | None) -> RecoverySpec
     if recovery.s3 is not None or source is None:
         return recovery
     backup = Cluster.from_object(source).spec.backup
-    return replace(recovery, s3=backup.s3) if backup is not None and backup.s3 is not None else recovery
+    if backup is None or backup.s3 is None:
+        return recovery
+    return replace(recovery, s3=backup.s3.for_pods())  # the restore reads; it never deletes
 
 
 def _create(plan: Plan, body: dict[str, Any], reason: str) -> None:

@@ -163,10 +163,12 @@ class InitdbSpec:
 @dataclass(frozen=True)
 class S3Spec:
     bucket: str
-    credentials_secret: str
+    credentials_secret: str  # mounted in the pods: writes and reads, needs no delete right
     path: str | None = None
     endpoint: str | None = None
     region: str | None = None
+    # Read by the operator only, for retention's deletes; never mounted in a pod.
+    retention_credentials_secret: str | None = None
 
     @classmethod
     def from_dict(cls, data: Body | None) -> S3Spec | None:
@@ -178,14 +180,26 @@ class S3Spec:
             path=data.get("path"),
             endpoint=data.get("endpoint"),
             region=data.get("region"),
+            retention_credentials_secret=data.get("retentionCredentialsSecret") or None,
         )
 
     def to_dict(self) -> dict[str, Any]:
         out = {"bucket": self.bucket, "credentialsSecret": self.credentials_secret}
-        for key, value in (("path", self.path), ("endpoint", self.endpoint), ("region", self.region)):
+        for key, value in (("path", self.path), ("endpoint", self.endpoint), ("region", self.region),
+                           ("retentionCredentialsSecret", self.retention_credentials_secret)):
             if value:
                 out[key] = value
         return out
+
+    @property
+    def deleting_credentials_secret(self) -> str:
+        """The Secret whose keys retention deletes with: the retention Secret when there is one."""
+        return self.retention_credentials_secret or self.credentials_secret
+
+    def for_pods(self) -> S3Spec:
+        """The location as instances and their pods get it: without the retention Secret, which
+        only the operator reads (a PgInstance, a recovery source and a pod never name it)."""
+        return dataclasses.replace(self, retention_credentials_secret=None)
 
 
 @dataclass(frozen=True)
@@ -491,6 +505,10 @@ def _validate_spec(spec: ClusterSpec) -> list[ValidationError]:
         backup = spec.backup
         if backup.s3 is None:
             refuse("spec.backup.s3", "is required when spec.backup is set")
+        elif backup.s3.retention_credentials_secret == backup.s3.credentials_secret:
+            refuse("spec.backup.s3.retentionCredentialsSecret",
+                   "must name another Secret than spec.backup.s3.credentialsSecret: the pods mount "
+                   "credentialsSecret, so its keys must not be the ones that may delete the archive")
         if backup.schedule:
             from pgop.kernel.schedule import validate_schedule  # only backups need croniter
             problem = validate_schedule(backup.schedule)

@@ -74,7 +74,7 @@ def config_hash(spec: ClusterSpec) -> str:
 def _backup(spec: ClusterSpec) -> dict[str, Any] | None:
     if spec.backup is None or spec.backup.s3 is None:
         return None
-    return {"s3": spec.backup.s3.to_dict(), "walArchiving": spec.backup.wal_archiving}
+    return {"s3": spec.backup.s3.for_pods().to_dict(), "walArchiving": spec.backup.wal_archiving}
 
 
 def managed_instance_spec(cluster: Cluster) -> dict[str, Any]:

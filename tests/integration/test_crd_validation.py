@@ -208,6 +208,7 @@ def test_other_defaults(objs, crd_namespace):
 @pytest.mark.parametrize("kind,field,value", [
     ("PgCluster", "backup", {"s3": S3, "schedule": "*/15 0-6 1,15 JAN-JUN MON-FRI"}),
     ("PgCluster", "backup", {"s3": S3, "schedule": "@hourly", "retention": {"maxAge": "12h"}}),
+    ("PgCluster", "backup", {"s3": dict(S3, retentionCredentialsSecret="s3-retention"), "retention": {"keepLast": 7}}),
     ("PgCluster", "backup", {"s3": dict(S3, endpoint="https://s3.eu-west-1.amazonaws.com",
                                         region="eu-west-1"), "schedule": "0  3 * * 0"}),
     ("PgCluster", "storage", {"size": "500Mi", "storageClassName": "fast", "reclaimPolicy": "Delete"}),
@@ -320,6 +321,10 @@ REFUSED = [
     # backup
     ("PgCluster", "backup", {"schedule": "0 3 * * *"}, ["spec.backup.s3", "Required value"]),
     ("PgCluster", "backup.s3", {"bucket": "pg-backups"}, ["spec.backup.s3.credentialsSecret", "Required value"]),
+    ("PgCluster", "backup.s3", dict(S3, retentionCredentialsSecret="s3-creds"),
+     ["spec.backup.s3.retentionCredentialsSecret must name another Secret than spec.backup.s3.credentialsSecret"]),
+    ("PgCluster", "backup.s3.retentionCredentialsSecret", "S3_Admin",
+     ["spec.backup.s3.retentionCredentialsSecret must be the name of a Secret"]),
     ("PgCluster", "backup.s3.bucket", "My_Bucket", ["spec.backup.s3.bucket must be an S3 bucket name"]),
     ("PgCluster", "backup.s3.bucket", "ab", ["spec.backup.s3.bucket must be an S3 bucket name"]),
     ("PgCluster", "backup.s3.bucket", "192.168.1.10", ["spec.backup.s3.bucket must be an S3 bucket name"]),
