@@ -137,18 +137,20 @@ def test_rotation_vault_first_then_rds_and_apps_read_the_new_version(controller,
     no_secret_in(outcome, before.data["password"])
 
 
-def test_rotation_loses_a_cas_race_and_retries_without_touching_rds(controller, vault, names):
+def test_rotation_loses_a_cas_race_and_retries_without_touching_rds(controller, vault, names, monkeypatch):
     o = ready(controller, make(names))
     real = controller.vault.write
 
     def racing_write(path, data, *, cas):
         current = vault.read(path)
         real(path, {**current.data, "note": "someone else"}, cas=current.version)  # a concurrent writer
-        controller.vault.write = real
+        monkeypatch.setattr(controller.vault, "write", real)
         return real(path, data, cas=cas)
 
-    controller.vault.write = racing_write
-    controller.rds.set_master_password = lambda *a: pytest.fail("RDS asked after a lost check-and-set")
+    # monkeypatch: the module's controller gets its own methods back after this test
+    monkeypatch.setattr(controller.vault, "write", racing_write)
+    monkeypatch.setattr(controller.rds, "set_master_password",
+                        lambda *a: pytest.fail("RDS asked after a lost check-and-set"))
     outcome = controller.reconcile(dataclasses.replace(o, annotations={"pgop.io/rotate-password": "t1"}))
     assert outcome.requeue_after
     assert {c["type"]: c["reason"] for c in outcome.status["conditions"]}["Progressing"] == "VaultWriteConflict"

@@ -393,7 +393,7 @@ def _described(identifier, status, uid, namespace, name):
         "DBInstanceIdentifier": identifier, "DBInstanceArn": f"arn:aws:rds:us-east-1:1:db:{identifier}",
         "DBInstanceStatus": status, "Engine": "mysql", "EngineVersion": "8.0.35",
         "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "MultiAZ": False,
-        "BackupRetentionPeriod": 7, "DeletionProtection": False, "DBName": "orders",
+        "BackupRetentionPeriod": 7, "DeletionProtection": False, "DBName": "orders", "StorageEncrypted": True, "PubliclyAccessible": False,
         "MasterUsername": "dbadmin",
         **({"Endpoint": {"Address": f"{identifier}.abc.us-east-1.rds.amazonaws.com", "Port": 3306}}
            if status == "available" else {}),
