@@ -14,7 +14,7 @@ from typing import Any
 
 from pgop.backup.catalog import COMPLETED, FAILED
 from pgop.backup.plan import plan_backups
-from pgop.backup.retention import RetentionDecision
+from pgop.backup.retention import ConfirmedRetention, RetentionDecision, apply_retention, confirm_with_catalog
 from pgop.backup.s3 import describe_error
 from pgop.kernel.actions import DELETE, Plan
 from pgop.kernel.conditions import parse_time
@@ -71,22 +71,33 @@ def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: 
     dropped = [a for a in plan if a.verb == DELETE]
     if dropped:
         try:
-            _prune(kube, cluster, [a.name for a in dropped], retention)
+            confirmed = _prune(kube, cluster, retention, now)
         except Exception as error:  # S3 down or credentials wrong: keep the objects, try again
             warn("RetentionFailed", f"retention could not remove {', '.join(a.name for a in dropped)} from "
                                     f"S3 ({describe_error(error)}); the PgBackups stay until it can")
             plan[:] = [a for a in plan if a not in dropped]  # the PgBackups stay for the next pass
+        else:
+            for name, why in confirmed.refused.items():
+                warn("RetentionRefused", f"retention keeps backup {name}: {why}")
+            keep = [a for a in dropped if a.name not in confirmed.pgbackup_deletes]
+            plan[:] = [a for a in plan if a not in keep]
     apply(plan)
     return plan, pgbackups
 
 
-def _prune(kube: Any, cluster: Cluster, names: list[str], retention: RetentionDecision | None) -> None:
+def _prune(kube: Any, cluster: Cluster, retention: RetentionDecision | None, now: datetime) -> ConfirmedRetention:
+    """Retention in S3, as far as the S3 catalog confirms what the PgBackup statuses say
+    (pgop.backup.retention.confirm_with_catalog). Returns what was confirmed."""
     from pgop.backup import pruning
     from pgop.backup.access import archive_of, retention_storage_for
+    from pgop.backup.basebackup import list_backups
     backup = cluster.spec.backup
-    if backup is None or backup.s3 is None:  # retention drops backups only of a cluster that has them
-        raise ValueError(f"PgCluster {cluster.namespace}/{cluster.name} has no spec.backup.s3")
+    if backup is None or backup.s3 is None or retention is None:  # retention drops backups only of a cluster that has them
+        raise ValueError(f"PgCluster {cluster.namespace}/{cluster.name} has no spec.backup.s3 and retention")
     s3 = backup.s3
     storage = retention_storage_for(kube, cluster.namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
-    oldest = retention.oldest_wal_needed if retention else None
-    pruning.prune(storage, archive_of(cluster.name, s3, cluster.namespace, cluster.archive_layout), names, oldest)
+    layout = archive_of(cluster.name, s3, cluster.namespace, cluster.archive_layout)
+    catalog = list_backups(storage, layout.path, cluster.name, layout.namespace)
+    confirmed = confirm_with_catalog(retention, apply_retention(catalog, backup.retention, now), catalog)
+    pruning.prune(storage, layout, confirmed.s3_deletes, confirmed.oldest_wal_needed)
+    return confirmed

@@ -159,3 +159,56 @@ def apply_retention(backups: Iterable[Backup], retention: RetentionSpec | None, 
     decision.delete.sort(key=lambda b: (b.completed_at or b.started_at, b.backup_name))
     decision.oldest_wal_needed = oldest_wal_needed(decision.keep)
     return decision
+
+
+# ------------------------------------------------------------------ the S3 catalog has the last word
+
+@dataclass
+class ConfirmedRetention:
+    """What retention may do once the S3 catalog agrees (see confirm_with_catalog)."""
+    s3_deletes: list[str] = field(default_factory=list)  # backup prefixes to remove from S3
+    pgbackup_deletes: list[str] = field(default_factory=list)  # PgBackup objects to remove
+    oldest_wal_needed: str | None = None  # None: delete no WAL
+    refused: dict[str, str] = field(default_factory=dict)  # PgBackup -> why it stays
+
+
+def _earlier(a: str | None, b: str | None) -> str | None:
+    """The earlier of two oldest-needed segments (keeping more); None if either is None."""
+    if a is None or b is None:
+        return None
+    return min(a, b, key=_position)
+
+
+def confirm_with_catalog(by_status: RetentionDecision, by_catalog: RetentionDecision,
+                         catalog: Iterable[Backup]) -> ConfirmedRetention:
+    """Retention acts only on what the S3 catalog confirms. PgBackup statuses can be written by
+    pods (and were forged in the review of issue 12: a fake newer "Completed" pushes real backups
+    out of keepLast; a fake "Failed" marks a real one for deletion); the catalog documents are
+    what a restore reads. So:
+
+    - a backup the catalog holds as completed is removed only if retention over the catalog drops
+      it too (whatever its PgBackup says); otherwise its PgBackup stays, with the reason;
+    - a PgBackup retention drops that has no completed catalog document (a failed or unfinished
+      backup) is removed, with whatever partial objects it left;
+    - a backup only in the catalog (taken before the cluster was re-created, or whose PgBackup was
+      deleted by hand) counts like any other and is removed when the catalog's retention drops it:
+      nothing `pgop backups` lists is ever left without the WAL it needs;
+    - WAL is pruned only before the earlier of the two decisions' oldest needed segments.
+    """
+    in_catalog = {b.backup_name for b in catalog if b.completed}
+    dropped_by_catalog = {b.backup_name for b in by_catalog.delete}
+    out = ConfirmedRetention()
+    for backup in by_status.delete:
+        name = backup.backup_name
+        if name in in_catalog and name not in dropped_by_catalog:
+            out.refused[name] = (f"its PgBackup status says {backup.phase}, but the S3 catalog holds it "
+                                 "as a completed backup that retention keeps")
+            continue
+        out.s3_deletes.append(name)
+        out.pgbackup_deletes.append(name)
+    # Dropped by the catalog only: a backup without a PgBackup, or one whose PgBackup its status
+    # keeps. Its S3 data goes (the catalog is what restores read); a PgBackup of it stays, to show
+    # what happened, until its own status lets retention drop it.
+    out.s3_deletes += sorted(dropped_by_catalog - set(out.s3_deletes))
+    out.oldest_wal_needed = _earlier(by_status.oldest_wal_needed, by_catalog.oldest_wal_needed)
+    return out

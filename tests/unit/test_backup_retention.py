@@ -205,3 +205,59 @@ def test_first_recoverability_point_after_retention_is_the_end_of_the_oldest_kep
     assert decision.first_recoverability_point == utc(2026, 11, 21, 3, 10)
     assert first_recoverability_point(decision.keep) == utc(2026, 11, 21, 3, 10)
     assert first_recoverability_point([]) is None
+
+
+# ------------------------------------------------------ the S3 catalog confirms what statuses say
+
+def _confirmed(statuses, catalog, keep_last=2):
+    from pgop.backup.retention import apply_retention, confirm_with_catalog
+    spec = RetentionSpec(keep_last=keep_last)
+    return confirm_with_catalog(apply_retention(statuses, spec, NOW), apply_retention(catalog, spec, NOW), catalog)
+
+
+def test_when_statuses_and_catalog_agree_retention_is_as_before():
+    confirmed = _confirmed(FIVE, FIVE)
+    assert confirmed.s3_deletes == confirmed.pgbackup_deletes == names(FIVE[:3])
+    assert confirmed.oldest_wal_needed == "000000010000000000000040" and not confirmed.refused
+
+
+def test_forged_newer_completed_statuses_cannot_push_real_backups_out():
+    forged = [Backup(cluster="orders", backup_name=f"fake-{i}", phase="Completed", begin_wal="000000010000000000000090",
+                     end_lsn="0/90000100", completed_at=utc(2026, 11, 22, 11, i)) for i in range(2)]
+    confirmed = _confirmed(FIVE + forged, FIVE)  # S3 has only the five real ones
+    # the statuses would drop all five real ones; the catalog keeps the 21st and 22nd, so they stay
+    assert confirmed.refused.keys() == {"orders-202611210300", "orders-202611220300"}
+    assert set(confirmed.s3_deletes) == set(names(FIVE[:3]))
+    assert "orders-202611220300" not in confirmed.pgbackup_deletes
+    # WAL: never past the oldest backup the catalog keeps
+    assert confirmed.oldest_wal_needed == "000000010000000000000040"
+
+
+def test_a_real_backup_forged_failed_is_not_deleted():
+    statuses = FIVE[:4] + [daily(22, 0x50, phase="Failed")]  # its status says Failed, S3 says completed
+    confirmed = _confirmed(statuses, FIVE, keep_last=2)
+    assert "orders-202611220300" not in confirmed.s3_deletes
+    # the catalog keeps the 21st and 22nd, so the 20th's data goes; its PgBackup (kept by the
+    # statuses' count) stays until its status agrees
+    assert "orders-202611200300" in confirmed.s3_deletes and "orders-202611200300" not in confirmed.pgbackup_deletes
+    # the statuses keep the 20th and 21st (WAL from 0x30), the catalog 21st and 22nd (0x40): the earlier wins
+    assert confirmed.oldest_wal_needed == "000000010000000000000030"
+
+
+def test_a_backup_only_in_the_catalog_counts_and_goes_with_its_turn():
+    # the 18th's PgBackup was deleted by hand (or the cluster re-created): S3 still lists it
+    confirmed = _confirmed(FIVE[1:], FIVE)
+    assert "orders-202611180300" in confirmed.s3_deletes and "orders-202611180300" not in confirmed.pgbackup_deletes
+    assert confirmed.oldest_wal_needed == "000000010000000000000040"
+
+
+def test_a_failed_backup_without_a_catalog_document_is_removed():
+    statuses = [daily(17, 0x08, phase="Failed"), *FIVE]
+    confirmed = _confirmed(statuses, FIVE)
+    assert "orders-202611170300" in confirmed.s3_deletes and "orders-202611170300" in confirmed.pgbackup_deletes
+
+
+def test_an_empty_catalog_deletes_no_wal():
+    confirmed = _confirmed(FIVE, [])
+    assert confirmed.oldest_wal_needed is None
+    assert confirmed.refused == {}  # nothing in S3 to protect: the PgBackups the statuses drop go
