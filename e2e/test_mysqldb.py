@@ -504,25 +504,40 @@ metadata: {{name: orders-api, namespace: {ns}}}
             "bound_service_account_names": ["orders-api"], "bound_service_account_namespaces": [ns],
             "policies": [f"app-{ns}-app-db"], "ttl": "10m"})
         vault_in_cluster = env.get("PGOP_VAULT_ADDR_IN_CLUSTER", env["VAULT_ADDR"])
-        kubectl("-n", ns, "apply", "-f", "-", input=json.dumps({
-            "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "orders-api"},
-            "spec": {"serviceAccountName": "orders-api", "restartPolicy": "Never",
-                     "containers": [{"name": "app", "image": APP_IMAGE, "command": ["python3", "-c", APP_SCRIPT],
-                                     "env": [{"name": "VAULT_ADDR", "value": vault_in_cluster},
-                                             {"name": "ROLE", "value": "orders-api"},
-                                             {"name": "AUTH_MOUNT", "value": mount},
-                                             {"name": "NAMESPACE", "value": ns},
-                                             {"name": "SECRET_PATH", "value": f"secret/data/k8s/{ns}/app-db/db"}]}]}}))
-        phase = kubectl.wait_for(
-            lambda: kubectl.json("-n", ns, "get", "pod", "orders-api")["status"].get("phase") in ("Succeeded", "Failed")
-            and kubectl.json("-n", ns, "get", "pod", "orders-api")["status"]["phase"], "app pod", timeout=120)
-        logs = kubectl("-n", ns, "logs", "orders-api").stdout
-        assert phase == "Succeeded", logs
-        first, second = logs.strip().splitlines()[-2:]
-        seen = json.loads(first)
+
+        def run_app(pod: str) -> tuple[dict, str]:
+            kubectl("-n", ns, "apply", "-f", "-", input=json.dumps({
+                "apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod},
+                "spec": {"serviceAccountName": "orders-api", "restartPolicy": "Never",
+                         "containers": [{"name": "app", "image": APP_IMAGE, "command": ["python3", "-c", APP_SCRIPT],
+                                         "env": [{"name": "VAULT_ADDR", "value": vault_in_cluster},
+                                                 {"name": "ROLE", "value": "orders-api"},
+                                                 {"name": "AUTH_MOUNT", "value": mount},
+                                                 {"name": "NAMESPACE", "value": ns},
+                                                 {"name": "SECRET_PATH", "value": f"secret/data/k8s/{ns}/app-db/db"}]}]}}))
+            phase = kubectl.wait_for(
+                lambda: kubectl.json("-n", ns, "get", "pod", pod)["status"].get("phase") in ("Succeeded", "Failed")
+                and kubectl.json("-n", ns, "get", "pod", pod)["status"]["phase"], "app pod", timeout=120)
+            logs = kubectl("-n", ns, "logs", pod).stdout
+            assert phase == "Succeeded", logs
+            first, second = logs.strip().splitlines()[-2:]
+            return json.loads(first), second
+
+        seen, other = run_app("orders-api")
         assert seen["keys"] == sorted(pub.VAULT_KEYS) and seen["host"] == secret["host"]
         assert seen["password_sha256"] == hashlib.sha256(secret["password"].encode()).hexdigest()
-        assert second == "other path: 403"
+        assert other == "other path: 403"
+
+        # The password rotates (pgop mysqldb rotate): the application, reading its secret again,
+        # gets the new one, which is what RDS now has (Vault first, then RDS).
+        _pgop(env, ns, "mysqldb", "rotate", "app-db")
+        wait(lambda: not (get(api, ns, "app-db")["status"].get("passwordRotation") or {}).get("inProgress")
+             and (get(api, ns, "app-db")["status"].get("passwordRotation") or {}).get("lastRotatedAt"),
+             "the rotation done", timeout=90)
+        rotated = remember_password(vault, f"secret/data/k8s/{ns}/app-db/db")
+        assert rotated["password"] != secret["password"]
+        again, _ = run_app("orders-api-again")
+        assert again["password_sha256"] == hashlib.sha256(rotated["password"].encode()).hexdigest()
     finally:
         vault_root.sys.disable_auth_method(mount)
         kubectl("delete", "clusterrolebinding", f"{ns}-vault-token-reviewer", check=False)

@@ -371,7 +371,8 @@ def _plan_ca_rotation(cluster: Cluster, observed: ObservedCluster, plan: Plan, c
         return state
     new_ca = None
     if step.action == ca_rotation.START:
-        new_ca = tls.issue_ca(f"{cluster.name}.{cluster.namespace} (pgop CA {now:%Y-%m-%d})", now)
+        # the date first: a long name is cut at the end, and the new CA's name still differs
+        new_ca = tls.issue_ca(f"pgop CA {now:%Y-%m-%d %H:%M} {cluster.name}.{cluster.namespace}", now)
         patch = ca_rotation.start_patch(new_ca, now)
         what = f"CA rotation starts ({step.reason}): a new CA, trusted next to the old one"
     elif step.action == ca_rotation.PROMOTE:

@@ -63,9 +63,14 @@ def _pem_cert(cert: x509.Certificate) -> str:
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
 
+# X.509 allows a common name of at most 64 characters; a cluster's and its namespace's names may
+# be 63 each. The name is for people: certificates are matched by their DNS names and keys.
+COMMON_NAME_MAX = 64
+
+
 def issue_ca(common_name: str, now: datetime) -> KeyPair:
     key = _key()
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:COMMON_NAME_MAX]),
                          x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pgop")])
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -87,7 +92,7 @@ def issue_leaf(ca: KeyPair, common_name: str, dns_names: Sequence[str], now: dat
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
     key = _key()
     builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name[:COMMON_NAME_MAX])]))
                .issuer_name(ca_cert.subject).public_key(key.public_key())
                .serial_number(x509.random_serial_number())
                .not_valid_before(now - BACKDATE).not_valid_after(now + LEAF_VALIDITY)
@@ -139,7 +144,7 @@ def renewal_reason(cert_pem: str | None, ca_pem: str, now: datetime, dns_names: 
         return f"expires {cert.not_valid_after_utc:%Y-%m-%d} (less than {RENEW_BEFORE.days} days left)"
     if common_name is not None:
         cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if not cn or cn[0].value != common_name:
+        if not cn or cn[0].value != common_name[:COMMON_NAME_MAX]:
             return f"common name is not {common_name}"
     if dns_names:
         try:

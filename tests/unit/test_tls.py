@@ -108,3 +108,14 @@ def test_a_replica_streams_over_tls_checking_the_primarys_name():
     settings = pgconfig.postgresql_settings(cluster_name="orders", parameters={}, tls=files)
     assert (settings["ssl"], settings["ssl_cert_file"], settings["ssl_key_file"], settings["ssl_ca_file"]) == \
         ("on", "/etc/pgop/tls/server.crt", "/etc/pgop/tls/server.key", "/etc/pgop/tls/ca.crt")
+
+
+def test_long_cluster_and_namespace_names_still_get_certificates_that_are_not_renewed_each_pass():
+    from datetime import UTC, datetime
+
+    from pgop.specs import tls as t
+    now = datetime(2026, 12, 2, tzinfo=UTC)
+    long_name = "n" * 63
+    ca = t.issue_ca(f"pgop CA {now:%Y-%m-%d %H:%M} {long_name}.{long_name}", now)
+    leaf = t.issue_leaf(ca, f"{long_name}-rw.{long_name}.svc", [f"{long_name}-rw"], now, True)
+    assert t.renewal_reason(leaf.cert, ca.cert, now, [f"{long_name}-rw"], f"{long_name}-rw.{long_name}.svc") == ""
