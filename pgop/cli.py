@@ -391,9 +391,10 @@ def agent_wal_fetch(
     name: str = typer.Argument(..., help="The WAL file wanted (PostgreSQL's %f)."),
     target: str = typer.Argument(..., help="Where to put it (PostgreSQL's %p)."),
 ) -> None:
-    """restore_command: fetch one WAL file from S3; 1 = not in the archive."""
-    from pgop.backup.commands import wal_fetch
-    raise typer.Exit(wal_fetch(name, target))
+    """restore_command: fetch one WAL file from S3 (prefetching the next ones: PGOP_WAL_PREFETCH
+    segments, default 8, 0 = off); 1 = not in the archive."""
+    from pgop.backup.walget import fetch
+    raise typer.Exit(fetch(name, target))
 
 
 @agent_app.command("backup")

@@ -195,6 +195,9 @@ class RecoverySpec:
     target_time: str | None = None
     target_lsn: str | None = None
     s3: S3Spec | None = None
+    # Which timeline to follow: None (PostgreSQL's 'latest', the archive's newest: a restore to the
+    # end reaches the end of the timeline a failover made), 'current' (the backup's), or a number.
+    target_timeline: str | None = None
     # The source's archive layout, when the operator knows it (the source PgCluster exists); None:
     # the restore looks at the namespaced location first, then at the legacy one.
     archive_layout: str | None = None
@@ -208,6 +211,7 @@ class RecoverySpec:
             target_lsn=data.get("targetLSN"),
             s3=S3Spec.from_dict(data.get("s3")),
             archive_layout=data.get("archiveLayout") or None,
+            target_timeline=str(data["targetTimeline"]) if data.get("targetTimeline") not in (None, "") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -220,6 +224,8 @@ class RecoverySpec:
             out["s3"] = self.s3.to_dict()
         if self.archive_layout:
             out["archiveLayout"] = self.archive_layout
+        if self.target_timeline:
+            out["targetTimeline"] = self.target_timeline
         return out
 
 
