@@ -220,6 +220,8 @@ def restore(
     namespace: str | None = typer.Option(None, "--namespace", "-n"),
     time_: str | None = typer.Option(None, "--time", help="Restore to this time (RFC 3339, e.g. 2026-11-22T03:00:00Z)."),
     lsn: str | None = typer.Option(None, "--lsn", help="Restore to this LSN."),
+    timeline: str | None = typer.Option(None, "--timeline", help="Recover along this timeline (a number, or "
+                                        "current: the backup's); default latest, the archive's newest."),
     backup_name: str | None = typer.Option(None, "--backup", help="Start from this base backup."),
     instances: int | None = typer.Option(None, "--instances", help="Instances of the new cluster (default the source's)."),
     s3_bucket: str | None = typer.Option(None, help=S3_HELP + ": bucket."),
@@ -232,7 +234,8 @@ def restore(
 ) -> None:
     """Restore a cluster's backups into a new PgCluster, to a point in time or to the end of its WAL."""
     from pgop.cli_backup import restore as run_restore
-    run_restore(cluster, to, _namespace(namespace), target_time=time_, target_lsn=lsn, backup=backup_name,
+    run_restore(cluster, to, _namespace(namespace), target_time=time_, target_lsn=lsn, target_timeline=timeline,
+                backup=backup_name,
                 bucket=s3_bucket, path=s3_path, endpoint=s3_endpoint, credentials_secret=s3_credentials_secret,
                 instances=instances, dry_run=dry_run, wait=wait, timeout=timeout)
 
