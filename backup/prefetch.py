@@ -237,6 +237,8 @@ def _start_prefetcher(spool: Path, depth: int, serve: Serve) -> bool:
             os.dup2(null, 0)
             os.dup2(null, 1)
             os.dup2(log, 2)
+            # Nothing of the caller's (PostgreSQL's files, its pipes) stays open in the prefetcher.
+            os.closerange(3, os.sysconf("SC_OPEN_MAX"))
             serve(spool, dict(os.environ), depth)
         except BaseException as error:  # the child never returns into the caller
             try:

@@ -270,9 +270,26 @@ def recover(pgdata: Path, *, bindir: str | None = None, prefix: Sequence[str] = 
         prefetch.remove_spools(pgdata / "pg_wal")
     remove_recovery(pgdata)
     timeline = timeline_of(pgdata, bindir, prefix)
+    if timeline is not None:
+        queue_history_for_archiving(pgdata, timeline)
     if progress:
         progress(replace(current, phase=progress_rules.COMPLETED, message=f"promoted onto timeline {timeline}"))
     return timeline
+
+
+def queue_history_for_archiving(pgdata: Path, timeline: int) -> bool:
+    """The promotion wrote the new timeline's history file with archiving off (a restore must not
+    archive into anyone's archive), so PostgreSQL did not queue it. Queue it now (a `.ready` file):
+    the restored cluster's archiver sends it to its own archive once it runs, so a later restore
+    of that archive knows where its timelines branched."""
+    name = f"{timeline:08X}.history"
+    status = pgdata / "pg_wal" / "archive_status"
+    if not (pgdata / "pg_wal" / name).exists() or (status / f"{name}.done").exists():
+        return False
+    ready = status / f"{name}.ready"
+    ready.touch()
+    _own_like(ready, pgdata)
+    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:

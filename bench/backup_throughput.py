@@ -42,7 +42,7 @@ def _launcher() -> Path:
         python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     (directory / "pgop").write_text(f"#!{python}\nimport sys\nsys.path[:0] = {paths!r}\n"
-                                    "from pgop.cli import main\nmain()\n")
+                                    "from pgop.entry import main\nmain()\n")
     directory.chmod(0o755)
     (directory / "pgop").chmod(0o755)
     return directory

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -275,7 +276,9 @@ def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=No
                              "spec.bootstrap.recovery")
     if store is None:
         from pgop.agent.kube import store_from_env
-        store = store_from_env(settings.namespace, env)
+
+        def store() -> Any:
+            return store_from_env(settings.namespace, env)
     report = RestoreReporter(store, settings.instance)
     wanted = stable_hash(spec.recovery.to_dict())
     recorded = load_attempts(settings.pgdata)

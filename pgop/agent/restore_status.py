@@ -28,6 +28,9 @@ STATUS_KEYS = ("phase", "backup", "bytesTotal", "bytesRestored", "walFilesRestor
 
 
 class RestoreReporter:
+    """`store`: the PgInstance store, or a function that makes one (called at the first report;
+    a store that cannot be made, e.g. no API server outside a pod, costs the reports only)."""
+
     def __init__(self, store: Any, instance: str, interval: float = REPORT_INTERVAL):
         self.store, self.instance, self.interval = store, instance, interval
         self._last = float("-inf")
@@ -43,6 +46,8 @@ class RestoreReporter:
         # A merge patch: keys this report has not are removed (None), not left from an earlier one.
         status = {"restore": {key: shown.get(key) for key in STATUS_KEYS}}
         try:
+            if callable(self.store) and not hasattr(self.store, "patch_status"):
+                self.store = self.store()
             self.store.patch_status(self.instance, status)
         except Exception as error:  # progress is a courtesy
             if not self._warned:
