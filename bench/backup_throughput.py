@@ -133,7 +133,7 @@ def main() -> None:
             shutil.chown(target.pgdata, OS_USER, OS_USER)
         started = time.monotonic()
         result = restore(storage, layout, target.pgdata, [backup], bindir=source.bindir, prefix=PREFIX,
-                         options=f"-p {target.port} -k {target.socket_dir} -c listen_addresses=''", timeout=600)
+                         options=f"-p {target.port} -k {target.socket_dir} -c listen_addresses=''")
         restore_seconds = time.monotonic() - started
         size = backup.size_bytes / 2**20
         print(f"\n{'step':<28}{'MB':>8}{'seconds':>10}{'MB/s':>8}")
