@@ -82,7 +82,7 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
                 if progress:
                     progress(total)
         tar.stdin.close()
-        code = tar.wait(timeout=300)
+        code = tar.wait(timeout=1800)  # what tar still writes after the last byte came
     except BaseException:
         tar.kill()
         tar.wait(10)
@@ -265,8 +265,9 @@ def recover(pgdata: Path, *, bindir: str | None = None, prefix: Sequence[str] = 
             time.sleep(0.3)
     finally:
         if (pgdata / "postmaster.pid").exists():
-            subprocess.run([*prefix, _pg(bindir, "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "120",
-                            "stop"], capture_output=True, timeout=180)
+            # The shutdown checkpoint of a big restored database may take a while: no short limit.
+            subprocess.run([*prefix, _pg(bindir, "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "1800",
+                            "stop"], capture_output=True, timeout=1900)
         prefetch.remove_spools(pgdata / "pg_wal")
     remove_recovery(pgdata)
     timeline = timeline_of(pgdata, bindir, prefix)

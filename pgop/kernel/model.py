@@ -664,6 +664,22 @@ class InstanceStatus:
     node: str | None = None
     pending_restart: bool = False
     message: str | None = None
+    # status.restore of a recovery bootstrap: its phase and the message of a failed attempt
+    restore_phase: str | None = None
+    restore_message: str | None = None
+    restore_wal_files: int | None = None
+
+    @property
+    def restore_summary(self) -> str | None:
+        """How far the restore is, in a few words (None when the instance is not restoring)."""
+        if not self.restore_phase:
+            return None
+        text = f"restore {self.restore_phase}"
+        if self.restore_wal_files:
+            text += f", {self.restore_wal_files} WAL files restored"
+        if self.restore_message and self.restore_phase in ("Retrying", "Failed"):
+            text += f": {self.restore_message}"
+        return text
 
     @classmethod
     def from_dict(cls, data: Body | None) -> InstanceStatus:
@@ -692,7 +708,16 @@ class InstanceStatus:
             node=data.get("node"),
             pending_restart=bool(data.get("pendingRestart", False)),
             message=data.get("message") or None,
+            **_restore_fields(data.get("restore")),
         )
+
+
+def _restore_fields(restore: Any) -> dict[str, Any]:
+    if not isinstance(restore, Mapping):
+        return {}
+    files = restore.get("walFilesRestored")
+    return {"restore_phase": restore.get("phase") or None, "restore_message": restore.get("message") or None,
+            "restore_wal_files": int(files) if isinstance(files, int) else None}
 
 
 @dataclass(frozen=True)
