@@ -5,7 +5,9 @@ primary archives the same WAL with `pgop agent wal-push`.
     .venv/bin/python -m bench.wal_replay [--wal-mb 1024] [--depth 8]
 
 A PostgreSQL 15 (Debian's, as the postgres OS user) archiving to the local S3 server, a base
-backup of it while it is nearly empty, then --wal-mb of WAL (inserts into a table) archived.
+backup of it while it is nearly empty, then --wal-mb of WAL (inserts into a table), which the
+archiver archives once all of it is written: segments per second archived (PGOP_WAL_PUSHER=0 in
+the environment for the process-per-segment figure).
 Each mode restores that backup into a new data directory and replays all of the WAL to the end
 of the archive (recovery_target_timeline latest, promote), as a restore's bootstrap pod does:
 
@@ -25,6 +27,7 @@ import os
 import shutil
 import time
 import uuid
+from pathlib import Path
 
 from bench.backup_throughput import PREFIX, _credentials, _drop_bucket, _launcher, _s3_client
 from e2e.harness import envfile
@@ -38,17 +41,19 @@ from pgop.kernel import pgconfig
 SEGMENT_MB = 16
 
 
-def _make_wal(pg: LocalPostgres, megabytes: int) -> tuple[int, float]:
-    """Inserts until `megabytes` of WAL are written; (bytes, seconds until all of it is archived)."""
-    started = time.monotonic()
+def _make_wal(pg: LocalPostgres, megabytes: int, gate: Path) -> tuple[int, float]:
+    """Inserts until `megabytes` of WAL are written while the archiver waits at `gate`; then the
+    gate opens: (bytes written, seconds the archiver took for all of it)."""
     start = pg.psql("SELECT pg_current_wal_lsn()")
     pg.psql("CREATE TABLE IF NOT EXISTS filler (id bigint, pad text)")
     while int(pg.psql(f"SELECT pg_current_wal_lsn() - '{start}'::pg_lsn")) < megabytes << 20:
         pg.psql("INSERT INTO filler SELECT g, repeat(md5(g::text), 3) FROM generate_series(1, 200000) g")
     written = int(pg.psql(f"SELECT pg_current_wal_lsn() - '{start}'::pg_lsn"))
     last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())")
+    started = time.monotonic()
+    gate.write_text("")
     while pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") < last:
-        time.sleep(0.1)
+        time.sleep(0.05)
     return written, time.monotonic() - started
 
 
@@ -105,10 +110,17 @@ def main() -> None:
         src = basebackup.Source(host=str(source.socket_dir), port=source.port, user="postgres",
                                 bindir=source.bindir, prefix=PREFIX)
         backup = basebackup.take_base_backup(storage, layout, "replay", src, archive_wait=300)
-        written, archived = _make_wal(source, args.wal_mb)
+        # The archiver waits at a gate while the WAL is written, then archives all of it: its rate
+        # alone, not the rate of the inserts.
+        gate = source.root / "archive-gate"
+        pusher = "direct, a process per segment" if os.environ.get("PGOP_WAL_PUSHER") == "0" else "the pusher"
+        source.psql("ALTER SYSTEM SET archive_command = "
+                    f"'while [ ! -e {gate} ]; do sleep 0.05; done; {pgconfig.WAL_PUSH_COMMAND}'")
+        source.psql("SELECT pg_reload_conf()")
+        written, archived = _make_wal(source, args.wal_mb, gate)
         segments = written / (SEGMENT_MB << 20)
-        print(f"WAL written and archived: {written / 2**20:.0f} MB ({segments:.0f} segments) in {archived:.1f}s: "
-              f"{segments / archived:.1f} segments/s archived by `pgop agent wal-push`")
+        print(f"WAL archived: {written / 2**20:.0f} MB ({segments:.0f} segments) in {archived:.1f}s: "
+              f"{segments / archived:.1f} segments/s by `pgop agent wal-push` ({pusher})")
         source.stop()
         rows = []
         for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:

@@ -384,9 +384,10 @@ def agent_bootstrap(
 def agent_wal_push(
     path: str = typer.Argument(..., help="The file to archive (PostgreSQL's %p)."),
 ) -> None:
-    """archive_command: compress one WAL file to S3 (PGOP_S3_* settings); 0 = archived."""
-    from pgop.backup.commands import wal_push
-    raise typer.Exit(wal_push(path))
+    """archive_command: compress one WAL file to S3 (PGOP_S3_* settings; through the long-lived
+    pusher unless PGOP_WAL_PUSHER=0); 0 = archived."""
+    from pgop.backup.pusher import push
+    raise typer.Exit(push(path))
 
 
 @agent_app.command("wal-fetch")

@@ -133,3 +133,24 @@ def test_a_file_in_the_spool_is_renamed_into_place_without_loading_anything_heav
     assert done.stdout.strip() == "0 []", done.stdout + done.stderr
     assert (pg_wal / "RECOVERYXLOG").read_bytes() == b"segment five"
     assert not (spool / seg(1, 5)).exists()
+
+
+# ------------------------------------------------------------------------------ archive_command
+
+def test_each_server_and_environment_has_its_own_pusher():
+    from pgop.backup.pusher import address
+    env = {"PGOP_S3_BUCKET": "b", "PGOP_CLUSTER": "orders", "PGOP_S3_CREDENTIALS_DIR": "/etc/pgop/s3"}
+    one = address("pg_wal/000000010000000000000001", env)
+    assert one.startswith("\0pgop-wal-push-")  # abstract: nothing on disk in PGDATA
+    assert address("pg_wal/000000010000000000000002", env) == one  # the same server's next segment
+    assert address("/elsewhere/pg_wal/000000010000000000000001", env) != one
+    for key in ("PGOP_CLUSTER", "PGOP_S3_BUCKET", "PGOP_S3_CREDENTIALS_DIR", "PGOP_NAMESPACE"):
+        assert address("pg_wal/000000010000000000000001", {**env, key: "other"}) != one
+
+
+def test_the_pusher_can_be_turned_off(monkeypatch):
+    from pgop.backup import commands, pusher
+    pushed = []
+    monkeypatch.setattr(commands, "wal_push", lambda path, env=None, target=None: pushed.append(path) or 0)
+    assert pusher.push("pg_wal/000000010000000000000001", {"PGOP_WAL_PUSHER": "0"}) == 0
+    assert pushed == ["pg_wal/000000010000000000000001"]
