@@ -80,9 +80,12 @@ def _start(name: str, env: Mapping[str, str]) -> bool:
             os.setsid()
             if os.fork() != 0:
                 os._exit(0)
+            # Nothing of the caller's stays open: a reader of its output (the syslogger's pipe, a
+            # caller's capture) must see EOF when the call ends, not when the pusher goes idle.
+            # What a push says goes back in the answer, which the client prints.
             null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(null, 1)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
             os.closerange(3, write_end)
             os.closerange(write_end + 1, os.sysconf("SC_OPEN_MAX"))
 
@@ -90,9 +93,7 @@ def _start(name: str, env: Mapping[str, str]) -> bool:
                 os.write(write_end, b"1")
                 os.close(write_end)
             serve(name, dict(env), ready=ready)
-        except BaseException as error:  # the child never returns into the caller
-            with contextlib.suppress(Exception):
-                _say(f"the WAL pusher stopped: {type(error).__name__}: {error}")
+        except BaseException:  # the child never returns into the caller; the client pushes directly
             code = 1
         os._exit(code)
     os.close(write_end)
