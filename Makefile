@@ -72,13 +72,15 @@ test-e2e: env-up
 	$(VENV)/bin/pytest e2e -m "not nodes" $(PYTEST_ARGS)
 
 ## pgop, pgBackRest and barman-cloud base backups and restores side by side (local S3, about 2 GB,
-## about 4 minutes on 2 cores). BENCH_ARGS, e.g. "--scale 5", are passed on.
+## about 4 minutes on 2 cores), then bench.wal_replay (1 GB of WAL replayed per restore_command mode). BENCH_ARGS, e.g. "--scale 5", are passed on; WAL_BENCH_ARGS, e.g. "--wal-mb 256", to the second.
 .PHONY: bench-backup
 BENCH_ARGS ?=
+WAL_BENCH_ARGS ?=
 bench-backup: venv
 	command -v pgbackrest >/dev/null && command -v barman-cloud-backup >/dev/null && command -v socat >/dev/null || \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends pgbackrest barman-cli-cloud socat
 	$(PY) -m bench.backup_compare $(BENCH_ARGS)
+	$(PY) -m bench.wal_replay $(WAL_BENCH_ARGS)
 
 ## Node faults on a three-node environment, e.g. `make node-kill NODE=pgop-node-3`, `make node-list`
 ## (kill, restart, freeze, thaw, partition, heal; ARGS=--from-apiserver-only for partition).

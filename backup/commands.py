@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from pgop.backup import marker, wal
@@ -77,11 +77,14 @@ def _say(text: str) -> None:
     print(f"pgop wal: {text}", file=sys.stderr, flush=True)
 
 
-def wal_push(path: str, env: Mapping[str, str] | None = None) -> int:
+def wal_push(path: str, env: Mapping[str, str] | None = None,
+             target: Callable[[Mapping[str, str]], tuple[S3Storage, ArchiveLayout]] | None = None) -> int:
+    """`target`: where to push (default: a new S3 client for the environment's archive; the
+    pusher, pgop.backup.pusher, keeps one)."""
     env = os.environ if env is None else env
     started = time.monotonic()
     try:
-        storage, layout = _target(env)
+        storage, layout = (target or _target)(env)
         _check_owner(storage, layout, Path(path), env)
         result = wal.push(storage, layout, path)
     except Exception as error:  # every failure is "retry later" for PostgreSQL; say which

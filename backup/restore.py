@@ -15,14 +15,16 @@ import os
 import shlex
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 import zstandard
 
 from pgop.backup import layout as keys
+from pgop.backup import prefetch
+from pgop.backup import recovery_progress as progress_rules
 from pgop.backup.catalog import Backup, choose_backup
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import ENV_ARCHIVE_CLUSTER, ENV_PATH, S3Storage
@@ -32,7 +34,6 @@ from pgop.kernel.conditions import parse_time
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
-RECOVERY_TIMEOUT = 3600.0
 # Added to postgresql.auto.conf by the restore and removed again once it promoted.
 MARK_BEGIN = "# pgop restore: begin (removed after promotion)"
 MARK_END = "# pgop restore: end"
@@ -57,7 +58,7 @@ def choose(backups: Sequence[Backup], name: str | None = None, target_time: date
 
 
 def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Path,
-           prefix: Sequence[str] = ()) -> tuple[int, float]:
+           prefix: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> tuple[int, float]:
     """Stream base.tar.zst into `tar -x` in PGDATA (run with `prefix`, e.g. as the postgres
     user); check the sha256 of the tar against the catalog. (bytes unpacked, seconds)."""
     key = keys.base_archive_key(layout, backup.backup_name)
@@ -78,8 +79,10 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
                 digest.update(chunk)
                 total += len(chunk)
                 tar.stdin.write(chunk)
+                if progress:
+                    progress(total)
         tar.stdin.close()
-        code = tar.wait(timeout=300)
+        code = tar.wait(timeout=1800)  # what tar still writes after the last byte came
     except BaseException:
         tar.kill()
         tar.wait(10)
@@ -94,18 +97,25 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
 
 
 def restore_command(source: str, path: str = "", extra_env: Mapping[str, str] | None = None,
-                    namespace: str = "") -> str:
+                    namespace: str = "", server_env: Mapping[str, str] | None = None) -> str:
     """wal-fetch from the source cluster's archive (bucket, endpoint, credentials: the pod's). The
-    namespace is always said, empty for the legacy layout: the pod's own may differ."""
+    namespace is always said, empty for the legacy layout: the pod's own may differ. With
+    `server_env` (the environment postgres runs with), a prefetched file is taken by the shell
+    before any Python starts (pgop.backup.prefetch.shell_fast_path)."""
     env = {ENV_ARCHIVE_CLUSTER: source, ENV_PATH: path, podenv.ENV_S3_NAMESPACE: namespace, **(extra_env or {})}
     assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
-    return f"{assignments} {pgconfig.WAL_FETCH_COMMAND}"
+    command = f"{assignments} {pgconfig.WAL_FETCH_COMMAND}"
+    if server_env is None:
+        return command
+    return prefetch.shell_fast_path({**server_env, **env}) + command
 
 
 def recovery_settings(command: str, target_time: datetime | str | None = None,
-                      target_lsn: str | None = None) -> dict[str, str]:
+                      target_lsn: str | None = None, target_timeline: str | None = None) -> dict[str, str]:
+    """`target_timeline` None follows the archive's latest timeline (a failover's or promotion's
+    new timeline included); 'current' stays on the backup's; a number pins one."""
     settings = {"restore_command": command, "recovery_target_action": "promote",
-                "recovery_target_timeline": "current", "archive_mode": "off"}
+                "recovery_target_timeline": str(target_timeline or "latest"), "archive_mode": "off"}
     if target_time is not None:
         if isinstance(target_time, str):
             # RFC 3339 as the CRD takes it; PostgreSQL reads its own timestamp syntax, not 'T…Z'.
@@ -172,36 +182,115 @@ def timeline_of(pgdata: Path, bindir: str | None = None, prefix: Sequence[str] =
     return int(value) if value else None
 
 
+def _postmaster_alive(pgdata: Path) -> bool:
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split("\n", 1)[0])
+    except (OSError, ValueError):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class _LogReader:
+    """The server log, read on from where the last read stopped, whole lines only."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+
+    def new_text(self) -> str:
+        try:
+            with open(self.path, "rb") as log_file:
+                log_file.seek(self.offset)
+                data = log_file.read(4 << 20)
+        except OSError:
+            return ""
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode(errors="replace")
+
+
 def recover(pgdata: Path, *, bindir: str | None = None, prefix: Sequence[str] = (),
-            options: str = "", log_file: Path | None = None, timeout: float = RECOVERY_TIMEOUT,
-            env: Mapping[str, str] | None = None) -> int | None:
+            options: str = "", log_file: Path | None = None, stall_after: float = progress_rules.STALL_SECONDS,
+            env: Mapping[str, str] | None = None,
+            progress: Callable[[progress_rules.RestoreProgress], None] | None = None,
+            started_progress: progress_rules.RestoreProgress | None = None,
+            start_grace: float = 60.0) -> int | None:
     """Start postgres on the restored PGDATA, wait until it promoted (recovery.signal is gone),
-    stop it; the new timeline. A recovery that stops with an error (target not reached, WAL
-    missing) fails with the end of the server log."""
+    stop it; the new timeline. No time limit: as long as WAL files keep being restored (or the
+    replay position moves), it waits; `stall_after` seconds without either is a stuck restore.
+    A recovery that stops with an error (target not reached, WAL missing) fails with the end of
+    the server log."""
     log_file = log_file or pgdata.parent / f"{pgdata.name}-restore.log"
-    argv = [*prefix, _pg(bindir, "pg_ctl"), "-D", str(pgdata), "-l", str(log_file), "-w", "-t", str(int(min(timeout, 600))), "start"]
+    # -W: pg_ctl's own wait ends at consistency (hot_standby), which may be hours away.
+    argv = [*prefix, _pg(bindir, "pg_ctl"), "-D", str(pgdata), "-l", str(log_file), "-W", "start"]
     if options:
         argv[-1:-1] = ["-o", options]
-    started = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=min(timeout, 600) + 30)
+    reader = _LogReader(log_file)
+    try:
+        reader.offset = log_file.stat().st_size
+    except OSError:
+        pass
+    started = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
     if started.returncode != 0:
         raise RestoreError(f"pg_ctl start failed: {started.stderr.strip()}\n{_tail(log_file)}")
-    deadline = time.monotonic() + timeout
+    current = replace(started_progress or progress_rules.RestoreProgress(), phase=progress_rules.REPLAYING)
+    if progress:
+        progress(current)
+    launched = time.monotonic()
+    state = progress_rules.watch(progress_rules.Watch(), current, launched)
+    running_seen = False
     try:
         # recovery.signal goes when the new timeline is chosen; the server writes "in production"
         # to pg_control once the end of recovery is logged: a stop after that checkpoints on it.
         while ((pgdata / "recovery.signal").exists()
                or control_data(pgdata, bindir, prefix).get("Database cluster state") != "in production"):
-            if not (pgdata / "postmaster.pid").exists():
+            now = time.monotonic()
+            if _postmaster_alive(pgdata):
+                running_seen = True
+            elif running_seen or now - launched > start_grace:
                 raise RestoreError(f"postgres stopped during recovery:\n{_tail(log_file)}")
-            if time.monotonic() > deadline:
-                raise RestoreError(f"recovery did not finish within {timeout:.0f}s:\n{_tail(log_file)}")
+            seen = progress_rules.read_server_log(reader.new_text(), current)
+            if seen != current:
+                current = seen
+                if progress:
+                    progress(current)
+            state = progress_rules.watch(state, current, now)
+            if progress_rules.stalled(state, now, stall_after):
+                raise RestoreError(progress_rules.stall_message(current, stall_after) + f":\n{_tail(log_file)}")
             time.sleep(0.3)
     finally:
         if (pgdata / "postmaster.pid").exists():
-            subprocess.run([*prefix, _pg(bindir, "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "120",
-                            "stop"], capture_output=True, timeout=180)
+            # The shutdown checkpoint of a big restored database may take a while: no short limit.
+            subprocess.run([*prefix, _pg(bindir, "pg_ctl"), "-D", str(pgdata), "-m", "fast", "-w", "-t", "1800",
+                            "stop"], capture_output=True, timeout=1900)
+        prefetch.remove_spools(pgdata / "pg_wal")
     remove_recovery(pgdata)
-    return timeline_of(pgdata, bindir, prefix)
+    timeline = timeline_of(pgdata, bindir, prefix)
+    if timeline is not None:
+        queue_history_for_archiving(pgdata, timeline)
+    if progress:
+        progress(replace(current, phase=progress_rules.COMPLETED, message=f"promoted onto timeline {timeline}"))
+    return timeline
+
+
+def queue_history_for_archiving(pgdata: Path, timeline: int) -> bool:
+    """The promotion wrote the new timeline's history file with archiving off (a restore must not
+    archive into anyone's archive), so PostgreSQL did not queue it. Queue it now (a `.ready` file):
+    the restored cluster's archiver sends it to its own archive once it runs, so a later restore
+    of that archive knows where its timelines branched."""
+    name = f"{timeline:08X}.history"
+    status = pgdata / "pg_wal" / "archive_status"
+    if not (pgdata / "pg_wal" / name).exists() or (status / f"{name}.done").exists():
+        return False
+    ready = status / f"{name}.ready"
+    ready.touch()
+    _own_like(ready, pgdata)
+    return True
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -213,18 +302,37 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 def restore(storage: S3Storage, source: ArchiveLayout, pgdata: Path, backups: Sequence[Backup], *,
             name: str | None = None, target_time: datetime | str | None = None, target_lsn: str | None = None,
-            bindir: str | None = None, prefix: Sequence[str] = (), options: str = "",
-            command_env: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None,
-            timeout: float = RECOVERY_TIMEOUT) -> RestoreResult:
-    """The whole restore into an empty PGDATA (which must exist, owned by the postgres user)."""
+            target_timeline: str | None = None, bindir: str | None = None, prefix: Sequence[str] = (),
+            options: str = "", command_env: Mapping[str, str] | None = None, env: Mapping[str, str] | None = None,
+            stall_after: float = progress_rules.STALL_SECONDS,
+            progress: Callable[[progress_rules.RestoreProgress], None] | None = None,
+            attempt: int = 1) -> RestoreResult:
+    """The whole restore into an empty PGDATA (which must exist, owned by the postgres user).
+    `progress` hears how far it came (bytes of the base backup, WAL files restored, phase)."""
     backup = choose(backups, name, target_time, target_lsn)
     if any(pgdata.iterdir()):
         raise RestoreError(f"{pgdata} is not empty")
-    size, seconds = unpack(storage, source, backup, pgdata, prefix)
+    target = (f"time {target_time}" if target_time else f"LSN {target_lsn}" if target_lsn
+              else "the end of the archive")
+    if target_timeline:
+        target += f" on timeline {target_timeline}"
+    current = progress_rules.RestoreProgress(backup=backup.backup_name, bytes_total=backup.size_bytes or None,
+                                             target=target, attempt=attempt)
+    if progress:
+        progress(current)
+
+    def unpacked(size: int) -> None:
+        if progress:
+            progress(replace(current, bytes_restored=size))
+
+    size, seconds = unpack(storage, source, backup, pgdata, prefix, progress=unpacked)
+    current = replace(current, bytes_restored=size)
     for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         (pgdata / leftover).unlink(missing_ok=True)
+    server_env = {**os.environ, **(env or {})}
     write_recovery(pgdata, recovery_settings(restore_command(source.cluster, source.path, command_env,
-                                                             namespace=source.namespace),
-                                             target_time, target_lsn))
-    timeline = recover(pgdata, bindir=bindir, prefix=prefix, options=options, timeout=timeout, env=env)
+                                                             namespace=source.namespace, server_env=server_env),
+                                             target_time, target_lsn, target_timeline))
+    timeline = recover(pgdata, bindir=bindir, prefix=prefix, options=options, stall_after=stall_after, env=env,
+                       progress=progress, started_progress=current)
     return RestoreResult(backup, seconds, size, timeline)

@@ -585,7 +585,7 @@ def _replay(tool: Tool, target: LocalPostgres) -> float:
     restore.write_recovery(target.pgdata, {"restore_command": tool.restore_command(target.pgdata),
                                            "recovery_target": "immediate", "recovery_target_action": "promote"})
     started = time.monotonic()
-    restore.recover(target.pgdata, bindir=target.bindir, prefix=PREFIX, timeout=900,
+    restore.recover(target.pgdata, bindir=target.bindir, prefix=PREFIX,
                     options=f"-p {target.port} -k {target.socket_dir} -c listen_addresses=''")
     return time.monotonic() - started
 

@@ -42,7 +42,7 @@ def _launcher() -> Path:
         python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     (directory / "pgop").write_text(f"#!{python}\nimport sys\nsys.path[:0] = {paths!r}\n"
-                                    "from pgop.cli import main\nmain()\n")
+                                    "from pgop.entry import main\nmain()\n")
     directory.chmod(0o755)
     (directory / "pgop").chmod(0o755)
     return directory
@@ -133,7 +133,7 @@ def main() -> None:
             shutil.chown(target.pgdata, OS_USER, OS_USER)
         started = time.monotonic()
         result = restore(storage, layout, target.pgdata, [backup], bindir=source.bindir, prefix=PREFIX,
-                         options=f"-p {target.port} -k {target.socket_dir} -c listen_addresses=''", timeout=600)
+                         options=f"-p {target.port} -k {target.socket_dir} -c listen_addresses=''")
         restore_seconds = time.monotonic() - started
         size = backup.size_bytes / 2**20
         print(f"\n{'step':<28}{'MB':>8}{'seconds':>10}{'MB/s':>8}")

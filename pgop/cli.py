@@ -222,6 +222,8 @@ def restore(
     namespace: str | None = typer.Option(None, "--namespace", "-n"),
     time_: str | None = typer.Option(None, "--time", help="Restore to this time (RFC 3339, e.g. 2026-11-22T03:00:00Z)."),
     lsn: str | None = typer.Option(None, "--lsn", help="Restore to this LSN."),
+    timeline: str | None = typer.Option(None, "--timeline", help="Recover along this timeline (a number, or "
+                                        "current: the backup's); default latest, the archive's newest."),
     backup_name: str | None = typer.Option(None, "--backup", help="Start from this base backup."),
     instances: int | None = typer.Option(None, "--instances", help="Instances of the new cluster (default the source's)."),
     s3_bucket: str | None = typer.Option(None, help=S3_HELP + ": bucket."),
@@ -234,7 +236,8 @@ def restore(
 ) -> None:
     """Restore a cluster's backups into a new PgCluster, to a point in time or to the end of its WAL."""
     from pgop.cli_backup import restore as run_restore
-    run_restore(cluster, to, _namespace(namespace), target_time=time_, target_lsn=lsn, backup=backup_name,
+    run_restore(cluster, to, _namespace(namespace), target_time=time_, target_lsn=lsn, target_timeline=timeline,
+                backup=backup_name,
                 bucket=s3_bucket, path=s3_path, endpoint=s3_endpoint, credentials_secret=s3_credentials_secret,
                 instances=instances, dry_run=dry_run, wait=wait, timeout=timeout)
 
@@ -418,9 +421,10 @@ def agent_bootstrap(
 def agent_wal_push(
     path: str = typer.Argument(..., help="The file to archive (PostgreSQL's %p)."),
 ) -> None:
-    """archive_command: compress one WAL file to S3 (PGOP_S3_* settings); 0 = archived."""
-    from pgop.backup.commands import wal_push
-    raise typer.Exit(wal_push(path))
+    """archive_command: compress one WAL file to S3 (PGOP_S3_* settings; through the long-lived
+    pusher unless PGOP_WAL_PUSHER=0); 0 = archived."""
+    from pgop.backup.pusher import push
+    raise typer.Exit(push(path))
 
 
 @agent_app.command("wal-fetch")
@@ -428,9 +432,10 @@ def agent_wal_fetch(
     name: str = typer.Argument(..., help="The WAL file wanted (PostgreSQL's %f)."),
     target: str = typer.Argument(..., help="Where to put it (PostgreSQL's %p)."),
 ) -> None:
-    """restore_command: fetch one WAL file from S3; 1 = not in the archive."""
-    from pgop.backup.commands import wal_fetch
-    raise typer.Exit(wal_fetch(name, target))
+    """restore_command: fetch one WAL file from S3 (prefetching the next ones: PGOP_WAL_PREFETCH
+    segments, default 8, 0 = off); 1 = not in the archive."""
+    from pgop.backup.walget import fetch
+    raise typer.Exit(fetch(name, target))
 
 
 @agent_app.command("backup")

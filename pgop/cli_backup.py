@@ -165,7 +165,7 @@ def list_catalog(cluster: str, namespace: str, s3: S3Spec, kube, output: str = "
 
 def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespace: str, *, target_time: str | None,
                      target_lsn: str | None, backup: str | None, s3: S3Spec | None,
-                     instances: int | None) -> dict[str, Any]:
+                     instances: int | None, target_timeline: str | None = None) -> dict[str, Any]:
     """A PgCluster like `source` (the source PgCluster, {} when it is gone) that restores the
     backups of `source_name`."""
     spec: dict[str, Any] = {}
@@ -180,6 +180,8 @@ def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespa
         recovery["targetTime"] = target_time
     if target_lsn:
         recovery["targetLSN"] = target_lsn
+    if target_timeline:
+        recovery["targetTimeline"] = int(target_timeline) if target_timeline.isdigit() else target_timeline
     if s3 is not None:
         recovery["s3"] = s3.to_dict()
     spec["bootstrap"] = {"recovery": recovery}
@@ -191,7 +193,7 @@ def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespa
 
 
 def restore(cluster: str, new: str, namespace: str, *, target_time: str | None, target_lsn: str | None,
-            backup: str | None, bucket: str | None, path: str | None, endpoint: str | None,
+            backup: str | None, target_timeline: str | None = None, bucket: str | None, path: str | None, endpoint: str | None,
             credentials_secret: str | None, instances: int | None, dry_run: bool, wait: bool,
             timeout: float) -> None:
     import yaml
@@ -203,6 +205,9 @@ def restore(cluster: str, new: str, namespace: str, *, target_time: str | None, 
               "check it, then move the applications over", 2)
     if target_time and target_lsn:
         _fail("give at most one of --time and --lsn", 2)
+    if target_timeline and not (target_timeline.isdigit() and int(target_timeline) >= 1) \
+            and target_timeline not in ("latest", "current"):
+        _fail(f"--timeline {target_timeline!r}: expected latest, current or a timeline number", 2)
     kube = Kube()
     if kube.get("PgCluster", namespace, new) is not None:
         _fail(f"PgCluster {namespace}/{new} already exists: restore into a new name", 2)
@@ -216,7 +221,7 @@ def restore(cluster: str, new: str, namespace: str, *, target_time: str | None, 
     except RestoreTargetError as error:
         _fail(f"cannot restore {cluster}: {error}", 2)
     manifest = restore_manifest(cluster, source, new, namespace, target_time=target_time, target_lsn=target_lsn,
-                                backup=backup, s3=explicit, instances=instances)
+                                backup=backup, s3=explicit, instances=instances, target_timeline=target_timeline)
     if dry_run:
         typer.echo(yaml.safe_dump(manifest, sort_keys=False), nl=False)
         return
@@ -227,8 +232,38 @@ def restore(cluster: str, new: str, namespace: str, *, target_time: str | None, 
         follow_cluster(kube, namespace, new, timeout)
 
 
+def restore_progress_line(instance: str, restore: dict[str, Any] | None) -> str | None:
+    """One line of a PgInstance's status.restore (pure): phase, bytes of the base backup, WAL
+    restored, replay position, target; the message of a failed or retried attempt."""
+    if not restore or not restore.get("phase"):
+        return None
+    parts = [f"{instance}: restore {restore['phase']}"]
+    done, total = restore.get("bytesRestored"), restore.get("bytesTotal")
+    if done is not None:
+        size = f"{done / 2**20:,.0f} MiB"
+        if total:
+            size += f" of {total / 2**20:,.0f} MiB ({min(100.0, 100.0 * done / total):.0f}%)"
+        parts.append(f"base backup {size}")
+    if restore.get("walFilesRestored"):
+        parts.append(f"{restore['walFilesRestored']} WAL files restored, last {restore.get('lastWal')}")
+    if restore.get("replayLSN"):
+        parts.append(f"replayed to {restore['replayLSN']}")
+    if restore.get("consistentAt"):
+        parts.append(f"consistent at {restore['consistentAt']}")
+    if restore.get("target"):
+        parts.append(f"target {restore['target']}")
+    if (restore.get("attempt") or 1) > 1:
+        parts.append(f"attempt {restore['attempt']}")
+    line = ", ".join(parts)
+    if restore.get("message") and restore["phase"] in ("Failed", "Retrying"):
+        line += f": {restore['message']}"
+    return line
+
+
 def follow_cluster(kube, namespace: str, name: str, timeout: float) -> None:
-    """Print what the restore is doing until the new cluster is Ready."""
+    """Print what the restore is doing until the new cluster is Ready. `timeout` counts from the
+    last change seen: a big restore that keeps making progress is followed to its end."""
+    from pgop.kernel.meta import LABEL_CLUSTER
     deadline = time.monotonic() + timeout
     said = None
     while time.monotonic() < deadline:
@@ -236,12 +271,26 @@ def follow_cluster(kube, namespace: str, name: str, timeout: float) -> None:
         status = body.get("status") or {}
         conditions = {c.get("type"): c for c in status.get("conditions") or []}
         progressing = conditions.get("Progressing") or {}
-        line = f"{name}: {status.get('phase') or 'Pending'}"
+        lines = [f"{name}: {status.get('phase') or 'Pending'}"]
         if progressing.get("status") == "True" and progressing.get("message"):
-            line += f" ({progressing['message']})"
+            lines[0] += f" ({progressing['message']})"
+        try:
+            instances = kube.list("PgInstance", namespace, {LABEL_CLUSTER: name})
+        except Exception:  # progress is a courtesy
+            instances = []
+        for instance in instances:
+            if ((instance.get("status") or {}).get("restore") or {}).get("phase") == "Completed" \
+                    and status.get("phase") == "Ready":
+                continue
+            shown = restore_progress_line((instance.get("metadata") or {}).get("name", "?"),
+                                          (instance.get("status") or {}).get("restore"))
+            if shown:
+                lines.append(shown)
+        line = "\n".join(lines)
         if line != said:
             typer.echo(line)
             said = line
+            deadline = time.monotonic() + timeout
         if status.get("phase") == "Ready" and status.get("readyInstances") == (body.get("spec") or {}).get("instances"):
             return
         time.sleep(FOLLOW_INTERVAL * 2)

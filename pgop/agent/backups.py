@@ -173,8 +173,10 @@ def find_source(storage: S3Storage, candidates: list[ArchiveLayout]) -> tuple[Ar
     return candidates[0], []
 
 
-def restore_local(settings, wanted: RecoverySpec, env: Mapping[str, str] | None = None) -> restore.RestoreResult:
-    """Restore into this pod's (empty) PGDATA, replaying the source's WAL to the target."""
+def restore_local(settings, wanted: RecoverySpec, env: Mapping[str, str] | None = None,
+                  progress: Callable[[Any], None] | None = None, attempt: int = 1) -> restore.RestoreResult:
+    """Restore into this pod's (empty) PGDATA, replaying the source's WAL to the target (along
+    the archive's latest timeline unless spec.recovery.targetTimeline pins one)."""
     env = os.environ if env is None else env
     if not wanted.source:
         raise restore.RestoreError("spec.recovery.source names no source cluster to restore from")
@@ -190,5 +192,6 @@ def restore_local(settings, wanted: RecoverySpec, env: Mapping[str, str] | None 
     log.info("restoring %s from s3://%s/%s", wanted.source, settings_s3.bucket, source.root)
     return restore.restore(
         storage, source, settings.pgdata, backups, name=wanted.backup, target_time=wanted.target_time,
-        target_lsn=wanted.target_lsn, bindir=settings.bindir, prefix=_prefix(settings),
+        target_lsn=wanted.target_lsn, target_timeline=wanted.target_timeline, bindir=settings.bindir,
+        prefix=_prefix(settings), progress=progress, attempt=attempt,
         options=f"-p {settings.pg_port} -k {settings.socket_dir} -c listen_addresses=''")

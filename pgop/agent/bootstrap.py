@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from psycopg import sql
@@ -256,18 +257,58 @@ def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
 
 # ---------------------------------------------------------------------------------- recovery
 
-def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=None) -> None:
+def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=None, store=None,
+             sleep=time.sleep) -> None:
     """Restore a base backup of the source cluster from S3 and replay its archived WAL to the
     target (the PgInstance's spec.recovery, pgop.agent.backups), promote onto a new timeline,
-    stop; then this instance's own configuration, as after initdb."""
+    stop; then this instance's own configuration, as after initdb.
+
+    No time limit ends a restore that makes progress (pgop.backup.recovery_progress). A failed
+    attempt is retried after a pause, at most MAX_ATTEMPTS times for one spec.recovery; then the
+    volume is left alone and status.restore says Failed with the last error."""
     from pgop.agent.backups import restore_local
+    from pgop.agent.restore_status import RestoreReporter, load_attempts, save_attempts
+    from pgop.backup import recovery_progress as rules
+    from pgop.kernel.meta import stable_hash
     if spec.recovery is None or not spec.recovery.source:
         raise BootstrapError(f"bootstrap mode 'recovery' needs spec.recovery.source in PgInstance "
                              f"{settings.instance}: the operator sets it from the cluster's "
                              "spec.bootstrap.recovery")
+    if store is None:
+        from pgop.agent.kube import store_from_env
+
+        def store() -> Any:
+            return store_from_env(settings.namespace, env)
+    report = RestoreReporter(store, settings.instance)
+    wanted = stable_hash(spec.recovery.to_dict())
+    recorded = load_attempts(settings.pgdata)
+    action, attempt = rules.next_attempt(recorded, wanted)
+    last_error = recorded.last_error if recorded is not None and recorded.spec == wanted else None
+    if action == "give-up":
+        message = (f"the restore failed {attempt} times; the last error: {last_error or 'unknown'}. Not trying "
+                   "again: change spec.bootstrap.recovery (e.g. another backup or target) or give the instance "
+                   "a new volume")
+        report(rules.RestoreProgress(phase=rules.FAILED, attempt=attempt, message=message[:4000]))
+        raise BootstrapError(message)
+    delay = rules.retry_delay(attempt)
+    if delay:
+        report(rules.RestoreProgress(phase=rules.RETRYING, attempt=attempt,
+                                     message=f"attempt {attempt - 1} failed: {last_error}"[:4000]))
+        log.info("restore attempt %d in %.0fs (the previous one failed: %s)", attempt, delay, last_error)
+        sleep(delay)
+    # Counted before it starts: an attempt killed with its pod counts too.
+    save_attempts(settings.pgdata, rules.Attempts(wanted, attempt, last_error), runner.owner)
     empty_data_directory(settings, runner)
     prepare_runtime_dirs(settings, runner)
-    result = restore_local(settings, spec.recovery, env)
+    try:
+        result = restore_local(settings, spec.recovery, env, progress=report, attempt=attempt)
+    except Exception as error:
+        text = str(error)[-2000:] or type(error).__name__
+        save_attempts(settings.pgdata, rules.Attempts(wanted, attempt, text), runner.owner)
+        final = attempt >= rules.MAX_ATTEMPTS
+        report(rules.RestoreProgress(phase=rules.FAILED if final else rules.RETRYING, attempt=attempt,
+                                     message=(f"attempt {attempt} of {rules.MAX_ATTEMPTS} failed: {text}")[:4000]))
+        raise
     log.info("restored backup %s (%d bytes in %.1fs), now on timeline %s", result.backup.backup_name,
              result.bytes_unpacked, result.seconds_unpack, result.timeline)
     files = config.ConfigFiles(settings.pgdata)

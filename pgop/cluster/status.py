@@ -130,6 +130,10 @@ def cluster_status(
         problems.append(("SynchronousReplicasMissing",
                          f"{replicas_ready} of {sync} synchronous replicas are ready: commits "
                          "continue without waiting for the missing ones"))
+    failed_restores = [i for i in live if i.status.restore_phase == "Failed"]
+    if failed_restores:  # the bootstrap gave up: nothing more happens without the user
+        problems.append(("RestoreFailed", "; ".join(f"{i.name}: {i.status.restore_message or 'restore failed'}"
+                                                    for i in failed_restores)))
     refused = cluster.refused_publish_paths()
     if refused:  # the database works; what spec.publish asks is not done
         problems.append((REASON_PATH_REFUSED, refusal_message(refused)))
@@ -141,7 +145,8 @@ def cluster_status(
         progress.append((what, f"{len(live)} of {wanted} instances exist"))
     if never_reported:
         progress.append(("Bootstrapping", "starting: " + ", ".join(
-            i.name + (f" ({i.status.message})" if i.status.message else "") for i in never_reported)))
+            i.name + (f" ({i.status.restore_summary or i.status.message})"
+                      if i.status.restore_summary or i.status.message else "") for i in never_reported)))
     if rolling:
         progress.append(("RollingUpdate", "applying a new spec: " + ", ".join(i.name for i in rolling)))
     if waiting and not progress:

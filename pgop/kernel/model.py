@@ -209,6 +209,9 @@ class RecoverySpec:
     target_time: str | None = None
     target_lsn: str | None = None
     s3: S3Spec | None = None
+    # Which timeline to follow: None (PostgreSQL's 'latest', the archive's newest: a restore to the
+    # end reaches the end of the timeline a failover made), 'current' (the backup's), or a number.
+    target_timeline: str | None = None
     # The source's archive layout, when the operator knows it (the source PgCluster exists); None:
     # the restore looks at the namespaced location first, then at the legacy one.
     archive_layout: str | None = None
@@ -222,6 +225,7 @@ class RecoverySpec:
             target_lsn=data.get("targetLSN"),
             s3=S3Spec.from_dict(data.get("s3")),
             archive_layout=data.get("archiveLayout") or None,
+            target_timeline=str(data["targetTimeline"]) if data.get("targetTimeline") not in (None, "") else None,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +238,8 @@ class RecoverySpec:
             out["s3"] = self.s3.to_dict()
         if self.archive_layout:
             out["archiveLayout"] = self.archive_layout
+        if self.target_timeline:
+            out["targetTimeline"] = self.target_timeline
         return out
 
 
@@ -676,6 +682,22 @@ class InstanceStatus:
     node: str | None = None
     pending_restart: bool = False
     message: str | None = None
+    # status.restore of a recovery bootstrap: its phase and the message of a failed attempt
+    restore_phase: str | None = None
+    restore_message: str | None = None
+    restore_wal_files: int | None = None
+
+    @property
+    def restore_summary(self) -> str | None:
+        """How far the restore is, in a few words (None when the instance is not restoring)."""
+        if not self.restore_phase:
+            return None
+        text = f"restore {self.restore_phase}"
+        if self.restore_wal_files:
+            text += f", {self.restore_wal_files} WAL files restored"
+        if self.restore_message and self.restore_phase in ("Retrying", "Failed"):
+            text += f": {self.restore_message}"
+        return text
 
     @classmethod
     def from_dict(cls, data: Body | None) -> InstanceStatus:
@@ -704,7 +726,16 @@ class InstanceStatus:
             node=data.get("node"),
             pending_restart=bool(data.get("pendingRestart", False)),
             message=data.get("message") or None,
+            **_restore_fields(data.get("restore")),
         )
+
+
+def _restore_fields(restore: Any) -> dict[str, Any]:
+    if not isinstance(restore, Mapping):
+        return {}
+    files = restore.get("walFilesRestored")
+    return {"restore_phase": restore.get("phase") or None, "restore_message": restore.get("message") or None,
+            "restore_wal_files": int(files) if isinstance(files, int) else None}
 
 
 @dataclass(frozen=True)

@@ -126,7 +126,7 @@ def test_point_in_time_restore_into_a_new_data_directory(archiving_postgres, arc
     target = _empty_pgdata()
     try:
         result = restore(storage, layout, target.pgdata, backups, target_time=target_time, bindir=pg.bindir,
-                         prefix=PREFIX, timeout=120,
+                         prefix=PREFIX, stall_after=120,
                          options=f"-p {target.port} -k {target.socket_dir} -c listen_addresses=''")
         restore_log = (target.root / "data-restore.log").read_text()
         assert result.backup.backup_name == "pitr" and result.timeline == 2, restore_log

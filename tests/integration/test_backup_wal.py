@@ -91,7 +91,7 @@ def launcher():
     paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
     script = directory / "pgop"
     script.write_text(f"#!{python}\nimport sys\nsys.path[:0] = {paths!r}\n"
-                      "from pgop.cli import main\nmain()\n")
+                      "from pgop.entry import main\nmain()\n")
     directory.chmod(0o755)
     script.chmod(0o755)
     yield directory

@@ -183,3 +183,21 @@ def test_a_publish_path_outside_the_namespace_degrades_the_cluster_and_says_why(
     assert degraded["reason"] == "PathOutsideNamespace"
     assert degraded["message"].startswith("spec.publish.vaultPath 'secret/data/k8s/billing/k8s/shop/db'")
     assert condition(status, "Ready")["status"] == "True"  # the database itself is fine
+
+
+def test_a_restoring_instance_shows_its_progress_and_a_failed_restore_degrades_the_cluster():
+    world = World()
+    cluster = make_cluster(instances=1)
+    world.apply(plan(world, cluster))  # the PgInstance exists; its bootstrap pod restores
+    body = world.get("PgInstance", "orders-0")
+    body["status"] = {"restore": {"phase": "Replaying", "walFilesRestored": 40, "attempt": 1}}
+    status = status_of(world, cluster)
+    assert "orders-0 (restore Replaying, 40 WAL files restored)" in condition(status, "Progressing")["message"]
+    assert condition(status, "Degraded")["status"] == "False"
+
+    body["status"] = {"restore": {"phase": "Failed", "attempt": 3,
+                                  "message": "the restore failed 3 times; the last error: S3 unreachable"}}
+    status = status_of(world, cluster)
+    degraded = condition(status, "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "RestoreFailed"
+    assert "orders-0: the restore failed 3 times; the last error: S3 unreachable" in degraded["message"]
