@@ -72,8 +72,6 @@ def test_two_namespaces_one_cluster_name_one_bucket_path_archive_back_up_and_res
                  "--timeout", str(TIMEOUT))
             wait_ready(kubectl, ns, "restored", 1)
             assert rows(kubectl, ns, "restored") == (rows_of[ns], rows_of[ns])
-            instance = kubectl.json("-n", ns, "get", "pginstance", "restored-0")
-            assert instance["spec"]["recovery"]["archiveLayout"] == "namespaced"
     finally:
         kubectl("delete", "namespace", other, "--wait=false", check=False)
 

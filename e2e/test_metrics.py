@@ -77,9 +77,12 @@ class Prometheus:
     def query(self, promql: str) -> list[dict]:
         return self.get("/api/v1/query", query=promql)["data"]["result"]
 
-    def firing(self, alert: str) -> list[dict]:
+    def firing(self, alert: str, namespace: str) -> list[dict]:
+        """The alert's firing instances for one namespace (the operator reports every namespace's
+        clusters, other tests' and benchmarks' too)."""
         alerts = self.get("/api/v1/alerts")["data"]["alerts"]
-        return [a for a in alerts if a["labels"].get("alertname") == alert and a["state"] == "firing"]
+        return [a for a in alerts if a["labels"].get("alertname") == alert and a["state"] == "firing"
+                and a["labels"].get("namespace") == namespace]
 
     def stop(self) -> None:
         self.process.terminate()
@@ -124,23 +127,23 @@ def test_prometheus_scrapes_the_pods_and_the_operator_and_the_alerts_fire(kubect
         relay.down()
         kubectl("-n", ns, "exec", pod, "-c", "postgres", "--", "psql", "-XAtq", "-d", "app", "-c",
                 "CREATE TABLE t AS SELECT generate_series(1, 1000) AS n; SELECT pg_switch_wal()")
-        failing = eventually(lambda: prometheus.firing("PgopArchivingFailing"), "PgopArchivingFailing fires",
+        failing = eventually(lambda: prometheus.firing("PgopArchivingFailing", ns), "PgopArchivingFailing fires",
                              timeout=180, interval=2)
         assert failing[0]["labels"]["pginstance"] == pod
         assert re.fullmatch(r"[0-9A-F]{24}", failing[0]["labels"]["segment"])
-        assert not prometheus.firing("PgopPrimaryDown")
+        assert not prometheus.firing("PgopPrimaryDown", ns)
 
         # the primary fenced: Postgres stops, no failover (one instance; a fenced primary stays)
         kubectl("-n", ns, "annotate", "pgcluster", NAME, 'pgop.io/fenced-instances=["*"]', "--overwrite")
-        down = eventually(lambda: prometheus.firing("PgopPrimaryDown"), "PgopPrimaryDown fires",
+        down = eventually(lambda: prometheus.firing("PgopPrimaryDown", ns), "PgopPrimaryDown fires",
                           timeout=180, interval=2)
         assert down[0]["labels"]["cluster"] == NAME and down[0]["labels"]["namespace"] == ns
-        not_running = eventually(lambda: prometheus.firing("PgopPrimaryNotRunning"), "PgopPrimaryNotRunning fires",
+        not_running = eventually(lambda: prometheus.firing("PgopPrimaryNotRunning", ns), "PgopPrimaryNotRunning fires",
                                  timeout=120, interval=2)
         assert not_running[0]["labels"]["pginstance"] == pod
         [up] = prometheus.query(f'pgop_postgres_up{{pginstance="{pod}"}}')
         assert up["value"][1] == "0"
-        assert not prometheus.firing("PgopInstanceDown")  # fenced on purpose
+        assert not prometheus.firing("PgopInstanceDown", ns)  # fenced on purpose
 
         size = len(prometheus.get("/federate", **{"match[]": '{job="pgop-instances"}'}))
         print(f"one instance's scrape, as federated: {size} bytes")
