@@ -11,6 +11,8 @@ CONSUL = "v1.20.1"
 # OpenBao's main module is refused by the Go module proxy (403 "not available"), so the Vault API
 # server is HashiCorp Vault 1.14.x: the last MPL-2.0 release, the code OpenBao was forked from.
 VAULT = "v1.13.0"
+# Optional, built only by `make bench-scale` (never by `up`): simulated nodes for bench/scale.py.
+KWOK = "v0.8.0"
 
 DEBIAN_SUITE = "bookworm"
 POSTGRES_MAJOR = 15
