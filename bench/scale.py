@@ -248,14 +248,15 @@ class Run:
         self.window("converge", start)
         return ok
 
-    def follow(self, judge: Callable[[dict[str, int]], list[tuple[str, bool]]], timeout: float) -> bool:
-        """Marks each goal when first met; a progress line every 10 s; True once all are met."""
+    def follow(self, judge: Callable[[dict[str, int]], list[tuple[str, bool]]] | None, timeout: float) -> bool:
+        """Marks each goal when first met; a progress line every 10 s; True once all are met
+        (without goals: after `timeout`)."""
         deadline = time.monotonic() + timeout
         last = self.scrape()
         while time.monotonic() < deadline:
             p = progress(self.world)
             p["rolled"] = rolled(self.world, CHANGE)
-            results = judge(p)
+            results = judge(p) if judge is not None else [("", False)]
             for label, met in results:
                 if met:
                     self.mark(label)
@@ -272,14 +273,15 @@ class Run:
                     f"(simulated agents {mine:5.0f})")
                 last = now
             time.sleep(0.5)
-        say(f"  timed out after {timeout:.0f}s: {progress(self.world)}")
-        return False
+        if judge is not None:
+            say(f"  timed out after {timeout:.0f}s: {progress(self.world)}")
+        return judge is None
 
     def idle(self) -> None:
         say(f"\nIdle: {self.args.idle:.0f}s with every cluster Ready")
         time.sleep(min(10.0, self.args.idle / 3))  # the last status writes settle
         start = self.scrape()
-        time.sleep(self.args.idle)
+        self.follow(None, self.args.idle)
         self.window("idle", start)
 
     def rollout(self) -> bool:
@@ -394,7 +396,7 @@ class Run:
         for label, pick in (("API requests/s, all", lambda w: sum(w[2].values())),
                             ("  of which the simulated agents (this process)", lambda w: w[3]),
                             ("  the rest (operator, controllers, KWOK, ...)", lambda w: sum(w[2].values()) - w[3]),
-                            ("  flow schema global-default (the operator)", lambda w: w[4].get("global-default", 0))):
+                            ("  flow schema global-default (operator, kube-proxy)", lambda w: w[4].get("global-default", 0))):
             say(f"{label:44}" + "".join(f"{pick(self.windows[c]) / (self.windows[c][1] - self.windows[c][0]):12.1f}"
                                         for c in cols))
         say(f"{'etcd DB MB (total / in use)':44}" + "".join(
@@ -507,6 +509,11 @@ def main(argv: list[str] | None = None) -> int:
 
     objects: dict[str, int] = {}
     ok = False
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM: clean up as after Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupted)
     try:
         say(f"Run {run.id}: {args.clusters} clusters, {len(run.namespaces)} namespaces {run.prefix}*, "
             f"{args.nodes} KWOK nodes; baseline {args.baseline:.0f}s")

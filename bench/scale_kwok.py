@@ -56,7 +56,8 @@ def node_manifest(name: str, index: int, run: str, pods: int = 1000) -> dict[str
 def command(kwok: Path, kubeconfig: str, config: Path, run: str) -> list[str]:
     return [str(kwok), f"--kubeconfig={kubeconfig}", f"--config={config}",
             f"--manage-nodes-with-label-selector={LABEL_RUN}={run}",
-            f"--node-ip={NODE_IP}", "--node-lease-duration-seconds=40"]
+            f"--node-ip={NODE_IP}", "--node-lease-duration-seconds=40",
+            "--v=WARN"]  # INFO logs every pod patch: thousands of lines at scale
 
 
 def start(kwok: Path, kubeconfig: str, workdir: Path, run: str) -> subprocess.Popen[bytes]:
