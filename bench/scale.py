@@ -408,6 +408,10 @@ class Run:
                     + ", ".join(f"{k} {v:.1f}" for k, v in top(w[2], w[1] - w[0])))
                 say(f"per flow schema, {c} (req/s): "
                     + ", ".join(f"{k} {v / (w[1] - w[0]):.1f}" for k, v in w[4].most_common(8)))
+        if self.sampler is not None and self.sampler.restarts:
+            say("\nTHE OPERATOR WENT AWAY DURING THE RUN (a test session stops it; figures after that are not "
+                "comparable): " + ", ".join(f"{t - self.t0:+.0f}s {'pid ' + str(pid) if pid else 'gone'}"
+                                           for t, _, pid in self.sampler.restarts))
         late = sorted(self.agents.lateness)
         if late:
             q = statistics.quantiles(late, n=100) if len(late) >= 100 else late
@@ -475,6 +479,8 @@ def main(argv: list[str] | None = None) -> int:
                                                       "--clean-leftovers)")
     p.add_argument("--clean-leftovers", action="store_true",
                    help="delete what earlier runs left (namespaces, nodes, volumes labelled bench.pgop.io/scale)")
+    p.add_argument("--wait-operator", type=float, default=0,
+                   help="seconds to wait for the operator of `make up` to run (default: not at all)")
     p.add_argument("--kwok", help="the kwok binary (default: built by the harness, cached)")
     p.add_argument("--run", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -482,9 +488,14 @@ def main(argv: list[str] | None = None) -> int:
         args.nodes = max(3, math.ceil(3 * args.clusters / 100))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
-    operator_pid = proc.pid_of("operator")
+    # A test session stops the operator of `make up` while it runs (e2e/harness/fixtures.py), and
+    # starts it again afterwards: wait for it a while.
+    deadline = time.monotonic() + args.wait_operator
+    while (operator_pid := proc.pid_of("operator")) is None and time.monotonic() < deadline:
+        time.sleep(2)
     if operator_pid is None:
-        say("The operator is not running (no live PID in /var/lib/pgop-env/pids/operator.pid): run `make up`.")
+        say("The operator is not running (no live PID in /var/lib/pgop-env/pids/operator.pid): run `make up` "
+            "(a test session stops it while it runs).")
         return 2
     run = Run(args, operator_pid)
     leftovers = run.leftovers()
@@ -504,7 +515,7 @@ def main(argv: list[str] | None = None) -> int:
         pid = proc.pid_of(name)
         if pid:
             pids[name] = pid
-    run.sampler = Sampler(pids)
+    run.sampler = Sampler(pids, follow={"operator": lambda: proc.pid_of("operator")})
     run.sampler.start()
 
     objects: dict[str, int] = {}

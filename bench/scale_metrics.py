@@ -11,7 +11,7 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
@@ -95,6 +95,7 @@ class Series:
     """(monotonic time, CPU seconds, RSS bytes) of one process, once a second."""
     pid: int
     points: list[tuple[float, float, int]] = field(default_factory=list)
+    base: float = 0.0  # CPU seconds of the processes before this PID (a restarted one)
 
     def window(self, start: float, end: float) -> tuple[float | None, int | None]:
         """Mean CPU (fraction of one core) and the largest RSS between two moments."""
@@ -113,20 +114,33 @@ def cpu_share(points: Iterable[tuple[float, float, int]]) -> float | None:
 
 
 class Sampler(threading.Thread):
-    """Reads CPU and RSS of the named processes every `every` seconds until stopped."""
+    """Reads CPU and RSS of the named processes every `every` seconds until stopped. A process
+    found by `follow[name]()` is looked up again when it goes (a restarted operator): its series
+    then restarts from the new PID, and `restarts` records when."""
 
-    def __init__(self, pids: Mapping[str, int], every: float = 1.0):
+    def __init__(self, pids: Mapping[str, int], every: float = 1.0,
+                 follow: Mapping[str, Callable[[], int | None]] | None = None):
         super().__init__(name="bench-sampler", daemon=True)
         self.series = {name: Series(pid) for name, pid in pids.items()}
+        self.follow = dict(follow or {})
+        self.restarts: list[tuple[float, str, int | None]] = []  # (time, name, new PID or None)
         self.every = every
         self.stopping = threading.Event()
 
     def sample(self) -> None:
         now = time.monotonic()
-        for s in list(self.series.values()):  # a series may be added meanwhile
+        for name, s in list(self.series.items()):  # a series may be added meanwhile
             cpu, rss = cpu_seconds(s.pid), rss_bytes(s.pid)
+            if cpu is None and name in self.follow:
+                pid = self.follow[name]()
+                if pid != s.pid and (not self.restarts or self.restarts[-1][1:] != (name, pid)):
+                    self.restarts.append((now, name, pid))
+                if pid is not None and pid != s.pid:
+                    # the new process's CPU seconds count on from the old one's last
+                    s.base, s.pid = (s.points[-1][1] if s.points else 0.0), pid
+                    cpu, rss = cpu_seconds(pid), rss_bytes(pid)
             if cpu is not None and rss is not None:
-                s.points.append((now, cpu, rss))
+                s.points.append((now, s.base + cpu, rss))
 
     def run(self) -> None:
         while not self.stopping.is_set():

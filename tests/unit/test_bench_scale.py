@@ -177,3 +177,32 @@ def test_volumes_are_pre_bound_to_their_claim_and_kept_for_the_benchmark_to_dele
                                       "name": "c0001-0", "uid": "u1"}
     assert pv["spec"]["persistentVolumeReclaimPolicy"] == "Retain"
     assert pv["metadata"]["labels"] == {"bench.pgop.io/scale-pv": "bench-scale-x"}
+
+
+def test_the_sampler_follows_a_restarted_process_and_says_so():
+    import subprocess
+    import sys
+
+    from bench.scale_metrics import Sampler
+    first = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    second = None
+    try:
+        current = {"pid": first.pid}
+        sampler = Sampler({"operator": first.pid}, follow={"operator": lambda: current["pid"]})
+        sampler.sample()
+        first.kill()
+        first.wait()
+        current["pid"] = None  # as proc.pid_of says of a process that went
+        sampler.sample()
+        second = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+        current["pid"] = second.pid
+        sampler.sample()
+        series = sampler.series["operator"]
+        assert series.pid == second.pid and len(series.points) == 2
+        assert series.points[1][1] >= series.points[0][1]  # CPU seconds count on
+        assert [(name, pid) for _, name, pid in sampler.restarts] == [("operator", None), ("operator", second.pid)]
+    finally:
+        first.kill()
+        if second is not None:
+            second.kill()
+            second.wait()
