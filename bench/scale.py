@@ -55,6 +55,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import urllib3
+
 from bench import scale_kwok
 from bench.kubeapi import Api, ApiError
 from bench.scale_agents import PGOP, Agents, World
@@ -125,6 +127,21 @@ def progress(world: World, instances_per_cluster: int = 3) -> dict[str, int]:
         "running pods": sum(c["running"] for c in by_cluster.values()),
         "ready": ready,
     }
+
+
+def not_ready_reasons(world: World) -> Counter[str]:
+    """Why the clusters that are not Ready are not: phase and the Ready condition's reason."""
+    reasons: Counter[str] = Counter()
+    with world.lock:
+        for c in world.clusters.values():
+            st = c.get("status") or {}
+            if st.get("phase") == "Ready":
+                continue
+            ready = next((x for x in st.get("conditions") or [] if x.get("type") == "Ready"), {})
+            degraded = next((x for x in st.get("conditions") or [] if x.get("type") == "Degraded"
+                             and x.get("status") == "True"), {})
+            reasons[f"{st.get('phase') or 'none'}/{degraded.get('reason') or ready.get('reason') or '-'}"] += 1
+    return reasons
 
 
 def rolled(world: World, change: dict[str, str]) -> int:
@@ -263,7 +280,12 @@ class Run:
             if all(met for _, met in results):
                 return True
             if time.monotonic() - last[0] >= 10:
-                now = self.scrape()
+                try:
+                    now = self.scrape()
+                except (ApiError, urllib3.exceptions.HTTPError, OSError) as error:
+                    say(f"  cannot read the API server's metrics: {error}")
+                    last = (time.monotonic(), *last[1:])
+                    continue
                 rate = sum(delta(last[1], now[1]).values()) / (now[0] - last[0])
                 mine = (now[2] - last[2]) / (now[0] - last[0])
                 cpu = self.cpu("operator", last[0], now[0])
@@ -271,6 +293,9 @@ class Run:
                     f"ready clusters {p['ready']:5}  rolled {p['rolled']:5}  | operator CPU {cpu}  "
                     f"RSS {self.rss('operator', last[0], now[0])}  | API {rate:6.0f} req/s "
                     f"(simulated agents {mine:5.0f})")
+                waiting = not_ready_reasons(self.world)
+                if waiting and p["clusters"]:
+                    say("             not Ready: " + ", ".join(f"{k} {v}" for k, v in waiting.most_common(4)))
                 last = now
             time.sleep(0.5)
         if judge is not None:
@@ -324,6 +349,24 @@ class Run:
     # -- cleanup -------------------------------------------------------------------------
 
     def cleanup(self, namespaces: list[str] | None = None, run: str | None = None) -> None:
+        """Deletes what the run made; KWOK is stopped whatever happens (the API server gone too)."""
+        try:
+            self._cleanup(namespaces, run)
+        except (ApiError, urllib3.exceptions.HTTPError, OSError) as error:
+            say(f"  cleanup failed: {error}; later: python -m bench.scale --clean-leftovers --clusters 0")
+        finally:
+            self.stop_kwok()
+
+    def stop_kwok(self) -> None:
+        if self.kwok is not None and self.kwok.poll() is None:
+            self.kwok.send_signal(signal.SIGTERM)
+            try:
+                self.kwok.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kwok.kill()
+                self.kwok.wait(5)
+
+    def _cleanup(self, namespaces: list[str] | None = None, run: str | None = None) -> None:
         run = run or self.id
         namespaces = self.namespaces if namespaces is None else namespaces
         say(f"\nCleaning up run {run}: {len(namespaces)} namespace(s), nodes, volumes, StorageClass")
@@ -342,13 +385,7 @@ class Run:
             self.api.delete(f"/api/v1/persistentvolumes/{pv['metadata']['name']}")
         for node in self.api.get("/api/v1/nodes", labelSelector=f"{LABEL_RUN}={run}").get("items") or []:
             self.api.delete(f"/api/v1/nodes/{node['metadata']['name']}")
-        if self.kwok is not None and self.kwok.poll() is None:
-            self.kwok.send_signal(signal.SIGTERM)
-            try:
-                self.kwok.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kwok.kill()
-                self.kwok.wait(5)
+        self.stop_kwok()  # after the pods and nodes: it deletes the pods of deleted namespaces
         for sc in self.api.get("/apis/storage.k8s.io/v1/storageclasses",
                                labelSelector=f"{LABEL_RUN}={run}").get("items") or []:
             self.api.delete(f"/apis/storage.k8s.io/v1/storageclasses/{sc['metadata']['name']}")
@@ -416,7 +453,8 @@ class Run:
         if late:
             q = statistics.quantiles(late, n=100) if len(late) >= 100 else late
             say(f"\nsimulated agent turns: {len(late)}, late by p50 {statistics.median(late):.2f}s, "
-                f"p99 {q[-1]:.2f}s, max {late[-1]:.2f}s; failed {self.agents.failures}"
+                f"p99 {q[-1]:.2f}s, max {late[-1]:.2f}s; failed {self.agents.failures} "
+                f"({', '.join(f'{k}: {v}' for k, v in self.agents.failed.most_common(4)) or 'none'})"
                 + ("  <-- the simulator fell behind (heartbeats older than the operator's 15 s limit)"
                    if late[-1] > 10 else ""))
         say("=" * 100)

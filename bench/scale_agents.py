@@ -23,6 +23,7 @@ import logging
 import random
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -135,6 +136,7 @@ class Agents:
         self.applied: dict[Key, int] = {}  # generation last reported
         self.lateness: list[float] = []  # seconds each turn started after it was due
         self.failures = 0
+        self.failed: Counter[str] = Counter()  # why turns failed
         self.provisioned: set[str] = set()
         self.threads: list[threading.Thread] = []
 
@@ -256,6 +258,7 @@ class Agents:
                     self.turn(key)
                 except Exception as error:  # a turn fails, the next one comes
                     self.failures += 1
+                    self.failed[f"{type(error).__name__} {getattr(error, 'status', '')}".strip()] += 1
                     log.debug("simulated agent %s/%s: %s", key[0], key[1], error)
             finally:
                 with self.queue_lock:
@@ -291,8 +294,8 @@ class Agents:
         try:
             self.api.merge_patch(f"{base}/{name}/status", {"status": patch})
         except ApiError as error:
-            if error.status in (404, 409, 422):
-                return  # gone, or its namespace is going
+            if error.status == 404:
+                return  # gone
             raise
         self.applied[key] = int(instance["metadata"].get("generation") or 0)
 
