@@ -185,6 +185,8 @@ class Run:
         self.marks: dict[str, float] = {}  # milestone -> seconds after t0
         self.windows: dict[str, tuple[float, float, Counter[tuple[str, str]], int, Counter[str]]] = {}
         self.etcd: dict[str, tuple[int | None, int | None]] = {}
+        self.churn: dict[str, tuple[Counter[str], Counter[str]]] = {}  # window -> (role flips, left Ready)
+        self.churn_seen: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
         self.t0 = time.monotonic()
 
     # -- measurements --------------------------------------------------------------------
@@ -197,6 +199,10 @@ class Run:
         return time.monotonic(), request_counts(text), self.api.sent_total(), flows
 
     def window(self, name: str, start: tuple[float, Counter[tuple[str, str]], int, Counter[str]]) -> None:
+        with self.world.lock:  # what changed since the last window ended (the windows follow each other)
+            flips, left = Counter(self.world.role_flips), Counter(self.world.left_ready)
+        self.churn[name] = (flips - self.churn_seen[0], left - self.churn_seen[1])
+        self.churn_seen = (flips, left)
         end = self.scrape()
         flows: Counter[str] = Counter({k: v - start[3].get(k, 0) for k, v in end[3].items()})
         self.windows[name] = (start[0], end[0], delta(start[1], end[1]), end[2] - start[2], +flows)
@@ -449,6 +455,9 @@ class Run:
             say("\nTHE OPERATOR WENT AWAY DURING THE RUN (a test session stops it; figures after that are not "
                 "comparable): " + ", ".join(f"{t - self.t0:+.0f}s {'pid ' + str(pid) if pid else 'gone'}"
                                            for t, _, pid in self.sampler.restarts))
+        for when, (flips, left) in self.churn.items():
+            say(f"\n{when}: Postgres pods' role label changes {dict(flips) or 'none'}; "
+                f"clusters that left Ready (by their next phase) {dict(left) or 'none'}")
         late = sorted(self.agents.lateness)
         if late:
             q = statistics.quantiles(late, n=100) if len(late) >= 100 else late

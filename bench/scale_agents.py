@@ -36,7 +36,7 @@ from pgop.agent import status as agent_status
 from pgop.agent.observed import PostgresState
 from pgop.agent.settings import DEFAULT_INTERVAL, AgentSettings
 from pgop.agent.streaming import ReceiverState, Standby
-from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
+from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_ROLE
 from pgop.kernel.model import API_GROUP, Instance
 
 log = logging.getLogger("bench.scale")
@@ -109,6 +109,8 @@ class World:
     instances: dict[Key, dict[str, Any]] = field(default_factory=dict)
     pods: dict[Key, dict[str, Any]] = field(default_factory=dict)  # Postgres pods, by instance key
     claims: dict[Key, dict[str, Any]] = field(default_factory=dict)
+    role_flips: Counter[str] = field(default_factory=Counter)  # a Postgres pod's role label, "old->new"
+    left_ready: Counter[str] = field(default_factory=Counter)  # a cluster's phase after Ready, by phase
     changed: threading.Condition = field(init=False)
 
     def __post_init__(self) -> None:
@@ -173,8 +175,15 @@ class Agents:
             self.world.changed.notify_all()
 
     def _on_cluster(self, kind: str, obj: dict[str, Any]) -> None:
-        if self.world.ours(obj):
-            self._store(self.world.clusters, kind, obj)
+        if not self.world.ours(obj):
+            return
+        with self.world.lock:
+            before = self.world.clusters.get(_key(obj))
+        was = ((before or {}).get("status") or {}).get("phase")
+        now = (obj.get("status") or {}).get("phase")
+        if was == "Ready" and now != "Ready" and kind != "DELETED":
+            self.world.left_ready[str(now)] += 1
+        self._store(self.world.clusters, kind, obj)
 
     def _on_instance(self, kind: str, obj: dict[str, Any]) -> None:
         if not self.world.ours(obj):
@@ -193,6 +202,13 @@ class Agents:
         status = obj.get("status") or {}
         running = (kind != "DELETED" and status.get("phase") == "Running" and status.get("podIP")
                    and not meta.get("deletionTimestamp"))
+        with self.world.lock:
+            before = self.world.pods.get(key)
+        if before is not None and before["metadata"].get("uid") == meta.get("uid") and kind != "DELETED":
+            old = (before["metadata"].get("labels") or {}).get(LABEL_ROLE)
+            new = (meta.get("labels") or {}).get(LABEL_ROLE)
+            if old != new and old is not None:
+                self.world.role_flips[f"{old}->{new}"] += 1
         self._store(self.world.pods, "DELETED" if kind == "DELETED" else kind, obj, key)
         if running and self.live.get(key) != meta.get("uid"):
             self.live[key] = meta.get("uid", "")
