@@ -167,7 +167,7 @@ def rolled(world: World, change: dict[str, str]) -> int:
 # ---------------------------------------------------------------------------------- the run
 
 class Run:
-    def __init__(self, args: argparse.Namespace, operator_pid: int):
+    def __init__(self, args: argparse.Namespace, operator_pid: int | None):
         self.args = args
         self.operator_pid = operator_pid
         self.env = envfile.load()
@@ -223,9 +223,15 @@ class Run:
 
     # -- setup ---------------------------------------------------------------------------
 
-    def leftovers(self) -> list[str]:
-        found = self.api.get("/api/v1/namespaces", labelSelector=LABEL_RUN).get("items") or []
-        return [n["metadata"]["name"] for n in found]
+    def leftovers(self) -> dict[str, list[str]]:
+        """Runs that left objects (namespaces, nodes, StorageClasses): run id -> its namespaces."""
+        runs: dict[str, list[str]] = {}
+        for path in ("/api/v1/namespaces", "/api/v1/nodes", "/apis/storage.k8s.io/v1/storageclasses"):
+            for obj in self.api.get(path, labelSelector=LABEL_RUN).get("items") or []:
+                names = runs.setdefault(obj["metadata"]["labels"][LABEL_RUN], [])
+                if path.endswith("namespaces"):
+                    names.append(obj["metadata"]["name"])
+        return runs
 
     def setup(self, kwok_bin: str) -> None:
         run_label = {LABEL_RUN: self.id}
@@ -372,6 +378,27 @@ class Run:
                 self.kwok.kill()
                 self.kwok.wait(5)
 
+    def namespaces_gone(self, namespaces: list[str]) -> bool:
+        """True once they are gone. Meanwhile, what nobody else would finish: without KWOK (a
+        killed run's), the pods of its nodes are deleted at once; without the operator (a test
+        session stops it), its finalizers on the benchmark's PgClusters (which publish nothing)
+        are removed."""
+        left = [ns for ns in namespaces if self.api.get_or_none(f"/api/v1/namespaces/{ns}") is not None]
+        kwok_runs = self.kwok is not None and self.kwok.poll() is None
+        operator_runs = proc.pid_of("operator") is not None
+        for ns in left:
+            if not kwok_runs:
+                for pod in self.api.get(f"/api/v1/namespaces/{ns}/pods").get("items") or []:
+                    if pod["metadata"].get("deletionTimestamp"):
+                        self.api.delete(f"/api/v1/namespaces/{ns}/pods/{pod['metadata']['name']}", gracePeriodSeconds=0)
+            if not operator_runs:
+                for kind in ("pgclusters", "pginstances"):
+                    for obj in self.api.get(f"{PGOP}/namespaces/{ns}/{kind}").get("items") or []:
+                        if obj["metadata"].get("deletionTimestamp") and obj["metadata"].get("finalizers"):
+                            self.api.merge_patch(f"{PGOP}/namespaces/{ns}/{kind}/{obj['metadata']['name']}",
+                                                 {"metadata": {"finalizers": None}})
+        return not left
+
     def _cleanup(self, namespaces: list[str] | None = None, run: str | None = None) -> None:
         run = run or self.id
         namespaces = self.namespaces if namespaces is None else namespaces
@@ -380,8 +407,8 @@ class Run:
         self.agents.stop()
         for ns in namespaces:
             self.api.delete(f"/api/v1/namespaces/{ns}")
-        gone = wait_for(lambda: all(self.api.get_or_none(f"/api/v1/namespaces/{ns}") is None for ns in namespaces),
-                        self.args.cleanup_timeout, "the namespaces to go", quiet=True)
+        gone = wait_for(lambda: self.namespaces_gone(namespaces), self.args.cleanup_timeout, "the namespaces to go",
+                        quiet=True)
         if not gone:
             left = [ns for ns in namespaces if self.api.get_or_none(f"/api/v1/namespaces/{ns}") is not None]
             say(f"  still there after {self.args.cleanup_timeout:.0f}s: {', '.join(left)} "
@@ -535,6 +562,15 @@ def main(argv: list[str] | None = None) -> int:
         args.nodes = max(3, math.ceil(3 * args.clusters / 100))
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
 
+    run = Run(args, proc.pid_of("operator"))
+    leftovers = run.leftovers()
+    if leftovers and args.clean_leftovers:
+        for old, old_ns in sorted(leftovers.items()):
+            run.cleanup(old_ns, old)
+    elif leftovers:
+        say(f"Note: earlier runs left objects ({', '.join(sorted(leftovers))}); --clean-leftovers deletes them.")
+    if args.clusters == 0:
+        return 0
     # A test session stops the operator of `make up` while it runs (e2e/harness/fixtures.py), and
     # starts it again afterwards: wait for it a while.
     deadline = time.monotonic() + args.wait_operator
@@ -544,17 +580,7 @@ def main(argv: list[str] | None = None) -> int:
         say("The operator is not running (no live PID in /var/lib/pgop-env/pids/operator.pid): run `make up` "
             "(a test session stops it while it runs).")
         return 2
-    run = Run(args, operator_pid)
-    leftovers = run.leftovers()
-    if leftovers and args.clean_leftovers:
-        for old in sorted({ns.split("-")[2] for ns in leftovers if ns.count("-") >= 3}):
-            old_ns = [ns for ns in leftovers if ns.startswith(f"bench-scale-{old}-")]
-            run.cleanup(old_ns, old)
-        if args.clusters == 0:
-            return 0
-    elif leftovers:
-        say(f"Note: namespaces of earlier runs are still there ({', '.join(leftovers[:5])}...); "
-            "--clean-leftovers deletes them.")
+    run.operator_pid = operator_pid
     kwok_bin = kwok_binary(args.kwok)
 
     pids = {"operator": operator_pid, "bench (simulated agents)": os.getpid()}
