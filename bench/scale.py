@@ -273,9 +273,10 @@ class Run:
                  ("primary pods", "every primary's Postgres pod runs"),
                  ("objects", "every object exists (3 PgInstances, 3 bound PVCs, 3 running pods each)"),
                  ("ready", "every cluster Ready")]
-        ok = self.follow(lambda p: [(label, p[key] >= n) for key, label in goals], self.args.timeout)
-        self.window("converge", start)
-        return ok
+        try:
+            return self.follow(lambda p: [(label, p[key] >= n) for key, label in goals], self.args.timeout)
+        finally:  # also when interrupted: the figures so far
+            self.window("converge", start)
 
     def follow(self, judge: Callable[[dict[str, int]], list[tuple[str, bool]]] | None, timeout: float) -> bool:
         """Marks each goal when first met; a progress line every 10 s; True once all are met
@@ -318,8 +319,10 @@ class Run:
         say(f"\nIdle: {self.args.idle:.0f}s with every cluster Ready")
         time.sleep(min(10.0, self.args.idle / 3))  # the last status writes settle
         start = self.scrape()
-        self.follow(None, self.args.idle)
-        self.window("idle", start)
+        try:
+            self.follow(None, self.args.idle)
+        finally:
+            self.window("idle", start)
 
     def rollout(self) -> bool:
         n = self.args.clusters
@@ -335,10 +338,11 @@ class Run:
         with concurrent.futures.ThreadPoolExecutor(self.args.create_concurrency) as pool:
             list(pool.map(change, keys))
         self.mark(f"rollout: all {n} PgClusters changed")
-        ok = self.follow(lambda p: [("rollout: every instance applied it, every cluster Ready", p["rolled"] >= n)],
-                         self.args.timeout)
-        self.window("rollout", start)
-        return ok
+        try:
+            return self.follow(lambda p: [("rollout: every instance applied it, every cluster Ready",
+                                           p["rolled"] >= n)], self.args.timeout)
+        finally:
+            self.window("rollout", start)
 
     def count_objects(self) -> dict[str, int]:
         """Objects of the benchmark's clusters, by kind (one LIST each, after Ready)."""
@@ -610,13 +614,14 @@ def main(argv: list[str] | None = None) -> int:
             run.sampler.series["kwok"] = Series(run.kwok.pid)
         ok = run.converge()
         run.etcd_size("converge")
-        if ok:
-            objects = run.count_objects()
-            run.idle()
-            run.etcd_size("idle")
-            if args.rollout:
-                ok = run.rollout()
-                run.etcd_size("rollout")
+        objects = run.count_objects()
+        if not ok:
+            say("Not every cluster is Ready at once; measuring the idle window all the same (no rollout)")
+        run.idle()
+        run.etcd_size("idle")
+        if ok and args.rollout:
+            ok = run.rollout()
+            run.etcd_size("rollout")
     except KeyboardInterrupt:
         say("interrupted")
     finally:
