@@ -82,6 +82,14 @@ bench-backup: venv
 	$(PY) -m bench.backup_compare $(BENCH_ARGS)
 	$(PY) -m bench.wal_replay $(WAL_BENCH_ARGS)
 
+## One operator, many clusters (issue 15): N PgClusters of 3 instances on simulated KWOK nodes with
+## simulated agents, against the operator `make up` runs (bench/scale.py). Builds KWOK once (an
+## optional harness component, cached; never built by `up`). BENCH_ARGS, e.g. "--clusters 300".
+.PHONY: bench-scale
+bench-scale: venv
+	$(HARNESS) build kwok
+	$(PY) -m bench.scale $(BENCH_ARGS)
+
 ## Node faults on a three-node environment, e.g. `make node-kill NODE=pgop-node-3`, `make node-list`
 ## (kill, restart, freeze, thaw, partition, heal; ARGS=--from-apiserver-only for partition).
 node-%: venv

@@ -212,8 +212,17 @@ def components() -> list[GoComponent]:
     ]
 
 
+def optional_components() -> list[GoComponent]:
+    """Built only when named (`python -m e2e.harness build kwok`, `make bench-scale`), never by
+    `up` or a plain `build`: a fresh machine's CI has no time to spare for them."""
+    return [
+        # Simulated nodes (kubelets that place pods without running them) for bench/scale.py.
+        GoComponent("kwok", "sigs.k8s.io/kwok", versions.KWOK, {"sigs.k8s.io/kwok/cmd/kwok": "kwok"}),
+    ]
+
+
 def by_name() -> dict[str, GoComponent]:
-    return {c.name: c for c in components()}
+    return {c.name: c for c in components() + optional_components()}
 
 
 def build_all(names: list[str] | None = None) -> dict[str, Path]:
@@ -222,4 +231,7 @@ def build_all(names: list[str] | None = None) -> dict[str, Path]:
         if (names and c.name not in names) or (not names and c.lazy):
             continue
         out[c.name] = build(c)
+    for c in optional_components():
+        if names and c.name in names:
+            out[c.name] = build(c)
     return out
