@@ -340,6 +340,9 @@ def legacy_instance(rds, prefix, password, **tags):
     rds.create({"DBInstanceIdentifier": identifier, "Engine": "mysql", "EngineVersion": "8.0.35",
                 "DBInstanceClass": "db.t4g.small", "AllocatedStorage": 20, "DBName": "orders",
                 "MasterUsername": "legacyadmin", "BackupRetentionPeriod": 7,
+                # encrypted, as the spec's default storageEncrypted: true wants (an unencrypted
+                # instance is refused: encryption cannot change in place)
+                "StorageEncrypted": True,
                 "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}, password)
     SEEN_PASSWORDS.add(password)
     return identifier
