@@ -202,7 +202,8 @@ class Agent:
         watch = getattr(self.store, "watch", None)
         if watch is None or self.watcher is not None:
             return
-        self.watcher = threading.Thread(target=watch, args=(self.settings.instance, self.wakeup.set, self.stopping),
+        self.watcher = threading.Thread(target=watch, args=(self.settings.instance, self.wakeup.set, self.stopping,
+                                                            self.settings.cluster),
                                         name=f"watch-{self.settings.instance}", daemon=True)
         self.watcher.start()
 
@@ -293,7 +294,9 @@ class Agent:
     def read_spec(self) -> Instance | None:
         try:
             body = self.store.get_instance(self.settings.instance)
-            self.api_ok_at = time.monotonic()
+            # From a store's watch cache: the API server was last heard when the watch delivered
+            # (isolation must not count a cached read as an answer).
+            self.api_ok_at = max(self.api_ok_at, getattr(self.store, "contact_at", None) or time.monotonic())
             if body is None:
                 self.message = f"PgInstance {self.settings.instance} does not exist"
                 return self.instance
