@@ -349,9 +349,9 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
     watcher = TarWatcher()
     digest = hashlib.sha256()
     size = 0
-    key = storage.keyring.writing if getattr(storage, "keyring", None) else None
+    sealing = encryption.writing_key(storage)
     upload = MultipartWriter(storage, archive_key, part_size, metadata={
-        "compression": COMPRESSION, **(encryption.metadata(key) if key else {})})
+        "compression": COMPRESSION, **(encryption.metadata(sealing) if sealing else {})})
     process = subprocess.Popen(source.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**_base_env(), **source.env})
     assert process.stdout is not None and process.stderr is not None  # both are PIPEs
@@ -363,7 +363,7 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
         compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1)
         # zstandard's stub asks for IO[bytes]; it calls only write() and flush(), which MultipartWriter has
         # With a key, zstd's output is sealed on its way to the parts (pgop.backup.encryption).
-        sealer = encryption.EncryptingWriter(upload, key) if key else None
+        sealer = encryption.EncryptingWriter(upload, sealing) if sealing else None
         writer = compressor.stream_writer(sealer or upload, closefd=False)  # type: ignore[arg-type]
         while chunk := process.stdout.read(READ_CHUNK):
             watcher.feed(chunk)
@@ -414,7 +414,7 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
         "name": keys.BASE_ARCHIVE, "sizeBytes": size, "compressedBytes": upload.size,
         "sha256": digest.hexdigest(), "tarMembers": watcher.count, "streamSeconds": round(streamed, 3),
         "seconds": round(seconds, 3)},),
-        encryption={"algorithm": encryption.ALGORITHM, "keyId": key.key_id} if key else None)
+        encryption={"algorithm": encryption.ALGORITHM, "keyId": sealing.key_id} if sealing else None)
     body = backup.to_json().encode()
     if not storage.put_new(document_key, io.BytesIO(body), len(body), {}, content_type="application/json"):
         raise BaseBackupError(f"backup {name} was written by someone else meanwhile")

@@ -41,6 +41,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pgop.kernel.conditions import REASON_ENCRYPTION_KEY_MISMATCH
+
 MAGIC = b"PGOPENC\x01"
 ALGORITHM = "pgop-aes256gcm-stream-v1"  # what the catalog and the object metadata say
 KEY_ID_SIZE = 8
@@ -268,9 +270,9 @@ def key_mismatch(what: str, key_id: str | None, keyring: Keyring | None) -> str 
     if not key_id or (keyring is not None and keyring.find(key_id) is not None):
         return None
     if keyring is None or not keyring.keys:
-        return (f"{what} is encrypted with the key of id {key_id} and no encryption key is given: set "
+        return (f"{REASON_ENCRYPTION_KEY_MISMATCH}: {what} is encrypted with the key of id {key_id} and no encryption key is given: set "
                 "spec.backup.s3.encryption.keySecret (or the recovery's s3.encryption.keySecret) to its Secret")
-    return (f"{what} is encrypted with the key of id {key_id}, the given key has id {', '.join(keyring.ids())}: "
+    return (f"{REASON_ENCRYPTION_KEY_MISMATCH}: {what} is encrypted with the key of id {key_id}, the given key has id {', '.join(keyring.ids())}: "
             "name the Secret of the key it was made with")
 
 
@@ -298,6 +300,16 @@ def open_reader(source: IO[bytes] | Any, keyring: Keyring | None, name: str = "t
                 else "no encryption key is configured (spec.backup.s3.encryption.keySecret)")
         raise EncryptionError(f"{name} is encrypted with the key of id {key_id}; {have}")
     return DecryptingReader(source, head, key, name)
+
+
+def writing_key(storage: Any) -> Key | None:
+    """The key what `storage` (an S3Storage) writes is encrypted with; None: written plain."""
+    keyring: Keyring | None = getattr(storage, "keyring", None)
+    return keyring.writing if keyring is not None else None
+
+
+def reading_keys(storage: Any) -> Keyring | None:
+    return getattr(storage, "keyring", None)
 
 
 def metadata(key: Key) -> dict[str, str]:

@@ -75,7 +75,7 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
     total = 0
     try:
         # An encrypted tar (its catalog names the key id) must be encrypted: a plain object there was swapped in.
-        plain = encryption.open_reader(body, getattr(storage, "keyring", None), key, require=bool(backup.key_id))
+        plain = encryption.open_reader(body, encryption.reading_keys(storage), key, require=bool(backup.key_id))
         with zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True, closefd=False) as reader:
             while chunk := reader.read(CHUNK):
                 digest.update(chunk)
@@ -317,7 +317,7 @@ def restore(storage: S3Storage, source: ArchiveLayout, pgdata: Path, backups: Se
     `progress` hears how far it came (bytes of the base backup, WAL files restored, phase)."""
     backup = choose(backups, name, target_time, target_lsn)
     wrong_key = encryption.key_mismatch(f"backup {backup.backup_name}", backup.key_id,
-                                        getattr(storage, "keyring", None))
+                                        encryption.reading_keys(storage))
     if wrong_key:
         raise RestoreError(wrong_key)
     if any(pgdata.iterdir()):

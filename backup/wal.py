@@ -133,19 +133,19 @@ def push(storage: S3Storage, layout: ArchiveLayout, wal_path: str | os.PathLike,
     path = Path(wal_path)
     key = layout.wal_key(path.name)  # refuses a name PostgreSQL would not archive
     system_id = system_identifier(path)
-    key = storage.keyring.writing if getattr(storage, "keyring", None) else None
+    sealing = encryption.writing_key(storage)
     with open(path, "rb") as source, tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
         size = os.fstat(source.fileno()).st_size
-        if key is None:
+        if sealing is None:
             done = compress(source, spool, level, size)
         else:  # zstd, then sealed (pgop.backup.encryption): the spool holds only ciphertext
-            sealer = encryption.EncryptingWriter(spool, key)
+            sealer = encryption.EncryptingWriter(spool, sealing)
             done = compress(source, sealer, level, size)  # type: ignore[arg-type]
             sealer.finish()
             done = Compressed(done.sha256, done.size, spool.tell())
         metadata = {META_SHA256: done.sha256, META_SIZE: str(done.size), META_COMPRESSION: COMPRESSION}
-        if key is not None:
-            metadata.update(encryption.metadata(key))
+        if sealing is not None:
+            metadata.update(encryption.metadata(sealing))
         if system_id:
             metadata[META_SYSTEM_ID] = system_id
 
@@ -185,7 +185,7 @@ def fetch(storage: S3Storage, layout: ArchiveLayout, name: str, target: str | os
     try:
         with os.fdopen(handle, "wb") as out:
             try:
-                got = decompress(encryption.open_reader(body, getattr(storage, "keyring", None), name), out)
+                got = decompress(encryption.open_reader(body, encryption.reading_keys(storage), name), out)
             except zstandard.ZstdError as error:
                 raise WalCorrupt(f"{name}: the archived object does not decompress: {error}") from None
             except encryption.EncryptionError as error:

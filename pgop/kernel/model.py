@@ -194,7 +194,7 @@ class S3Spec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"bucket": self.bucket, "credentialsSecret": self.credentials_secret}
+        out: dict[str, Any] = {"bucket": self.bucket, "credentialsSecret": self.credentials_secret}
         for key, value in (("path", self.path), ("endpoint", self.endpoint), ("region", self.region),
                            ("retentionCredentialsSecret", self.retention_credentials_secret)):
             if value:
