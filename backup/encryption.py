@@ -122,20 +122,31 @@ class EncryptingWriter:
     def write(self, data: bytes | bytearray | memoryview) -> int:
         if self._finished:
             raise ValueError("write after finish()")
-        self._buffer += data
-        self._written += len(data)
-        # Keep at least one byte back: the last chunk must be sealed as the last.
-        while len(self._buffer) > CHUNK:
-            self._seal(bytes(self._buffer[:CHUNK]), last=False)
-            del self._buffer[:CHUNK]
-        return len(data)
+        view = memoryview(data).cast("B")
+        size = len(view)
+        self._written += size
+        if self._buffer:  # top up the chunk begun by an earlier write
+            take = min(size, CHUNK - len(self._buffer))
+            self._buffer += view[:take]
+            view = view[take:]
+            if not view:  # keep a full chunk back: it may be the last
+                return size
+            self._seal(bytes(self._buffer), last=False)
+            self._buffer.clear()
+        # Whole chunks straight from the caller's buffer; at least one byte stays back, since the
+        # last chunk must be sealed as the last.
+        while len(view) > CHUNK:
+            self._seal(view[:CHUNK], last=False)
+            view = view[CHUNK:]
+        self._buffer += view
+        return size
 
     def flush(self) -> None:
         flush = getattr(self._target, "flush", None)
         if flush is not None:
             flush()
 
-    def _seal(self, plaintext: bytes, last: bool) -> None:
+    def _seal(self, plaintext: bytes | memoryview, last: bool) -> None:
         self._target.write(self._aead.encrypt(_nonce(self._counter, last), plaintext, self.header))
         self._counter += 1
 
@@ -191,17 +202,21 @@ class DecryptingReader:
         self._done = last
 
     def read(self, size: int = -1) -> bytes:
-        out = bytearray()
-        while size < 0 or len(out) < size:
-            if self._offset >= len(self._plain):
+        pieces: list[bytes] = []
+        wanted = size if size >= 0 else 1 << 62
+        while wanted > 0:
+            left = len(self._plain) - self._offset
+            if left <= 0:
                 if self._done:
                     break
                 self._next_chunk()
                 continue
-            end = len(self._plain) if size < 0 else self._offset + size - len(out)
-            out += self._plain[self._offset:end]
-            self._offset += len(self._plain[self._offset:end])
-        return bytes(out)
+            take = min(wanted, left)
+            pieces.append(self._plain if take == len(self._plain) else
+                          self._plain[self._offset:self._offset + take])
+            self._offset += take
+            wanted -= take
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def close(self) -> None:
         close = getattr(self._source, "close", None)
