@@ -21,7 +21,7 @@ from pgop.cluster.plan import resolve_recovery
 from pgop.kernel.model import Cluster, Instance, S3Spec
 from pgop.kernel.podenv import ArchiveEnv
 from pgop.specs.instance import build_instance
-from pgop.specs.pods import build_bootstrap_pod, build_postgres_pod
+from pgop.specs.pods import build_bootstrap_pod, build_postgres_pod, pod_inputs_hash
 from tests.unit.world import cluster_body, make_cluster
 
 REPO = Path(__file__).resolve().parents[2]
@@ -219,6 +219,8 @@ def test_the_spec_round_trips_and_every_pod_of_the_archive_mounts_only_the_key_a
     plain = make_cluster(backup={"s3": {"bucket": "b", "credentialsSecret": "creds"}})
     text = json.dumps([build_postgres_pod(_instance(plain)), build_backup_pod("b1", "u2", _instance(plain), "x")])
     assert "s3-encryption" not in text and "PGOP_S3_ENCRYPTION" not in text  # off by default
+    # turning it on replaces the pods (one at a time, by the rollout), like any change of spec.backup.s3
+    assert pod_inputs_hash(_instance(cluster)) != pod_inputs_hash(_instance(plain))
 
 
 def test_a_restore_reads_with_the_sources_key_and_then_writes_with_its_own():
