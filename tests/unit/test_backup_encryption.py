@@ -253,3 +253,22 @@ def test_the_documented_command_line_decrypts_and_refuses(tmp_path):
     failed = subprocess.run([*run, "decrypt", str(key_file)], input=bytes(broken), capture_output=True, cwd=REPO)
     assert failed.returncode == 1 and b"does not authenticate" in failed.stderr
     assert MATERIAL.strip() not in failed.stderr
+
+
+def test_pgop_backups_shows_the_key_id_of_encrypted_backups_only_when_there_are_some():
+    from rich.console import Console
+
+    from pgop.cli_output import backups_document
+    from pgop.cli_views import backups_table
+    sealed = Backup(cluster="orders", backup_name="b2", encryption={"algorithm": enc.ALGORITHM, "keyId": KEY.key_id})
+    plain = Backup(cluster="orders", backup_name="b1")
+
+    def text(backups):
+        console = Console(width=300, record=True)
+        console.print(backups_table(backups, "t"))
+        return console.export_text()
+    assert "key id" not in text([plain])
+    shown = text([plain, sealed])
+    assert "key id" in shown and KEY.key_id in shown and "plain" in shown
+    items = backups_document("orders", "s3://b/x", [plain, sealed], None, None)["backups"]
+    assert "encryptionKeyId" not in items[0] and items[1]["encryptionKeyId"] == KEY.key_id
