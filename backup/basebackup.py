@@ -30,7 +30,7 @@ from typing import Any
 
 import zstandard
 
-from pgop.backup import catalog
+from pgop.backup import catalog, encryption
 from pgop.backup import layout as keys
 from pgop.backup.catalog import Backup
 from pgop.backup.layout import ArchiveLayout
@@ -349,7 +349,9 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
     watcher = TarWatcher()
     digest = hashlib.sha256()
     size = 0
-    upload = MultipartWriter(storage, archive_key, part_size, metadata={"compression": COMPRESSION})
+    sealing = encryption.writing_key(storage)
+    upload = MultipartWriter(storage, archive_key, part_size, metadata={
+        "compression": COMPRESSION, **(encryption.metadata(sealing) if sealing else {})})
     process = subprocess.Popen(source.argv(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env={**_base_env(), **source.env})
     assert process.stdout is not None and process.stderr is not None  # both are PIPEs
@@ -360,7 +362,9 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
     try:
         compressor = zstandard.ZstdCompressor(level=level, write_checksum=True, threads=-1)
         # zstandard's stub asks for IO[bytes]; it calls only write() and flush(), which MultipartWriter has
-        writer = compressor.stream_writer(upload, closefd=False)  # type: ignore[arg-type]
+        # With a key, zstd's output is sealed on its way to the parts (pgop.backup.encryption).
+        sealer = encryption.EncryptingWriter(upload, sealing) if sealing else None
+        writer = compressor.stream_writer(sealer or upload, closefd=False)  # type: ignore[arg-type]
         while chunk := process.stdout.read(READ_CHUNK):
             watcher.feed(chunk)
             digest.update(chunk)
@@ -371,6 +375,8 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
             if time.monotonic() - clock > timeout:
                 raise BaseBackupError(f"the backup took longer than {timeout:.0f}s")
         writer.flush(zstandard.FLUSH_FRAME)
+        if sealer is not None:
+            sealer.finish()
         code = process.wait(timeout=60)
         reader.join(10)
         if code != 0:
@@ -407,7 +413,8 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
                       s3_path=f"s3://{storage.bucket}/{keys.backup_prefix(layout, name)}", files=({
         "name": keys.BASE_ARCHIVE, "sizeBytes": size, "compressedBytes": upload.size,
         "sha256": digest.hexdigest(), "tarMembers": watcher.count, "streamSeconds": round(streamed, 3),
-        "seconds": round(seconds, 3)},))
+        "seconds": round(seconds, 3)},),
+        encryption={"algorithm": encryption.ALGORITHM, "keyId": sealing.key_id} if sealing else None)
     body = backup.to_json().encode()
     if not storage.put_new(document_key, io.BytesIO(body), len(body), {}, content_type="application/json"):
         raise BaseBackupError(f"backup {name} was written by someone else meanwhile")

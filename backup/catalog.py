@@ -70,6 +70,14 @@ class Backup:
     pg_version: int | None = None
     files: tuple[Mapping[str, Any], ...] = field(default=(), compare=False)
     s3_path: str | None = None
+    # {"algorithm": ..., "keyId": ...} when base.tar.zst is encrypted (pgop.backup.encryption); the
+    # key id names the key without revealing it. None: not encrypted.
+    encryption: Mapping[str, str] | None = field(default=None, compare=False)
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the key the backup was encrypted with, None for an unencrypted one."""
+        return str(self.encryption.get("keyId") or "") or None if self.encryption else None
 
     @property
     def name(self) -> str:
@@ -117,6 +125,8 @@ class Backup:
         }
         if self.s3_path:
             document["s3Path"] = self.s3_path
+        if self.encryption:
+            document["encryption"] = dict(self.encryption)
         return document
 
     def to_json(self) -> str:
@@ -159,6 +169,7 @@ class Backup:
             pg_version=_integer(document, "pgVersion"),
             files=tuple(dict(entry) for entry in files),
             s3_path=document.get("s3Path") or None,
+            encryption=_encryption(document.get("encryption")),
         )
 
     @classmethod
@@ -192,6 +203,14 @@ class Backup:
             size_bytes=_lenient(int, size),
             s3_path=status.get("s3Path") or None,
         )
+
+
+def _encryption(value: Any) -> dict[str, str] | None:
+    if value in (None, {}):
+        return None
+    if not isinstance(value, Mapping) or not value.get("keyId") or not value.get("algorithm"):
+        raise CatalogError("encryption must be an object with algorithm and keyId")
+    return {"algorithm": str(value["algorithm"]), "keyId": str(value["keyId"])}
 
 
 def _normal_lsn(text: str) -> str:

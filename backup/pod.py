@@ -15,7 +15,7 @@ from typing import Any
 from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import LABEL_COMPONENT, cluster_labels, object_meta, owner_reference
 from pgop.kernel.model import Instance
-from pgop.kernel.podenv import ENV_BACKUP_OBJECT, S3_CREDENTIALS_MOUNT, SECRETS_MOUNT
+from pgop.kernel.podenv import ENV_BACKUP_OBJECT, SECRETS_MOUNT
 from pgop.specs.pods import (
     TLS_VOLUME_MOUNT,
     _container_security,
@@ -23,6 +23,7 @@ from pgop.specs.pods import (
     _s3_volumes,
     _secret_source,
     pod_env,
+    s3_volume_mounts,
     tls_volume,
 )
 
@@ -51,8 +52,7 @@ def build_backup_pod(backup: str, backup_uid: str, instance: Instance, host: str
         "volumeMounts": [
             {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},
             TLS_VOLUME_MOUNT,
-            *([{"name": "s3-credentials", "mountPath": S3_CREDENTIALS_MOUNT, "readOnly": True}]
-              if instance.spec.s3 is not None else []),
+            *s3_volume_mounts(instance.spec.s3),
             {"name": "run", "mountPath": pgconfig.SOCKET_DIRECTORY},
             {"name": "tmp", "mountPath": "/tmp"},
         ],

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import zstandard
 
+from pgop.backup import encryption, prefetch
 from pgop.backup import layout as keys
-from pgop.backup import prefetch
 from pgop.backup import recovery_progress as progress_rules
 from pgop.backup.catalog import Backup, choose_backup
 from pgop.backup.layout import ArchiveLayout
@@ -74,7 +74,9 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
     digest = hashlib.sha256()
     total = 0
     try:
-        with zstandard.ZstdDecompressor().stream_reader(body, read_across_frames=True, closefd=False) as reader:
+        # An encrypted tar (its catalog names the key id) must be encrypted: a plain object there was swapped in.
+        plain = encryption.open_reader(body, encryption.reading_keys(storage), key, require=bool(backup.key_id))
+        with zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True, closefd=False) as reader:
             while chunk := reader.read(CHUNK):
                 digest.update(chunk)
                 total += len(chunk)
@@ -83,6 +85,10 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
                     progress(total)
         tar.stdin.close()
         code = tar.wait(timeout=1800)  # what tar still writes after the last byte came
+    except encryption.EncryptionError as error:
+        tar.kill()
+        tar.wait(10)
+        raise RestoreError(str(error)) from None
     except BaseException:
         tar.kill()
         tar.wait(10)
@@ -310,6 +316,10 @@ def restore(storage: S3Storage, source: ArchiveLayout, pgdata: Path, backups: Se
     """The whole restore into an empty PGDATA (which must exist, owned by the postgres user).
     `progress` hears how far it came (bytes of the base backup, WAL files restored, phase)."""
     backup = choose(backups, name, target_time, target_lsn)
+    wrong_key = encryption.key_mismatch(f"backup {backup.backup_name}", backup.key_id,
+                                        encryption.reading_keys(storage))
+    if wrong_key:
+        raise RestoreError(wrong_key)
     if any(pgdata.iterdir()):
         raise RestoreError(f"{pgdata} is not empty")
     target = (f"time {target_time}" if target_time else f"LSN {target_lsn}" if target_lsn

@@ -18,6 +18,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from pgop.backup.encryption import Key, Keyring
 from pgop.kernel import podenv
 
 # Files of the projected credentials Secret (spec.backup.s3.credentialsSecret). The AWS_* names
@@ -110,6 +111,8 @@ class S3Settings:
     endpoint: str | None = None
     region: str | None = None
     credentials: Credentials | None = None  # None: boto's default chain (e.g. an IAM role)
+    # The keys to encrypt what is written (the first) and decrypt what is read; None: write plain.
+    keyring: Keyring | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> S3Settings:
@@ -124,8 +127,9 @@ class S3Settings:
         elif directory:
             raise CredentialsError(f"{ENV_CREDENTIALS_DIR}={directory} is not a directory: the credentials "
                                    "Secret is not mounted")
+        keyring = Keyring((Key.from_file(archive.encryption_key_file),)) if archive.encryption_key_file else None
         return cls(bucket=archive.bucket, path=archive.path, endpoint=archive.endpoint, region=archive.region,
-                   credentials=credentials)
+                   credentials=credentials, keyring=keyring)
 
 
 class S3Storage:
@@ -133,8 +137,11 @@ class S3Storage:
 
     def __init__(self, bucket: str, *, endpoint: str | None = None, region: str | None = None,
                  credentials: Credentials | None = None, max_attempts: int = 5,
-                 connect_timeout: float = 5.0, read_timeout: float = 60.0, client: Any = None):
+                 connect_timeout: float = 5.0, read_timeout: float = 60.0, client: Any = None,
+                 keyring: Keyring | None = None):
         self.bucket = bucket
+        # Not used by this class: the streams above it (wal, basebackup, restore) encrypt and decrypt.
+        self.keyring = keyring
         if client is None:
             config = Config(
                 s3={"addressing_style": "path"},
@@ -154,7 +161,7 @@ class S3Storage:
     @classmethod
     def from_settings(cls, settings: S3Settings, **kwargs) -> S3Storage:
         return cls(settings.bucket, endpoint=settings.endpoint, region=settings.region,
-                   credentials=settings.credentials, **kwargs)
+                   credentials=settings.credentials, keyring=settings.keyring, **kwargs)
 
     def head(self, key: str) -> ObjectInfo | None:
         try:

@@ -8,6 +8,10 @@ archived WAL is never replaced.
 
 wal-fetch streams the object through the decompressor into a temporary file next to the target,
 checks size and sha256, fsyncs, and renames it into place, so PostgreSQL never reads half a file.
+
+With an encryption key (spec.backup.s3.encryption; pgop.backup.encryption) the zstd stream is
+sealed before it is spooled, and a fetch decrypts an object that starts with the format's magic;
+the sha256 and size stay those of the plain file.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from typing import IO
 
 import zstandard
 
+from pgop.backup import encryption
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import S3Storage
 
@@ -128,10 +133,19 @@ def push(storage: S3Storage, layout: ArchiveLayout, wal_path: str | os.PathLike,
     path = Path(wal_path)
     key = layout.wal_key(path.name)  # refuses a name PostgreSQL would not archive
     system_id = system_identifier(path)
+    sealing = encryption.writing_key(storage)
     with open(path, "rb") as source, tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY) as spool:
         size = os.fstat(source.fileno()).st_size
-        done = compress(source, spool, level, size)
+        if sealing is None:
+            done = compress(source, spool, level, size)
+        else:  # zstd, then sealed (pgop.backup.encryption): the spool holds only ciphertext
+            sealer = encryption.EncryptingWriter(spool, sealing)
+            done = compress(source, sealer, level, size)  # type: ignore[arg-type]
+            sealer.finish()
+            done = Compressed(done.sha256, done.size, spool.tell())
         metadata = {META_SHA256: done.sha256, META_SIZE: str(done.size), META_COMPRESSION: COMPRESSION}
+        if sealing is not None:
+            metadata.update(encryption.metadata(sealing))
         if system_id:
             metadata[META_SYSTEM_ID] = system_id
 
@@ -171,9 +185,11 @@ def fetch(storage: S3Storage, layout: ArchiveLayout, name: str, target: str | os
     try:
         with os.fdopen(handle, "wb") as out:
             try:
-                got = decompress(body, out)
+                got = decompress(encryption.open_reader(body, encryption.reading_keys(storage), name), out)
             except zstandard.ZstdError as error:
                 raise WalCorrupt(f"{name}: the archived object does not decompress: {error}") from None
+            except encryption.EncryptionError as error:
+                raise WalCorrupt(str(error)) from None
             finally:
                 body.close()
             expected = info.metadata.get(META_SHA256)

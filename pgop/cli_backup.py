@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -192,6 +193,29 @@ def restore_manifest(source_name: str, source: dict[str, Any], new: str, namespa
             "metadata": {"name": new, "namespace": namespace}, "spec": spec}
 
 
+def restore_key_problem(backup: Any, s3: S3Spec, secret: Mapping[str, Any] | None) -> str | None:
+    """Why the key of `s3.encryption` (its Secret as the API returns it, None when not there)
+    cannot decrypt `backup` (a catalog.Backup), or None (pure). A Secret that cannot be read is
+    not judged here: the restore itself refuses a wrong key, with the same message."""
+    import base64
+
+    from pgop.backup.encryption import EncryptionError, Key, Keyring, key_mismatch
+    if not backup.key_id:
+        return None
+    if not s3.encryption_key_secret:
+        return key_mismatch(f"backup {backup.backup_name}", backup.key_id, None)
+    value = ((secret or {}).get("data") or {}).get(s3.encryption_key)
+    if secret is None or not value:
+        return (f"backup {backup.backup_name} is encrypted (key id {backup.key_id}) and the Secret "
+                f"{s3.encryption_key_secret} has no key {s3.encryption_key!r}")
+    try:
+        key = Key.from_bytes(base64.b64decode(value), f"the key {s3.encryption_key!r} of Secret "
+                             f"{s3.encryption_key_secret}")
+    except EncryptionError as error:
+        return str(error)
+    return key_mismatch(f"backup {backup.backup_name}", backup.key_id, Keyring((key,)))
+
+
 def restore(cluster: str, new: str, namespace: str, *, target_time: str | None, target_lsn: str | None,
             backup: str | None, target_timeline: str | None = None, bucket: str | None, path: str | None, endpoint: str | None,
             credentials_secret: str | None, instances: int | None, dry_run: bool, wait: bool,
@@ -220,6 +244,16 @@ def restore(cluster: str, new: str, namespace: str, *, target_time: str | None, 
         chosen = choose_backup(backups, target_time, target_lsn, name=backup, now=datetime.now(UTC))
     except RestoreTargetError as error:
         _fail(f"cannot restore {cluster}: {error}", 2)
+    # An encrypted backup: is the key the new cluster gets (the source's spec.backup.s3.encryption)
+    # the right one? (--s3-* names no key: the manifest is then for the user to complete.)
+    if chosen.key_id and explicit is None:
+        try:
+            secret = kube.get("Secret", namespace, s3.encryption_key_secret) if s3.encryption_key_secret else None
+            problem = restore_key_problem(chosen, s3, secret)
+        except Exception:  # e.g. no right to read the Secret: the restore itself checks the key
+            problem = None
+        if problem:
+            _fail(f"cannot restore {cluster}: {problem}", 2)
     manifest = restore_manifest(cluster, source, new, namespace, target_time=target_time, target_lsn=target_lsn,
                                 backup=backup, s3=explicit, instances=instances, target_timeline=target_timeline)
     if dry_run:

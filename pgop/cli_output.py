@@ -112,5 +112,7 @@ def backups_document(cluster: str, location: str, backups: Iterable[Any], first:
                       "completedAt": _moment(b.completed_at), "sizeBytes": b.size_bytes,
                       "compressedBytes": compressed, "timeline": b.timeline, "beginLSN": b.begin_lsn,
                       "endLSN": b.end_lsn, "beginWal": b.begin_wal, "endWal": b.end_wal, "s3Path": b.s3_path})
+        if getattr(b, "key_id", None):  # encrypted: the id of the key a restore needs
+            items[-1]["encryptionKeyId"] = b.key_id
     return {**_header("BackupCatalog"), "cluster": cluster, "location": location, "backups": items,
             "firstRecoverabilityPoint": _moment(first), "lastArchivedWal": last_wal}

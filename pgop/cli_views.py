@@ -104,14 +104,16 @@ def plan_table(actions: Iterable[Action], title: str) -> Table:
 def backups_table(backups, title: str) -> Table:
     """The base backups of a catalog (backup.catalog.Backup), oldest first."""
     table = Table(title=title)
+    backups = list(backups)
+    encrypted = any(getattr(b, "key_id", None) for b in backups)  # the column only when there is one
     for column in ("name", "started", "completed", "size", "in S3", "timeline", "begin LSN", "end LSN",
-                   "begin WAL"):
+                   "begin WAL", *(("key id",) if encrypted else ())):
         table.add_column(column)
     for b in backups:
         compressed = next((f.get("compressedBytes") for f in b.files if f.get("compressedBytes")), None)
         table.add_row(b.backup_name, _moment(b.started_at), _moment(b.completed_at), _bytes(b.size_bytes),
                       _bytes(compressed), str(b.timeline or "-"), b.begin_lsn or "-", b.end_lsn or "-",
-                      b.begin_wal or "-")
+                      b.begin_wal or "-", *((b.key_id or "plain",) if encrypted else ()))
     return table
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from pgop.kernel.actions import apply_merge_patch
-from pgop.kernel.conditions import condition, rfc3339, set_conditions
+from pgop.kernel.conditions import REASON_ENCRYPTION_KEY_MISMATCH, condition, rfc3339, set_conditions
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance, with_sync_states_from_primary
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_ready, is_stale, why_not_ready
@@ -132,7 +132,10 @@ def cluster_status(
                          "continue without waiting for the missing ones"))
     failed_restores = [i for i in live if i.status.restore_phase == "Failed"]
     if failed_restores:  # the bootstrap gave up: nothing more happens without the user
-        problems.append(("RestoreFailed", "; ".join(f"{i.name}: {i.status.restore_message or 'restore failed'}"
+        messages = [i.status.restore_message or "" for i in failed_restores]
+        reason = (REASON_ENCRYPTION_KEY_MISMATCH if any(REASON_ENCRYPTION_KEY_MISMATCH + ":" in m for m in messages)
+                  else "RestoreFailed")
+        problems.append((reason, "; ".join(f"{i.name}: {i.status.restore_message or 'restore failed'}"
                                                     for i in failed_restores)))
     refused = cluster.refused_publish_paths()
     if refused:  # the database works; what spec.publish asks is not done

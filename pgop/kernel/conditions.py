@@ -13,6 +13,11 @@ from typing import Any
 
 TRUE, FALSE, UNKNOWN = "True", "False", "Unknown"
 
+# A restore refused because the backup is encrypted with another key than the one given (or none):
+# the restore's error starts with it (pgop.backup.encryption.key_mismatch), the PgCluster's
+# Degraded condition takes it as its reason.
+REASON_ENCRYPTION_KEY_MISMATCH = "EncryptionKeyMismatch"
+
 
 def rfc3339(moment: datetime) -> str:
     """`2026-12-01T16:04:05Z`: what Kubernetes writes in metav1.Time fields."""

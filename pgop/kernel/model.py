@@ -160,6 +160,9 @@ class InitdbSpec:
         return {"database": self.database, "owner": self.owner}
 
 
+DEFAULT_ENCRYPTION_KEY = "key"
+
+
 @dataclass(frozen=True)
 class S3Spec:
     bucket: str
@@ -169,12 +172,19 @@ class S3Spec:
     region: str | None = None
     # Read by the operator only, for retention's deletes; never mounted in a pod.
     retention_credentials_secret: str | None = None
+    # encryption.keySecret: the Secret and its key with the encryption key of what is written here
+    # (mounted as a file in the pods that read or write the archive); None: not encrypted.
+    encryption_key_secret: str | None = None
+    encryption_key: str = DEFAULT_ENCRYPTION_KEY
 
     @classmethod
     def from_dict(cls, data: Body | None) -> S3Spec | None:
         if not data:
             return None
+        key_secret = ((data.get("encryption") or {}).get("keySecret") or {})
         return cls(
+            encryption_key_secret=key_secret.get("name") or None,
+            encryption_key=key_secret.get("key") or DEFAULT_ENCRYPTION_KEY,
             bucket=data.get("bucket", ""),
             credentials_secret=data.get("credentialsSecret", ""),
             path=data.get("path"),
@@ -184,11 +194,13 @@ class S3Spec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        out = {"bucket": self.bucket, "credentialsSecret": self.credentials_secret}
+        out: dict[str, Any] = {"bucket": self.bucket, "credentialsSecret": self.credentials_secret}
         for key, value in (("path", self.path), ("endpoint", self.endpoint), ("region", self.region),
                            ("retentionCredentialsSecret", self.retention_credentials_secret)):
             if value:
                 out[key] = value
+        if self.encryption_key_secret:
+            out["encryption"] = {"keySecret": {"name": self.encryption_key_secret, "key": self.encryption_key}}
         return out
 
     @property

@@ -38,6 +38,9 @@ ENV_S3_CLUSTER = "PGOP_S3_CLUSTER"  # whose archive; default: the pod's cluster 
 # The namespace part of the archive's location (`<path>/<namespace>/<cluster>/`); unset or empty:
 # the legacy layout `<path>/<cluster>/` of clusters that archived before namespaces were part of it.
 ENV_S3_NAMESPACE = "PGOP_S3_NAMESPACE"
+# The file of the archive's encryption key (spec.backup.s3.encryption.keySecret, mounted); unset:
+# objects are written unencrypted (encrypted ones are still recognised, and refused for want of a key).
+ENV_S3_ENCRYPTION_KEY_FILE = "PGOP_S3_ENCRYPTION_KEY_FILE"
 # The PgBackup whose status.uploadedBytes a backup pod updates.
 ENV_BACKUP_OBJECT = "PGOP_BACKUP_OBJECT"
 
@@ -49,6 +52,9 @@ TLS_MOUNT = "/etc/pgop/tls"
 # Files of the S3 credentials Secret: ACCESS_KEY_ID and ACCESS_SECRET_KEY (or AWS_ACCESS_KEY_ID
 # and AWS_SECRET_ACCESS_KEY).
 S3_CREDENTIALS_MOUNT = "/etc/pgop/s3"
+# The encryption key, in its own read-only volume of the pods that read or write the archive.
+S3_ENCRYPTION_MOUNT = "/etc/pgop/s3-encryption"
+S3_ENCRYPTION_KEY_FILE = f"{S3_ENCRYPTION_MOUNT}/key"
 AGENT_PORT = 8008
 # /metrics of the instance (the named container port `metrics`); PGOP_METRICS_PORT=0 turns it off.
 METRICS_PORT = 9187
@@ -81,12 +87,14 @@ class ArchiveEnv:
     credentials_dir: str | None = S3_CREDENTIALS_MOUNT
     cluster: str | None = None  # whose archive, when not the pod's own cluster
     namespace: str | None = None  # the namespace part of the archive's location; None: legacy layout
+    encryption_key_file: str | None = None  # set: what is written is encrypted with this key
 
     def to_env(self) -> list[dict[str, Any]]:
         env: list[dict[str, Any]] = [{"name": ENV_S3_BUCKET, "value": self.bucket}]
         for name, value in ((ENV_S3_PATH, self.path), (ENV_S3_ENDPOINT, self.endpoint),
                             (ENV_S3_REGION, self.region), (ENV_S3_CLUSTER, self.cluster),
-                            (ENV_S3_NAMESPACE, self.namespace)):
+                            (ENV_S3_NAMESPACE, self.namespace),
+                            (ENV_S3_ENCRYPTION_KEY_FILE, self.encryption_key_file)):
             if value:
                 env.append({"name": name, "value": value})
         if self.credentials_dir:
@@ -101,7 +109,8 @@ class ArchiveEnv:
             return None
         return cls(bucket=bucket, path=env.get(ENV_S3_PATH, ""), endpoint=env.get(ENV_S3_ENDPOINT) or None,
                    region=env.get(ENV_S3_REGION) or None, credentials_dir=env.get(ENV_S3_CREDENTIALS_DIR) or None,
-                   cluster=env.get(ENV_S3_CLUSTER) or None, namespace=env.get(ENV_S3_NAMESPACE) or None)
+                   cluster=env.get(ENV_S3_CLUSTER) or None, namespace=env.get(ENV_S3_NAMESPACE) or None,
+                   encryption_key_file=env.get(ENV_S3_ENCRYPTION_KEY_FILE) or None)
 
 
 @dataclass(frozen=True)

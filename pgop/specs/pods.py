@@ -38,6 +38,8 @@ from pgop.kernel.podenv import (
     METRICS_PORT,
     PGDATA,
     S3_CREDENTIALS_MOUNT,
+    S3_ENCRYPTION_KEY_FILE,
+    S3_ENCRYPTION_MOUNT,
     SECRETS_MOUNT,
     TLS_MOUNT,
     ArchiveEnv,
@@ -155,7 +157,8 @@ def archive_env(s3: S3Spec | None, namespace: str = "") -> ArchiveEnv | None:
     if s3 is None:
         return None
     return ArchiveEnv(bucket=s3.bucket, path=s3.path or "", endpoint=s3.endpoint, region=s3.region,
-                      namespace=namespace or None)
+                      namespace=namespace or None,
+                      encryption_key_file=S3_ENCRYPTION_KEY_FILE if s3.encryption_key_secret else None)
 
 
 def archive_namespace(instance: Instance) -> str:
@@ -249,14 +252,30 @@ def _s3_volumes(s3: S3Spec | None) -> list[dict[str, Any]]:
         return []
     # Optional: a missing Secret (or key) must not keep Postgres from starting; archiving then
     # fails, and says why in pg_stat_archiver, the PgInstance status and ContinuousArchiving.
-    return [{"name": "s3-credentials", "projected": {"defaultMode": 0o440, "sources": [
+    volumes = [{"name": "s3-credentials", "projected": {"defaultMode": 0o440, "sources": [
         {"secret": {"name": s3.credentials_secret, "optional": True}},
     ]}}]
+    if s3.encryption_key_secret:
+        # Only the key, as the file `key`; optional like the credentials: without it Postgres still
+        # starts, and archiving refuses to write anything unencrypted, saying the file is missing.
+        volumes.append({"name": "s3-encryption", "secret": {
+            "secretName": s3.encryption_key_secret, "optional": True, "defaultMode": 0o440,
+            "items": [{"key": s3.encryption_key, "path": "key"}]}})
+    return volumes
+
+
+def s3_volume_mounts(s3: S3Spec | None) -> list[dict[str, Any]]:
+    """The mounts of _s3_volumes(s3): the credentials and, when set, the encryption key."""
+    if s3 is None:
+        return []
+    mounts = [{"name": "s3-credentials", "mountPath": S3_CREDENTIALS_MOUNT, "readOnly": True}]
+    if s3.encryption_key_secret:
+        mounts.append({"name": "s3-encryption", "mountPath": S3_ENCRYPTION_MOUNT, "readOnly": True})
+    return mounts
 
 
 def _volume_mounts(instance: Instance, s3_location: S3Spec | None = None) -> list[dict[str, Any]]:
-    s3 = [{"name": "s3-credentials", "mountPath": S3_CREDENTIALS_MOUNT, "readOnly": True}] \
-        if (s3_location or instance.spec.s3) is not None else []
+    s3 = s3_volume_mounts(s3_location or instance.spec.s3)
     return [
         {"name": "pgdata", "mountPath": DATA_MOUNT},
         {"name": "secrets", "mountPath": SECRETS_MOUNT, "readOnly": True},

@@ -39,3 +39,28 @@ def test_a_restore_from_an_archive_whose_cluster_is_gone_names_the_archive():
     assert recovery["s3"] == {"bucket": "pg-backups", "path": "shop", "credentialsSecret": "old-creds"}
     assert recovery["source"] == "orders" and recovery["targetLSN"] == "0/3000060" and recovery["backup"] == "orders-1"
     assert manifest["spec"]["instances"] == 1
+
+
+def test_pgop_restore_refuses_an_encrypted_backup_without_its_key_before_writing_anything():
+    import base64
+
+    from pgop.backup.catalog import Backup
+    from pgop.backup.encryption import Key
+    from pgop.cli_backup import restore_key_problem
+    from pgop.kernel.model import S3Spec
+    material = b"k" * 40
+    backup = Backup(cluster="orders", backup_name="nightly",
+                    encryption={"algorithm": "pgop-aes256gcm-stream-v1", "keyId": Key.from_bytes(material).key_id})
+    s3 = S3Spec.from_dict({"bucket": "b", "credentialsSecret": "c",
+                           "encryption": {"keySecret": {"name": "orders-key"}}})
+
+    def secret(value: bytes):
+        return {"metadata": {"name": "orders-key"}, "data": {"key": base64.b64encode(value).decode()}}
+    assert restore_key_problem(backup, s3, secret(material + b"\n")) is None
+    wrong = restore_key_problem(backup, s3, secret(b"w" * 40))
+    assert wrong.startswith("EncryptionKeyMismatch: backup nightly is encrypted with the key of id")
+    assert "kkkk" not in wrong and "wwww" not in wrong
+    assert "has no key 'key'" in restore_key_problem(backup, s3, None)
+    assert "keySecret" in restore_key_problem(backup, S3Spec.from_dict({"bucket": "b", "credentialsSecret": "c"}),
+                                              None)
+    assert restore_key_problem(Backup(cluster="orders", backup_name="plain"), s3, None) is None

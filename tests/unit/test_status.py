@@ -201,3 +201,17 @@ def test_a_restoring_instance_shows_its_progress_and_a_failed_restore_degrades_t
     degraded = condition(status, "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "RestoreFailed"
     assert "orders-0: the restore failed 3 times; the last error: S3 unreachable" in degraded["message"]
+
+
+def test_a_restore_refused_for_its_encryption_key_says_so_in_the_reason():
+    from pgop.backup.encryption import Key, Keyring, key_mismatch
+    world = World()
+    cluster = make_cluster(instances=1)
+    world.apply(plan(world, cluster))
+    error = key_mismatch("backup nightly", "00112233aabbccdd", Keyring((Key.from_bytes(b"k" * 32),)))
+    body = world.get("PgInstance", "orders-0")
+    body["status"] = {"restore": {"phase": "Failed", "attempt": 3,
+                                  "message": f"the restore failed 3 times; the last error: {error}"}}
+    degraded = condition(status_of(world, cluster), "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "EncryptionKeyMismatch"
+    assert "encrypted with the key of id 00112233aabbccdd" in degraded["message"]
