@@ -232,5 +232,7 @@ def _hibernation(cluster: Cluster, status: dict[str, Any], ha: Mapping[str, Any]
                     condition(DEGRADED, False, phase, "the Postgres pods are stopped on purpose")]
         if phase == hibernation.HIBERNATED:
             updates.append(condition(PROGRESSING, False, phase, "nothing to do until `pgop hibernate off`"))
+    elif phase == hibernation.WAKING and status.get("phase") != "Ready":
+        status["phase"] = phase
     for update in updates:
         status["conditions"] = set_condition(status["conditions"], update, now=now, generation=cluster.generation)
