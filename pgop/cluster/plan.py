@@ -28,6 +28,9 @@ Ordering decisions, top to bottom:
   is not restarted in place when a replica on the new spec streams from it: a switchover
   (annotation pgop.io/switchover-to) makes that replica primary, and the old primary then
   restarts as a replica.
+- Hibernation (pgop.kernel.hibernation): while a cluster hibernates, only spec.hibernated is
+  planned for its PgInstances (replicas first, the primary last); nothing is created, scaled,
+  rolled or drained, and a hibernated instance has no pod and no new volume.
 - Instance: PVC, then the bootstrap pod, then (once it succeeded) mark the volume initialised,
   remove the bootstrap pod and start the Postgres pod. Two pods never share a data directory.
 """
@@ -790,6 +793,9 @@ def plan_instance(instance: Instance | Obj, observed_pvc: Obj | None, observed_p
     bootstrap = pods.get(names.bootstrap_pod(instance.name))
     postgres = pods.get(names.postgres_pod(instance.name))
 
+    if hibernation.is_hibernated(instance.raw_spec):
+        _plan_hibernated(instance, bootstrap, postgres, plan)
+        return plan
     if observed_pvc is None:
         _create(plan, build_pvc(instance),
                 f"volume of {instance.spec.storage.size} for the data directory of {instance.name}")
@@ -805,10 +811,6 @@ def plan_instance(instance: Instance | Obj, observed_pvc: Obj | None, observed_p
             return plan
         _plan_volume_changes(instance, observed_pvc, plan)
         initialized = is_initialized(observed_pvc)
-
-    if hibernation.is_hibernated(instance.raw_spec):
-        _plan_hibernated(instance, bootstrap, postgres, plan)
-        return plan
 
     if not initialized:
         _plan_bootstrap(instance, observed_pvc, bootstrap, postgres, plan)
