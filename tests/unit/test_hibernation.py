@@ -134,6 +134,28 @@ def test_waking_brings_every_instance_back_with_its_role_and_failover_waits_for_
     assert world.cluster_status.get("hibernation") is None
     assert "Awake" in [e.reason for e in done.events]
     assert world.cluster_status["currentPrimary"] == "orders-0"
+    # awake: failover watches the primary again
+    del world.objects[("Pod", "orders-0")]
+    result = step(world, cluster, at=wake_at + timedelta(seconds=43))
+    assert "FailoverStarted" in [e.reason for e in result.events]
+
+
+def test_a_hibernated_instance_gets_no_pod_and_no_new_volume():
+    world, cluster = hibernate(2)
+    body = world.objects[("PgInstance", "orders-1")]
+    result = plan_instance(body, None, [])
+    assert list(result) == []
+    assert any("hibernated" in w for w in result.waiting)
+
+
+def test_waking_says_waking_in_the_phase_until_ready():
+    world, cluster = hibernate(2)
+    ask(world, "off")
+    step(world, cluster, at=T + timedelta(minutes=30))
+    status = cluster_status(world.cluster(cluster), world.all("PgInstance"), now=T + timedelta(minutes=30),
+                            ha={"hibernation": world.cluster_status["hibernation"]})
+    assert status["phase"] == "Waking"
+    assert find_condition(status["conditions"], "Hibernated")["reason"] == "Waking"
 
 
 def test_scaling_and_spec_changes_wait_while_hibernated():
