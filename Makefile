@@ -21,11 +21,12 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-## The main job: local Kubernetes + services, CRDs, and the operator running against it.
+## The main job: local Kubernetes + services, CRDs, the operator running against it, and the example
+## PgCluster (examples/pgcluster-orders.yaml in namespace pgop-example) Ready.
 up: venv
 	$(HARNESS) up --operator --nodes $(NODES)
 
-## Only the cluster and services (no operator): what the tests need.
+## Only the cluster and services (no operator): what the tests need. Removes the example's namespace.
 env-up: venv
 	$(HARNESS) up --nodes $(NODES)
 

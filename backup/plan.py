@@ -28,6 +28,7 @@ from typing import Any
 
 from pgop.backup.catalog import PENDING, RUNNING, Backup
 from pgop.backup.retention import RetentionDecision, apply_retention, first_recoverability_point
+from pgop.kernel import hibernation
 from pgop.kernel.actions import CREATE, DELETE, Action, Plan
 from pgop.kernel.conditions import parse_time
 from pgop.kernel.conditions import rfc3339 as timestamp
@@ -143,6 +144,10 @@ def _plan_schedule(cluster: Cluster, schedule: str, own: Sequence[Obj], live: Se
     name = scheduled_backup_name(cluster.name, due)
     if any(_meta(b).get("name") == name for b in own):
         plan.status[STATUS_LAST_SCHEDULED] = timestamp(due)
+        return
+    if hibernation.holds(cluster):
+        plan.status[STATUS_LAST_SCHEDULED] = timestamp(due)  # skipped, not made up for on waking
+        plan.waiting.append(f"the backup due at {timestamp(due)} is skipped: the cluster is hibernated")
         return
     busy = [b for b in live if ((b.get("status") or {}).get("phase") or PENDING) in (PENDING, RUNNING)]
     if busy:

@@ -284,6 +284,39 @@ def reload(
 
 
 @app.command()
+def hibernate(
+    state: str = typer.Argument(..., help="on | off"),
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Follow until Hibernated (on) or Ready (off)."),
+    timeout: float = typer.Option(600, help="Seconds to follow it."),
+) -> None:
+    """Hibernate a cluster (every Postgres pod stopped cleanly and deleted, replicas first; volumes,
+    Secrets, Services and PgInstances kept; no failover, no scheduled backup) or wake it (the same
+    instances come back, the former primary as primary)."""
+    from pgop.cli_hibernate import hibernate as run_hibernate
+    if state not in ("on", "off"):
+        typer.echo("the first argument must be on or off", err=True)
+        raise typer.Exit(2) from None
+    run_hibernate(state == "on", cluster, _namespace(namespace), wait, timeout)
+
+
+@app.command()
+def destroy(
+    cluster: str = typer.Argument(..., help="PgCluster name"),
+    instance: str = typer.Argument(..., help="The instance to destroy (name, or its ordinal)"),
+    namespace: str | None = typer.Option(None, "--namespace", "-n"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
+    force: bool = typer.Option(False, "--force", help="Even when it leaves too few replicas for "
+                                                     "spec.synchronousReplicas."),
+) -> None:
+    """Destroy one replica: its volume (data lost), pods and PgInstance; the operator replaces it with a
+    fresh replica cloned from the primary. The primary is refused (promote another first)."""
+    from pgop.cli_hibernate import destroy as run_destroy
+    run_destroy(cluster, instance, _namespace(namespace), yes, force)
+
+
+@app.command()
 def report(
     cluster: str = typer.Argument(..., help="PgCluster name"),
     namespace: str | None = typer.Option(None, "--namespace", "-n"),

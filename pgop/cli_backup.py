@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import typer
 
+from pgop.kernel import hibernation
 from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import S3Spec
 
@@ -48,6 +49,10 @@ def start_backup(cluster: str, namespace: str, name: str | None, target: str, wa
     body = _get_cluster(kube, namespace, cluster)
     if not (body.get("spec") or {}).get("backup", {}).get("s3"):
         _fail(f"PgCluster {namespace}/{cluster} has no spec.backup.s3: there is nowhere to store a backup", 2)
+    if hibernation.phase_of(body.get("status") or {}) or \
+            hibernation.requested((body.get("metadata") or {}).get("annotations") or {}):
+        _fail(f"PgCluster {namespace}/{cluster} is hibernated: no Postgres runs to back up "
+              f"(`pgop hibernate off {cluster}` first)")
     name = name or manual_backup_name(cluster, datetime.now(UTC))
     created = kube.create(backup_manifest(cluster, namespace, name, target))
     if created is None:

@@ -73,6 +73,7 @@ def cluster_document(cluster: Mapping[str, Any], instances: Iterable[Mapping[str
         "targetPrimary": status.get("targetPrimary"),
         "lastBackup": status.get("lastBackup"),
         "firstRecoverabilityPoint": status.get("firstRecoverabilityPoint"),
+        "hibernation": status.get("hibernation"),
         "members": instance_rows(dict(cluster), [dict(i) for i in instances]),
         "conditions": conditions(cluster),
     }

@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from . import build, cluster, envfile, host, images, nodes, paths, proc, provisioner, services
+from . import build, cluster, envfile, example, host, images, nodes, paths, proc, provisioner, services
 from .log import step
 
 ORDER = cluster.CONTROL_PLANE + cluster.NODE + services.NAMES
@@ -40,6 +40,9 @@ def up(args) -> None:
     cluster.install_crds()
     if args.operator:
         start_operator(env)
+    else:
+        example.remove()  # the tests' environment: no example pods competing for the cores
+    deployed = example.deploy() if args.operator and args.example else None
     print(f"[pgop-env] up in {time.monotonic() - t0:.1f}s", file=sys.stderr)
     print(f"""
 The local environment is up. To use it:
@@ -56,6 +59,9 @@ RDS (moto): PGOP_RDS_ENDPOINT={env['PGOP_RDS_ENDPOINT']}
 Logs:      {paths.LOGS}
 Nodes:     {env['PGOP_NODES']} (faults: python -m e2e.harness node --help)
 """)
+    if deployed is not None:
+        name, example_took = deployed
+        print(example.next_steps(name, str(paths.ENV_SH), time.monotonic() - t0, example_took))
 
 
 def start_provisioner() -> None:
@@ -180,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     u = sub.add_parser("up", help="install, build and start everything (idempotent)")
     u.add_argument("--only", nargs="*", help=argparse.SUPPRESS)
     u.add_argument("--operator", action="store_true", help="also start the pgop operator")
+    u.add_argument("--no-example", dest="example", action="store_false",
+                   help="with --operator: do not deploy the example PgCluster (namespace pgop-example)")
     u.add_argument("--nodes", type=int, default=1,
                    help="nodes in all: the host node plus N-1 extra kubelet nodes (default 1)")
     u.set_defaults(fn=up)

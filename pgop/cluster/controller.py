@@ -10,7 +10,7 @@ from kubernetes.client.rest import ApiException
 
 from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance
 from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
-from pgop.kernel import names
+from pgop.kernel import hibernation, names
 from pgop.kernel.actions import Plan
 from pgop.kernel.conditions import parse_time, set_condition
 from pgop.kernel.diagnose import instance_report
@@ -176,7 +176,9 @@ def _report_for_silent_agent(kube: Kube, instance: Instance, pvc, pods, plan: Pl
         sc = (pvc.get("spec") or {}).get("storageClassName")
         sc_exists = bool(sc and kube.get("StorageClass", None, sc))
     phase, message = instance_report(pvc, pods, plan.waiting, sc_exists)
-    if beat is not None:
+    if hibernation.is_hibernated(instance.raw_spec) and not pods:
+        phase, message = "Hibernated", "no pod runs (the cluster is hibernated); its volume is kept"
+    elif beat is not None:
         phase, message = "Unavailable", f"no heartbeat for {(now - beat).total_seconds():.0f}s; {message}"
     if instance.status.phase == phase and instance.status.message == message:
         return None

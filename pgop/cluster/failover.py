@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pgop.kernel import hibernation
 from pgop.kernel.actions import NORMAL, WARNING, Event, merge_patch
 from pgop.kernel.conditions import parse_time, rfc3339
 from pgop.kernel.lsn import parse_lsn
@@ -304,6 +305,8 @@ def _steady(facts: _Facts, state: _State) -> None:
         return
 
     # currentPrimary == targetPrimary: the primary to watch, and a switchover to start.
+    if hibernation.holds(facts.cluster):
+        return  # its pods are stopped on purpose (pgop.kernel.hibernation): no failover, no switchover
     why = _failure(facts, state.target)
     if target is not None and facts.is_fenced(target):
         if why:

@@ -28,6 +28,9 @@ Ordering decisions, top to bottom:
   is not restarted in place when a replica on the new spec streams from it: a switchover
   (annotation pgop.io/switchover-to) makes that replica primary, and the old primary then
   restarts as a replica.
+- Hibernation (pgop.kernel.hibernation): while a cluster hibernates, only spec.hibernated is
+  planned for its PgInstances (replicas first, the primary last); nothing is created, scaled,
+  rolled or drained, and a hibernated instance has no pod and no new volume.
 - Instance: PVC, then the bootstrap pod, then (once it succeeded) mark the volume initialised,
   remove the bootstrap pod and start the Postgres pod. Two pods never share a data directory.
 """
@@ -40,7 +43,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
-from pgop.kernel import names, pgconfig
+from pgop.kernel import hibernation, names, pgconfig
 from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Event, Plan, merge_patch
 from pgop.kernel.conditions import condition
 from pgop.kernel.lsn import parse_lsn
@@ -180,13 +183,32 @@ def plan_cluster(cluster: Cluster, observed: ObservedCluster, *, rng: RandomSour
     _plan_secrets(cluster, observed, plan, rng or system_secrets.SystemRandom(), ca_cert)
     _plan_services(cluster, observed, plan)
     _plan_pdb(cluster, observed, plan)
-    _plan_instances(cluster, observed, plan, ha)
-    _plan_drain(cluster, observed, plan, ha)
+    if not _plan_hibernation(cluster, observed, plan, ha, now or datetime.now(UTC)):
+        _plan_instances(cluster, observed, plan, ha)
+        _plan_drain(cluster, observed, plan, ha)
     if ha.clear_switchover and ANNOTATION_SWITCHOVER in cluster.annotations:
         plan.append(Action(PATCH, "PgCluster", cluster.name, cluster.namespace,
                            "the switchover request is answered (status.lastSwitchover)",
                            patch={"metadata": {"annotations": {ANNOTATION_SWITCHOVER: None}}}))
     return plan
+
+
+def _plan_hibernation(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha: HaDecision,
+                      now: datetime) -> bool:
+    """`pgop hibernate on|off` (pgop.kernel.hibernation): the PgInstances to stop or start, and
+    status.hibernation. True while the instances are hibernating: nothing else is planned for them."""
+    live = [Instance.from_object(body) for body in observed.instances]
+    live = [i for i in live if not i.deleting]
+    step = hibernation.plan_hibernation(cluster, live, _by_instance(observed.pods),
+                                        target_primary=ha.target_primary, busy=ha.busy, now=now)
+    if step.status is not None or cluster.status.get(hibernation.STATUS_FIELD):
+        plan.status[hibernation.STATUS_FIELD] = step.status
+    plan.events += step.events
+    plan.waiting += step.waiting
+    for name, value in [(n, True) for n in step.stop] + [(n, False) for n in step.start]:
+        plan.append(Action(PATCH, "PgInstance", name, cluster.namespace, step.reasons.get(name, "hibernation"),
+                           patch={"spec": {hibernation.INSTANCE_FIELD: value}}))
+    return step.frozen
 
 
 def pin_archive_layout(cluster: Cluster, observed: ObservedCluster) -> Cluster:
@@ -771,6 +793,9 @@ def plan_instance(instance: Instance | Obj, observed_pvc: Obj | None, observed_p
     bootstrap = pods.get(names.bootstrap_pod(instance.name))
     postgres = pods.get(names.postgres_pod(instance.name))
 
+    if hibernation.is_hibernated(instance.raw_spec):
+        _plan_hibernated(instance, bootstrap, postgres, plan)
+        return plan
     if observed_pvc is None:
         _create(plan, build_pvc(instance),
                 f"volume of {instance.spec.storage.size} for the data directory of {instance.name}")
@@ -792,6 +817,17 @@ def plan_instance(instance: Instance | Obj, observed_pvc: Obj | None, observed_p
     else:
         _plan_postgres(instance, bootstrap, postgres, plan)
     return plan
+
+
+def _plan_hibernated(instance: Instance, bootstrap: Obj | None, postgres: Obj | None, plan: Plan) -> None:
+    """spec.hibernated: no Postgres pod runs; the volume stays. Deleting the pod lets its agent stop
+    Postgres fast (a shutdown checkpoint) within the pod's grace period. A bootstrap pod still
+    running is left to finish (its volume is marked once the instance wakes)."""
+    if postgres is not None and not _deleting(postgres):
+        plan.append(Action(DELETE, "Pod", _name(postgres), instance.namespace,
+                           f"hibernated: {instance.name}'s Postgres stops (fast shutdown) and its pod goes; "
+                           "the volume is kept", uid=_meta(postgres).get("uid")))
+    plan.waiting.append(f"{instance.name} is hibernated: no pod runs until `pgop hibernate off`")
 
 
 def _plan_volume_changes(instance: Instance, pvc: Obj, plan: Plan) -> None:

@@ -10,8 +10,16 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from pgop.kernel import hibernation
 from pgop.kernel.actions import apply_merge_patch
-from pgop.kernel.conditions import REASON_ENCRYPTION_KEY_MISMATCH, condition, rfc3339, set_conditions
+from pgop.kernel.conditions import (
+    REASON_ENCRYPTION_KEY_MISMATCH,
+    condition,
+    find_condition,
+    rfc3339,
+    set_condition,
+    set_conditions,
+)
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance, with_sync_states_from_primary
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_ready, is_stale, why_not_ready
@@ -209,6 +217,32 @@ def cluster_status(
     }
     if ha is not None:
         status.update(ha)  # targetPrimary, currentPrimary (also when not live now), failover, ...
+    _hibernation(cluster, status, ha, now)
     if primary is not None and primary.status.timeline is not None:
         status["timeline"] = primary.status.timeline
     return status
+
+
+def _hibernation(cluster: Cluster, status: dict[str, Any], ha: Mapping[str, Any] | None, now: datetime) -> None:
+    """A hibernating cluster's pods are gone on purpose: its phase says so (Hibernating,
+    Hibernated), Ready is False for that reason and Degraded does not count the stopped instances;
+    the condition Hibernated says since when (pgop.kernel.hibernation)."""
+    state = (ha or {}).get(hibernation.STATUS_FIELD) if ha is not None and hibernation.STATUS_FIELD in ha \
+        else cluster.status.get(hibernation.STATUS_FIELD)
+    phase = (state or {}).get("phase")
+    judged = hibernation.condition_for(phase, (state or {}).get("since"))
+    if judged is None:
+        if find_condition(cluster.status.get("conditions"), hibernation.CONDITION) is None:
+            return
+        judged = condition(hibernation.CONDITION, False, "Awake", "the cluster is not hibernated")
+    updates = [judged]
+    if phase in (hibernation.HIBERNATING, hibernation.HIBERNATED):
+        status["phase"] = phase
+        updates += [condition(READY, False, phase, judged["message"]),
+                    condition(DEGRADED, False, phase, "the Postgres pods are stopped on purpose")]
+        if phase == hibernation.HIBERNATED:
+            updates.append(condition(PROGRESSING, False, phase, "nothing to do until `pgop hibernate off`"))
+    elif phase == hibernation.WAKING and status.get("phase") != "Ready":
+        status["phase"] = phase
+    for update in updates:
+        status["conditions"] = set_condition(status["conditions"], update, now=now, generation=cluster.generation)

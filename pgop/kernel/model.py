@@ -616,6 +616,7 @@ class InstanceSpec:
     role: str
     bootstrap: str
     fenced: bool = False
+    hibernated: bool = False  # no pod runs: the cluster is hibernated (pgop.kernel.hibernation)
     primary: str = ""  # the instance a replica follows ("" while a failover decides); see docs/high-availability.md
     primary_host: str = ""  # the pod IP of that instance, where the replica streams from
     # What the cluster controller hands down, so each instance can be rolled on its own turn.
@@ -648,6 +649,7 @@ class InstanceSpec:
             role=data.get("role", REPLICA),
             bootstrap=data.get("bootstrap", BASEBACKUP),
             fenced=bool(data.get("fenced", False)),
+            hibernated=bool(data.get("hibernated", False)),
             primary=data.get("primary") or "",
             primary_host=data.get("primaryHost") or "",
             pod_template=int(data.get("podTemplate") or 0),

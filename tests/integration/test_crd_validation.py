@@ -203,6 +203,9 @@ def test_other_defaults(objs, crd_namespace):
     assert backup == {"cluster": "orders", "method": "basebackup", "target": "prefer-replica"}
     inst = _create(objs, crd_namespace, _manifest("PgInstance", INSTANCE))["spec"]
     assert inst["fenced"] is False
+    assert inst["hibernated"] is False
+    hibernated = _create(objs, crd_namespace, _manifest("PgInstance", dict(INSTANCE, hibernated=True)))["spec"]
+    assert hibernated["hibernated"] is True  # kept, not pruned
 
 
 @pytest.mark.parametrize("kind,field,value", [
@@ -699,6 +702,7 @@ def test_pgcluster_status_takes_the_contract_fields(objs, crd_namespace, stored)
                        for t in ("Ready", "Progressing", "Degraded", "ContinuousArchiving", "LastBackupSucceeded")],
         "lastBackup": {"name": "b1", "phase": "Completed", "completedAt": "2026-11-22T03:01:00Z"},
         "firstRecoverabilityPoint": "2026-11-22T03:00:00Z",
+        "hibernation": {"phase": "Hibernated", "since": "2026-11-22T04:00:00Z"},
         "kopf": {"progress": {"anything": {"retries": 1}}},
     }
 
@@ -712,6 +716,7 @@ def test_pgcluster_status_takes_the_contract_fields(objs, crd_namespace, stored)
     assert written["instances"][1]["lagBytes"] == 96
     assert len(written["conditions"]) == 5
     assert written["kopf"] == {"progress": {"anything": {"retries": 1}}}
+    assert written["hibernation"] == {"phase": "Hibernated", "since": "2026-11-22T04:00:00Z"}
     def put_duplicate_conditions():
         body = objs.get_namespaced_custom_object(GROUP, VERSION, crd_namespace, "pgclusters",
                                                  old["metadata"]["name"])

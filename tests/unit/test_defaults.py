@@ -72,6 +72,8 @@ MODEL: dict[str, Callable[[], Any]] = {
     "PgCluster.spec.backup.walArchiving": lambda: cluster({"backup": {"s3": S3}}).spec.backup.wal_archiving,
     "PgInstance.spec.fenced": lambda: Instance.from_object({"metadata": {"name": "orders-0"},
                                                             "spec": {"cluster": "orders"}}).spec.fenced,
+    "PgInstance.spec.hibernated": lambda: Instance.from_object({"metadata": {"name": "orders-0"},
+                                                                "spec": {"cluster": "orders"}}).spec.hibernated,
     "PgInstance.spec.enableSuperuserAccess": lambda: Instance.from_object(
         {"metadata": {"name": "orders-0"}, "spec": {"cluster": "orders"}}).spec.enable_superuser_access,
     "PgBackup.spec.method": lambda: requested({})[0],

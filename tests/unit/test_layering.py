@@ -45,7 +45,7 @@ ALLOWED = {
 
 PURE_MODULES = [
     "pgop.kernel.actions", "pgop.kernel.conditions", "pgop.kernel.diagnose", "pgop.kernel.lsn",
-    "pgop.kernel.meta", "pgop.kernel.model", "pgop.kernel.names", "pgop.kernel.pgconfig",
+    "pgop.kernel.hibernation", "pgop.kernel.meta", "pgop.kernel.model", "pgop.kernel.names", "pgop.kernel.pgconfig",
     "pgop.kernel.podenv", "pgop.kernel.readiness", "pgop.kernel.schedule", "pgop.kernel.tenancy",
     "pgop.specs.instance", "pgop.specs.pdb", "pgop.specs.pods", "pgop.specs.pvc", "pgop.specs.rbac",
     "pgop.specs.secrets", "pgop.specs.services",
