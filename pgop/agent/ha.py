@@ -318,6 +318,13 @@ def receiving(state: PostgresState, primary_timeline: int | None, previous_recei
     return state.received_lsn is not None and state.received_lsn != previous_received
 
 
+def replaying(state: PostgresState, previous_replayed: str | None) -> bool:
+    """A replica replays on without streaming: catching up from the archive (restore_command),
+    along whatever timeline the archive's history leads it. Not a diverged replica: no rewind."""
+    return (state.role == REPLICA and state.lsn is not None and previous_replayed is not None
+            and state.lsn != previous_replayed)
+
+
 def diverged(state: PostgresState, primary_timeline: int | None, not_streaming_for: float,
              patience: float = 15.0) -> str | None:
     """Why a running replica cannot follow: its receiver has not streamed for `patience` seconds
