@@ -98,3 +98,19 @@ def test_the_crd_offers_the_policy_with_retain_as_default_and_lets_only_it_chang
     for name in ("cluster", "method", "target"):
         assert f"self.{name} == oldSelf.{name}" in rule
     assert "deletionPolicy" not in rule
+
+
+def test_the_clusters_default_reaches_the_pgbackups_made_for_it():
+    from pgop.backup.plan import build_scheduled_backup
+    from pgop.kernel.model import Cluster
+    from tests.unit.world import cluster_body
+    s3 = {"bucket": "pg-backups", "credentialsSecret": "s3-creds"}
+    plain = Cluster.from_object(cluster_body(backup={"s3": s3, "schedule": "0 3 * * *"}))
+    assert build_scheduled_backup(plain, T0)["spec"]["deletionPolicy"] == deletion.RETAIN
+    deleting = Cluster.from_object(cluster_body(backup={"s3": s3, "schedule": "0 3 * * *",
+                                                        "deletionPolicy": "Delete"}))
+    assert build_scheduled_backup(deleting, T0)["spec"]["deletionPolicy"] == deletion.DELETE
+    crd = yaml.safe_load((CRD.parent / "pgclusters.yaml").read_text())
+    field = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+        "backup"]["properties"]["deletionPolicy"]
+    assert field["enum"] == list(deletion.POLICIES) and field["default"] == deletion.RETAIN
