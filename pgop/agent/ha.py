@@ -200,8 +200,10 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
 
     if wanted.role == PRIMARY and actual.state.role == PRIMARY and wanted.slots is not None:
         create, drop = slot_changes(wanted.slots, actual.state.slots)
+        # Drops first: a slot max_slot_wal_keep_size invalidated is dropped, then made again.
+        actions += [Action(DROP_SLOT, "invalidated (max_slot_wal_keep_size): made again" if name in create
+                           else "its instance is gone; it would keep WAL forever", name) for name in drop]
         actions += [Action(CREATE_SLOT, "an instance of the cluster streams from it", name) for name in create]
-        actions += [Action(DROP_SLOT, "its instance is gone; it would keep WAL forever", name) for name in drop]
 
     if wanted.role == REPLICA and actual.state.role == REPLICA and wanted.slots is not None:
         # Slots a replica still holds (made as the target of a promotion that was then deposed,
