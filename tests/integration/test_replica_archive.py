@@ -3,8 +3,8 @@ streams again: real PostgreSQL 15 servers, the real S3 server (versitygw).
 
 The replica runs with the restore_command the agent renders for it (pgop.agent.config:
 `replica_restore_command`, the prefetching `pgop agent wal-fetch`) next to primary_conninfo; the
-primary archives with `pgop agent wal-push`, keeps no slot for it and no WAL beyond what a
-checkpoint needs (wal_keep_size 0). Without the restore_command the replica stops at "requested
+primary archives with `pgop agent wal-push`, keeps no WAL beyond what a checkpoint needs
+(wal_keep_size 0) and lets the replica's slot go (max_slot_wal_keep_size 16MB). Without the restore_command the replica stops at "requested
 WAL segment ... has already been removed" and this test times out.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from e2e.harness.pg import OS_USER, LocalPostgres, _as_user
-from pgop.agent import config
+from pgop.agent import config, streaming
 from pgop.backup import commands, wal
 from pgop.kernel import pgconfig
 from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)
@@ -60,12 +60,14 @@ def test_a_replica_behind_the_primarys_kept_wal_catches_up_from_the_archive_then
         primary.start()
         primary.psql("CREATE TABLE rows (id int primary key, payload text)")
         primary.psql("INSERT INTO rows SELECT g, 'before' FROM generate_series(1, 1000) g")
+        slot = pgconfig.slot_name("replica-1")
+        primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
 
         replica = _clone(primary)
         env = dict(os.environ)  # what the replica's postgres runs with, as the agent's postgres does
         _configure(replica, primary_conninfo=f"host={primary.socket_dir} port={primary.port} user=postgres "
                                              "application_name=replica-1",
-                   restore_command=config.replica_restore_command(env), wal_level="replica")
+                   primary_slot_name=slot, restore_command=config.replica_restore_command(env), wal_level="replica")
         (replica.pgdata / "standby.signal").touch()
         _own(replica.pgdata / "standby.signal")
         replica.start()
@@ -91,6 +93,15 @@ def test_a_replica_behind_the_primarys_kept_wal_catches_up_from_the_archive_then
             f"the primary still has {needed} (oldest kept: {_segments(primary.pgdata)[0]}): the test proves nothing")
         assert storage.head(layout.wal_key(needed)) is not None
         expected = primary.psql("SELECT count(*) FROM rows")
+        # Its slot kept no more than max_slot_wal_keep_size: invalidated. The primary's agent drops
+        # and makes it again (pgop.agent.streaming.slot_changes), as here.
+        slots = [streaming.Slot(name, active == "t", None, status) for name, active, status in (
+            line.split("|") for line in primary.psql(
+                "SELECT slot_name, active, wal_status FROM pg_replication_slots").splitlines())]
+        assert slots == [streaming.Slot(slot, False, None, streaming.LOST)]
+        assert streaming.slot_changes(frozenset({slot}), slots) == ([slot], [slot])
+        primary.psql(f"SELECT pg_drop_replication_slot('{slot}')")
+        primary.psql(f"SELECT pg_create_physical_replication_slot('{slot}', true)")
 
         started = time.monotonic()
         replica.start()
@@ -99,14 +110,15 @@ def test_a_replica_behind_the_primarys_kept_wal_catches_up_from_the_archive_then
         caught_up = time.monotonic() - started
         wait_for(lambda: replica.psql("SELECT status FROM pg_stat_wal_receiver") == "streaming",
                  "the replica to stream again", timeout=CATCH_UP)
-        streaming = time.monotonic() - started
+        assert primary.psql(f"SELECT active FROM pg_replication_slots WHERE slot_name = '{slot}'") == "t"
+        streamed = time.monotonic() - started
         log = (replica.root / "postgres.log").read_text()
         assert "restored log file" in log  # from the archive, not from the primary
         primary.psql("INSERT INTO rows VALUES (0, 'after')")
         wait_for(lambda: replica.psql("SELECT payload FROM rows WHERE id = 0") == "after",
                  "a new row to stream to the replica", timeout=30)
         print(f"\nreplica away for {int(expected) - 1000} rows (~10 segments): caught up from S3 in "
-              f"{caught_up:.1f}s, streaming after {streaming:.1f}s")
+              f"{caught_up:.1f}s, streaming after {streamed:.1f}s")
     finally:
         if replica is not None:
             replica.cleanup()
