@@ -92,9 +92,9 @@ def replica_restore_command(env: Mapping[str, str]) -> str:
     wal-push uses), through the prefetcher a restore uses, a prefetched file taken by the shell.
 
     Only a replica that streams gets one (see desired_settings): while a failover decides (spec.primary
-    "") a replica must not replay on from the archive past what the candidates reported, and a
-    replica that archives nothing of its own has nothing else to read there. On a standby,
-    wal-fetch answers "not there" (exit 1) for any failure, and PostgreSQL goes back to streaming."""
+    "") a replica must not replay on from the archive past what the candidates reported. On a
+    standby, wal-fetch answers "not there" (exit 1) for any failure, and PostgreSQL goes back to
+    streaming."""
     return prefetch.shell_fast_path(env) + pgconfig.WAL_FETCH_COMMAND
 
 
