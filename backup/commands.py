@@ -101,7 +101,10 @@ def wal_fetch(name: str, target: str, env: Mapping[str, str] | None = None,
     env = os.environ if env is None else env
     try:
         storage, layout = _target(env)
-        result = wal.fetch(storage, layout, name, target)
+        # %p is pg_wal/<name> in PGDATA, the command's working directory: pg_control says whose WAL
+        # this server may replay.
+        result = wal.fetch(storage, layout, name, target,
+                           system_id=wal.system_identifier((cwd or Path.cwd()) / target))
     except Exception as error:
         standby = ((cwd or Path.cwd()) / "standby.signal").exists()
         code = NOT_FOUND if standby else ABORT_RECOVERY

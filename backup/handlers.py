@@ -10,11 +10,12 @@ from typing import Any
 
 import kopf
 
+from pgop.backup import deletion
 from pgop.backup.catalog import COMPLETED, FAILED
 from pgop.backup.cluster_backups import backup_status, reconcile_backups
 from pgop.backup.pgbackup import plan_pgbackup
 from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
-from pgop.kernel.conditions import set_condition
+from pgop.kernel.conditions import parse_time, set_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
 from pgop.runtime.apply import apply_plan, kube, on_cluster_reconcile, record_events, warn_once
@@ -95,3 +96,50 @@ def backup_pod_event(body, event, logger, **_):
     backup = kube().get("PgBackup", body["metadata"]["namespace"], owner["name"])
     if backup is not None and _unfinished(backup.get("status")):
         reconcile_backup(backup, logger)
+
+
+def _deletes_from_s3(body, **_) -> bool:
+    return deletion.deletes_from_s3(body)
+
+
+def delete_backup_data(body, logger) -> None:
+    """The finalizer of a PgBackup with deletionPolicy Delete (pgop.backup.deletion decides)."""
+    from pgop.backup import pruning
+    from pgop.backup.access import archive_of, retention_storage_for
+    from pgop.backup.basebackup import list_backups
+    from pgop.backup.s3 import describe_error
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    cluster_name = (body.get("spec") or {}).get("cluster", "")
+    try:
+        found = kube().get("PgCluster", namespace, cluster_name)
+        present = found is not None and not (found.get("metadata") or {}).get("deletionTimestamp")
+        cluster = Cluster.from_object(found) if present and found is not None else None
+        s3 = cluster.spec.backup.s3 if cluster is not None and cluster.spec.backup is not None else None
+        storage = layout = catalog = None
+        if cluster is not None and s3 is not None:
+            storage = retention_storage_for(kube(), namespace, s3, max_attempts=2, connect_timeout=3, read_timeout=30)
+            layout = archive_of(cluster.name, s3, namespace, cluster.archive_layout)
+            catalog = list_backups(storage, layout.path, cluster.name, layout.namespace)
+        step = deletion.decide(name, cluster=cluster_name, cluster_present=present, catalog=catalog,
+                               annotation=deletion.override(body), has_archive=not present or s3 is not None)
+        if step.action == deletion.REMOVE and storage is not None and layout is not None:
+            removed = pruning.Pruned()
+            pruning.delete_backup(storage, layout, name, removed)
+            step = deletion.Step(step.action, step.reason,
+                                 f"{step.message}: {removed.objects} object(s), {removed.bytes} bytes")
+    except Exception as error:  # S3 down, credentials wrong or gone: retry, but not forever
+        problem = describe_error(error)
+        if deletion.give_up(parse_time(meta.get("deletionTimestamp")), datetime.now(UTC)):
+            kopf.warn(body, reason=deletion.REASON_GAVE_UP,
+                      message=deletion.gave_up_message(name, (body.get("status") or {}).get("s3Path", ""), problem))
+            return
+        raise kopf.TemporaryError(f"removing backup {name} from S3: {problem}", delay=deletion.RETRY_DELAY) from None
+    log.info("PgBackup %s/%s deleted: %s", namespace, name, step.message)
+    (kopf.info if step.action == deletion.REMOVE else kopf.warn)(body, reason=step.reason, message=step.message)
+
+
+@kopf.on.delete(API_GROUP, VERSION, "pgbackups", when=_deletes_from_s3)
+@measured("PgBackup")
+def backup_deleted(body, logger, **_):
+    delete_backup_data(body, logger)

@@ -76,6 +76,7 @@ def build_scheduled_backup(cluster: Cluster, due: datetime) -> dict[str, Any]:
             "cluster": cluster.name,
             "method": "basebackup",
             "target": backup.target if backup else PREFER_REPLICA,
+            "deletionPolicy": backup.deletion_policy if backup else "Retain",
         },
     }
 

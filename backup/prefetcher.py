@@ -65,6 +65,8 @@ class Prefetcher:
     def __init__(self, storage: S3Storage, layout: ArchiveLayout, spool: Path, depth: int,
                  parallel: int = MAX_PARALLEL):
         self.storage, self.layout, self.spool, self.depth = storage, layout, spool, depth
+        # The spool is PGDATA/pg_wal/<spool>: the server's pg_control says whose WAL it may replay.
+        self.system_id = wal.system_identifier(spool.parent / "spool")
         self.parallel = max(1, min(parallel, depth))
         self.window = Window()
         self.segment_size: int | None = None
@@ -115,7 +117,7 @@ class Prefetcher:
     def _fetch(self, name: str, asked: bool) -> dict[str, Any]:
         answer: dict[str, Any]
         try:
-            result = wal.fetch(self.storage, self.layout, name, self.spool / name)
+            result = wal.fetch(self.storage, self.layout, name, self.spool / name, system_id=self.system_id)
         except Exception as error:  # S3, checksum: said to the client, never taken for "missing"
             answer = {"result": ERROR, "message": describe_error(error)}
         else:

@@ -59,6 +59,19 @@ class WalCorrupt(WalError):
     """A fetched file does not match the checksum it was archived with."""
 
 
+class WalForeign(WalError):
+    """The archived file was written by another database system than the one fetching it."""
+
+
+def foreign_check(name: str, archived_by: str | None, system_id: str | None) -> None:
+    """Refuses (WalForeign) a file another database system archived: a replica or a restore replays
+    only its own system's WAL (the marker's rule, pgop.backup.marker, per file). Either side unknown
+    (an object pushed from outside a data directory, a fetch into one without pg_control): no check."""
+    if archived_by and system_id and archived_by != system_id:
+        raise WalForeign(f"{name}: archived by database system {archived_by}, this is {system_id}: "
+                         "another cluster of the same name archived here; not replaying its WAL")
+
+
 @dataclass(frozen=True)
 class Compressed:
     sha256: str
@@ -170,12 +183,19 @@ def push(storage: S3Storage, layout: ArchiveLayout, wal_path: str | os.PathLike,
         return ALREADY_ARCHIVED
 
 
-def fetch(storage: S3Storage, layout: ArchiveLayout, name: str, target: str | os.PathLike) -> str:
+def fetch(storage: S3Storage, layout: ArchiveLayout, name: str, target: str | os.PathLike,
+          system_id: str | None = None) -> str:
+    """`system_id`: the fetching server's (pg_control); a file archived by another system is refused."""
     key = layout.wal_key(name)
     found = storage.get(key)
     if found is None:
         return NOT_FOUND
     info, body = found
+    try:
+        foreign_check(name, info.metadata.get(META_SYSTEM_ID), system_id)
+    except WalForeign:
+        body.close()
+        raise
     target = Path(target)
     # PostgreSQL runs one restore_command at a time: a temporary file of an earlier attempt at this
     # target is what a killed fetch left behind.

@@ -313,3 +313,109 @@ def test_archiving_survives_an_s3_outage(kubectl, namespace, operator, s3, local
         assert rows(kubectl, ns, "flaky-copy") == (6000, 6000)
     finally:
         relay.close()
+
+
+def test_a_replica_away_longer_than_the_primary_keeps_wal_catches_up_from_the_archive(
+        kubectl, namespace, operator, s3, local_env):
+    """A fenced replica misses ~10 WAL segments; the primary keeps none of them (wal_keep_size 0)
+    and its slot lets go (max_slot_wal_keep_size 16MB). Unfenced, the replica replays them from
+    S3 (its restore_command), then streams again through a slot made anew: no re-clone."""
+    ns, name, prefix = namespace, "away", f"e2e-{uuid.uuid4().hex[:8]}"
+    s3_secret(kubectl, ns, local_env)
+    endpoint = local_env["PGOP_S3_ENDPOINT_IN_CLUSTER"]
+    parameters = '  parameters: {wal_keep_size: "0", max_slot_wal_keep_size: "16MB", max_wal_size: "64MB", ' \
+                 'min_wal_size: "32MB"}\n'
+    kubectl("apply", "-f", "-", input=manifest(name, ns, instances=2, sync=0, extra=parameters + f"""  backup:
+    s3: {{bucket: {BUCKET}, path: {prefix}, endpoint: "{endpoint}", credentialsSecret: s3-creds}}
+"""))
+    wait_ready(kubectl, ns, name, 2)
+    primary, replica = f"{name}-0", f"{name}-1"
+    with connect(kubectl, ns, f"{name}-rw", name) as conn:
+        conn.execute("create table orders (id int primary key, note text)")
+        conn.execute("insert into orders select g, 'before' from generate_series(1, 1000) g")
+    eventually(lambda: exec_psql(kubectl, ns, replica, "select count(*) from orders") == "1000", "rows on the replica")
+    uid = kubectl.json("-n", ns, "get", "pod", replica)["metadata"]["uid"]
+    stopped_at = exec_psql(kubectl, ns, replica, "select pg_last_wal_replay_lsn()", db="postgres")
+    pgop(local_env, "fence", "on", name, "1", "-n", ns)
+    slot = f"pgop_{name}_1"
+    eventually(lambda: exec_psql(kubectl, ns, primary, f"select active from pg_replication_slots "
+                                                        f"where slot_name = '{slot}'", db="postgres") == "f",
+               "the replica to stop streaming", timeout=120)
+
+    with connect(kubectl, ns, f"{name}-rw", name) as conn:
+        for batch in range(10):
+            conn.execute("insert into orders select g, repeat('w', 400) from generate_series(%s::int, %s::int) g",
+                         (2000 + batch * 20000, 2000 + batch * 20000 + 19999))
+            exec_psql(kubectl, ns, primary, "select pg_switch_wal()", db="postgres")
+    switch_and_wait_archived(kubectl, ns, primary, timeout=180)
+    exec_psql(kubectl, ns, primary, "checkpoint", db="postgres")
+    switch_and_wait_archived(kubectl, ns, primary, timeout=180)
+    exec_psql(kubectl, ns, primary, "checkpoint", db="postgres")
+    needed = exec_psql(kubectl, ns, primary, f"select pg_walfile_name('{stopped_at}')", db="postgres")
+    oldest = exec_psql(kubectl, ns, primary, "select min(name) from pg_ls_waldir() where name ~ '^[0-9A-F]{24}$'",
+                       db="postgres")
+    assert oldest > needed, f"the primary still has {needed} (oldest: {oldest}): the test proves nothing"
+    expected = exec_psql(kubectl, ns, primary, "select count(*) from orders")
+
+    started = time.monotonic()
+    pgop(local_env, "fence", "off", name, "1", "-n", ns)
+    eventually(lambda: exec_psql(kubectl, ns, replica, "select count(*) from orders") == expected,
+               "the replica to catch up from the archive", timeout=TIMEOUT, interval=2)
+    caught_up = time.monotonic() - started
+    eventually(lambda: exec_psql(kubectl, ns, replica, "select status from pg_stat_wal_receiver",
+                                 db="postgres") == "streaming", "the replica to stream again", timeout=TIMEOUT)
+    wait_ready(kubectl, ns, name, 2)
+    assert kubectl.json("-n", ns, "get", "pod", replica)["metadata"]["uid"] == uid  # no new pod, no re-clone
+    assert exec_psql(kubectl, ns, primary, f"select active from pg_replication_slots where slot_name = '{slot}'",
+                     db="postgres") == "t"
+    log = kubectl("-n", ns, "logs", replica, "-c", "postgres").stdout
+    assert "restored log file" in log
+    print(f"\nreplica fenced for ~10 WAL segments: caught up from S3 {caught_up:.1f}s after unfencing")
+
+
+def test_a_hand_deleted_pgbackup_follows_its_deletion_policy(kubectl, namespace, operator, s3, local_env):
+    """Retain (the default): deleting the PgBackup leaves its backup listed by `pgop backups` and
+    restorable. Delete: its objects leave S3, WAL stays; the cluster's only backup is kept unless
+    forced."""
+    ns, name, prefix = namespace, "dropping", f"e2e-{uuid.uuid4().hex[:8]}"
+    s3_secret(kubectl, ns, local_env)
+    endpoint = local_env["PGOP_S3_ENDPOINT_IN_CLUSTER"]
+    kubectl("apply", "-f", "-", input=cluster_manifest(name, ns, prefix, endpoint, instances=1))
+    wait_ready(kubectl, ns, name, 1)
+    with connect(kubectl, ns, f"{name}-rw", name) as conn:
+        conn.execute("create table orders (id int primary key)")
+        conn.execute("insert into orders select generate_series(1, 100)")
+    base = f"{prefix}/{ns}/{name}/base"
+    for backup in ("kept", "only", "gone"):
+        pgop(local_env, "backup", name, "-n", ns, "--name", f"{name}-{backup}", "--wait")
+
+    # Retain: the PgBackup goes, the backup stays listed and restorable.
+    kubectl("-n", ns, "delete", "pgbackup", f"{name}-kept", "--wait=true", "--timeout=60s")
+    assert f"{name}-kept" in pgop(local_env, "backups", name, "-n", ns).stdout
+    assert keys(s3, f"{base}/{name}-kept/")
+
+    # Delete: a finalizer removes that backup's objects, nothing else.
+    wal_before = set(keys(s3, f"{prefix}/{ns}/{name}/wal/"))
+    kubectl("-n", ns, "patch", "pgbackup", f"{name}-gone", "--type=merge", "-p", '{"spec":{"deletionPolicy":"Delete"}}')
+    eventually(lambda: "pgop.io/finalizer" in (kubectl.json("-n", ns, "get", "pgbackup", f"{name}-gone")
+                                               ["metadata"].get("finalizers") or []), "the finalizer")
+    kubectl("-n", ns, "delete", "pgbackup", f"{name}-gone", "--wait=true", "--timeout=120s")
+    assert not keys(s3, f"{base}/{name}-gone/")
+    assert wal_before <= set(keys(s3, f"{prefix}/{ns}/{name}/wal/"))
+    listed = pgop(local_env, "backups", name, "-n", ns).stdout
+    assert f"{name}-gone" not in listed and f"{name}-only" in listed and f"{name}-kept" in listed
+    events = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}-gone").stdout
+    assert "BackupDeletedFromS3" in events
+
+    # With the Retain one removed by hand from S3 too, "only" is the cluster's only backup: kept.
+    for key in keys(s3, f"{base}/{name}-kept/"):
+        s3.delete_object(Bucket=BUCKET, Key=key)
+    kubectl("-n", ns, "patch", "pgbackup", f"{name}-only", "--type=merge", "-p", '{"spec":{"deletionPolicy":"Delete"}}')
+    eventually(lambda: "pgop.io/finalizer" in (kubectl.json("-n", ns, "get", "pgbackup", f"{name}-only")
+                                               ["metadata"].get("finalizers") or []), "the finalizer")
+    kubectl("-n", ns, "delete", "pgbackup", f"{name}-only", "--wait=true", "--timeout=120s")
+    assert keys(s3, f"{base}/{name}-only/")
+    events = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}-only").stdout
+    assert "BackupKeptInS3" in events
+    pgop(local_env, "restore", name, "--to", f"{name}-copy", "-n", ns, "--instances", "1", "--timeout", str(TIMEOUT))
+    assert rows(kubectl, ns, f"{name}-copy")[0] == 100

@@ -35,12 +35,15 @@ def manual_backup_name(cluster: str, now: datetime) -> str:
     return f"{cluster}-{now.astimezone(UTC):%Y%m%d%H%M%S}"
 
 
-def backup_manifest(cluster: str, namespace: str, name: str, target: str) -> dict[str, Any]:
+def backup_manifest(cluster: str, namespace: str, name: str, target: str,
+                    deletion_policy: str = "Retain") -> dict[str, Any]:
+    """`deletion_policy`: the cluster's spec.backup.deletionPolicy."""
     from pgop.kernel.meta import cluster_labels
     from pgop.kernel.model import API_VERSION
     return {"apiVersion": API_VERSION, "kind": "PgBackup",
             "metadata": {"name": name, "namespace": namespace, "labels": cluster_labels(cluster)},
-            "spec": {"cluster": cluster, "method": "basebackup", "target": target}}
+            "spec": {"cluster": cluster, "method": "basebackup", "target": target,
+                     "deletionPolicy": deletion_policy}}
 
 
 def start_backup(cluster: str, namespace: str, name: str | None, target: str, wait: bool) -> None:
@@ -54,7 +57,8 @@ def start_backup(cluster: str, namespace: str, name: str | None, target: str, wa
         _fail(f"PgCluster {namespace}/{cluster} is hibernated: no Postgres runs to back up "
               f"(`pgop hibernate off {cluster}` first)")
     name = name or manual_backup_name(cluster, datetime.now(UTC))
-    created = kube.create(backup_manifest(cluster, namespace, name, target))
+    policy = ((body.get("spec") or {}).get("backup") or {}).get("deletionPolicy") or "Retain"
+    created = kube.create(backup_manifest(cluster, namespace, name, target, policy))
     if created is None:
         _fail(f"PgBackup {namespace}/{name} already exists")
     typer.echo(f"PgBackup {namespace}/{name} created")

@@ -7,6 +7,8 @@ postgresql.auto.conf (ALTER SYSTEM) is left to the administrator.
 """
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from pgop.agent.config_change import change_cost as change_cost
 from pgop.agent.config_change import parse_postgresql_conf as parse_postgresql_conf
 from pgop.agent.credentials import write_private
 from pgop.agent.settings import AgentSettings
+from pgop.backup import prefetch
 from pgop.kernel import pgconfig
 from pgop.kernel.model import InstanceSpec
 
@@ -44,11 +47,16 @@ def desired_settings(
     replica: bool,
     synchronous_standby_names: str = "",
     streaming: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """Every setting this instance should run with (the primary and a replica differ only in
     where they stream from and in who confirms commits). A replica with `streaming` False (its
     spec.primary is "": a failover decides) streams from nobody: no primary_conninfo, no slot; a
-    reload ends its WAL receiver."""
+    reload ends its WAL receiver.
+
+    A streaming replica of a cluster that archives also reads the archive (`replica_restore_command`).
+    `env` is the environment postgres runs with (the agent's): it names the prefetch spool."""
+    archiving = WAL_ARCHIVING_AVAILABLE and spec.wal_archiving and spec.s3 is not None
     source = None
     if replica and streaming:
         source = pgconfig.ReplicationSource(
@@ -63,7 +71,9 @@ def desired_settings(
         cluster_name=spec.cluster or settings.cluster,
         parameters=spec.parameters,
         synchronous_standby_names="" if replica else synchronous_standby_names,
-        wal_archiving=WAL_ARCHIVING_AVAILABLE and spec.wal_archiving and spec.s3 is not None,
+        wal_archiving=archiving,
+        replica_restore_command=replica_restore_command(
+            os.environ if env is None else env) if replica and streaming and archiving else None,
         replication_source=source,
         tls=settings.tls,
     )
@@ -75,6 +85,17 @@ def desired_settings(
         rendered["primary_conninfo"] = ""
         rendered["primary_slot_name"] = ""
     return rendered
+
+
+def replica_restore_command(env: Mapping[str, str]) -> str:
+    """A replica's restore_command: its cluster's own archive (the pod's PGOP_S3_* environment, as
+    wal-push uses), through the prefetcher a restore uses, a prefetched file taken by the shell.
+
+    Only a replica that streams gets one (see desired_settings): while a failover decides (spec.primary
+    "") a replica must not replay on from the archive past what the candidates reported. On a
+    standby, wal-fetch answers "not there" (exit 1) for any failure, and PostgreSQL goes back to
+    streaming."""
+    return prefetch.shell_fast_path(env) + pgconfig.WAL_FETCH_COMMAND
 
 
 # `pgop agent wal-push` exists (backup/wal.py): with spec.backup.s3 and walArchiving, the

@@ -200,8 +200,10 @@ def decide(wanted: Wanted, actual: Actual, max_start_attempts: int = 3) -> Decis
 
     if wanted.role == PRIMARY and actual.state.role == PRIMARY and wanted.slots is not None:
         create, drop = slot_changes(wanted.slots, actual.state.slots)
+        # Drops first: a slot max_slot_wal_keep_size invalidated is dropped, then made again.
+        actions += [Action(DROP_SLOT, "invalidated (max_slot_wal_keep_size): made again" if name in create
+                           else "its instance is gone; it would keep WAL forever", name) for name in drop]
         actions += [Action(CREATE_SLOT, "an instance of the cluster streams from it", name) for name in create]
-        actions += [Action(DROP_SLOT, "its instance is gone; it would keep WAL forever", name) for name in drop]
 
     if wanted.role == REPLICA and actual.state.role == REPLICA and wanted.slots is not None:
         # Slots a replica still holds (made as the target of a promotion that was then deposed,
@@ -316,6 +318,13 @@ def receiving(state: PostgresState, primary_timeline: int | None, previous_recei
     if primary_timeline is None or (receiver.received_tli or 0) >= primary_timeline:
         return True
     return state.received_lsn is not None and state.received_lsn != previous_received
+
+
+def replaying(state: PostgresState, previous_replayed: str | None) -> bool:
+    """A replica replays on without streaming: catching up from the archive (restore_command),
+    along whatever timeline the archive's history leads it. Not a diverged replica: no rewind."""
+    return (state.role == REPLICA and state.lsn is not None and previous_replayed is not None
+            and state.lsn != previous_replayed)
 
 
 def diverged(state: PostgresState, primary_timeline: int | None, not_streaming_for: float,

@@ -97,6 +97,7 @@ class Agent:
         self.replica_ok_at = started  # last time this primary had a streaming replica (or was none)
         self.streaming_at = started  # last time this replica's WAL receiver streamed (or was none)
         self.receiving = False  # the last look saw this replica's WAL receiver really streaming
+        self.last_replayed: str | None = None  # a replica's replay LSN at the last look
         self.known_cluster: list[Instance] = []  # the last list of the cluster that was read
         self.isolated: str | None = None
         self.notice: str | None = None  # said in the status once the API server hears it
@@ -350,7 +351,9 @@ class Agent:
             self.replica_ok_at = now
         primary_timeline = self._primary_timeline()
         self.receiving = ha.receiving(state, primary_timeline, previous_received)
-        if state.role != REPLICA or self.receiving:
+        replaying = ha.replaying(state, self.last_replayed)
+        self.last_replayed = state.lsn if state.role == REPLICA else None
+        if state.role != REPLICA or self.receiving or replaying:
             self.streaming_at = now
         if state.role == PRIMARY or self.isolated:
             peers = len(streaming.cluster_members(self.settings.instance, self.known_cluster))

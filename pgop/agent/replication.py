@@ -33,7 +33,7 @@ def read_standbys(conn: psycopg.Connection) -> list[Standby]:
 
 def read_slots(conn: psycopg.Connection) -> list[Slot]:
     rows = conn.execute(
-        "SELECT slot_name, active, restart_lsn::text FROM pg_replication_slots"
+        "SELECT slot_name, active, restart_lsn::text, wal_status FROM pg_replication_slots"
         " WHERE slot_type = 'physical' ORDER BY slot_name").fetchall()
     return [Slot(*row) for row in rows]
 

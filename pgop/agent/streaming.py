@@ -32,6 +32,10 @@ class Slot:
     name: str
     active: bool
     restart_lsn: str | None = None
+    wal_status: str | None = None  # pg_replication_slots.wal_status: 'lost' once invalidated
+
+
+LOST = "lost"
 
 
 @dataclass(frozen=True)
@@ -57,10 +61,16 @@ def wanted_slots(me: str, instances: Iterable[Instance]) -> frozenset[str]:
 
 
 def slot_changes(wanted: frozenset[str], existing: Iterable[Slot]) -> tuple[list[str], list[str]]:
-    """(slots to create, slots to drop): only managed slots are ever dropped."""
+    """(slots to create, slots to drop): only managed slots are ever dropped. A wanted slot that
+    max_slot_wal_keep_size invalidated (wal_status 'lost') is dropped and made again: a replica
+    refuses to stream through it, and it catches up from the archive (restore_command) instead,
+    then streams through the new one."""
+    existing = list(existing)
     have = {slot.name for slot in existing}
-    create = sorted(wanted - have)
-    drop = sorted(name for name in have - wanted if is_managed_slot(name))
+    lost = {slot.name for slot in existing if slot.name in wanted and slot.wal_status == LOST
+            and not slot.active and is_managed_slot(slot.name)}
+    create = sorted((wanted - have) | lost)
+    drop = sorted({name for name in have - wanted if is_managed_slot(name)} | lost)
     return create, drop
 
 

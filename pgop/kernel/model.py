@@ -287,6 +287,8 @@ class BackupSpec:
     target: str = "prefer-replica"
     retention: RetentionSpec | None = None
     wal_archiving: bool = True
+    # The deletionPolicy of the PgBackups made for this cluster (schedule, `pgop backup`).
+    deletion_policy: str = "Retain"
 
     @classmethod
     def from_dict(cls, data: Body | None) -> BackupSpec | None:
@@ -301,6 +303,7 @@ class BackupSpec:
             target=data.get("target") or "prefer-replica",
             retention=RetentionSpec(retention.get("keepLast"), retention.get("maxAge")) if retention else None,
             wal_archiving=(s3 is not None) if archiving is None else bool(archiving),
+            deletion_policy=data.get("deletionPolicy") or "Retain",
         )
 
 

@@ -296,6 +296,7 @@ def postgresql_settings(
     synchronous_standby_names: str = "",
     wal_archiving: bool = False,
     restore_from_archive: bool = False,
+    replica_restore_command: str | None = None,
     replication_source: ReplicationSource | None = None,
     tls: TlsFiles | None = None,
 ) -> dict[str, str]:
@@ -304,6 +305,13 @@ def postgresql_settings(
     Owned settings win even if a parameter slipped past validation, so a user cannot unplug an
     instance from its cluster. A replica is one with a `replication_source`; the agent adds
     standby.signal next to it.
+
+    `replica_restore_command`: a streaming replica's restore_command (its cluster's own archive),
+    so a replica that fell behind what the primary keeps catches up from S3 and then streams
+    again. Unlike a restore it keeps the short wal_retrieve_retry_interval: on a standby a retry
+    that asks the archive is answered by the prefetcher (or the shell's `mv`), and that interval is
+    most of the write gap of a switchover. recovery_target_timeline is left at PostgreSQL's default,
+    `latest` (since 12): setting it, a postmaster setting, would restart every running instance.
     """
     settings = {"cluster_name": cluster_name}
     settings.update(effective_parameters(parameters))
@@ -331,6 +339,8 @@ def postgresql_settings(
         settings["restore_command"] = WAL_FETCH_COMMAND
         if "wal_retrieve_retry_interval" not in {key.lower() for key in parameters}:
             settings["wal_retrieve_retry_interval"] = ARCHIVE_RETRY_INTERVAL
+    elif replica_restore_command:
+        settings["restore_command"] = replica_restore_command
     if replication_source is not None:
         settings["primary_conninfo"] = primary_conninfo(replication_source)
         settings["primary_slot_name"] = replication_source.slot_name

@@ -580,6 +580,10 @@ def test_pgbackup_spec_is_immutable_and_status_is_writable(objs, crd_namespace, 
     old = stored("PgBackup")
     message = _refusal(lambda: _update(objs, crd_namespace, old, "target", "primary"))
     assert "PgBackup spec is immutable" in message
+    # but for deletionPolicy, an enum defaulting to Retain
+    assert old["spec"]["deletionPolicy"] == "Retain"
+    assert "Unsupported value" in _refusal(lambda: _update(objs, crd_namespace, old, "deletionPolicy", "Purge"))
+    assert _update(objs, crd_namespace, old, "deletionPolicy", "Delete")["spec"]["deletionPolicy"] == "Delete"
     # the status subresource takes the contract fields; phase is an enum
     body = copy.deepcopy(old)
     body["status"] = {"phase": "Completed", "startedAt": "2026-11-22T03:00:00Z",

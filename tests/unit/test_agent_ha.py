@@ -335,8 +335,23 @@ def test_slots_created_for_new_instances_and_dropped_for_gone_ones_only_if_manag
     actual = running(slots=(Slot("pgop_orders_1", True), Slot("pgop_orders_9", False), Slot("barman", False)))
     decision = ha.decide(wanted(slots=frozenset({"pgop_orders_1", "pgop_orders_2"})), actual)
     assert [(a.kind, a.target) for a in decision.actions] == [
-        (ha.CREATE_SLOT, "pgop_orders_2"), (ha.DROP_SLOT, "pgop_orders_9")]
+        (ha.DROP_SLOT, "pgop_orders_9"), (ha.CREATE_SLOT, "pgop_orders_2")]
     assert decision.applied  # slots do not hold up a rollout
+
+
+def test_a_slot_max_slot_wal_keep_size_invalidated_is_made_again():
+    """A replica refuses to stream through a lost slot; it catches up from the archive, then
+    streams through the new one (made at the primary's current WAL)."""
+    actual = running(slots=(Slot("pgop_orders_1", False, None, "lost"), Slot("pgop_orders_2", True, "0/3000000",
+                                                                             "reserved"),
+                            Slot("barman", False, None, "lost")))
+    decision = ha.decide(wanted(slots=frozenset({"pgop_orders_1", "pgop_orders_2"})), actual)
+    assert [(a.kind, a.target) for a in decision.actions] == [
+        (ha.DROP_SLOT, "pgop_orders_1"), (ha.CREATE_SLOT, "pgop_orders_1")]
+    assert "invalidated" in decision.actions[0].reason
+    # An active one is left to its walsender (it cannot be dropped while in use).
+    busy = running(slots=(Slot("pgop_orders_1", True, None, "lost"),))
+    assert ha.decide(wanted(slots=frozenset({"pgop_orders_1"})), busy).actions == ()
 
 
 def test_unknown_cluster_leaves_slots_alone():

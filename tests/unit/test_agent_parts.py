@@ -108,6 +108,55 @@ def test_desired_settings_of_a_replica_stream_from_the_rw_service_into_its_slot(
     assert "primary_conninfo" not in primary and primary["synchronous_standby_names"] == "ANY 1 (x)"
 
 
+def _archiving_spec(role: str = "replica", archiving: bool = True) -> InstanceSpec:
+    from pgop.kernel.model import S3Spec
+    return InstanceSpec(cluster="orders", ordinal=1, role=role, bootstrap="basebackup",
+                        s3=S3Spec(bucket="b", credentials_secret="s3"), wal_archiving=archiving)
+
+
+ARCHIVE_ENV = {"PGOP_S3_BUCKET": "b", "PGOP_CLUSTER": "orders", "PGOP_S3_ENDPOINT": "http://s3:9000"}
+
+
+def test_a_streaming_replica_of_an_archiving_cluster_also_reads_the_archive():
+    from pgop.backup import prefetch
+    replica = config.desired_settings(settings(), _archiving_spec(), replica=True, env=ARCHIVE_ENV)
+    command = replica["restore_command"]
+    # Its own archive through the prefetching wal-fetch, a prefetched file taken by the shell.
+    assert command.endswith("pgop agent wal-fetch %f %p")
+    assert command.startswith(f"mv -f pg_wal/{prefetch.SPOOL_PREFIX}{prefetch.archive_identity(ARCHIVE_ENV)}/%f %p")
+    assert "PGOP_S3_CLUSTER" not in command  # the pod's own cluster, as wal-push archives it
+    assert replica["primary_conninfo"]  # and still streams
+    # The retry stays short: it is most of a switchover's write gap; the timeline is PostgreSQL's
+    # default (latest), not written: a postmaster setting would restart every running instance.
+    assert replica["wal_retrieve_retry_interval"] == "500ms"
+    assert "recovery_target_timeline" not in replica
+    # Adding it is a reload, not a restart.
+    before = config.desired_settings(settings(), _archiving_spec(archiving=False), replica=True, env=ARCHIVE_ENV)
+    assert "restore_command" not in before
+    assert not pgconfig.classify_change(before, replica).needs_restart
+
+
+def test_no_archive_reading_for_a_primary_a_replica_without_archive_or_one_a_failover_holds():
+    primary = config.desired_settings(settings(), _archiving_spec("primary"), replica=False, env=ARCHIVE_ENV)
+    assert "restore_command" not in primary
+    no_s3 = InstanceSpec(cluster="orders", ordinal=1, role="replica", bootstrap="basebackup")
+    assert "restore_command" not in config.desired_settings(settings(), no_s3, replica=True, env=ARCHIVE_ENV)
+    off = config.desired_settings(settings(), _archiving_spec(archiving=False), replica=True, env=ARCHIVE_ENV)
+    assert "restore_command" not in off
+    # spec.primary "" (a failover decides): it must not replay on from the archive past what the
+    # candidates reported.
+    held = config.desired_settings(settings(), _archiving_spec(), replica=True, streaming=False, env=ARCHIVE_ENV)
+    assert "restore_command" not in held and held["primary_conninfo"] == ""
+
+
+def test_a_replica_replaying_from_the_archive_is_not_taken_for_diverged():
+    catching_up = PostgresState(accepting=True, role="replica", timeline=1, lsn="0/5000000")
+    assert ha.replaying(catching_up, "0/4000000")
+    assert not ha.replaying(catching_up, "0/5000000")
+    assert not ha.replaying(catching_up, None)  # nothing to compare with yet
+    assert not ha.replaying(PostgresState(accepting=True, role="primary", lsn="0/6000000"), "0/5000000")
+
+
 def test_desired_settings_listen_where_the_machine_says():
     s = settings(PGOP_PG_PORT=6000, PGOP_SOCKET_DIR="/tmp/s", PGOP_LISTEN_ADDRESSES="127.0.0.1")
     rendered = config.desired_settings(s, InstanceSpec("orders", 0, "primary", "initdb"), replica=False)

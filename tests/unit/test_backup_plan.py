@@ -104,7 +104,8 @@ def test_a_due_schedule_creates_one_pgbackup_owned_by_the_cluster():
     plan = world.plan(utc(2026, 11, 22, 3, 0, 20))
     assert summary(plan) == [(CREATE, "PgBackup", "orders-202611220300")]
     body = plan[0].body
-    assert body["spec"] == {"cluster": "orders", "method": "basebackup", "target": "prefer-replica"}
+    assert body["spec"] == {"cluster": "orders", "method": "basebackup", "target": "prefer-replica",
+                            "deletionPolicy": "Retain"}
     meta = body["metadata"]
     assert meta["namespace"] == "shop"
     assert meta["labels"]["pgop.io/cluster"] == "orders" and meta["labels"][LABEL_ORIGIN] == "schedule"

@@ -144,3 +144,12 @@ def test_fetch_replaces_the_target_whole_and_clears_what_a_killed_fetch_left(tmp
     with pytest.raises(wal.WalCorrupt, match="checksum mismatch"):
         wal.fetch(storage, layout, name, tmp_path / "other")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["RECOVERYXLOG"]
+
+
+def test_a_replica_or_restore_refuses_wal_another_database_system_archived():
+    from pgop.backup.wal import WalForeign, foreign_check
+    with pytest.raises(WalForeign, match="archived by database system 111, this is 222"):
+        foreign_check("000000010000000000000003", "111", "222")
+    foreign_check("000000010000000000000003", "111", "111")
+    foreign_check("000000010000000000000003", None, "222")  # pushed from outside a data directory
+    foreign_check("000000010000000000000003", "111", None)  # a fetch with no pg_control to compare

@@ -11,7 +11,9 @@ def test_a_manual_backup_is_named_after_the_second_and_never_like_a_scheduled_on
     name = manual_backup_name("orders", datetime(2026, 11, 22, 3, 4, 5, tzinfo=UTC))
     assert name == "orders-20261122030405"
     body = backup_manifest("orders", "shop", name, "primary")
-    assert body["spec"] == {"cluster": "orders", "method": "basebackup", "target": "primary"}
+    assert body["spec"] == {"cluster": "orders", "method": "basebackup", "target": "primary",
+                            "deletionPolicy": "Retain"}
+    assert backup_manifest("orders", "shop", name, "primary", "Delete")["spec"]["deletionPolicy"] == "Delete"
     assert body["metadata"]["labels"]["pgop.io/cluster"] == "orders"
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from pgop.backup.deletion import deletion_policy
 from pgop.backup.pgbackup import requested
 from pgop.kernel.model import Cluster, Instance
 from pgop.rds.classes import instance_class_for
@@ -70,6 +71,7 @@ MODEL: dict[str, Callable[[], Any]] = {
     "PgCluster.spec.affinity.topologyKey": lambda: cluster({"affinity": {}}).spec.affinity.topology_key,
     "PgCluster.spec.backup.target": lambda: cluster({"backup": {"s3": S3}}).spec.backup.target,
     "PgCluster.spec.backup.walArchiving": lambda: cluster({"backup": {"s3": S3}}).spec.backup.wal_archiving,
+    "PgCluster.spec.backup.deletionPolicy": lambda: cluster({"backup": {"s3": S3}}).spec.backup.deletion_policy,
     "PgInstance.spec.fenced": lambda: Instance.from_object({"metadata": {"name": "orders-0"},
                                                             "spec": {"cluster": "orders"}}).spec.fenced,
     "PgInstance.spec.hibernated": lambda: Instance.from_object({"metadata": {"name": "orders-0"},
@@ -78,6 +80,7 @@ MODEL: dict[str, Callable[[], Any]] = {
         {"metadata": {"name": "orders-0"}, "spec": {"cluster": "orders"}}).spec.enable_superuser_access,
     "PgBackup.spec.method": lambda: requested({})[0],
     "PgBackup.spec.target": lambda: requested({})[1],
+    "PgBackup.spec.deletionPolicy": lambda: deletion_policy({}),
     "MysqlDb.spec.instanceSize": lambda: "small" if instance_class_for(None, None) == instance_class_for("small", None)
                                          else mysqldb().instance_size,
     "MysqlDb.spec.storageGB": lambda: mysqldb().storage_gb,

@@ -51,7 +51,7 @@ PURE_MODULES = [
     "pgop.specs.secrets", "pgop.specs.services",
     "pgop.cluster.plan", "pgop.cluster.status", "pgop.cluster.failover",
     "pgop.backup.plan", "pgop.backup.pgbackup", "pgop.backup.pod", "pgop.backup.retention",
-    "pgop.backup.catalog", "pgop.backup.layout",
+    "pgop.backup.catalog", "pgop.backup.layout", "pgop.backup.deletion",
     "pgop.rds.policy", "pgop.rds.diff", "pgop.rds.spec", "pgop.rds.identifier", "pgop.rds.classes",
     "pgop.rds.instance",
     "pgop.agent.ha",
