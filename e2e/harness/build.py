@@ -209,6 +209,11 @@ def components() -> list[GoComponent]:
         GoComponent("prometheus", "github.com/prometheus/prometheus", v.PROMETHEUS,
                     {"github.com/prometheus/prometheus/cmd/prometheus": "prometheus",
                      "github.com/prometheus/prometheus/cmd/promtool": "promtool"}, lazy=True),
+        # The Helm CLI: renders and installs deploy/helm/pgop. The version is stamped as upstream's
+        # Makefile does, so `helm version` tells it.
+        GoComponent("helm", "helm.sh/helm/v3", v.HELM, {"helm.sh/helm/v3/cmd/helm": "helm"},
+                    ldflags=f"-X helm.sh/helm/v3/internal/version.version={v.HELM} "
+                            "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"),
     ]
 
 
