@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import shutil
-import tomllib
 import subprocess
 import tempfile
+import tomllib
 from pathlib import Path
 
 from . import build, paths, proc, versions
 from .containerd import ctr
 from .host import debian_mirror
 from .log import step
-
 
 
 def package_version() -> str:

@@ -17,6 +17,7 @@ PROMETHEUS = "v0.316.0"
 # Helm 3 (the chart in deploy/helm/pgop): `helm lint`/`helm template` in the unit tests, install and
 # upgrade in e2e/test_install.py.
 HELM = "v3.22.0"
+HELM_KUBE_MINOR = "37"  # its go.mod's k8s.io/client-go v0.37: the Kubernetes 1.37 it renders for
 # Optional, built only by `make bench-scale` (never by `up`): simulated nodes for bench/scale.py.
 KWOK = "v0.8.0"
 
