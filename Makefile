@@ -55,7 +55,7 @@ build: venv
 .PHONY: deploy-copies
 deploy-copies:
 	cp crds/*.yaml deploy/helm/pgop/crds/
-	cp deploy/admission.yaml deploy/helm/pgop/files/admission.yaml
+	cp deploy/admission.yaml deploy/operator.yaml deploy/operator-namespaced.yaml deploy/helm/pgop/files/
 	cp deploy/operator.yaml deploy/admission.yaml deploy/kustomize/base/
 
 ## Every test: unit, integration (real services) and e2e (real cluster), on the environment as it is

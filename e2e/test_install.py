@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness import build, images, paths
+from e2e.harness import build, images, nodes, paths
 from e2e.harness.containerd import ctr
 from e2e.test_pgcluster import eventually, exec_psql, manifest, wait_ready
 
@@ -71,6 +71,7 @@ def operator_image(local_env) -> str:
     """The operator image of this checkout at the package version, in the host node's containerd,
     plus the upgrade's second tag (removed afterwards)."""
     image = images.operator_image()
+    nodes.refresh_images(nodes.registered())  # the kustomize base's pods may land on an extra node
     newer = f"{image.rsplit(':', 1)[0]}:{UPGRADE_TAG}"
     ctr("images", "tag", "--force", image, newer)
     yield image
@@ -85,10 +86,10 @@ def admission_by_the_install(kubectl):
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(ADMISSION))
 
 
-def _operator_pods(kubectl, ns: str) -> list[dict]:
-    """The operator's pods that are not on their way out."""
+def _operator_pods(kubectl, ns: str, terminating: bool = False) -> list[dict]:
+    """The operator's pods (those on their way out too, if asked)."""
     return [p for p in kubectl.json("-n", ns, "get", "pods", "-l", "app=pgop-operator")["items"]
-            if p["metadata"].get("deletionTimestamp") is None]
+            if terminating or p["metadata"].get("deletionTimestamp") is None]
 
 
 def _all_ready(kubectl, ns: str, count: int = 2) -> list[dict] | None:
@@ -197,7 +198,7 @@ def test_helm_install_upgrade_uninstall_keeps_crds_and_data(kubectl, namespace, 
         t0 = time.monotonic()
         helm("uninstall", "pgop", "-n", release_ns, "--wait", "--timeout", "120s")
         TIMINGS["helm uninstall"] = time.monotonic() - t0
-        kubectl.wait_for(lambda: not _operator_pods(kubectl, release_ns), "the operator pods gone", 120)
+        kubectl.wait_for(lambda: not _operator_pods(kubectl, release_ns, terminating=True), "the operator pods gone", 120)
         for gone in (["clusterrole", "pgop-operator-namespaced"], ["validatingadmissionpolicy", "pgop-pginstance-roles"],
                      ["-n", db_ns, "rolebinding", "pgop-operator"]):
             assert "NotFound" in kubectl("get", *gone, check=False).stderr, gone

@@ -20,63 +20,21 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "pgop.name" . }}
 {{- end -}}
 
-{{/* What the operator may do inside a namespace it watches: the rules of deploy/operator.yaml's
-     ClusterRole without the cluster-scoped reads, each verb with its reason there
-     (tests/unit/test_install_manifests.py keeps them equal). */}}
-{{- define "pgop.namespacedRules" -}}
-- apiGroups: [pgop.io]
-  resources: [pgclusters]
-  verbs: [get, list, watch, patch]
-- apiGroups: [pgop.io]
-  resources: [pginstances, pgbackups]
-  verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [pgop.io]
-  resources: [mysqldbs]
-  verbs: [list, watch, patch]
-- apiGroups: [pgop.io]
-  resources: [pgclusters/status, mysqldbs/status]
-  verbs: [patch]
-- apiGroups: [pgop.io]
-  resources: [pgbackups/status]
-  verbs: [get, patch]
-- apiGroups: [pgop.io]
-  resources: [pginstances/status]
-  verbs: [get, patch, update]
-- apiGroups: [pgop.io]
-  resources: [pgclusters/finalizers, pginstances/finalizers, pgbackups/finalizers]
-  verbs: [update]
-- apiGroups: [""]
-  resources: [pods]
-  verbs: [get, list, watch, create, patch, delete]
-- apiGroups: [""]
-  resources: [services]
-  verbs: [list, create, patch]
-- apiGroups: [""]
-  resources: [secrets]
-  verbs: [get, list, create, patch]
-- apiGroups: [""]
-  resources: [persistentvolumeclaims]
-  verbs: [get, list, create, patch]
-- apiGroups: [""]
-  resources: [serviceaccounts]
-  verbs: [get, create]
-- apiGroups: [policy]
-  resources: [poddisruptionbudgets]
-  verbs: [get, create, patch]
-- apiGroups: [rbac.authorization.k8s.io]
-  resources: [roles, rolebindings]
-  verbs: [get, create, patch]
-- apiGroups: ["", events.k8s.io]
-  resources: [events]
-  verbs: [create, patch]
-{{- end -}}
-
-{{/* The cluster-scoped reads: a cordoned primary's node; whether a PVC's StorageClass exists. */}}
-{{- define "pgop.clusterReads" -}}
-- apiGroups: [""]
-  resources: [nodes]
-  verbs: [list]
-- apiGroups: [storage.k8s.io]
-  resources: [storageclasses]
-  verbs: [get]
+{{/* The rules of a ClusterRole or Role of deploy/operator.yaml or operator-namespaced.yaml (copies
+     in files/, kept identical by tests/unit/test_install_manifests.py), where each verb has its
+     reason: one list of permissions for the three ways to install.
+     Called with (list $ "files/operator.yaml" "ClusterRole" "pgop-operator"). */}}
+{{- define "pgop.rules" -}}
+{{- $root := index . 0 }}{{ $file := index . 1 }}{{ $kind := index . 2 }}{{ $name := index . 3 }}
+{{- $found := list }}
+{{- range $doc := splitList "\n---\n" ($root.Files.Get $file) }}
+{{- $object := fromYaml $doc }}
+{{- if and (eq (toString $object.kind) $kind) (eq (toString ($object.metadata).name) $name) }}
+{{- $found = append $found $object.rules }}
+{{- end }}
+{{- end }}
+{{- if ne (len $found) 1 }}
+{{- fail (printf "%s: no single %s %s" $file $kind $name) }}
+{{- end }}
+{{- toYaml (first $found) }}
 {{- end -}}
