@@ -214,7 +214,7 @@ def test_helm_install_upgrade_uninstall_keeps_crds_and_data(kubectl, namespace, 
         TIMINGS["helm install again (CRDs present)"] = time.monotonic() - t0
         wait_ready(kubectl, db_ns, name, 1, timeout=120)
         assert exec_psql(kubectl, db_ns, pod, "select pg_postmaster_start_time()") == started
-        kubectl("-n", db_ns, "delete", "pgcluster", name, "--timeout=120s")
+        kubectl("-n", db_ns, "delete", "pgcluster", name, "--timeout=120s", timeout=150)
         helm("uninstall", "pgop", "-n", release_ns, "--wait", "--timeout", "120s")
     finally:
         helm("uninstall", "pgop", "-n", release_ns, "--wait", "--timeout", "120s", check=False)
@@ -242,7 +242,7 @@ def test_kustomize_base_applies_runs_a_cluster_and_deletes(kubectl, namespace, o
         TIMINGS["PgCluster (1 instance) Ready under the kustomize-installed operator"] = time.monotonic() - t0
         leader = kubectl.wait_for(lambda: _leader(kubectl, "pgop-system"), "an operator pod holds the Lease", 60)
         assert f"{namespace}/{name}: create PgInstance {name}-0" in _log(kubectl, "pgop-system", leader)
-        kubectl("-n", namespace, "delete", "pgcluster", name, "--timeout=120s")
+        kubectl("-n", namespace, "delete", "pgcluster", name, "--timeout=120s", timeout=150)
 
         t0 = time.monotonic()
         kubectl("delete", "-k", str(BASE), "--wait=true", "--timeout=120s", timeout=150)
