@@ -3,7 +3,8 @@ simulated instances of bench/scale.py (pods on KWOK nodes, where no container ru
 
 - the agents: for every PgInstance whose Postgres pod runs, what `pgop agent run` sends the API
   server on each turn of its loop (pgop/agent/loop.py: `read_spec` GETs its PgInstance and LISTs
-  its cluster's, `report` merge-patches the status), every `interval` seconds
+  its cluster's, `report` merge-patches the status when it changed or the status refresh is due,
+  as `pgop.agent.status.worth_writing` decides), every `interval` seconds
   (pgop.agent.settings.DEFAULT_INTERVAL unless told) and at once when its spec changes (the
   agent's watch). The status is built by the agent's own pgop.agent.status.build_status from a
   made-up observation: Postgres accepts connections in the role the spec asks, on timeline 1,
@@ -34,7 +35,7 @@ from bench.kubeapi import Api, ApiError
 from pgop.agent import ha
 from pgop.agent import status as agent_status
 from pgop.agent.observed import PostgresState
-from pgop.agent.settings import DEFAULT_INTERVAL, AgentSettings
+from pgop.agent.settings import DEFAULT_INTERVAL, DEFAULT_STATUS_REFRESH, AgentSettings
 from pgop.agent.streaming import ReceiverState, Standby
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_ROLE
 from pgop.kernel.model import API_GROUP, Instance
@@ -51,8 +52,10 @@ def _key(obj: dict[str, Any]) -> Key:
 
 
 def made_up_lsn(turns: int) -> str:
-    """An LSN that moves a little on every turn of the primary (a quiet database)."""
-    value = 0x3000000 + 0x60 * turns
+    """An LSN that moves a little every 30 turns of the primary, about once a minute: a quiet
+    database (an idle one writes no WAL at all; archive_timeout or a checkpoint moves it now and
+    then). Each move is a status change the agents write at once."""
+    value = 0x3000000 + 0x60 * (turns // 30)
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
@@ -135,6 +138,8 @@ class Agents:
         self.sequence = 0
         self.live: dict[Key, str] = {}  # instance key -> the pod UID its agent runs in
         self.turns: dict[Key, int] = {}
+        self.written_at: dict[Key, float] = {}  # monotonic, of each simulated agent's last status write
+        self.status_refresh = DEFAULT_STATUS_REFRESH
         self.applied: dict[Key, int] = {}  # generation last reported
         self.lateness: list[float] = []  # seconds each turn started after it was due
         self.failures = 0
@@ -307,8 +312,14 @@ class Agents:
         patch = simulated_status(instance, pod, now=datetime.now(UTC),
                                  primary_lsn=((primary or {}).get("status") or {}).get("lsn"),
                                  lsn=made_up_lsn(turns), members=members, interval=self.interval)
+        # As the agent: a write when the status changes, else a heartbeat every status refresh.
+        written = self.written_at.get(key)
+        since = None if written is None else time.monotonic() - written
+        if not agent_status.worth_writing(instance.get("status"), patch, since, self.status_refresh):
+            return
         try:
             self.api.merge_patch(f"{base}/{name}/status", {"status": patch})
+            self.written_at[key] = time.monotonic()
         except ApiError as error:
             if error.status == 404:
                 return  # gone

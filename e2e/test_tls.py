@@ -89,8 +89,8 @@ def test_replicas_stream_over_tls_with_their_certificate(kubectl, tls_cluster):
     assert rows.splitlines() == ["t|/CN=streaming_replica"]
 
 
-def _served_serial(host: str) -> int:
-    """The serial of the certificate the server presents (PostgreSQL's SSLRequest, then TLS)."""
+def served_certificate(host: str) -> x509.Certificate:
+    """The certificate the server at host:5432 presents (PostgreSQL's SSLRequest, then TLS)."""
     with socket.create_connection((host, 5432), timeout=5) as raw:
         raw.sendall(struct.pack("!ii", 8, 80877103))
         assert raw.recv(1) == b"S"
@@ -100,7 +100,11 @@ def _served_serial(host: str) -> int:
         with context.wrap_socket(raw) as wrapped:
             der = wrapped.getpeercert(binary_form=True)
     assert der is not None
-    return x509.load_der_x509_certificate(der).serial_number
+    return x509.load_der_x509_certificate(der)
+
+
+def _served_serial(host: str) -> int:
+    return served_certificate(host).serial_number
 
 
 def test_a_renewed_server_certificate_is_served_without_a_restart(kubectl, tls_cluster):

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 
 import psycopg
 import pytest
-from cryptography import x509
 
 from e2e.test_pgcluster import exec_psql, manifest, pg_connect, secret, service_ip, wait_ready
+from e2e.test_tls import served_certificate
 from pgop.specs import ca_rotation, tls
 
 pytestmark = pytest.mark.cluster
@@ -98,19 +98,7 @@ def test_a_missing_or_wrong_user_secret_is_named_in_a_condition(kubectl, namespa
 
 
 def _issuer_cn(host: str) -> str:
-    import socket
-    import ssl
-    import struct
-    with socket.create_connection((host, 5432), timeout=5) as raw:
-        raw.sendall(struct.pack("!ii", 8, 80877103))
-        assert raw.recv(1) == b"S"
-        context = ssl.create_default_context()
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-        with context.wrap_socket(raw) as wrapped:
-            der = wrapped.getpeercert(binary_form=True)
-    assert der is not None
-    return x509.load_der_x509_certificate(der).issuer.rfc4514_string()
+    return served_certificate(host).issuer.rfc4514_string()
 
 
 def test_a_forced_ca_rotation_fails_no_connection_and_restarts_nothing(kubectl, namespace, operator, tmp_path):

@@ -379,7 +379,7 @@ def _agent_logging(verbose: bool) -> None:
 @agent_app.command("run")
 def agent_run(
     interval: float | None = typer.Option(None, help="Seconds between turns of the loop "
-                                             "(default: PGOP_HEARTBEAT_INTERVAL or 5)."),
+                                             "(default: PGOP_HEARTBEAT_INTERVAL or 2)."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Run postgres and keep it as its PgInstance says (PID 1 of the Postgres pod)."""

@@ -155,9 +155,7 @@ class MysqlDbController:
             else:
                 report.check_again_in(self.poll_seconds)
             report.set(faults=0)
-        except RdsError as error:
-            self._fault(report, error.reason, str(error), error.retryable, attempt)
-        except pub.PublishError as error:
+        except (RdsError, pub.PublishError) as error:
             self._fault(report, error.reason, str(error), error.retryable, attempt)
         return report.plan
 
@@ -169,18 +167,24 @@ class MysqlDbController:
             raise AssertionError(f"unknown step {step!r}")
         return perform(self, step, obj, instance, identifier, report)
 
-    def _create(self, step: Create, obj: MysqlDbObject, instance: DbInstance | None,
-                identifier: str, report: Report) -> bool:
+    def _stash_master_password(self, obj: MysqlDbObject, report: Report):
+        """The new instance's master password, in Vault before RDS is asked (a crash anywhere
+        leaves a password to give it). Recorded in the same status patch as whatever happens next,
+        so that deletion knows there is a secret to remove even if the RDS call fails."""
         spec = obj.spec
         stored = pub.ensure_master_password(
             self.vault, spec.vault_path, username=policy.MASTER_USERNAME, engine=ENGINE,
             dbname=spec.database_name, generate=self.generate_password)
-        # Recorded now, in the same status patch as whatever happens next, so that deletion
-        # knows there is a secret to remove even if CreateDBInstance fails.
         report.set(vaultPath=spec.vault_path)
         if stored.created:
             report.event(NORMAL, "PasswordStored",
                          f"master password stored in Vault at {spec.vault_path} (version {stored.version})")
+        return stored
+
+    def _create(self, step: Create, obj: MysqlDbObject, instance: DbInstance | None,
+                identifier: str, report: Report) -> bool:
+        spec = obj.spec
+        stored = self._stash_master_password(obj, report)
         try:
             self.rds.create(step.request, stored.password)
         except RdsError as error:
@@ -202,13 +206,7 @@ class MysqlDbController:
         """Like _create: the new instance's own password is in Vault before RDS is asked, so a
         crash anywhere leaves a password that SetRestoredPassword gives the instance."""
         spec = obj.spec
-        stored = pub.ensure_master_password(
-            self.vault, spec.vault_path, username=policy.MASTER_USERNAME, engine=ENGINE,
-            dbname=spec.database_name, generate=self.generate_password)
-        report.set(vaultPath=spec.vault_path)
-        if stored.created:
-            report.event(NORMAL, "PasswordStored",
-                         f"master password stored in Vault at {spec.vault_path} (version {stored.version})")
+        self._stash_master_password(obj, report)
         try:
             self.rds.restore(step.operation, step.request)
         except RdsError as error:
@@ -455,9 +453,7 @@ class MysqlDbController:
                 if not self._perform_deletion(step, obj, instance, report, attempt):
                     return report.plan
             report.plan.requeue_after = self.poll_seconds
-        except RdsError as error:
-            self._deletion_fault(report, error.reason, str(error), error.retryable, attempt)
-        except pub.PublishError as error:
+        except (RdsError, pub.PublishError) as error:
             self._deletion_fault(report, error.reason, str(error), error.retryable, attempt)
         return report.plan
 

@@ -33,7 +33,9 @@ What the pod gives the agent (the pod contract, pgop/kernel/podenv.py; pgop/spec
     PGOP_METRICS_PORT                              /metrics, the container port `metrics` (default 9187; 0: off)
 
 and a service account that may get/list PgInstances and patch pginstances/status (specs/rbac.py).
-Optional, with the pod's defaults: PGOP_HEARTBEAT_INTERVAL (2 s), PGOP_ISOLATION_TIMEOUT (10 s:
+Optional, with the pod's defaults: PGOP_HEARTBEAT_INTERVAL (2 s between turns of the loop),
+PGOP_STATUS_REFRESH (5 s: the status is written when it changes, else this often as a heartbeat),
+PGOP_ISOLATION_TIMEOUT (10 s:
 a primary alone this long stops itself; 0 never), PGOP_MAX_START_ATTEMPTS (3),
 PGOP_PRIMARY_HOST (<cluster>-rw.<namespace>.svc) and PGOP_PRIMARY_PORT (5432), PGOP_PG_BINDIR
 (postgres on PATH), and for running several instances on one machine PGOP_PG_PORT,

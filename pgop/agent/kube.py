@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -19,6 +20,11 @@ VERSION = "v1"
 REQUEST_TIMEOUT = 3.0  # seconds: a hung API server must not hold the loop (and isolation) up long
 WATCH_SECONDS = 50  # one watch request; then a new one from the last resourceVersion
 WATCH_BACKOFF = (0.5, 10.0)  # first and longest wait before the watch connects again
+# The cluster's PgInstances as the watch last delivered them are used instead of a GET and a LIST
+# per turn while the watch was heard from this recently. A healthy cluster's primary writes its
+# status every turn (2 s), so a live watch delivers an event at least that often; after three
+# silent turns (a stalled connection, a primary gone) every read goes to the API server again.
+CACHE_FRESH_FOR = 6.0
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +43,11 @@ class InstanceStore(Protocol):
 
 
 class Watchable(Protocol):
-    def watch(self, name: str, wake: Wake, stopping: threading.Event) -> None:
+    def watch(self, name: str, wake: Wake, stopping: threading.Event, cluster: str | None = None) -> None:
         """Call `wake` soon after the spec of PgInstance `name` changes (its generation moves) or
         it is deleted, until `stopping` is set. Blocks: the agent runs it in a thread. Never
-        raises: a failing watch retries with a bounded backoff (the loop polls meanwhile)."""
+        raises: a failing watch retries with a bounded backoff (the loop polls meanwhile). With
+        `cluster`, a store may watch the whole cluster and answer reads from what it saw."""
 
 
 def generation_of(body: dict[str, Any] | None) -> int | None:
@@ -76,7 +83,7 @@ class MemoryInstanceStore:
         for wake in list(self.watchers.get(name, ())):
             wake()
 
-    def watch(self, name: str, wake: Wake, stopping: threading.Event) -> None:
+    def watch(self, name: str, wake: Wake, stopping: threading.Event, cluster: str | None = None) -> None:
         with self.lock:
             self.watchers.setdefault(name, []).append(wake)
         try:
@@ -167,38 +174,80 @@ class KubeInstanceStore:
         self.api = client.CustomObjectsApi(self.api_client)
         self.namespace = namespace
         self.timeout = request_timeout
+        # The watch's cache of the cluster's PgInstances (see CACHE_FRESH_FOR), and when the API
+        # server was last heard from (monotonic): a request answered or a watch event.
+        self.cache_lock = threading.Lock()
+        self.cache: dict[str, dict[str, Any]] = {}
+        self.cache_cluster: str | None = None
+        self.heard_at = float("-inf")
+        self.cache_reads = 0
+        self.contact_at = float("-inf")
 
     def get_instance(self, name: str) -> dict[str, Any] | None:
+        cached = self._cached()
+        if cached is not None:
+            body = cached.get(name)
+            return copy.deepcopy(body) if body else None
         from kubernetes.client.exceptions import ApiException
         try:
-            return self.api.get_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL, name,
+            body = self.api.get_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL, name,
                                                          _request_timeout=self.timeout)
         except ApiException as error:
             if error.status == 404:
+                self.contact_at = time.monotonic()
                 return None
             raise
+        self.contact_at = time.monotonic()
+        return body
 
     def list_instances(self, cluster: str) -> list[dict[str, Any]]:
-        listed = self.api.list_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL,
-                                                        label_selector=f"{LABEL_CLUSTER}={cluster}",
-                                                        _request_timeout=self.timeout)
+        cached = self._cached() if cluster == self.cache_cluster else None
+        if cached is not None:
+            items = [copy.deepcopy(b) for b in cached.values()]
+        else:
+            listed = self.api.list_namespaced_custom_object(API_GROUP, VERSION, self.namespace, PLURAL,
+                                                            label_selector=f"{LABEL_CLUSTER}={cluster}",
+                                                            _request_timeout=self.timeout)
+            self.contact_at = time.monotonic()
+            items = listed.get("items", [])
         # The label is the operator's; the spec field is the truth.
-        return [item for item in listed.get("items", []) if (item.get("spec") or {}).get("cluster") == cluster]
+        return [item for item in items if (item.get("spec") or {}).get("cluster") == cluster]
 
-    def watch(self, name: str, wake: Wake, stopping: threading.Event) -> None:
-        """A watch of this one PgInstance (fieldSelector metadata.name), reconnecting with a
-        bounded backoff; wakes on a new generation (a spec change) or a deletion, not on the
-        status patches of the agent itself."""
+    def _cached(self) -> dict[str, dict[str, Any]] | None:
+        """The cluster's PgInstances as the watch delivered them, while it was heard from within
+        CACHE_FRESH_FOR seconds; None: read through the API."""
+        with self.cache_lock:
+            if self.cache_cluster is None or time.monotonic() - self.heard_at > CACHE_FRESH_FOR:
+                return None
+            self.cache_reads += 1
+            return dict(self.cache)
+
+    def watch(self, name: str, wake: Wake, stopping: threading.Event, cluster: str | None = None) -> None:
+        """A watch of this one PgInstance (fieldSelector metadata.name), or with `cluster` of the
+        cluster's (its label; a list first, then a watch from the list's resourceVersion, the
+        list's objects cached for reads), reconnecting with a bounded backoff; wakes on a new
+        generation (a spec change) or a deletion of `name`, not on status patches."""
         from kubernetes import watch
 
         seen: int | None = None
         version: str | None = None
         backoff = WATCH_BACKOFF[0]
+        selector = {"label_selector": f"{LABEL_CLUSTER}={cluster}"} if cluster \
+            else {"field_selector": f"metadata.name={name}"}
         while not stopping.is_set():
             stream = watch.Watch()
             try:
-                kwargs: dict[str, Any] = {"field_selector": f"metadata.name={name}",
-                                          "timeout_seconds": WATCH_SECONDS,
+                if cluster and not version:
+                    listed = self.api.list_namespaced_custom_object(
+                        API_GROUP, VERSION, self.namespace, PLURAL, _request_timeout=self.timeout, **selector)
+                    version = (listed.get("metadata") or {}).get("resourceVersion") or None
+                    items = {b["metadata"]["name"]: b for b in listed.get("items", [])}
+                    self._fill(cluster, items, replace=True)
+                    generation = generation_of(items.get(name))
+                    if name not in items or generation != seen:
+                        seen = generation
+                        wake()
+                kwargs: dict[str, Any] = {**selector, "timeout_seconds": WATCH_SECONDS,
                                           "_request_timeout": (self.timeout, WATCH_SECONDS + 10)}
                 if version:
                     kwargs["resource_version"] = version
@@ -210,24 +259,56 @@ class KubeInstanceStore:
                     body = event.get("object") or {}
                     if event.get("type") == "ERROR":  # e.g. 410 Gone: start from a fresh list
                         version = None
+                        self._forget()
                         break
                     backoff = WATCH_BACKOFF[0]
                     version = (body.get("metadata") or {}).get("resourceVersion") or version
+                    event_name = str((body.get("metadata") or {}).get("name") or "")
+                    if cluster:
+                        self._fill(cluster, {event_name: None if event.get("type") == "DELETED" else body})
+                    if event_name != name:
+                        continue
                     generation = generation_of(body)
                     if event.get("type") == "DELETED" or generation != seen:
                         seen = generation
                         wake()
+                else:
+                    if cluster:
+                        self._touch()  # the server ended the watch after WATCH_SECONDS: it answered
             except Exception as error:  # the loop polls meanwhile; try again, later each time
                 log.debug("watch of PgInstance %s failed: %s", name, error)
                 version = None
+                self._forget()
                 stopping.wait(backoff)
                 backoff = min(backoff * 2, WATCH_BACKOFF[1])
+        self._forget()
+
+    def _fill(self, cluster: str, bodies: dict[str, dict[str, Any] | None], replace: bool = False) -> None:
+        with self.cache_lock:
+            if replace or self.cache_cluster != cluster:
+                self.cache = {}
+            self.cache_cluster = cluster
+            for key, body in bodies.items():
+                if body is None:
+                    self.cache.pop(key, None)
+                else:
+                    self.cache[key] = body
+            self.heard_at = self.contact_at = time.monotonic()
+
+    def _touch(self) -> None:
+        with self.cache_lock:
+            self.heard_at = self.contact_at = time.monotonic()
+
+    def _forget(self) -> None:
+        with self.cache_lock:
+            self.cache, self.cache_cluster, self.heard_at = {}, None, float("-inf")
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException
         try:
             self.api.patch_namespaced_custom_object_status(API_GROUP, VERSION, self.namespace, PLURAL, name,
                                                            {"status": status}, _request_timeout=self.timeout)
+            self.contact_at = time.monotonic()
         except ApiException as error:
             if error.status == 404:
                 raise LookupError(f"pginstances {name!r} not found") from None
@@ -275,7 +356,8 @@ class FileInstanceStore:
             bodies = [self._read(path) for path in sorted(self.directory.glob("*.json"))]
         return [b for b in bodies if b and (b.get("spec") or {}).get("cluster") == cluster]
 
-    def watch(self, name: str, wake: Wake, stopping: threading.Event, every: float = 0.05) -> None:
+    def watch(self, name: str, wake: Wake, stopping: threading.Event, cluster: str | None = None,
+              every: float = 0.05) -> None:
         """Looks at the file every `every` seconds; wakes when its generation moves."""
         path = self.directory / f"{name}.json"
         seen: tuple[int | None, bool] | None = None

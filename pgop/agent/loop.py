@@ -86,6 +86,8 @@ class Agent:
         self.last_decision: ha.Decision | None = None
         self.message: str | None = None
         self.previous_status: dict = {}  # as last read: other writers' conditions are kept
+        self.status_written_at: float | None = None  # monotonic; heartbeat-only writes wait for refresh
+        self.status_written_for: int | None = None  # the spec generation read before that write
         self.turns = 0
         # Set by a change of the PgInstance (the watch), by stop(): the loop's wait ends at once.
         self.wakeup = threading.Event()
@@ -200,7 +202,8 @@ class Agent:
         watch = getattr(self.store, "watch", None)
         if watch is None or self.watcher is not None:
             return
-        self.watcher = threading.Thread(target=watch, args=(self.settings.instance, self.wakeup.set, self.stopping),
+        self.watcher = threading.Thread(target=watch, args=(self.settings.instance, self.wakeup.set, self.stopping,
+                                                            self.settings.cluster),
                                         name=f"watch-{self.settings.instance}", daemon=True)
         self.watcher.start()
 
@@ -291,7 +294,9 @@ class Agent:
     def read_spec(self) -> Instance | None:
         try:
             body = self.store.get_instance(self.settings.instance)
-            self.api_ok_at = time.monotonic()
+            # From a store's watch cache: the API server was last heard when the watch delivered
+            # (isolation must not count a cached read as an answer).
+            self.api_ok_at = max(self.api_ok_at, getattr(self.store, "contact_at", None) or time.monotonic())
             if body is None:
                 self.message = f"PgInstance {self.settings.instance} does not exist"
                 return self.instance
@@ -650,9 +655,15 @@ class Agent:
             patch["replicaSyncStates"] = None
         if self.loaded_certificates is not None and running:
             patch["certificates"] = self.loaded_certificates
+        since = None if self.status_written_at is None or self.status_written_for != instance.generation \
+            else time.monotonic() - self.status_written_at
+        if not status.worth_writing(self.previous_status, patch, since,
+                                    status.refresh_for(instance, state, self.settings.status_refresh)):
+            return  # nothing new to say, and the last heartbeat is recent
         try:
             self.store.patch_status(instance.name, patch)
-            self.api_ok_at = time.monotonic()
+            self.api_ok_at = self.status_written_at = time.monotonic()
+            self.status_written_for = instance.generation
             if self.notice and not self.isolated:
                 self.notice = None  # said once the API server heard it
         except Exception as error:

@@ -17,6 +17,7 @@ from pgop.kernel.model import InstanceSpec
 from pgop.kernel.podenv import AGENT_PORT, ENV_METRICS_PORT, METRICS_PORT, REQUIRED_BY_AGENT, PodEnv, PodEnvError
 
 DEFAULT_INTERVAL = 2.0
+DEFAULT_STATUS_REFRESH = 5.0  # pgop.agent.status: the heartbeat when the status does not change
 DEFAULT_ISOLATION_TIMEOUT = 10.0
 DEFAULT_MAX_START_ATTEMPTS = 3
 
@@ -55,6 +56,7 @@ class AgentSettings:
     primary_port: int = pgconfig.POSTGRES_PORT
     run_dir: Path | None = None  # writable, not on the volume: the passfile lives here
     interval: float = DEFAULT_INTERVAL
+    status_refresh: float = DEFAULT_STATUS_REFRESH  # heartbeat-only status writes, when nothing changed
     isolation_timeout: float = DEFAULT_ISOLATION_TIMEOUT  # a primary alone this long stops (0: never)
     max_start_attempts: int = DEFAULT_MAX_START_ATTEMPTS
     run_as: str | None = None  # OS user for the PostgreSQL binaries when the agent runs as root
@@ -161,6 +163,7 @@ class AgentSettings:
             primary_port=number("PGOP_PRIMARY_PORT", pgconfig.POSTGRES_PORT),
             run_dir=Path(run_dir) if run_dir else None,
             interval=number("PGOP_HEARTBEAT_INTERVAL", DEFAULT_INTERVAL, float),
+            status_refresh=number("PGOP_STATUS_REFRESH", DEFAULT_STATUS_REFRESH, float),
             isolation_timeout=number("PGOP_ISOLATION_TIMEOUT", DEFAULT_ISOLATION_TIMEOUT, float),
             max_start_attempts=number("PGOP_MAX_START_ATTEMPTS", DEFAULT_MAX_START_ATTEMPTS),
             run_as=env.get("PGOP_RUN_AS") or None,

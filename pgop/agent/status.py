@@ -1,7 +1,10 @@
-"""The PgInstance status the agent writes every few seconds (pure: `now` is an argument).
+"""The PgInstance status the agent writes (pure: `now` is an argument).
 
-The operator trusts `ready` only while `lastHeartbeat` is fresh; it rolls a restart on only once
-`observedGeneration` equals the generation it wrote.
+Written at once when anything in it changes, and otherwise (replicas) every DEFAULT_STATUS_REFRESH
+seconds only to renew `lastHeartbeat` (`worth_writing`, `refresh_for`): an idle replica costs the
+API server one small write per refresh, not one per turn of the loop; a primary beats every turn. The operator trusts `ready` only while
+`lastHeartbeat` is fresh (pgop.kernel.readiness: three missed refreshes); it rolls a restart on
+only once `observedGeneration` equals the generation it wrote.
 """
 from __future__ import annotations
 
@@ -11,12 +14,15 @@ from typing import Any
 
 from pgop.agent.ha import Decision, wal_receiver
 from pgop.agent.observed import Archiver, PostgresState
-from pgop.agent.settings import AgentSettings
+from pgop.agent.settings import DEFAULT_STATUS_REFRESH, AgentSettings
 from pgop.agent.streaming import Standby
 from pgop.kernel.conditions import condition, rfc3339, set_conditions
 from pgop.kernel.lsn import lag_bytes
-from pgop.kernel.model import Instance
+from pgop.kernel.model import PRIMARY, Instance
 
+# DEFAULT_STATUS_REFRESH (pgop.agent.settings): seconds between heartbeat-only writes;
+# pgop.kernel.readiness.DEFAULT_HEARTBEAT_TIMEOUT is three of them. What failover reacts to (a
+# receiver that stops, a role, readiness) changes the status and is written on the turn it is seen.
 CONDITION_READY = "Ready"
 CONDITION_CONFIG = "ConfigurationApplied"
 
@@ -130,3 +136,45 @@ def primary_lsn(instances: Iterable[Instance] | None) -> str | None:
         if instance.spec.role == "primary" and instance.status.role == "primary":
             return instance.status.lsn
     return None
+
+
+def changes(stored: Mapping[str, Any] | None, patch: Mapping[str, Any]) -> bool:
+    """Whether the JSON merge patch `patch` would change `stored` (None removes a field)."""
+    stored = stored or {}
+    for key, value in patch.items():
+        current = stored.get(key)
+        if value is None:
+            if current is not None:
+                return True
+        elif isinstance(value, Mapping):
+            if current is not None and not isinstance(current, Mapping):
+                return True
+            if changes(current, value) or (current is None and _without_nulls(value)):
+                return True
+        elif current != value:
+            return True
+    return False
+
+
+def _without_nulls(value: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if v is not None}
+
+
+def refresh_for(instance: Instance, state: PostgresState, refresh: float) -> float:
+    """How long an unchanged status may go unwritten. A primary (wanted or running) beats on every
+    turn: failover reads its silence (pgop.cluster.failover.CORROBORATED_SILENCE, three turns) as
+    one of two signs that its node is gone. Replicas write what changes at once (a receiver that
+    stops is what the other sign is), and otherwise renew their heartbeat every `refresh`."""
+    return 0.0 if PRIMARY in (instance.spec.role, state.role) else refresh
+
+
+def worth_writing(stored: Mapping[str, Any] | None, patch: Mapping[str, Any],
+                  since_written: float | None, refresh: float = DEFAULT_STATUS_REFRESH) -> bool:
+    """Whether to send `patch` now: something in it differs from the status as stored (read this
+    turn, so another writer's change is put right too), or the last write is `refresh` seconds old
+    (the heartbeat), or nothing was written yet (None: also after a new spec generation was read,
+    so the operator that changed it sees a report newer than its change). `lastHeartbeat` alone is
+    no change."""
+    if since_written is None or since_written >= refresh:
+        return True
+    return changes(stored, {k: v for k, v in patch.items() if k != "lastHeartbeat"})

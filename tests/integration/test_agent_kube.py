@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from e2e.harness.cluster import OPERATOR_KUBECONFIG
 from e2e.harness.pg import AgentHost
 from pgop.agent import bootstrap, kube, loop
 from pgop.kernel.model import Cluster, Instance
@@ -32,8 +33,13 @@ def create(store: kube.KubeInstanceStore, cluster: Cluster, ordinal: int, role: 
     body["metadata"]["namespace"] = store.namespace
     body["metadata"].pop("ownerReferences", None)  # no PgCluster here: nothing else acts on it
     # Not through store.api: its client sends every body as a merge patch, which a create is not.
-    from kubernetes import client
-    api = client.CustomObjectsApi(client.ApiClient(store.api_client.configuration))
+    # As the operator (group pgop:operators): the admission policy lets only it make a PgInstance
+    # that names a primary (deploy/admission.yaml).
+    from kubernetes import client, config
+    configuration = client.Configuration()
+    config.load_kube_config(config_file=os.environ.get("PGOP_OPERATOR_KUBECONFIG") or str(OPERATOR_KUBECONFIG),
+                            client_configuration=configuration)
+    api = client.CustomObjectsApi(client.ApiClient(configuration))
     return api.create_namespaced_custom_object("pgop.io", "v1", store.namespace, "pginstances", body)
 
 

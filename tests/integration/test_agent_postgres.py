@@ -273,7 +273,7 @@ def test_replicas_stream_with_slots_and_quorum_sync(fleet_factory):
     assert replica_status["lagBytes"] == 0 or wait_for(lambda: fleet.status(r1)["lagBytes"] == 0, "no lag")
     beat = datetime.fromisoformat(fleet.status(primary)["lastHeartbeat"].replace("Z", "+00:00"))
     wait_for(lambda: datetime.fromisoformat(fleet.status(primary)["lastHeartbeat"].replace("Z", "+00:00")) > beat,
-             "a newer heartbeat", timeout=5)
+             "a newer heartbeat (every status refresh when nothing changes)", timeout=12)
 
     # synchronousReplicas 1 -> 0: a reload, no restart; both replicas become async.
     started = fleet.start_time(primary)

@@ -867,3 +867,39 @@ def test_only_the_operator_changes_role_primary_or_fenced(kube_api, objs, policy
                                                                  stored["metadata"]["name"], body)["status"]
     assert (stored_status["walReceiver"], stored_status["following"], stored_status["replayLSN"]) == \
         ("stopped", "", "0/3000000")
+
+
+CREATE_MESSAGE = "a PgInstance made by anyone but the operator may not set spec.role primary"
+
+
+def test_only_the_operator_makes_a_pginstance_that_claims_a_primary(kube_api, objs, policy_namespace):
+    """A second primary by CREATE: a PgInstance made by hand with role primary (or naming whom to
+    follow, or fenced) in a running cluster would get a pod the -rw Service selects. Refused; the
+    operator's identity may; a plain replica by hand is not the policy's business."""
+    def create(client_objs, name: str, **fields):
+        body = _manifest("PgInstance", dict(INSTANCE, **fields), name=name)
+        return lambda: _create(client_objs, policy_namespace, body)
+    deadline = time.monotonic() + 30
+    while True:  # the policy takes a moment to be loaded by the API server
+        try:
+            create(objs, "hand-0", role="primary")()
+        except ApiException as e:
+            assert e.status == 403, e.body
+            break
+        assert time.monotonic() < deadline, "the admission policy never refused a PgInstance with role primary"
+        time.sleep(0.5)
+    for name, fields in (("hand-1", {"role": "primary"}), ("hand-2", {"primary": "orders-0"}),
+                         ("hand-3", {"primaryHost": "10.0.0.9"}), ("hand-4", {"fenced": True})):
+        message = _forbidden(create(objs, name, **fields))
+        assert CREATE_MESSAGE in message and "spec.primaryHost" in message, message
+    create(objs, "hand-5")()  # role replica, following nobody yet: allowed (dry run)
+    operator = _operator_objs(kube_api, policy_namespace)
+    _operator_may_create(kube_api, policy_namespace)
+    create(operator, "by-operator", role="primary", primary="by-operator")()
+
+
+def _operator_may_create(kube_api, namespace: str) -> None:
+    """The test's operator Role (_operator_objs) with create, as the real operator has."""
+    rbac = client.RbacAuthorizationV1Api(kube_api)
+    rbac.patch_namespaced_role("pgop-test-operators", namespace, {"rules": [
+        {"apiGroups": [GROUP], "resources": ["pginstances"], "verbs": ["get", "list", "create", "update", "patch"]}]})

@@ -136,3 +136,66 @@ def test_the_loop_turns_at_once_when_its_pginstance_changes():
         agent.stop()
         thread.join(5)
     assert not thread.is_alive()
+
+
+def member(name: str, generation: int, version: str, cluster: str = "orders") -> dict:
+    return {"metadata": {"name": name, "generation": generation, "resourceVersion": version},
+            "spec": {"cluster": cluster, "role": "replica"}, "status": {"phase": "Running"}}
+
+
+def test_kube_store_with_a_cluster_answers_reads_from_its_watch_while_it_is_heard(monkeypatch):
+    """One list, then a watch from its resourceVersion: GETs and LISTs of the cluster's PgInstances
+    are answered from what it delivered (no request per turn), until it is silent for
+    CACHE_FRESH_FOR seconds or fails; then every read goes to the API server again."""
+    from kubernetes import client, watch
+    monkeypatch.setattr(watch, "Watch", FakeWatch)
+    monkeypatch.setattr(kube, "WATCH_BACKOFF", (5.0, 5.0))  # no second connection during the test
+    FakeWatch.calls = []
+    FakeWatch.done = threading.Event()
+    FakeWatch.script = [[{"type": "MODIFIED", "object": member("orders-1", 2, "41")},
+                         {"type": "ADDED", "object": member("orders-2", 1, "42")},
+                         {"type": "DELETED", "object": member("orders-0", 1, "43")}]]
+    store = kube.KubeInstanceStore("shop", configuration=client.Configuration())
+    requests: list[str] = []
+
+    def list_objects(*args, **kwargs):
+        requests.append(f"list {kwargs.get('label_selector')}")
+        return {"metadata": {"resourceVersion": "40"},
+                "items": [member("orders-0", 1, "38"), member("orders-1", 1, "39")]}
+    monkeypatch.setattr(store.api, "list_namespaced_custom_object", list_objects)
+    monkeypatch.setattr(store.api, "get_namespaced_custom_object",
+                        lambda *a, **k: requests.append("get") or member("orders-1", 2, "41"))
+    woken: list[float] = []
+    stopping = threading.Event()
+    thread = threading.Thread(target=store.watch, args=("orders-1", lambda: woken.append(1), stopping, "orders"),
+                              daemon=True)
+    thread.start()
+    try:
+        assert FakeWatch.done.wait(5)
+        assert FakeWatch.calls[0]["label_selector"] == "pgop.io/cluster=orders"
+        assert FakeWatch.calls[0]["resource_version"] == "40"  # from the list
+        assert len(woken) == 2  # the list (generation 1), then generation 2
+        before = list(requests)
+        assert store.get_instance("orders-1")["metadata"]["generation"] == 2
+        assert sorted(i["metadata"]["name"] for i in store.list_instances("orders")) == ["orders-1", "orders-2"]
+        assert requests == before  # both answered from the watch
+        store.heard_at -= kube.CACHE_FRESH_FOR + 1  # silent too long
+        store.get_instance("orders-1")
+        assert requests == [*before, "get"]
+    finally:
+        stopping.set()
+        thread.join(2)
+
+
+def test_a_cached_read_does_not_count_as_an_answer_of_the_api_server():
+    """Isolation: a primary whose API server stopped answering stops after isolationTimeout. A read
+    from the watch's cache moves api_ok_at only to when the watch last delivered, never to now."""
+    settings = AgentSettings.from_env(POD_ENV)
+    store = kube.MemoryInstanceStore()
+    store.put(settings.instance, {"cluster": settings.cluster, "role": "primary"})
+    agent = Agent(settings, store)
+    heard = time.monotonic() - 8
+    store.contact_at = heard  # type: ignore[attr-defined]  # as the Kube store's watch cache says
+    agent.api_ok_at = heard - 20
+    agent.read_spec()
+    assert agent.api_ok_at == heard
