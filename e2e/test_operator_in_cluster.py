@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.harness import proc
+from e2e.harness import images, proc
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "operator.yaml"
 
@@ -14,6 +14,7 @@ DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "operator.yaml"
 @pytest.fixture(scope="module")
 def in_cluster_operator(kubectl):
     proc.stop("operator")  # one operator at a time
+    images.operator_image()  # deploy/operator.yaml's image: this checkout at the package version
     kubectl("apply", "-f", str(DEPLOY))
     kubectl("-n", "pgop-system", "rollout", "status", "deployment/pgop-operator", "--timeout=120s")
     yield

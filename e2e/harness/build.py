@@ -209,6 +209,15 @@ def components() -> list[GoComponent]:
         GoComponent("prometheus", "github.com/prometheus/prometheus", v.PROMETHEUS,
                     {"github.com/prometheus/prometheus/cmd/prometheus": "prometheus",
                      "github.com/prometheus/prometheus/cmd/promtool": "promtool"}, lazy=True),
+        # The Helm CLI: renders and installs deploy/helm/pgop. Stamped as upstream's Makefile does:
+        # its version, and the Kubernetes version `helm template`/`lint` assume without a cluster
+        # (1.<minor of its client-go>; unstamped it is 1.20, older than the chart's kubeVersion).
+        GoComponent("helm", "helm.sh/helm/v3", v.HELM, {"helm.sh/helm/v3/cmd/helm": "helm"},
+                    ldflags=" ".join([f"-X helm.sh/helm/v3/internal/version.version={v.HELM}",
+                                      "-X helm.sh/helm/v3/internal/version.gitTreeState=clean",
+                                      *(f"-X helm.sh/helm/v3/pkg/{pkg}.k8sVersion{part}={value}"
+                                        for pkg in ("chartutil", "lint/rules")
+                                        for part, value in (("Major", "1"), ("Minor", v.HELM_KUBE_MINOR)))])),
     ]
 
 

@@ -6,6 +6,7 @@ import hashlib
 import shutil
 import subprocess
 import tempfile
+import tomllib
 from pathlib import Path
 
 from . import build, paths, proc, versions
@@ -13,10 +14,17 @@ from .containerd import ctr
 from .host import debian_mirror
 from .log import step
 
+
+def package_version() -> str:
+    """pgop's version, from its one source (pyproject.toml): the operator image's tag, the Helm
+    chart's appVersion and the tag in deploy/*.yaml (tests/unit/test_install_manifests.py)."""
+    return tomllib.loads((paths.REPO / "pyproject.toml").read_text())["project"]["version"]
+
+
 BASE_IMAGE = f"localhost/debian:{versions.DEBIAN_SUITE}"
 PAUSE_IMAGE = "localhost/pgop-pause:1.0"
 POSTGRES_IMAGE = "localhost/pgop-postgres:dev"
-OPERATOR_IMAGE = "localhost/pgop-operator:dev"
+OPERATOR_IMAGE = f"localhost/pgop-operator:{package_version()}"
 IMAGES_DIR = paths.REPO / "images"
 STAMPS = paths.STATE / "images"
 WHEELS = build.CACHE / "wheels"
@@ -135,12 +143,14 @@ def import_into_containerd(tag: str, targets: list[tuple[Path, Path]] | None = N
             stamp.write_text(image_id or "")
 
 
+SOURCES = [paths.REPO / p for p in ("pgop", "rds", "backup")]
+
+
 def build_all() -> None:
     base()
     _build("pause", PAUSE_IMAGE, [], with_wheels=False)
-    src = [paths.REPO / p for p in ("pgop", "rds", "backup")]
-    _build("postgres", POSTGRES_IMAGE, src, with_wheels=True)
-    _build("operator", OPERATOR_IMAGE, src, with_wheels=True)
+    _build("postgres", POSTGRES_IMAGE, SOURCES, with_wheels=True)
+    _build("operator", OPERATOR_IMAGE, SOURCES, with_wheels=True)
     # Each rebuild leaves the previous image untagged; drop those so the disk does not fill up.
     _podman("image", "prune", "-f", check=False)
 
@@ -148,3 +158,12 @@ def build_all() -> None:
 def import_all(targets: list[tuple[Path, Path]] | None = None) -> None:
     for tag in (PAUSE_IMAGE, POSTGRES_IMAGE, OPERATOR_IMAGE):
         import_into_containerd(tag, targets)
+
+
+def operator_image() -> str:
+    """The operator image of this checkout, built if its inputs changed and imported into the host
+    node's containerd (both no-ops when up to date): what an in-cluster install test runs."""
+    base()
+    _build("operator", OPERATOR_IMAGE, SOURCES, with_wheels=True)
+    import_into_containerd(OPERATOR_IMAGE)
+    return OPERATOR_IMAGE

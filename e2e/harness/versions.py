@@ -14,6 +14,10 @@ VAULT = "v1.13.0"
 # Prometheus 3.x is published to the Go module proxy as v0.3XX.Y (Go modules cannot be v3 without a
 # /v3 path): the server and promtool that scrape the pods and check pgop's alerting rules.
 PROMETHEUS = "v0.316.0"
+# Helm 3 (the chart in deploy/helm/pgop): `helm lint`/`helm template` in the unit tests, install and
+# upgrade in e2e/test_install.py.
+HELM = "v3.22.0"
+HELM_KUBE_MINOR = "37"  # its go.mod's k8s.io/client-go v0.37: the Kubernetes 1.37 it renders for
 # Optional, built only by `make bench-scale` (never by `up`): simulated nodes for bench/scale.py.
 KWOK = "v0.8.0"
 
