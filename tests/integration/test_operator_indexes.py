@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import copy
 import logging
+import threading
 from datetime import UTC, datetime, timedelta
 
+import kopf
 import pytest
 from kopf._core.engines.indexing import OperatorIndexer
 
@@ -49,6 +51,9 @@ def kube(local_env, kubectl, monkeypatch):
     monkeypatch.setattr(handlers, "kube", lambda: k)  # the handlers' client is this one
     monkeypatch.setattr(apply, "kube", lambda: k)
     monkeypatch.setattr(indexes, "_live", {})
+    # kopf posts Events through its own running operator's queue; there is none in a test
+    for name in ("info", "warn"):
+        monkeypatch.setattr(kopf, name, lambda *args, **kwargs: None)
     return k
 
 
@@ -56,17 +61,22 @@ def stamp(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def running_primary(kube: Kube, namespace: str) -> dict:
-    """A primary PgInstance whose agent reports now, its initialised volume and its pod (kept
-    Pending by a node selector nothing matches: nothing runs)."""
+def new_primary(kube: Kube, namespace: str) -> None:
+    """A primary PgInstance whose pods no node accepts (spec.affinity.nodeSelector): nothing runs."""
     cluster = Cluster.from_object({"apiVersion": "pgop.io/v1", "kind": "PgCluster",
                                    "metadata": {"name": "orders", "namespace": namespace, "uid": "u-orders"},
                                    "spec": {"instances": 1, "storage": {"size": "1Gi"},
-                                            "bootstrap": {"initdb": {"database": "app", "owner": "app"}}}})
+                                            "bootstrap": {"initdb": {"database": "app", "owner": "app"}},
+                                            "affinity": {"nodeSelector": {"pgop.io/test": "nowhere"}}}})
     body = build_instance(cluster, 0, "primary", "initdb", primary="orders-0")
     body["metadata"]["namespace"] = namespace
     body["metadata"].pop("ownerReferences", None)
     kube.create(body)
+
+
+def running_primary(kube: Kube, namespace: str) -> dict:
+    """A primary PgInstance whose agent reports now, its initialised volume and its pod (Pending)."""
+    new_primary(kube, namespace)
     kube.merge_patch("PgInstance", namespace, "orders-0",
                      {"status": {"phase": "Running", "ready": True, "role": "primary",
                                  "lastHeartbeat": stamp(datetime.now(UTC)), "message": ""}}, "status")
@@ -77,7 +87,7 @@ def running_primary(kube: Kube, namespace: str) -> dict:
                                       **mark_initialized_patch(instance, "initdb")["metadata"]["annotations"]}
     kube.create(pvc)
     pod = build_postgres_pod(instance)
-    pod["spec"]["nodeSelector"] = {"pgop.io/test": "nowhere"}
+    assert pod["spec"]["nodeSelector"] == {"pgop.io/test": "nowhere"}
     kube.create(pod)
     assert pod["metadata"]["labels"][LABEL_ROLE] == "primary"
     return stored
@@ -132,3 +142,26 @@ def test_a_really_silent_agent_is_reported_and_a_settled_instance_costs_no_reque
     now = kube.get("PgInstance", namespace, "orders-0")["status"]
     assert now["phase"] == "Unavailable" and now["ready"] is False
     assert now["message"].startswith("no heartbeat for 9")
+
+
+def test_passes_of_one_instance_at_once_create_its_volume_and_bootstrap_pod_once(kube, namespace):
+    new_primary(kube, namespace)
+    stored = kube.get("PgInstance", namespace, "orders-0")
+    index(kube, namespace, stored)  # the indexes never see what the passes create: the worst lag
+    kube.requests.clear()
+    start = threading.Barrier(3)
+
+    def one_pass():
+        start.wait()
+        handlers.reconcile_instance(stored, log)
+    passes = [threading.Thread(target=one_pass) for _ in range(3)]
+    for t in passes:
+        t.start()
+    for t in passes:
+        t.join(60)
+
+    creates = [path for method, path in kube.requests if method == "POST"]
+    assert sorted(creates) == [f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
+                               f"/api/v1/namespaces/{namespace}/pods"]
+    assert [p["metadata"]["name"] for p in kube.list("Pod", namespace, {"pgop.io/instance": "orders-0"})] \
+        == ["orders-0-bootstrap"]
