@@ -65,11 +65,6 @@ def user_secrets(kube: Kube, namespace: str, cluster: Cluster | None) -> dict[st
             for name in (spec.server_secret, spec.client_ca_secret) if name}
 
 
-def cordoned_nodes(kube: Kube) -> frozenset[str] | None:
-    """The nodes marked unschedulable (a drain cordons first); None when nodes cannot be read."""
-    return ApiReader(kube).cordoned_nodes()
-
-
 class NoPasswords:
     """The random source of a plan that is never applied (a pass planned from the indexes, which
     only asks whether there is anything to do): drawing 32 characters from the system's source for
