@@ -1,6 +1,6 @@
 """The operator's instance pass against the real kube-apiserver (`make up`), with kopf's own index
 structures fed a stale view, as kopf's watch handed it under load (issue 15: heartbeats ~90 s
-behind): a live instance is never written Unavailable nor its primary's pod relabelled `pending`
+behind): a live instance is never written Unavailable nor its pod relabelled `pending`
 from that view; an instance whose agent is really silent is; a settled instance's pass sends no
 request at all."""
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pgop.runtime.kube import Kube
 from pgop.specs.instance import build_instance
 from pgop.specs.pods import build_postgres_pod
 from pgop.specs.pvc import build_pvc, mark_initialized_patch
+from pgop.specs.rbac import build_service_account
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(120)]
 
@@ -61,24 +62,28 @@ def stamp(at: datetime) -> str:
     return at.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def new_primary(kube: Kube, namespace: str) -> None:
-    """A primary PgInstance whose pods no node accepts (spec.affinity.nodeSelector): nothing runs."""
+def new_replica(kube: Kube, namespace: str) -> None:
+    """A replica PgInstance whose pods no node accepts (spec.affinity.nodeSelector): nothing runs.
+    (Only the operator may make a primary: an admission policy.)"""
     cluster = Cluster.from_object({"apiVersion": "pgop.io/v1", "kind": "PgCluster",
                                    "metadata": {"name": "orders", "namespace": namespace, "uid": "u-orders"},
                                    "spec": {"instances": 1, "storage": {"size": "1Gi"},
                                             "bootstrap": {"initdb": {"database": "app", "owner": "app"}},
                                             "affinity": {"nodeSelector": {"pgop.io/test": "nowhere"}}}})
-    body = build_instance(cluster, 0, "primary", "initdb", primary="orders-0")
+    account = build_service_account(cluster)  # the pods' identity must exist
+    account["metadata"].pop("ownerReferences", None)
+    kube.create(account)
+    body = build_instance(cluster, 0, "replica", "initdb")
     body["metadata"]["namespace"] = namespace
     body["metadata"].pop("ownerReferences", None)
     kube.create(body)
 
 
-def running_primary(kube: Kube, namespace: str) -> dict:
-    """A primary PgInstance whose agent reports now, its initialised volume and its pod (Pending)."""
-    new_primary(kube, namespace)
+def running_replica(kube: Kube, namespace: str) -> dict:
+    """A replica PgInstance whose agent reports now, its initialised volume and its pod (Pending)."""
+    new_replica(kube, namespace)
     kube.merge_patch("PgInstance", namespace, "orders-0",
-                     {"status": {"phase": "Running", "ready": True, "role": "primary",
+                     {"status": {"phase": "Running", "ready": True, "role": "replica",
                                  "lastHeartbeat": stamp(datetime.now(UTC)), "message": ""}}, "status")
     stored = kube.get("PgInstance", namespace, "orders-0")
     instance = Instance.from_object(stored)
@@ -89,7 +94,7 @@ def running_primary(kube: Kube, namespace: str) -> dict:
     pod = build_postgres_pod(instance)
     assert pod["spec"]["nodeSelector"] == {"pgop.io/test": "nowhere"}
     kube.create(pod)
-    assert pod["metadata"]["labels"][LABEL_ROLE] == "primary"
+    assert pod["metadata"]["labels"][LABEL_ROLE] == "replica"
     return stored
 
 
@@ -111,24 +116,26 @@ def index(kube: Kube, namespace: str, instance_body: dict) -> None:
 
 
 def test_a_stale_view_never_writes_a_live_instance_unavailable_nor_relabels_its_pod(kube, namespace):
-    stored = running_primary(kube, namespace)
+    stored = running_replica(kube, namespace)
     stale = copy.deepcopy(stored)
-    # as kopf's watch lagged: the heartbeat of 90 s ago, the role not reported yet
-    stale["status"].update({"lastHeartbeat": stamp(datetime.now(UTC) - timedelta(seconds=90)), "role": None})
+    # as kopf's watch lagged: the heartbeat of 90 s ago, the role it reported before (which
+    # would label its pod `pending`: out of -ro)
+    stale["status"].update({"lastHeartbeat": stamp(datetime.now(UTC) - timedelta(seconds=90)), "role": "primary"})
     index(kube, namespace, stale)
+    kube.requests.clear()
 
     handlers.reconcile_instance(stale, log)
 
     now = kube.get("PgInstance", namespace, "orders-0")["status"]
     assert (now["phase"], now["ready"]) == ("Running", True)
-    assert kube.get("Pod", namespace, "orders-0")["metadata"]["labels"][LABEL_ROLE] == "primary"
+    assert kube.get("Pod", namespace, "orders-0")["metadata"]["labels"][LABEL_ROLE] == "replica"
     # it looked again before writing (the stale view asked for a report and a relabel)
     assert ("GET", f"/apis/pgop.io/v1/namespaces/{namespace}/pginstances/orders-0") in kube.requests
     assert not [r for r in kube.requests if r[0] == "PATCH"]
 
 
 def test_a_really_silent_agent_is_reported_and_a_settled_instance_costs_no_request(kube, namespace):
-    stored = running_primary(kube, namespace)
+    stored = running_replica(kube, namespace)
     index(kube, namespace, stored)
     kube.requests.clear()
     handlers.reconcile_instance(stored, log)
@@ -145,7 +152,7 @@ def test_a_really_silent_agent_is_reported_and_a_settled_instance_costs_no_reque
 
 
 def test_passes_of_one_instance_at_once_create_its_volume_and_bootstrap_pod_once(kube, namespace):
-    new_primary(kube, namespace)
+    new_replica(kube, namespace)
     stored = kube.get("PgInstance", namespace, "orders-0")
     index(kube, namespace, stored)  # the indexes never see what the passes create: the worst lag
     kube.requests.clear()
