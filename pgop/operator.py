@@ -73,6 +73,17 @@ def settings_for(namespaces: Sequence[str]) -> kopf.OperatorSettings:
     return settings
 
 
+def _watch_nodes_if_allowed() -> None:
+    """Cordoned nodes come from a watch of Nodes where the operator may watch them (not with
+    deploy/operator-namespaced.yaml): an index kopf cannot fill would hold every handler."""
+    from pgop.cluster import indexes
+    from pgop.runtime.kube import Kube
+    if indexes.may_watch_nodes(Kube()):
+        indexes.watch_nodes()
+    else:
+        log.info("Nodes may not be watched: switchovers ahead of node drains are off")
+
+
 @dataclass(frozen=True)
 class LeaderElection:
     """Run as one of several replicas: act only while holding this Lease."""
@@ -91,6 +102,8 @@ def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.captureWarnings(True)  # a library's warning becomes a log line like any other
     loaded = load_handlers()
+    if "pgop.cluster.handlers" in loaded:
+        _watch_nodes_if_allowed()
     if metrics:
         from pgop import operator_metrics
         operator_metrics.register()

@@ -8,43 +8,52 @@ from typing import Any
 
 from kubernetes.client.rest import ApiException
 
+from pgop.cluster.observe import ApiReader, ClusterReader, IndexReader
 from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance
 from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
 from pgop.kernel import hibernation, names
 from pgop.kernel.actions import Plan
 from pgop.kernel.conditions import parse_time, set_condition
 from pgop.kernel.diagnose import instance_report
-from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import Cluster, Instance
 from pgop.runtime.kube import Kube
 from pgop.specs.pvc import pvc_name
 
 
-def observe_cluster(kube: Kube, namespace: str, name: str, cluster: Cluster | None = None) -> ObservedCluster:
-    selector = {LABEL_CLUSTER: name}
+def observe_cluster(reader: ClusterReader | Kube, namespace: str, name: str,
+                    cluster: Cluster | None = None) -> ObservedCluster:
+    """What is, read by `reader` (a Kube: through the API)."""
+    if isinstance(reader, Kube):
+        reader = ApiReader(reader)
     account = names.agent_account(name)
-    instances = kube.list("PgInstance", namespace, selector)
+    instances = reader.instances(namespace, name)
     recovery = cluster.spec.bootstrap.recovery if cluster is not None else None
     # Only needed to create the first instance: where the source's backups are (unless the spec
-    # says) and in which archive layout. Always of this namespace.
-    source = kube.get("PgCluster", namespace, recovery.source) \
+    # says) and in which archive layout. Always of this namespace, and read through the API.
+    source = _api(reader).get("PgCluster", namespace, recovery.source) \
         if recovery is not None and not instances else None
     return ObservedCluster(
         instances=instances,
-        services=kube.list("Service", namespace, selector),
-        secrets=kube.list("Secret", namespace, selector),
-        pdb=kube.get("PodDisruptionBudget", namespace, names.pdb(name)),
-        primary_pdb=kube.get("PodDisruptionBudget", namespace, names.primary_pdb(name)),
-        service_account=kube.get("ServiceAccount", namespace, account),
-        role=kube.get("Role", namespace, account),
-        role_binding=kube.get("RoleBinding", namespace, account),
+        services=reader.services(namespace, name),
+        secrets=reader.secrets(namespace, name),
+        pdb=reader.named("PodDisruptionBudget", namespace, names.pdb(name)),
+        primary_pdb=reader.named("PodDisruptionBudget", namespace, names.primary_pdb(name)),
+        service_account=reader.named("ServiceAccount", namespace, account),
+        role=reader.named("Role", namespace, account),
+        role_binding=reader.named("RoleBinding", namespace, account),
         recovery_source=source,
         # What failover judges the primary by, besides its PgInstance.
-        pods=kube.list("Pod", namespace, selector | {LABEL_COMPONENT: COMPONENT_POSTGRES}),
-        volumes=kube.list("PersistentVolumeClaim", namespace, selector),
-        cordoned_nodes=cordoned_nodes(kube),
-        user_secrets=user_secrets(kube, namespace, cluster),
+        pods=reader.postgres_pods(namespace, name),
+        volumes=reader.volumes(namespace, name),
+        cordoned_nodes=reader.cordoned_nodes(),
+        user_secrets=user_secrets(_api(reader), namespace, cluster),
     )
+
+
+def _api(reader: ClusterReader) -> Kube:
+    """What is read by name through the API whichever the reader (rarely: the recovery source of a
+    first instance, the Secrets spec.tls names, which carry no label of the cluster)."""
+    return reader.kube
 
 
 def user_secrets(kube: Kube, namespace: str, cluster: Cluster | None) -> dict[str, Any]:
@@ -56,22 +65,20 @@ def user_secrets(kube: Kube, namespace: str, cluster: Cluster | None) -> dict[st
             for name in (spec.server_secret, spec.client_ca_secret) if name}
 
 
-def cordoned_nodes(kube: Kube) -> frozenset[str] | None:
-    """The nodes marked unschedulable (a drain cordons first); None when nodes cannot be read (an
-    operator without the RBAC for it then does not switch over ahead of drains)."""
-    try:
-        nodes = kube.list("Node", "", fields={"spec.unschedulable": "true"})
-    except ApiException as e:
-        if e.status == 403:
-            return None
-        raise
-    return frozenset(n["metadata"]["name"] for n in nodes)
+class NoPasswords:
+    """The random source of a plan that is never applied (a pass planned from the indexes, which
+    only asks whether there is anything to do): drawing 32 characters from the system's source for
+    every credentials Secret was a tenth of such a pass. Never hand it to a plan that is applied."""
+
+    def choice(self, seq):
+        return seq[0]
 
 
-def plan_for_cluster(kube: Kube, body: dict[str, Any]) -> tuple[Cluster, ObservedCluster, Plan]:
+def plan_for_cluster(reader: ClusterReader | Kube, body: dict[str, Any]) -> tuple[Cluster, ObservedCluster, Plan]:
     cluster = Cluster.from_object(body)
-    observed = observe_cluster(kube, cluster.namespace, cluster.name, cluster)
-    plan = plan_cluster(cluster, observed, now=datetime.now(UTC))
+    observed = observe_cluster(reader, cluster.namespace, cluster.name, cluster)
+    rng = NoPasswords() if isinstance(reader, IndexReader) else None
+    plan = plan_cluster(cluster, observed, rng=rng, now=datetime.now(UTC))
     # The layout the plan pins (its first action, when not pinned yet): the hooks that run after
     # it (retention) must use the same.
     return pin_archive_layout(cluster, observed), observed, plan
@@ -81,6 +88,15 @@ def decision_changed(body: Mapping[str, Any], plan: Plan) -> bool:
     """Whether what failover decided (Plan.status) differs from the PgCluster's status."""
     current = body.get("status") or {}
     return any(current.get(key) != value for key, value in plan.status.items())
+
+
+def needs_fresh_pass(body: Mapping[str, Any], plan: Plan, status: Mapping[str, Any]) -> bool:
+    """Whether a pass planned from the indexes would do anything: an action, a failover decision, an
+    Event, a status to write. Then it is planned again from the API (with the PgCluster's
+    resourceVersion) and that plan is applied: the indexes may lag, nothing is decided from them."""
+    current = body.get("status") or {}
+    return bool(len(plan) or plan.events or decision_changed(body, plan)
+                or any(current.get(key) != value for key, value in status.items()))
 
 
 def persist_decision(kube: Kube, body: Mapping[str, Any], plan: Plan) -> bool:
@@ -157,24 +173,32 @@ def archiving_condition(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any
                               f"archived, {last_ok}"}
 
 
-def plan_for_instance(kube: Kube, body: dict[str, Any]) -> tuple[Instance, Plan, dict | None]:
+def plan_for_instance(reader: ClusterReader | Kube, body: dict[str, Any]) -> tuple[Instance, Plan, dict | None]:
     """The plan for one instance and, when its agent does not report, a status patch saying why."""
+    if isinstance(reader, Kube):
+        reader = ApiReader(reader)
     instance = Instance.from_object(body)
-    pvc = kube.get("PersistentVolumeClaim", instance.namespace, pvc_name(instance))
-    pods = kube.list("Pod", instance.namespace, {LABEL_INSTANCE: instance.name})
+    pvc = reader.volume(instance.namespace, pvc_name(instance))
+    pods = reader.instance_pods(instance.namespace, instance.name)
     plan = plan_instance(instance, pvc, pods)
-    return instance, plan, _report_for_silent_agent(kube, instance, pvc, pods, plan)
+    return instance, plan, _report_for_silent_agent(reader, instance, pvc, pods, plan)
 
 
-def _report_for_silent_agent(kube: Kube, instance: Instance, pvc, pods, plan: Plan) -> dict | None:
-    now = datetime.now(UTC)
+def silent_agent(instance: Instance, now: datetime) -> bool:
+    """Whether the agent has not reported within the heartbeat timeout (or never)."""
     beat = instance.status.last_heartbeat
-    if beat is not None and (now - beat).total_seconds() <= DEFAULT_HEARTBEAT_TIMEOUT:
+    return beat is None or (now - beat).total_seconds() > DEFAULT_HEARTBEAT_TIMEOUT
+
+
+def _report_for_silent_agent(reader: ClusterReader, instance: Instance, pvc, pods, plan: Plan) -> dict | None:
+    now = datetime.now(UTC)
+    if not silent_agent(instance, now):
         return None  # the agent speaks for itself
+    beat = instance.status.last_heartbeat
     sc_exists = None
     if pvc is not None and (pvc.get("status") or {}).get("phase") in (None, "Pending"):
         sc = (pvc.get("spec") or {}).get("storageClassName")
-        sc_exists = bool(sc and kube.get("StorageClass", None, sc))
+        sc_exists = bool(sc and _api(reader).get("StorageClass", None, sc)) if reader.fresh else None
     phase, message = instance_report(pvc, pods, plan.waiting, sc_exists)
     if hibernation.is_hibernated(instance.raw_spec) and not pods:
         phase, message = "Hibernated", "no pod runs (the cluster is hibernated); its volume is kept"

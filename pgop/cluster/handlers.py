@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import kopf
 
-from pgop.cluster import controller
+from pgop.cluster import controller, indexes
 from pgop.cluster import publish as cluster_publish
 from pgop.cluster.failover import pod_state
 from pgop.kernel import names, tenancy
@@ -17,7 +17,7 @@ from pgop.kernel.actions import Event
 from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
-from pgop.runtime.apply import apply_plan, cluster_hooks, kube, record_events, remember
+from pgop.runtime.apply import apply_plan, cluster_hooks, forget, kube, record_events, remember
 from pgop.runtime.coalesce import Coalescer
 from pgop.runtime.kube import NotFound
 from pgop.runtime.metrics import measured
@@ -43,15 +43,33 @@ _REPEATING = {"FailoverWaitingForQuorum"}
 
 
 def reconcile_cluster(body, logger) -> dict | None:
-    """Applies the plan; returns the status to write, or None when it is unchanged."""
+    """Applies the plan; returns the status to write, or None when it is unchanged.
+
+    A pass first plans from the indexes and `body` (as kopf's watch last saw it): when that finds
+    nothing to do, it is done without a request. Otherwise, or for a cluster whose hooks need the
+    stored status (backups), it plans again from the PgCluster as stored and the API."""
     meta = body["metadata"]
-    with _cluster_locks[(meta.get("namespace", ""), meta["name"])]:
+    namespace, name = meta.get("namespace", ""), meta["name"]
+    with _cluster_locks[(namespace, name)]:
+        reader = indexes.reader(kube())
+        if not reader.fresh and body.get("spec") and not (body.get("spec") or {}).get("backup") \
+                and _quiet(body, reader):
+            return None
         # Plan from the stored status, not from kopf's copy, which may predate the last decision
         # another pass of this process wrote.
-        fresh = kube().get("PgCluster", meta.get("namespace", ""), meta["name"])
-        if fresh is None:
+        fresh = kube().get("PgCluster", namespace, name)
+        if fresh is None or fresh["metadata"].get("deletionTimestamp") and not body.get("spec"):
             return None
         return _reconcile_cluster(fresh, logger)
+
+
+def _quiet(body, reader) -> bool:
+    """Whether the indexes say this cluster needs nothing (a valid spec, nothing to write)."""
+    cluster, observed, plan = controller.plan_for_cluster(reader, body)
+    if cluster.validate():
+        return False
+    status = controller.status_for_cluster(cluster, list(observed.instances), plan)
+    return not controller.needs_fresh_pass(body, plan, status)
 
 
 def _record(body, events: list[Event]) -> None:
@@ -66,7 +84,7 @@ def _record(body, events: list[Event]) -> None:
 
 
 def _reconcile_cluster(body, logger) -> dict | None:
-    cluster, observed, plan = controller.plan_for_cluster(kube(), body)
+    cluster, observed, plan = controller.plan_for_cluster(kube(), body)  # through the API: it acts
     errors = cluster.validate()
     if errors:
         message = "; ".join(f"{path}: {reason}" for path, reason in errors)
@@ -166,6 +184,19 @@ def cluster_deleted(body, **_):
         raise kopf.TemporaryError(f"removing the published credentials failed: {e}", delay=15) from None
 
 
+@kopf.on.event(API_GROUP, VERSION, "pgclusters")
+def cluster_event(body, event, **_):
+    if event.get("type") == "DELETED":
+        meta = body["metadata"]
+        forget_cluster(meta.get("namespace", ""), meta["name"])
+
+
+def forget_cluster(namespace: str, name: str) -> None:
+    """What this process kept of a deleted PgCluster (its lock, what it said once)."""
+    _cluster_locks.pop((namespace, name), None)
+    forget(namespace, name)
+
+
 @kopf.on.update(API_GROUP, VERSION, "pgclusters", field="metadata.annotations")
 @measured("PgCluster")
 def cluster_annotated(body, patch, logger, **_):
@@ -205,6 +236,7 @@ def instance_event(body, event, logger, **_):
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
+        forget(*key)
     elif before is None or (before[1], before[5]) != (st.get("role"), spec.get("role")):
         # A role reported or wanted anew: the pod's role label (what -rw and -ro select) follows
         # now, not on the instance's next tick; a promoted primary takes writes a tick sooner.
@@ -216,7 +248,7 @@ _instance_shortcuts = Coalescer()
 
 
 def _relabel(key: tuple[str, str], logger) -> None:
-    instance = kube().get("PgInstance", key[0], key[1])
+    instance = indexes.indexed("pgop_instances", *key) or kube().get("PgInstance", key[0], key[1])
     if instance is not None and not instance["metadata"].get("deletionTimestamp"):
         reconcile_instance(instance, logger)
 
@@ -235,8 +267,9 @@ def _reconcile_cluster_of(namespace: str, cluster_name: str | None, logger) -> N
 
 def _reconcile_cluster_now(key: tuple[str, str], logger) -> None:
     cluster_name = key[1]
-    cluster = kube().get("PgCluster", key[0], cluster_name)
-    if cluster is None or cluster["metadata"].get("deletionTimestamp"):
+    # As the watch last saw it (a quiet pass then reads nothing), else just its name (read fresh).
+    cluster = indexes.indexed("pgop_clusters", *key) or {"metadata": {"namespace": key[0], "name": cluster_name}}
+    if cluster["metadata"].get("deletionTimestamp"):
         return
     try:
         status = reconcile_cluster(cluster, logger)
@@ -267,15 +300,37 @@ def pod_event(body, event, logger, **_):
     # first, before the instance's own pass recreates the pod (the replicas stop streaming sooner).
     if meta["labels"].get(LABEL_COMPONENT) == COMPONENT_POSTGRES:
         _reconcile_cluster_of(meta.get("namespace"), meta["labels"].get(LABEL_CLUSTER), logger)
-    instance = kube().get("PgInstance", meta.get("namespace"), meta["labels"][LABEL_INSTANCE])
+    instance = indexes.indexed("pgop_instances", meta.get("namespace"), meta["labels"][LABEL_INSTANCE]) \
+        or kube().get("PgInstance", meta.get("namespace"), meta["labels"][LABEL_INSTANCE])
     if instance is not None and not instance["metadata"].get("deletionTimestamp"):
         reconcile_instance(instance, logger)
 
 
 # ------------------------------------------------------------------------------------ PgInstance
 
+# One pass per instance at a time: the timer, the pod event and the role shortcut all reconcile
+# it, and two passes acting on the same view applied the same step twice.
+_instance_runs = Coalescer()
+
+
 def reconcile_instance(body, logger) -> None:
-    instance, plan, report = controller.plan_for_instance(kube(), body)
+    meta = body["metadata"]
+    key = (meta.get("namespace", ""), meta["name"])
+    _instance_runs.run(key, lambda: _reconcile_instance(key, body, logger))
+
+
+def _reconcile_instance(key: tuple[str, str], body, logger) -> None:
+    # The latest the watch saw (a pass asked for again runs on what came in meanwhile).
+    body = indexes.indexed("pgop_instances", *key) or body
+    reader = indexes.reader(kube())
+    instance, plan, report = controller.plan_for_instance(reader, body)
+    if not reader.fresh and (len(plan) or report):
+        # About to act, relabel a pod or say the agent is silent: on what is stored now. kopf's
+        # view lagged the API by 90 s under load, and live instances were written Unavailable.
+        body = kube().get("PgInstance", *key)
+        if body is None:
+            return
+        instance, plan, report = controller.plan_for_instance(kube(), body)
     apply_plan(body, plan, logger)
     if report:
         try:

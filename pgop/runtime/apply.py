@@ -96,5 +96,12 @@ def remember(body: Any, topic: str, mark: str | None = None) -> str | None:
     return before
 
 
-__all__ = ["Plan", "apply_plan", "cluster_hooks", "kube", "on_cluster_reconcile", "record_events",
+def forget(namespace: str | None, name: str) -> None:
+    """Drops what was remembered of an object (warn_once, remember) once it is deleted: an
+    operator that outlives many clusters must not keep every one of them in memory."""
+    for key in [key for key in _warned if key[0] == namespace and key[1] == name]:
+        _warned.pop(key, None)
+
+
+__all__ = ["forget", "Plan", "apply_plan", "cluster_hooks", "kube", "on_cluster_reconcile", "record_events",
            "remember", "warn_once"]

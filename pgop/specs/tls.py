@@ -21,6 +21,7 @@ text and the time).
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -128,33 +129,42 @@ def renewal_reason(cert_pem: str | None, ca_pem: str, now: datetime, dns_names: 
     """Why the leaf certificate must be issued again, or "" when it is good."""
     if not cert_pem:
         return "no certificate yet"
+    problem, expires, cn, have = _leaf(cert_pem, ca_pem)
+    if problem:
+        return problem
+    assert expires is not None
+    if expires - now < RENEW_BEFORE:
+        return f"expires {expires:%Y-%m-%d} (less than {RENEW_BEFORE.days} days left)"
+    if common_name is not None and cn != common_name[:COMMON_NAME_MAX]:
+        return f"common name is not {common_name}"
+    if dns_names and have != frozenset(dns_names):
+        return "its names differ from the cluster's Services"
+    return ""
+
+
+@functools.lru_cache(maxsize=8192)
+def _leaf(cert_pem: str, ca_pem: str) -> tuple[str, datetime | None, str | None, frozenset[str]]:
+    """What does not change with time about a leaf and its CA: a problem ("" for none), when it
+    expires, its common name and DNS names. Cached: every reconcile pass checks every leaf, and
+    verifying a signature is most of a quiet pass's CPU."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem.encode())
         ca = x509.load_pem_x509_certificate(ca_pem.encode())
     except ValueError as e:
-        return f"unreadable certificate ({e})"
+        return f"unreadable certificate ({e})", None, None, frozenset()
     if cert.issuer != ca.subject:
-        return "signed by another CA"
+        return "signed by another CA", None, None, frozenset()
     try:
         cert.verify_directly_issued_by(ca)
     except Exception as e:  # InvalidSignature, ValueError, TypeError: no common base
-        return f"not signed by the cluster's CA ({type(e).__name__})"
-    left = cert.not_valid_after_utc - now
-    if left < RENEW_BEFORE:
-        return f"expires {cert.not_valid_after_utc:%Y-%m-%d} (less than {RENEW_BEFORE.days} days left)"
-    if common_name is not None:
-        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if not cn or cn[0].value != common_name[:COMMON_NAME_MAX]:
-            return f"common name is not {common_name}"
-    if dns_names:
-        try:
-            have = set(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-                       .get_values_for_type(x509.DNSName))
-        except x509.ExtensionNotFound:
-            have = set()
-        if have != set(dns_names):
-            return "its names differ from the cluster's Services"
-    return ""
+        return f"not signed by the cluster's CA ({type(e).__name__})", None, None, frozenset()
+    cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    try:
+        have = frozenset(cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                         .get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        have = frozenset()
+    return "", cert.not_valid_after_utc, str(cn[0].value) if cn else None, have
 
 
 def not_after(cert_pem: str) -> datetime:

@@ -78,7 +78,7 @@ def test_the_api_client_never_lists_across_namespaces():
 
 # --- the manifests ------------------------------------------------------------------------------
 
-def test_the_cluster_role_grants_no_wildcard_no_put_and_no_namespace_or_secret_watch():
+def test_the_cluster_role_grants_no_wildcard_no_put_and_no_namespace_watch():
     rules = one("operator.yaml", "ClusterRole")["rules"]
     granted = grants(rules)
     assert not any("*" in (g, r, v) for g, r, v in granted)
@@ -89,8 +89,9 @@ def test_the_cluster_role_grants_no_wildcard_no_put_and_no_namespace_or_secret_w
     assert not {(g, r) for g, r, _ in granted} & {("", "namespaces"), ("", "configmaps"),
                                                   ("apps", "deployments"), ("", "nodes/status")}
     secrets = {v for g, r, v in granted if r == "secrets"}
-    assert secrets == {"get", "list", "create", "patch"}
-    assert {v for g, r, v in granted if r == "nodes"} == {"list"}
+    # watched only with the label pgop.io/cluster (pgop.cluster.indexes.LABEL_SELECTORS)
+    assert secrets == {"get", "list", "watch", "create", "patch"}
+    assert {v for g, r, v in granted if r == "nodes"} == {"list", "watch"}
     assert {v for g, r, v in granted if r == "customresourcedefinitions"} == {"list", "watch"}
     assert not any(v == "delete" and r not in ("pods", "pginstances", "pgbackups") for g, r, v in granted)
 
@@ -100,7 +101,7 @@ def test_namespaced_mode_has_the_same_rules_inside_a_namespace_and_only_two_read
     inside = grants(one("operator-namespaced.yaml", "ClusterRole", "pgop-operator-namespaced")["rules"])
     outside = grants(one("operator-namespaced.yaml", "ClusterRole", "pgop-operator-cluster")["rules"])
     assert inside == {g for g in cluster_wide if (g[0], g[1]) not in CLUSTER_SCOPED}
-    assert outside == {("", "nodes", "list"), ("storage.k8s.io", "storageclasses", "get")}
+    assert outside == {("", "nodes", "list"), ("", "nodes", "watch"), ("storage.k8s.io", "storageclasses", "get")}
     # pgop-operator-namespaced is bound per namespace only
     crbs = [d for d in docs("operator-namespaced.yaml") if d["kind"] == "ClusterRoleBinding"]
     assert [b["roleRef"]["name"] for b in crbs] == ["pgop-operator-cluster"]

@@ -1,0 +1,210 @@
+"""The operator's watch-fed indexes (pgop.cluster.indexes, pgop.cluster.observe), in kopf's own
+index structures: a reconcile planned from them sees what a LIST would show, finds nothing to do
+on a settled cluster (and so reads nothing through the API), and hands anything it would do to a
+pass planned from the API. The RBAC grants what the watches need."""
+from __future__ import annotations
+
+import copy
+from datetime import timedelta
+from pathlib import Path
+
+import kopf
+import pytest
+import yaml
+from kopf._core.engines.indexing import OperatorIndexer
+
+from pgop.cluster import controller, indexes, observe
+from pgop.cluster.plan import plan_cluster
+from pgop.kernel import names
+from pgop.kernel.model import Instance
+from pgop.runtime import apply
+from pgop.runtime.kube import RESOURCES
+from tests.unit.test_failover import ha_cluster
+from tests.unit.world import NOW
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+# index name -> the function kopf calls for each object it watches
+FUNCTIONS = {name: getattr(indexes, name) for name in (*indexes.NAMES, indexes.NODES)}
+KIND_OF = {"pgop_clusters": "PgCluster", "pgop_instances": "PgInstance", "pgop_pods": "Pod",
+           "pgop_volumes": "PersistentVolumeClaim", "pgop_services": "Service", "pgop_secrets": "Secret",
+           "pgop_pdbs": "PodDisruptionBudget", "pgop_service_accounts": "ServiceAccount",
+           "pgop_roles": "Role", "pgop_role_bindings": "RoleBinding", "pgop_cordoned_nodes": "Node"}
+
+
+class Watched:
+    """kopf's indexers, fed the way kopf feeds them: every event of an object replaces what was
+    indexed for it (by its uid), a deletion discards it."""
+
+    def __init__(self) -> None:
+        self.indexers = {name: OperatorIndexer() for name in FUNCTIONS}
+
+    def event(self, body: dict) -> None:
+        kind = body.get("kind")
+        key = (body["metadata"].get("namespace"), body["metadata"]["name"], body["metadata"].get("uid"))
+        for name, fn in FUNCTIONS.items():
+            if KIND_OF[name] == kind:
+                self.indexers[name].replace(key, fn(body=body))
+
+    def deleted(self, body: dict) -> None:
+        key = (body["metadata"].get("namespace"), body["metadata"]["name"], body["metadata"].get("uid"))
+        for indexer in self.indexers.values():
+            indexer.discard(key)
+
+    def reader(self, nodes: bool = True) -> observe.IndexReader:
+        return observe.IndexReader({name: i.index for name, i in self.indexers.items()}, nodes, kube=None)  # type: ignore[arg-type]
+
+
+def settled():
+    """A 3-instance cluster after failover's own tests' start (tests.unit.test_failover), its pods
+    and volumes labelled and placed as pgop makes them."""
+    world, cluster = ha_cluster(3)
+    for (kind, _), obj in world.objects.items():
+        obj["metadata"].setdefault("namespace", "shop")
+        if kind == "Pod":
+            obj["metadata"]["labels"]["pgop.io/component"] = "postgres"
+    return world, cluster
+
+
+def watched(world) -> Watched:
+    w = Watched()
+    for obj in world.objects.values():
+        w.event(copy.deepcopy(obj))
+    return w
+
+
+def by_name(objects):
+    return sorted(objects or [], key=lambda o: (o["kind"], o["metadata"]["name"]))
+
+
+def test_the_indexes_show_a_cluster_as_its_lists_and_gets_would():
+    world, cluster = settled()
+    reader = watched(world).reader()
+    seen = controller.observe_cluster(reader, "shop", "orders", cluster)
+    listed = world.observed_cluster("orders", pods=True)
+    for field in ("instances", "services", "secrets", "pods", "volumes"):
+        assert by_name(getattr(seen, field)) == by_name(getattr(listed, field)), field
+        assert getattr(seen, field), field  # not vacuous
+    for field in ("pdb", "primary_pdb", "service_account", "role", "role_binding"):
+        assert getattr(seen, field) == getattr(listed, field) and getattr(seen, field) is not None, field
+    assert seen.cordoned_nodes == frozenset()
+    # another cluster's objects are not this one's
+    assert controller.observe_cluster(reader, "shop", "billing").instances == []
+    assert controller.observe_cluster(reader, "other", "orders").instances == []
+
+
+def test_an_instance_reads_its_volume_and_its_pods_bootstrap_included():
+    world, _ = settled()
+    name = world.instance_names()[1]
+    w = watched(world)
+    bootstrap = {"kind": "Pod", "metadata": {"name": names.bootstrap_pod(name), "namespace": "shop", "uid": "b",
+                                             "labels": {"pgop.io/cluster": "orders", "pgop.io/instance": name,
+                                                        "pgop.io/component": "bootstrap"}}}
+    w.event(bootstrap)
+    reader = w.reader()
+    assert reader.volume("shop", name) == world.objects[("PersistentVolumeClaim", name)]
+    assert sorted(p["metadata"]["name"] for p in reader.instance_pods("shop", name)) == \
+        sorted([name, names.bootstrap_pod(name)])
+    assert names.bootstrap_pod(name) not in [p["metadata"]["name"] for p in reader.postgres_pods("shop", "orders")]
+    w.deleted(bootstrap)
+    assert [p["metadata"]["name"] for p in w.reader().instance_pods("shop", name)] == [name]
+
+
+def test_a_settled_cluster_needs_no_pass_through_the_api():
+    world, cluster = settled()
+    reader = watched(world).reader()
+    stored = world.cluster(cluster)
+    observed = controller.observe_cluster(reader, "shop", "orders", stored)
+    plan = plan_cluster(stored, observed, now=NOW)
+    status = controller.status_for_cluster(stored, list(observed.instances), plan)
+    assert list(plan) == [] and plan.events == [] and not controller.decision_changed({"status": stored.status}, plan)
+    body = {"metadata": {"name": "orders", "namespace": "shop"}, "status": dict(status) | stored.status}
+    assert not controller.needs_fresh_pass(body, plan, status)
+    # a status that differs from the stored one is written only from a fresh pass
+    assert controller.needs_fresh_pass({"metadata": {}, "status": {}}, plan, status)
+
+
+def test_a_gone_primary_pod_in_the_indexes_hands_the_failover_to_a_fresh_pass():
+    world, cluster = settled()
+    w = watched(world)
+    primary = next(i for i in world.instance_names() if world.instance(i).spec.role == "primary")
+    w.deleted(world.objects[("Pod", names.postgres_pod(primary))])
+    stored = world.cluster(cluster)
+    observed = controller.observe_cluster(w.reader(), "shop", "orders", stored)
+    assert observed.pods is not None and all(p["metadata"]["name"] != names.postgres_pod(primary)
+                                             for p in observed.pods)
+    later = NOW + timedelta(seconds=30)
+    plan = plan_cluster(stored, observed, now=later)
+    status = controller.status_for_cluster(stored, list(observed.instances), plan)
+    assert controller.decision_changed({"status": stored.status}, plan)  # a failover begins
+    assert controller.needs_fresh_pass({"metadata": {}, "status": stored.status}, plan, status)
+
+
+def test_a_cordoned_node_is_indexed_until_it_is_schedulable_again():
+    w = Watched()
+    node = {"kind": "Node", "metadata": {"name": "n1", "uid": "u1"}, "spec": {"unschedulable": True}}
+    w.event(node)
+    assert w.reader().cordoned_nodes() == frozenset({"n1"})
+    w.event({"kind": "Node", "metadata": {"name": "n1", "uid": "u1"}, "spec": {}})
+    assert w.reader().cordoned_nodes() == frozenset()
+    # an operator that may not watch Nodes says it does not know, as a 403 on the LIST did
+    assert w.reader(nodes=False).cordoned_nodes() is None
+
+
+def test_unlabelled_objects_are_not_indexed_and_secrets_only_under_their_cluster():
+    assert observe.cluster_keys({"metadata": {"name": "s", "namespace": "shop"}}, "Secret") == {}
+    assert observe.named_keys({"metadata": {"name": "r", "namespace": "shop"}}, "Role") == {}
+    labelled = {"metadata": {"name": "s", "namespace": "shop", "labels": {"pgop.io/cluster": "orders"}}}
+    assert list(observe.cluster_keys(labelled, "Secret")) == [("shop", "orders")]
+    # a bootstrap pod is its instance's, not among the cluster's Postgres pods
+    pod = {"metadata": {"name": "orders-1-bootstrap", "namespace": "shop",
+                        "labels": {"pgop.io/cluster": "orders", "pgop.io/instance": "orders-1",
+                                   "pgop.io/component": "bootstrap"}}}
+    assert list(observe.pod_keys(pod)) == [("instance", "shop", "orders-1")]
+
+
+def test_a_silent_agent_is_judged_by_its_heartbeat():
+    body = {"apiVersion": "pgop.io/v1", "kind": "PgInstance",
+            "metadata": {"name": "orders-1", "namespace": "shop", "uid": "u"},
+            "spec": {"cluster": "orders", "role": "primary", "storage": {"size": "1Gi"}},
+            "status": {"lastHeartbeat": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+    instance = Instance.from_object(body)
+    assert not controller.silent_agent(instance, NOW + timedelta(seconds=5))
+    assert controller.silent_agent(instance, NOW + timedelta(seconds=90))
+    assert controller.silent_agent(Instance.from_object(body | {"status": {}}), NOW)
+
+
+# ------------------------------------------------------------------------- watches and RBAC
+
+def _grants(name: str, role: str | None = None) -> set[tuple[str, str, str]]:
+    docs = [d for d in yaml.safe_load_all((DEPLOY / name).read_text()) if d and d["kind"] == "ClusterRole"]
+    return {(g, r, v) for d in docs if role is None or d["metadata"]["name"] == role
+            for rule in d["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+
+
+@pytest.mark.parametrize("manifest", ["operator.yaml", "operator-namespaced.yaml"])
+def test_every_indexed_kind_may_be_listed_and_watched(manifest):
+    granted = _grants(manifest)
+    for kind in KIND_OF.values():
+        resource = RESOURCES[kind]
+        for verb in ("list", "watch"):
+            assert (resource.group, resource.plural, verb) in granted, (manifest, kind, verb)
+
+
+def test_the_watches_of_a_clusters_objects_are_narrowed_by_the_api_server():
+    settings = kopf.OperatorSettings()
+    indexes.narrow_watches(settings=settings)
+    registered = {h.selector.any_name for h in kopf.get_default_registry()._indexing.get_all_handlers()
+                  if h.selector is not None}
+    assert registered - {"pgclusters", "pginstances"} <= set(indexes.LABEL_SELECTORS)
+    assert indexes.LABEL_SELECTORS["secrets"] == "pgop.io/cluster"
+    assert indexes.FIELD_SELECTORS == {"nodes": "spec.unschedulable=true"}
+
+
+def test_what_was_said_of_a_deleted_object_is_forgotten():
+    body = {"metadata": {"namespace": "shop", "name": "orders"}}
+    apply.remember(body, "archiving", "ok")
+    apply.remember({"metadata": {"namespace": "shop", "name": "billing"}}, "archiving", "ok")
+    apply.forget("shop", "orders")
+    assert apply.remember(body, "archiving") is None
+    assert apply.remember({"metadata": {"namespace": "shop", "name": "billing"}}, "archiving") == "ok"
