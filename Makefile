@@ -50,15 +50,6 @@ env:
 build: venv
 	$(HARNESS) build
 
-## The copies the Helm chart and the kustomize base need (neither may read outside its folder):
-## crds/ and deploy/admission.yaml into the chart, deploy/operator.yaml and admission.yaml into the
-## base. tests/unit/test_install_manifests.py fails while they differ.
-.PHONY: deploy-copies
-deploy-copies:
-	cp crds/*.yaml deploy/helm/pgop/crds/
-	cp deploy/admission.yaml deploy/operator.yaml deploy/operator-namespaced.yaml deploy/helm/pgop/files/
-	cp deploy/operator.yaml deploy/admission.yaml deploy/kustomize/base/
-
 ## Every test: unit, integration (real services) and e2e (real cluster), on the environment as it is
 ## (one node unless NODES=3); then the two extra nodes join and the node-level tests run (marker
 ## `nodes`: three nodes, network across them, node-local volumes, node faults). Both tiers always run.

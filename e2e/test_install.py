@@ -1,5 +1,5 @@
 """Installing pgop as a user does (issue 14): with Helm (deploy/helm/pgop) and with kustomize
-(deploy/kustomize/base), on the real cluster, with the operator image at the package version.
+(deploy/kustomization.yaml), on the real cluster, with the operator image at the package version.
 
 Helm: install (namespaced mode, in a namespace of its own that enforces the restricted Pod
 Security Standard), a PgCluster Ready, an upgrade to a newer build (a second tag of the operator
@@ -30,7 +30,7 @@ pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "deploy" / "helm" / "pgop"
-BASE = REPO / "deploy" / "kustomize" / "base"
+BASE = REPO / "deploy"
 ADMISSION = REPO / "deploy" / "admission.yaml"
 VERSION = images.package_version()
 # The "newer build": the same image under a second tag, so the Deployment's pod template changes

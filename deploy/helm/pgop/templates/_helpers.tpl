@@ -20,8 +20,8 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 system:serviceaccount:{{ .Release.Namespace }}:{{ include "pgop.name" . }}
 {{- end -}}
 
-{{/* The rules of a ClusterRole or Role of deploy/operator.yaml or operator-namespaced.yaml (copies
-     in files/, kept identical by tests/unit/test_install_manifests.py), where each verb has its
+{{/* The rules of a ClusterRole or Role of deploy/operator.yaml or operator-namespaced.yaml (links
+     in files/ to the files themselves), where each verb has its
      reason: one list of permissions for the three ways to install.
      Called with (list $ "files/operator.yaml" "ClusterRole" "pgop-operator"). */}}
 {{- define "pgop.rules" -}}
