@@ -52,7 +52,7 @@ class Prometheus:
     def __init__(self, workdir: Path, targets: dict[str, list[str]]):
         binary = build.by_name()["prometheus"].bindir / "prometheus"
         if not binary.exists():
-            pytest.skip("prometheus is not built (python -m e2e.harness build --only prometheus)")
+            pytest.skip("prometheus is not built (python -m e2e.harness build prometheus)")
         self.port = free_port()
         rules = re.sub(r"(?m)^(\s+)for: \S+$", r"\1for: 10s", RULES.read_text())
         (workdir / "rules.yaml").write_text(rules)

@@ -36,7 +36,7 @@ class GoComponent:
     # Pin every module upstream's go.mod requires to exactly that version (a wrapper module's MVS
     # would otherwise let other dependencies raise them past what upstream was built with).
     pin_upstream: bool = False
-    # Built only when named (`python -m e2e.harness build --only NAME`, `up --only ...`): a cold
+    # Built only when named (`python -m e2e.harness build NAME`, `up --only ...`): a cold
     # build too long for every fresh machine's `make up`; what needs it skips without it.
     lazy: bool = False
 

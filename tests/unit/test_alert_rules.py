@@ -31,7 +31,7 @@ def promtool() -> str | None:
 
 
 needs_promtool = pytest.mark.skipif(promtool() is None, reason="promtool is not built (python -m e2e.harness "
-                                    "build --only prometheus, or PGOP_PROMTOOL)")
+                                    "build prometheus, or PGOP_PROMTOOL)")
 
 
 @needs_promtool
