@@ -41,7 +41,10 @@ def _launcher() -> Path:
     if os.geteuid() == 0:
         python = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     paths = [str(REPO), sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    # As in a pod's venv: none of Debian's Python packages (python3-awscrt, which barman-cli-cloud
+    # brings, would be loaded by boto3 and add its memory to pgop's figures).
     (directory / "pgop").write_text(f"#!{python}\nimport sys\nsys.path[:0] = {paths!r}\n"
+                                    "sys.path = [p for p in sys.path if 'dist-packages' not in p]\n"
                                     "from pgop.entry import main\nmain()\n")
     directory.chmod(0o755)
     (directory / "pgop").chmod(0o755)
