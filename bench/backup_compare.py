@@ -3,7 +3,7 @@ same local S3 server with each tool, and a restore of each, in one run.
 
     make bench-backup             # installs pgbackrest, barman-cli-cloud (and socat) if missing; scale 135
     .venv/bin/python -m bench.backup_compare [--scale 135] [--tools pgop,pgbackrest,barman] [--jobs N]
-        [--barman-compression gzip|bzip2|snappy|none] [--no-replay] [--keep]
+        [--barman-compression gzip|bzip2|snappy|none] [--no-replay] [--wal-mb 1024] [--keep]
 
 Needs the local environment up (`make env-up`: its S3 server), openssl, socat and the Debian
 packages pgbackrest and barman-cli-cloud (apt-get installs what is missing when this runs as root;
@@ -21,8 +21,8 @@ speaks only https to S3, so all three tools reach the S3 server through the same
 (socat, a self-signed certificate for localhost): one path, one cost of TLS, for everyone.
 
 Settings, as comparable as the tools allow (JOBS: --jobs, default the number of cores):
-- pgop: one pg_basebackup stream (-X none, fast checkpoint), zstd level 3 with one thread per core
-  (zstandard threads=-1), multipart upload in 32 MiB parts, 2 in flight.
+- pgop: one pg_basebackup stream (-X none, fast checkpoint), zstd level 3 in one worker thread
+  (1 MiB jobs), multipart upload in 8 MiB parts, 1 in flight besides the one being filled.
 - pgBackRest: --type=full, compress-type=zst, compress-level=3, process-max=JOBS, start-fast,
   archive-check on (its default: the backup waits for its WAL in its archive).
 - barman-cloud: --immediate-checkpoint, -J JOBS upload processes, --gzip: bookworm's barman 3.4 has
@@ -39,10 +39,12 @@ Figures, per tool and phase:
 - fsync: fsync of every restored file afterwards, timed alike for all. pgBackRest syncs what it
   writes during its restore; pgop's tar and barman's tarfile leave that to the kernel, so
   "restore + fsync" is the comparable figure for a restore that is on disk.
-- replay: PostgreSQL started on the restored directory with the tool's restore_command and
-  recovery_target = 'immediate' until it promoted (only the WAL of the backup); then the rows of
-  pgbench_accounts are counted (a restore that lost rows counts as failed). With so little WAL the
-  figure is mostly the start-up of the restore_command, once per file PostgreSQL asks for.
+- replay: PostgreSQL started on the restored directory with the tool's restore_command (pgop's
+  as a restore writes it: the shell takes a prefetched file) and recovery_target = 'immediate'
+  until it promoted (only the WAL of the backup); then the rows of pgbench_accounts are counted
+  (a restore that lost rows counts as failed). With so little WAL the figure is mostly the
+  start-up of the restore_command, once per file PostgreSQL asks for. Its CPU and RSS are those
+  of the restore_command's processes (see the WAL-heavy case).
 - MB/s: the database size (pg_database_size of the pgbench database) / wall seconds.
 - tool CPU: user + system seconds of the tool's command and all its child processes (os.wait4):
   pg_basebackup for pgop, pgBackRest's local processes, barman's upload processes, tar, runuser.
@@ -60,6 +62,17 @@ Figures, per tool and phase:
 - in S3: the bytes under each tool's backup prefix (the base backup with its manifests or
   catalog), the ratio data directory size (without pg_wal: what every tool copies) / those bytes,
   and the bytes of WAL each tool's archive holds at the end (the same segments for all).
+The WAL-heavy case (--wal-mb, default 1024; 0 skips it), after the restores: pgbench with a script
+that updates ranges of 2000 accounts (WAL_SCRIPT) until that much WAL is written, archived by
+all three tools as above, a named restore point, 2 s more of load. Each tool then restores its
+base backup again and replays to the restore point (recovery_target_name, then promotion); the
+rows of pgbench_history must be those at the restore point. Per tool: restore + fsync, replay
+seconds, WAL MB/s (the WAL from the start of the load to the restore point / replay seconds),
+the time to a consistent database (the sum), PostgreSQL's replay CPU (its startup process) and
+the restore_command's CPU (the startup process's reaped children, which it runs once per file,
+plus helpers that left its session: pgop's prefetcher) and RSS (every process with the tool's
+marker in its command line, sampled every 0.1 s: the largest one, and the largest sum at once;
+a per-file process can live shorter than that and be missed).
 A benchmark, not a test: it never fails on a slow figure; a tool that fails is reported as failed
 and the others go on.
 """
