@@ -72,8 +72,10 @@ test-integration: env-up
 test-e2e: env-up
 	$(VENV)/bin/pytest e2e -m "not nodes" $(PYTEST_ARGS)
 
-## pgop, pgBackRest and barman-cloud base backups and restores side by side (local S3, about 2 GB,
-## about 4 minutes on 2 cores), then bench.wal_replay (1 GB of WAL replayed per restore_command mode). BENCH_ARGS, e.g. "--scale 5", are passed on; WAL_BENCH_ARGS, e.g. "--wal-mb 256", to the second.
+## pgop, pgBackRest and barman-cloud base backups and restores side by side (local S3, about 2 GB),
+## then the WAL-heavy case (1 GB of WAL, a point-in-time restore by each tool); about 10 minutes on
+## 2 cores. Then bench.wal_replay (pgop's restore_command modes). BENCH_ARGS, e.g. "--scale 5 --wal-mb 128",
+## are passed on to the first; WAL_BENCH_ARGS, e.g. "--wal-mb 256", to the second.
 .PHONY: bench-backup
 BENCH_ARGS ?=
 WAL_BENCH_ARGS ?=

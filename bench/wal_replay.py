@@ -26,16 +26,14 @@ import argparse
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
-from bench.backup_throughput import PREFIX, _credentials, _drop_bucket, _launcher, _s3_client
-from e2e.harness import envfile
+from bench.backup_throughput import PREFIX, pgop_archive
 from e2e.harness.pg import OS_USER, LocalPostgres
 from pgop.backup import basebackup, restore
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.recovery_progress import RestoreProgress
-from pgop.backup.s3 import Credentials, S3Storage
+from pgop.backup.s3 import S3Storage
 from pgop.kernel import pgconfig
 
 SEGMENT_MB = 16
@@ -89,24 +87,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=8)
     parser.add_argument("--modes", default="direct,prefetch,prefetch + shell")
     args = parser.parse_args()
-    env = envfile.load()
-    endpoint, access, secret = env["AWS_ENDPOINT_URL_S3"], env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]
-    client = _s3_client(endpoint, access, secret)
-    bucket = f"pgop-bench-{uuid.uuid4().hex[:8]}"
-    client.create_bucket(Bucket=bucket)
-    launcher, creds = _launcher(), _credentials(access, secret)
-    layout = ArchiveLayout("bench", "b")
-    os.environ.update({"PGOP_CLUSTER": "bench", "PGOP_S3_BUCKET": bucket, "PGOP_S3_PATH": layout.path,
-                       "PGOP_S3_ENDPOINT": endpoint, "PGOP_S3_REGION": "us-east-1",
-                       "PGOP_S3_CREDENTIALS_DIR": str(creds), "PATH": f"{launcher}:{os.environ['PATH']}"})
-    storage = S3Storage(bucket, endpoint=endpoint, credentials=Credentials(access, secret))
-    source = LocalPostgres()
-    try:
-        source.initdb()
-        with open(source.pgdata / "postgresql.conf", "a") as conf:
-            conf.write(f"archive_mode = on\narchive_command = '{pgconfig.WAL_PUSH_COMMAND}'\n"
-                       "max_wal_size = '4GB'\n")
-        source.start()
+    with pgop_archive("max_wal_size = '4GB'\n") as archive:
+        storage, layout, source = archive.storage, archive.layout, archive.source
         src = basebackup.Source(host=str(source.socket_dir), port=source.port, user="postgres",
                                 bindir=source.bindir, prefix=PREFIX)
         backup = basebackup.take_base_backup(storage, layout, "replay", src, archive_wait=300)
@@ -131,12 +113,7 @@ def main() -> None:
             rate = row["files"] / row["seconds"]
             print(f"{row['mode']:<20}{row['files']:>10}{row['seconds']:>10.1f}{rate:>9.1f}"
                   f"{rate * SEGMENT_MB:>8.0f}")
-        print(f"\nprefetch depth {args.depth} segments (PGOP_WAL_PREFETCH), S3 {endpoint}")
-    finally:
-        source.cleanup()
-        _drop_bucket(client, bucket)
-        shutil.rmtree(launcher, ignore_errors=True)
-        shutil.rmtree(creds, ignore_errors=True)
+        print(f"\nprefetch depth {args.depth} segments (PGOP_WAL_PREFETCH), S3 {archive.endpoint}")
 
 
 if __name__ == "__main__":

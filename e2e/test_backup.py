@@ -111,6 +111,8 @@ def test_backup_from_a_replica_and_point_in_time_restore(kubectl, namespace, ope
     st = backup["status"]
     assert st["phase"] == "Completed" and st["instance"] == f"{name}-1"  # the replica, not the primary
     assert st["sizeBytes"] > 0 and st["timeline"] == 1
+    # the backup pod's progress, patched without the kubernetes client (pgop.runtime.incluster)
+    assert 0 < st.get("uploadedBytes", 0) <= st["sizeBytes"], st
     assert st["beginLSN"] and st["endLSN"] and st["beginWal"] <= st["endWal"]
     assert st["s3Path"] == f"s3://{BUCKET}/{prefix}/{ns}/{name}/base/shop-first/"
     assert set(keys(s3, f"{prefix}/{ns}/{name}/base/shop-first/")) == {

@@ -481,35 +481,8 @@ def agent_backup(
 ) -> None:
     """Stream a base backup to S3 (PGOP_S3_* settings); prints the catalog document once it is
     complete. In a backup pod, also the termination message the backup controller reads."""
-    import os
-
-    from pgop.agent import backups as agent_backups
-    from pgop.backup.pod import ENV_BACKUP_OBJECT, TERMINATION_LOG
-    _agent_logging(verbose)
-    report = os.environ.get(ENV_BACKUP_OBJECT)
-    progress = agent_backups.ProgressReporter(os.environ.get("PGOP_NAMESPACE", ""), report) if report else None
-    try:
-        if host:
-            backup = agent_backups.backup_remote(name, host, progress=progress)
-        else:
-            backup = agent_backups.backup_local(name)
-    except Exception as error:  # S3, pg_basebackup, settings: one line saying which
-        from pgop.backup.s3 import describe_error
-        _termination_message(TERMINATION_LOG, describe_error(error), enabled=bool(report))
-        typer.echo(f"pgop agent backup: {describe_error(error)}", err=True)
-        raise typer.Exit(1) from None
-    _termination_message(TERMINATION_LOG, backup.to_json(), enabled=bool(report))
-    typer.echo(backup.to_json(), nl=False)
-
-
-def _termination_message(path: str, text: str, enabled: bool) -> None:
-    if not enabled:
-        return
-    try:
-        with open(path, "w") as f:
-            f.write(text[-4000:])  # the kubelet keeps at most 4096 bytes
-    except OSError:
-        pass  # then FallbackToLogsOnError, or the log, says it
+    from pgop.agent.backups import run_backup
+    raise typer.Exit(run_backup(name, host, verbose))
 
 
 def main() -> None:

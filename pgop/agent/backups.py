@@ -29,7 +29,8 @@ from pgop.backup.commands import archive_layout
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import S3Settings, S3Storage
 from pgop.kernel import pgconfig
-from pgop.kernel.model import LEGACY_LAYOUT, NAMESPACED_LAYOUT, RecoverySpec
+from pgop.kernel.model import API_GROUP, LEGACY_LAYOUT, NAMESPACED_LAYOUT, RecoverySpec
+from pgop.runtime.incluster import InCluster
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,62 @@ def backup_local(name: str, env: Mapping[str, str] | None = None) -> Any:
     return basebackup.take_base_backup(storage, layout, name, source)
 
 
+def run_backup(name: str, host: str | None = None, verbose: bool = False) -> int:
+    """`pgop agent backup`: the backup, its catalog document on stdout and, in a backup pod, as
+    the termination message the backup controller reads; the exit code. pgop.entry calls it
+    without the command line framework (a backup pod's memory), pgop.cli with it."""
+    import sys
+
+    from pgop.backup.pod import ENV_BACKUP_OBJECT, TERMINATION_LOG
+    from pgop.backup.s3 import describe_error
+    from pgop.runtime import logs
+    try:
+        logs.configure(verbose, logs.pod_fields(os.environ))
+    except ValueError as error:
+        print(f"pgop agent: {error}", file=sys.stderr)
+        return 2
+    report = os.environ.get(ENV_BACKUP_OBJECT)
+    progress = ProgressReporter(os.environ.get("PGOP_NAMESPACE", ""), report) if report else None
+    try:
+        backup = backup_remote(name, host, progress=progress) if host else backup_local(name)
+    except Exception as error:  # S3, pg_basebackup, settings: one line saying which
+        _termination_message(TERMINATION_LOG, describe_error(error), enabled=bool(report))
+        print(f"pgop agent backup: {describe_error(error)}", file=sys.stderr)
+        return 1
+    _termination_message(TERMINATION_LOG, backup.to_json(), enabled=bool(report))
+    sys.stdout.write(backup.to_json())
+    sys.stdout.flush()
+    return 0
+
+
+def backup_arguments(args: list[str]) -> tuple[str, str | None, bool] | None:
+    """(name, host, verbose) of `--name N [--host H] [-v|--verbose]` in any order; None for
+    anything else (--help, a typo, `--name=N`), which the command line framework then answers."""
+    found: dict[str, str] = {}
+    verbose, rest = False, list(args)
+    while rest:
+        option = rest.pop(0)
+        if option in ("-v", "--verbose"):
+            verbose = True
+        elif option in ("--name", "--host") and option not in found and rest and not rest[0].startswith("-"):
+            found[option] = rest.pop(0)
+        else:
+            return None
+    if "--name" not in found:
+        return None
+    return found["--name"], found.get("--host"), verbose
+
+
+def _termination_message(path: str, text: str, enabled: bool) -> None:
+    if not enabled:
+        return
+    try:
+        with open(path, "w") as f:
+            f.write(text[-4000:])  # the kubelet keeps at most 4096 bytes
+    except OSError:
+        pass  # then FallbackToLogsOnError, or the log, says it
+
+
 class ProgressReporter:
     """Writes status.uploadedBytes of the PgBackup (env PGOP_BACKUP_OBJECT) every few seconds while
     a backup pod streams; a failed write costs a progress figure, never the backup."""
@@ -73,14 +130,24 @@ class ProgressReporter:
         self._last = now
         try:
             if self._kube is None:
-                from pgop.runtime.kube import Kube
-                self._kube = Kube()
-            self._kube.merge_patch("PgBackup", self.namespace, self.name,
-                                   {"status": {"uploadedBytes": size}}, "status")
+                # In a pod, the standard library's one call (the kubernetes client would add
+                # about 46 MB to the backup process); elsewhere pgop's client.
+                self._kube = InCluster.from_env() or _kube_client()
+            if isinstance(self._kube, InCluster):
+                self._kube.merge_patch_status(API_GROUP, "v1", "pgbackups", self.namespace, self.name,
+                                              {"uploadedBytes": size})
+            else:
+                self._kube.merge_patch("PgBackup", self.namespace, self.name,
+                                       {"status": {"uploadedBytes": size}}, "status")
         except Exception as error:  # progress is a courtesy
             if not self._warned:
                 log.warning("cannot report progress on PgBackup %s: %s", self.name, error)
                 self._warned = True
+
+
+def _kube_client() -> Any:
+    from pgop.runtime.kube import Kube
+    return Kube()
 
 
 def _switch_wal_on_primary(settings, passfile: Path) -> None:

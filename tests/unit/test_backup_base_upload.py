@@ -3,9 +3,11 @@ the last one shorter, an abort when something fails."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
+from pgop.backup import basebackup
 from pgop.backup.basebackup import MultipartWriter
 
 
@@ -75,3 +77,47 @@ def test_a_failed_part_fails_the_upload_and_abort_cleans_up():
 def test_parts_below_the_s3_minimum_are_refused():
     with pytest.raises(ValueError):
         MultipartWriter(FakeStorage(FakeClient()), "k", part_size=1 << 20)
+
+
+def test_parts_grow_so_that_10000_hold_more_than_the_32_mib_parts_did():
+    sizes = [basebackup.part_size_for(n) for n in range(1, 10_001)]
+    assert sizes[0] == sizes[1999] == 8 << 20 and sizes[2000] == 16 << 20
+    assert sizes[-1] == 128 << 20  # the largest part, for backups beyond 240 GiB compressed
+    assert sum(sizes) > 10_000 * (32 << 20)  # 484 GiB, more than 312 GiB at 32 MiB parts
+
+
+def test_the_writer_cuts_growing_parts(monkeypatch):
+    monkeypatch.setattr(basebackup, "PARTS_PER_SIZE", 2)
+    client = FakeClient()
+    writer = MultipartWriter(FakeStorage(client), "k", part_size=5 << 20)
+    data = bytes(range(256)) * (140 << 10)  # 35 MiB: parts of 5, 5, 10, 10 and the last 5
+    view = memoryview(data)
+    for start in range(0, len(data), 3 << 20):
+        writer.write(view[start:start + (3 << 20)])
+    writer.complete()
+    assert [len(client.parts[n]) >> 20 for n in sorted(client.parts)] == [5, 5, 10, 10, 5]
+    assert b"".join(client.parts[n] for n in sorted(client.parts)) == data
+
+
+def test_memory_holds_the_part_being_filled_and_one_upload():
+    """UPLOADS_IN_FLIGHT (1): while S3 takes a part, the next one fills; a third waits."""
+    active, most = 0, 0
+    lock = threading.Lock()
+
+    class SlowClient(FakeClient):
+        def upload_part(self, **kw):
+            nonlocal active, most
+            with lock:
+                active += 1
+                most = max(most, active)
+            time.sleep(0.05)
+            with lock:
+                active -= 1
+            return super().upload_part(**kw)
+
+    client = SlowClient()
+    writer = MultipartWriter(FakeStorage(client), "k", part_size=5 << 20)
+    for _ in range(5):
+        writer.write(b"y" * (5 << 20))
+    writer.complete()
+    assert most == basebackup.UPLOADS_IN_FLIGHT == 1 and len(client.parts) == 5
