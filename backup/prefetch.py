@@ -79,6 +79,14 @@ def depth_from_env(env: Mapping[str, str]) -> int:
     return depth
 
 
+def depth_from_env_or_off(env: Mapping[str, str]) -> int:
+    """depth_from_env, 0 for a value it refuses (the restore_command says why when it runs)."""
+    try:
+        return depth_from_env(env)
+    except ValueError:
+        return 0
+
+
 def archive_identity(env: Mapping[str, str]) -> str:
     """A short hash of where the WAL comes from (bucket, endpoint, path, namespace, cluster): the
     spool of one archive is never read for another."""
@@ -304,6 +312,28 @@ def fetch(name: str, target: str, env: Mapping[str, str], cwd: Path | None, *, d
         _say(f"wal-fetch {name} failed: {answer.get('message') or 'the prefetcher gave no reason'}"
              + ("" if standby else "; stopping recovery rather than ending it early"))
     return exit_code(result, standby)
+
+
+def warm(first: str, target: str, env: Mapping[str, str], *, serve: Serve) -> bool:
+    """Start the prefetcher of `target`'s spool (the one restore_command will use: same `env`)
+    and have it download `first` and the segments after it before PostgreSQL asks for them: a
+    restore calls this once the base backup is unpacked, so replay starts from a warm spool and
+    no restore_command waits for Python and boto3 to start. False when prefetching is off or the
+    prefetcher did not start (restore_command then starts one itself, as without this)."""
+    try:
+        depth = depth_from_env(env)
+    except ValueError:
+        return False
+    if depth == 0 or not is_segment(first):
+        return False
+    spool = spool_directory(os.path.abspath(target), env)
+    try:
+        spool.mkdir(mode=0o700, exist_ok=True)
+    except OSError:
+        return False
+    if _ask(spool, {"op": "ping"}, 2.0) is None and not _start_prefetcher(spool, depth, serve):
+        return False
+    return _ask(spool, {"op": "expect", "name": first}, 0) is not None
 
 
 def remove_spools(directory: Path) -> None:

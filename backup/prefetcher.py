@@ -7,6 +7,8 @@ spool, and answers one JSON line per request:
     {"op": "want", "name": N}   fetch N now (or wait for its prefetch), then keep the window
                                 after it filled; answers {"result": "ready" | "missing" | "error"}
     {"op": "took", "name": N}   the client renamed N from the spool: move the window on
+    {"op": "expect", "name": N} a restore's replay will start at N: download it and the window
+                                after it before PostgreSQL asks (no answer)
     {"op": "ping"} / {"op": "stats"}
 
 Downloads run in a few threads with one S3 client (boto3 clients are thread-safe), each through
@@ -112,6 +114,20 @@ class Prefetcher:
                 self.window.position = name
             self._replan()
 
+    def expect(self, name: str) -> None:
+        """A restore says where its replay will start (the backup's first WAL segment) before
+        PostgreSQL asks: that segment downloads now, and once it is in (its size is the segment
+        size) the window after it, so the first restore_command calls find them in the spool."""
+        with self.changed:
+            self.last_request = time.monotonic()
+            if self.window.position is not None or not is_segment(name):
+                return  # the replay already asked: it knows better
+            self.window.position = name
+            if name not in self.window.ready and name not in self.window.in_flight:
+                self.window.in_flight.add(name)
+                self.pool.submit(self._fetch, name, False)
+            self._replan()
+
     # ----------------------------------------------------------------------------- fetching
 
     def _fetch(self, name: str, asked: bool) -> dict[str, Any]:
@@ -203,6 +219,10 @@ class Prefetcher:
                     reply = self.want(name)
             elif op == "took":
                 self.took(name)
+                return
+            elif op == "expect":
+                if isinstance(name, str) and "/" not in name:
+                    self.expect(name)
                 return
             elif op == "stats":
                 with self.changed:

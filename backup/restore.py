@@ -14,6 +14,7 @@ import logging
 import os
 import shlex
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import zstandard
 
-from pgop.backup import encryption, prefetch
+from pgop.backup import durable, encryption, prefetch
 from pgop.backup import layout as keys
 from pgop.backup import recovery_progress as progress_rules
 from pgop.backup.catalog import Backup, choose_backup
@@ -34,6 +35,7 @@ from pgop.kernel.conditions import parse_time
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+SYNC_EVERY = 16 << 20  # of tar: the member being written is written back this often
 # Added to postgresql.auto.conf by the restore and removed again once it promoted.
 MARK_BEGIN = "# pgop restore: begin (removed after promotion)"
 MARK_END = "# pgop restore: end"
@@ -58,9 +60,11 @@ def choose(backups: Sequence[Backup], name: str | None = None, target_time: date
 
 
 def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Path,
-           prefix: Sequence[str] = (), progress: Callable[[int], None] | None = None) -> tuple[int, float]:
+           prefix: Sequence[str] = (), progress: Callable[[int], None] | None = None,
+           sync: bool = True) -> tuple[int, float]:
     """Stream base.tar.zst into `tar -x` in PGDATA (run with `prefix`, e.g. as the postgres
-    user); check the sha256 of the tar against the catalog. (bytes unpacked, seconds)."""
+    user); check the sha256 of the tar against the catalog; with `sync`, the restored files on
+    disk (pgop.backup.durable). (bytes unpacked, seconds)."""
     key = keys.base_archive_key(layout, backup.backup_name)
     got = storage.get(key)
     if got is None:
@@ -68,9 +72,15 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
     _, body = got
     expected = next((f.get("sha256") for f in backup.files if f.get("name") == keys.BASE_ARCHIVE), None)
     started = time.monotonic()
-    tar = subprocess.Popen([*prefix, "tar", "-x", "-f", "-", "-C", str(pgdata)], stdin=subprocess.PIPE,
+    # -v names each member as tar starts it: the one before is complete and is fsynced meanwhile.
+    tar = subprocess.Popen([*prefix, "tar", "-x", *(["-v"] if sync else []), "-f", "-", "-C", str(pgdata)],
+                           stdin=subprocess.PIPE, stdout=subprocess.PIPE if sync else subprocess.DEVNULL,
                            stderr=subprocess.PIPE)
     assert tar.stdin is not None and tar.stderr is not None  # both are PIPEs
+    syncer = durable.SyncBehind(pgdata) if sync else None
+    names = threading.Thread(target=_feed_names, args=(tar.stdout, syncer), daemon=True) if syncer else None
+    if names:
+        names.start()
     digest = hashlib.sha256()
     total = 0
     try:
@@ -81,25 +91,70 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
                 digest.update(chunk)
                 total += len(chunk)
                 tar.stdin.write(chunk)
+                if syncer and total % SYNC_EVERY < len(chunk):
+                    syncer.written()
                 if progress:
                     progress(total)
         tar.stdin.close()
         code = tar.wait(timeout=1800)  # what tar still writes after the last byte came
+        if names:
+            names.join()
     except encryption.EncryptionError as error:
-        tar.kill()
-        tar.wait(10)
+        _stop(tar, syncer)
         raise RestoreError(str(error)) from None
     except BaseException:
-        tar.kill()
-        tar.wait(10)
+        _stop(tar, syncer)
         raise
     finally:
         body.close()
     if code != 0:
+        if syncer:
+            syncer.abandon()
         raise RestoreError(f"tar failed unpacking {key}: {tar.stderr.read().decode(errors='replace')[-1000:]}")
     if expected and digest.hexdigest() != expected:
+        if syncer:
+            syncer.abandon()
         raise RestoreError(f"{key} does not match its checksum in backup.json: damaged in S3")
+    if syncer:
+        syncer.finish()
     return total, time.monotonic() - started
+
+
+def _feed_names(stream, syncer: durable.SyncBehind) -> None:
+    with stream:
+        for line in stream:
+            syncer.feed(line.decode(errors="surrogateescape"))
+
+
+def _stop(tar: subprocess.Popen, syncer: durable.SyncBehind | None) -> None:
+    tar.kill()
+    tar.wait(10)
+    if syncer:
+        syncer.abandon()
+
+
+def command_environment(source: str, path: str = "", extra_env: Mapping[str, str] | None = None,
+                        namespace: str = "") -> dict[str, str]:
+    """What the restore_command sets before `pgop agent wal-fetch`: the source archive."""
+    return {ENV_ARCHIVE_CLUSTER: source, ENV_PATH: path, podenv.ENV_S3_NAMESPACE: namespace, **(extra_env or {})}
+
+
+def warm_prefetch(pgdata: Path, backup: Backup, env: Mapping[str, str],
+                  prefix: Sequence[str] = ()) -> subprocess.Popen | None:
+    """Start the restore_command's prefetcher (as the server's user: `prefix`) on the backup's
+    first WAL segment while PostgreSQL starts (pgop.backup.prefetch.warm). `env` is the one the
+    restore_command will see. Not waited for: the caller reaps it; a failure only means the first
+    restore_command starts the prefetcher itself."""
+    if not backup.begin_wal or prefetch.depth_from_env_or_off(env) == 0:
+        return None
+    argv = [*prefix, "pgop", "agent", "wal-fetch", "--prefetch", backup.begin_wal,
+            str(pgdata / "pg_wal" / backup.begin_wal)]
+    try:
+        return subprocess.Popen(argv, env=dict(env), cwd=pgdata, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as error:
+        log.info("no early WAL prefetch (%s): the first restore_command starts it", error)
+        return None
 
 
 def restore_command(source: str, path: str = "", extra_env: Mapping[str, str] | None = None,
@@ -108,7 +163,7 @@ def restore_command(source: str, path: str = "", extra_env: Mapping[str, str] | 
     namespace is always said, empty for the legacy layout: the pod's own may differ. With
     `server_env` (the environment postgres runs with), a prefetched file is taken by the shell
     before any Python starts (pgop.backup.prefetch.shell_fast_path)."""
-    env = {ENV_ARCHIVE_CLUSTER: source, ENV_PATH: path, podenv.ENV_S3_NAMESPACE: namespace, **(extra_env or {})}
+    env = command_environment(source, path, extra_env, namespace)
     assignments = " ".join(f"{name}={shlex.quote(value)}" for name, value in env.items())
     command = f"{assignments} {pgconfig.WAL_FETCH_COMMAND}"
     if server_env is None:
@@ -340,9 +395,19 @@ def restore(storage: S3Storage, source: ArchiveLayout, pgdata: Path, backups: Se
     for leftover in ("postmaster.pid", "postmaster.opts", "standby.signal"):
         (pgdata / leftover).unlink(missing_ok=True)
     server_env = {**os.environ, **(env or {})}
-    write_recovery(pgdata, recovery_settings(restore_command(source.cluster, source.path, command_env,
-                                                             namespace=source.namespace, server_env=server_env),
-                                             target_time, target_lsn, target_timeline))
-    timeline = recover(pgdata, bindir=bindir, prefix=prefix, options=options, stall_after=stall_after, env=env,
-                       progress=progress, started_progress=current)
+    warming = warm_prefetch(pgdata, backup, {**server_env, **command_environment(
+        source.cluster, source.path, command_env, source.namespace)}, prefix=prefix)
+    try:
+        write_recovery(pgdata, recovery_settings(restore_command(source.cluster, source.path, command_env,
+                                                                 namespace=source.namespace, server_env=server_env),
+                                                 target_time, target_lsn, target_timeline))
+        timeline = recover(pgdata, bindir=bindir, prefix=prefix, options=options, stall_after=stall_after,
+                           env=env, progress=progress, started_progress=current)
+    finally:
+        if warming is not None:
+            try:
+                warming.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                warming.kill()
+                warming.wait()
     return RestoreResult(backup, seconds, size, timeline)

@@ -26,8 +26,15 @@ def fetch(name: str, target: str, env: Mapping[str, str] | None = None, cwd: Pat
     return prefetch.fetch(name, target, os.environ if env is None else env, cwd, direct=_direct, serve=_serve)
 
 
+def warm(first: str, target: str, env: Mapping[str, str] | None = None) -> bool:
+    return prefetch.warm(first, target, os.environ if env is None else env, serve=_serve)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if len(args) == 3 and args[0] == "--prefetch":
+        # `wal-fetch --prefetch FIRST TARGET`: a restore warms the spool (prefetch.warm)
+        return 0 if warm(args[1], args[2]) else 1
     if len(args) != 2:
         print("pgop wal: usage: wal-fetch WALFILE TARGET (PostgreSQL's %f %p)", file=sys.stderr)
         return 2

@@ -963,8 +963,7 @@ def _workspace() -> Path:
 def main() -> None:
     args = _arguments()
     ensure_packages(args.barman_compression)
-    env = envfile.load()
-    endpoint, access, secret = env["AWS_ENDPOINT_URL_S3"], env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]
+    endpoint, access, secret = s3_server()
     client = _s3_client(endpoint, access, secret)   # plain http: the run's bookkeeping bypasses the proxy
     with contextlib.ExitStack() as cleanup:
         workspace = _workspace()
@@ -1029,6 +1028,18 @@ def main() -> None:
                 print(f"\n{outcome.tool.label} failed: {error}")
         if args.keep:
             print(f"\nkept: s3://{bucket}/ (pgop/, pgbackrest/, barman/)")
+
+
+def s3_server() -> tuple[str, str, str]:
+    """(endpoint, access key, secret key): the environment's S3 server, or another one named by
+    PGOP_BENCH_S3_ENDPOINT, PGOP_BENCH_S3_ACCESS_KEY and PGOP_BENCH_S3_SECRET_KEY (a run that must
+    not share the environment's server with tests)."""
+    names = ("PGOP_BENCH_S3_ENDPOINT", "PGOP_BENCH_S3_ACCESS_KEY", "PGOP_BENCH_S3_SECRET_KEY")
+    if all(os.environ.get(name) for name in names):
+        endpoint, access, secret = (os.environ[name] for name in names)
+        return endpoint, access, secret
+    env = envfile.load()
+    return env["AWS_ENDPOINT_URL_S3"], env["S3_ACCESS_KEY_ID"], env["S3_SECRET_ACCESS_KEY"]
 
 
 def _drop_bucket_quietly(client, bucket: str) -> None:

@@ -10,7 +10,8 @@ import sys
 
 def main() -> None:
     args = sys.argv[1:]
-    if len(args) == 4 and args[:2] == ["agent", "wal-fetch"] and not args[2].startswith("-"):
+    if args[:2] == ["agent", "wal-fetch"] and (
+            (len(args) == 4 and not args[2].startswith("-")) or (len(args) == 5 and args[2] == "--prefetch")):
         from pgop.backup.walget import main as wal_fetch
         raise SystemExit(wal_fetch(args[2:]))
     if len(args) == 3 and args[:2] == ["agent", "wal-push"] and not args[2].startswith("-"):

@@ -144,6 +144,41 @@ def test_a_damaged_segment_is_never_handed_over_and_never_taken_for_the_end(arch
         shutil.rmtree(root, ignore_errors=True)
 
 
+def test_a_restore_warms_the_spool_before_postgres_asks(archive_env, storage):
+    """What a restore runs once the base backup is unpacked (`wal-fetch --prefetch FIRST TARGET`,
+    as the postgres user): the prefetcher starts and downloads the backup's first segment and the
+    window after it, so PostgreSQL's first restore_command calls are served from the spool (no
+    fetch on demand), identical, and the spool stays bounded."""
+    layout = archive_env["layout"]
+    root = Path(tempfile.mkdtemp(prefix="pgop-prefetch-", dir="/var/tmp"))
+    _own(root)
+    try:
+        source = root / "archived"
+        source.mkdir()
+        made = _fake_segments(source, 12)
+        for name in made:
+            assert wal.push(storage, layout, source / name) == wal.PUSHED
+        pgdata = _pgdata_like(root)
+        names = list(made)
+        warm = _as_user(["pgop", "agent", "wal-fetch", "--prefetch", names[0], f"pg_wal/{names[0]}"], cwd=pgdata,
+                        env=dict(os.environ), timeout=60)
+        assert warm.returncode == 0, warm.stderr
+        spool = prefetch.spool_directory(pgdata / "pg_wal" / names[0], dict(os.environ))
+        wait_for(lambda: all((spool / name).exists() for name in names[:prefetch.DEFAULT_DEPTH]),
+                 "the backup's first segments in the spool before anyone asked")
+        for number, name in enumerate(names):
+            done = _wal_fetch(pgdata, name)
+            assert done.returncode == 0, done.stderr
+            assert (pgdata / "pg_wal" / "RECOVERYXLOG").read_bytes() == made[name], name
+            if number == prefetch.DEFAULT_DEPTH - 1:
+                stats = prefetch._ask(spool, {"op": "stats"}, 10)
+                assert stats is not None and stats["fetched_now"] == 0, stats  # none waited for S3
+        assert len([p for p in spool.iterdir() if prefetch.is_segment(p.name)]) <= prefetch.DEFAULT_DEPTH
+    finally:
+        _stop_prefetcher(prefetch.spool_directory(root / "data" / "pg_wal" / "RECOVERYXLOG", dict(os.environ)))
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def _archived(pg: LocalPostgres, storage, layout) -> str:
     last = pg.psql("SELECT pg_walfile_name(pg_switch_wal())")
     wait_for(lambda: storage.head(layout.wal_key(last)) is not None, f"{last} archived")
