@@ -5,7 +5,8 @@ same local S3 server with each tool, and a restore of each, in one run.
     .venv/bin/python -m bench.backup_compare [--scale 135] [--tools pgop,pgbackrest,barman] [--jobs N]
         [--barman-compression gzip|bzip2|snappy|none] [--no-replay] [--wal-mb 1024] [--keep]
 
-Needs the local environment up (`make env-up`: its S3 server), openssl, socat and the Debian
+Needs the local environment up (`make env-up`: its S3 server; or another versitygw named by
+PGOP_BENCH_S3_ENDPOINT, PGOP_BENCH_S3_ACCESS_KEY and PGOP_BENCH_S3_SECRET_KEY), openssl, socat and the Debian
 packages pgbackrest and barman-cli-cloud (apt-get installs what is missing when this runs as root;
 otherwise it says how). --scale 135 makes a database of about 2 GB; the run then takes about
 4 minutes on 2 cores (most of it barman-cloud's gzip) and needs about 6 GB in /var/tmp for a
@@ -36,9 +37,9 @@ Figures, per tool and phase:
 - restore: fetch + unpack of the base backup into an empty directory by the tool's own command,
   without WAL replay: pgop `python -m bench.pgop_unpack` (backup.restore.unpack, the part of
   backup.restore.restore before replay), `pgbackrest restore`, `barman-cloud-restore`.
-- fsync: fsync of every restored file afterwards, timed alike for all. pgBackRest syncs what it
-  writes during its restore; pgop's tar and barman's tarfile leave that to the kernel, so
-  "restore + fsync" is the comparable figure for a restore that is on disk.
+- fsync: fsync of every restored file afterwards, timed alike for all. pgBackRest and pgop
+  (pgop.backup.durable) sync what they write during their restore; barman's tarfile leaves that
+  to the kernel, so "restore + fsync" is the comparable figure for a restore that is on disk.
 - replay: PostgreSQL started on the restored directory with the tool's restore_command (pgop's
   as a restore writes it: the shell takes a prefetched file) and recovery_target = 'immediate'
   until it promoted (only the WAL of the backup); then the rows of pgbench_accounts are counted
