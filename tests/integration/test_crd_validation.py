@@ -200,7 +200,7 @@ def test_other_defaults(objs, crd_namespace):
     assert mysql["deletionProtection"] is False
     assert mysql["multiAZ"] is False
     backup = _create(objs, crd_namespace, _manifest("PgBackup", {"cluster": "orders"}))["spec"]
-    assert backup == {"cluster": "orders", "method": "basebackup", "target": "prefer-replica"}
+    assert backup == {"cluster": "orders", "method": "basebackup", "target": "prefer-replica", "deletionPolicy": "Retain"}
     inst = _create(objs, crd_namespace, _manifest("PgInstance", INSTANCE))["spec"]
     assert inst["fenced"] is False
     assert inst["hibernated"] is False
