@@ -18,15 +18,11 @@ from typing import Any
 
 import typer
 
+from pgop.cli_day2 import _cluster_and_instances, _fail
 from pgop.kernel import hibernation
-from pgop.kernel.meta import LABEL_CLUSTER, LABEL_INSTANCE
+from pgop.kernel.meta import LABEL_INSTANCE
 
 FOLLOW_INTERVAL = 2.0
-
-
-def _fail(message: str, code: int = 1) -> None:
-    typer.echo(message, err=True)
-    raise typer.Exit(code)
 
 
 # ------------------------------------------------------------------------------ hibernate
@@ -43,10 +39,7 @@ def hibernation_progress(body: Mapping[str, Any], on: bool) -> tuple[bool, str]:
 def hibernate(on: bool, cluster: str, namespace: str, wait: bool, timeout: float) -> None:
     from pgop.runtime.kube import Kube
     kube = Kube()
-    body = kube.get("PgCluster", namespace, cluster)
-    if body is None:
-        _fail(f"PgCluster {namespace}/{cluster} not found")
-        return
+    body, _ = _cluster_and_instances(kube, namespace, cluster)
     value = hibernation.ON if on else hibernation.OFF
     kube.merge_patch("PgCluster", namespace, cluster,
                      {"metadata": {"annotations": {hibernation.ANNOTATION_HIBERNATION: value}}})
@@ -108,11 +101,7 @@ def destroy(cluster: str, instance: str, namespace: str, yes: bool, force: bool)
     from pgop.cli_ha import resolve_instance
     from pgop.runtime.kube import Kube
     kube = Kube()
-    body = kube.get("PgCluster", namespace, cluster)
-    if body is None:
-        _fail(f"PgCluster {namespace}/{cluster} not found")
-        return
-    instances = kube.list("PgInstance", namespace, {LABEL_CLUSTER: cluster})
+    body, instances = _cluster_and_instances(kube, namespace, cluster)
     target = resolve_instance(cluster, instance)
     problem = destroy_problem(body, instances, target, force)
     if problem:
