@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from e2e.harness.fixtures import create_test_namespace
 from e2e.test_backup import (
     BUCKET,
     TIMEOUT,
@@ -28,7 +29,7 @@ ANNOTATION = "pgop.io/archive-layout"
 def test_two_namespaces_one_cluster_name_one_bucket_path_archive_back_up_and_restore_apart(
         kubectl, namespace, operator, s3, local_env):  # noqa: F811
     other = f"{namespace[:50]}-b"
-    kubectl("create", "namespace", other)
+    create_test_namespace(kubectl, other)
     try:
         name, prefix = "orders", f"e2e-{uuid.uuid4().hex[:8]}"
         endpoint = local_env["PGOP_S3_ENDPOINT_IN_CLUSTER"]

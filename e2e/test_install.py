@@ -24,6 +24,7 @@ import pytest
 
 from e2e.harness import build, images, nodes, paths
 from e2e.harness.containerd import ctr
+from e2e.harness.fixtures import create_test_namespace
 from e2e.test_pgcluster import eventually, exec_psql, manifest, wait_ready
 
 pytestmark = pytest.mark.cluster
@@ -136,8 +137,7 @@ def test_helm_install_upgrade_uninstall_keeps_crds_and_data(kubectl, namespace, 
                                                              admission_by_the_install):
     db_ns, name = namespace, "helm"
     release_ns = f"pgop-helm-{uuid.uuid4().hex[:5]}"
-    kubectl("create", "namespace", release_ns)
-    kubectl("label", "namespace", release_ns, "pod-security.kubernetes.io/enforce=restricted")
+    create_test_namespace(kubectl, release_ns, {"pod-security.kubernetes.io/enforce": "restricted"})
     try:
         # --- install -------------------------------------------------------------------------------
         t0 = time.monotonic()

@@ -18,6 +18,7 @@ from datetime import datetime
 
 import pytest
 
+from e2e.harness.fixtures import create_test_namespace
 from e2e.harness.images import POSTGRES_IMAGE
 
 pytestmark = [pytest.mark.cluster, pytest.mark.nodes]
@@ -119,7 +120,7 @@ class Web:
 @pytest.fixture(scope="module")
 def web(kubectl, cluster_nodes):
     ns = f"t-nodes-{uuid.uuid4().hex[:5]}"
-    kubectl("create", "namespace", ns)
+    create_test_namespace(kubectl, ns)
     w = Web(kubectl, ns, cluster_nodes.all)
     items = [web_pod(w.pod[n], n) for n in w.nodes] + [service(w.svc[n], n) for n in w.nodes]
     kubectl("apply", "-n", ns, "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",

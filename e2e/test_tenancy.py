@@ -25,6 +25,7 @@ import pytest
 
 from e2e.harness import cluster as harness_cluster
 from e2e.harness import paths
+from e2e.harness.fixtures import create_test_namespace
 
 pytestmark = [pytest.mark.cluster]
 
@@ -41,7 +42,7 @@ def rules(kubectl):
 def tenancy(kubectl, namespace, rules):
     """The tenant's namespace (`namespace`) and another one it must not reach."""
     other = f"t-other-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", other)
+    create_test_namespace(kubectl, other)
     kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "List", "items": [
             {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pgop-tenant"},

@@ -11,6 +11,7 @@ from rich.text import Text
 
 from pgop.kernel.actions import Action
 from pgop.kernel.conditions import parse_time, rfc3339
+from pgop.kernel.lsn import lag_bytes
 
 
 def _age(ts: str | None, now: datetime) -> str:
@@ -39,11 +40,17 @@ def _bytes(n: Any) -> str:
 def instance_rows(cluster: dict[str, Any], instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per PgInstance, by ordinal: what `pgop status` shows as a table and as JSON/YAML."""
     entries = {e["name"]: e for e in (cluster.get("status") or {}).get("instances") or []}
+    instances = list(instances)
+    current = (cluster.get("status") or {}).get("currentPrimary")
+    primary_lsn = next(((i.get("status") or {}).get("lsn") for i in instances
+                        if i["metadata"]["name"] == current), None)
     rows = []
     for inst in sorted(instances, key=lambda i: i["spec"].get("ordinal", 0)):
         name = inst["metadata"]["name"]
         st = inst.get("status") or {}
         entry = entries.get(name, {})
+        # lag from the agents' own reports (the cluster status does not follow WAL positions)
+        lag = lag_bytes(primary_lsn, st.get("lsn")) if name != current and primary_lsn else None
         rows.append({
             "name": name,
             "role": st.get("role") or inst["spec"].get("role"),
@@ -51,7 +58,7 @@ def instance_rows(cluster: dict[str, Any], instances: Iterable[dict[str, Any]]) 
             "phase": st.get("phase"),
             "timeline": st.get("timeline"),
             "lsn": st.get("lsn"),
-            "lagBytes": entry.get("lagBytes"),
+            "lagBytes": lag,
             "syncState": entry.get("syncState") or st.get("syncState"),
             "lastHeartbeat": st.get("lastHeartbeat"),
             "pod": st.get("pod"),

@@ -10,7 +10,7 @@ from kubernetes.client.rest import ApiException
 
 from pgop.cluster.observe import ApiReader, ClusterReader, IndexReader
 from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance
-from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status
+from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, worth_writing
 from pgop.kernel import hibernation, names
 from pgop.kernel.actions import Plan
 from pgop.kernel.conditions import parse_time, set_condition
@@ -94,9 +94,8 @@ def needs_fresh_pass(body: Mapping[str, Any], plan: Plan, status: Mapping[str, A
     """Whether a pass planned from the indexes would do anything: an action, a failover decision, an
     Event, a status to write. Then it is planned again from the API (with the PgCluster's
     resourceVersion) and that plan is applied: the indexes may lag, nothing is decided from them."""
-    current = body.get("status") or {}
     return bool(len(plan) or plan.events or decision_changed(body, plan)
-                or any(current.get(key) != value for key, value in status.items()))
+                or worth_writing(body.get("status") or {}, status))
 
 
 def persist_decision(kube: Kube, body: Mapping[str, Any], plan: Plan) -> bool:

@@ -12,6 +12,7 @@ import kopf
 from pgop.cluster import controller, indexes
 from pgop.cluster import publish as cluster_publish
 from pgop.cluster.failover import pod_state
+from pgop.cluster.status import worth_writing
 from pgop.kernel import names, tenancy
 from pgop.kernel.actions import Event
 from pgop.kernel.conditions import find_condition
@@ -105,7 +106,7 @@ def _reconcile_cluster(body, logger) -> dict | None:
         hook(body, cluster, status, logger)
     if cluster.spec.backup is not None and cluster.spec.backup.s3 is not None:
         _announce_archiving(body, status)
-    return status if _changed(body.get("status") or {}, status) else None
+    return status if worth_writing(body.get("status") or {}, status) else None
 
 
 def _announce_archiving(body, status: dict) -> None:
@@ -127,10 +128,6 @@ def _announce_archiving(body, status: dict) -> None:
         kopf.warn(body, reason="ArchivingFailing", message=archiving.get("message", ""))
     else:
         kopf.info(body, reason="ArchivingRecovered", message=archiving.get("message", ""))
-
-
-def _changed(current: dict, desired: dict) -> bool:
-    return any(current.get(k) != v for k, v in desired.items())
 
 
 @kopf.on.create(API_GROUP, VERSION, "pgclusters")

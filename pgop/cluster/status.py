@@ -16,6 +16,7 @@ from pgop.kernel.conditions import (
     REASON_ENCRYPTION_KEY_MISMATCH,
     condition,
     find_condition,
+    parse_time,
     rfc3339,
     set_condition,
     set_conditions,
@@ -26,10 +27,16 @@ from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_ready, is_stale,
 from pgop.kernel.tenancy import REASON as REASON_PATH_REFUSED
 from pgop.kernel.tenancy import refusal_message
 
-__all__ = ["DEFAULT_HEARTBEAT_TIMEOUT", "cluster_status"]
+__all__ = ["DEFAULT_HEARTBEAT_TIMEOUT", "cluster_status", "worth_writing"]
 
 READY = "Ready"
 PROGRESSING = "Progressing"
+
+# Per instance entry, the fields that move on every agent report (WAL positions, lag, heartbeat).
+MOVING = ("lsn", "receivedLSN", "replayLSN", "lagBytes", "lastHeartbeat")
+# How old they may get in the PgCluster status when nothing else changed (the PgInstances have
+# them live, and `pgop status` reads them there).
+MOVING_REFRESH = 30.0
 DEGRADED = "Degraded"
 
 
@@ -246,3 +253,38 @@ def _hibernation(cluster: Cluster, status: dict[str, Any], ha: Mapping[str, Any]
         status["phase"] = phase
     for update in updates:
         status["conditions"] = set_condition(status["conditions"], update, now=now, generation=cluster.generation)
+
+
+def worth_writing(current: Mapping[str, Any], desired: Mapping[str, Any],
+                  refresh_after: float = MOVING_REFRESH) -> bool:
+    """Whether `desired` (cluster_status) should be written over the PgCluster's `current` status.
+
+    Any change of phase, conditions, primary, readiness, role, timeline, ... is written at once.
+    A change of the moving fields alone (an agent's new LSN or heartbeat) is written only when an
+    instance's reported heartbeat is `refresh_after` seconds newer than the one the status shows:
+    every agent reports every few seconds, and a status that followed each report would wake every
+    watcher of the PgCluster (this operator first) and cost a write each time."""
+    if any(current.get(key) != value for key, value in desired.items() if key != "instances"):
+        return True
+    if "instances" not in desired:
+        return False
+    old = {e.get("name"): e for e in current.get("instances") or []}
+    new = desired["instances"] or []
+    if list(old) != [e.get("name") for e in new]:
+        return True
+    for entry in new:
+        before = old[entry.get("name")]
+        if _steady(before) != _steady(entry):
+            return True
+    for entry in new:
+        before, after = (parse_time(old[entry.get("name")].get("lastHeartbeat")),
+                         parse_time(entry.get("lastHeartbeat")))
+        if (before is None) != (after is None):
+            return True
+        if before is not None and after is not None and (after - before).total_seconds() >= refresh_after:
+            return True
+    return False
+
+
+def _steady(entry: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in entry.items() if key not in MOVING}

@@ -21,6 +21,7 @@ import hvac
 import pytest
 from botocore.stub import ANY, Stubber
 
+from e2e.harness.fixtures import create_test_namespace
 from pgop.rds import policy
 from pgop.rds.aws import Rds, client_config
 from pgop.rds.controller import MysqlDbController
@@ -480,7 +481,7 @@ def test_operator_logs_in_with_kubernetes_auth(local_env, vault_root, kubectl, n
     import base64
 
     namespace = names[0]
-    kubectl("create", "namespace", namespace)
+    create_test_namespace(kubectl, namespace)
     mount = f"kubernetes-{namespace}"
     try:
         kubectl("-n", namespace, "create", "serviceaccount", "pgop-operator")

@@ -26,7 +26,7 @@ def cluster_and_instances():
     cluster = {"metadata": {"name": "orders", "namespace": "shop"}, "spec": {"instances": 2},
                "status": {"phase": "Ready", "readyInstances": 2, "currentPrimary": "orders-0",
                           "targetPrimary": "orders-0",
-                          "instances": [{"name": "orders-1", "lagBytes": 4096, "syncState": "quorum", "ready": True}],
+                          "instances": [{"name": "orders-1", "syncState": "quorum", "ready": True}],
                           "conditions": [{"type": "Ready", "status": "True", "reason": "AllReady",
                                           "message": "2/2 ready"}]}}
     instances = [
@@ -46,7 +46,7 @@ def test_the_status_document_has_a_stable_shape():
     assert [m["name"] for m in doc["members"]] == ["orders-0", "orders-1"]  # by ordinal
     replica = doc["members"][1]
     assert replica == {"name": "orders-1", "role": "replica", "ready": True, "phase": "Running", "timeline": 2,
-                       "lsn": "0/3000060", "lagBytes": 4096, "syncState": "quorum",
+                       "lsn": "0/3000060", "lagBytes": 0xA0, "syncState": "quorum",
                        "lastHeartbeat": "2026-11-22T12:00:00Z", "pod": "orders-1", "fenced": False}
     assert doc["conditions"][0]["reason"] == "AllReady"
     assert json.loads(dump(doc, Output.json)) == doc

@@ -1,6 +1,7 @@
+from dataclasses import replace
 from datetime import timedelta
 
-from pgop.cluster.status import cluster_status
+from pgop.cluster.status import MOVING_REFRESH, cluster_status, worth_writing
 from pgop.kernel.conditions import set_conditions
 from pgop.kernel.model import Cluster
 from tests.unit.world import NOW, World, cluster_body, make_cluster, plan, running_cluster
@@ -215,3 +216,53 @@ def test_a_restore_refused_for_its_encryption_key_says_so_in_the_reason():
     degraded = condition(status_of(world, cluster), "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "EncryptionKeyMismatch"
     assert "encrypted with the key of id 00112233aabbccdd" in degraded["message"]
+
+
+# ---- when the operator writes the PgCluster status (worth_writing)
+
+def test_a_new_heartbeat_or_wal_position_alone_is_not_written_at_once():
+    """Agents report every few seconds; an idle or busy but healthy cluster's status must not be
+    rewritten on each report (every write wakes every watcher of the PgCluster)."""
+    world, cluster = healthy()
+    written = status_of(world, cluster)
+    cluster = replace(cluster, status=written)  # as the operator wrote it
+    world.report("orders-0", lsn="0/9000000", heartbeat=NOW + timedelta(seconds=4))
+    for name in world.instance_names()[1:]:
+        world.report(name, lsn="0/8000000", heartbeat=NOW + timedelta(seconds=5))
+    desired = status_of(world, cluster, at=NOW + timedelta(seconds=6))
+    assert desired != written  # the LSNs and heartbeats did move
+    assert not worth_writing(written, desired)
+
+
+def test_wal_positions_are_refreshed_every_thirty_seconds():
+    world, cluster = healthy()
+    written = status_of(world, cluster)
+    cluster = replace(cluster, status=written)  # as the operator wrote it
+    world.report("orders-1", lsn="0/4800000", heartbeat=NOW + timedelta(seconds=MOVING_REFRESH))
+    desired = status_of(world, cluster, at=NOW + timedelta(seconds=MOVING_REFRESH))
+    assert worth_writing(written, desired)
+    assert {e["name"]: e.get("lagBytes") for e in desired["instances"]}["orders-1"] == 0x800000
+
+
+def test_any_change_of_state_is_written_at_once():
+    world, cluster = healthy()
+    written = status_of(world, cluster)
+    cluster = replace(cluster, status=written)  # as the operator wrote it
+    world.report("orders-2", ready=False, heartbeat=NOW + timedelta(seconds=2))
+    assert worth_writing(written, status_of(world, cluster, at=NOW + timedelta(seconds=2)))
+    world, cluster = healthy()
+    written = status_of(world, cluster)
+    cluster = replace(cluster, status=written)  # as the operator wrote it
+    world.report("orders-1", heartbeat=NOW + timedelta(seconds=2), walReceiver="stopped")
+    assert worth_writing(written, status_of(world, cluster, at=NOW + timedelta(seconds=2)))
+    # an instance's first report, and a phase change, too
+    assert worth_writing({}, written)
+    assert worth_writing(written, {**written, "phase": "Degraded"})
+
+
+def test_a_stale_heartbeat_is_written_when_it_makes_the_instance_not_ready():
+    world, cluster = healthy()
+    written = status_of(world, cluster)
+    cluster = replace(cluster, status=written)  # as the operator wrote it
+    later = NOW + timedelta(seconds=20)  # past the heartbeat timeout, no new report
+    assert worth_writing(written, status_of(world, cluster, at=later))
