@@ -50,13 +50,26 @@ env:
 build: venv
 	$(HARNESS) build
 
-## Every test: unit, integration (real services) and e2e (real cluster), on the environment as it is
-## (one node unless NODES=3); then the two extra nodes join and the node-level tests run (marker
-## `nodes`: three nodes, network across them, node-local volumes, node faults). Both tiers always run.
+## Every test: unit and integration (real services); the e2e tests (real cluster) in E2E_LANES
+## parallel lanes (pytest-xdist, a module per lane at a time, each lane with its own namespaces and
+## operators: e2e/harness/lanes.py), then the `clusterwide` ones alone; all on the environment as it
+## is (one node unless NODES=3). Then the two extra nodes join and the node-level tests run (marker
+## `nodes`: three nodes, network across them, node-local volumes, node faults). Every step always runs.
+E2E_LANES ?= 2
 test: env-up
 	@status=0; \
-	$(VENV)/bin/pytest tests e2e -m "not nodes" $(PYTEST_ARGS) || status=$$?; \
+	$(VENV)/bin/pytest tests $(PYTEST_ARGS) || status=$$?; \
+	$(MAKE) --no-print-directory test-e2e-lanes || status=$$(( status ? status : 1 )); \
 	$(MAKE) --no-print-directory test-nodes || status=$$(( status ? status : 1 )); \
+	exit $$status
+
+## The e2e tests but the node-level ones: the lanes, then the clusterwide tests alone (both always run).
+.PHONY: test-e2e-lanes
+test-e2e-lanes: venv
+	@$(HARNESS) forget-tests
+	@status=0; \
+	$(VENV)/bin/pytest e2e -m "not nodes and not clusterwide" -n $(E2E_LANES) --dist loadfile $(PYTEST_ARGS) || status=$$?; \
+	$(VENV)/bin/pytest e2e -m "clusterwide and not nodes" $(PYTEST_ARGS) || status=$$(( status ? status : 1 )); \
 	exit $$status
 
 test-nodes: venv
@@ -70,7 +83,7 @@ test-integration: env-up
 	$(VENV)/bin/pytest tests/integration $(PYTEST_ARGS)
 
 test-e2e: env-up
-	$(VENV)/bin/pytest e2e -m "not nodes" $(PYTEST_ARGS)
+	$(MAKE) --no-print-directory test-e2e-lanes
 
 ## pgop, pgBackRest and barman-cloud base backups and restores side by side (local S3, about 2 GB),
 ## then the WAL-heavy case (1 GB of WAL, a point-in-time restore by each tool); about 10 minutes on

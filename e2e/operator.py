@@ -7,10 +7,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e.harness import paths, proc
+from e2e.harness import lanes, paths, proc
 
-TEST_OPERATOR = "operator-test"  # its PID file, which `make down` reads too
-STANDBY_OPERATOR = "operator-test-standby"  # a second replica's (leader election tests), also read by `make down`
+TEST_OPERATOR = lanes.operator_pid_name()  # its PID file, which `make down` reads too
+STANDBY_OPERATOR = lanes.operator_pid_name("operator-test-standby")  # a second replica's (leader election tests)
 
 
 class OperatorProcess:
@@ -31,7 +31,7 @@ class OperatorProcess:
             proc.stop(STANDBY_OPERATOR)
         pgop = paths.REPO / ".venv" / "bin" / "pgop"
         out = open(self.log, "ab")
-        self.p = subprocess.Popen([str(pgop), "run", "--all-namespaces", *self.args,
+        self.p = subprocess.Popen([str(pgop), "run", *lanes.operator_scope(), *self.args,
                                    "--metrics", f"http://127.0.0.1:{self.metrics_port}/metrics"], stdout=out,
                                   stderr=subprocess.STDOUT, env={**os.environ, **self.env},
                                   start_new_session=True)

@@ -27,7 +27,7 @@ from e2e.harness.containerd import ctr
 from e2e.harness.fixtures import create_test_namespace
 from e2e.test_pgcluster import eventually, exec_psql, manifest, wait_ready
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.clusterwide]
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "deploy" / "helm" / "pgop"

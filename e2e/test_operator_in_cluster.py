@@ -10,6 +10,9 @@ from e2e.harness import images, proc
 
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "operator.yaml"
 
+# deploy/operator.yaml runs the operator on every namespace: not beside a lane's (e2e.harness.lanes)
+pytestmark = pytest.mark.clusterwide
+
 
 @pytest.fixture(scope="module")
 def in_cluster_operator(kubectl):

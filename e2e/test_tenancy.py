@@ -24,7 +24,7 @@ import uuid
 import pytest
 
 from e2e.harness import cluster as harness_cluster
-from e2e.harness import paths
+from e2e.harness import lanes, paths
 from e2e.harness.fixtures import create_test_namespace
 
 pytestmark = [pytest.mark.cluster]
@@ -41,7 +41,7 @@ def rules(kubectl):
 @pytest.fixture
 def tenancy(kubectl, namespace, rules):
     """The tenant's namespace (`namespace`) and another one it must not reach."""
-    other = f"t-other-{uuid.uuid4().hex[:6]}"
+    other = f"{lanes.namespace_prefix()}other-{uuid.uuid4().hex[:6]}"
     create_test_namespace(kubectl, other)
     kubectl("-n", namespace, "apply", "-f", "-", input=json.dumps({
         "apiVersion": "v1", "kind": "List", "items": [

@@ -101,9 +101,7 @@ def down(args) -> None:
         return
     if proc.stop("operator"):
         step("stopped operator")
-    for name in ("operator-test", "operator-test-standby"):  # a test's own, left by a killed run
-        if proc.stop(name):
-            step(f"stopped a test's operator ({name})")
+    _stop_test_operators()
     for name in reversed(services.NAMES):
         if proc.stop(name):
             step(f"stopped {name}")
@@ -118,6 +116,21 @@ def down(args) -> None:
         if proc.stop(name):
             step(f"stopped {name}")
     paths.ENV_JSON.unlink(missing_ok=True)
+
+
+def _stop_test_operators() -> None:
+    """The operators tests started (operator-test, operator-test-standby, one per lane of a
+    parallel run: operator-test-gw0, ...), left by a killed run."""
+    for pidfile in sorted(paths.PIDS.glob("operator-test*.pid")):
+        if proc.stop(pidfile.stem):
+            step(f"stopped a test's operator ({pidfile.stem})")
+
+
+def forget_tests(args) -> None:
+    """What a killed test run left: its operators, its namespaces (and the clusters in them)."""
+    from .fixtures import Kubectl, delete_leftover_namespaces
+    _stop_test_operators()
+    delete_leftover_namespaces(Kubectl(envfile.load()))
 
 
 def status(args) -> None:
@@ -197,6 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     d.set_defaults(fn=down)
     sub.add_parser("status", help="which processes run").set_defaults(fn=status)
     sub.add_parser("env", help="print the env.sh to source").set_defaults(fn=env)
+    sub.add_parser("forget-tests", help="stop the operators and delete the namespaces a killed test "
+                                        "run left").set_defaults(fn=forget_tests)
     n = sub.add_parser("node", help="the extra nodes: list them, inject a fault, undo it",
                        description="""\
 list                  the extra nodes, their state, link and partition

@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from . import envfile, paths
+from . import envfile, lanes, paths
 from .pg import LocalPostgres
 
 
@@ -27,7 +27,9 @@ def no_operator_of_make_up():
     """Tests that use the cluster must not race an operator the user started with `make up`: it
     would act on the objects the tests create (e.g. write a PgBackup's status while a test does).
     It is stopped for the run and started again afterwards, as it was (same command, environment
-    and directory); e2e tests start the operator of this checkout themselves."""
+    and directory); e2e tests start the operator of this checkout themselves. In a lane of a
+    parallel run it stays stopped (a lane that ends first would start it beside the other lane's
+    tests); `make test` does not start it, `make up` does."""
     from pathlib import Path
 
     from . import proc
@@ -44,7 +46,9 @@ def no_operator_of_make_up():
             before = None
         proc.stop("operator")
     yield
-    if before is not None and not proc.running("operator"):
+    if before is not None and lanes.lane():
+        print("the operator of `make up` was stopped for the tests: `make up` starts it again")
+    elif before is not None and not proc.running("operator"):
         argv, environ, cwd = before
         proc.start("operator", argv, env=environ, cwd=cwd)
 
@@ -118,30 +122,40 @@ def create_test_namespace(kubectl, name: str, labels: dict[str, str] | None = No
 def leftovers_of_killed_runs(request):
     """Namespaces an earlier, killed test run left (labelled as tests', or named as the namespace
     fixture names them): deleted before this run starts, without waiting. Only when the run uses
-    the environment (a unit-only run touches nothing)."""
+    the environment (a unit-only run touches nothing), and not in a lane of a parallel run: the
+    other lane's namespaces are new, not left over (`make test` cleans before it starts the lanes:
+    `python -m e2e.harness forget-tests`)."""
+    if lanes.lane() or request.config.pluginmanager.hasplugin("dsession"):
+        return
     if not any("integration" in str(item.path) or "/e2e/" in str(item.path) for item in request.session.items):
         return
     try:
         env = envfile.load()
     except RuntimeError:
         return
-    kubectl = Kubectl(env)
+    delete_leftover_namespaces(Kubectl(env))
+
+
+def delete_leftover_namespaces(kubectl) -> list[str]:
+    """Deletes (without waiting) every test namespace: labelled as one, or named as the namespace
+    fixture named them before the label. Returns their names."""
     key, value = TEST_NAMESPACE_LABEL
     found = kubectl("get", "namespaces", "-o", "json", check=False)
     if found.returncode != 0:
-        return
+        return []
     stale = [ns["metadata"]["name"] for ns in json.loads(found.stdout)["items"]
              if ((ns["metadata"].get("labels") or {}).get(key) == value or ns["metadata"]["name"].startswith("t-"))
              and not ns["metadata"].get("deletionTimestamp")]
     if stale:
-        print(f"\ndeleting {len(stale)} namespace(s) left by an earlier test run: {', '.join(stale)}")
+        print(f"deleting {len(stale)} namespace(s) left by an earlier test run: {', '.join(stale)}")
         kubectl("delete", "namespace", "--wait=false", "--ignore-not-found", *stale, check=False)
+    return stale
 
 
 @pytest.fixture
 def namespace(kubectl, request):
     """A fresh namespace for one test, deleted afterwards."""
-    name = f"t-{request.node.name[:30].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
+    name = f"{lanes.namespace_prefix()}{request.node.name[:30].lower().replace('_', '-').strip('-')}-{uuid.uuid4().hex[:5]}"
     name = "".join(c for c in name if c.isalnum() or c == "-")
     create_test_namespace(kubectl, name)
     yield name
@@ -162,6 +176,10 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "nodes: needs the three-node local cluster (make up NODES=3); `make test` runs "
                    "these as its second tier, after bringing up the two extra nodes")
+    config.addinivalue_line(
+        "markers", "clusterwide: needs the cluster to itself (an operator installed in it, leader "
+                   "election, the environment's admission policies replaced); `make test` runs these "
+                   "after the parallel lanes (e2e.harness.lanes), alone")
 
 
 class ClusterNodes:
