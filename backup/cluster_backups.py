@@ -17,7 +17,7 @@ from pgop.backup.plan import plan_backups
 from pgop.backup.retention import ConfirmedRetention, RetentionDecision, apply_retention, confirm_with_catalog
 from pgop.backup.s3 import describe_error
 from pgop.kernel.actions import DELETE, Plan
-from pgop.kernel.conditions import parse_time
+from pgop.kernel.conditions import parse_time, set_condition
 from pgop.kernel.model import Cluster
 
 log = logging.getLogger("pgop.backup")
@@ -60,6 +60,19 @@ def backup_status(cluster: Cluster, pgbackups: Sequence[Obj]) -> tuple[dict[str,
         condition = {"type": CONDITION, "status": "False", "reason": "BackupFailed",
                      "message": f"base backup {name} failed: {done_status.get('error') or 'see its status'}"}
     return last, condition
+
+
+def merge_backup_status(cluster: Cluster, pgbackups: Sequence[Obj], plan: Plan, status: dict[str, Any],
+                        now: datetime) -> None:
+    """What the PgCluster status says of backups (the plan's status, lastBackup and the
+    LastBackupSucceeded condition), merged into `status` in place."""
+    status.update(plan.status)
+    last, condition = backup_status(cluster, pgbackups)
+    if last is not None:
+        status["lastBackup"] = last
+    if condition is not None:
+        status["conditions"] = set_condition(status.get("conditions"), condition, now=now,
+                                             generation=cluster.generation)
 
 
 def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: datetime,

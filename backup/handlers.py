@@ -12,13 +12,14 @@ import kopf
 
 from pgop.backup import deletion
 from pgop.backup.catalog import COMPLETED, FAILED
-from pgop.backup.cluster_backups import backup_status, reconcile_backups
+from pgop.backup.cluster_backups import merge_backup_status, reconcile_backups
+from pgop.backup.plan import plan_backups
 from pgop.backup.pgbackup import plan_pgbackup
 from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
 from pgop.kernel.conditions import parse_time, set_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
-from pgop.runtime.apply import apply_plan, kube, on_cluster_reconcile, record_events, warn_once
+from pgop.runtime.apply import apply_plan, kube, on_cluster_preview, on_cluster_reconcile, record_events, warn_once
 from pgop.runtime.kube import NotFound
 from pgop.runtime.metrics import measured
 
@@ -62,13 +63,22 @@ def cluster_backups(body: Any, cluster: Cluster, status: dict[str, Any], logger:
         kube(), cluster, body["metadata"].get("creationTimestamp"), now,
         apply=lambda actions: apply_plan(body, actions, logger),
         warn=lambda reason, message: warn_once(body, reason, message))
-    status.update(plan.status)
-    last, condition = backup_status(cluster, pgbackups)
-    if last is not None:
-        status["lastBackup"] = last
-    if condition is not None:
-        status["conditions"] = set_condition(status.get("conditions"), condition, now=now,
-                                             generation=cluster.generation)
+    merge_backup_status(cluster, pgbackups, plan, status, now)
+
+
+@on_cluster_preview
+def preview_backups(body: Any, cluster: Cluster, status: dict[str, Any], reader: Any) -> bool:
+    """cluster_backups' dry run on the indexes: True (and `status` completed) when no backup is due
+    and retention drops none, so the pass needs no request; False hands it to a pass from the API."""
+    if cluster.spec.backup is None or cluster.spec.backup.s3 is None:
+        return True
+    now = datetime.now(UTC)
+    pgbackups = reader.backups(cluster.namespace)
+    plan, _ = plan_backups(cluster, pgbackups, now, created_at=parse_time(body["metadata"].get("creationTimestamp")))
+    if len(plan) or plan.events:
+        return False
+    merge_backup_status(cluster, pgbackups, plan, status, now)
+    return True
 
 
 @kopf.on.create(API_GROUP, VERSION, "pgbackups")

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
+from pgop.kernel.conditions import REASON_ENCRYPTION_KEY_MISMATCH
+
 STALL_SECONDS = 600.0
 
 # Phases of status.restore.phase (PgInstance)
@@ -110,10 +112,19 @@ RETRY_DELAYS = (10.0, 60.0, 300.0)
 
 @dataclass(frozen=True)
 class Attempts:
-    """Restore attempts on one volume, for one spec.recovery (a changed spec starts counting anew)."""
+    """Restore attempts on one volume, for one spec.recovery (a changed spec starts counting anew).
+    `final`: the last error is one no further attempt can change (is_final)."""
     spec: str
     count: int = 0
     last_error: str | None = None
+    final: bool = False
+
+
+def is_final(error: str) -> bool:
+    """Whether a restore that failed with `error` would fail again however often it is retried:
+    the backup is encrypted with a key the restore was not given (the same spec reads the same
+    Secret). Such a failure is reported at once, not after the pauses of MAX_ATTEMPTS attempts."""
+    return f"{REASON_ENCRYPTION_KEY_MISMATCH}:" in error
 
 
 def next_attempt(recorded: Attempts | None, spec: str, max_attempts: int = MAX_ATTEMPTS) -> tuple[str, int]:
@@ -121,7 +132,7 @@ def next_attempt(recorded: Attempts | None, spec: str, max_attempts: int = MAX_A
     attempts for this spec are used up: leave the volume alone and say why)."""
     if recorded is None or recorded.spec != spec:
         return "restore", 1
-    if recorded.count >= max_attempts:
+    if recorded.final or recorded.count >= max_attempts:
         return "give-up", recorded.count
     return "restore", recorded.count + 1
 

@@ -285,7 +285,9 @@ def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=No
     action, attempt = rules.next_attempt(recorded, wanted)
     last_error = recorded.last_error if recorded is not None and recorded.spec == wanted else None
     if action == "give-up":
-        message = (f"the restore failed {attempt} times; the last error: {last_error or 'unknown'}. Not trying "
+        tried = "the restore failed and cannot succeed as specified" if recorded is not None and recorded.final \
+            else f"the restore failed {attempt} times"
+        message = (f"{tried}; the last error: {last_error or 'unknown'}. Not trying "
                    "again: change spec.bootstrap.recovery (e.g. another backup or target) or give the instance "
                    "a new volume")
         report(rules.RestoreProgress(phase=rules.FAILED, attempt=attempt, message=message[:4000]))
@@ -304,10 +306,13 @@ def recovery(settings: AgentSettings, spec: InstanceSpec, runner: Runner, env=No
         result = restore_local(settings, spec.recovery, env, progress=report, attempt=attempt)
     except Exception as error:
         text = str(error)[-2000:] or type(error).__name__
-        save_attempts(settings.pgdata, rules.Attempts(wanted, attempt, text), runner.owner)
-        final = attempt >= rules.MAX_ATTEMPTS
+        hopeless = rules.is_final(text)  # e.g. the wrong key: another attempt fails the same way
+        save_attempts(settings.pgdata, rules.Attempts(wanted, attempt, text, hopeless), runner.owner)
+        final = hopeless or attempt >= rules.MAX_ATTEMPTS
+        said = (f"not retried, another attempt would fail the same way: {text}" if hopeless
+                else f"attempt {attempt} of {rules.MAX_ATTEMPTS} failed: {text}")
         report(rules.RestoreProgress(phase=rules.FAILED if final else rules.RETRYING, attempt=attempt,
-                                     message=(f"attempt {attempt} of {rules.MAX_ATTEMPTS} failed: {text}")[:4000]))
+                                     message=said[:4000]))
         raise
     log.info("restored backup %s (%d bytes in %.1fs), now on timeline %s", result.backup.backup_name,
              result.bytes_unpacked, result.seconds_unpack, result.timeline)

@@ -62,7 +62,7 @@ def attempts_file(pgdata: Path) -> Path:
 def load_attempts(pgdata: Path) -> Attempts | None:
     try:
         data = json.loads(attempts_file(pgdata).read_text())
-        return Attempts(str(data["spec"]), int(data["count"]), data.get("last_error"))
+        return Attempts(str(data["spec"]), int(data["count"]), data.get("last_error"), bool(data.get("final", False)))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

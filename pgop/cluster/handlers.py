@@ -18,7 +18,7 @@ from pgop.kernel.actions import Event
 from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
-from pgop.runtime.apply import apply_plan, cluster_hooks, forget, kube, record_events, remember
+from pgop.runtime.apply import apply_plan, cluster_hooks, cluster_previews, forget, kube, record_events, remember
 from pgop.runtime.coalesce import Coalescer
 from pgop.runtime.kube import NotFound
 from pgop.runtime.metrics import measured
@@ -53,8 +53,7 @@ def reconcile_cluster(body, logger) -> dict | None:
     namespace, name = meta.get("namespace", ""), meta["name"]
     with _cluster_locks[(namespace, name)]:
         reader = indexes.reader(kube())
-        if not reader.fresh and body.get("spec") and not (body.get("spec") or {}).get("backup") \
-                and _quiet(body, reader):
+        if not reader.fresh and body.get("spec") and _quiet(body, reader):
             return None
         # Plan from the stored status, not from kopf's copy, which may predate the last decision
         # another pass of this process wrote.
@@ -70,6 +69,9 @@ def _quiet(body, reader) -> bool:
     if cluster.validate():
         return False
     status = controller.status_for_cluster(cluster, list(observed.instances), plan)
+    for preview in cluster_previews():  # e.g. the backup schedule and retention (pgop.backup.handlers)
+        if not preview(body, cluster, status, reader):
+            return False
     return not controller.needs_fresh_pass(body, plan, status)
 
 

@@ -26,7 +26,7 @@ CLUSTER_LABELLED = {LABEL_CLUSTER: kopf.PRESENT}
 
 # Every index a reconcile reads; the nodes' only where the operator may watch Nodes.
 NAMES = ("pgop_clusters", "pgop_instances", "pgop_pods", "pgop_volumes", "pgop_services", "pgop_secrets",
-         *observe.NAMED_INDEXES.values())
+         "pgop_backups", *observe.NAMED_INDEXES.values())
 NODES = "pgop_cordoned_nodes"
 
 # Filtered by the API server, not in this process: the operator receives only the objects of its
@@ -61,6 +61,12 @@ def pgop_clusters(body, **kwargs):
 def pgop_instances(body, **kwargs):
     capture(kwargs)
     return observe.instance_keys(body)
+
+
+@kopf.index(API_GROUP, "v1", "pgbackups")
+def pgop_backups(body, **kwargs):
+    capture(kwargs)
+    return observe.backup_keys(body)
 
 
 @kopf.index("", "v1", "pods", labels=CLUSTER_LABELLED)

@@ -36,6 +36,8 @@ class ClusterReader(Protocol):
     # One instance's own objects.
     def volume(self, namespace: str, name: str) -> Obj | None: ...
     def instance_pods(self, namespace: str, instance: str) -> list[Obj]: ...
+    # The PgBackups of a namespace (schedule and retention: pgop.backup).
+    def backups(self, namespace: str) -> list[Obj]: ...
 
 
 class ApiReader:
@@ -79,6 +81,9 @@ class ApiReader:
 
     def instance_pods(self, namespace: str, instance: str) -> list[Obj]:
         return self.kube.list("Pod", namespace, {LABEL_INSTANCE: instance})
+
+    def backups(self, namespace: str) -> list[Obj]:
+        return self.kube.list("PgBackup", namespace)
 
 
 # An index as kopf hands it to handlers: key -> a collection of values (kopf.Index of kopf.Store).
@@ -136,6 +141,9 @@ class IndexReader:
 
     def instance_pods(self, namespace: str, instance: str) -> list[Obj]:
         return self._all("pgop_pods", ("instance", namespace, instance))
+
+    def backups(self, namespace: str) -> list[Obj]:
+        return self._all("pgop_backups", namespace)
 
 
 # ----------------------------------------------------------------- what the indexes hold (pure)
@@ -197,6 +205,11 @@ def named_keys(body: Mapping[str, Any], kind: str) -> dict[Any, Obj]:
         return {}
     meta = _meta(body)
     return {(meta.get("namespace"), meta.get("name")): plain(body, kind)}
+
+
+def backup_keys(body: Mapping[str, Any]) -> dict[Any, Obj]:
+    """PgBackups: by namespace (a cluster's schedule and retention read its namespace's)."""
+    return {_meta(body).get("namespace"): plain(body, "PgBackup")}
 
 
 def cordoned_keys(body: Mapping[str, Any]) -> dict[Any, str]:

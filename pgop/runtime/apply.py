@@ -73,6 +73,23 @@ def cluster_hooks() -> list[ClusterHook]:
     return list(_cluster_hooks)
 
 
+# A cluster preview is a hook's dry run on the operator's indexes, for a pass that would otherwise
+# read nothing: preview(body, cluster, status, reader) adds to `status` what the hook would and
+# says whether the hook has nothing to do (False: the pass is made again from the API, hooks and all).
+ClusterPreview = Callable[[Any, Any, dict[str, Any], Any], bool]
+_cluster_previews: list[ClusterPreview] = []
+
+
+def on_cluster_preview(preview: ClusterPreview) -> ClusterPreview:
+    if preview not in _cluster_previews:
+        _cluster_previews.append(preview)
+    return preview
+
+
+def cluster_previews() -> list[ClusterPreview]:
+    return list(_cluster_previews)
+
+
 _warned: dict[tuple[str, str, str], str] = {}
 
 
@@ -103,5 +120,6 @@ def forget(namespace: str | None, name: str) -> None:
         _warned.pop(key, None)
 
 
-__all__ = ["forget", "Plan", "apply_plan", "cluster_hooks", "kube", "on_cluster_reconcile", "record_events",
+__all__ = ["forget", "Plan", "apply_plan", "cluster_hooks", "cluster_previews", "kube", "on_cluster_preview",
+           "on_cluster_reconcile", "record_events",
            "remember", "warn_once"]

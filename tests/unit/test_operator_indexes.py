@@ -5,7 +5,7 @@ pass planned from the API. The RBAC grants what the watches need."""
 from __future__ import annotations
 
 import copy
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import kopf
@@ -29,7 +29,8 @@ FUNCTIONS = {name: getattr(indexes, name) for name in (*indexes.NAMES, indexes.N
 KIND_OF = {"pgop_clusters": "PgCluster", "pgop_instances": "PgInstance", "pgop_pods": "Pod",
            "pgop_volumes": "PersistentVolumeClaim", "pgop_services": "Service", "pgop_secrets": "Secret",
            "pgop_pdbs": "PodDisruptionBudget", "pgop_service_accounts": "ServiceAccount",
-           "pgop_roles": "Role", "pgop_role_bindings": "RoleBinding", "pgop_cordoned_nodes": "Node"}
+           "pgop_roles": "Role", "pgop_role_bindings": "RoleBinding", "pgop_cordoned_nodes": "Node",
+           "pgop_backups": "PgBackup"}
 
 
 class Watched:
@@ -196,7 +197,7 @@ def test_the_watches_of_a_clusters_objects_are_narrowed_by_the_api_server():
     indexes.narrow_watches(settings=settings)
     registered = {h.selector.any_name for h in kopf.get_default_registry()._indexing.get_all_handlers()
                   if h.selector is not None}
-    assert registered - {"pgclusters", "pginstances"} <= set(indexes.LABEL_SELECTORS)
+    assert registered - {"pgclusters", "pginstances", "pgbackups"} <= set(indexes.LABEL_SELECTORS)
     assert indexes.LABEL_SELECTORS["secrets"] == "pgop.io/cluster"
     assert indexes.FIELD_SELECTORS == {"nodes": "spec.unschedulable=true"}
 
@@ -208,3 +209,35 @@ def test_what_was_said_of_a_deleted_object_is_forgotten():
     apply.forget("shop", "orders")
     assert apply.remember(body, "archiving") is None
     assert apply.remember({"metadata": {"namespace": "shop", "name": "billing"}}, "archiving") == "ok"
+
+
+# ---- clusters with backups: the schedule and retention previewed on the indexes
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_a_backup_cluster_with_nothing_due_needs_no_pass_through_the_api():
+    """Before, a cluster with spec.backup re-read everything through the API on every pass."""
+    from pgop.backup.handlers import preview_backups
+    from tests.unit.test_backup_plan import make_cluster, pgbackup
+    w = Watched()
+    w.event(pgbackup("b1"))
+    w.event(pgbackup("elsewhere", uid="x") | {"metadata": {"name": "elsewhere", "namespace": "other", "uid": "x"}})
+    reader = w.reader()
+    assert [b["metadata"]["name"] for b in reader.backups("shop")] == ["b1"]
+    cluster = make_cluster(schedule="0 0 1 1 *")  # once a year, and the cluster is new: not due
+    status: dict = {}
+    assert preview_backups({"metadata": {"name": "orders", "namespace": "shop", "creationTimestamp": _now()}},
+                           cluster, status, reader)
+    # what the pass from the API would write is there, to compare with the stored status
+    assert status["lastBackup"]["name"] == "b1" and status["lastBackup"]["phase"] == "Completed"
+    assert [c["reason"] for c in status["conditions"] if c["type"] == "LastBackupSucceeded"] == ["BackupCompleted"]
+
+
+def test_a_due_scheduled_backup_hands_the_pass_to_the_api():
+    from pgop.backup.handlers import preview_backups
+    from tests.unit.test_backup_plan import make_cluster
+    cluster = make_cluster(schedule="* * * * *")
+    old = {"metadata": {"name": "orders", "namespace": "shop", "creationTimestamp": "2026-01-01T00:00:00Z"}}
+    assert not preview_backups(old, cluster, {}, Watched().reader())

@@ -79,3 +79,26 @@ def test_progress_reports_are_spaced_but_a_new_phase_is_reported_at_once():
     assert "message" not in shown  # a key the new report has not is removed, not left over
     store.fail = True
     report(rules.RestoreProgress(phase=rules.COMPLETED))  # an unreachable API server costs the report only
+
+
+def test_a_restore_that_cannot_succeed_as_specified_fails_at_once(world, monkeypatch):
+    """The backup's key is not the one given: a retry reads the same Secret and fails the same way,
+    so the first failure is final (Failed, EncryptionKeyMismatch in the message), not the third."""
+    settings, store, calls = world
+
+    def wrong_key(_settings, wanted, env=None, progress=None, attempt=1):
+        calls.append("wrong key")
+        raise RestoreError("EncryptionKeyMismatch: backup b1 is encrypted with the key of id 0a1b, "
+                           "the given key has id 9f8e: name the Secret of the key it was made with")
+    monkeypatch.setattr(backups, "restore_local", wrong_key)
+    slept: list[float] = []
+    with pytest.raises(RestoreError):
+        bootstrap.recovery(settings, _spec(), Runner(), store=store, sleep=slept.append)
+    shown = store.status("copy-0")["restore"]
+    assert shown["phase"] == rules.FAILED and shown["attempt"] == 1
+    assert "EncryptionKeyMismatch:" in shown["message"] and "not retried" in shown["message"]
+    # the pod restarts: it gives up without trying or pausing again
+    with pytest.raises(bootstrap.BootstrapError, match="cannot succeed as specified.*EncryptionKeyMismatch"):
+        bootstrap.recovery(settings, _spec(), Runner(), store=store, sleep=slept.append)
+    assert calls == ["wrong key"] and slept == []
+    assert store.status("copy-0")["restore"]["phase"] == rules.FAILED

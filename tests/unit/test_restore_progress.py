@@ -56,6 +56,11 @@ def test_attempts_are_bounded_per_spec_and_a_changed_spec_starts_again():
     assert rules.next_attempt(rules.Attempts("a", rules.MAX_ATTEMPTS, "S3 down"), "a") == \
         ("give-up", rules.MAX_ATTEMPTS)
     assert rules.next_attempt(rules.Attempts("a", rules.MAX_ATTEMPTS, "x"), "b") == ("restore", 1)
+    # a failure no retry can change ends the attempts for this spec at once
+    assert rules.next_attempt(rules.Attempts("a", 1, "EncryptionKeyMismatch: ...", final=True), "a") == ("give-up", 1)
+    assert rules.next_attempt(rules.Attempts("a", 1, "EncryptionKeyMismatch: ...", final=True), "b") == ("restore", 1)
+    assert rules.is_final("EncryptionKeyMismatch: backup b1 is encrypted with the key of id 0a1b, ...")
+    assert not rules.is_final("S3 unreachable: Could not connect to the endpoint URL")
     assert rules.retry_delay(1) == 0
     assert 0 < rules.retry_delay(2) <= rules.retry_delay(3) <= rules.retry_delay(10)
 
