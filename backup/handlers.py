@@ -13,10 +13,10 @@ import kopf
 from pgop.backup import deletion
 from pgop.backup.catalog import COMPLETED, FAILED
 from pgop.backup.cluster_backups import merge_backup_status, reconcile_backups
-from pgop.backup.plan import plan_backups
 from pgop.backup.pgbackup import plan_pgbackup
+from pgop.backup.plan import plan_backups
 from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
-from pgop.kernel.conditions import parse_time, set_condition
+from pgop.kernel.conditions import parse_time
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
 from pgop.runtime.apply import apply_plan, kube, on_cluster_preview, on_cluster_reconcile, record_events, warn_once
