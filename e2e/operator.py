@@ -29,6 +29,10 @@ class OperatorProcess:
             proc.stop("operator")
             proc.stop(TEST_OPERATOR)
             proc.stop(STANDBY_OPERATOR)
+        if lanes.lane():
+            from e2e.harness import envfile
+            from e2e.harness.fixtures import Kubectl, wait_for_lane_namespaces
+            wait_for_lane_namespaces(Kubectl(envfile.load()))
         pgop = paths.REPO / ".venv" / "bin" / "pgop"
         out = open(self.log, "ab")
         self.p = subprocess.Popen([str(pgop), "run", *lanes.operator_scope(), *self.args,

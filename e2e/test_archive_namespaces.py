@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 
-from e2e.harness.fixtures import create_test_namespace
+from e2e.harness.fixtures import create_test_namespace, delete_test_namespace
 from e2e.test_backup import (
     BUCKET,
     TIMEOUT,
@@ -74,7 +74,7 @@ def test_two_namespaces_one_cluster_name_one_bucket_path_archive_back_up_and_res
             wait_ready(kubectl, ns, "restored", 1)
             assert rows(kubectl, ns, "restored") == (rows_of[ns], rows_of[ns])
     finally:
-        kubectl("delete", "namespace", other, "--wait=false", check=False)
+        delete_test_namespace(kubectl, other)
 
 
 def test_a_foreign_marker_at_the_archive_root_stops_archiving_with_a_clear_condition(

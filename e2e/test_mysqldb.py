@@ -32,7 +32,7 @@ from kubernetes import client as k8s
 from kubernetes.client.rest import ApiException
 
 from e2e.harness import proc as harness_proc
-from e2e.harness.fixtures import create_test_namespace
+from e2e.harness.fixtures import create_test_namespace, delete_test_namespace
 from e2e.relay import Relay
 from pgop.rds import policy
 from pgop.rds.aws import Rds
@@ -98,7 +98,7 @@ def ns(kubectl):
     name = f"solo-mysqldb-{uuid.uuid4().hex[:5]}"
     create_test_namespace(kubectl, name)
     yield name
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    delete_test_namespace(kubectl, name)
 
 
 @pytest.fixture(scope="module")

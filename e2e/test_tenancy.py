@@ -25,7 +25,7 @@ import pytest
 
 from e2e.harness import cluster as harness_cluster
 from e2e.harness import lanes, paths
-from e2e.harness.fixtures import create_test_namespace
+from e2e.harness.fixtures import create_test_namespace, delete_test_namespace
 
 pytestmark = [pytest.mark.cluster]
 
@@ -54,7 +54,7 @@ def tenancy(kubectl, namespace, rules):
         ]}))
     wait_for_the_policy(kubectl, namespace, other)
     yield namespace, other
-    kubectl("delete", "namespace", other, "--wait=false", check=False)
+    delete_test_namespace(kubectl, other)
 
 
 def as_tenant(kubectl, ns, *args, input=None):

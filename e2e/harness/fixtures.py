@@ -118,6 +118,40 @@ def create_test_namespace(kubectl, name: str, labels: dict[str, str] | None = No
     return name
 
 
+PGOP_KINDS = "pgclusters.pgop.io,pgbackups.pgop.io,mysqldbs.pgop.io,pginstances.pgop.io"
+
+
+def delete_test_namespace(kubectl, name: str, timeout: int = 60) -> None:
+    """The namespace's pgop objects first, while the test's operator still runs and can finish
+    them (their finalizers: published credentials, backups with deletionPolicy Delete), then the
+    namespace itself without waiting. A namespace deleted with its finalizers still pending stays
+    Terminating, and in a lane it would stall the next operator's start (see wait_for_lane_namespaces)."""
+    kubectl("-n", name, "delete", PGOP_KINDS, "--all", "--wait=true", f"--timeout={timeout}s",
+            check=False, timeout=timeout + 30)
+    kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def wait_for_lane_namespaces(kubectl, timeout: float = 90) -> None:
+    """Before a lane's operator starts: no namespace of the lane may be Terminating. kopf watches
+    a lane's namespaces by pattern and holds every handler until each watched kind is indexed; a
+    namespace deleted while it lists leaves the indexing unfinished and the operator idle for
+    good (seen in the first parallel run). A namespace still Terminating after `timeout` (pgop
+    finalizers no operator processed, e.g. after a killed test) has them removed: its test is over."""
+    prefix = lanes.namespace_prefix()
+    deadline = time.monotonic() + timeout
+    while True:
+        found = kubectl("get", "namespaces", "-o", "json", check=False)
+        terminating = [ns["metadata"]["name"] for ns in (json.loads(found.stdout)["items"] if found.returncode == 0 else [])
+                       if ns["metadata"]["name"].startswith(prefix) and ns["metadata"].get("deletionTimestamp")]
+        if not terminating:
+            return
+        if time.monotonic() > deadline:
+            for ns in terminating:
+                release_finalizers(kubectl, ns)
+            deadline = time.monotonic() + timeout
+        time.sleep(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def leftovers_of_killed_runs(request):
     """Namespaces an earlier, killed test run left (labelled as tests', or named as the namespace
@@ -143,13 +177,22 @@ def delete_leftover_namespaces(kubectl) -> list[str]:
     found = kubectl("get", "namespaces", "-o", "json", check=False)
     if found.returncode != 0:
         return []
-    stale = [ns["metadata"]["name"] for ns in json.loads(found.stdout)["items"]
-             if ((ns["metadata"].get("labels") or {}).get(key) == value or ns["metadata"]["name"].startswith("t-"))
-             and not ns["metadata"].get("deletionTimestamp")]
+    tests = [ns for ns in json.loads(found.stdout)["items"]
+             if (ns["metadata"].get("labels") or {}).get(key) == value or ns["metadata"]["name"].startswith("t-")]
+    stale = [ns["metadata"]["name"] for ns in tests if not ns["metadata"].get("deletionTimestamp")]
     if stale:
         print(f"deleting {len(stale)} namespace(s) left by an earlier test run: {', '.join(stale)}")
         kubectl("delete", "namespace", "--wait=false", "--ignore-not-found", *stale, check=False)
+    # Already Terminating, held by pgop finalizers no operator will process now (the run that
+    # made them was killed): released, their tests are over.
+    for ns in [ns["metadata"]["name"] for ns in tests if ns["metadata"].get("deletionTimestamp")]:
+        release_finalizers(kubectl, ns)
     return stale
+
+
+def release_finalizers(kubectl, namespace: str) -> None:
+    for obj in kubectl("-n", namespace, "get", PGOP_KINDS, "-o", "name", check=False).stdout.split():
+        kubectl("-n", namespace, "patch", obj, "--type=merge", "-p", '{"metadata":{"finalizers":null}}', check=False)
 
 
 @pytest.fixture
@@ -159,7 +202,7 @@ def namespace(kubectl, request):
     name = "".join(c for c in name if c.isalnum() or c == "-")
     create_test_namespace(kubectl, name)
     yield name
-    kubectl("delete", "namespace", name, "--wait=false", check=False)
+    delete_test_namespace(kubectl, name)
 
 
 @pytest.fixture
