@@ -163,6 +163,9 @@ def leftovers_of_killed_runs(request):
         return
     if not any("integration" in str(item.path) or "/e2e/" in str(item.path) for item in request.session.items):
         return
+    from . import proc
+    if any(proc.running(pidfile.stem) for pidfile in paths.PIDS.glob("operator-test*.pid")):
+        return  # another test run is going on (its operator runs): its namespaces are not leftovers
     try:
         env = envfile.load()
     except RuntimeError:

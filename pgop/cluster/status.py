@@ -150,8 +150,9 @@ def cluster_status(
         messages = [i.status.restore_message or "" for i in failed_restores]
         reason = (REASON_ENCRYPTION_KEY_MISMATCH if any(REASON_ENCRYPTION_KEY_MISMATCH + ":" in m for m in messages)
                   else "RestoreFailed")
-        problems.append((reason, "; ".join(f"{i.name}: {i.status.restore_message or 'restore failed'}"
-                                                    for i in failed_restores)))
+        # First: the cause, not its consequence (no primary while the restore never finished).
+        problems.insert(0, (reason, "; ".join(f"{i.name}: {i.status.restore_message or 'restore failed'}"
+                                              for i in failed_restores)))
     refused = cluster.refused_publish_paths()
     if refused:  # the database works; what spec.publish asks is not done
         problems.append((REASON_PATH_REFUSED, refusal_message(refused)))

@@ -216,6 +216,11 @@ def test_a_restore_refused_for_its_encryption_key_says_so_in_the_reason():
     degraded = condition(status_of(world, cluster), "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "EncryptionKeyMismatch"
     assert "encrypted with the key of id 00112233aabbccdd" in degraded["message"]
+    # a restored cluster's instance is no primary until its restore finished: the refusal is
+    # still the reason, not the missing primary it causes
+    body["spec"].pop("role", None)
+    degraded = condition(status_of(world, cluster), "Degraded")
+    assert degraded["reason"] == "EncryptionKeyMismatch", degraded
 
 
 # ---- when the operator writes the PgCluster status (worth_writing)
