@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 from kubernetes.client.rest import ApiException
@@ -60,13 +60,19 @@ def record_events(body: Any, events: Iterable[Event]) -> None:
 # hook(body, cluster, status, logger) may apply plans of its own and add to `status` (the dict the
 # reconcile is about to write). Features register theirs when the operator loads their handlers.
 ClusterHook = Callable[[Any, Any, dict[str, Any], Any], None]
+_F = TypeVar("_F")
 _cluster_hooks: list[ClusterHook] = []
 
 
+def _register(registry: list[_F], fn: _F) -> _F:
+    """Adds `fn` once (a module imported twice registers nothing twice)."""
+    if fn not in registry:
+        registry.append(fn)
+    return fn
+
+
 def on_cluster_reconcile(hook: ClusterHook) -> ClusterHook:
-    if hook not in _cluster_hooks:
-        _cluster_hooks.append(hook)
-    return hook
+    return _register(_cluster_hooks, hook)
 
 
 def cluster_hooks() -> list[ClusterHook]:
@@ -81,9 +87,7 @@ _cluster_previews: list[ClusterPreview] = []
 
 
 def on_cluster_preview(preview: ClusterPreview) -> ClusterPreview:
-    if preview not in _cluster_previews:
-        _cluster_previews.append(preview)
-    return preview
+    return _register(_cluster_previews, preview)
 
 
 def cluster_previews() -> list[ClusterPreview]:
