@@ -192,6 +192,9 @@ def test_helm_install_upgrade_uninstall_keeps_crds_and_data(kubectl, namespace, 
         # and the new leader does the work: a reloadable setting reaches the instance
         kubectl("-n", db_ns, "patch", "pgcluster", name, "--type=merge", "-p", '{"spec":{"parameters":{"work_mem":"8MB"}}}')
         eventually(lambda: exec_psql(kubectl, db_ns, pod, "show work_mem") == "8MB", "work_mem from the new operator", 90)
+        # and records it as done: the cluster is Ready again (Updating until the instance reports the new spec)
+        eventually(lambda: (kubectl.json("-n", db_ns, "get", "pgcluster", name).get("status") or {}).get("phase") == "Ready",
+                   "the PgCluster Ready again after the change", 60)
         assert exec_psql(kubectl, db_ns, pod, "select pg_postmaster_start_time()") == started
 
         # --- uninstall: the operator goes, the CRDs, the cluster and its data stay --------------------
