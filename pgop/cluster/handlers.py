@@ -281,6 +281,13 @@ def _reconcile_cluster_now(key: tuple[str, str], logger) -> None:
             pass
 
 
+def _exit_codes(pod) -> tuple:
+    """A container that exited (a bootstrap pod done: pgop.cluster.plan.bootstrap_phase) is news
+    before the pod's phase says so."""
+    return tuple(((s.get("state") or {}).get("terminated") or {}).get("exitCode")
+                 for s in (pod.get("status") or {}).get("containerStatuses") or [])
+
+
 @kopf.on.event("", "v1", "pods", labels={LABEL_INSTANCE: kopf.PRESENT})
 @measured("Pod")
 def pod_event(body, event, logger, **_):
@@ -289,7 +296,7 @@ def pod_event(body, event, logger, **_):
     pod = pod_state(body) if event.get("type") != "DELETED" else pod_state(None)
     # podIP too: replicas stream from it (spec.primaryHost), a new one is handed down at once
     state = ((body.get("status") or {}).get("phase"), (body.get("status") or {}).get("podIP"), pod.running,
-             pod.deleting, event.get("type"))
+             pod.deleting, _exit_codes(body), event.get("type"))
     if _last_seen.get(key) == state:
         return
     _last_seen[key] = state

@@ -108,6 +108,18 @@ def _phase(pod: Obj) -> str:
     return (pod.get("status") or {}).get("phase") or "Pending"
 
 
+def bootstrap_phase(pod: Obj) -> str:
+    """A bootstrap pod's phase, Succeeded as soon as its containers all exited 0: with restartPolicy
+    OnFailure that is final, and the kubelet reports it about a second before it sets the pod's
+    phase (one more status sync), a second on every step from apply to Ready."""
+    phase = _phase(pod)
+    if phase != "Running":
+        return phase
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    exits = [((s.get("state") or {}).get("terminated") or {}).get("exitCode") for s in statuses]
+    return "Succeeded" if exits and all(code == 0 for code in exits) else phase
+
+
 # ---------------------------------------------------------------------------------- cluster
 
 @dataclass
@@ -865,7 +877,7 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
         _create(plan, build_bootstrap_pod(instance),
                 f"bootstrap {instance.name}: {mode} into its empty volume")
         return
-    phase = _phase(bootstrap)
+    phase = bootstrap_phase(bootstrap)
     if _deleting(bootstrap):
         plan.waiting.append(f"bootstrap pod {_name(bootstrap)} is being deleted")
     elif phase == "Succeeded" and pvc is None:
@@ -892,7 +904,7 @@ def _plan_postgres(instance: Instance, bootstrap: Obj | None, postgres: Obj | No
             plan.append(Action(DELETE, "Pod", _name(bootstrap), instance.namespace,
                                "the volume is initialised; no bootstrap pod may run over it",
                                uid=_meta(bootstrap).get("uid")))
-        if _phase(bootstrap) not in ("Succeeded", "Failed"):
+        if bootstrap_phase(bootstrap) not in ("Succeeded", "Failed"):
             plan.waiting.append(f"Postgres starts once bootstrap pod {_name(bootstrap)} is gone")
             return
 

@@ -395,6 +395,26 @@ def test_a_finished_bootstrap_hands_the_volume_to_postgres():
     assert iplan(world) == []
 
 
+def _bootstrap_container(world, **state):
+    world.objects[("Pod", "orders-0-bootstrap")]["status"] = {
+        "phase": "Running", "containerStatuses": [{"name": "bootstrap", "state": state}]}
+
+
+def test_the_handover_starts_when_the_bootstrap_container_exited_0_before_the_pod_phase_says_so():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    _bootstrap_container(world, running={"startedAt": "2026-01-01T00:00:00Z"})
+    assert [a for a in iplan(world) if a.verb == CREATE] == []
+    _bootstrap_container(world, terminated={"exitCode": 1, "reason": "Error"})  # OnFailure: it runs again
+    assert iplan(world) == []
+    _bootstrap_container(world, terminated={"exitCode": 0, "reason": "Completed"})
+    assert summary(iplan(world)) == [
+        (PATCH, "PersistentVolumeClaim", "orders-0"),
+        (DELETE, "Pod", "orders-0-bootstrap"),
+        (CREATE, "Pod", "orders-0"),
+    ]
+
+
 def test_the_handover_resumes_after_an_operator_crash_halfway():
     world = new_instance(World())
     world.apply(iplan(world))
