@@ -23,6 +23,9 @@ from pgop.runtime.config import is_pattern
 # Each package registers its handlers when imported; a package with no handlers yet is skipped.
 HANDLER_MODULES = ("pgop.cluster.handlers", "pgop.rds.handlers", "pgop.backup.handlers")
 
+# Threads that run the (sync) handlers; pgop.runtime.kube keeps a connection for each.
+HANDLER_THREADS = 24
+
 log = logging.getLogger("pgop.operator")
 
 
@@ -54,7 +57,7 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     settings.networking.request_timeout = 30
     # Sync handlers run in this pool; the default (cores + 4) is six threads on a small node,
     # and every handler here waits on the API server rather than on a CPU.
-    settings.execution.max_workers = 24
+    settings.execution.max_workers = HANDLER_THREADS
     # A deleted PgCluster's finalizer runs once its timer has stopped. A timer caught mid-pass
     # (one runs every 2 s, in a thread kopf cannot cancel) was looked at again only after kopf's
     # default of 60 s, which held `kubectl delete` for a minute; wait for the pass to end instead.

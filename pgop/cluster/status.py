@@ -97,6 +97,10 @@ def cluster_status(
     if ha is not None:
         current = ha.get("currentPrimary")
         primary = next((i for i in live if i.name == current), None)
+        if not current and ha.get("failover") is None and not cluster.status.get("failover"):
+            # The first primary coming up (currentPrimary is set once it reports): a cluster being
+            # created, not one that lost its primary (Degraded/NoPrimary said so while it bootstrapped).
+            primary = next((i for i in live if i.name == ha.get("targetPrimary")), None)
         merged = (apply_merge_patch(cluster.status.get("failover"), ha["failover"])
                   if ha.get("failover") is not None else None)
     else:
@@ -178,6 +182,8 @@ def cluster_status(
         phase = "Deleting"
     elif failover_phase and failover_phase != "Pending":
         phase = str(failover.get("kind"))
+    elif failed_restores:  # nothing more happens without the user: not "Creating"
+        phase = "Degraded"
     elif not live or (primary is not None and not primary_ready and primary.status.last_heartbeat is None):
         phase = "Creating"
     elif problems:

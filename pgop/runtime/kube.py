@@ -61,6 +61,9 @@ RESOURCES = {
 REQUEST_TIMEOUT = (5.0, 30.0)
 
 
+CONNECTION_POOL_SIZE = 32  # more than pgop.operator.HANDLER_THREADS
+
+
 class NotFound(Exception):
     pass
 
@@ -72,7 +75,12 @@ class Kube:
                 config.load_incluster_config()
             except config.ConfigException:
                 config.load_kube_config()
-            api = client.ApiClient()
+            settings = client.Configuration.get_default_copy()
+            # One connection per thread that may call at once (the operator's handler threads and
+            # their shortcuts): with the default pool (5 per CPU), the threads beyond it opened a
+            # new TLS connection per request and threw it away ("Connection pool is full").
+            settings.connection_pool_maxsize = CONNECTION_POOL_SIZE
+            api = client.ApiClient(settings)
         self.api = api
 
     def _call(self, method: str, path: str, body: Any = None, query: list | None = None,

@@ -169,6 +169,20 @@ def test_no_primary_is_degraded():
     assert condition(status, "Ready")["reason"] == "NoPrimary"
 
 
+def test_a_new_cluster_whose_first_primary_has_not_reported_is_creating_not_degraded():
+    world = World()
+    cluster = make_cluster(instances=3)
+    world.apply(plan(world, cluster))  # the first primary's PgInstance exists, nothing reported yet
+    ha = {"targetPrimary": "orders-0", "currentPrimary": None}
+    status = status_of(world, cluster, ha=ha)
+    assert status["phase"] == "Creating" and status["currentPrimary"] is None
+    assert condition(status, "Degraded")["status"] == "False"
+    assert condition(status, "Ready")["reason"] == "PrimaryNotReady"
+    # a cluster that had a primary and lost it is still degraded
+    lost = status_of(world, cluster, ha={"targetPrimary": "", "currentPrimary": None})
+    assert lost["phase"] == "Degraded" and condition(lost, "Degraded")["reason"] == "NoPrimary"
+
+
 def test_two_instances_running_as_primary_is_called_out():
     world, cluster = healthy()
     world.report("orders-1", role="primary")
@@ -192,9 +206,10 @@ def test_a_restoring_instance_shows_its_progress_and_a_failed_restore_degrades_t
     world.apply(plan(world, cluster))  # the PgInstance exists; its bootstrap pod restores
     body = world.get("PgInstance", "orders-0")
     body["status"] = {"restore": {"phase": "Replaying", "walFilesRestored": 40, "attempt": 1}}
-    status = status_of(world, cluster)
-    assert "orders-0 (restore Replaying, 40 WAL files restored)" in condition(status, "Progressing")["message"]
-    assert condition(status, "Degraded")["status"] == "False"
+    for ha in (None, {"targetPrimary": "orders-0", "currentPrimary": None}):
+        status = status_of(world, cluster, ha=ha)
+        assert "orders-0 (restore Replaying, 40 WAL files restored)" in condition(status, "Progressing")["message"]
+        assert condition(status, "Degraded")["status"] == "False" and status["phase"] == "Creating"
 
     body["status"] = {"restore": {"phase": "Failed", "attempt": 3,
                                   "message": "the restore failed 3 times; the last error: S3 unreachable"}}
@@ -202,6 +217,10 @@ def test_a_restoring_instance_shows_its_progress_and_a_failed_restore_degrades_t
     degraded = condition(status, "Degraded")
     assert degraded["status"] == "True" and degraded["reason"] == "RestoreFailed"
     assert "orders-0: the restore failed 3 times; the last error: S3 unreachable" in degraded["message"]
+    assert status["phase"] == "Degraded"
+    # as the controller sees it (the first primary has never reported: no currentPrimary yet)
+    status = status_of(world, cluster, ha={"targetPrimary": "orders-0", "currentPrimary": None})
+    assert status["phase"] == "Degraded" and condition(status, "Degraded")["reason"] == "RestoreFailed"
 
 
 def test_a_restore_refused_for_its_encryption_key_says_so_in_the_reason():
