@@ -70,8 +70,10 @@ def run_once(env, n: int) -> dict[str, float]:
                         mark(f"{inst}: {what} scheduled")
                     if st.get("phase") == "Running":
                         mark(f"{inst}: {what} running")
-                    if st.get("phase") == "Succeeded":
-                        mark(f"{inst}: {what} done")
+                    exits = [((c.get("state") or {}).get("terminated") or {}).get("exitCode")
+                             for c in st.get("containerStatuses") or []]
+                    if st.get("phase") == "Succeeded" or (exits and all(code == 0 for code in exits)):
+                        mark(f"{inst}: {what} done")  # the container's exit, as the operator acts on it
                 elif kind == "PgCluster" and st.get("phase") == "Ready" and st.get("readyInstances") == n:
                     mark("cluster Ready")
             if "cluster Ready" in seen:
