@@ -16,6 +16,7 @@ import time
 import uuid
 
 from e2e.harness import envfile
+from pgop.cluster.plan import bootstrap_phase
 
 MANIFEST = """
 apiVersion: pgop.io/v1
@@ -70,10 +71,8 @@ def run_once(env, n: int) -> dict[str, float]:
                         mark(f"{inst}: {what} scheduled")
                     if st.get("phase") == "Running":
                         mark(f"{inst}: {what} running")
-                    exits = [((c.get("state") or {}).get("terminated") or {}).get("exitCode")
-                             for c in st.get("containerStatuses") or []]
-                    if st.get("phase") == "Succeeded" or (exits and all(code == 0 for code in exits)):
-                        mark(f"{inst}: {what} done")  # the container's exit, as the operator acts on it
+                    if bootstrap_phase(item) == "Succeeded":  # as the operator judges it: exit 0 is done
+                        mark(f"{inst}: {what} done")
                 elif kind == "PgCluster" and st.get("phase") == "Ready" and st.get("readyInstances") == n:
                     mark("cluster Ready")
             if "cluster Ready" in seen:
