@@ -21,8 +21,22 @@ Disk stays bounded: at most `depth` finished segments and `parallel` partial one
 replay will not ask for (outside the window after the last one asked) is removed. The prefetcher
 removes its spool and exits when nobody asked for anything for IDLE_SECONDS.
 
-The spool is `<dir of %p>/pgop-prefetch-<hash>/` (pg_wal, where %p points: a rename into place
-never crosses file systems, and base backups leave pg_wal's contents out).
+A few calls of every restore would still start Python: PostgreSQL probes for the next
+timeline's history file when recovery starts and again when it ends (recovery_target_timeline
+latest), asks twice for the segment after the end of the archive, reads the last replayed segment
+once more at the end (from the archive first) and then its own timeline's history file. So the
+shell fast path (shell_fast_path) answers them too:
+- a delivered file keeps a hard link `<name>.taken` in the spool; asked again while pg_wal/<name>
+  is still that very file (PostgreSQL keeps what it restored under its own name, and renames it
+  away before it ever reuses it), the file is linked into place again: the same bytes, checked
+  when they were fetched, no copy. The prefetcher keeps the link of the newest segment only.
+- for a name S3 said it does not have (a segment after the end of the archive, a history file),
+  the prefetcher writes a mark `<name>.missing` holding when it stops counting
+  (MISSING_MARK_SECONDS after S3 said so); while it counts, the shell says "not in the archive"
+  (exit 1). So that answer still comes only from S3, for that name, at most MISSING_MARK_SECONDS
+  ago. The prefetcher asks S3 for the history files PostgreSQL asks for (its timeline's and the
+  next ones) when a restore warms it and every HISTORY_PROBE_SECONDS after: a timeline that
+  appears later is seen at the next probe, as PostgreSQL probes again.
 """
 from __future__ import annotations
 
@@ -47,13 +61,18 @@ MAX_PARALLEL = 4
 IDLE_SECONDS = 30.0
 MISSING_TTL = 5.0  # a name S3 did not have is not prefetched again for this long
 START_TIMEOUT = 8.0  # for the prefetcher to listen, then the client fetches directly
+WARM_TIMEOUT = 10.0  # for the prefetcher's first S3 answers when a restore warms it
 FAILED_START_BACKOFF = 60.0  # after a start that failed, clients fetch directly for this long
+HISTORY_PROBE_SECONDS = 2.0  # how often the prefetcher asks S3 for the next timeline's history
+MISSING_MARK_SECONDS = 5  # how long the shell says "not in the archive" after S3 said so
 
 SPOOL_PREFIX = "pgop-prefetch-"
 SOCKET = "prefetcher.sock"
 LOCK = "prefetcher.lock"
 START_FAILED = "prefetcher.failed"
 LOG = "prefetcher.log"
+TAKEN = ".taken"  # <name>.taken: a hard link to the file delivered as <name>
+MISSING_MARK = ".missing"  # <name>.missing: S3 did not have <name>; holds until when to believe it
 
 READY = "ready"
 MISSING = "missing"
@@ -100,11 +119,43 @@ def spool_directory(target: str | os.PathLike, env: Mapping[str, str]) -> Path:
 
 
 def shell_fast_path(env: Mapping[str, str]) -> str:
-    """The start of a restore_command that takes a prefetched file with the shell alone (a
-    rename: the spool is in pg_wal, where PostgreSQL's %p points), and otherwise runs what
-    follows it. `env` is the environment the command's client will see: it names the spool. A
-    file that is not there (or went away) fails the `mv`, never the command."""
-    return f"mv -f pg_wal/{SPOOL_PREFIX}{archive_identity(env)}/%f %p 2>/dev/null || "
+    """The start of a restore_command that answers with the shell alone, and otherwise runs what
+    follows it. `env` is the environment the command's client will see: it names the spool, in
+    pg_wal, where PostgreSQL's %p points. In order:
+    1. a prefetched file is renamed into place, and a hard link to it stays as <name>.taken;
+    2. a file delivered before and still in pg_wal under its name as that very file (`-ef`:
+       same inode) is linked into place again;
+    3. a file S3 said it does not have, within the mark's time, is "not there" (exit 1).
+    Anything missing or stale fails its step (silently), never the command."""
+    spool = f"pg_wal/{SPOOL_PREFIX}{archive_identity(env)}"
+    return (f"{{ mv -f {spool}/%f %p && {{ ln -f %p {spool}/%f{TAKEN}; :; }}; }} 2>/dev/null || "
+            f"{{ [ pg_wal/%f -ef {spool}/%f{TAKEN} ] && ln -f pg_wal/%f %p; }} 2>/dev/null || "
+            f"{{ read t < {spool}/%f{MISSING_MARK} && [ \"$t\" -gt \"$(date +%s)\" ] && exit 1; }} 2>/dev/null || ")
+
+
+def is_history(name: str) -> bool:
+    return len(name) == 16 and name.endswith(".history") and all(c in _HEX for c in name[:8])
+
+
+def next_history(position: str) -> str | None:
+    """The history file of the timeline after `position`'s: what PostgreSQL probes for when it
+    looks for a newer timeline (pure)."""
+    if not is_segment(position):
+        return None
+    timeline = int(position[:8], 16) + 1
+    return f"{timeline:08X}.history" if timeline <= 0xFFFFFFFF else None
+
+
+def stale_taken(names: Iterable[str]) -> list[str]:
+    """The <name>.taken links to drop: every segment's but the newest one's (PostgreSQL asks
+    again only for the last segment it replayed); history files' stay (small, asked repeatedly)."""
+    segments = sorted(n for n in names if n.endswith(TAKEN) and is_segment(n[:-len(TAKEN)]))
+    return segments[:-1]
+
+
+def missing_mark(now: float) -> str:
+    """What a <name>.missing mark holds: the second until which the shell believes it."""
+    return f"{int(now) + MISSING_MARK_SECONDS}\n"
 
 
 def is_segment(name: str) -> bool:
@@ -287,6 +338,7 @@ def fetch(name: str, target: str, env: Mapping[str, str], cwd: Path | None, *, d
         _say(f"wal-fetch {name}: cannot take it from the spool ({error}); fetching directly")
         return direct(name, target, env, cwd)
     else:
+        _keep_link(spool, name, target)
         _ask(spool, {"op": "took", "name": name}, 0)  # moves the window on; no answer awaited
         return OK
     try:
@@ -306,6 +358,7 @@ def fetch(name: str, target: str, env: Mapping[str, str], cwd: Path | None, *, d
         except OSError as error:  # dropped meanwhile (another timeline asked?): ask S3 itself
             _say(f"wal-fetch {name}: the prefetched file went away ({error}); fetching directly")
             return direct(name, target, env, cwd)
+        _keep_link(spool, name, target)
         return OK
     standby = ((cwd or Path.cwd()) / "standby.signal").exists()
     if result != MISSING:
@@ -314,11 +367,22 @@ def fetch(name: str, target: str, env: Mapping[str, str], cwd: Path | None, *, d
     return exit_code(result, standby)
 
 
+def _keep_link(spool: Path, name: str, target: str) -> None:
+    """<name>.taken, as the shell fast path leaves it (a failure only costs a fetch later)."""
+    link = spool / f"{name}{TAKEN}"
+    try:
+        link.unlink(missing_ok=True)
+        os.link(target, link)
+    except OSError:
+        pass
+
+
 def warm(first: str, target: str, env: Mapping[str, str], *, serve: Serve) -> bool:
     """Start the prefetcher of `target`'s spool (the one restore_command will use: same `env`)
     and have it download `first` and the segments after it before PostgreSQL asks for them: a
     restore calls this once the base backup is unpacked, so replay starts from a warm spool and
-    no restore_command waits for Python and boto3 to start. False when prefetching is off or the
+    no restore_command waits for Python and boto3 to start. Returns once the prefetcher has the
+    answers to PostgreSQL's first questions (the history files it probes for when it starts). False when prefetching is off or the
     prefetcher did not start (restore_command then starts one itself, as without this)."""
     try:
         depth = depth_from_env(env)
@@ -333,7 +397,7 @@ def warm(first: str, target: str, env: Mapping[str, str], *, serve: Serve) -> bo
         return False
     if _ask(spool, {"op": "ping"}, 2.0) is None and not _start_prefetcher(spool, depth, serve):
         return False
-    return _ask(spool, {"op": "expect", "name": first}, 0) is not None
+    return _ask(spool, {"op": "expect", "name": first}, WARM_TIMEOUT) is not None
 
 
 def remove_spools(directory: Path) -> None:

@@ -8,8 +8,14 @@ spool, and answers one JSON line per request:
                                 after it filled; answers {"result": "ready" | "missing" | "error"}
     {"op": "took", "name": N}   the client renamed N from the spool: move the window on
     {"op": "expect", "name": N} a restore's replay will start at N: download it and the window
-                                after it before PostgreSQL asks (no answer)
+                                after it before PostgreSQL asks; answered once the history
+                                files PostgreSQL asks for first are probed
     {"op": "ping"} / {"op": "stats"}
+
+Besides, every HISTORY_PROBE_SECONDS it asks S3 for the history file of the timeline after the
+one being replayed (and the ones after that, while S3 has them): one it has goes into the spool,
+for one it has not it writes the `<name>.missing` mark the shell fast path answers from; and it
+drops the `<name>.taken` links of segments the replay is past (pgop.backup.prefetch says why).
 
 Downloads run in a few threads with one S3 client (boto3 clients are thread-safe), each through
 pgop.backup.wal.fetch into the spool: decompressed, size and sha256 checked, fsynced, renamed to
@@ -36,16 +42,22 @@ from pgop.backup import wal
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.prefetch import (
     ERROR,
+    HISTORY_PROBE_SECONDS,
     IDLE_SECONDS,
     LOCK,
     MAX_PARALLEL,
     MISSING,
+    MISSING_MARK,
     MISSING_TTL,
     READY,
     SOCKET,
     Window,
+    is_history,
     is_segment,
+    missing_mark,
+    next_history,
     plan_spool,
+    stale_taken,
 )
 from pgop.backup.s3 import S3Storage, describe_error
 
@@ -54,6 +66,7 @@ log = logging.getLogger("pgop.wal.prefetch")
 POLL_SECONDS = 0.02  # how soon a file taken by the shell's `mv` is noticed
 MIN_SEGMENT = 1 << 20
 MAX_SEGMENT = 1 << 30
+HISTORY_CHAIN = 16  # timelines followed in one probe
 
 
 def segment_size_of(size: int) -> int | None:
@@ -75,7 +88,10 @@ class Prefetcher:
         self.changed = threading.Condition()
         self.pool = ThreadPoolExecutor(self.parallel, thread_name_prefix="prefetch")
         self.last_request = time.monotonic()
-        self.stats = {"wanted": 0, "from_spool": 0, "waited": 0, "fetched_now": 0, "prefetched": 0,
+        self.probing = False
+        self.history_lock = threading.Lock()
+        self.last_probe = 0.0
+        self.stats = {"history_probes": 0, "wanted": 0, "from_spool": 0, "waited": 0, "fetched_now": 0, "prefetched": 0,
                       "took": 0, "evicted": 0, "missing": 0, "errors": 0}
 
     # ----------------------------------------------------------------------------- requests
@@ -84,6 +100,9 @@ class Prefetcher:
         with self.changed:
             self.last_request = time.monotonic()
             self.stats["wanted"] += 1
+        if is_history(name):
+            return self._fetch(name, asked=True)  # not a window's: S3's answer now (and its mark)
+        with self.changed:
             if is_segment(name):
                 self.window.position = name
             if name in self.window.in_flight:
@@ -127,10 +146,19 @@ class Prefetcher:
                 self.window.in_flight.add(name)
                 self.pool.submit(self._fetch, name, False)
             self._replan()
+        self.probe_history()  # PostgreSQL's first question when it starts; answered after it
 
     # ----------------------------------------------------------------------------- fetching
 
     def _fetch(self, name: str, asked: bool) -> dict[str, Any]:
+        if is_history(name):
+            # One at a time: a probe and a client's question may ask for the same file, and a
+            # fetch removes what looks like an earlier attempt's temporary file.
+            with self.history_lock:
+                return self._fetch_one(name, asked)
+        return self._fetch_one(name, asked)
+
+    def _fetch_one(self, name: str, asked: bool) -> dict[str, Any]:
         answer: dict[str, Any]
         try:
             result = wal.fetch(self.storage, self.layout, name, self.spool / name, system_id=self.system_id)
@@ -138,6 +166,9 @@ class Prefetcher:
             answer = {"result": ERROR, "message": describe_error(error)}
         else:
             answer = {"result": READY if result == wal.FETCHED else MISSING}
+        self._mark(name, answer["result"])
+        if is_history(name):
+            return answer  # not part of the window: it stays until taken (or the spool goes)
         with self.changed:
             self.window.in_flight.discard(name)
             if answer["result"] == READY:
@@ -158,6 +189,61 @@ class Prefetcher:
             if not asked:
                 self._replan()
         return answer
+
+    def _mark(self, name: str, result: str) -> None:
+        """The shell's "not in the archive": written only right after S3 said so for that name
+        (the end of the archive, a timeline nobody made), removed once S3 has it or fails."""
+        mark = self.spool / f"{name}{MISSING_MARK}"
+        try:
+            if result == MISSING:
+                partial = self.spool / f".{name}{MISSING_MARK}"
+                partial.write_text(missing_mark(time.time()))
+                os.replace(partial, mark)
+            else:
+                mark.unlink(missing_ok=True)
+        except OSError as error:
+            log.warning("cannot update %s: %s", mark.name, error)
+
+    def probe_history(self) -> None:
+        """Ask S3 for the history files PostgreSQL will ask for, so that the answer waits in the
+        spool or as a mark: the replayed timeline's own (read when it promotes: the new timeline's
+        history copies it; timeline 1 has none) and the next timeline's (and the ones after it
+        while S3 has them: recovery_target_timeline latest probes for them)."""
+        with self.changed:
+            position = self.window.position
+            if position is None or self.probing:
+                return
+            self.probing = True
+        try:
+            self.stats["history_probes"] += 1
+            self._fetch(f"{position[:8]}.history", asked=False)
+            name = next_history(position)
+            for _ in range(HISTORY_CHAIN):
+                if name is None:
+                    break
+                if self._fetch(name, asked=False)["result"] != READY:
+                    break
+                name = f"{int(name[:8], 16) + 1:08X}.history"
+        finally:
+            with self.changed:
+                self.probing = False
+                self.last_probe = time.monotonic()
+
+    def probe_if_due(self) -> None:
+        """Every HISTORY_PROBE_SECONDS once the replay's timeline is known (serve's loop)."""
+        with self.changed:
+            if self.probing or self.window.position is None or \
+                    time.monotonic() - self.last_probe < HISTORY_PROBE_SECONDS:
+                return
+            self.last_probe = time.monotonic()
+        self.pool.submit(self.probe_history)
+        self.drop_stale_links()
+
+    def drop_stale_links(self) -> None:
+        """The .taken links of segments the replay is past (one segment's link stays)."""
+        with contextlib.suppress(OSError):
+            for name in stale_taken(os.listdir(self.spool)):
+                (self.spool / name).unlink(missing_ok=True)
 
     def _replan(self) -> None:
         """With self.changed held: drop what the replay passed, start what the window lacks."""
@@ -186,6 +272,7 @@ class Prefetcher:
                 self.last_request = time.monotonic()
             self.stats["took"] += len(gone)
             self._replan()
+        self.drop_stale_links()
 
     def idle_for(self) -> float:
         with self.changed:
@@ -223,7 +310,7 @@ class Prefetcher:
             elif op == "expect":
                 if isinstance(name, str) and "/" not in name:
                     self.expect(name)
-                return
+                reply = {"result": "expected"}
             elif op == "stats":
                 with self.changed:
                     reply = {**self.stats, "segmentSize": self.segment_size, "depth": self.depth}
@@ -245,6 +332,8 @@ def serve(spool: Path, env: Mapping[str, str], depth: int, idle: float = IDLE_SE
     except BlockingIOError:
         return  # another prefetcher serves this spool
     storage, layout = _target(env)
+    for leftover in spool.glob(f"*{MISSING_MARK}"):  # a predecessor's: only a fresh S3 answer counts
+        leftover.unlink(missing_ok=True)
     prefetcher = Prefetcher(storage, layout, spool, depth)
     Path(SOCKET).unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -255,6 +344,7 @@ def serve(spool: Path, env: Mapping[str, str], depth: int, idle: float = IDLE_SE
     try:
         while prefetcher.idle_for() < idle and spool.is_dir():
             prefetcher.notice_taken()
+            prefetcher.probe_if_due()
             try:
                 connection, _ = server.accept()
             except TimeoutError:

@@ -9,6 +9,7 @@ usual PGOP_S3_* environment (bucket, endpoint, credentials).
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -142,9 +143,9 @@ def command_environment(source: str, path: str = "", extra_env: Mapping[str, str
 def warm_prefetch(pgdata: Path, backup: Backup, env: Mapping[str, str],
                   prefix: Sequence[str] = ()) -> subprocess.Popen | None:
     """Start the restore_command's prefetcher (as the server's user: `prefix`) on the backup's
-    first WAL segment while PostgreSQL starts (pgop.backup.prefetch.warm). `env` is the one the
-    restore_command will see. Not waited for: the caller reaps it; a failure only means the first
-    restore_command starts the prefetcher itself."""
+    first WAL segment (pgop.backup.prefetch.warm). `env` is the one the restore_command will see.
+    The caller waits for it (a few tenths of a second: Python, boto3, the first S3 answers) and
+    reaps it; a failure only means the first restore_command starts the prefetcher itself."""
     if not backup.begin_wal or prefetch.depth_from_env_or_off(env) == 0:
         return None
     argv = [*prefix, "pgop", "agent", "wal-fetch", "--prefetch", backup.begin_wal,
@@ -397,6 +398,11 @@ def restore(storage: S3Storage, source: ArchiveLayout, pgdata: Path, backups: Se
     server_env = {**os.environ, **(env or {})}
     warming = warm_prefetch(pgdata, backup, {**server_env, **command_environment(
         source.cluster, source.path, command_env, source.namespace)}, prefix=prefix)
+    if warming is not None:
+        # It returns once the prefetcher runs and has S3's answers to PostgreSQL's first questions
+        # (history files), and the first segment is on its way: the shell answers them.
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            warming.wait(timeout=prefetch.START_TIMEOUT + prefetch.WARM_TIMEOUT)
     try:
         write_recovery(pgdata, recovery_settings(restore_command(source.cluster, source.path, command_env,
                                                                  namespace=source.namespace, server_env=server_env),

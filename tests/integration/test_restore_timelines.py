@@ -241,3 +241,47 @@ def test_a_restore_to_the_end_follows_a_promotion_onto_its_new_timeline(archivin
         for pg in (promoted, later, pinned):
             if pg is not None:
                 pg.cleanup()
+
+
+def test_the_end_of_a_restore_asks_python_for_nothing_twice(archiving_postgres, archive_env, storage, launcher):
+    """PostgreSQL asks for the next timeline's history file when recovery starts and again when it
+    ends, asks twice for the segment after the end of the archive, and at the end reads its last
+    segment once more, from the archive first, and its own timeline's history file. The shell fast
+    path answers the second questions (a fresh "not there" mark of the prefetcher's S3 probe; the
+    segment it delivered, still in pg_wal as that very file; a mark after S3 said "not there" for
+    the segment after the end of the archive): `pgop agent wal-fetch` (Python), logged by a
+    wrapper on the server's PATH, runs at most once per name and never for a history file. Before,
+    the next timeline's history file, the last segment and the one after it went to Python twice
+    each, and the backup's timeline's history file once."""
+    primary, layout = archiving_postgres, archive_env["layout"]
+    primary.psql("CREATE TABLE orders (id int primary key, note text)")
+    primary.psql("INSERT INTO orders SELECT g, 'before the backup' FROM generate_series(1, 100) g")
+    basebackup.take_base_backup(storage, layout, "ask-once", basebackup.Source(
+        host=str(primary.socket_dir), port=primary.port, user="postgres", bindir=primary.bindir, prefix=PREFIX),
+        archive_wait=60)
+    primary.psql("INSERT INTO orders SELECT g, 'after the backup' FROM generate_series(101, 250) g")
+    _archived(primary, storage, layout)
+    primary.stop()
+    backups = basebackup.list_backups(storage, layout.path, CLUSTER)
+    wrapper = Path(tempfile.mkdtemp(prefix="pgop-ask-", dir="/var/tmp"))
+    asked = wrapper / "asked"
+    asked.touch()
+    (wrapper / "pgop").write_text(f'#!/bin/sh\necho "$3" >> {asked}\nexec {launcher}/pgop "$@"\n')
+    (wrapper / "pgop").chmod(0o755)
+    for path in (wrapper, asked):
+        _own(path)
+    restored = None
+    try:
+        restored, timeline = _restore_into(storage, layout, backups, primary.bindir,
+                                           env={"PATH": f"{wrapper}:{os.environ['PATH']}"})
+        assert timeline == 2
+        calls = [name for name in asked.read_text().split() if not name.startswith("-")]
+        assert len(calls) == len(set(calls)), f"asked Python more than once: {calls}"
+        # the restore warmed the prefetcher, which asked S3 for every history file first
+        assert not [name for name in calls if prefetch.is_history(name)], calls
+        restored.start(timeout=60)
+        assert restored.psql("SELECT count(*), max(id) FROM orders") == "250|250"
+    finally:
+        if restored is not None:
+            restored.cleanup()
+        shutil.rmtree(wrapper, ignore_errors=True)

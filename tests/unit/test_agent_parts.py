@@ -123,7 +123,8 @@ def test_a_streaming_replica_of_an_archiving_cluster_also_reads_the_archive():
     command = replica["restore_command"]
     # Its own archive through the prefetching wal-fetch, a prefetched file taken by the shell.
     assert command.endswith("pgop agent wal-fetch %f %p")
-    assert command.startswith(f"mv -f pg_wal/{prefetch.SPOOL_PREFIX}{prefetch.archive_identity(ARCHIVE_ENV)}/%f %p")
+    assert command.startswith(f"{{ mv -f pg_wal/{prefetch.SPOOL_PREFIX}{prefetch.archive_identity(ARCHIVE_ENV)}/%f %p ")
+    assert command == prefetch.shell_fast_path(ARCHIVE_ENV) + "pgop agent wal-fetch %f %p"
     assert "PGOP_S3_CLUSTER" not in command  # the pod's own cluster, as wal-push archives it
     assert replica["primary_conninfo"]  # and still streams
     # The retry stays short: it is most of a switchover's write gap; the timeline is PostgreSQL's

@@ -154,3 +154,79 @@ def test_the_pusher_can_be_turned_off(monkeypatch):
     monkeypatch.setattr(commands, "wal_push", lambda path, env=None, target=None: pushed.append(path) or 0)
     assert pusher.push("pg_wal/000000010000000000000001", {"PGOP_WAL_PUSHER": "0"}) == 0
     assert pushed == ["pg_wal/000000010000000000000001"]
+
+
+# ------------------------------------------------------------------------------ the shell fast path
+
+FALLBACK = 7  # what the test's stand-in for `pgop agent wal-fetch` exits with: "Python ran"
+
+
+def _restore_command(pgdata: Path, env: dict[str, str], name: str) -> int:
+    """The restore_command a restore writes, with PostgreSQL's %f and %p filled in, run as
+    PostgreSQL runs it (`sh -c` in PGDATA); the part after the fast path only exits FALLBACK."""
+    command = (prefetch.shell_fast_path(env) + f"exit {FALLBACK}").replace("%f", name).replace(
+        "%p", "pg_wal/RECOVERYXLOG")
+    return subprocess.run(["sh", "-c", command], cwd=pgdata, timeout=30).returncode
+
+
+def _spooled(tmp_path: Path) -> tuple[Path, Path, dict[str, str]]:
+    env = {"PGOP_S3_BUCKET": "b", "PGOP_CLUSTER": "orders"}
+    (tmp_path / "pg_wal").mkdir()
+    spool = spool_directory(tmp_path / "pg_wal" / "RECOVERYXLOG", env)
+    spool.mkdir()
+    return tmp_path, spool, env
+
+
+def test_the_shell_hands_over_a_prefetched_file_and_the_same_file_again_while_postgres_keeps_it(tmp_path):
+    pgdata, spool, env = _spooled(tmp_path)
+    name = seg(1, 5)
+    (spool / name).write_bytes(b"segment five")
+    assert _restore_command(pgdata, env, name) == OK
+    delivered = pgdata / "pg_wal" / "RECOVERYXLOG"
+    assert delivered.read_bytes() == b"segment five" and not (spool / name).exists()
+    # PostgreSQL keeps a restored segment under its own name, then (end of recovery) asks again
+    delivered.rename(pgdata / "pg_wal" / name)
+    assert _restore_command(pgdata, env, name) == OK
+    assert delivered.read_bytes() == b"segment five"
+    assert delivered.stat().st_ino == (pgdata / "pg_wal" / name).stat().st_ino  # a link, no copy
+    # once pg_wal's file under that name is another one (recycled, rewritten), Python answers
+    delivered.unlink()
+    (pgdata / "pg_wal" / name).unlink()
+    (pgdata / "pg_wal" / name).write_bytes(b"another file")
+    assert _restore_command(pgdata, env, name) == FALLBACK
+    assert not delivered.exists()
+    # a segment never delivered is Python's too, even if pg_wal has a file of that name
+    assert _restore_command(pgdata, env, seg(1, 9)) == FALLBACK
+
+
+@pytest.mark.parametrize("mark, code", [
+    ("fresh", NOT_FOUND),        # S3 said "not there" just now: the shell says so
+    ("stale", FALLBACK),         # too long ago: ask again
+    ("garbage", FALLBACK),
+    (None, FALLBACK),
+])
+def test_the_shell_says_a_history_file_is_not_there_only_on_a_fresh_mark(tmp_path, mark, code):
+    import time
+    pgdata, spool, env = _spooled(tmp_path)
+    name = "00000002.history"
+    if mark is not None:
+        text = {"fresh": prefetch.missing_mark(time.time()), "stale": prefetch.missing_mark(time.time() - 60),
+                "garbage": "soon\n"}[mark]
+        (spool / f"{name}{prefetch.MISSING_MARK}").write_text(text)
+    assert _restore_command(pgdata, env, name) == code
+    assert not (pgdata / "pg_wal" / "RECOVERYXLOG").exists()
+
+
+def test_the_history_file_probed_is_the_next_timeline_s():
+    assert prefetch.next_history(seg(1, 300)) == "00000002.history"
+    assert prefetch.next_history(seg(0x1F, 3)) == "00000020.history"
+    assert prefetch.next_history("00000002.history") is None
+    assert prefetch.is_history("0000000A.history") and not prefetch.is_history(seg(1, 1))
+    assert not prefetch.is_history("0000000G.history")
+
+
+def test_only_the_newest_segment_keeps_its_taken_link():
+    names = [f"{seg(1, 7)}.taken", f"{seg(1, 9)}.taken", f"{seg(2, 9)}.taken", "00000002.history.taken",
+             seg(1, 10), "prefetcher.sock"]
+    assert prefetch.stale_taken(names) == [f"{seg(1, 7)}.taken", f"{seg(1, 9)}.taken"]
+    assert prefetch.stale_taken([f"{seg(1, 7)}.taken"]) == []
