@@ -216,12 +216,14 @@ class Prefetcher:
             self.probing = True
         try:
             self.stats["history_probes"] += 1
-            self._fetch(f"{position[:8]}.history", asked=False)
+            own = f"{position[:8]}.history"
+            if not (self.spool / own).exists():  # a history file never changes once archived
+                self._fetch(own, asked=False)
             name = next_history(position)
             for _ in range(HISTORY_CHAIN):
                 if name is None:
                     break
-                if self._fetch(name, asked=False)["result"] != READY:
+                if not (self.spool / name).exists() and self._fetch(name, asked=False)["result"] != READY:
                     break
                 name = f"{int(name[:8], 16) + 1:08X}.history"
         finally:

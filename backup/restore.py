@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import queue
 import shlex
 import subprocess
 import threading
@@ -36,6 +37,7 @@ from pgop.kernel.conditions import parse_time
 log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20
+PIPELINE_CHUNKS = 4  # chunks waiting for each of unpack's two consumer threads
 SYNC_EVERY = 16 << 20  # of tar: the member being written is written back this often
 # Added to postgresql.auto.conf by the restore and removed again once it promoted.
 MARK_BEGIN = "# pgop restore: begin (removed after promotion)"
@@ -83,19 +85,43 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
     if names:
         names.start()
     digest = hashlib.sha256()
-    total = 0
+    total = written = 0
+
+    def write(chunk: bytes) -> None:
+        nonlocal written
+        tar.stdin.write(chunk)  # type: ignore[union-attr]
+        written += len(chunk)
+        if syncer and written % SYNC_EVERY < len(chunk):
+            syncer.written()
+
+    # Three stages at once: this thread reads S3 and decompresses, one thread hashes, one feeds tar
+    # (zstd, hashlib and the pipe write all let go of the GIL: on two cores they overlap instead of
+    # taking turns). Each queue holds a few chunks, so memory stays bounded.
+    failed: list[BaseException] = []
+    queues: tuple[queue.Queue[bytes | None], ...] = (queue.Queue(PIPELINE_CHUNKS), queue.Queue(PIPELINE_CHUNKS))
+    stages = [threading.Thread(target=_consume, args=(chunks, consume, failed), daemon=True,
+                               name=f"restore-{what}")
+              for chunks, consume, what in zip(queues, (digest.update, write), ("sha256", "tar"), strict=True)]
+    for stage in stages:
+        stage.start()
     try:
-        # An encrypted tar (its catalog names the key id) must be encrypted: a plain object there was swapped in.
-        plain = encryption.open_reader(body, encryption.reading_keys(storage), key, require=bool(backup.key_id))
-        with zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True, closefd=False) as reader:
-            while chunk := reader.read(CHUNK):
-                digest.update(chunk)
-                total += len(chunk)
-                tar.stdin.write(chunk)
-                if syncer and total % SYNC_EVERY < len(chunk):
-                    syncer.written()
-                if progress:
-                    progress(total)
+        try:
+            # An encrypted tar (its catalog names the key id) must be encrypted: a plain object there was swapped in.
+            plain = encryption.open_reader(body, encryption.reading_keys(storage), key, require=bool(backup.key_id))
+            with zstandard.ZstdDecompressor().stream_reader(plain, read_across_frames=True, closefd=False) as reader:
+                while not failed and (chunk := reader.read(CHUNK)):
+                    total += len(chunk)
+                    for chunks in queues:
+                        chunks.put(chunk)
+                    if progress:
+                        progress(total)
+        finally:
+            for chunks in queues:
+                chunks.put(None)
+            for stage in stages:
+                stage.join()
+        if failed:
+            raise failed[0]
         tar.stdin.close()
         code = tar.wait(timeout=1800)  # what tar still writes after the last byte came
         if names:
@@ -119,6 +145,18 @@ def unpack(storage: S3Storage, layout: ArchiveLayout, backup: Backup, pgdata: Pa
     if syncer:
         syncer.finish()
     return total, time.monotonic() - started
+
+
+def _consume(chunks: queue.Queue[bytes | None], consume: Callable[[bytes], None], failed: list[BaseException]) -> None:
+    """One stage of unpack's pipeline: `consume` every chunk until None. After a failure (its own
+    or another stage's) it only drains, so the reader never waits on a full queue."""
+    while (chunk := chunks.get()) is not None:
+        if failed:
+            continue
+        try:
+            consume(chunk)
+        except BaseException as error:  # handed to the reader, which raises it
+            failed.append(error)
 
 
 def _feed_names(stream, syncer: durable.SyncBehind) -> None:
