@@ -87,6 +87,7 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -592,7 +593,10 @@ def _fsync_tree(root: Path) -> float:
     started = time.monotonic()
     for directory, _, files in os.walk(root):
         for name in [*files, "."]:
-            handle = os.open(os.path.join(directory, name), os.O_RDONLY)
+            path = os.path.join(directory, name)
+            if not stat.S_ISREG(os.lstat(path).st_mode) and name != ".":
+                continue  # a socket (pgop's WAL prefetcher listens in pg_wal), a symlink
+            handle = os.open(path, os.O_RDONLY)
             try:
                 os.fsync(handle)
             finally:

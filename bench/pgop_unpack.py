@@ -6,8 +6,8 @@ bench.backup_compare measures its CPU and memory as it does the other tools' res
 
 Reads the agent's environment: PGOP_S3_* (bucket, path, endpoint, credentials) and PGOP_RUN_AS
 (tar runs as that OS user when this runs as root). The restored files are synced (syncfs), and the
-restore_command's prefetcher is started on the backup's first WAL segment, as a restore does
-before PostgreSQL starts. Prints {"bytes": ..., "seconds": ...}.
+restore_command's prefetcher is started on the backup's first WAL segment and waited for, as a
+restore does before PostgreSQL starts. Prints {"bytes": ..., "seconds": ...}.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from pgop.backup import basebackup, restore
+from pgop.backup import basebackup, prefetch, restore
 from pgop.backup.layout import ArchiveLayout
 from pgop.backup.s3 import S3Settings, S3Storage
 
@@ -29,10 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     run_as = os.environ.get("PGOP_RUN_AS")
     prefix = ["runuser", "-u", run_as, "--"] if run_as and os.geteuid() == 0 else []
     size, seconds = restore.unpack(storage, ArchiveLayout(cluster, settings.path), backup, Path(pgdata), prefix)
-    # As backup.restore.restore does next: the restore_command's prefetcher starts on the backup's
-    # first WAL segment (in the background: it outlives this process, as it outlives the restore's).
-    restore.warm_prefetch(Path(pgdata), backup, {**os.environ, **restore.command_environment(cluster, settings.path)},
-                          prefix=prefix)
+    # As backup.restore.restore does next, before it starts PostgreSQL: the restore_command's
+    # prefetcher starts on the backup's first WAL segment and has S3's answers to the first
+    # questions (it outlives this process, as it outlives the restore's).
+    warming = restore.warm_prefetch(Path(pgdata), backup, {**os.environ, **restore.command_environment(
+        cluster, settings.path)}, prefix=prefix)
+    if warming is not None:
+        warming.wait(timeout=prefetch.START_TIMEOUT + prefetch.WARM_TIMEOUT)
     print(json.dumps({"bytes": size, "seconds": round(seconds, 3)}))
 
 
