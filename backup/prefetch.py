@@ -126,11 +126,13 @@ def shell_fast_path(env: Mapping[str, str]) -> str:
     2. a file delivered before and still in pg_wal under its name as that very file (`-ef`:
        same inode) is linked into place again;
     3. a file S3 said it does not have, within the mark's time, is "not there" (exit 1).
-    Anything missing or stale fails its step (silently), never the command."""
+    Anything missing or stale fails its step (silently), never the command. `%%` is PostgreSQL's
+    escape for a `%` of the command's own (`date +%s`); PostgreSQL 16 and later refuse an unknown
+    placeholder such as `%s`."""
     spool = f"pg_wal/{SPOOL_PREFIX}{archive_identity(env)}"
     return (f"{{ mv -f {spool}/%f %p && {{ ln -f %p {spool}/%f{TAKEN}; :; }}; }} 2>/dev/null || "
             f"{{ [ pg_wal/%f -ef {spool}/%f{TAKEN} ] && ln -f pg_wal/%f %p; }} 2>/dev/null || "
-            f"{{ read t < {spool}/%f{MISSING_MARK} && [ \"$t\" -gt \"$(date +%s)\" ] && exit 1; }} 2>/dev/null || ")
+            f"{{ read t < {spool}/%f{MISSING_MARK} && [ \"$t\" -gt \"$(date +%%s)\" ] && exit 1; }} 2>/dev/null || ")
 
 
 def is_history(name: str) -> bool:

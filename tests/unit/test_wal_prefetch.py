@@ -161,11 +161,30 @@ def test_the_pusher_can_be_turned_off(monkeypatch):
 FALLBACK = 7  # what the test's stand-in for `pgop agent wal-fetch` exits with: "Python ran"
 
 
+def _placeholders(command: str, name: str, path: str) -> str:
+    """What PostgreSQL does to a restore_command: %f, %p, %% (a literal %); since PostgreSQL 16 any
+    other placeholder is an error."""
+    out, rest = [], command
+    while "%" in rest:
+        before, _, rest = rest.partition("%")
+        out.append(before)
+        code, rest = rest[:1], rest[1:]
+        if code not in "fp%" or not code:
+            raise ValueError(f"unexpected placeholder %{code} in {command!r}")
+        out.append({"f": name, "p": path, "%": "%"}[code])
+    return "".join(out) + rest
+
+
+def test_the_fast_path_has_only_placeholders_postgres_knows():
+    env = {"PGOP_S3_BUCKET": "b", "PGOP_CLUSTER": "orders"}
+    command = _placeholders(prefetch.shell_fast_path(env), "000000010000000000000001", "pg_wal/RECOVERYXLOG")
+    assert "date +%s" in command and "%f" not in command and "%p" not in command
+
+
 def _restore_command(pgdata: Path, env: dict[str, str], name: str) -> int:
     """The restore_command a restore writes, with PostgreSQL's %f and %p filled in, run as
     PostgreSQL runs it (`sh -c` in PGDATA); the part after the fast path only exits FALLBACK."""
-    command = (prefetch.shell_fast_path(env) + f"exit {FALLBACK}").replace("%f", name).replace(
-        "%p", "pg_wal/RECOVERYXLOG")
+    command = _placeholders(prefetch.shell_fast_path(env) + f"exit {FALLBACK}", name, "pg_wal/RECOVERYXLOG")
     return subprocess.run(["sh", "-c", command], cwd=pgdata, timeout=30).returncode
 
 
