@@ -23,15 +23,15 @@ removes its spool and exits when nobody asked for anything for IDLE_SECONDS.
 
 A few calls of every restore would still start Python: PostgreSQL probes for the next
 timeline's history file when recovery starts and again when it ends (recovery_target_timeline
-latest), asks twice for the segment after the end of the archive, reads the last replayed segment
-once more at the end (from the archive first) and then its own timeline's history file. So the
-shell fast path (shell_fast_path) answers them too:
+latest), reads the last replayed segment once more at the end (from the archive first) and then
+its own timeline's history file. So the shell fast path (shell_fast_path) answers them too:
 - a delivered file keeps a hard link `<name>.taken` in the spool; asked again while pg_wal/<name>
   is still that very file (PostgreSQL keeps what it restored under its own name, and renames it
   away before it ever reuses it), the file is linked into place again: the same bytes, checked
   when they were fetched, no copy. The prefetcher keeps the link of the newest segment only.
-- for a name S3 said it does not have (a segment after the end of the archive, a history file),
-  the prefetcher writes a mark `<name>.missing` holding when it stops counting
+- for a name S3 said it does not have (a history file; on a standby also a segment after the end
+  of the archive: a restore's recovery would end at it, so there S3 answers each time), the
+  prefetcher writes a mark `<name>.missing` holding when it stops counting
   (MISSING_MARK_SECONDS after S3 said so); while it counts, the shell says "not in the archive"
   (exit 1). So that answer still comes only from S3, for that name, at most MISSING_MARK_SECONDS
   ago. The prefetcher asks S3 for the history files PostgreSQL asks for (its timeline's and the

@@ -191,11 +191,14 @@ class Prefetcher:
         return answer
 
     def _mark(self, name: str, result: str) -> None:
-        """The shell's "not in the archive": written only right after S3 said so for that name
-        (the end of the archive, a timeline nobody made), removed once S3 has it or fails."""
+        """The shell's "not in the archive": written only right after S3 said so for that name,
+        removed once S3 has it or fails. For history files (a timeline nobody made), and for
+        segments only on a standby, where "not there" means "stream meanwhile": a restore's
+        recovery ends at the first segment said missing, so there S3 answers each time (a
+        segment archived a second after a mark would otherwise end it short of its target)."""
         mark = self.spool / f"{name}{MISSING_MARK}"
         try:
-            if result == MISSING:
+            if result == MISSING and (is_history(name) or self._standby()):
                 partial = self.spool / f".{name}{MISSING_MARK}"
                 partial.write_text(missing_mark(time.time()))
                 os.replace(partial, mark)
@@ -203,6 +206,9 @@ class Prefetcher:
                 mark.unlink(missing_ok=True)
         except OSError as error:
             log.warning("cannot update %s: %s", mark.name, error)
+
+    def _standby(self) -> bool:
+        return (self.spool.parent.parent / "standby.signal").exists()  # the spool is PGDATA/pg_wal/<spool>
 
     def probe_history(self) -> None:
         """Ask S3 for the history files PostgreSQL will ask for, so that the answer waits in the

@@ -249,3 +249,26 @@ def test_only_the_newest_segment_keeps_its_taken_link():
              seg(1, 10), "prefetcher.sock"]
     assert prefetch.stale_taken(names) == [f"{seg(1, 7)}.taken", f"{seg(1, 9)}.taken"]
     assert prefetch.stale_taken([f"{seg(1, 7)}.taken"]) == []
+
+
+def test_the_prefetcher_marks_a_missing_segment_only_on_a_standby_and_history_files_always(tmp_path):
+    """A restore's recovery ends at the first segment said missing: S3 must answer each time there.
+    A standby only streams meanwhile, so a mark may answer for it."""
+    from pgop.backup.prefetcher import Prefetcher
+    spool = tmp_path / "pg_wal" / "spool"
+    spool.mkdir(parents=True)
+    prefetcher = Prefetcher(None, None, spool, depth=8)  # type: ignore[arg-type]  (no S3 asked here)
+    try:
+        def marked(name: str) -> bool:
+            return (spool / f"{name}{prefetch.MISSING_MARK}").exists()
+        prefetcher._mark(seg(1, 7), MISSING)
+        prefetcher._mark("00000002.history", MISSING)
+        assert not marked(seg(1, 7)) and marked("00000002.history")
+        (tmp_path / "standby.signal").touch()
+        prefetcher._mark(seg(1, 7), MISSING)
+        assert marked(seg(1, 7))
+        prefetcher._mark(seg(1, 7), READY)  # S3 has it now
+        prefetcher._mark("00000002.history", ERROR)  # S3 could not say
+        assert not marked(seg(1, 7)) and not marked("00000002.history")
+    finally:
+        prefetcher.pool.shutdown()
