@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # (docs/local-cluster.md).
 NODES ?= 1
 
-.PHONY: all venv up down status env test test-unit test-integration test-e2e test-nodes nodes-up nodes-down build clean-cache
+.PHONY: all venv up down reset status env test test-unit test-integration test-e2e test-nodes nodes-up nodes-down build clean-cache
 
 all: up
 
@@ -36,6 +36,10 @@ nodes-up: venv
 
 down: venv
 	$(HARNESS) down
+
+## Stop everything and forget the cluster's objects and local volumes: the next up is an empty cluster.
+reset: venv
+	$(HARNESS) down --wipe
 
 ## Back to one node: the extra nodes stop, the rest keeps running.
 nodes-down: venv

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 
@@ -116,6 +117,26 @@ def down(args) -> None:
         if proc.stop(name):
             step(f"stopped {name}")
     paths.ENV_JSON.unlink(missing_ok=True)
+    if args.wipe:
+        _wipe_cluster_state()
+
+
+def _wipe_cluster_state() -> None:
+    """Forget every object of the cluster (etcd's data) and the local volumes that backed its
+    PVCs, with everything stopped: the next `up` starts an empty cluster. What a killed run left
+    in the API (an in-cluster operator Deployment from a Helm test, say) would otherwise be
+    started again by the next `up` and act on the next run's objects. Built binaries, images,
+    certificates and the S3 server's data stay."""
+    for pidfile in paths.PIDS.glob("*.pid"):
+        if proc.running(pidfile.stem):
+            raise SystemExit(f"down --wipe: {pidfile.stem} still runs (pid {proc.pid_of(pidfile.stem)});"
+                             " nothing was wiped")
+    dirs = [paths.STATE / "etcd", provisioner.volumes_dir(paths.NODE_NAME)]
+    dirs += sorted((paths.STATE / "nodes").glob("*/volumes"))
+    for d in dirs:
+        if d.exists():
+            shutil.rmtree(d)
+            step(f"wiped {d}")
 
 
 def _stop_test_operators() -> None:
@@ -207,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     d = sub.add_parser("down", help="stop everything this harness started")
     d.add_argument("--extra-nodes", action="store_true",
                    help="only the extra nodes: back to the single node, the rest keeps running")
+    d.add_argument("--wipe", action="store_true",
+                   help="also forget the cluster's state (etcd's data, the local volumes): the next "
+                        "up starts an empty cluster")
     d.set_defaults(fn=down)
     sub.add_parser("status", help="which processes run").set_defaults(fn=status)
     sub.add_parser("env", help="print the env.sh to source").set_defaults(fn=env)
