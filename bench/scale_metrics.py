@@ -14,6 +14,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from e2e.harness.proc import tcp_connections
+
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -96,6 +98,7 @@ class Series:
     pid: int
     points: list[tuple[float, float, int]] = field(default_factory=list)
     base: float = 0.0  # CPU seconds of the processes before this PID (a restarted one)
+    connections: list[tuple[float, int]] = field(default_factory=list)  # (time, TCP connections to the API server)
 
     def window(self, start: float, end: float) -> tuple[float | None, int | None]:
         """Mean CPU (fraction of one core) and the largest RSS between two moments."""
@@ -119,10 +122,12 @@ class Sampler(threading.Thread):
     then restarts from the new PID, and `restarts` records when."""
 
     def __init__(self, pids: Mapping[str, int], every: float = 1.0,
-                 follow: Mapping[str, Callable[[], int | None]] | None = None):
+                 follow: Mapping[str, Callable[[], int | None]] | None = None,
+                 connections: Mapping[str, int] | None = None):
         super().__init__(name="bench-sampler", daemon=True)
         self.series = {name: Series(pid) for name, pid in pids.items()}
         self.follow = dict(follow or {})
+        self.connections = dict(connections or {})  # name -> the remote port whose connections are counted
         self.restarts: list[tuple[float, str, int | None]] = []  # (time, name, new PID or None)
         self.every = every
         self.stopping = threading.Event()
@@ -141,6 +146,8 @@ class Sampler(threading.Thread):
                     cpu, rss = cpu_seconds(pid), rss_bytes(pid)
             if cpu is not None and rss is not None:
                 s.points.append((now, s.base + cpu, rss))
+            if name in self.connections and (held := tcp_connections(s.pid, self.connections[name])) is not None:
+                s.connections.append((now, held))
 
     def run(self) -> None:
         while not self.stopping.is_set():

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp.web
 import kopf
 
+from pgop.runtime import api_session
 from pgop.runtime.config import is_pattern
 
 # Each package registers its handlers when imported; a package with no handlers yet is skipped.
@@ -105,6 +106,7 @@ def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = 
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     logging.captureWarnings(True)  # a library's warning becomes a log line like any other
     loaded = load_handlers()
+    api_session.register(namespaces)
     if "pgop.cluster.handlers" in loaded:
         _watch_nodes_if_allowed()
     if metrics:

@@ -147,3 +147,28 @@ def run(argv: list[str], check: bool = True, **kw) -> subprocess.CompletedProces
     if check and p.returncode != 0:
         raise RuntimeError(f"{' '.join(map(str, argv))} failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
     return p
+
+
+def tcp_connections(pid: int, port: int) -> int | None:
+    """How many established TCP connections process `pid` holds to `port` on the remote side
+    (its socket inodes, looked up in its network namespace's /proc/net/tcp and tcp6); None when
+    the process is gone."""
+    inodes = set()
+    try:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+        tables = [Path(f"/proc/{pid}/net/{name}").read_text() for name in ("tcp", "tcp6")]
+    except OSError:
+        return None
+    count = 0
+    for table in tables:
+        for line in table.splitlines()[1:]:
+            fields = line.split()
+            if fields[3] == "01" and int(fields[2].rsplit(":", 1)[1], 16) == port and fields[9] in inodes:
+                count += 1  # state 01: ESTABLISHED
+    return count
