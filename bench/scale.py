@@ -201,11 +201,13 @@ class Run:
             flows[labels.get("flow_schema", "?")] += int(value)
         return time.monotonic(), request_counts(text), self.api.sent_total(), flows
 
-    def window(self, name: str, start: tuple[float, Counter[tuple[str, str]], int, Counter[str]]) -> None:
-        with self.world.lock:  # what changed since the last window ended (the windows follow each other)
-            flips, left = Counter(self.world.role_flips), Counter(self.world.left_ready)
-        self.churn[name] = (flips - self.churn_seen[0], left - self.churn_seen[1])
-        self.churn_seen = (flips, left)
+    def window(self, name: str, start: tuple[float, Counter[tuple[str, str]], int, Counter[str]],
+               churn: bool = True) -> None:
+        if churn:
+            with self.world.lock:  # what changed since the last window ended (the windows follow each other)
+                flips, left = Counter(self.world.role_flips), Counter(self.world.left_ready)
+            self.churn[name] = (flips - self.churn_seen[0], left - self.churn_seen[1])
+            self.churn_seen = (flips, left)
         end = self.scrape()
         flows: Counter[str] = Counter({k: v - start[3].get(k, 0) for k, v in end[3].items()})
         self.windows[name] = (start[0], end[0], delta(start[1], end[1]), end[2] - start[2], +flows)
@@ -322,10 +324,17 @@ class Run:
         say(f"\nIdle: {self.args.idle:.0f}s with every cluster Ready")
         time.sleep(min(10.0, self.args.idle / 3))  # the last status writes settle
         start = self.scrape()
+        end = None
         try:
-            self.follow(None, self.args.idle)
+            # The last third on its own too: after converging the operator works off a tail (kopf
+            # finishing create handling), and the whole window mixes it with the steady state.
+            self.follow(None, self.args.idle * 2 / 3)
+            end = self.scrape()
+            self.follow(None, self.args.idle / 3)
         finally:
             self.window("idle", start)
+            if end is not None:
+                self.window("idle-end", end, churn=False)
 
     def rollout(self) -> bool:
         n = self.args.clusters
@@ -445,6 +454,12 @@ class Run:
         _, peak = self.sampler.series[name].window(start, end)
         return f"{peak / 2**20:5.0f} MB" if peak is not None else "  -  "
 
+    def connections(self, name: str, start: float, end: float) -> str:
+        if self.sampler is None or name not in self.sampler.series:
+            return "  -  "
+        held = [n for t, n in self.sampler.series[name].connections if start <= t <= end]
+        return str(max(held)) if held else "  -  "
+
     def report(self, objects: dict[str, int]) -> None:
         a, n = self.args, self.args.clusters
         say("\n" + "=" * 100)
@@ -460,7 +475,7 @@ class Run:
         if objects:
             say("\nobjects of the benchmark's clusters: "
                 + ", ".join(f"{k} {v} ({v / n:.1f}/cluster)" for k, v in objects.items()))
-        cols = [c for c in ("baseline", "converge", "idle", "rollout") if c in self.windows]
+        cols = [c for c in ("baseline", "converge", "idle", "idle-end", "rollout") if c in self.windows]
         say("\n" + f"{'':44}" + "".join(f"{c:>12}" for c in cols))
         say(f"{'window length (s)':44}" + "".join(f"{self.windows[c][1] - self.windows[c][0]:12.0f}" for c in cols))
         for proc_name in ("operator", "kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler",
@@ -470,6 +485,8 @@ class Run:
                     + "".join(f"{self.cpu(proc_name, *self.windows[c][:2]):>12}" for c in cols))
         say(f"{'operator RSS, largest':44}" + "".join(f"{self.rss('operator', *self.windows[c][:2]):>12}"
                                                        for c in cols))
+        say(f"{'operator connections to the API server, most':44}"
+            + "".join(f"{self.connections('operator', *self.windows[c][:2]):>12}" for c in cols))
         for label, pick in (("API requests/s, all", lambda w: sum(w[2].values())),
                             ("  of which the simulated agents (this process)", lambda w: w[3]),
                             ("  the rest (operator, controllers, KWOK, ...)", lambda w: sum(w[2].values()) - w[3]),
@@ -478,7 +495,7 @@ class Run:
                                         for c in cols))
         say(f"{'etcd DB MB (total / in use)':44}" + "".join(
             f"{_mb(self.etcd.get(c, (None, None))):>12}" for c in cols))
-        for c in ("idle", "rollout"):
+        for c in ("idle", "idle-end", "rollout"):
             if c in self.windows:
                 w = self.windows[c]
                 say(f"\nbusiest API requests, {c} (req/s): "
@@ -596,7 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         pid = proc.pid_of(name)
         if pid:
             pids[name] = pid
-    run.sampler = Sampler(pids, follow={"operator": lambda: proc.pid_of("operator")})
+    run.sampler = Sampler(pids, follow={"operator": lambda: proc.pid_of("operator")},
+                          connections={"operator": paths.APISERVER_PORT})
     run.sampler.start()
 
     objects: dict[str, int] = {}

@@ -10,7 +10,7 @@ from kubernetes.client.rest import ApiException
 
 from pgop.cluster.observe import ApiReader, ClusterReader, IndexReader
 from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance
-from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, worth_writing
+from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, only_moving_changed, worth_writing
 from pgop.kernel import hibernation, names
 from pgop.kernel.actions import Plan
 from pgop.kernel.conditions import parse_time, set_condition
@@ -96,6 +96,18 @@ def needs_fresh_pass(body: Mapping[str, Any], plan: Plan, status: Mapping[str, A
     resourceVersion) and that plan is applied: the indexes may lag, nothing is decided from them."""
     return bool(len(plan) or plan.events or decision_changed(body, plan)
                 or worth_writing(body.get("status") or {}, status))
+
+
+def moving_fields_refresh(body: Mapping[str, Any], plan: Plan, status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """When a pass planned from the indexes finds nothing to do but the periodic refresh of the
+    moving fields (status.instances' LSNs and heartbeats: status.worth_writing), the status patch
+    for it: written as it is, with the PgCluster's resourceVersion as a precondition, instead of a
+    pass through the API. None when there is anything else to do (then a fresh pass decides)."""
+    current = body.get("status") or {}
+    if (len(plan) or plan.events or decision_changed(body, plan) or not worth_writing(current, status)
+            or not only_moving_changed(current, status)):
+        return None
+    return {"instances": status.get("instances") or []}
 
 
 def persist_decision(kube: Kube, body: Mapping[str, Any], plan: Plan) -> bool:

@@ -8,6 +8,7 @@ import threading
 from collections import defaultdict
 
 import kopf
+from kubernetes.client.rest import ApiException
 
 from pgop.cluster import controller, indexes
 from pgop.cluster import publish as cluster_publish
@@ -47,14 +48,20 @@ def reconcile_cluster(body, logger) -> dict | None:
     """Applies the plan; returns the status to write, or None when it is unchanged.
 
     A pass first plans from the indexes and `body` (as kopf's watch last saw it): when that finds
-    nothing to do, it is done without a request. Otherwise, or for a cluster whose hooks need the
-    stored status (backups), it plans again from the PgCluster as stored and the API."""
+    nothing to do, it is done without a request, and when it finds only the instances' LSNs and
+    heartbeats due for their periodic refresh, with one status PATCH. Otherwise, or for a cluster
+    whose hooks need the stored status (backups), it plans again from the PgCluster as stored and
+    the API."""
     meta = body["metadata"]
     namespace, name = meta.get("namespace", ""), meta["name"]
     with _cluster_locks[(namespace, name)]:
         reader = indexes.reader(kube())
-        if not reader.fresh and body.get("spec") and _quiet(body, reader):
-            return None
+        if not reader.fresh and body.get("spec"):
+            quiet, refresh = _quiet(body, reader)
+            if quiet:
+                if refresh:
+                    _refresh_moving_fields(body, refresh)
+                return None
         # Plan from the stored status, not from kopf's copy, which may predate the last decision
         # another pass of this process wrote.
         fresh = kube().get("PgCluster", namespace, name)
@@ -63,16 +70,37 @@ def reconcile_cluster(body, logger) -> dict | None:
         return _reconcile_cluster(fresh, logger)
 
 
-def _quiet(body, reader) -> bool:
-    """Whether the indexes say this cluster needs nothing (a valid spec, nothing to write)."""
+def _quiet(body, reader) -> tuple[bool, dict | None]:
+    """Whether the indexes say this cluster needs nothing (a valid spec, nothing to act on), and
+    the status refresh of its moving fields that is due, if any (nothing else to write)."""
     cluster, observed, plan = controller.plan_for_cluster(reader, body)
     if cluster.validate():
-        return False
+        return False, None
     status = controller.status_for_cluster(cluster, list(observed.instances), plan)
     for preview in cluster_previews():  # e.g. the backup schedule and retention (pgop.backup.handlers)
         if not preview(body, cluster, status, reader):
-            return False
-    return not controller.needs_fresh_pass(body, plan, status)
+            return False, None
+    if not controller.needs_fresh_pass(body, plan, status):
+        return True, None
+    refresh = controller.moving_fields_refresh(body, plan, status)
+    return refresh is not None, refresh
+
+
+def _refresh_moving_fields(body, status: dict) -> None:
+    """Write the instances' moving fields over the status kopf's watch last saw, only if it is
+    still the one stored (resourceVersion): a newer status (another pass's decision) is left as
+    it is, and the next pass plans from it."""
+    meta = body["metadata"]
+    if not meta.get("resourceVersion"):
+        return
+    patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
+    try:
+        kube().merge_patch("PgCluster", meta.get("namespace", ""), meta["name"], patch, "status")
+    except NotFound:
+        pass
+    except ApiException as error:
+        if error.status != 409:
+            raise
 
 
 def _record(body, events: list[Event]) -> None:

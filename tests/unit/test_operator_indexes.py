@@ -111,18 +111,50 @@ def test_an_instance_reads_its_volume_and_its_pods_bootstrap_included():
     assert [p["metadata"]["name"] for p in w.reader().instance_pods("shop", name)] == [name]
 
 
-def test_a_settled_cluster_needs_no_pass_through_the_api():
+def settled_pass():
+    """A pass over the settled cluster planned from the indexes: (the stored cluster, its plan, the
+    status it would write)."""
     world, cluster = settled()
-    reader = watched(world).reader()
     stored = world.cluster(cluster)
-    observed = controller.observe_cluster(reader, "shop", "orders", stored)
+    observed = controller.observe_cluster(watched(world).reader(), "shop", "orders", stored)
     plan = plan_cluster(stored, observed, now=NOW)
-    status = controller.status_for_cluster(stored, list(observed.instances), plan)
+    return stored, plan, controller.status_for_cluster(stored, list(observed.instances), plan)
+
+
+def test_a_settled_cluster_needs_no_pass_through_the_api():
+    stored, plan, status = settled_pass()
     assert list(plan) == [] and plan.events == [] and not controller.decision_changed({"status": stored.status}, plan)
     body = {"metadata": {"name": "orders", "namespace": "shop"}, "status": dict(status) | stored.status}
     assert not controller.needs_fresh_pass(body, plan, status)
     # a status that differs from the stored one is written only from a fresh pass
     assert controller.needs_fresh_pass({"metadata": {}, "status": {}}, plan, status)
+
+
+def test_only_moving_fields_due_are_refreshed_without_a_pass_through_the_api():
+    """The agents' LSNs and heartbeats moved on and the stored ones are a refresh old: that alone
+    is one status patch of status.instances; anything else changed hands it to a fresh pass."""
+    stored, plan, status = settled_pass()
+    body = {"metadata": {"name": "orders", "namespace": "shop"}, "status": copy.deepcopy(dict(status) | stored.status)}
+    moved = copy.deepcopy(status)
+    for entry in moved["instances"]:
+        entry["lastHeartbeat"] = (NOW + timedelta(seconds=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        entry["lsn"] = "0/6000000"
+    assert controller.needs_fresh_pass(body, plan, moved)
+    assert controller.moving_fields_refresh(body, plan, moved) == {"instances": moved["instances"]}
+    # not due yet (a heartbeat 5 s newer): nothing to write at all
+    soon = copy.deepcopy(moved)
+    for entry in soon["instances"]:
+        entry["lastHeartbeat"] = (NOW + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert not controller.needs_fresh_pass(body, plan, soon)
+    # a steady field of an instance, or anything outside status.instances: a fresh pass
+    unready = copy.deepcopy(moved)
+    unready["instances"][1]["ready"] = not unready["instances"][1]["ready"]
+    assert controller.moving_fields_refresh(body, plan, unready) is None
+    counted = copy.deepcopy(moved) | {"readyInstances": moved["readyInstances"] + 1}
+    assert controller.moving_fields_refresh(body, plan, counted) is None
+    fewer = copy.deepcopy(moved)
+    fewer["instances"] = fewer["instances"][:2]
+    assert controller.moving_fields_refresh(body, plan, fewer) is None
 
 
 def test_a_gone_primary_pod_in_the_indexes_hands_the_failover_to_a_fresh_pass():
