@@ -229,6 +229,7 @@ class MultipartWriter:
             raise ValueError("S3 parts (but the last) are at least 5 MiB")
         self.storage, self.key, self.part_size = storage, key, part_size
         self.size = 0
+        self.digest = hashlib.sha256()  # of the object as stored: what a restore reads back
         self._buffer = bytearray(part_size)
         self._filled = 0
         self._parts: list[Future] = []
@@ -245,6 +246,7 @@ class MultipartWriter:
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         written = len(view)
+        self.digest.update(view)
         while view:
             take = min(len(self._buffer) - self._filled, len(view))
             self._buffer[self._filled:self._filled + take] = view[:take]
@@ -441,7 +443,7 @@ def take_base_backup(storage: S3Storage, layout: ArchiveLayout, name: str, sourc
     backup = _replace(backup, completed_at=_utcnow(round_up=True),
                       s3_path=f"s3://{storage.bucket}/{keys.backup_prefix(layout, name)}", files=({
         "name": keys.BASE_ARCHIVE, "sizeBytes": size, "compressedBytes": upload.size,
-        "sha256": digest.hexdigest(), "tarMembers": watcher.count, "streamSeconds": round(streamed, 3),
+        "sha256": digest.hexdigest(), "storedSha256": upload.digest.hexdigest(), "tarMembers": watcher.count, "streamSeconds": round(streamed, 3),
         "seconds": round(seconds, 3)},),
         encryption={"algorithm": encryption.ALGORITHM, "keyId": sealing.key_id} if sealing else None)
     body = backup.to_json().encode()

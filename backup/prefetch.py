@@ -379,6 +379,12 @@ def _keep_link(spool: Path, name: str, target: str) -> None:
         pass
 
 
+def would_warm(first: str, env: Mapping[str, str]) -> bool:
+    """Whether warm(first, ...) would start a prefetcher: prefetching is on (a depth it accepts)
+    and `first` is a segment (pure)."""
+    return depth_from_env_or_off(env) > 0 and is_segment(first)
+
+
 def warm(first: str, target: str, env: Mapping[str, str], *, serve: Serve) -> bool:
     """Start the prefetcher of `target`'s spool (the one restore_command will use: same `env`)
     and have it download `first` and the segments after it before PostgreSQL asks for them: a
@@ -386,12 +392,9 @@ def warm(first: str, target: str, env: Mapping[str, str], *, serve: Serve) -> bo
     no restore_command waits for Python and boto3 to start. Returns once the prefetcher has the
     answers to PostgreSQL's first questions (the history files it probes for when it starts). False when prefetching is off or the
     prefetcher did not start (restore_command then starts one itself, as without this)."""
-    try:
-        depth = depth_from_env(env)
-    except ValueError:
+    if not would_warm(first, env):
         return False
-    if depth == 0 or not is_segment(first):
-        return False
+    depth = depth_from_env(env)
     spool = spool_directory(os.path.abspath(target), env)
     try:
         spool.mkdir(mode=0o700, exist_ok=True)

@@ -330,8 +330,10 @@ class Prefetcher:
                 connection.sendall(json.dumps(reply).encode() + b"\n")
 
 
-def serve(spool: Path, env: Mapping[str, str], depth: int, idle: float = IDLE_SECONDS) -> None:
-    """Run until idle for `idle` seconds or until the spool is gone; then remove the spool."""
+def serve(spool: Path, env: Mapping[str, str], depth: int, idle: float = IDLE_SECONDS,
+          prepared: tuple[S3Storage, ArchiveLayout] | None = None) -> None:
+    """Run until idle for `idle` seconds or until the spool is gone; then remove the spool.
+    `prepared`: the S3 client and archive of `env`, made before the fork (unused until now)."""
     from pgop.backup.commands import _target
     os.chdir(spool)
     lock = open(LOCK, "a")  # noqa: SIM115 (held for the life of the process)
@@ -339,7 +341,7 @@ def serve(spool: Path, env: Mapping[str, str], depth: int, idle: float = IDLE_SE
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         return  # another prefetcher serves this spool
-    storage, layout = _target(env)
+    storage, layout = prepared or _target(env)
     for leftover in spool.glob(f"*{MISSING_MARK}"):  # a predecessor's: only a fresh S3 answer counts
         leftover.unlink(missing_ok=True)
     prefetcher = Prefetcher(storage, layout, spool, depth)

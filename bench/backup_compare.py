@@ -37,6 +37,10 @@ Figures, per tool and phase:
 - restore: fetch + unpack of the base backup into an empty directory by the tool's own command,
   without WAL replay: pgop `python -m bench.pgop_unpack` (backup.restore.unpack, the part of
   backup.restore.restore before replay), `pgbackrest restore`, `barman-cloud-restore`.
+  Every tool restores --restores times (default 3), the tools taking turns and each round
+  started by the next tool; before each restore the source is checkpointed and the disk's
+  write-back finished (`sync`), so no tool pays for what ran before it. "restore+fsync" is the
+  median of the rounds (every round is printed); the phase table shows the last round.
 - fsync: fsync of every restored file afterwards, timed alike for all. pgBackRest and pgop
   (pgop.backup.durable) sync what they write during their restore; barman's tarfile leaves that
   to the kernel, so "restore + fsync" is the comparable figure for a restore that is on disk.
@@ -65,8 +69,10 @@ Figures, per tool and phase:
   and the bytes of WAL each tool's archive holds at the end (the same segments for all).
 The WAL-heavy case (--wal-mb, default 1024; 0 skips it), after the restores: pgbench with a script
 that updates ranges of 2000 accounts (WAL_SCRIPT) until that much WAL is written, archived by
-all three tools as above, a named restore point, 2 s more of load. Each tool then restores its
-base backup again and replays to the restore point (recovery_target_name, then promotion); the
+all three tools as above, a named restore point, 2 s more of load. Each tool then (once, after
+the source's checkpoint and a `sync`: the load leaves gigabytes to write; the source runs
+without autovacuum, which would otherwise vacuum the updated table meanwhile) restores its base
+backup again and replays to the restore point (recovery_target_name, then promotion); the
 rows of pgbench_history must be those at the restore point. Per tool: restore + fsync, replay
 seconds, WAL MB/s (the WAL from the start of the load to the restore point / replay seconds),
 the time to a consistent database (the sum), PostgreSQL's replay CPU (its startup process) and
@@ -88,6 +94,7 @@ import shutil
 import signal
 import socket
 import stat
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -534,6 +541,7 @@ class Outcome:
     pitr: dict[str, Measured] = field(default_factory=dict)   # the WAL-heavy case's phases
     pitr_replay: RestoreSide | None = None
     pitr_ok: bool | None = None
+    restores: list[float] = field(default_factory=list)  # restore + fsync seconds of each round
 
 
 @dataclass
@@ -572,6 +580,9 @@ def prepare_source(run: Run, outcomes: Sequence[Outcome], scale: int) -> Databas
     with open(source.pgdata / "postgresql.conf", "a") as conf:
         # No backup needs the load's WAL: archiving it three times over would only lengthen the run.
         conf.write("archive_mode = on\narchive_command = '/bin/true'\n")
+        # After the WAL-heavy load autovacuum would work through the updated table for minutes,
+        # on the cores and the disk of whichever tool restores first.
+        conf.write("autovacuum = off\n")
     source.start()
     load_seconds = _pgbench_init(source, scale)
     for outcome in outcomes:
@@ -594,9 +605,13 @@ def _fsync_tree(root: Path) -> float:
     for directory, _, files in os.walk(root):
         for name in [*files, "."]:
             path = os.path.join(directory, name)
-            if not stat.S_ISREG(os.lstat(path).st_mode) and name != ".":
-                continue  # a socket (pgop's WAL prefetcher listens in pg_wal), a symlink
-            handle = os.open(path, os.O_RDONLY)
+            try:
+                if not stat.S_ISREG(os.lstat(path).st_mode) and name != ".":
+                    continue  # a socket (pgop's WAL prefetcher listens in pg_wal), a symlink
+                handle = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue  # renamed since listed: pgop's prefetcher fetching into its spool meanwhile
+
             try:
                 os.fsync(handle)
             finally:
@@ -717,6 +732,25 @@ def take_backup(tool: Tool, run: Run, meters: Meters, outcome: Outcome) -> None:
         outcome.errors.append(f"backup: {error}")
 
 
+def _quiesce(source: LocalPostgres) -> None:
+    """Before a measured restore: the source's dirty buffers written (a checkpoint after a load
+    would otherwise write gigabytes while the next tool restores) and the disk's write-back done,
+    so every tool starts from the same state."""
+    source.psql("CHECKPOINT")
+    os.sync()
+
+
+def restore_rounds(outcomes: Sequence[Outcome], run: Run, meters: Meters, rounds: int, replay: bool,
+                   expected_rows: int) -> None:
+    """Every tool restores its base backup `rounds` times, taking turns, each round starting with
+    the next tool (a disk slower for a while, or the first turn after the backups, falls on every
+    tool alike); the last round also replays. The figure is the median of the rounds."""
+    for number in range(rounds):
+        first = number % len(outcomes)
+        for outcome in [*outcomes[first:], *outcomes[:first]]:
+            restore_backup(outcome.tool, run, meters, outcome, replay and number == rounds - 1, expected_rows)
+
+
 def restore_backup(tool: Tool, run: Run, meters: Meters, outcome: Outcome, replay: bool, expected_rows: int) -> None:
     target = LocalPostgres(root=run.workspace / f"restore-{tool.key}")
     try:
@@ -724,8 +758,10 @@ def restore_backup(tool: Tool, run: Run, meters: Meters, outcome: Outcome, repla
         target.pgdata.mkdir(mode=0o700)
         run.own(target.pgdata)
         _say(f"{tool.label}: restore")
+        _quiesce(run.source)
         outcome.phases["restore"] = run_measured(tool.restore(target.pgdata), run.logs / f"{tool.key}-restore", meters)
         outcome.phases["fsync"] = Measured(_fsync_tree(target.pgdata))
+        outcome.restores.append(outcome.phases["restore"].seconds + outcome.phases["fsync"].seconds)
         if replay:
             _say(f"{tool.label}: replay to consistency")
             seconds, side = _replay(tool, target)
@@ -804,6 +840,7 @@ def restore_to_point(tool: Tool, run: Run, meters: Meters, outcome: Outcome, loa
         target.pgdata.mkdir(mode=0o700)
         run.own(target.pgdata)
         _say(f"{tool.label}: point-in-time restore through {load.written / MB:.0f} MB of WAL")
+        _quiesce(run.source)
         outcome.pitr["restore"] = run_measured(tool.restore(target.pgdata), run.logs / f"{tool.key}-pitr-restore",
                                                meters)
         outcome.pitr["fsync"] = Measured(_fsync_tree(target.pgdata))
@@ -867,7 +904,7 @@ def summary(outcomes: Sequence[Outcome], database: Database) -> str:
     for outcome in outcomes:
         phases = outcome.phases
         backup, replay = phases.get("backup"), phases.get("replay")
-        restored = phases["restore"].seconds + phases["fsync"].seconds if "fsync" in phases else None
+        restored = statistics.median(outcome.restores) if outcome.restores else None
         stored, wal = outcome.stored, outcome.wal_stored
         rows.append([outcome.tool.label, outcome.tool.settings,
                      _number(backup and backup.seconds), _rate(database, backup and backup.seconds),
@@ -950,6 +987,8 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--wal-mb", type=int, default=1024,
                         help="the WAL-heavy case: MB of WAL pgbench writes after the base backups, archived by "
                              "every tool and replayed by each in a point-in-time restore (0: skip it)")
+    parser.add_argument("--restores", type=lambda v: max(1, int(v)), default=3,
+                        help="rounds of restores of the base backup, the tools taking turns (the median is reported)")
     parser.add_argument("--keep", action="store_true", help="keep the run's bucket and its objects in S3")
     args = parser.parse_args()
     args.tools = [name.strip() for name in args.tools.split(",") if name.strip()]
@@ -1003,8 +1042,7 @@ def main() -> None:
         for outcome in backed_up:
             base, wal = outcome.tool.prefixes()
             outcome.stored, outcome.wal_stored = _stored(client, bucket, base), _stored(client, bucket, wal)
-        for outcome in backed_up:
-            restore_backup(outcome.tool, run, meters, outcome, args.replay, args.scale * 100_000)
+        restore_rounds(backed_up, run, meters, args.restores, args.replay, args.scale * 100_000)
         load = None
         if args.wal_mb > 0 and backed_up:
             _say(f"WAL-heavy case: pgbench until {args.wal_mb} MB of WAL, archived by every tool")
@@ -1019,6 +1057,9 @@ def main() -> None:
               f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; S3 versitygw through "
               f"a TLS proxy\n{versions()}\n")
         print(summary(outcomes, database))
+        print("\nrestore + fsync, every round (s): " + "; ".join(
+            f"{o.tool.label} {', '.join(f'{seconds:.1f}' for seconds in o.restores)}" for o in backed_up if o.restores)
+              + "\n(the table below: the last round)")
         print()
         print(details(outcomes, database))
         if load is not None:

@@ -2,6 +2,8 @@
 `pgop agent wal-push`, and point-in-time restores from them into a new data directory."""
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
@@ -12,6 +14,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import zstandard
 from botocore.exceptions import ClientError
 
 from e2e.harness.pg import OS_USER, LocalPostgres
@@ -71,6 +74,14 @@ def test_a_base_backup_lands_in_s3_with_its_catalog(archiving_postgres, archive_
     assert document["systemIdentifier"] == pg.psql("SELECT system_identifier FROM pg_control_system()")
     assert document["sizeBytes"] > 20 << 20  # a fresh cluster's files
     assert storage.head(prefix + "base.tar.zst").size < document["sizeBytes"]
+    # the checksums a restore checks: of the object as stored, and of the tar inside it
+    _, body = storage.get(prefix + "base.tar.zst")
+    with body:
+        stored = body.read()
+    [entry] = document["files"]
+    assert entry["storedSha256"] == hashlib.sha256(stored).hexdigest()
+    tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(stored), read_across_frames=True).readall()
+    assert entry["sha256"] == hashlib.sha256(tar).hexdigest() and len(tar) == document["sizeBytes"]
     assert storage.head(layout.wal_key(document["endWal"])) is not None
     assert backup.to_dict()["endLSN"] == document["endLSN"]
 

@@ -145,8 +145,8 @@ def test_a_damaged_segment_is_never_handed_over_and_never_taken_for_the_end(arch
 
 
 def test_a_restore_warms_the_spool_before_postgres_asks(archive_env, storage):
-    """What a restore runs once the base backup is unpacked (`wal-fetch --prefetch FIRST TARGET`,
-    as the postgres user): the prefetcher starts and downloads the backup's first segment and the
+    """What a restore runs as the base backup unpacks (`wal-fetch --prefetch FIRST TARGET`, as the
+    postgres user, warming once its input ends): the prefetcher starts and downloads the backup's first segment and the
     window after it, so PostgreSQL's first restore_command calls are served from the spool (no
     fetch on demand), identical, and the spool stays bounded."""
     layout = archive_env["layout"]
@@ -160,8 +160,9 @@ def test_a_restore_warms_the_spool_before_postgres_asks(archive_env, storage):
             assert wal.push(storage, layout, source / name) == wal.PUSHED
         pgdata = _pgdata_like(root)
         names = list(made)
+        # its input ends at once: the base backup is on disk
         warm = _as_user(["pgop", "agent", "wal-fetch", "--prefetch", names[0], f"pg_wal/{names[0]}"], cwd=pgdata,
-                        env=dict(os.environ), timeout=60)
+                        env=dict(os.environ), timeout=60, input="")
         assert warm.returncode == 0, warm.stderr
         spool = prefetch.spool_directory(pgdata / "pg_wal" / names[0], dict(os.environ))
         wait_for(lambda: all((spool / name).exists() for name in names[:prefetch.DEFAULT_DEPTH]),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pgop.backup import durable, prefetch
+from pgop.backup import durable, prefetch, walget
 from pgop.backup.durable import SyncBehind, member_name
 
 REPO = Path(__file__).resolve().parents[2]
@@ -96,6 +96,20 @@ def test_no_warm_prefetch_when_prefetching_is_off_or_the_name_is_no_segment(tmp_
     assert not prefetch.warm("000000010000000000000002", target, {prefetch.ENV_DEPTH: "x"}, serve=serve)
     assert started == []
     assert not any((tmp_path / "pg_wal").iterdir())
+
+
+def test_the_warm_start_waits_for_the_unpack_and_ends_without_warming_when_it_failed(monkeypatch, tmp_path):
+    """A restore starts `wal-fetch --prefetch` as the base backup begins to unpack: it warms only
+    once its input ended empty (the unpack is over), and not at all when told the unpack failed."""
+    warmed = []
+    monkeypatch.setattr(prefetch, "warm", lambda first, target, env, serve: warmed.append(first) or True)
+    first, target = "000000010000000000000002", str(tmp_path / "pg_wal" / "000000010000000000000002")
+    assert not walget.warm_once_unpacked(first, target, {}, stream=io.BytesIO(b"stop\n"))
+    assert warmed == []
+    assert walget.warm_once_unpacked(first, target, {}, stream=io.BytesIO(b""))
+    assert warmed == [first]
+    assert not walget.warm_once_unpacked(first, target, {prefetch.ENV_DEPTH: "0"}, stream=io.BytesIO(b""))
+    assert warmed == [first]
 
 
 def test_the_warm_start_goes_through_the_small_entry_point(tmp_path):
