@@ -20,6 +20,7 @@ from pgop.backup import commands, wal
 from pgop.kernel import pgconfig
 from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)
     CLUSTER,
+    _archiver,
     _configure,
     _own,
     archive_env,
@@ -30,6 +31,9 @@ from tests.integration.test_backup_wal import (  # noqa: F401  (fixtures)
 )
 
 CATCH_UP = 180.0
+# About 15 segments; a wal-push that fails (the S3 server slow to answer while the other tests
+# load the machine) costs the archiver a minute's pause before it tries again.
+ARCHIVING = 200.0
 
 
 def _segments(pgdata: Path) -> list[str]:
@@ -47,6 +51,19 @@ def _clone(primary: LocalPostgres) -> LocalPostgres:
 
 def _archived_up_to(pg: LocalPostgres) -> str:
     return pg.psql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver")
+
+
+def _wait_for_archiving(pg: LocalPostgres, last: str, timeout: float) -> None:
+    """Until the archiver reached `last`; on timeout, says where it stands and what its archive
+    command printed (a failed wal-push makes PostgreSQL's archiver wait a minute before retrying)."""
+    try:
+        wait_for(lambda: _archived_up_to(pg) >= last, f"the primary to archive its WAL up to {last}",
+                 timeout=timeout)
+    except AssertionError as timed_out:
+        log = (pg.root / "postgres.log").read_text().splitlines()
+        said = [line for line in log if "archiv" in line.lower() or "wal-push" in line or "pgop" in line]
+        raise AssertionError(f"{timed_out}; pg_stat_archiver: {_archiver(pg)}; the log about it:\n"
+                             + "\n".join(said[-30:])) from None
 
 
 def test_a_replica_behind_the_primarys_kept_wal_catches_up_from_the_archive_then_streams(archive_env, storage):
@@ -84,7 +101,7 @@ def test_a_replica_behind_the_primarys_kept_wal_catches_up_from_the_archive_then
                          f"{2000 + batch * 20000}, {2000 + batch * 20000 + 19999}) g")
             primary.psql("SELECT pg_switch_wal()")
         last = primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn() - 1)")
-        wait_for(lambda: _archived_up_to(primary) >= last, "the primary to archive its WAL", timeout=120)
+        _wait_for_archiving(primary, last, timeout=ARCHIVING)
         primary.psql("CHECKPOINT")
         primary.psql("SELECT pg_switch_wal()")
         primary.psql("CHECKPOINT")
