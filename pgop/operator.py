@@ -52,15 +52,15 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
         prefix="pgop.io", key="last-handled-configuration")
     settings.persistence.finalizer = "pgop.io/finalizer"
     settings.posting.level = logging.INFO
-    # kopf logs every timer run at INFO; keep the log for what pgop does (logger "pgop").
+    # kopf logs every handler run at INFO; keep the log for what pgop does (logger "pgop").
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     settings.watching.server_timeout = 300
     settings.networking.request_timeout = 30
     # Sync handlers run in this pool; the default (cores + 4) is six threads on a small node,
     # and every handler here waits on the API server rather than on a CPU.
     settings.execution.max_workers = HANDLER_THREADS
-    # A deleted PgCluster's finalizer runs once its timer has stopped. A timer caught mid-pass
-    # (one runs every 2 s, in a thread kopf cannot cancel) was looked at again only after kopf's
+    # A deleted PgCluster's finalizer runs once its timed passes have stopped (pgop.runtime.paced).
+    # One caught mid-pass (in a thread kopf cannot cancel) was looked at again only after kopf's
     # default of 60 s, which held `kubectl delete` for a minute; wait for the pass to end instead.
     settings.background.instant_exit_timeout = 2.0
     settings.background.cancellation_polling = 0.5

@@ -37,7 +37,7 @@ def _tracked(plural: str) -> None:
     kind = KINDS[plural]
 
     @kopf.on.event(API_GROUP, VERSION, plural, id=f"metrics-{plural}")
-    def seen(body: Any, event: Any, **_: Any) -> None:
+    async def seen(body: Any, event: Any, **_: Any) -> None:  # cheap: in kopf's loop, not a thread
         TRACKER.seen(kind, body, event.get("type"))
 
 

@@ -1,16 +1,19 @@
-"""kopf handlers for PgCluster and PgInstance: thin. Each reconciles on create, update, resume and a
-short timer (level-triggered: whatever changed, the next pass sees it), by planning with the pure
-functions of pgop.cluster.plan and applying the actions in order (pgop.runtime.apply)."""
+"""kopf handlers for PgCluster and PgInstance: thin. Each reconciles on create, update, resume, the
+watch events that gate the next step, and timed passes at the pace pgop.cluster.pace sets
+(level-triggered: whatever changed, the next pass sees it), by planning with the pure functions of
+pgop.cluster.plan and applying the actions in order (pgop.runtime.apply)."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 from collections import defaultdict
+from datetime import UTC, datetime
 
 import kopf
 from kubernetes.client.rest import ApiException
 
-from pgop.cluster import controller, indexes
+from pgop.cluster import controller, indexes, pace
 from pgop.cluster import publish as cluster_publish
 from pgop.cluster.failover import pod_state
 from pgop.cluster.status import worth_writing
@@ -19,6 +22,7 @@ from pgop.kernel.actions import Event
 from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
+from pgop.runtime import paced
 from pgop.runtime.apply import apply_plan, cluster_hooks, cluster_previews, forget, kube, record_events, remember
 from pgop.runtime.coalesce import Coalescer
 from pgop.runtime.kube import NotFound
@@ -26,15 +30,13 @@ from pgop.runtime.metrics import measured
 from pgop.runtime.publish import PublishError
 
 VERSION = "v1"
-CLUSTER_INTERVAL = 2.0
-INSTANCE_INTERVAL = 2.0
 
 log = logging.getLogger("pgop.cluster")
 
 
 # ------------------------------------------------------------------------------------- PgCluster
 
-# One reconcile of a cluster at a time in this process: the timer, the spec handler and the pod
+# One reconcile of a cluster at a time in this process: the timed pass, the spec handler and the pod
 # and PgInstance shortcuts all reconcile the same PgCluster, and two passes deciding a failover
 # from slightly different views must not both act. (Across processes, the resourceVersion
 # precondition of controller.persist_decision does the same.)
@@ -45,7 +47,13 @@ _REPEATING = {"FailoverWaitingForQuorum"}
 
 
 def reconcile_cluster(body, logger) -> dict | None:
-    """Applies the plan; returns the status to write, or None when it is unchanged.
+    """Applies the plan; returns the status to write, or None when it is unchanged."""
+    return _cluster_pass(body, logger)[0]
+
+
+def _cluster_pass(body, logger) -> tuple[dict | None, float]:
+    """reconcile_cluster's pass, and the seconds until the cluster's next timed pass: steady
+    (pgop.cluster.pace) only when the pass planned from the indexes found nothing to do.
 
     A pass first plans from the indexes and `body` (as kopf's watch last saw it): when that finds
     nothing to do, it is done without a request, and when it finds only the instances' LSNs and
@@ -57,33 +65,36 @@ def reconcile_cluster(body, logger) -> dict | None:
     with _cluster_locks[(namespace, name)]:
         reader = indexes.reader(kube())
         if not reader.fresh and body.get("spec"):
-            quiet, refresh = _quiet(body, reader)
+            quiet, refresh, instances = _quiet(body, reader)
             if quiet:
                 if refresh:
                     _refresh_moving_fields(body, refresh)
-                return None
+                return None, pace.next_pass_in(pace.cluster_steady(body, instances), pace.heartbeats(instances),
+                                               datetime.now(UTC), jitter=random.random())
         # Plan from the stored status, not from kopf's copy, which may predate the last decision
         # another pass of this process wrote.
         fresh = kube().get("PgCluster", namespace, name)
         if fresh is None or fresh["metadata"].get("deletionTimestamp") and not body.get("spec"):
-            return None
-        return _reconcile_cluster(fresh, logger)
+            return None, pace.FAST
+        return _reconcile_cluster(fresh, logger), pace.FAST
 
 
-def _quiet(body, reader) -> tuple[bool, dict | None]:
-    """Whether the indexes say this cluster needs nothing (a valid spec, nothing to act on), and
-    the status refresh of its moving fields that is due, if any (nothing else to write)."""
+def _quiet(body, reader) -> tuple[bool, dict | None, list]:
+    """Whether the indexes say this cluster needs nothing (a valid spec, nothing to act on), the
+    status refresh of its moving fields that is due, if any (nothing else to write), and its
+    PgInstances as the indexes hold them."""
     cluster, observed, plan = controller.plan_for_cluster(reader, body)
+    instances = list(observed.instances)
     if cluster.validate():
-        return False, None
-    status = controller.status_for_cluster(cluster, list(observed.instances), plan)
+        return False, None, instances
+    status = controller.status_for_cluster(cluster, instances, plan)
     for preview in cluster_previews():  # e.g. the backup schedule and retention (pgop.backup.handlers)
         if not preview(body, cluster, status, reader):
-            return False, None
+            return False, None, instances
     if not controller.needs_fresh_pass(body, plan, status):
-        return True, None
+        return True, None, instances
     refresh = controller.moving_fields_refresh(body, plan, status)
-    return refresh is not None, refresh
+    return refresh is not None, refresh, instances
 
 
 def _refresh_moving_fields(body, status: dict) -> None:
@@ -212,7 +223,7 @@ def cluster_deleted(body, **_):
 
 
 @kopf.on.event(API_GROUP, VERSION, "pgclusters")
-def cluster_event(body, event, **_):
+async def cluster_event(body, event, **_):
     if event.get("type") == "DELETED":
         meta = body["metadata"]
         forget_cluster(meta.get("namespace", ""), meta["name"])
@@ -233,23 +244,28 @@ def cluster_annotated(body, patch, logger, **_):
         patch.status.update(status)
 
 
-@kopf.timer(API_GROUP, VERSION, "pgclusters", interval=CLUSTER_INTERVAL, sharp=False)
+@kopf.daemon(API_GROUP, VERSION, "pgclusters")
+async def cluster_timed(body, stopped, logger, **_):
+    """The cluster's timed passes (pgop.runtime.paced), at the pace pgop.cluster.pace sets."""
+    key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
+    await paced.run(stopped, lambda: cluster_tick(key, logger), logger)
+
+
 @measured("PgCluster")
-def cluster_tick(body, patch, logger, **_):
-    status = reconcile_cluster(body, logger)
-    if status:
-        patch.status.update(status)
+def cluster_tick(key: tuple[str, str], logger) -> float:
+    return _reconcile_cluster_now(key, logger)
 
 
-# The timers above converge on their own; these shortcuts only cut the wait at the steps that gate
+# The timed passes converge on their own; these shortcuts only cut the wait at the steps that gate
 # the next one (a bootstrap pod finishing, an instance becoming ready), which is most of the time
 # from apply to Ready.
 _last_seen: dict[tuple[str, str], tuple] = {}
 
 
+# Whether an event is news is judged in kopf's event loop (async handlers: most events are an
+# agent's heartbeat, news to nobody); what it starts runs in the handler pool (pgop.runtime.paced).
 @kopf.on.event(API_GROUP, VERSION, "pginstances")
-@measured("PgInstance")
-def instance_event(body, event, logger, **_):
+async def instance_seen(body, event, logger, **_):
     meta = body["metadata"]
     key = (meta.get("namespace"), meta["name"])
     st = body.get("status") or {}
@@ -263,12 +279,18 @@ def instance_event(body, event, logger, **_):
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
+    await paced.in_pool(lambda: instance_event(key, state, before, spec.get("cluster"), logger))
+
+
+@measured("PgInstance")
+def instance_event(key: tuple[str, str], state: tuple, before: tuple | None, cluster: str | None, logger) -> None:
+    if state[-1] == "DELETED":
         forget(*key)
-    elif before is None or (before[1], before[5]) != (st.get("role"), spec.get("role")):
+    elif before is None or (before[1], before[5]) != (state[1], state[5]):
         # A role reported or wanted anew: the pod's role label (what -rw and -ro select) follows
         # now, not on the instance's next tick; a promoted primary takes writes a tick sooner.
         _instance_shortcuts.run(key, lambda: _relabel(key, logger))
-    _reconcile_cluster_of(key[0], spec.get("cluster"), logger)
+    _reconcile_cluster_of(key[0], cluster, logger)
 
 
 _instance_shortcuts = Coalescer()
@@ -282,7 +304,7 @@ def _relabel(key: tuple[str, str], logger) -> None:
 
 # The event shortcuts coalesce per cluster: while one runs, further events only ask it for one more
 # pass (which re-reads everything), so a burst of pod and PgInstance events holds one thread per
-# cluster, not one per event, and the pool stays free for the timers and the delete handlers.
+# cluster, not one per event, and the pool stays free for the timed passes and the delete handlers.
 _shortcuts = Coalescer()
 
 
@@ -292,21 +314,23 @@ def _reconcile_cluster_of(namespace: str, cluster_name: str | None, logger) -> N
         _shortcuts.run(key, lambda: _reconcile_cluster_now(key, logger))
 
 
-def _reconcile_cluster_now(key: tuple[str, str], logger) -> None:
+def _reconcile_cluster_now(key: tuple[str, str], logger) -> float:
+    """One pass of the cluster as the watch last saw it; the seconds until its next timed pass."""
     cluster_name = key[1]
     # As the watch last saw it (a quiet pass then reads nothing), else just its name (read fresh).
     cluster = indexes.indexed("pgop_clusters", *key) or {"metadata": {"namespace": key[0], "name": cluster_name}}
     if cluster["metadata"].get("deletionTimestamp"):
-        return
+        return pace.FAST
     try:
-        status = reconcile_cluster(cluster, logger)
+        status, wait = _cluster_pass(cluster, logger)
     except NotFound:
-        return  # deleted meanwhile (its PgInstances and pods go with it): nothing to do
+        return pace.FAST  # deleted meanwhile (its PgInstances and pods go with it): nothing to do
     if status:
         try:
             kube().merge_patch("PgCluster", key[0], cluster_name, {"status": status}, "status")
         except NotFound:
             pass
+    return wait
 
 
 def _exit_codes(pod) -> tuple:
@@ -317,8 +341,7 @@ def _exit_codes(pod) -> tuple:
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_INSTANCE: kopf.PRESENT})
-@measured("Pod")
-def pod_event(body, event, logger, **_):
+async def pod_seen(body, event, logger, **_):
     meta = body["metadata"]
     key = ("pod", f"{meta.get('namespace')}/{meta['name']}")
     pod = pod_state(body) if event.get("type") != "DELETED" else pod_state(None)
@@ -330,6 +353,11 @@ def pod_event(body, event, logger, **_):
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
+    await paced.in_pool(lambda: pod_event(meta, logger))
+
+
+@measured("Pod")
+def pod_event(meta, logger) -> None:
     # A primary's pod gone or its container stopped starts a failover now, not on the next tick:
     # first, before the instance's own pass recreates the pod (the replicas stop streaming sooner).
     if meta["labels"].get(LABEL_COMPONENT) == COMPONENT_POSTGRES:
@@ -342,28 +370,35 @@ def pod_event(body, event, logger, **_):
 
 # ------------------------------------------------------------------------------------ PgInstance
 
-# One pass per instance at a time: the timer, the pod event and the role shortcut all reconcile
+# One pass per instance at a time: the timed pass, the pod event and the role shortcut all reconcile
 # it, and two passes acting on the same view applied the same step twice.
 _instance_runs = Coalescer()
 
 
-def reconcile_instance(body, logger) -> None:
+def reconcile_instance(body, logger) -> float:
+    """One pass of the instance (or one more, asked of the pass under way in another thread);
+    the seconds until its next timed pass (pgop.cluster.pace: FAST unless this pass found it steady)."""
     meta = body["metadata"]
     key = (meta.get("namespace", ""), meta["name"])
-    _instance_runs.run(key, lambda: _reconcile_instance(key, body, logger))
+    waits: list[float] = []
+    ran = _instance_runs.run(key, lambda: waits.append(_reconcile_instance(key, body, logger)))
+    return waits[-1] if ran and waits else pace.FAST
 
 
-def _reconcile_instance(key: tuple[str, str], body, logger) -> None:
+def _reconcile_instance(key: tuple[str, str], body, logger) -> float:
     # The latest the watch saw (a pass asked for again runs on what came in meanwhile).
     body = indexes.indexed("pgop_instances", *key) or body
     reader = indexes.reader(kube())
     instance, plan, report = controller.plan_for_instance(reader, body)
-    if not reader.fresh and (len(plan) or report):
+    if not reader.fresh and not len(plan) and not report:
+        return pace.next_pass_in(pace.instance_steady(body), pace.heartbeats([body]), datetime.now(UTC),
+                                 jitter=random.random())
+    if not reader.fresh:
         # About to act, relabel a pod or say the agent is silent: on what is stored now. kopf's
         # view lagged the API by 90 s under load, and live instances were written Unavailable.
         body = kube().get("PgInstance", *key)
         if body is None:
-            return
+            return pace.FAST
         instance, plan, report = controller.plan_for_instance(kube(), body)
     apply_plan(body, plan, logger)
     if report:
@@ -371,6 +406,7 @@ def _reconcile_instance(key: tuple[str, str], body, logger) -> None:
             kube().merge_patch("PgInstance", instance.namespace, instance.name, report, "status")
         except NotFound:
             pass
+    return pace.FAST
 
 
 @kopf.on.create(API_GROUP, VERSION, "pginstances")
@@ -381,7 +417,16 @@ def instance_changed(body, logger, **_):
     reconcile_instance(body, logger)
 
 
-@kopf.timer(API_GROUP, VERSION, "pginstances", interval=INSTANCE_INTERVAL, sharp=False)
+@kopf.daemon(API_GROUP, VERSION, "pginstances")
+async def instance_timed(body, stopped, logger, **_):
+    """The instance's timed passes (pgop.runtime.paced), at the pace pgop.cluster.pace sets."""
+    key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
+    await paced.run(stopped, lambda: instance_tick(key, body, logger), logger)
+
+
 @measured("PgInstance")
-def instance_tick(body, logger, **_):
-    reconcile_instance(body, logger)
+def instance_tick(key: tuple[str, str], body, logger) -> float:
+    instance = indexes.indexed("pgop_instances", *key) or body
+    if instance["metadata"].get("deletionTimestamp"):
+        return pace.FAST
+    return reconcile_instance(instance, logger)

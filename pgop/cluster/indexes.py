@@ -50,71 +50,89 @@ def narrow_watches(settings: kopf.OperatorSettings, **_) -> None:
         settings.watching.field_selectors[plural] = selector
 
 
-@kopf.index(API_GROUP, "v1", "pgclusters")
 def pgop_clusters(body, **kwargs):
     capture(kwargs)
     meta = body.get("metadata") or {}
     return {(meta.get("namespace"), meta.get("name")): observe.plain(body, "PgCluster")}
 
 
-@kopf.index(API_GROUP, "v1", "pginstances")
 def pgop_instances(body, **kwargs):
     capture(kwargs)
     return observe.instance_keys(body)
 
 
-@kopf.index(API_GROUP, "v1", "pgbackups")
 def pgop_backups(body, **kwargs):
     capture(kwargs)
     return observe.backup_keys(body)
 
 
-@kopf.index("", "v1", "pods", labels=CLUSTER_LABELLED)
 def pgop_pods(body, **kwargs):
     capture(kwargs)
     return observe.pod_keys(body)
 
 
-@kopf.index("", "v1", "persistentvolumeclaims", labels=CLUSTER_LABELLED)
 def pgop_volumes(body, **kwargs):
     capture(kwargs)
     return observe.volume_keys(body)
 
 
-@kopf.index("", "v1", "services", labels=CLUSTER_LABELLED)
 def pgop_services(body, **kwargs):
     capture(kwargs)
     return observe.cluster_keys(body, "Service")
 
 
-@kopf.index("", "v1", "secrets", labels=CLUSTER_LABELLED)
 def pgop_secrets(body, **kwargs):
     capture(kwargs)
     return observe.cluster_keys(body, "Secret")
 
 
-@kopf.index("policy", "v1", "poddisruptionbudgets", labels=CLUSTER_LABELLED)
 def pgop_pdbs(body, **kwargs):
     capture(kwargs)
     return observe.named_keys(body, "PodDisruptionBudget")
 
 
-@kopf.index("", "v1", "serviceaccounts", labels=CLUSTER_LABELLED)
 def pgop_service_accounts(body, **kwargs):
     capture(kwargs)
     return observe.named_keys(body, "ServiceAccount")
 
 
-@kopf.index("rbac.authorization.k8s.io", "v1", "roles", labels=CLUSTER_LABELLED)
 def pgop_roles(body, **kwargs):
     capture(kwargs)
     return observe.named_keys(body, "Role")
 
 
-@kopf.index("rbac.authorization.k8s.io", "v1", "rolebindings", labels=CLUSTER_LABELLED)
 def pgop_role_bindings(body, **kwargs):
     capture(kwargs)
     return observe.named_keys(body, "RoleBinding")
+
+
+def in_loop(fn):
+    """`fn` (a pure index function) as a coroutine: kopf calls a sync handler in a thread of its
+    pool (a hand-over per index per watch event, and every PgInstance beats every few seconds),
+    an async one in its event loop. For what is cheap and never blocks."""
+    async def run(**kwargs):
+        return fn(**kwargs)
+    run.__name__ = run.__qualname__ = fn.__name__
+    return run
+
+
+# The indexes, named after their functions (handlers receive them under these names): the kind
+# each follows, and the label the API server narrows its watch to.
+INDEXED = (
+    (pgop_clusters, (API_GROUP, "v1", "pgclusters"), None),
+    (pgop_instances, (API_GROUP, "v1", "pginstances"), None),
+    (pgop_backups, (API_GROUP, "v1", "pgbackups"), None),
+    (pgop_pods, ("", "v1", "pods"), CLUSTER_LABELLED),
+    (pgop_volumes, ("", "v1", "persistentvolumeclaims"), CLUSTER_LABELLED),
+    (pgop_services, ("", "v1", "services"), CLUSTER_LABELLED),
+    (pgop_secrets, ("", "v1", "secrets"), CLUSTER_LABELLED),
+    (pgop_pdbs, ("policy", "v1", "poddisruptionbudgets"), CLUSTER_LABELLED),
+    (pgop_service_accounts, ("", "v1", "serviceaccounts"), CLUSTER_LABELLED),
+    (pgop_roles, ("rbac.authorization.k8s.io", "v1", "roles"), CLUSTER_LABELLED),
+    (pgop_role_bindings, ("rbac.authorization.k8s.io", "v1", "rolebindings"), CLUSTER_LABELLED),
+)
+for _fn, (_group, _version, _plural), _labels in INDEXED:
+    kopf.index(_group, _version, _plural, labels=_labels, id=_fn.__name__)(in_loop(_fn))
 
 
 def pgop_cordoned_nodes(body, **kwargs):
@@ -129,7 +147,7 @@ def watch_nodes() -> None:
     seen, as before)."""
     global _nodes_watched
     if not _nodes_watched:
-        kopf.index("", "v1", "nodes")(pgop_cordoned_nodes)
+        kopf.index("", "v1", "nodes", id="pgop_cordoned_nodes")(in_loop(pgop_cordoned_nodes))
         _nodes_watched = True
 
 

@@ -12,7 +12,7 @@ class Coalescer:
         self._running: set[Hashable] = set()
         self._again: set[Hashable] = set()
 
-    def run(self, key: Hashable, work: Callable[[], None]) -> bool:
+    def run(self, key: Hashable, work: Callable[[], object]) -> bool:
         """Runs `work` now, and again while calls for `key` came in meanwhile; returns False when a
         run for `key` was already under way in another thread (which will run once more)."""
         with self._guard:

@@ -49,7 +49,7 @@ PURE_MODULES = [
     "pgop.kernel.podenv", "pgop.kernel.readiness", "pgop.kernel.schedule", "pgop.kernel.tenancy",
     "pgop.specs.instance", "pgop.specs.pdb", "pgop.specs.pods", "pgop.specs.pvc", "pgop.specs.rbac",
     "pgop.specs.secrets", "pgop.specs.services",
-    "pgop.cluster.plan", "pgop.cluster.status", "pgop.cluster.failover",
+    "pgop.cluster.plan", "pgop.cluster.status", "pgop.cluster.failover", "pgop.cluster.pace",
     "pgop.backup.plan", "pgop.backup.pgbackup", "pgop.backup.pod", "pgop.backup.retention",
     "pgop.backup.catalog", "pgop.backup.layout", "pgop.backup.deletion",
     "pgop.rds.policy", "pgop.rds.diff", "pgop.rds.spec", "pgop.rds.identifier", "pgop.rds.classes",

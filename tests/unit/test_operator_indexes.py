@@ -13,7 +13,7 @@ import pytest
 import yaml
 from kopf._core.engines.indexing import OperatorIndexer
 
-from pgop.cluster import controller, indexes, observe
+from pgop.cluster import controller, indexes, observe, pace
 from pgop.cluster.plan import plan_cluster
 from pgop.kernel import names
 from pgop.kernel.model import Instance
@@ -273,3 +273,32 @@ def test_a_due_scheduled_backup_hands_the_pass_to_the_api():
     cluster = make_cluster(schedule="* * * * *")
     old = {"metadata": {"name": "orders", "namespace": "shop", "creationTimestamp": "2026-01-01T00:00:00Z"}}
     assert not preview_backups(old, cluster, {}, Watched().reader())
+
+
+def test_a_settled_cluster_waits_for_its_first_heartbeat_to_go_stale_and_a_lost_stream_hurries_it():
+    """The pace of the timed passes (pgop.cluster.pace) on the shapes the operator really holds: the
+    status a pass computes for a settled cluster, its PgInstances as indexed."""
+    world, cluster = settled()
+    now = datetime.now(UTC)  # status_for_cluster judges heartbeats by the clock
+    for (kind, _), obj in world.objects.items():
+        if kind == "PgInstance":  # beats 1, 2 and 3 s ago
+            age = 1 + sorted(world.instance_names()).index(obj["metadata"]["name"])
+            obj["status"]["lastHeartbeat"] = (now - timedelta(seconds=age)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    stored = world.cluster(cluster)
+    observed = controller.observe_cluster(watched(world).reader(), "shop", "orders", stored)
+    plan = plan_cluster(stored, observed, now=now)
+    status = controller.status_for_cluster(stored, list(observed.instances), plan)
+    body = {"metadata": {"name": "orders", "namespace": "shop", "generation": stored.generation}, "status": status}
+    instances = list(observed.instances)
+    assert status["phase"] == "Ready" and pace.cluster_steady(body, instances)
+    beats = pace.heartbeats(instances)
+    assert len(beats) == 3 and None not in beats
+    # the oldest beat (3 s, or 4 s with the second cut off) goes stale in 11-12 s: the steady 10 s first
+    assert pace.next_pass_in(True, beats, now) == pace.STEADY
+    # 9 s later the oldest goes stale before the steady interval ends
+    later = now + timedelta(seconds=9)
+    assert pace.FAST < pace.next_pass_in(True, beats, later) < pace.STEADY
+    # A replica reports that it lost the primary's WAL stream: every FAST seconds again.
+    replica = next(i for i in instances if (i.get("status") or {}).get("role") == "replica")
+    replica["status"] = dict(replica["status"], walReceiver="stopped")
+    assert not pace.cluster_steady(body, instances)

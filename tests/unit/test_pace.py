@@ -1,0 +1,83 @@
+"""The pace of the timed passes (pgop.cluster.pace): fast while anything moves, and a steady
+object waits no longer than until its first heartbeat would go stale."""
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from pgop.cluster import pace
+from pgop.kernel.model import Instance
+from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_stale
+
+NOW = datetime(2026, 12, 3, 12, 0, 0, tzinfo=UTC)
+
+
+def _ago(seconds: float) -> datetime:
+    return NOW - timedelta(seconds=seconds)
+
+
+def test_anything_moving_is_looked_at_every_fast_interval():
+    assert pace.next_pass_in(False, [_ago(1)], NOW) == pace.FAST
+    assert pace.next_pass_in(True, [_ago(1), None], NOW) == pace.FAST  # an instance that never beat
+    assert pace.next_pass_in(True, [_ago(DEFAULT_HEARTBEAT_TIMEOUT + 1)], NOW) == pace.FAST  # already stale
+
+
+def test_a_steady_object_waits_until_its_first_heartbeat_would_go_stale():
+    # Beats 1 s and 9 s old: the older one goes stale first, 6 s (and the margin) from now.
+    wait = pace.next_pass_in(True, [_ago(1), _ago(9)], NOW)
+    assert wait == DEFAULT_HEARTBEAT_TIMEOUT - 9 + pace.MARGIN
+    # At that moment the readiness rule says it is stale: the pass then sees a silent agent.
+    later = NOW + timedelta(seconds=wait)
+    silent = Instance.from_object({"metadata": {"name": "i-1", "namespace": "n"}, "spec": {"cluster": "c"},
+                                   "status": {"lastHeartbeat": _ago(9).strftime("%Y-%m-%dT%H:%M:%SZ")}})
+    assert is_stale(silent, later)
+    assert not is_stale(silent, later - timedelta(seconds=pace.MARGIN + 0.01))
+
+
+def test_a_steady_object_with_fresh_heartbeats_waits_the_steady_interval_at_most():
+    assert pace.next_pass_in(True, [_ago(0)], NOW) == pace.STEADY
+    assert pace.next_pass_in(True, [], NOW) == pace.STEADY
+    # The jitter takes off up to a tenth, so many clusters' passes spread out.
+    assert pace.next_pass_in(True, [_ago(0)], NOW, jitter=0.999) > pace.STEADY * (1 - pace.JITTER) - 0.01
+    assert pace.next_pass_in(True, [_ago(0)], NOW, jitter=0.5) == pace.STEADY * (1 - pace.JITTER / 2)
+
+
+def test_never_a_busy_loop():
+    # A heartbeat a hair from going stale (or a clock that jumped): the shortest wait, not zero.
+    assert pace.next_pass_in(True, [_ago(DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN - 0.01)], NOW) == pace.SHORTEST
+
+
+def test_heartbeats_are_read_from_the_pginstances():
+    instances = [{"status": {"lastHeartbeat": "2026-12-03T11:59:55Z"}}, {"status": {}}, {}]
+    assert pace.heartbeats(instances) == [_ago(5), None, None]
+
+
+PRIMARY = {"status": {"role": "primary"}}
+STREAMING_REPLICA = {"status": {"role": "replica", "walReceiver": "streaming", "following": "c-1"}}
+
+
+def test_only_a_ready_cluster_of_its_current_generation_is_steady():
+    def cluster(phase, observed=3, generation=3):
+        return {"metadata": {"generation": generation}, "status": {"phase": phase, "observedGeneration": observed}}
+    members = [PRIMARY, STREAMING_REPLICA, STREAMING_REPLICA]
+    assert pace.cluster_steady(cluster("Ready"), members)
+    for phase in ("Creating", "Degraded", "Failover", "Switchover", "Updating", "Scaling", "Hibernating", None):
+        assert not pace.cluster_steady(cluster(phase), members), phase
+    assert not pace.cluster_steady(cluster("Ready", observed=2), members)  # a new spec not yet looked at
+    assert not pace.cluster_steady({"metadata": {}}, members)
+
+
+def test_a_replica_that_lost_its_wal_stream_keeps_the_cluster_at_the_fast_pace():
+    """Its report may be the second witness of a silent primary: the failover may start 6 s after
+    the primary's last beat (CORROBORATED_SILENCE), well before the heartbeat timeout."""
+    ready = {"metadata": {"generation": 1}, "status": {"phase": "Ready", "observedGeneration": 1}}
+    lost = {"status": {"role": "replica", "walReceiver": "stopped", "following": "c-1"}}
+    assert not pace.cluster_steady(ready, [PRIMARY, STREAMING_REPLICA, lost])
+    assert not pace.cluster_steady(ready, [PRIMARY, {"status": {"role": "replica"}}])
+
+
+def test_only_a_ready_instance_in_the_role_it_was_given_is_steady():
+    assert pace.instance_steady({"spec": {"role": "primary"}, "status": {"ready": True, "role": "primary"}})
+    assert pace.instance_steady({"spec": {}, "status": {"ready": True, "role": "replica"}})
+    assert not pace.instance_steady({"spec": {"role": "primary"}, "status": {"ready": True, "role": "replica"}})
+    assert not pace.instance_steady({"spec": {"role": "replica"}, "status": {"ready": False, "role": "replica"}})
+    assert not pace.instance_steady({"spec": {"role": "replica"}})
