@@ -96,11 +96,13 @@ def test_a_replica_behind_the_primarys_kept_wal_catches_up_from_the_archive_then
         replica.stop()
 
         # Away: the primary writes ~10 segments, archives them and recycles its pg_wal.
+        # The last segment to wait for is the one the last switch completed (pg_walfile_name of the
+        # switch's end names it): the current position may already be inside the next segment, which
+        # nothing completes (a checkpoint's record, the slot's invalidation, writes after the switch).
         for batch in range(10):
             primary.psql(f"INSERT INTO rows SELECT g, repeat('w', 400) FROM generate_series("
                          f"{2000 + batch * 20000}, {2000 + batch * 20000 + 19999}) g")
-            primary.psql("SELECT pg_switch_wal()")
-        last = primary.psql("SELECT pg_walfile_name(pg_current_wal_lsn() - 1)")
+            last = primary.psql("SELECT pg_walfile_name(pg_switch_wal())")
         _wait_for_archiving(primary, last, timeout=ARCHIVING)
         primary.psql("CHECKPOINT")
         primary.psql("SELECT pg_switch_wal()")
