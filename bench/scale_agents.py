@@ -312,10 +312,13 @@ class Agents:
         patch = simulated_status(instance, pod, now=datetime.now(UTC),
                                  primary_lsn=((primary or {}).get("status") or {}).get("lsn"),
                                  lsn=made_up_lsn(turns), members=members, interval=self.interval)
-        # As the agent: a write when the status changes, else a heartbeat every status refresh.
+        # As the agent: a write when the status changes, else a heartbeat every status refresh
+        # (a primary's on every turn: pgop.agent.status.refresh_for).
         written = self.written_at.get(key)
         since = None if written is None else time.monotonic() - written
-        if not agent_status.worth_writing(instance.get("status"), patch, since, self.status_refresh):
+        refresh = agent_status.refresh_for(Instance.from_object(instance), PostgresState(role=patch.get("role")),
+                                           self.status_refresh)
+        if not agent_status.worth_writing(instance.get("status"), patch, since, refresh):
             return
         try:
             self.api.merge_patch(f"{base}/{name}/status", {"status": patch})

@@ -263,40 +263,42 @@ _last_seen: dict[tuple[str, str], tuple] = {}
 
 
 # Whether an event is news is judged in kopf's event loop (async handlers: most events are an
-# agent's heartbeat, news to nobody); what it starts runs in the handler pool (pgop.runtime.paced).
+# agent's heartbeat, news to nobody); what it starts runs in the handler pool and is not waited
+# for (pgop.runtime.paced.soon): kopf's worker of the object goes on with its next event at once.
 @kopf.on.event(API_GROUP, VERSION, "pginstances")
 async def instance_seen(body, event, logger, **_):
     meta = body["metadata"]
     key = (meta.get("namespace"), meta["name"])
     st = body.get("status") or {}
     spec = body.get("spec") or {}
-    # What moves a failover or switchover on: a replica that stopped streaming, a new primary.
+    # What moves a failover or switchover on: a replica that stopped streaming, a new primary;
+    # and a new spec (its generation), which the instance's pass carries out.
     state = (st.get("ready"), st.get("role"), st.get("phase"), st.get("following"), st.get("walReceiver"),
-             spec.get("role"), spec.get("primary"), event.get("type"))
+             spec.get("role"), spec.get("primary"), meta.get("generation"), event.get("type"))
     if _last_seen.get(key) == state:
         return
     before = _last_seen.get(key)
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
-    await paced.in_pool(lambda: instance_event(key, state, before, spec.get("cluster"), logger))
+        paced.soon(("forget", key), lambda: forget(*key), logger)
+    elif before is None or (before[1], before[5], before[7]) != (state[1], state[5], state[7]):
+        # New, or a role reported or wanted anew, or a new spec: the instance's pass runs now, not
+        # on its next tick: the pod's role label (what -rw and -ro select) follows a role at once
+        # and a promoted primary takes writes a tick sooner.
+        paced.soon(("instance", key), lambda: instance_event(key, logger), logger)
+    _reconcile_cluster_soon(key[0], spec.get("cluster"), logger)
 
 
 @measured("PgInstance")
-def instance_event(key: tuple[str, str], state: tuple, before: tuple | None, cluster: str | None, logger) -> None:
-    if state[-1] == "DELETED":
-        forget(*key)
-    elif before is None or (before[1], before[5]) != (state[1], state[5]):
-        # A role reported or wanted anew: the pod's role label (what -rw and -ro select) follows
-        # now, not on the instance's next tick; a promoted primary takes writes a tick sooner.
-        _instance_shortcuts.run(key, lambda: _relabel(key, logger))
-    _reconcile_cluster_of(key[0], cluster, logger)
+def instance_event(key: tuple[str, str], logger) -> None:
+    _instance_shortcuts.run(key, lambda: _reconcile_instance_now(key, logger))
 
 
 _instance_shortcuts = Coalescer()
 
 
-def _relabel(key: tuple[str, str], logger) -> None:
+def _reconcile_instance_now(key: tuple[str, str], logger) -> None:
     instance = indexes.indexed("pgop_instances", *key) or kube().get("PgInstance", key[0], key[1])
     if instance is not None and not instance["metadata"].get("deletionTimestamp"):
         reconcile_instance(instance, logger)
@@ -308,10 +310,16 @@ def _relabel(key: tuple[str, str], logger) -> None:
 _shortcuts = Coalescer()
 
 
-def _reconcile_cluster_of(namespace: str, cluster_name: str | None, logger) -> None:
+def _reconcile_cluster_soon(namespace: str, cluster_name: str | None, logger) -> None:
+    """From kopf's loop: a pass of the cluster in a handler thread, not waited for."""
     if cluster_name:
         key = (namespace, cluster_name)
-        _shortcuts.run(key, lambda: _reconcile_cluster_now(key, logger))
+        paced.soon(("cluster", key), lambda: cluster_event_pass(key, logger), logger)
+
+
+@measured("PgCluster")
+def cluster_event_pass(key: tuple[str, str], logger) -> None:
+    _shortcuts.run(key, lambda: _reconcile_cluster_now(key, logger))
 
 
 def _reconcile_cluster_now(key: tuple[str, str], logger) -> float:
@@ -353,19 +361,13 @@ async def pod_seen(body, event, logger, **_):
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
-    await paced.in_pool(lambda: pod_event(meta, logger))
-
-
-@measured("Pod")
-def pod_event(meta, logger) -> None:
     # A primary's pod gone or its container stopped starts a failover now, not on the next tick:
-    # first, before the instance's own pass recreates the pod (the replicas stop streaming sooner).
+    # queued first, before the instance's own pass recreates the pod (the replicas stop streaming
+    # sooner).
     if meta["labels"].get(LABEL_COMPONENT) == COMPONENT_POSTGRES:
-        _reconcile_cluster_of(meta.get("namespace"), meta["labels"].get(LABEL_CLUSTER), logger)
-    instance = indexes.indexed("pgop_instances", meta.get("namespace"), meta["labels"][LABEL_INSTANCE]) \
-        or kube().get("PgInstance", meta.get("namespace"), meta["labels"][LABEL_INSTANCE])
-    if instance is not None and not instance["metadata"].get("deletionTimestamp"):
-        reconcile_instance(instance, logger)
+        _reconcile_cluster_soon(meta.get("namespace"), meta["labels"].get(LABEL_CLUSTER), logger)
+    instance = (meta.get("namespace"), meta["labels"][LABEL_INSTANCE])
+    paced.soon(("instance", instance), lambda: instance_event(instance, logger), logger)
 
 
 # ------------------------------------------------------------------------------------ PgInstance
@@ -409,17 +411,14 @@ def _reconcile_instance(key: tuple[str, str], body, logger) -> float:
     return pace.FAST
 
 
-@kopf.on.create(API_GROUP, VERSION, "pginstances")
-@kopf.on.resume(API_GROUP, VERSION, "pginstances")
-@kopf.on.update(API_GROUP, VERSION, "pginstances", field="spec")
-@measured("PgInstance")
-def instance_changed(body, logger, **_):
-    reconcile_instance(body, logger)
-
-
+# No kopf create, resume or update handler for PgInstances: for those kopf copies and compares
+# the whole object (and writes its own annotations) on every watch event, mostly an agent's
+# heartbeat. The daemon's first pass runs as the object appears (created, or found at start),
+# and a new spec generation is news to instance_seen, which runs a pass at once.
 @kopf.daemon(API_GROUP, VERSION, "pginstances")
 async def instance_timed(body, stopped, logger, **_):
-    """The instance's timed passes (pgop.runtime.paced), at the pace pgop.cluster.pace sets."""
+    """The instance's timed passes (pgop.runtime.paced), at the pace pgop.cluster.pace sets; the
+    first as soon as kopf sees the object."""
     key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
     await paced.run(stopped, lambda: instance_tick(key, body, logger), logger)
 

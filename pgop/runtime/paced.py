@@ -14,7 +14,7 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import kopf
@@ -35,6 +35,31 @@ async def in_pool(work: Callable[[], Any]) -> Any:
     """`work()` in a handler thread, with the context kopf's own sync handlers get."""
     context = contextvars.copy_context()
     return await asyncio.get_running_loop().run_in_executor(_executor, context.run, work)
+
+
+_queued: set[Hashable] = set()
+
+
+def soon(key: Hashable, work: Callable[[], Any], logger: logging.Logger | logging.LoggerAdapter) -> None:
+    """`work()` in a handler thread, without waiting for it: an event handler that awaited a pass
+    held kopf's worker of that object (and so its index updates) until a thread was free and the
+    pass done; with the pool busy, the indexes fell a minute behind the API server and every pass
+    planned from them saw failures that were not there. One queued run per key: what comes in
+    before it starts is folded into it (it reads the indexes when it starts, after kopf updated
+    them for every event that asked for it)."""
+    if key in _queued:
+        return
+    _queued.add(key)
+    context = contextvars.copy_context()
+
+    def one() -> None:
+        _queued.discard(key)
+        try:
+            context.run(work)
+        except Exception as error:  # noqa: BLE001 - logged; the timed passes go on regardless
+            logger.error("event pass failed (%s: %s)", type(error).__name__, error)
+
+    asyncio.get_running_loop().run_in_executor(_executor, one)
 
 
 async def run(stopped: Any, one_pass: Callable[[], float], logger: logging.Logger | logging.LoggerAdapter) -> None:
