@@ -292,13 +292,7 @@ async def instance_seen(body, event, logger, **_):
 
 @measured("PgInstance")
 def instance_event(key: tuple[str, str], logger) -> None:
-    _instance_shortcuts.run(key, lambda: _reconcile_instance_now(key, logger))
-
-
-_instance_shortcuts = Coalescer()
-
-
-def _reconcile_instance_now(key: tuple[str, str], logger) -> None:
+    """The instance's pass an event asked for (reconcile_instance coalesces it with one under way)."""
     instance = indexes.indexed("pgop_instances", *key) or kube().get("PgInstance", key[0], key[1])
     if instance is not None and not instance["metadata"].get("deletionTimestamp"):
         reconcile_instance(instance, logger)
