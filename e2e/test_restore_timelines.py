@@ -1,7 +1,7 @@
 """Restores across a failover, checked as a user would (kubectl, psql, `pgop restore`).
 
-A cluster is backed up on timeline 1, fails over (its primary pod force-deleted: the replica is
-promoted onto timeline 2 and archives there), and writes more. A restore to the end of the
+A cluster is backed up on timeline 1, fails over (its primary's volume and pod deleted: the
+replica is promoted onto timeline 2 and archives there), and writes more. A restore to the end of the
 archive reaches the end of timeline 2 (recovery_target_timeline latest); one pinned to timeline 1
 (`--timeline 1`) stops where timeline 1 ends. The restoring instance shows its progress in
 status.restore, and `pgop restore` prints it.
@@ -21,7 +21,7 @@ from e2e.test_backup import (  # noqa: F401  (the s3 fixture)
     s3_secret,
     switch_and_wait_archived,
 )
-from e2e.test_pgcluster import connect, eventually, wait_ready
+from e2e.test_pgcluster import connect, eventually, exec_psql, wait_ready
 
 
 def test_a_restore_to_the_end_follows_the_failover_onto_the_new_timeline(kubectl, namespace, operator, s3,
@@ -38,11 +38,19 @@ def test_a_restore_to_the_end_follows_the_failover_onto_the_new_timeline(kubectl
         conn.execute("insert into orders (id) select g from generate_series(101, 200) g")
     switch_and_wait_archived(kubectl, ns, f"{name}-0")
 
-    # failover: the primary's pod goes at once; the replica is promoted onto timeline 2
+    # failover: the primary's volume and pod go at once; the replica is promoted onto timeline 2.
+    # (A pod deleted alone stops Postgres cleanly; the old primary then holds the most WAL, its
+    # shutdown checkpoint, and the failover rightly brings it back on timeline 1.)
     first = kubectl.json("-n", ns, "get", "pgcluster", name)["status"]["currentPrimary"]
+    replica = next(i for i in (f"{name}-0", f"{name}-1") if i != first)
+    eventually(lambda: exec_psql(kubectl, ns, replica, "select count(*) from orders") == "200",
+               f"{replica} has replayed every row", timeout=60)
+    pvc = (kubectl.json("-n", ns, "get", "pginstance", first).get("status") or {}).get("pvc") or first
+    kubectl("-n", ns, "delete", "pvc", pvc, "--wait=false")
     kubectl("-n", ns, "delete", "pod", first, "--grace-period=0", "--force", "--wait=false")
     promoted = eventually(lambda: (p := (kubectl.json("-n", ns, "get", "pgcluster", name).get("status") or {})
                                    .get("currentPrimary")) != first and p, "a new primary", timeout=120)
+    assert promoted == replica, promoted
     with connect(kubectl, ns, f"{name}-rw", name) as conn:
         eventually(lambda: conn.execute("select not pg_is_in_recovery()").fetchone()[0], "the -rw writable",
                    timeout=60)
