@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import base64
 import time
+import urllib.request
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 TIMEOUT = 240
 
@@ -193,6 +195,22 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     }
     leaks = [where for where, text in texts.items() for pw in passwords if pw in text]
     assert not leaks, f"a password appeared in: {leaks}"
+
+    # the operator's /metrics, as a scraper reads it (e2e/test_metrics.py runs a real Prometheus
+    # when it is built): this cluster Ready with every instance it wants ready, and the agents'
+    # heartbeats timed from their write to the watch's delivery
+    scraped = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(urllib.request.urlopen(
+                   f"http://127.0.0.1:{operator.metrics_port}/metrics", timeout=10).read().decode())
+               for s in family.samples}
+    assert scraped[("pgop_objects", (("kind", "PgCluster"), ("namespace", ns), ("phase", "Ready")))] == 1
+    wanted = cluster(kubectl, ns, name)["spec"]["instances"]
+    assert scraped[("pgop_cluster_instances", (("cluster", name), ("namespace", ns)))] == wanted
+    assert scraped[("pgop_cluster_ready_instances", (("cluster", name), ("namespace", ns)))] == wanted
+    beats = scraped[("pgop_heartbeat_delivery_delay_seconds_count", ())]
+    assert beats > 0
+    print(f"heartbeats delivered: {beats:.0f}, mean delay from write to delivery "
+          f"{scraped[('pgop_heartbeat_delivery_delay_seconds_sum', ())] / beats:.3f}s")
 
     # deletion: pods, services and secrets go; volumes stay (reclaimPolicy Retain by default)
     kubectl("-n", ns, "delete", "pgcluster", name, "--wait=true", "--timeout=120s")

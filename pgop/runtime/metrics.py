@@ -5,9 +5,13 @@
 - Objects: `pgop_objects` per kind, namespace and phase; per PgCluster its wanted and ready
   instances and whether its primary is ready; per cluster the last completed base backup (time,
   size) and the backups that completed or failed while this operator ran; failovers and
-  switchovers done (from the Events the cluster controller records). `ObjectTracker` keeps the
-  last body of each object it was shown (kopf event handlers in pgop.operator_metrics show it
-  every change); the samples are computed from those at scrape time by pure functions.
+  switchovers done (from the Events the cluster controller records).
+- Watch delay: how old each new agent heartbeat was when the watch delivered it
+  (`pgop_heartbeat_delivery_delay_seconds`).
+
+`ObjectTracker` keeps the last body of each object it was shown (kopf event handlers in
+pgop.operator_metrics show it every change); the samples are computed from those at scrape time
+by pure functions.
 
 Counters count what this process saw: they start at 0 when the operator starts, as Prometheus'
 `rate()` and `increase()` expect.
@@ -19,13 +23,14 @@ import threading
 import time
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from pgop.kernel.actions import Event
+from pgop.kernel.conditions import parse_time
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -47,6 +52,14 @@ BACKUPS_COMPLETED = Counter("pgop_backups_completed", "Base backups (PgBackups) 
                             ["namespace", "cluster"], registry=REGISTRY)
 BACKUPS_FAILED = Counter("pgop_backups_failed", "Base backups (PgBackups) seen failing.",
                          ["namespace", "cluster"], registry=REGISTRY)
+HEARTBEAT_DELIVERY = Histogram(
+    "pgop_heartbeat_delivery_delay_seconds",
+    "How old an agent's new status.lastHeartbeat was when the operator's watch delivered it: the "
+    "agent's write, the API server and the operator's event processing together. An operator (or "
+    "API server) falling behind shows here first; failover reads heartbeats, so it grows slower "
+    "too. lastHeartbeat has whole seconds (as Kubernetes times do), so a figure is up to 1 s above "
+    "the true delay; it also holds the clock offset between the agent's node and the operator's.",
+    registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 
 # Reasons of the cluster controller's Events (pgop.cluster.failover) that end a role change.
 FAILOVER_DONE = "FailoverDone"
@@ -144,6 +157,25 @@ def last_backups(backups: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], 
     return latest
 
 
+def heartbeat_delay(before: Mapping[str, Any] | None, after: Mapping[str, Any], now: datetime) -> float | None:
+    """Seconds from a PgInstance's new lastHeartbeat to `now` (when the watch delivered it); None
+    when the heartbeat is not new: first sight (the operator's start lists old ones), no heartbeat,
+    the same one as before (another field changed), or one that cannot be read. Never negative
+    (a node's clock ahead of the operator's)."""
+    if before is None:
+        return None
+    beat = (after.get("status") or {}).get("lastHeartbeat")
+    if not beat or beat == (before.get("status") or {}).get("lastHeartbeat"):
+        return None
+    try:
+        at = parse_time(str(beat))
+    except ValueError:
+        return None
+    if at is None:
+        return None
+    return max(0.0, (now - at).total_seconds())
+
+
 def object_metrics(objects: Mapping[tuple[str, str], tuple[str, Mapping[str, Any]]]) -> list[Metric]:
     """The samples of the objects seen, by (uid, kind) -> (kind, last body)."""
     values = list(objects.values())
@@ -182,7 +214,8 @@ def kept_fields(body: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "metadata": {"namespace": meta.get("namespace", ""), "name": meta.get("name", "")},
         "spec": {k: spec[k] for k in ("instances", "cluster") if k in spec},
-        "status": {**{k: status[k] for k in ("phase", "currentPrimary", "readyInstances", "completedAt", "sizeBytes")
+        "status": {**{k: status[k] for k in ("phase", "currentPrimary", "readyInstances", "completedAt", "sizeBytes",
+                                             "lastHeartbeat")
                       if k in status},
                    "instances": [{"name": i.get("name"), "ready": i.get("ready")}
                                  for i in status.get("instances") or [] if isinstance(i, Mapping)]},
@@ -206,6 +239,10 @@ class ObjectTracker:
                 self.objects.pop(key, None)
             else:
                 self.objects[key] = (kind, small)
+        if kind == "PgInstance" and event_type != "DELETED":
+            delay = heartbeat_delay(before[1] if before else None, small, datetime.now(UTC))
+            if delay is not None:
+                HEARTBEAT_DELIVERY.observe(delay)
         if kind == "PgBackup" and event_type != "DELETED":
             outcome = backup_outcome(before[1] if before else None, small)
             labels = (small["metadata"]["namespace"], str(small["spec"].get("cluster", "")))

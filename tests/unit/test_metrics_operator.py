@@ -1,6 +1,8 @@
 """The operator's metrics (pgop.runtime.metrics): handlers measured, objects and backups counted."""
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 import kopf
 import pytest
 from prometheus_client import generate_latest
@@ -14,6 +16,7 @@ from pgop.runtime.metrics import (
     ObjectTracker,
     backup_outcome,
     cluster_health,
+    heartbeat_delay,
     last_backups,
     measured,
     object_metrics,
@@ -139,6 +142,43 @@ def test_the_tracker_keeps_no_more_than_the_samples_need():
     [(_, kept)] = tracker.objects.values()
     assert "bootstrap" not in kept["spec"] and "conditions" not in kept["status"]
     assert object_metrics(tracker.objects)  # still enough for every family
+
+
+def instance(beat: str | None, phase="Running", name="orders-0"):
+    status = {"phase": phase, **({"lastHeartbeat": beat} if beat else {})}
+    return {"kind": "PgInstance", "metadata": {"name": name, "namespace": "shop", "uid": f"uid-{name}"},
+            "spec": {"cluster": "orders"}, "status": status}
+
+
+def test_a_new_heartbeat_is_timed_from_its_write_to_its_delivery():
+    now = datetime(2026, 12, 3, 12, 0, 10, tzinfo=UTC)
+    assert heartbeat_delay(instance("2026-12-03T12:00:00Z"), instance("2026-12-03T12:00:07.5Z"), now) == 2.5
+    # not new: first sight (an operator's start lists old heartbeats), the same beat, none, unreadable
+    assert heartbeat_delay(None, instance("2026-12-03T12:00:07Z"), now) is None
+    assert heartbeat_delay(instance("2026-12-03T12:00:07Z"), instance("2026-12-03T12:00:07Z", "Fenced"), now) is None
+    assert heartbeat_delay(instance(None), instance(None), now) is None
+    assert heartbeat_delay(instance("2026-12-03T12:00:00Z"), instance("yesterday"), now) is None
+    # a node's clock ahead of the operator's is no negative delay
+    assert heartbeat_delay(instance("2026-12-03T12:00:00Z"), instance("2026-12-03T12:00:11Z"), now) == 0.0
+
+
+def test_the_tracker_times_each_new_heartbeat_it_is_shown():
+    def count():
+        return value("pgop_heartbeat_delivery_delay_seconds_count") or 0.0
+
+    def late(seconds):
+        return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat().replace("+00:00", "Z")
+    tracker = ObjectTracker()
+    before, slow = count(), value("pgop_heartbeat_delivery_delay_seconds_bucket", le="10.0") or 0.0
+    old = late(40)
+    tracker.seen("PgInstance", instance(old), "ADDED")               # first sight: not timed
+    tracker.seen("PgInstance", instance(old, "Fenced"), "MODIFIED")  # the same beat: not timed
+    tracker.seen("PgInstance", instance(late(20)), "MODIFIED")       # a new beat, 20 s late
+    assert count() == before + 1
+    assert (value("pgop_heartbeat_delivery_delay_seconds_bucket", le="10.0") or 0.0) == slow  # above 10 s
+    tracker.seen("PgInstance", instance(late(0.01)), "MODIFIED")
+    assert count() == before + 2
+    assert value("pgop_heartbeat_delivery_delay_seconds_bucket", le="0.25") >= 1
 
 
 def test_the_metrics_address_is_an_http_url_with_a_port():
