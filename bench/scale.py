@@ -24,6 +24,10 @@ It prints, for N clusters (default 100):
   agents' share (counted by this process) and the rest; the busiest verbs and resources; the
   requests dispatched per API Priority and Fairness flow schema (the operator's identity, group
   pgop:operators, falls in `global-default`; this process and KWOK are system:masters, `exempt`);
+- how far behind the operator's view is: per window, the bucket bounds holding the median, the
+  99th percentile and the largest of pgop_heartbeat_delivery_delay_seconds (how old an agent's new
+  heartbeat was when the operator's watch delivered it; whole seconds, so up to 1 s high), from
+  the /metrics that `make up`'s operator serves on 127.0.0.1:18091;
 - etcd's database size (etcd_mvcc_db_total_size_in_bytes and ..._in_use_in_bytes).
 
 Then it deletes everything it made (namespaces bench-scale-<run>-*, the KWOK nodes, their
@@ -63,7 +67,17 @@ import urllib3
 from bench import scale_kwok
 from bench.kubeapi import Api, ApiError
 from bench.scale_agents import PGOP, Agents, World
-from bench.scale_metrics import Sampler, Series, delta, etcd_db_bytes, request_counts, samples, top
+from bench.scale_metrics import (
+    Sampler,
+    Series,
+    bucket_quantile,
+    delta,
+    etcd_db_bytes,
+    histogram,
+    request_counts,
+    samples,
+    top,
+)
 from e2e.harness import build, envfile, paths, proc
 from pgop.agent.settings import DEFAULT_INTERVAL
 from pgop.kernel.meta import LABEL_CLUSTER
@@ -169,6 +183,12 @@ def rolled(world: World, change: dict[str, str]) -> int:
 
 # ---------------------------------------------------------------------------------- the run
 
+# A scrape: when, API requests per (verb, resource), requests this process sent, requests per
+# flow schema, the operator's heartbeat delivery delay buckets.
+Scrape = tuple[float, Counter[tuple[str, str]], int, Counter[str], dict[float, float]]
+OPERATOR_METRICS = f"http://127.0.0.1:{paths.OPERATOR_METRICS_PORT}/metrics"
+HEARTBEAT_DELAY = "pgop_heartbeat_delivery_delay_seconds"
+
 class Run:
     def __init__(self, args: argparse.Namespace, operator_pid: int | None):
         self.args = args
@@ -190,25 +210,36 @@ class Run:
         self.etcd: dict[str, tuple[int | None, int | None]] = {}
         self.churn: dict[str, tuple[Counter[str], Counter[str]]] = {}  # window -> (role flips, left Ready)
         self.churn_seen: tuple[Counter[str], Counter[str]] = (Counter(), Counter())
+        self.delays: dict[str, tuple[float | None, ...]] = {}  # window -> heartbeat delay p50, p99, max (at most)
         self.t0 = time.monotonic()
 
     # -- measurements --------------------------------------------------------------------
 
-    def scrape(self) -> tuple[float, Counter[tuple[str, str]], int, Counter[str]]:
+    def scrape(self) -> Scrape:
         text = self.api.text("/metrics")
         flows: Counter[str] = Counter()
         for labels, value in samples(text, "apiserver_flowcontrol_dispatched_requests_total"):
             flows[labels.get("flow_schema", "?")] += int(value)
-        return time.monotonic(), request_counts(text), self.api.sent_total(), flows
+        return time.monotonic(), request_counts(text), self.api.sent_total(), flows, self.operator_delays()
 
-    def window(self, name: str, start: tuple[float, Counter[tuple[str, str]], int, Counter[str]],
-               churn: bool = True) -> None:
+    def operator_delays(self) -> dict[float, float]:
+        """The operator's pgop_heartbeat_delivery_delay_seconds buckets (`make up` serves its
+        /metrics on loopback); empty when it does not answer."""
+        try:
+            import urllib.request
+            with urllib.request.urlopen(OPERATOR_METRICS, timeout=5) as r:
+                return histogram(r.read().decode(), HEARTBEAT_DELAY)
+        except OSError:
+            return {}
+
+    def window(self, name: str, start: Scrape, churn: bool = True) -> None:
         if churn:
             with self.world.lock:  # what changed since the last window ended (the windows follow each other)
                 flips, left = Counter(self.world.role_flips), Counter(self.world.left_ready)
             self.churn[name] = (flips - self.churn_seen[0], left - self.churn_seen[1])
             self.churn_seen = (flips, left)
         end = self.scrape()
+        self.delays[name] = tuple(bucket_quantile(start[4], end[4], q) for q in (0.5, 0.99, 1.0))
         flows: Counter[str] = Counter({k: v - start[3].get(k, 0) for k, v in end[3].items()})
         self.windows[name] = (start[0], end[0], delta(start[1], end[1]), end[2] - start[2], +flows)
 
@@ -493,6 +524,8 @@ class Run:
                             ("  flow schema global-default (operator, kube-proxy)", lambda w: w[4].get("global-default", 0))):
             say(f"{label:44}" + "".join(f"{pick(self.windows[c]) / (self.windows[c][1] - self.windows[c][0]):12.1f}"
                                         for c in cols))
+        say(f"{'heartbeat delivery delay s, p50/p99/max':44}" + "".join(
+            f"{'/'.join(_le(q) for q in self.delays.get(c, ())) or '-':>12}" for c in cols))
         say(f"{'etcd DB MB (total / in use)':44}" + "".join(
             f"{_mb(self.etcd.get(c, (None, None))):>12}" for c in cols))
         for c in ("idle", "idle-end", "rollout"):
@@ -518,6 +551,13 @@ class Run:
                 + ("  <-- the simulator fell behind (heartbeats older than the operator's 15 s limit)"
                    if late[-1] > 10 else ""))
         say("=" * 100)
+
+
+def _le(bound: float | None) -> str:
+    """A bucket's upper bound as the report prints it ("at most")."""
+    if bound is None:
+        return "-"
+    return ">60" if bound == float("inf") else f"{bound:g}"
 
 
 def _mb(pair: tuple[int | None, int | None]) -> str:

@@ -70,6 +70,25 @@ def delta(before: Mapping[tuple[str, str], int], after: Mapping[tuple[str, str],
     return +out
 
 
+def histogram(text: str, name: str) -> dict[float, float]:
+    """The cumulative buckets of an unlabelled Prometheus histogram: upper bound (le) -> count,
+    +Inf included; empty when the metric is not there."""
+    return {float(labels["le"]): value for labels, value in samples(text, f"{name}_bucket") if "le" in labels}
+
+
+def bucket_quantile(before: Mapping[float, float], after: Mapping[float, float], q: float) -> float | None:
+    """The upper bound of the bucket that holds quantile `q` of what was observed between two
+    scrapes (so "at most"); None when nothing was observed; inf when it is above the last bound."""
+    counts = {le: after[le] - before.get(le, 0.0) for le in after}
+    total = counts.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    for le in sorted(counts):
+        if counts[le] >= q * total:
+            return le
+    return float("inf")
+
+
 def top(counts: Mapping[tuple[str, str], int], seconds: float, n: int = 12) -> list[tuple[str, float]]:
     """The busiest (verb resource) pairs as requests per second."""
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]

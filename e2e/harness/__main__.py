@@ -76,10 +76,11 @@ def start_provisioner() -> None:
 def start_operator(env: dict[str, str]) -> None:
     pgop = paths.REPO / ".venv" / "bin" / "pgop"
     with step(f"pgop operator (log: {paths.LOGS / 'operator.log'})"):
-        proc.start("operator", [str(pgop), "run", "--all-namespaces",
-                                "--liveness", "http://127.0.0.1:18090/healthz"],
+        liveness = f"http://127.0.0.1:{paths.OPERATOR_LIVENESS_PORT}/healthz"
+        proc.start("operator", [str(pgop), "run", "--all-namespaces", "--liveness", liveness,
+                                "--metrics", f"http://127.0.0.1:{paths.OPERATOR_METRICS_PORT}/metrics"],
                    env=operator_env(env), cwd=str(paths.REPO))
-        proc.wait_for(lambda: services._http_status("http://127.0.0.1:18090/healthz") == 200,
+        proc.wait_for(lambda: services._http_status(liveness) == 200,
                       "operator liveness", 60, log_name="operator")
 
 

@@ -32,6 +32,8 @@ S3_PORT = 7070
 VAULT_PORT = 8200
 CONSUL_HTTP_PORT = 8500
 MOTO_PORT = 5055
+OPERATOR_LIVENESS_PORT = 18090  # the operator of `make up`: /healthz
+OPERATOR_METRICS_PORT = 18091   # and its /metrics
 
 CONTAINERD_SOCK = RUN / "containerd" / "containerd.sock"
 

@@ -11,7 +11,16 @@ import yaml
 from bench import scale, scale_kwok
 from bench.kubeapi import _kind
 from bench.scale_agents import World, made_up_lsn, simulated_status, system_identifier, volume_for
-from bench.scale_metrics import Series, delta, etcd_db_bytes, request_counts, samples, top
+from bench.scale_metrics import (
+    Series,
+    bucket_quantile,
+    delta,
+    etcd_db_bytes,
+    histogram,
+    request_counts,
+    samples,
+    top,
+)
 from pgop.cluster.status import cluster_status
 from pgop.kernel.meta import COMPONENT_BOOTSTRAP, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import Cluster, Instance, instance_name
@@ -56,6 +65,21 @@ def test_series_window_is_mean_cpu_and_largest_rss():
     share, peak = s.window(0.0, 2.0)
     assert share == pytest.approx(0.5) and peak == 300
     assert s.window(5.0, 6.0) == (None, None)
+
+
+def test_the_heartbeat_delay_quantiles_come_from_the_buckets_between_two_scrapes():
+    def text(counts):
+        return "".join(f'pgop_heartbeat_delivery_delay_seconds_bucket{{le="{le}"}} {n}\n'
+                       for le, n in zip(("0.5", "1.0", "2.0", "+Inf"), counts))
+    before = histogram(text((5, 10, 10, 10)), "pgop_heartbeat_delivery_delay_seconds")
+    assert before == {0.5: 5, 1.0: 10, 2.0: 10, float("inf"): 10}
+    after = histogram(text((5, 100, 109, 110)), "pgop_heartbeat_delivery_delay_seconds")
+    # 100 observed between them: 90 in (0.5, 1], 9 in (1, 2], 1 above 2 s
+    assert bucket_quantile(before, after, 0.5) == 1.0
+    assert bucket_quantile(before, after, 0.99) == 2.0
+    assert bucket_quantile(before, after, 1.0) == float("inf")
+    assert bucket_quantile(after, after, 0.5) is None  # nothing observed
+    assert histogram("", "pgop_heartbeat_delivery_delay_seconds") == {}
 
 
 def test_kind_of_paths():
