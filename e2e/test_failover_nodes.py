@@ -22,7 +22,7 @@ import pytest
 from e2e.chaos import ChaosCluster, Report, Writer
 from e2e.chaos_nodes import HostWriter, node_of, primary_on_extra_node, spread_manifest
 
-pytestmark = [pytest.mark.cluster, pytest.mark.nodes]
+pytestmark = [pytest.mark.cluster, pytest.mark.nodes, pytest.mark.usefixtures("node_faults_alone")]
 
 NAME = "hanodes"
 INSTANCES = 3

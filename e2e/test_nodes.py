@@ -21,7 +21,7 @@ import pytest
 from e2e.harness.fixtures import create_test_namespace
 from e2e.harness.images import POSTGRES_IMAGE
 
-pytestmark = [pytest.mark.cluster, pytest.mark.nodes]
+pytestmark = [pytest.mark.cluster, pytest.mark.nodes, pytest.mark.usefixtures("node_faults_alone")]
 
 SERVER = r'''
 import http.server, os, socket, urllib.parse

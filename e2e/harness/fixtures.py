@@ -317,6 +317,25 @@ class ClusterNodes:
         return time.monotonic() - t0
 
 
+@pytest.fixture(scope="module")
+def node_faults_alone():
+    """Held by a test module that cuts, freezes or kills nodes, for the whole module: another such
+    module (another xdist worker, another pytest) waits for it. Two at once break each other's
+    fixtures: one's partition cuts the node the other's primary runs on."""
+    import fcntl
+    paths.STATE.mkdir(parents=True, exist_ok=True)
+    with open(paths.STATE / "node-faults.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("another test module injects node faults: waiting for it to finish")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def cluster_nodes(local_env, kubectl) -> ClusterNodes:
     """The three nodes (fails, never skips, when fewer run: `make up NODES=3`)."""
