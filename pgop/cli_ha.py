@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import typer
 
 from pgop.cluster.failover import ANNOTATION_FENCED, ANNOTATION_SWITCHOVER
-from pgop.kernel.model import instance_name
+from pgop.kernel.model import REQUIRED, ClusterSpec, instance_name
 
 ALL = "*"
 
@@ -44,6 +44,32 @@ def fenced_after(current: str | None, on: bool, target: str, instances: Sequence
     if instances and set(instances) <= fenced and ALL in names:
         return json.dumps([ALL])
     return json.dumps(sorted(fenced)) if fenced else None
+
+
+def fenced_names(value: str | None, instances: Sequence[str]) -> set[str]:
+    """The instances an annotation value (fenced_after's result) fences."""
+    names = json.loads(value) if value else []
+    return set(instances) if ALL in names else set(names)
+
+
+def writes_wait_warning(spec: Mapping[str, Any] | None, primary: str | None, instances: Sequence[str],
+                        fenced: set[str]) -> str | None:
+    """What a user must hear before the fence takes effect: with synchronousMode required, a
+    primary that keeps fewer unfenced replicas than spec.synchronousReplicas cannot get a commit
+    acknowledged, so every write waits (until a replica is unfenced or the setting changes).
+    None when writes go on, or nothing is primary (every write waits then anyway)."""
+    cluster = ClusterSpec.from_dict(spec)
+    if cluster.synchronous_mode != REQUIRED or not primary or primary in fenced:
+        return None
+    streaming = sorted(i for i in instances if i != primary and i not in fenced)
+    need = cluster.synchronous_replicas
+    if len(streaming) >= need:
+        return None
+    left = ", ".join(streaming) if streaming else "none"
+    return (f"writes on the primary {primary} will wait: spec.synchronousMode is required with "
+            f"synchronousReplicas {need}, and {len(streaming)} replica(s) are left unfenced ({left}); "
+            "a commit waits for an acknowledgement no fenced replica can give. Unfence a replica, "
+            "or lower spec.synchronousReplicas / set synchronousMode preferred, for writes to go on")
 
 
 def _get(kube: Any, namespace: str, cluster: str) -> dict[str, Any]:
@@ -119,3 +145,7 @@ def fence(on: bool, cluster: str, target: str, namespace: str) -> None:
     typer.echo(f"{target} {what}: {ANNOTATION_FENCED} = {value or '(removed)'}; the operator sets spec.fenced "
                "(a fenced instance's Postgres stops, its pod and volume stay; a fenced primary is never "
                "failed over)")
+    warning = writes_wait_warning(body.get("spec"), (body.get("status") or {}).get("currentPrimary"),
+                                  instances, fenced_names(value, instances))
+    if warning:
+        typer.echo(f"warning: {warning}", err=True)
