@@ -20,6 +20,7 @@ import kopf
 
 from pgop.runtime import api_session
 from pgop.runtime.config import is_pattern
+from pgop.runtime.diffbase import SlimDiffBaseStorage
 
 # Each package registers its handlers when imported; a package with no handlers yet is skipped.
 HANDLER_MODULES = ("pgop.cluster.handlers", "pgop.rds.handlers", "pgop.backup.handlers")
@@ -48,7 +49,8 @@ def configure(settings: kopf.OperatorSettings, **_) -> None:
     # State lives on the objects under our own prefix, so `kubectl get -o yaml` shows it and a
     # restarted operator resumes where the last one stopped.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="pgop.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    # kopf's own annotation storage, minus its copy of every status and managedFields per event.
+    settings.persistence.diffbase_storage = SlimDiffBaseStorage(
         prefix="pgop.io", key="last-handled-configuration")
     settings.persistence.finalizer = "pgop.io/finalizer"
     settings.posting.level = logging.INFO
