@@ -61,13 +61,13 @@ def writes_wait_warning(spec: Mapping[str, Any] | None, primary: str | None, ins
     cluster = ClusterSpec.from_dict(spec)
     if cluster.synchronous_mode != REQUIRED or not primary or primary in fenced:
         return None
-    streaming = sorted(i for i in instances if i != primary and i not in fenced)
+    unfenced = sorted(i for i in instances if i != primary and i not in fenced)
     need = cluster.synchronous_replicas
-    if len(streaming) >= need:
+    if len(unfenced) >= need:
         return None
-    left = ", ".join(streaming) if streaming else "none"
+    left = ", ".join(unfenced) if unfenced else "none"
     return (f"writes on the primary {primary} will wait: spec.synchronousMode is required with "
-            f"synchronousReplicas {need}, and {len(streaming)} replica(s) are left unfenced ({left}); "
+            f"synchronousReplicas {need}, and {len(unfenced)} replica(s) are left unfenced ({left}); "
             "a commit waits for an acknowledgement no fenced replica can give. Unfence a replica, "
             "or lower spec.synchronousReplicas / set synchronousMode preferred, for writes to go on")
 
