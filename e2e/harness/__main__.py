@@ -77,11 +77,13 @@ def start_operator(env: dict[str, str]) -> None:
     pgop = paths.REPO / ".venv" / "bin" / "pgop"
     with step(f"pgop operator (log: {paths.LOGS / 'operator.log'})"):
         liveness = f"http://127.0.0.1:{paths.OPERATOR_LIVENESS_PORT}/healthz"
+        metrics = f"http://127.0.0.1:{paths.OPERATOR_METRICS_PORT}/metrics"
         proc.start("operator", [str(pgop), "run", "--all-namespaces", "--liveness", liveness,
-                                "--metrics", f"http://127.0.0.1:{paths.OPERATOR_METRICS_PORT}/metrics"],
+                                "--metrics", metrics],
                    env=operator_env(env), cwd=str(paths.REPO))
         proc.wait_for(lambda: services._http_status(liveness) == 200,
                       "operator liveness", 60, log_name="operator")
+        proc.wait_for(lambda: services._http_status(metrics) == 200, "operator metrics", 30, log_name="operator")
 
 
 def operator_env(env: dict[str, str]) -> dict[str, str]:
