@@ -34,11 +34,12 @@ Then it deletes everything it made (namespaces bench-scale-<run>-*, the KWOK nod
 volumes, its StorageClass), with time-limited waits. Objects it made carry the label
 bench.pgop.io/scale=<run>; `--clean-leftovers` removes those of an earlier run that was killed.
 
-The simulated agents send the status patches the agent sends (a primary's every 2 s turn, a
-replica's when its status changes or every 5 s, pgop.agent.status.worth_writing). The agent reads
-its cluster's PgInstances from its watch (pgop.agent.kube: one LIST and one watch per agent,
-renewed every 50 s); the simulated agents open no watches (3000 of them do not fit in this
-process), so that part of the agents' load on the API server is not in the figures.
+The simulated agents send what the agent sends: a status patch when the status changes (and an
+unchanged one every 60 s), otherwise a renewal of the instance's liveness Lease as its heartbeat
+(a primary's every 2 s turn, a replica's every 5 s; pgop.agent.loop.report, pgop.kernel.liveness).
+The agent reads its cluster's PgInstances from its watch (pgop.agent.kube: one LIST and one watch
+per agent, renewed every 15 s); the simulated agents open no watches (3000 of them do not fit in
+this process), so that part of the agents' load on the API server is not in the figures.
 `--agent-reads` makes them GET + LIST on every turn instead, as the agent did before it cached.
 The report says how late the simulated agents' turns were, so a figure taken while they could not
 keep up shows it.

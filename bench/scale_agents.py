@@ -3,13 +3,14 @@ simulated instances of bench/scale.py (pods on KWOK nodes, where no container ru
 
 - the agents: for every PgInstance whose Postgres pod runs, what `pgop agent run` sends the API
   server on each turn of its loop (pgop/agent/loop.py: `read_spec` GETs its PgInstance and LISTs
-  its cluster's, `report` merge-patches the status when it changed or the status refresh is due,
-  as `pgop.agent.status.worth_writing` decides), every `interval` seconds
+  its cluster's, `report` merge-patches the status when it changed or its report refresh is due,
+  as `pgop.agent.status.worth_writing` decides, and otherwise renews its liveness Lease (making it
+  on first use: pgop.kernel.liveness) when its heartbeat is due), every `interval` seconds
   (pgop.agent.settings.DEFAULT_INTERVAL unless told) and at once when its spec changes (the
   agent's watch). The status is built by the agent's own pgop.agent.status.build_status from a
   made-up observation: Postgres accepts connections in the role the spec asks, on timeline 1,
   replicas stream from spec.primary with no lag, and every spec is applied (a reload) at once.
-  Keep this in step with the agent when its traffic changes (e.g. liveness through Leases);
+  Keep this in step with the agent when its traffic changes;
 - a volume provisioner for the benchmark's StorageClass: a PersistentVolume pre-bound to each
   claim (nothing is mounted: no container runs).
 
@@ -35,8 +36,9 @@ from bench.kubeapi import Api, ApiError
 from pgop.agent import ha
 from pgop.agent import status as agent_status
 from pgop.agent.observed import PostgresState
-from pgop.agent.settings import DEFAULT_INTERVAL, DEFAULT_STATUS_REFRESH, AgentSettings
+from pgop.agent.settings import DEFAULT_INTERVAL, DEFAULT_REPORT_REFRESH, DEFAULT_STATUS_REFRESH, AgentSettings
 from pgop.agent.streaming import ReceiverState, Standby
+from pgop.kernel import liveness
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE, LABEL_ROLE
 from pgop.kernel.model import API_GROUP, Instance
 
@@ -140,6 +142,8 @@ class Agents:
         self.turns: dict[Key, int] = {}
         self.written_at: dict[Key, float] = {}  # monotonic, of each simulated agent's last status write
         self.status_refresh = DEFAULT_STATUS_REFRESH
+        self.report_refresh = DEFAULT_REPORT_REFRESH
+        self.leased: dict[Key, float] = {}  # monotonic, of each simulated agent's last Lease renewal
         self.applied: dict[Key, int] = {}  # generation last reported
         self.lateness: list[float] = []  # seconds each turn started after it was due
         self.failures = 0
@@ -312,14 +316,35 @@ class Agents:
         patch = simulated_status(instance, pod, now=datetime.now(UTC),
                                  primary_lsn=((primary or {}).get("status") or {}).get("lsn"),
                                  lsn=made_up_lsn(turns), members=members, interval=self.interval)
-        # As the agent: a write when the status changes, else a heartbeat every status refresh
-        # (a primary's on every turn: pgop.agent.status.refresh_for).
+        # As the agent (pgop.agent.loop.report): a write when the status changes; else a heartbeat
+        # every status refresh (a primary's on every turn: pgop.agent.status.refresh_for), as a
+        # renewal of its liveness Lease (pgop.kernel.liveness), and the unchanged status again
+        # every report refresh.
         written = self.written_at.get(key)
         since = None if written is None else time.monotonic() - written
-        refresh = agent_status.refresh_for(Instance.from_object(instance), PostgresState(role=patch.get("role")),
-                                           self.status_refresh)
-        if not agent_status.worth_writing(instance.get("status"), patch, since, refresh):
-            return
+        beat_every = agent_status.refresh_for(Instance.from_object(instance), PostgresState(role=patch.get("role")),
+                                              self.status_refresh)
+        leased = key in self.leased
+        if not agent_status.worth_writing(instance.get("status"), patch, since,
+                                          self.report_refresh if leased else beat_every):
+            beat_at = max(written or float("-inf"), self.leased.get(key, float("-inf")))
+            if time.monotonic() - beat_at < beat_every:
+                return
+            holder, now = self.live.get(key, ""), datetime.now(UTC)
+            leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+            try:
+                if leased:
+                    self.api.merge_patch(f"{leases}/{liveness.lease_name(name)}", liveness.renewal(holder, now))
+                else:
+                    self.api.create(leases, liveness.lease_body(namespace, name, cluster,
+                                                                instance["metadata"].get("uid", ""), holder, now))
+                self.leased[key] = time.monotonic()
+                return
+            except ApiError as error:
+                if error.status == 404:
+                    self.leased.pop(key, None)
+                    return
+                raise
         try:
             self.api.merge_patch(f"{base}/{name}/status", {"status": patch})
             self.written_at[key] = time.monotonic()

@@ -65,7 +65,7 @@ def status(
     """Show a PgCluster at a glance: instances, roles, LSN, lag, sync state, heartbeats."""
     from pgop.cli_output import cluster_document, console, dump
     from pgop.cli_views import cluster_table, conditions_table
-    from pgop.kernel.meta import LABEL_CLUSTER
+    from pgop.cluster.observe import ApiReader
     from pgop.runtime.kube import Kube
 
     ns = _namespace(namespace)
@@ -74,7 +74,8 @@ def status(
     if body is None:
         typer.echo(f"PgCluster {ns}/{cluster} not found", err=True)
         raise typer.Exit(1) from None
-    instances = kube.list("PgInstance", ns, {LABEL_CLUSTER: cluster})
+    # with each agent's liveness Lease beside its PgInstance: the HEARTBEAT column is the newest sign
+    instances = ApiReader(kube).instances(ns, cluster)
     if output != Output.table:
         typer.echo(dump(cluster_document(body, instances), output), nl=False)
         return

@@ -9,6 +9,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from pgop.kernel import liveness
 from pgop.kernel.actions import Action
 from pgop.kernel.conditions import parse_time, rfc3339
 from pgop.kernel.lsn import lag_bytes
@@ -37,6 +38,11 @@ def _bytes(n: Any) -> str:
     return f"{n} TiB"
 
 
+def _newest_beat(instance: dict[str, Any]) -> str | None:
+    moment = liveness.alive_at(instance)
+    return rfc3339(moment) if moment is not None else None
+
+
 def instance_rows(cluster: dict[str, Any], instances: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One row per PgInstance, by ordinal: what `pgop status` shows as a table and as JSON/YAML."""
     entries = {e["name"]: e for e in (cluster.get("status") or {}).get("instances") or []}
@@ -60,7 +66,8 @@ def instance_rows(cluster: dict[str, Any], instances: Iterable[dict[str, Any]]) 
             "lsn": st.get("lsn"),
             "lagBytes": lag,
             "syncState": entry.get("syncState") or st.get("syncState"),
-            "lastHeartbeat": st.get("lastHeartbeat"),
+            # the newest sign of life: a status write or a liveness Lease renewal (pgop.kernel.liveness)
+            "lastHeartbeat": _newest_beat(inst),
             "pod": st.get("pod"),
             "fenced": bool(inst["spec"].get("fenced")),
         })

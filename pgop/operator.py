@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.parse
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
@@ -90,6 +91,29 @@ def _watch_nodes_if_allowed() -> None:
         log.info("Nodes may not be watched: switchovers ahead of node drains are off")
 
 
+def _watch_leases(namespaces: Sequence[str]) -> None:
+    """The agents' liveness Leases, listed before kopf starts (pgop.cluster.leases). An operator
+    that may not read them would take every agent that renews its Lease for a silent one (and
+    fail its primary over), so it does not start: its RBAC is older than its code."""
+    from kubernetes.client.rest import ApiException
+
+    from pgop.cluster import leases
+    from pgop.runtime.kube import Kube
+    for wait in (1, 2, 4, 8, 0):
+        try:
+            leases.start(Kube(), namespaces)
+            return
+        except Exception as error:  # noqa: BLE001 - the API server may not answer yet at start
+            if isinstance(error, ApiException) and error.status in (401, 403):
+                raise SystemExit("pgop: this operator may not list and watch Leases (coordination.k8s.io), "
+                                 "where the agents renew their liveness: apply the RBAC of deploy/operator.yaml "
+                                 "(or deploy/operator-namespaced.yaml) of this version") from None
+            if not wait:
+                raise
+            log.warning("cannot list the agents' Leases yet (%s); again in %ss", error, wait)
+            time.sleep(wait)
+
+
 @dataclass(frozen=True)
 class LeaderElection:
     """Run as one of several replicas: act only while holding this Lease."""
@@ -111,6 +135,7 @@ def run(namespaces: Sequence[str], liveness: str | None = None, verbose: bool = 
     api_session.register(namespaces)
     if "pgop.cluster.handlers" in loaded:
         _watch_nodes_if_allowed()
+        _watch_leases(namespaces)
     if metrics:
         from pgop import operator_metrics
         operator_metrics.register()

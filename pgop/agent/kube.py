@@ -10,21 +10,25 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Protocol
 
+from pgop.kernel import liveness
 from pgop.kernel.meta import LABEL_CLUSTER
 from pgop.kernel.model import API_GROUP
 
 PLURAL = "pginstances"
 VERSION = "v1"
 REQUEST_TIMEOUT = 3.0  # seconds: a hung API server must not hold the loop (and isolation) up long
-WATCH_SECONDS = 50  # one watch request; then a new one from the last resourceVersion
+# One watch request; then a new one from the last resourceVersion. The server ends each after
+# this long, and that end is what says the stream still works when nothing changes (the agents
+# renew Leases, pgop.kernel.liveness: a steady cluster's PgInstances may not change for a minute).
+WATCH_SECONDS = 15
 WATCH_BACKOFF = (0.5, 10.0)  # first and longest wait before the watch connects again
 # The cluster's PgInstances as the watch last delivered them are used instead of a GET and a LIST
-# per turn while the watch was heard from this recently. A healthy cluster's primary writes its
-# status every turn (2 s), so a live watch delivers an event at least that often; after three
-# silent turns (a stalled connection, a primary gone) every read goes to the API server again.
-CACHE_FRESH_FOR = 6.0
+# per turn while the watch was heard from (an event, or the server ending a watch request) this
+# recently; after that (a stalled stream) every read goes to the API server again.
+CACHE_FRESH_FOR = WATCH_SECONDS + 5.0
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +44,13 @@ class InstanceStore(Protocol):
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         """JSON merge patch of the status subresource (None values remove fields)."""
+
+
+class LeaseRenewing(Protocol):
+    def renew_lease(self, instance: dict[str, Any], holder: str, now: datetime) -> None:
+        """Renew the liveness Lease of PgInstance `instance` (its body) as `holder`, making it on
+        first use (pgop.kernel.liveness). Raises when it cannot: the caller writes its heartbeat
+        into the status instead. Never renews a Lease of that name it did not make."""
 
 
 class Watchable(Protocol):
@@ -78,6 +89,23 @@ class MemoryInstanceStore:
         self.fail = False  # simulate an unreachable API server
         self.hang = 0.0  # ... whose requests time out after this many seconds
         self.watchers: dict[str, list[Wake]] = {}
+        self.leases: dict[str, dict[str, Any]] = {}  # by Lease name
+        self.renewals: list[tuple[str, str]] = []  # (instance, holder) of each renewal
+
+    def renew_lease(self, instance: dict[str, Any], holder: str, now: datetime) -> None:
+        self._check()
+        meta = instance.get("metadata") or {}
+        me, cluster = meta.get("name", ""), (instance.get("spec") or {}).get("cluster", "")
+        name = liveness.lease_name(me)
+        with self.lock:
+            lease = self.leases.get(name)
+            if lease is None:
+                self.leases[name] = liveness.lease_body(self.namespace, me, cluster, meta.get("uid", ""), holder, now)
+            elif not liveness.is_own(lease, me, cluster):
+                raise PermissionError(f"Lease {name} exists and is not the liveness Lease of {me}")
+            else:
+                _merge(lease, liveness.renewal(holder, now))
+            self.renewals.append((me, holder))
 
     def _changed(self, name: str) -> None:
         for wake in list(self.watchers.get(name, ())):
@@ -171,6 +199,7 @@ class KubeInstanceStore:
         # into a client that sends other kinds of patches.)
         self.api_client = client.ApiClient(configuration)
         self.api_client.set_default_header("Content-Type", "application/merge-patch+json")
+        self.lease_client = client.ApiClient(configuration)  # its requests say their own Content-Type
         self.api = client.CustomObjectsApi(self.api_client)
         self.namespace = namespace
         self.timeout = request_timeout
@@ -182,6 +211,7 @@ class KubeInstanceStore:
         self.heard_at = float("-inf")
         self.cache_reads = 0
         self.contact_at = float("-inf")
+        self.lease_checked: str | None = None  # the Lease found to be this instance's own (or made)
 
     def get_instance(self, name: str) -> dict[str, Any] | None:
         cached = self._cached()
@@ -302,6 +332,47 @@ class KubeInstanceStore:
     def _forget(self) -> None:
         with self.cache_lock:
             self.cache, self.cache_cluster, self.heard_at = {}, None, float("-inf")
+
+    def renew_lease(self, instance: dict[str, Any], holder: str, now: datetime) -> None:
+        """A merge patch of the Lease's renewal; on first use (and after a 404) a GET first: a
+        Lease of that name someone else made is never renewed, a missing one is made."""
+        import json
+
+        from kubernetes.client.exceptions import ApiException
+        meta, spec = instance.get("metadata") or {}, instance.get("spec") or {}
+        me, cluster = meta.get("name", ""), spec.get("cluster", "")
+        name = liveness.lease_name(me)
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases"
+        if self.lease_checked != name:
+            try:
+                found = self._lease_call("GET", f"{path}/{name}")
+            except ApiException as error:
+                if error.status != 404:
+                    raise
+                body = liveness.lease_body(self.namespace, me, cluster, meta.get("uid", ""), holder, now)
+                self._lease_call("POST", path, body)
+                self.lease_checked = name
+                self.contact_at = time.monotonic()
+                return
+            if not liveness.is_own(json.loads(found.data), me, cluster):
+                raise PermissionError(f"Lease {self.namespace}/{name} exists and is not the liveness "
+                                      f"Lease of {me}: not renewing it")
+            self.lease_checked = name
+        try:
+            self._lease_call("PATCH", f"{path}/{name}", liveness.renewal(holder, now), "application/merge-patch+json")
+        except ApiException as error:
+            if error.status == 404:
+                self.lease_checked = None  # deleted meanwhile: made again on the next renewal
+            raise
+        self.contact_at = time.monotonic()
+
+    def _lease_call(self, method: str, path: str, body: Any = None, content_type: str = "application/json"):
+        """A raw request of the Lease client (no default Content-Type: it creates with POST and
+        renews with a merge patch); the urllib3 response, not decoded."""
+        return self.lease_client.call_api(
+            path, method, body=body, header_params={"Accept": "application/json", "Content-Type": content_type},
+            auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
+            _request_timeout=self.timeout)
 
     def patch_status(self, name: str, status: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException

@@ -88,6 +88,9 @@ class Agent:
         self.previous_status: dict = {}  # as last read: other writers' conditions are kept
         self.status_written_at: float | None = None  # monotonic; heartbeat-only writes wait for refresh
         self.status_written_for: int | None = None  # the spec generation read before that write
+        self.lease_renewed_at = float("-inf")  # monotonic: the last renewal of the liveness Lease
+        self.lease_failed_at = float("-inf")  # monotonic: the last renewal that failed
+        self.instance_body: dict[str, Any] | None = None  # as last read: the Lease's owner
         self.turns = 0
         # Set by a change of the PgInstance (the watch), by stop(): the loop's wait ends at once.
         self.wakeup = threading.Event()
@@ -302,6 +305,7 @@ class Agent:
                 self.message = f"PgInstance {self.settings.instance} does not exist"
                 return self.instance
             self.instance = Instance.from_object(body)
+            self.instance_body = body
             self.previous_status = body.get("status") or {}
         except Exception as error:
             log.warning("cannot read PgInstance %s: %s", self.settings.instance, error)
@@ -660,9 +664,15 @@ class Agent:
             patch["certificates"] = self.loaded_certificates
         since = None if self.status_written_at is None or self.status_written_for != instance.generation \
             else time.monotonic() - self.status_written_at
+        beat_every = status.refresh_for(instance, state, self.settings.status_refresh)
+        leased = self.may_lease()
         if not status.worth_writing(self.previous_status, patch, since,
-                                    status.refresh_for(instance, state, self.settings.status_refresh)):
-            return  # nothing new to say, and the last heartbeat is recent
+                                    self.settings.report_refresh if leased else beat_every):
+            # Nothing new to say: the status as stored (read this turn) is still true. The Lease's
+            # renewal says so, and that the agent is alive (pgop.kernel.liveness).
+            beat_at = max(self.status_written_at or float("-inf"), self.lease_renewed_at)
+            if time.monotonic() - beat_at < beat_every or (leased and self.renew_lease(instance)):
+                return
         try:
             self.store.patch_status(instance.name, patch)
             self.api_ok_at = self.status_written_at = time.monotonic()
@@ -671,6 +681,28 @@ class Agent:
                 self.notice = None  # said once the API server heard it
         except Exception as error:
             log.warning("cannot write the status of %s: %s", instance.name, error)
+
+    def may_lease(self) -> bool:
+        """Whether the heartbeat goes to the liveness Lease: the store has Leases, the pod UID
+        holds it, and no renewal failed within the last report refresh (then the status carries
+        the heartbeat, as without Leases, and the Lease is tried again after that)."""
+        return (hasattr(self.store, "renew_lease") and bool(self.settings.pod_uid)
+                and self.instance_body is not None
+                and time.monotonic() - self.lease_failed_at >= self.settings.report_refresh)
+
+    def renew_lease(self, instance: Instance) -> bool:
+        """Renew the instance's liveness Lease; False when it failed (the status carries this
+        heartbeat, and the next ones until `may_lease` tries again)."""
+        assert self.instance_body is not None
+        try:
+            self.store.renew_lease(self.instance_body, self.settings.pod_uid, self.now())  # type: ignore[attr-defined]
+        except Exception as error:
+            log.warning("cannot renew the liveness Lease of %s (%s): heartbeats go into the status for %.0fs",
+                        instance.name, error, self.settings.report_refresh)
+            self.lease_failed_at = time.monotonic()
+            return False
+        self.api_ok_at = self.lease_renewed_at = time.monotonic()
+        return True
 
     # -------------------------------------------------------------------------- shutdown
 

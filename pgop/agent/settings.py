@@ -18,6 +18,9 @@ from pgop.kernel.podenv import AGENT_PORT, ENV_METRICS_PORT, METRICS_PORT, REQUI
 
 DEFAULT_INTERVAL = 2.0
 DEFAULT_STATUS_REFRESH = 5.0  # pgop.agent.status: the heartbeat when the status does not change
+# While the agent's liveness Lease renews (pgop.kernel.liveness), the heartbeat goes there and an
+# unchanged status is written again only this often.
+DEFAULT_REPORT_REFRESH = 60.0
 DEFAULT_ISOLATION_TIMEOUT = 10.0
 DEFAULT_MAX_START_ATTEMPTS = 3
 
@@ -56,7 +59,8 @@ class AgentSettings:
     primary_port: int = pgconfig.POSTGRES_PORT
     run_dir: Path | None = None  # writable, not on the volume: the passfile lives here
     interval: float = DEFAULT_INTERVAL
-    status_refresh: float = DEFAULT_STATUS_REFRESH  # heartbeat-only status writes, when nothing changed
+    status_refresh: float = DEFAULT_STATUS_REFRESH  # heartbeats (Lease renewals) of a replica whose status is unchanged
+    report_refresh: float = DEFAULT_REPORT_REFRESH  # unchanged-status writes while the Lease renews
     isolation_timeout: float = DEFAULT_ISOLATION_TIMEOUT  # a primary alone this long stops (0: never)
     max_start_attempts: int = DEFAULT_MAX_START_ATTEMPTS
     run_as: str | None = None  # OS user for the PostgreSQL binaries when the agent runs as root
@@ -164,6 +168,7 @@ class AgentSettings:
             run_dir=Path(run_dir) if run_dir else None,
             interval=number("PGOP_HEARTBEAT_INTERVAL", DEFAULT_INTERVAL, float),
             status_refresh=number("PGOP_STATUS_REFRESH", DEFAULT_STATUS_REFRESH, float),
+            report_refresh=number("PGOP_REPORT_REFRESH", DEFAULT_REPORT_REFRESH, float),
             isolation_timeout=number("PGOP_ISOLATION_TIMEOUT", DEFAULT_ISOLATION_TIMEOUT, float),
             max_start_attempts=number("PGOP_MAX_START_ATTEMPTS", DEFAULT_MAX_START_ATTEMPTS),
             run_as=env.get("PGOP_RUN_AS") or None,

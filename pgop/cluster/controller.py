@@ -185,7 +185,8 @@ def archiving_condition(instances: Sequence[Mapping[str, Any]]) -> dict[str, Any
 
 
 def plan_for_instance(reader: ClusterReader | Kube, body: dict[str, Any]) -> tuple[Instance, Plan, dict | None]:
-    """The plan for one instance and, when its agent does not report, a status patch saying why."""
+    """The plan for one instance and, when its agent does not report, a status patch saying why.
+    `body` carries its Lease renewal beside it (the reader's `with_liveness`)."""
     if isinstance(reader, Kube):
         reader = ApiReader(reader)
     instance = Instance.from_object(body)
@@ -196,8 +197,9 @@ def plan_for_instance(reader: ClusterReader | Kube, body: dict[str, Any]) -> tup
 
 
 def silent_agent(instance: Instance, now: datetime) -> bool:
-    """Whether the agent has not reported within the heartbeat timeout (or never)."""
-    beat = instance.status.last_heartbeat
+    """Whether the agent has given no sign of life (a status write or a Lease renewal) within the
+    heartbeat timeout (or never)."""
+    beat = instance.status.alive_at
     return beat is None or (now - beat).total_seconds() > DEFAULT_HEARTBEAT_TIMEOUT
 
 
@@ -205,7 +207,7 @@ def _report_for_silent_agent(reader: ClusterReader, instance: Instance, pvc, pod
     now = datetime.now(UTC)
     if not silent_agent(instance, now):
         return None  # the agent speaks for itself
-    beat = instance.status.last_heartbeat
+    beat = instance.status.alive_at
     sc_exists = None
     if pvc is not None and (pvc.get("status") or {}).get("phase") in (None, "Pending"):
         sc = (pvc.get("spec") or {}).get("storageClassName")

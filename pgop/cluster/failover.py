@@ -167,6 +167,9 @@ class _Facts:
     heartbeat_timeout: float
 
     def fresh(self, instance: Instance, since: datetime | None = None) -> bool:
+        """Alive (a status write or a Lease renewal within the heartbeat timeout) and, with
+        `since`, a status written since then: a report of what the agent did, which a Lease
+        renewal is not (pgop.kernel.liveness)."""
         age = heartbeat_age(instance, self.now)
         if age is None or age > self.heartbeat_timeout:
             return False
@@ -381,9 +384,10 @@ def _failure(facts: _Facts, name: str) -> str:
 
 
 def _replicas_that_lost(facts: _Facts, primary: Instance) -> list[str]:
-    """The replicas that followed `primary` and report, after its last heartbeat, that they no
-    longer receive its WAL; empty unless there is at least one and *all* of them say so."""
-    beat = primary.status.last_heartbeat
+    """The replicas that followed `primary` and report, after its last sign of life (a status
+    write or a Lease renewal), that they no longer receive its WAL; empty unless there is at least
+    one and *all* of them say so."""
+    beat = primary.status.alive_at
     followers = [i for i in facts.live if i.name != primary.name and i.status.following == primary.name
                  and not facts.is_fenced(i)]
     if beat is None or not followers:

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import kopf
 from kubernetes.client.rest import ApiException
 
-from pgop.cluster import controller, indexes, pace
+from pgop.cluster import controller, indexes, observe, pace
 from pgop.cluster import publish as cluster_publish
 from pgop.cluster.failover import pod_state
 from pgop.cluster.status import worth_writing
@@ -385,6 +385,7 @@ def _reconcile_instance(key: tuple[str, str], body, logger) -> float:
     # The latest the watch saw (a pass asked for again runs on what came in meanwhile).
     body = indexes.indexed("pgop_instances", *key) or body
     reader = indexes.reader(kube())
+    body = reader.with_liveness(body)
     instance, plan, report = controller.plan_for_instance(reader, body)
     if not reader.fresh and not len(plan) and not report:
         return pace.next_pass_in(pace.instance_steady(body), pace.heartbeats([body]), datetime.now(UTC),
@@ -395,6 +396,7 @@ def _reconcile_instance(key: tuple[str, str], body, logger) -> float:
         body = kube().get("PgInstance", *key)
         if body is None:
             return pace.FAST
+        body = observe.ApiReader(kube()).with_liveness(body)
         instance, plan, report = controller.plan_for_instance(kube(), body)
     apply_plan(body, plan, logger)
     if report:

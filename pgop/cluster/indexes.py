@@ -15,7 +15,7 @@ from typing import Any
 
 import kopf
 
-from pgop.cluster import observe
+from pgop.cluster import leases, observe
 from pgop.kernel.meta import LABEL_CLUSTER
 from pgop.kernel.model import API_GROUP
 from pgop.runtime.kube import Kube
@@ -178,7 +178,7 @@ def capture(kwargs: Mapping[str, Any]) -> None:
 def reader(kube: Kube) -> observe.ClusterReader:
     """The index reader once kopf has handed the indexes over; the API before (and in tests)."""
     if all(name in _live for name in NAMES) and (not _nodes_watched or NODES in _live):
-        return observe.IndexReader(_live, _nodes_watched, kube)
+        return observe.IndexReader(_live, _nodes_watched, kube, leases.TABLE.get)
     return observe.ApiReader(kube)
 
 

@@ -7,11 +7,12 @@ GET of the API would.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from kubernetes.client.rest import ApiException
 
+from pgop.kernel import liveness
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.runtime.kube import Kube
 
@@ -27,6 +28,8 @@ class ClusterReader(Protocol):
     kube: Kube  # for the few objects no index holds (read by name, rarely)
 
     def instances(self, namespace: str, cluster: str) -> list[Obj]: ...
+    # A PgInstance body with its agent's Lease renewal beside it (pgop.kernel.liveness).
+    def with_liveness(self, body: Obj) -> Obj: ...
     def services(self, namespace: str, cluster: str) -> list[Obj]: ...
     def secrets(self, namespace: str, cluster: str) -> list[Obj]: ...
     def postgres_pods(self, namespace: str, cluster: str) -> list[Obj]: ...
@@ -48,7 +51,29 @@ class ApiReader:
         self.kube = kube
 
     def instances(self, namespace: str, cluster: str) -> list[Obj]:
-        return self.kube.list("PgInstance", namespace, {LABEL_CLUSTER: cluster})
+        bodies = self.kube.list("PgInstance", namespace, {LABEL_CLUSTER: cluster})
+        if not bodies:
+            return bodies
+        leases = dict(kept for kept in map(liveness.seen, self._leases(namespace, {LABEL_CLUSTER: cluster}))
+                      if kept is not None)
+        return [liveness.with_liveness(b, leases.get((namespace, _meta(b).get("name", "")))) for b in bodies]
+
+    def with_liveness(self, body: Obj) -> Obj:
+        meta = _meta(body)
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        leases = self._leases(namespace, {LABEL_INSTANCE: name})
+        kept = dict(k for k in map(liveness.seen, leases) if k is not None)
+        return liveness.with_liveness(body, kept.get((namespace, name)))
+
+    def _leases(self, namespace: str, selector: dict[str, str]) -> list[Obj]:
+        """The agents' liveness Leases the selector picks; none where the operator may not read
+        Leases (an install whose RBAC predates them: the heartbeat in the status is then the only one)."""
+        try:
+            return self.kube.list("Lease", namespace, {**selector, LABEL_COMPONENT: liveness.COMPONENT_LIVENESS})
+        except ApiException as e:
+            if e.status == 403:
+                return []
+            raise
 
     def services(self, namespace: str, cluster: str) -> list[Obj]:
         return self.kube.list("Service", namespace, {LABEL_CLUSTER: cluster})
@@ -96,10 +121,12 @@ class IndexReader:
     read Nodes (cordoned_nodes is then None, as the API reader says on a 403)."""
     fresh = False
 
-    def __init__(self, indexes: Mapping[str, Index], nodes_watched: bool, kube: Kube):
+    def __init__(self, indexes: Mapping[str, Index], nodes_watched: bool, kube: Kube,
+                 leases: Callable[[str, str], Mapping[str, str] | None] = lambda namespace, name: None):
         self.indexes = indexes
         self.nodes_watched = nodes_watched
         self.kube = kube
+        self.leases = leases  # (namespace, instance) -> the Lease renewal last watched (pgop.cluster.leases)
 
     def _all(self, index: str, key: Any) -> list[Obj]:
         store = self.indexes[index].get(key)
@@ -111,10 +138,15 @@ class IndexReader:
         return found[0] if found else None
 
     def instances(self, namespace: str, cluster: str) -> list[Obj]:
-        return self._all("pgop_instances", ("cluster", namespace, cluster))
+        return [self.with_liveness(b) for b in self._all("pgop_instances", ("cluster", namespace, cluster))]
 
     def instance(self, namespace: str, name: str) -> Obj | None:
-        return self._one("pgop_instances", ("name", namespace, name))
+        body = self._one("pgop_instances", ("name", namespace, name))
+        return self.with_liveness(body) if body is not None else None
+
+    def with_liveness(self, body: Obj) -> Obj:
+        meta = _meta(body)
+        return liveness.with_liveness(body, self.leases(meta.get("namespace", ""), meta.get("name", "")))
 
     def services(self, namespace: str, cluster: str) -> list[Obj]:
         return self._all("pgop_services", (namespace, cluster))

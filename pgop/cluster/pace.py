@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from pgop.cluster.failover import STREAMING
-from pgop.kernel.conditions import parse_time
+from pgop.kernel import liveness
 from pgop.kernel.model import PRIMARY, REPLICA
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT
 
@@ -31,8 +31,9 @@ JITTER = 0.1  # steady waits are shortened by up to this fraction: the passes of
 
 
 def heartbeats(instances: Iterable[Mapping[str, Any]]) -> list[datetime | None]:
-    """The lastHeartbeat of each instance (as its PgInstance says), None where there is none."""
-    return [parse_time(((i.get("status") or {}).get("lastHeartbeat")) or None) for i in instances]
+    """The newest sign of life of each instance's agent (its status.lastHeartbeat, or its Lease's
+    renewal beside the body: pgop.kernel.liveness), None where there is none."""
+    return [liveness.alive_at(i) for i in instances]
 
 
 def next_pass_in(steady: bool, beats: Iterable[datetime | None], now: datetime, *,

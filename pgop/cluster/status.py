@@ -64,7 +64,8 @@ def _entry(instance: Instance, ready: bool, primary: Instance | None) -> dict[st
         "replayLSN": status.replay_lsn,
         "walReceiver": status.wal_receiver,
         "syncState": status.sync_state,
-        "lastHeartbeat": rfc3339(status.last_heartbeat) if status.last_heartbeat else None,
+        # the newest sign of life: a status write or a Lease renewal (pgop.kernel.liveness)
+        "lastHeartbeat": rfc3339(status.alive_at) if status.alive_at else None,
         "pod": status.pod,
         "node": status.node,
     }

@@ -20,6 +20,9 @@ from pgop.kernel.lsn import parse_lsn
 
 API_GROUP = "pgop.io"
 API_VERSION = "pgop.io/v1"
+# The key the operator adds beside a PgInstance body it read (never stored): the renewal of the
+# instance's liveness Lease (pgop.kernel.liveness.with_liveness).
+LIVENESS_KEY = "pgop.io/liveness"
 
 # The one place the Postgres image is named; spec.image overrides it.
 DEFAULT_IMAGE = "localhost/pgop-postgres:dev"
@@ -691,7 +694,11 @@ class InstanceStatus:
     sync_state: str | None = None
     # On a primary: each streaming replica's sync state as it sees it (pg_stat_replication).
     replica_sync_states: dict[str, str] | None = None
+    # When the agent last wrote its status (a report: what the failover's "since" checks read).
     last_heartbeat: datetime | None = None
+    # When the agent last renewed its instance's Lease (pgop.kernel.liveness), as the operator saw
+    # it beside the body; None when unknown (the agent, tools that read no Leases).
+    lease_renewed: datetime | None = None
     observed_generation: int | None = None
     pod: str | None = None
     pod_uid: str | None = None  # the pod its agent runs in: a replaced pod has a new one
@@ -703,6 +710,11 @@ class InstanceStatus:
     restore_phase: str | None = None
     restore_message: str | None = None
     restore_wal_files: int | None = None
+
+    @property
+    def alive_at(self) -> datetime | None:
+        """The agent's newest sign of life: its last status write or its Lease's last renewal."""
+        return max((m for m in (self.last_heartbeat, self.lease_renewed) if m is not None), default=None)
 
     @property
     def restore_summary(self) -> str | None:
@@ -779,7 +791,8 @@ class Instance:
             cluster_uid=owners[0].get("uid") if owners else None,
             deleting=bool(meta.get("deletionTimestamp")),
             spec=InstanceSpec.from_dict(body.get("spec")),
-            status=InstanceStatus.from_dict(body.get("status")),
+            status=dataclasses.replace(InstanceStatus.from_dict(body.get("status")),
+                                       lease_renewed=_lease_renewed(body.get(LIVENESS_KEY))),
             raw_spec=plain(body.get("spec") or {}),
         )
 
@@ -796,6 +809,15 @@ class Instance:
     def settled(self) -> bool:
         """Ready, and its agent has applied the current spec (so a rollout may move on)."""
         return self.status.ready and self.status.observed_generation == self.generation
+
+
+def _lease_renewed(seen: Any) -> datetime | None:
+    if not isinstance(seen, Mapping):
+        return None
+    try:
+        return parse_time(seen.get("renewTime"))
+    except ValueError:
+        return None
 
 
 def with_sync_states_from_primary(instances: Sequence[Instance]) -> list[Instance]:

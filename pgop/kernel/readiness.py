@@ -11,7 +11,9 @@ DEFAULT_HEARTBEAT_TIMEOUT = 15.0  # seconds: three missed beats of an agent that
 
 
 def heartbeat_age(instance: Instance, now: datetime) -> float | None:
-    beat = instance.status.last_heartbeat
+    """Seconds since the agent's newest sign of life: a status write or a renewal of its Lease
+    (pgop.kernel.liveness); None when it never gave one."""
+    beat = instance.status.alive_at
     return None if beat is None else (now - beat).total_seconds()
 
 

@@ -54,11 +54,12 @@ BACKUPS_FAILED = Counter("pgop_backups_failed", "Base backups (PgBackups) seen f
                          ["namespace", "cluster"], registry=REGISTRY)
 HEARTBEAT_DELIVERY = Histogram(
     "pgop_heartbeat_delivery_delay_seconds",
-    "How old an agent's new status.lastHeartbeat was when the operator's watch delivered it: the "
-    "agent's write, the API server and the operator's event processing together. An operator (or "
-    "API server) falling behind shows here first; failover reads heartbeats, so it grows slower "
-    "too. lastHeartbeat has whole seconds (as Kubernetes times do), so a figure is up to 1 s above "
-    "the true delay; it also holds the clock offset between the agent's node and the operator's.",
+    "How old an agent's new heartbeat (its PgInstance's status.lastHeartbeat, or its liveness "
+    "Lease's renewTime) was when the operator's watch delivered it: the agent's write, the API "
+    "server and the operator's event processing together. An operator (or API server) falling "
+    "behind shows here first; failover reads heartbeats, so it grows slower too. lastHeartbeat has "
+    "whole seconds (as Kubernetes times do), so a figure from it is up to 1 s above the true delay; "
+    "it also holds the clock offset between the agent's node and the operator's.",
     registry=REGISTRY, buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60))
 
 # Reasons of the cluster controller's Events (pgop.cluster.failover) that end a role change.
@@ -164,8 +165,14 @@ def heartbeat_delay(before: Mapping[str, Any] | None, after: Mapping[str, Any], 
     (a node's clock ahead of the operator's)."""
     if before is None:
         return None
-    beat = (after.get("status") or {}).get("lastHeartbeat")
-    if not beat or beat == (before.get("status") or {}).get("lastHeartbeat"):
+    return beat_delay((before.get("status") or {}).get("lastHeartbeat"),
+                      (after.get("status") or {}).get("lastHeartbeat"), now)
+
+
+def beat_delay(before: str | None, beat: str | None, now: datetime) -> float | None:
+    """Seconds from the time `beat` (a lastHeartbeat, or a Lease's renewTime) to `now`; None when
+    there is none, it is the one seen `before`, or it cannot be read. Never negative."""
+    if not beat or beat == before:
         return None
     try:
         at = parse_time(str(beat))

@@ -38,6 +38,8 @@ def agent_rules(cluster: Cluster) -> list[dict[str, Any]]:
     return [
         {"apiGroups": [API_GROUP], "resources": ["pginstances"], "verbs": ["get", "list", "watch"]},
         {"apiGroups": [API_GROUP], "resources": ["pginstances/status"], "verbs": ["get", "patch", "update"]},
+        # Its liveness Lease (pgop.kernel.liveness): made on first use, then renewed.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["get", "create", "patch"]},
         # A backup pod reports its progress (status.uploadedBytes) on its PgBackup.
         {"apiGroups": [API_GROUP], "resources": ["pgbackups/status"], "verbs": ["get", "patch"]},
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": readable_secrets(cluster),
