@@ -52,28 +52,23 @@ class ApiReader:
 
     def instances(self, namespace: str, cluster: str) -> list[Obj]:
         bodies = self.kube.list("PgInstance", namespace, {LABEL_CLUSTER: cluster})
-        if not bodies:
-            return bodies
-        leases = dict(kept for kept in map(liveness.seen, self._leases(namespace, {LABEL_CLUSTER: cluster}))
-                      if kept is not None)
-        return [liveness.with_liveness(b, leases.get((namespace, _meta(b).get("name", "")))) for b in bodies]
+        return self._with_leases(namespace, {LABEL_CLUSTER: cluster}, bodies) if bodies else bodies
 
     def with_liveness(self, body: Obj) -> Obj:
         meta = _meta(body)
-        namespace, name = meta.get("namespace", ""), meta.get("name", "")
-        leases = self._leases(namespace, {LABEL_INSTANCE: name})
-        kept = dict(k for k in map(liveness.seen, leases) if k is not None)
-        return liveness.with_liveness(body, kept.get((namespace, name)))
+        return self._with_leases(meta.get("namespace", ""), {LABEL_INSTANCE: meta.get("name", "")}, [body])[0]
 
-    def _leases(self, namespace: str, selector: dict[str, str]) -> list[Obj]:
-        """The agents' liveness Leases the selector picks; none where the operator may not read
-        Leases (an install whose RBAC predates them: the heartbeat in the status is then the only one)."""
+    def _with_leases(self, namespace: str, selector: dict[str, str], bodies: list[Obj]) -> list[Obj]:
+        """`bodies` with the renewals of the agents' liveness Leases the selector picks (one LIST);
+        unchanged where the operator may not read Leases (an install whose RBAC predates them)."""
         try:
-            return self.kube.list("Lease", namespace, {**selector, LABEL_COMPONENT: liveness.COMPONENT_LIVENESS})
+            leases = self.kube.list("Lease", namespace, {**selector, LABEL_COMPONENT: liveness.COMPONENT_LIVENESS})
         except ApiException as e:
             if e.status == 403:
-                return []
+                return bodies
             raise
+        renewals = dict(kept for kept in map(liveness.seen, leases) if kept is not None)
+        return [liveness.with_liveness(b, renewals.get((namespace, _meta(b).get("name", "")))) for b in bodies]
 
     def services(self, namespace: str, cluster: str) -> list[Obj]:
         return self.kube.list("Service", namespace, {LABEL_CLUSTER: cluster})
