@@ -499,7 +499,8 @@ class Run:
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
             f"{len(self.nodes)} KWOK nodes, operator pid {self.operator_pid}")
         say(f"simulated agents: a turn every {a.interval:g}s per instance "
-            f"({'GET + LIST + PATCH status' if a.agent_reads else 'PATCH status only'}), "
+            f"({'GET + LIST, then ' if a.agent_reads else ''}PATCH status when it changes or every "
+            f"{self.agents.report_refresh:g}s, else renew the liveness Lease as the agent does), "
             f"bootstrap pods finish after {scale_kwok.BOOTSTRAP_SECONDS:g}s")
         say("\nmilestone                                                               seconds")
         for name, t in self.marks.items():

@@ -144,6 +144,7 @@ class Agents:
         self.status_refresh = DEFAULT_STATUS_REFRESH
         self.report_refresh = DEFAULT_REPORT_REFRESH
         self.leased: dict[Key, float] = {}  # monotonic, of each simulated agent's last Lease renewal
+        self.lease_failed: dict[Key, float] = {}  # monotonic, of its last failed renewal
         self.applied: dict[Key, int] = {}  # generation last reported
         self.lateness: list[float] = []  # seconds each turn started after it was due
         self.failures = 0
@@ -324,16 +325,18 @@ class Agents:
         since = None if written is None else time.monotonic() - written
         beat_every = agent_status.refresh_for(Instance.from_object(instance), PostgresState(role=patch.get("role")),
                                               self.status_refresh)
-        leased = key in self.leased
+        # As Loop.may_lease: the Lease carries the heartbeat unless a renewal failed within the
+        # last report refresh (the status carries it meanwhile).
+        may_lease = time.monotonic() - self.lease_failed.get(key, float("-inf")) >= self.report_refresh
         if not agent_status.worth_writing(instance.get("status"), patch, since,
-                                          self.report_refresh if leased else beat_every):
+                                          self.report_refresh if may_lease else beat_every):
             beat_at = max(written or float("-inf"), self.leased.get(key, float("-inf")))
             if time.monotonic() - beat_at < beat_every:
                 return
             holder, now = self.live.get(key, ""), datetime.now(UTC)
             leases = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
             try:
-                if leased:
+                if key in self.leased:
                     self.api.merge_patch(f"{leases}/{liveness.lease_name(name)}", liveness.renewal(holder, now))
                 else:
                     self.api.create(leases, liveness.lease_body(namespace, name, cluster,
@@ -341,9 +344,13 @@ class Agents:
                 self.leased[key] = time.monotonic()
                 return
             except ApiError as error:
-                if error.status == 404:
+                if error.status == 404:  # the Lease is gone: made again next turn
                     self.leased.pop(key, None)
                     return
+                if error.status == 409:  # made already: renewed next turn
+                    self.leased[key] = float("-inf")
+                    return
+                self.lease_failed[key] = time.monotonic()
                 raise
         try:
             self.api.merge_patch(f"{base}/{name}/status", {"status": patch})

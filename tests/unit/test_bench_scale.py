@@ -10,7 +10,7 @@ import yaml
 
 from bench import scale, scale_kwok
 from bench.kubeapi import _kind
-from bench.scale_agents import World, made_up_lsn, simulated_status, system_identifier, volume_for
+from bench.scale_agents import Agents, World, made_up_lsn, simulated_status, system_identifier, volume_for
 from bench.scale_metrics import (
     Series,
     bucket_quantile,
@@ -168,6 +168,55 @@ def test_simulated_agents_make_a_cluster_ready_by_the_operators_own_judgement():
     assert status["phase"] == "Ready" and status["readyInstances"] == 3
     # ... and a heartbeat as old as the operator's limit is not believed: the simulator must keep up
     assert cluster_status(cluster, reported, now=NOW + timedelta(seconds=16))["phase"] != "Ready"
+
+
+class _RecordingApi:
+    """What the simulated agents send, by verb and path (every request succeeds)."""
+
+    def __init__(self):
+        self.sent: list[tuple[str, str]] = []
+
+    def merge_patch(self, path, body):
+        self.sent.append(("PATCH", path))
+        return body
+
+    def create(self, path, body):
+        self.sent.append(("POST", path))
+        return body
+
+
+def test_simulated_agents_beat_through_the_lease_as_the_agent_does_and_rewrite_the_status_only_when_due():
+    _, instances, pods = _cluster_objects()
+    ns, replica = "bench-scale-x-000", instances[1]
+    key = (ns, replica["metadata"]["name"])
+    world = World(prefix="bench-scale-x-")
+    for inst, pod in zip(instances, pods):
+        world.instances[(ns, inst["metadata"]["name"])] = inst
+        world.pods[(ns, inst["metadata"]["name"])] = pod
+    api = _RecordingApi()
+    agents = Agents(api, world, "sc", reads=False)  # type: ignore[arg-type]
+
+    def turn(after: float) -> tuple[str, str]:
+        """A turn `after` seconds past the last beat (status write or renewal)."""
+        for table in (agents.written_at, agents.leased):
+            if key in table:
+                table[key] -= after
+        before = len(api.sent)
+        agents.turn(key)
+        return api.sent[before] if len(api.sent) > before else ("-", "")
+
+    verb, path = turn(0)  # the first report is a status write
+    assert verb == "PATCH" and path.endswith(f"/pginstances/{key[1]}/status")
+    world.instances[key] = replica | {"status": simulated_status(
+        replica, pods[1], now=datetime.now(UTC), primary_lsn=None, lsn=made_up_lsn(1), members=instances,
+        interval=2.0)}
+    assert turn(0.5) == ("-", "")  # a beat is not due yet
+    verb, path = turn(10)  # due, nothing new: the Lease is made, the status left alone
+    assert verb == "POST" and path.endswith(f"/namespaces/{ns}/leases")
+    verb, path = turn(10)  # ... and then renewed
+    assert verb == "PATCH" and path.endswith(f"/leases/{key[1]}-liveness")
+    verb, path = turn(agents.report_refresh)  # the unchanged status again, once a report refresh
+    assert verb == "PATCH" and path.endswith("/status")
 
 
 def test_progress_and_rollout_are_counted_from_the_watched_objects():
