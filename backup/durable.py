@@ -4,7 +4,9 @@
 PostgreSQL's start-up sync and `sync -f` cost) waits for all of the write-back at the end. Here
 `tar -v` names each member as it starts it, so the member before is complete: a few threads fsync
 it while tar writes the next ones (os.fsync releases the GIL), as pgBackRest syncs each file it
-restores. Once tar is done only the last file and the directories are left. Only the restored
+restores; a member still being written has its write-back started every 16 MB of the tar
+(`start_write_back`), never an fsync before it is complete. Once tar is done only the last file
+and the directories are left. Only the restored
 files are synced (syncfs(2) would be one call, but it writes back everything dirty on the file
 system, a neighbour's data included, and measured no faster here than this overlap).
 """
@@ -30,6 +32,27 @@ def fsync_path(path: str | os.PathLike) -> None:
         raise
     try:
         os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def start_write_back(path: str | os.PathLike) -> None:
+    """Start writing a file's dirty pages to disk without waiting for them and without a flush of
+    the disk's cache: posix_fadvise(DONTNEED) starts the write-back of what is dirty and drops
+    from the page cache what is already on disk. The fsync once the file is complete then waits
+    only for the rest. (An fsync every 16 MB of a 1 GB member forces a journal commit and a cache
+    flush each time: 2 GB restored in 4.8-7.1 s that way, 1.9-2.8 s this way, same disk, same
+    final fsyncs; sync_file_range(SYNC_FILE_RANGE_WRITE) measured as slow as the fsyncs.) A file
+    not created yet, or a system without the call, is left to its fsync."""
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ELOOP):  # not there yet; a symlink (pg_tblspc)
+            return
+        raise
+    try:
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(handle, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(handle)
 
@@ -80,20 +103,19 @@ class SyncBehind:
                 self.pending = [f for f in self.pending if not f.done() or f.exception() is not None]
 
     def written(self) -> None:
-        """Another stretch of the tar went in: write back what the member being extracted holds
-        so far (a 1 GB relation segment would otherwise wait whole for its turn)."""
+        """Another stretch of the tar went in: start the write-back of what the member being
+        extracted holds so far (`start_write_back`; a 1 GB relation segment would otherwise be
+        written back whole at its fsync)."""
         with self.lock:
             current = self.previous
             if current is None or current == self.running:
                 return
             self.running = current
-        self.pending.append(self.pool.submit(self._sync_current, current))
+        self.pending.append(self.pool.submit(self._write_back_current, current))
 
-    def _sync_current(self, name: str) -> None:
+    def _write_back_current(self, name: str) -> None:
         try:
-            fsync_path(self.root / name)
-        except FileNotFoundError:
-            pass  # not created yet (tar named it first); its own fsync follows once it is complete
+            start_write_back(self.root / name)  # not created yet (tar named it first): its fsync follows
         finally:
             with self.lock:
                 if self.running == name:

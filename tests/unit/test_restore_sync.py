@@ -75,15 +75,41 @@ def test_a_member_that_cannot_be_synced_fails_the_restore(tmp_path):
         syncer.finish()
 
 
-def test_the_member_being_written_is_written_back_early_and_may_not_exist_yet(tmp_path):
+def test_the_member_being_written_is_written_back_early_and_may_not_exist_yet(tmp_path, monkeypatch):
+    """While a member is written only its write-back starts (an fsync of a file still growing
+    costs a journal commit and a cache flush each time); it is fsynced once complete."""
     (tmp_path / "big").write_bytes(b"x" * 4096)
+    (tmp_path / "pg_tblspc").mkdir()
+    (tmp_path / "pg_tblspc" / "16384").symlink_to("/nonexistent")
+    fsynced, started = [], []
+    original_fsync, original_start = durable.fsync_path, durable.start_write_back
+    monkeypatch.setattr(durable, "fsync_path", lambda p: (fsynced.append(os.path.relpath(p, tmp_path)),
+                                                          original_fsync(p)))
+    monkeypatch.setattr(durable, "start_write_back", lambda p: (started.append(os.path.relpath(p, tmp_path)),
+                                                                original_start(p)))
     syncer = SyncBehind(tmp_path)
     syncer.feed("not-yet\n")
     syncer.written()       # tar named it but has not created it: no error
+    for future in syncer.pending:
+        future.result()
     (tmp_path / "not-yet").write_bytes(b"y")
     syncer.feed("big\n")   # not-yet is complete now: synced
     syncer.written()
+    for future in syncer.pending:
+        future.result()
+    assert started == ["not-yet", "big"] and fsynced == ["not-yet"]  # big is still being written
+    syncer.feed("pg_tblspc/16384\n")  # a symlink: neither followed nor an error
+    syncer.written()
     syncer.finish()
+    assert "big" in fsynced and "pg_tblspc/16384" in started
+
+
+def test_write_back_starts_on_what_is_written_and_leaves_the_content_alone(tmp_path):
+    data = os.urandom(1 << 20)
+    (tmp_path / "f").write_bytes(data)
+    durable.start_write_back(tmp_path / "f")
+    durable.start_write_back(tmp_path / "missing")  # not created yet: nothing to do
+    assert (tmp_path / "f").read_bytes() == data
 
 
 def test_no_warm_prefetch_when_prefetching_is_off_or_the_name_is_no_segment(tmp_path):
