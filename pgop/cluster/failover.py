@@ -386,7 +386,11 @@ def _failure(facts: _Facts, name: str) -> str:
 def _replicas_that_lost(facts: _Facts, primary: Instance) -> list[str]:
     """The replicas that followed `primary` and report, after its last sign of life (a status
     write or a Lease renewal), that they no longer receive its WAL; empty unless there is at least
-    one and *all* of them say so."""
+    one and *all* of them say so. A replica's Lease renewal says its status as stored still holds
+    (pgop.kernel.liveness: an agent renews only when it has nothing new to write), so a status
+    without a WAL stream renewed after the primary's last sign of life counts: a primary whose
+    agent outlived its Postgres by a beat (a node killed process by process) is still
+    corroborated by replicas whose status changed just before that beat."""
     beat = primary.status.alive_at
     followers = [i for i in facts.live if i.name != primary.name and i.status.following == primary.name
                  and not facts.is_fenced(i)]
@@ -394,7 +398,7 @@ def _replicas_that_lost(facts: _Facts, primary: Instance) -> list[str]:
         return []
     for replica in followers:
         st = replica.status
-        if not facts.fresh(replica) or st.last_heartbeat is None or st.last_heartbeat <= beat \
+        if not facts.fresh(replica) or st.alive_at is None or st.alive_at <= beat \
                 or st.wal_receiver == STREAMING:
             return []
     return [i.name for i in followers]

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 
 from pgop.cluster.failover import ANNOTATION_FENCED, ANNOTATION_SWITCHOVER, pod_state
 from pgop.cluster.status import cluster_status
+from pgop.kernel import liveness
 from pgop.kernel.actions import CREATE, PATCH, WARNING
 from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import Instance
@@ -121,6 +122,25 @@ def test_a_silent_primary_still_streaming_to_a_replica_waits_for_the_heartbeat_t
 def test_replica_reports_older_than_the_primarys_last_beat_do_not_count():
     assert reasons(_silent_primary(("orders-1", "orders-2"), replicas_after=False)) == []
     assert reasons(_silent_primary(("orders-1", "orders-2"), silence=4.0)) == []  # not silent long enough
+
+
+def test_replicas_whose_lease_renewals_say_their_lost_stream_still_holds_corroborate_a_later_last_beat():
+    """A node killed process by process: the replicas lost the stream and wrote so at T-1, the
+    primary's agent beat once more at T, then died. The replicas have nothing new to write; their
+    Lease renewals after T say their status still holds."""
+    world, cluster = ha_cluster()
+    now = T + timedelta(seconds=7)
+    for name in ("orders-1", "orders-2"):
+        world.report(name, role="replica", heartbeat=T - timedelta(seconds=1), receivedLSN="0/4000000",
+                     following="orders-0", walReceiver="stopped", systemIdentifier="7001", podUID=f"pod-{name}")
+    assert reasons(step(world, cluster, at=now)) == []  # only status writes from before the beat
+    for name in ("orders-1", "orders-2"):
+        body = world.objects[("PgInstance", name)]
+        world.objects[("PgInstance", name)] = liveness.with_liveness(
+            body, {"holder": body["status"]["podUID"], "renewTime": liveness.micro_time(now - timedelta(seconds=1))})
+    result = step(world, cluster, at=now)
+    assert reasons(result) == ["FailoverStarted"]
+    assert "stopped receiving its WAL" in result.events[0].message
 
 
 def test_a_terminated_container_starts_a_failover():
