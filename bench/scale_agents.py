@@ -323,7 +323,10 @@ class Agents:
         # every report refresh.
         written = self.written_at.get(key)
         since = None if written is None else time.monotonic() - written
-        beat_every = agent_status.refresh_for(Instance.from_object(instance), PostgresState(role=patch.get("role")),
+        receiver = ReceiverState(status=patch.get("walReceiver"), received_tli=1, sender_host=None) \
+            if patch.get("role") == "replica" else None
+        beat_every = agent_status.refresh_for(Instance.from_object(instance),
+                                              PostgresState(role=patch.get("role"), receiver=receiver),
                                               self.status_refresh)
         # As Loop.may_lease: the Lease carries the heartbeat unless a renewal failed within the
         # last report refresh (the status carries it meanwhile).

@@ -164,8 +164,13 @@ def refresh_for(instance: Instance, state: PostgresState, refresh: float) -> flo
     """How long an unchanged status may go unwritten. A primary (wanted or running) beats on every
     turn: failover reads its silence (pgop.cluster.failover.CORROBORATED_SILENCE, three turns) as
     one of two signs that its node is gone. Replicas write what changes at once (a receiver that
-    stops is what the other sign is), and otherwise renew their heartbeat every `refresh`."""
-    return 0.0 if PRIMARY in (instance.spec.role, state.role) else refresh
+    stops is what the other sign is), and otherwise renew their heartbeat every `refresh`; a
+    replica without a WAL stream beats on every turn too: its beat after the primary's last one
+    is what confirms that sign (a primary whose agent outlived its Postgres by a beat is failed
+    over a turn after, not up to `refresh` later)."""
+    if PRIMARY in (instance.spec.role, state.role):
+        return 0.0
+    return 0.0 if state.role == "replica" and wal_receiver(state) != "streaming" else refresh
 
 
 def worth_writing(stored: Mapping[str, Any] | None, patch: Mapping[str, Any],

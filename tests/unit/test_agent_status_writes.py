@@ -84,6 +84,7 @@ def test_with_a_zero_refresh_every_turn_beats():
 def test_a_primary_beats_every_turn_replicas_every_refresh():
     from pgop.agent.observed import PostgresState
     from pgop.agent.status import refresh_for
+    from pgop.agent.streaming import ReceiverState
     from pgop.kernel.model import Instance
 
     def instance(role: str) -> Instance:
@@ -91,7 +92,12 @@ def test_a_primary_beats_every_turn_replicas_every_refresh():
                                      "spec": {"cluster": "a", "role": role}})
     assert refresh_for(instance("primary"), PostgresState(), 5.0) == 0.0
     assert refresh_for(instance("replica"), PostgresState(role="primary"), 5.0) == 0.0  # still running as one
-    assert refresh_for(instance("replica"), PostgresState(role="replica"), 5.0) == 5.0
+    streaming = ReceiverState(status="streaming", received_tli=1, sender_host="10.0.0.1")
+    assert refresh_for(instance("replica"), PostgresState(role="replica", receiver=streaming), 5.0) == 5.0
+    # without a WAL stream a replica is a witness of a lost primary: it beats every turn
+    assert refresh_for(instance("replica"), PostgresState(role="replica"), 5.0) == 0.0
+    waiting = ReceiverState(status="waiting", received_tli=1, sender_host="10.0.0.1")
+    assert refresh_for(instance("replica"), PostgresState(role="replica", receiver=waiting), 5.0) == 0.0
 
 
 def test_a_new_spec_generation_is_answered_at_once():
