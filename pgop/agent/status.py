@@ -168,9 +168,9 @@ def refresh_for(instance: Instance, state: PostgresState, refresh: float) -> flo
     replica without a WAL stream beats on every turn too: its beat after the primary's last one
     is what confirms that sign (a primary whose agent outlived its Postgres by a beat is failed
     over a turn after, not up to `refresh` later)."""
-    if PRIMARY in (instance.spec.role, state.role):
+    if PRIMARY in (instance.spec.role, state.role) or wal_receiver(state) not in (None, "streaming"):
         return 0.0
-    return 0.0 if state.role == "replica" and wal_receiver(state) != "streaming" else refresh
+    return refresh
 
 
 def worth_writing(stored: Mapping[str, Any] | None, patch: Mapping[str, Any],
