@@ -279,3 +279,15 @@ def test_the_sampler_follows_a_restarted_process_and_says_so():
         if second is not None:
             second.kill()
             second.wait()
+
+
+def test_the_wait_for_ready_ends_when_only_failed_over_clusters_are_left():
+    from collections import Counter
+
+    from bench.scale import failed_over_only
+    left = Counter({"Failover/FailoverWaitingForReplicas": 41})
+    assert failed_over_only(left, objects_done=True) == 41
+    # Something else still moves, or objects are still being made: keep waiting.
+    assert failed_over_only(left + Counter({"Creating/Scaling": 1}), objects_done=True) == 0
+    assert failed_over_only(left, objects_done=False) == 0
+    assert failed_over_only(Counter(), objects_done=True) == 0
