@@ -75,6 +75,7 @@ from bench.scale_metrics import (
     delta,
     etcd_db_bytes,
     histogram,
+    process_age,
     request_counts,
     samples,
     top,
@@ -147,6 +148,7 @@ def progress(world: World, instances_per_cluster: int = 3) -> dict[str, int]:
     }
 
 
+OLD_OPERATOR = 120.0  # seconds: an operator older than this at the start may carry an earlier run's RSS
 STUCK_WAIT = 60.0  # seconds with only failed-over clusters left before the wait for Ready ends
 
 
@@ -207,6 +209,7 @@ class Run:
     def __init__(self, args: argparse.Namespace, operator_pid: int | None):
         self.args = args
         self.operator_pid = operator_pid
+        self.operator_age: float | None = None  # seconds it had run when this run started
         self.env = envfile.load()
         self.api = Api()
         self.id = args.run or uuid.uuid4().hex[:5]
@@ -520,6 +523,9 @@ class Run:
         say(f"pgop scale benchmark, run {self.id}: {n} PgClusters x 3 instances, "
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} CPUs, "
             f"{len(self.nodes)} KWOK nodes, operator pid {self.operator_pid}")
+        if self.operator_age is not None and self.operator_age > OLD_OPERATOR:
+            say(f"the operator started {self.operator_age:.0f}s before this run: its RSS figures include what "
+                "earlier work left (Python keeps the memory); restart it (make up) for this run's own")
         say(f"simulated agents: a turn every {a.interval:g}s per instance "
             f"({'GET + LIST, then ' if a.agent_reads else ''}PATCH status when it changes or every "
             f"{self.agents.report_refresh:g}s, else renew the liveness Lease as the agent does), "
@@ -670,6 +676,7 @@ def main(argv: list[str] | None = None) -> int:
             "(a test session stops it while it runs).")
         return 2
     run.operator_pid = operator_pid
+    run.operator_age = process_age(operator_pid)
     kwok_bin = kwok_binary(args.kwok)
 
     pids = {"operator": operator_pid, "bench (simulated agents)": os.getpid()}

@@ -13,14 +13,27 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from e2e.harness.proc import tcp_connections
+from e2e.harness.proc import _starttime, tcp_connections
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 _SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def process_age(pid: int, uptime: str | None = None) -> float | None:
+    """Seconds since process `pid` started (from /proc), None when it is gone."""
+    started = _starttime(pid)
+    if not started:
+        return None
+    try:
+        uptime = uptime if uptime is not None else Path("/proc/uptime").read_text()
+        return float(uptime.split()[0]) - int(started) / CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:

@@ -291,3 +291,12 @@ def test_the_wait_for_ready_ends_when_only_failed_over_clusters_are_left():
     assert failed_over_only(left + Counter({"Creating/Scaling": 1}), objects_done=True) == 0
     assert failed_over_only(left, objects_done=False) == 0
     assert failed_over_only(Counter(), objects_done=True) == 0
+
+
+def test_process_age_counts_from_the_process_start():
+    import os
+
+    from bench.scale_metrics import CLOCK_TICKS, process_age
+    started = int(open(f"/proc/{os.getpid()}/stat").read().rsplit(")", 1)[1].split()[19])
+    assert process_age(os.getpid(), uptime=f"{started / CLOCK_TICKS + 42.5} 0.0") == pytest.approx(42.5)
+    assert process_age(2**22 + 12345) is None  # no such process
