@@ -4,10 +4,17 @@ the S3 side of retention carried out first, and what the PgCluster status says a
 Retention removes a dropped backup from S3 before its PgBackup object: were it the other way
 round, an interruption would leave data in S3 that nothing lists for deletion any more. When S3
 cannot be reached, the PgBackup objects stay and the next pass tries again.
+
+The S3 side runs off the reconcile pass (RetentionJobs): a pass that finds backups to drop starts
+the pruning in a small pool of its own and goes on; a later pass (every 2 s while retention has
+work: the cluster is not quiet) takes the outcome and deletes the PgBackups S3 confirmed. A long
+archive's pruning never holds a handler thread or the cluster's lock.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import logging
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -75,24 +82,75 @@ def merge_backup_status(cluster: Cluster, pgbackups: Sequence[Obj], plan: Plan, 
                                              generation=cluster.generation)
 
 
+class RetentionJobs:
+    """Retention's S3 work per cluster, in a pool of its own (at most WORKERS clusters at once):
+    `outcome` starts it, and hands back its result (a ConfirmedRetention, or the exception it
+    raised) to the first pass that asks for the same dropped backups once it is done."""
+
+    WORKERS = 2
+
+    def __init__(self, workers: int = WORKERS) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="retention")
+        self._lock = threading.Lock()
+        self._running: set[tuple[str, str]] = set()
+        self._done: dict[tuple[str, str], tuple[frozenset[str], ConfirmedRetention | Exception]] = {}
+
+    def outcome(self, key: tuple[str, str], dropped: frozenset[str],
+                work: Callable[[], ConfirmedRetention]) -> ConfirmedRetention | Exception | None:
+        """The finished pruning of exactly `dropped` for cluster `key` (taken: it is handed out
+        once), else None: `work` runs now unless it already does. A result for other backups
+        (retention decided again meanwhile) is dropped and the work starts anew: what it removed
+        is gone from the S3 catalog, and the next confirmation counts it so."""
+        with self._lock:
+            done = self._done.pop(key, None)
+            if done is not None and done[0] == dropped:
+                return done[1]
+            if key in self._running:
+                return None
+            self._running.add(key)
+        log.info("retention of %s/%s: removing %s from S3 in the background", *key, ", ".join(sorted(dropped)))
+        self._pool.submit(self._run, key, dropped, work)
+        return None
+
+    def running(self, key: tuple[str, str]) -> bool:
+        with self._lock:
+            return key in self._running
+
+    def _run(self, key: tuple[str, str], dropped: frozenset[str], work: Callable[[], ConfirmedRetention]) -> None:
+        result: ConfirmedRetention | Exception
+        try:
+            result = work()
+        except Exception as error:  # noqa: BLE001 - handed to the next pass, which warns
+            result = error
+        with self._lock:
+            self._running.discard(key)
+            self._done[key] = (dropped, result)
+
+
+RETENTION = RetentionJobs()
+
+
 def reconcile_backups(kube: Any, cluster: Cluster, created_at: str | None, now: datetime,
-                      apply: Callable[[Plan], None], warn: Callable[[str, str], None]) -> tuple[Plan, list[dict]]:
-    """Plan the cluster's backups, prune S3 for what retention drops, apply. Returns the plan
-    (its .status for the PgCluster) and the PgBackups as they were read."""
+                      apply: Callable[[Plan], None], warn: Callable[[str, str], None],
+                      jobs: RetentionJobs = RETENTION) -> tuple[Plan, list[dict]]:
+    """Plan the cluster's backups, prune S3 for what retention drops (in `jobs`, off this pass),
+    apply. Returns the plan (its .status for the PgCluster) and the PgBackups as they were read."""
     pgbackups = kube.list("PgBackup", cluster.namespace)
     plan, retention = plan_backups(cluster, pgbackups, now, created_at=parse_time(created_at))
     dropped = [a for a in plan if a.verb == DELETE]
     if dropped:
-        try:
-            confirmed = _prune(kube, cluster, retention, now)
-        except Exception as error:  # S3 down or credentials wrong: keep the objects, try again
+        outcome = jobs.outcome((cluster.namespace, cluster.name), frozenset(a.name for a in dropped),
+                               lambda: _prune(kube, cluster, retention, now))
+        if outcome is None:  # S3 pruning under way: the PgBackups stay until it is done
+            plan[:] = [a for a in plan if a not in dropped]
+        elif isinstance(outcome, Exception):  # S3 down or credentials wrong: keep the objects, try again
             warn("RetentionFailed", f"retention could not remove {', '.join(a.name for a in dropped)} from "
-                                    f"S3 ({describe_error(error)}); the PgBackups stay until it can")
+                                    f"S3 ({describe_error(outcome)}); the PgBackups stay until it can")
             plan[:] = [a for a in plan if a not in dropped]  # the PgBackups stay for the next pass
         else:
-            for name, why in confirmed.refused.items():
+            for name, why in outcome.refused.items():
                 warn("RetentionRefused", f"retention keeps backup {name}: {why}")
-            keep = [a for a in dropped if a.name not in confirmed.pgbackup_deletes]
+            keep = [a for a in dropped if a.name not in outcome.pgbackup_deletes]
             plan[:] = [a for a in plan if a not in keep]
     apply(plan)
     return plan, pgbackups

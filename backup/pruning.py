@@ -21,6 +21,7 @@ class Pruned:
     objects: int = 0
     wal_files: int = 0
     bytes: int = 0
+    requests: int = 0  # DeleteObjects requests sent
 
 
 def delete_backup(storage: S3Storage, layout: ArchiveLayout, name: str, pruned: Pruned) -> None:
@@ -28,25 +29,24 @@ def delete_backup(storage: S3Storage, layout: ArchiveLayout, name: str, pruned: 
     if storage.head(catalog) is not None:
         storage.delete(catalog)
         pruned.objects += 1
-    for item in list(storage.list(keys.backup_prefix(layout, name))):
-        storage.delete(item.key)
-        pruned.objects += 1
-        pruned.bytes += item.size
+    items = list(storage.list(keys.backup_prefix(layout, name)))
+    pruned.requests += storage.delete_many([item.key for item in items])
+    pruned.objects += len(items)
+    pruned.bytes += sum(item.size for item in items)
     pruned.backups += 1
 
 
 def delete_wal_before(storage: S3Storage, layout: ArchiveLayout, oldest_needed: str | None,
                       pruned: Pruned) -> None:
     """Every archived segment before `oldest_needed` (history files stay: they are tiny and a
-    restore onto a later timeline reads them)."""
+    restore onto a later timeline reads them), in batches (S3Storage.delete_many)."""
     if oldest_needed is None:
         return
-    for item in list(storage.list(layout.wal_root)):
-        name = layout.name_of_key(item.key)
-        if name is not None and wal_deletable(name, oldest_needed):
-            storage.delete(item.key)
-            pruned.wal_files += 1
-            pruned.bytes += item.size
+    items = [item for item in storage.list(layout.wal_root)
+             if (name := layout.name_of_key(item.key)) is not None and wal_deletable(name, oldest_needed)]
+    pruned.requests += storage.delete_many([item.key for item in items])
+    pruned.wal_files += len(items)
+    pruned.bytes += sum(item.size for item in items)
 
 
 def prune(storage: S3Storage, layout: ArchiveLayout, backups: list[str], oldest_needed: str | None) -> Pruned:
@@ -54,6 +54,6 @@ def prune(storage: S3Storage, layout: ArchiveLayout, backups: list[str], oldest_
     for name in backups:
         delete_backup(storage, layout, name, pruned)
     delete_wal_before(storage, layout, oldest_needed, pruned)
-    log.info("retention in s3://%s/%s: %d backup(s), %d WAL file(s), %d bytes removed", storage.bucket,
-             layout.root, pruned.backups, pruned.wal_files, pruned.bytes)
+    log.info("retention in s3://%s/%s: %d backup(s), %d WAL file(s), %d bytes removed in %d batch request(s)",
+             storage.bucket, layout.root, pruned.backups, pruned.wal_files, pruned.bytes, pruned.requests)
     return pruned

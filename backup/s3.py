@@ -9,7 +9,7 @@ S3-compatible servers differ in which of the newer flexible checksums they accep
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -32,6 +32,7 @@ ENV_PATH = podenv.ENV_S3_PATH
 ENV_CREDENTIALS_DIR = podenv.ENV_S3_CREDENTIALS_DIR
 ENV_ARCHIVE_CLUSTER = podenv.ENV_S3_CLUSTER  # whose archive; default PGOP_CLUSTER (a restore sets it)
 
+DELETE_BATCH = 1000  # the most keys S3's DeleteObjects takes in one request
 NOT_FOUND_CODES = frozenset({"404", "NoSuchKey", "NotFound"})
 PRECONDITION_CODES = frozenset({"412", "PreconditionFailed", "ConditionalRequestConflict"})
 
@@ -207,3 +208,20 @@ class S3Storage:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def delete_many(self, keys: Sequence[str]) -> int:
+        """Deletes `keys` with one DeleteObjects request per DELETE_BATCH of them (retention of a
+        long archive: thousands of WAL segments in a few requests, not one each). A key that is
+        already gone counts as deleted, as with DeleteObject. Raises S3Error naming how many keys
+        S3 refused and its first error code; the keys are never in the text. Returns the requests sent."""
+        requests = 0
+        for start in range(0, len(keys), DELETE_BATCH):
+            batch = keys[start:start + DELETE_BATCH]
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+            requests += 1
+            refused = [e for e in answer.get("Errors") or () if str(e.get("Code")) not in NOT_FOUND_CODES]
+            if refused:
+                raise S3Error(f"S3 refused to delete {len(refused)} of {len(batch)} object(s): "
+                              f"{refused[0].get('Code', '?')}: {refused[0].get('Message', '')}".rstrip(": "))
+        return requests
