@@ -101,6 +101,19 @@ def _issuer_cn(host: str) -> str:
     return served_certificate(host).issuer.rfc4514_string()
 
 
+def _rotation_state(kubectl, ns: str) -> str:
+    """What a stalled rotation waits for: the cluster's conditions and what each instance's agent
+    reports of the certificates it trusts and presents (fingerprints, no secret)."""
+    cluster = kubectl.json("-n", ns, "get", "pgcluster", ROTATED).get("status") or {}
+    lines = [f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}"
+             for c in cluster.get("conditions") or []]
+    for item in kubectl.json("-n", ns, "get", "pginstances")["items"]:
+        status = item.get("status") or {}
+        lines.append(f"{item['metadata']['name']}: heartbeat {status.get('lastHeartbeat')}, "
+                     f"certificates {status.get('certificates')}")
+    return "\n".join(lines)
+
+
 def test_a_forced_ca_rotation_fails_no_connection_and_restarts_nothing(kubectl, namespace, operator, tmp_path):
     ns = namespace
     kubectl("apply", "-f", "-", input=manifest(ROTATED, ns, instances=2, sync=1))
@@ -138,8 +151,13 @@ def test_a_forced_ca_rotation_fails_no_connection_and_restarts_nothing(kubectl, 
             data = kubectl.json("-n", ns, "get", "secret", f"{ROTATED}-ca")["data"]
             return (secret(kubectl, ns, f"{ROTATED}-ca", "ca.crt") != old_ca
                     and ca_rotation.OLD_CERT not in data and ca_rotation.NEXT_CERT not in data)
-        # overlap (2 min) + the kubelet's refresh of the mounted Secrets, twice
-        kubectl.wait_for(rotated, "the CA rotation to finish", 900)
+        # overlap (2 min) + the kubelet's refresh of the mounted Secrets, twice; under pytest's
+        # 900 s so that a rotation that stalls says what it waits for
+        try:
+            kubectl.wait_for(rotated, "the CA rotation to finish", 600)
+        except AssertionError:
+            print(_rotation_state(kubectl, ns))
+            raise
         new_ca = secret(kubectl, ns, f"{ROTATED}-ca", "ca.crt")
         kubectl.wait_for(lambda: secret(kubectl, ns, f"{ROTATED}-app", "ca.crt").strip() == new_ca.strip(),
                          "the app Secret to carry the new CA alone", 60)
