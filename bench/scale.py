@@ -349,9 +349,8 @@ class Run:
             stuck = failed_over_only(not_ready_reasons(self.world), judge is not None and p["objects"] >= p["clusters"] > 0)
             stuck_since = (stuck_since or time.monotonic()) if stuck else None
             if stuck_since is not None and time.monotonic() - stuck_since >= STUCK_WAIT:
-                late = sorted(self.agents.lateness) or [0.0]
                 say(f"  {stuck} cluster(s) stay in Failover: their simulated primaries renewed late (the load "
-                    f"generator's turns late by up to {late[-1]:.1f}s), the operator failed them over, and the "
+                    f"generator's turns late by up to {max(self.agents.lateness, default=0.0):.1f}s), the operator failed them over, and the "
                     "load generator plays no failover; not waiting for them")
                 return False
             if time.monotonic() - last[0] >= 10:
