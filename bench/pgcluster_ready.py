@@ -79,7 +79,9 @@ def run_once(env, n: int) -> dict[str, float]:
                 break
             time.sleep(0.1)
     finally:
-        kubectl(env, "delete", "namespace", ns, "--wait=false")
+        # Gone before the next run starts: a namespace torn down beside it (pods stopping, agents
+        # exiting) costs the next run's pods CPU on a small machine.
+        kubectl(env, "delete", "namespace", ns, "--wait=true", "--timeout=180s")
     return seen
 
 

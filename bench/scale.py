@@ -557,11 +557,14 @@ class Run:
             f"{'/'.join(_le(q) for q in self.delays.get(c, ())) or '-':>12}" for c in cols))
         say(f"{'etcd DB MB (total / in use)':44}" + "".join(
             f"{_mb(self.etcd.get(c, (None, None))):>12}" for c in cols))
-        for c in ("idle", "idle-end", "rollout"):
+        for c in ("converge", "idle", "idle-end", "rollout"):
             if c in self.windows:
                 w = self.windows[c]
                 say(f"\nbusiest API requests, {c} (req/s): "
                     + ", ".join(f"{k} {v:.1f}" for k, v in top(w[2], w[1] - w[0])))
+                if c == "converge":  # what converging costs, whatever the machine's speed
+                    say(f"busiest API requests, {c} (per cluster): "
+                        + ", ".join(f"{k} {v:.1f}" for k, v in top(w[2], n, n=16)))
                 say(f"per flow schema, {c} (req/s): "
                     + ", ".join(f"{k} {v / (w[1] - w[0]):.1f}" for k, v in w[4].most_common(8)))
         if self.sampler is not None and self.sampler.restarts:

@@ -102,10 +102,11 @@ def bucket_quantile(before: Mapping[float, float], after: Mapping[float, float],
     return float("inf")
 
 
-def top(counts: Mapping[tuple[str, str], int], seconds: float, n: int = 12) -> list[tuple[str, float]]:
-    """The busiest (verb resource) pairs as requests per second."""
+def top(counts: Mapping[tuple[str, str], int], per: float, n: int = 12) -> list[tuple[str, float]]:
+    """The busiest (verb resource) pairs, their counts divided by `per`: the window's seconds
+    (requests per second) or the number of clusters (requests per cluster)."""
     ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
-    return [(f"{verb} {resource}", count / seconds) for (verb, resource), count in ranked]
+    return [(f"{verb} {resource}", count / per) for (verb, resource), count in ranked]
 
 
 def cpu_seconds(pid: int) -> float | None:

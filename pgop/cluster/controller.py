@@ -98,16 +98,21 @@ def needs_fresh_pass(body: Mapping[str, Any], plan: Plan, status: Mapping[str, A
                 or worth_writing(body.get("status") or {}, status))
 
 
-def moving_fields_refresh(body: Mapping[str, Any], plan: Plan, status: Mapping[str, Any]) -> dict[str, Any] | None:
-    """When a pass planned from the indexes finds nothing to do but the periodic refresh of the
-    moving fields (status.instances' LSNs and heartbeats: status.worth_writing), the status patch
-    for it: written as it is, with the PgCluster's resourceVersion as a precondition, instead of a
-    pass through the API. None when there is anything else to do (then a fresh pass decides)."""
+def status_refresh(body: Mapping[str, Any], plan: Plan, status: Mapping[str, Any]) -> dict[str, Any] | None:
+    """When a pass planned from the indexes finds nothing to do but a status to show (the
+    instances' LSNs and heartbeats due for their periodic refresh: status.worth_writing; or a new
+    phase, condition, readiness count, an instance's steady fields), the status patch for it: the
+    keys that changed, written as they are with the PgCluster's resourceVersion as a precondition,
+    instead of a pass through the API (a dozen reads; most of a new cluster's passes are such).
+    None when there is an action, an Event or a failover decision: then a fresh pass decides. What
+    it writes describes the cluster and decides nothing: the next pass corrects it, and a status
+    another pass wrote meanwhile is never overwritten (the precondition fails)."""
     current = body.get("status") or {}
-    if (len(plan) or plan.events or decision_changed(body, plan) or not worth_writing(current, status)
-            or not only_moving_changed(current, status)):
+    if len(plan) or plan.events or decision_changed(body, plan) or not worth_writing(current, status):
         return None
-    return {"instances": status.get("instances") or []}
+    if only_moving_changed(current, status):
+        return {"instances": status.get("instances") or []}
+    return {key: value for key, value in status.items() if current.get(key) != value}
 
 
 def persist_decision(kube: Kube, body: Mapping[str, Any], plan: Plan) -> bool:

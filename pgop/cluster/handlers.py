@@ -56,10 +56,10 @@ def _cluster_pass(body, logger) -> tuple[dict | None, float]:
     (pgop.cluster.pace) only when the pass planned from the indexes found nothing to do.
 
     A pass first plans from the indexes and `body` (as kopf's watch last saw it): when that finds
-    nothing to do, it is done without a request, and when it finds only the instances' LSNs and
-    heartbeats due for their periodic refresh, with one status PATCH. Otherwise, or for a cluster
-    whose hooks need the stored status (backups), it plans again from the PgCluster as stored and
-    the API."""
+    nothing to do, it is done without a request, and when it finds only a status to show
+    (controller.status_refresh), with one status PATCH. Otherwise (an action, an Event, a failover
+    decision), or for a cluster whose hooks need the stored status (backups), it plans again from
+    the PgCluster as stored and the API."""
     meta = body["metadata"]
     namespace, name = meta.get("namespace", ""), meta["name"]
     with _cluster_locks[(namespace, name)]:
@@ -68,7 +68,7 @@ def _cluster_pass(body, logger) -> tuple[dict | None, float]:
             quiet, refresh, instances = _quiet(body, reader)
             if quiet:
                 if refresh:
-                    _refresh_moving_fields(body, refresh)
+                    _refresh_status(body, refresh)
                 return None, pace.next_pass_in(pace.cluster_steady(body, instances), pace.heartbeats(instances),
                                                datetime.now(UTC), jitter=random.random())
         # Plan from the stored status, not from kopf's copy, which may predate the last decision
@@ -80,9 +80,9 @@ def _cluster_pass(body, logger) -> tuple[dict | None, float]:
 
 
 def _quiet(body, reader) -> tuple[bool, dict | None, list]:
-    """Whether the indexes say this cluster needs nothing (a valid spec, nothing to act on), the
-    status refresh of its moving fields that is due, if any (nothing else to write), and its
-    PgInstances as the indexes hold them."""
+    """Whether the indexes say this cluster needs no pass through the API (a valid spec, nothing
+    to act on, no decision), the status patch that is due, if any (controller.status_refresh), and
+    its PgInstances as the indexes hold them."""
     cluster, observed, plan = controller.plan_for_cluster(reader, body)
     instances = list(observed.instances)
     if cluster.validate():
@@ -93,12 +93,14 @@ def _quiet(body, reader) -> tuple[bool, dict | None, list]:
             return False, None, instances
     if not controller.needs_fresh_pass(body, plan, status):
         return True, None, instances
-    refresh = controller.moving_fields_refresh(body, plan, status)
+    refresh = controller.status_refresh(body, plan, status)
+    if refresh is not None and cluster.spec.backup is not None and cluster.spec.backup.s3 is not None:
+        _announce_archiving(body, status)  # as a fresh pass would: its Events follow the condition
     return refresh is not None, refresh, instances
 
 
-def _refresh_moving_fields(body, status: dict) -> None:
-    """Write the instances' moving fields over the status kopf's watch last saw, only if it is
+def _refresh_status(body, status: dict) -> None:
+    """Write `status` (controller.status_refresh) over the status kopf's watch last saw, only if it is
     still the one stored (resourceVersion): a newer status (another pass's decision) is left as
     it is, and the next pass plans from it."""
     meta = body["metadata"]

@@ -174,10 +174,11 @@ def test_passes_of_one_instance_at_once_create_its_volume_and_bootstrap_pod_once
         == ["orders-0-bootstrap"]
 
 
-def test_a_moving_fields_refresh_is_written_only_over_the_status_it_was_planned_from(kube, namespace):
-    """The periodic refresh of status.instances' LSNs and heartbeats (planned from the indexes,
-    pgop.cluster.controller.moving_fields_refresh) is one status PATCH with the resourceVersion
-    kopf's watch saw: over a newer status (another pass's decision) it is not written."""
+def test_a_status_refresh_is_written_only_over_the_status_it_was_planned_from(kube, namespace):
+    """A status planned from the indexes (pgop.cluster.controller.status_refresh: the periodic
+    refresh of status.instances' LSNs and heartbeats, a new readiness or phase) is one status PATCH
+    with the resourceVersion kopf's watch saw: over a newer status (another pass's decision) it is
+    not written."""
     spec = {"instances": 1, "storage": {"size": "1Gi"}, "bootstrap": {"initdb": {"database": "app", "owner": "app"}}}
     kube.create({"apiVersion": "pgop.io/v1", "kind": "PgCluster", "metadata": {"name": "orders", "namespace": namespace},
                  "spec": spec})
@@ -186,11 +187,11 @@ def test_a_moving_fields_refresh_is_written_only_over_the_status_it_was_planned_
     seen = kube.merge_patch("PgCluster", namespace, "orders", {"status": {"phase": "Ready", "instances": [entry]}},
                             "status")
     moved = dict(entry, lsn="0/4000000", lastHeartbeat=stamp(datetime.now(UTC)))
-    handlers._refresh_moving_fields(seen, {"instances": [moved]})
+    handlers._refresh_status(seen, {"instances": [moved]})
     stored = kube.get("PgCluster", namespace, "orders")
     assert stored["status"]["instances"] == [moved] and stored["status"]["phase"] == "Ready"
     # another pass wrote meanwhile: the refresh planned from the older view leaves its status alone
     kube.merge_patch("PgCluster", namespace, "orders", {"status": {"phase": "Degraded"}}, "status")
-    handlers._refresh_moving_fields(seen, {"instances": [entry]})
+    handlers._refresh_status(seen, {"instances": [entry], "phase": "Ready"})
     stored = kube.get("PgCluster", namespace, "orders")
     assert stored["status"]["instances"] == [moved] and stored["status"]["phase"] == "Degraded"

@@ -16,6 +16,7 @@ from kopf._core.engines.indexing import OperatorIndexer
 from pgop.cluster import controller, indexes, observe, pace
 from pgop.cluster.plan import plan_cluster
 from pgop.kernel import names
+from pgop.kernel.actions import DELETE, NORMAL, Action
 from pgop.kernel.model import Instance
 from pgop.runtime import apply
 from pgop.runtime.kube import RESOURCES
@@ -130,9 +131,10 @@ def test_a_settled_cluster_needs_no_pass_through_the_api():
     assert controller.needs_fresh_pass({"metadata": {}, "status": {}}, plan, status)
 
 
-def test_only_moving_fields_due_are_refreshed_without_a_pass_through_the_api():
+def test_a_status_to_show_is_written_without_a_pass_through_the_api():
     """The agents' LSNs and heartbeats moved on and the stored ones are a refresh old: that alone
-    is one status patch of status.instances; anything else changed hands it to a fresh pass."""
+    is one status patch of status.instances. A new readiness, count or phase is one status patch
+    of what changed. An action, an Event or a decision hands it to a fresh pass."""
     stored, plan, status = settled_pass()
     body = {"metadata": {"name": "orders", "namespace": "shop"}, "status": copy.deepcopy(dict(status) | stored.status)}
     moved = copy.deepcopy(status)
@@ -140,21 +142,38 @@ def test_only_moving_fields_due_are_refreshed_without_a_pass_through_the_api():
         entry["lastHeartbeat"] = (NOW + timedelta(seconds=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
         entry["lsn"] = "0/6000000"
     assert controller.needs_fresh_pass(body, plan, moved)
-    assert controller.moving_fields_refresh(body, plan, moved) == {"instances": moved["instances"]}
+    assert controller.status_refresh(body, plan, moved) == {"instances": moved["instances"]}
     # not due yet (a heartbeat 5 s newer): nothing to write at all
     soon = copy.deepcopy(moved)
     for entry in soon["instances"]:
         entry["lastHeartbeat"] = (NOW + timedelta(seconds=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
     assert not controller.needs_fresh_pass(body, plan, soon)
-    # a steady field of an instance, or anything outside status.instances: a fresh pass
+    assert controller.status_refresh(body, plan, soon) is None
+    # a steady field of an instance, or anything outside status.instances: the keys that changed
     unready = copy.deepcopy(moved)
     unready["instances"][1]["ready"] = not unready["instances"][1]["ready"]
-    assert controller.moving_fields_refresh(body, plan, unready) is None
-    counted = copy.deepcopy(moved) | {"readyInstances": moved["readyInstances"] + 1}
-    assert controller.moving_fields_refresh(body, plan, counted) is None
+    assert controller.status_refresh(body, plan, unready) == {"instances": unready["instances"]}
+    counted = copy.deepcopy(status) | {"readyInstances": status["readyInstances"] + 1}
+    assert controller.status_refresh(body, plan, counted) == {"readyInstances": status["readyInstances"] + 1}
     fewer = copy.deepcopy(moved)
     fewer["instances"] = fewer["instances"][:2]
-    assert controller.moving_fields_refresh(body, plan, fewer) is None
+    assert controller.status_refresh(body, plan, fewer) == {"instances": fewer["instances"]}
+
+
+def test_an_action_an_event_or_a_decision_is_never_written_from_the_indexes():
+    stored, plan, status = settled_pass()
+    body = {"metadata": {"name": "orders", "namespace": "shop"}, "status": copy.deepcopy(dict(status) | stored.status)}
+    counted = copy.deepcopy(status) | {"readyInstances": status["readyInstances"] + 1}
+    acting = copy.deepcopy(plan)
+    acting.append(Action(DELETE, "PgInstance", "orders-2", "shop", "scale down"))
+    assert controller.status_refresh(body, acting, counted) is None
+    telling = copy.deepcopy(plan)
+    telling.event(NORMAL, "Something", "happened")
+    assert controller.status_refresh(body, telling, counted) is None
+    deciding = copy.deepcopy(plan)
+    deciding.status = dict(plan.status) | {"targetPrimary": "orders-1"}
+    assert controller.decision_changed(body, deciding)
+    assert controller.status_refresh(body, deciding, counted) is None
 
 
 def test_a_gone_primary_pod_in_the_indexes_hands_the_failover_to_a_fresh_pass():
