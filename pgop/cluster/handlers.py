@@ -128,7 +128,7 @@ def _record(body, events: list[Event]) -> None:
 
 
 def _reconcile_cluster(body, logger) -> dict | None:
-    cluster, observed, plan = controller.plan_for_cluster(kube(), body)  # through the API: it acts
+    cluster, observed, plan = controller.plan_for_cluster(indexes.acting_reader(kube()), body)  # it acts
     errors = cluster.validate()
     if errors:
         message = "; ".join(f"{path}: {reason}" for path, reason in errors)

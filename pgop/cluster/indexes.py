@@ -182,6 +182,13 @@ def reader(kube: Kube) -> observe.ClusterReader:
     return observe.ApiReader(kube)
 
 
+def acting_reader(kube: Kube) -> observe.ClusterReader:
+    """What a cluster pass that acts plans from (observe.ActingReader); the API alone before kopf
+    has handed the indexes over (and in tests)."""
+    index = reader(kube)
+    return observe.ActingReader(kube, index) if isinstance(index, observe.IndexReader) else observe.ApiReader(kube)
+
+
 def indexed(index: str, namespace: str, name: str) -> dict | None:
     """A PgCluster (index pgop_clusters) or PgInstance (pgop_instances) as the watch last saw it;
     None when unknown or not indexed yet."""

@@ -28,11 +28,14 @@ def kube() -> Kube:
 
 
 def apply_plan(body: Any, plan: Iterable[Any], logger: Any) -> None:
-    """Applies the actions in order, an Event per action. A 4xx/5xx of the API becomes a kopf
-    retry naming the action and the API's reason (never the body, which may hold a password)."""
+    """Applies the actions in order, an Event per action that changed something (a create that
+    found the object there, from a view that lagged, says nothing). A 4xx/5xx of the API becomes a
+    kopf retry naming the action and the API's reason (never the body, which may hold a password)."""
     for action in plan:
         try:
-            kube().apply(action)
+            if not kube().apply(action):
+                logger.debug("already done: %s", action.describe())
+                continue
         except NotFound:
             logger.info("skipped %s: the object is gone", action.describe())
             continue

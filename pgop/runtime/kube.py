@@ -145,31 +145,35 @@ class Kube:
                 raise NotFound(f"{kind} {namespace}/{name}") from None
             raise
 
-    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> None:
+    def delete(self, kind: str, namespace: str, name: str, uid: str | None = None) -> bool:
+        """False when there was nothing to delete: gone already, or a namesake we must not touch."""
         body: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
             self._call("DELETE", RESOURCES[kind].path(namespace, name), body=body)
         except ApiException as e:
-            if e.status in (404, 409):  # gone already, or a namesake we must not touch
-                return
+            if e.status in (404, 409):
+                return False
             raise
+        return True
 
-    def apply(self, action: Action) -> None:
+    def apply(self, action: Action) -> bool:
+        """False when the action found it done already: a create of an object that exists (409),
+        a delete of one that is gone (or a namesake)."""
         if action.verb == CREATE:
             if action.body is None:
                 raise ValueError(f"{action.describe()}: a create without a body")
-            self.create(action.body)
-        elif action.verb == PATCH:
+            return self.create(action.body) is not None
+        if action.verb == PATCH:
             if action.patch is None:
                 raise ValueError(f"{action.describe()}: a patch without a merge patch")
             sub = "status" if set(action.patch) == {"status"} else None
             self.merge_patch(action.kind, action.namespace, action.name, action.patch, sub)
-        elif action.verb == DELETE:
-            self.delete(action.kind, action.namespace, action.name, action.uid)
-        else:
-            raise ValueError(f"unknown verb {action.verb}")
+            return True
+        if action.verb == DELETE:
+            return self.delete(action.kind, action.namespace, action.name, action.uid)
+        raise ValueError(f"unknown verb {action.verb}")
 
     def apply_all(self, actions: Iterable[Action]) -> builtins.list[Action]:
         done = []

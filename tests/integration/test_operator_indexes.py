@@ -14,7 +14,7 @@ import kopf
 import pytest
 from kopf._core.engines.indexing import OperatorIndexer
 
-from pgop.cluster import handlers, indexes
+from pgop.cluster import handlers, indexes, observe
 from pgop.kernel.meta import LABEL_ROLE
 from pgop.kernel.model import Cluster, Instance
 from pgop.runtime import apply
@@ -195,3 +195,38 @@ def test_a_status_refresh_is_written_only_over_the_status_it_was_planned_from(ku
     handlers._refresh_status(seen, {"instances": [entry], "phase": "Ready"})
     stored = kube.get("PgCluster", namespace, "orders")
     assert stored["status"]["instances"] == [moved] and stored["status"]["phase"] == "Degraded"
+
+
+def test_an_acting_pass_on_lagging_indexes_creates_nothing_twice_and_tells_only_what_it_did(
+        kube, kubectl, namespace, monkeypatch):
+    """A cluster pass that acts reads the Services, PDBs and the agents' RBAC objects from the
+    indexes (observe.ActingReader). Indexes that never saw what the first pass created (the worst
+    lag): the second pass's creates find them there (409), change nothing, and post no Event."""
+    if kubectl("get", "crd", "pgclusters.pgop.io", check=False).returncode != 0:
+        kubectl("apply", "--server-side", "-f", "crds/pgclusters.yaml")
+    told: list[tuple[str, str]] = []
+    monkeypatch.setattr(kopf, "info", lambda body, reason, message: told.append((reason, message)))
+    kube.create({"apiVersion": "pgop.io/v1", "kind": "PgCluster", "metadata": {"name": "orders", "namespace": namespace},
+                 "spec": {"instances": 1, "storage": {"size": "1Gi"},
+                          "bootstrap": {"initdb": {"database": "app", "owner": "app"}},
+                          "affinity": {"nodeSelector": {"pgop.io/test": "nowhere"}}}})
+    new_replica(kube, namespace)  # and its ServiceAccount (only the operator may make a primary)
+    indexes._live.clear()
+    indexes.capture({name: OperatorIndexer().index for name in indexes.NAMES})  # they see nothing
+    assert isinstance(indexes.acting_reader(kube), observe.ActingReader)
+
+    handlers._reconcile_cluster(kube.get("PgCluster", namespace, "orders"), log)
+    first = {reason for reason, _ in told}
+    assert {"CreatedService", "CreatedPodDisruptionBudget", "CreatedRole", "CreatedRoleBinding"} <= first
+    assert "CreatedServiceAccount" not in first  # it was there: a create that found it says nothing
+    services = {s["metadata"]["name"]: s["metadata"]["uid"] for s in kube.list("Service", namespace)}
+    assert len(services) == 3
+    told.clear()
+    kube.requests.clear()
+
+    handlers._reconcile_cluster(kube.get("PgCluster", namespace, "orders"), log)
+    posts = [path for method, path in kube.requests if method == "POST"]
+    assert len(posts) == 3 + 5  # the Services, the 2 PDBs, ServiceAccount, Role, RoleBinding: each 409
+    assert {s["metadata"]["name"]: s["metadata"]["uid"] for s in kube.list("Service", namespace)} == services
+    assert len(kube.list("PgInstance", namespace)) == 1
+    assert told == []
