@@ -15,6 +15,7 @@ from kopf._core.engines.indexing import OperatorIndexer
 
 from pgop.cluster import controller, indexes, observe, pace
 from pgop.cluster.plan import plan_cluster
+from pgop.cluster.status import MOVING_REFRESH
 from pgop.kernel import names
 from pgop.kernel.actions import DELETE, NORMAL, Action
 from pgop.kernel.model import Instance
@@ -139,7 +140,7 @@ def test_a_status_to_show_is_written_without_a_pass_through_the_api():
     body = {"metadata": {"name": "orders", "namespace": "shop"}, "status": copy.deepcopy(dict(status) | stored.status)}
     moved = copy.deepcopy(status)
     for entry in moved["instances"]:
-        entry["lastHeartbeat"] = (NOW + timedelta(seconds=31)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        entry["lastHeartbeat"] = (NOW + timedelta(seconds=MOVING_REFRESH + 1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         entry["lsn"] = "0/6000000"
     assert controller.needs_fresh_pass(body, plan, moved)
     assert controller.status_refresh(body, plan, moved) == {"instances": moved["instances"]}

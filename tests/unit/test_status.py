@@ -258,7 +258,7 @@ def test_a_new_heartbeat_or_wal_position_alone_is_not_written_at_once():
     assert not worth_writing(written, desired)
 
 
-def test_wal_positions_are_refreshed_every_thirty_seconds():
+def test_wal_positions_are_refreshed_every_five_minutes():
     world, cluster = healthy()
     written = status_of(world, cluster)
     cluster = replace(cluster, status=written)  # as the operator wrote it
