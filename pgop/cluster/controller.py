@@ -10,7 +10,7 @@ from kubernetes.client.rest import ApiException
 
 from pgop.cluster.observe import ApiReader, ClusterReader, IndexReader
 from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance
-from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, only_moving_changed, worth_writing
+from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, worth_writing
 from pgop.kernel import hibernation, names
 from pgop.kernel.actions import Plan
 from pgop.kernel.conditions import parse_time, set_condition
@@ -110,8 +110,6 @@ def status_refresh(body: Mapping[str, Any], plan: Plan, status: Mapping[str, Any
     current = body.get("status") or {}
     if len(plan) or plan.events or decision_changed(body, plan) or not worth_writing(current, status):
         return None
-    if only_moving_changed(current, status):
-        return {"instances": status.get("instances") or []}
     return {key: value for key, value in status.items() if current.get(key) != value}
 
 

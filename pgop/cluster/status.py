@@ -297,16 +297,5 @@ def worth_writing(current: Mapping[str, Any], desired: Mapping[str, Any],
     return False
 
 
-def only_moving_changed(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
-    """Whether `desired` differs from `current` in the moving fields of its instances alone (the
-    agents' LSNs and heartbeats): the same keys, phase, conditions, instances and their steady
-    fields."""
-    if any(current.get(key) != value for key, value in desired.items() if key != "instances"):
-        return False
-    old, new = current.get("instances") or [], desired.get("instances") or []
-    return ([e.get("name") for e in old] == [e.get("name") for e in new]
-            and all(_steady(before) == _steady(after) for before, after in zip(old, new, strict=True)))
-
-
 def _steady(entry: Mapping[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in entry.items() if key not in MOVING}
