@@ -19,7 +19,16 @@ from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
 from pgop.kernel.conditions import parse_time
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
-from pgop.runtime.apply import apply_plan, kube, on_cluster_preview, on_cluster_reconcile, record_events, warn_once
+from pgop.kernel.schedule import ScheduleError, next_due
+from pgop.runtime.apply import (
+    apply_plan,
+    kube,
+    on_cluster_due,
+    on_cluster_preview,
+    on_cluster_reconcile,
+    record_events,
+    warn_once,
+)
 from pgop.runtime.kube import NotFound
 from pgop.runtime.metrics import measured
 
@@ -79,6 +88,18 @@ def preview_backups(body: Any, cluster: Cluster, status: dict[str, Any], reader:
         return False
     merge_backup_status(cluster, pgbackups, plan, status, now)
     return True
+
+
+@on_cluster_due
+def next_scheduled_backup(cluster: Cluster, now: datetime) -> datetime | None:
+    """When the cluster's next scheduled backup is due: its steady passes wait no longer."""
+    backup = cluster.spec.backup
+    if backup is None or backup.s3 is None or not backup.schedule:
+        return None
+    try:
+        return next_due(backup.schedule, now)
+    except ScheduleError:
+        return None  # the schedule is refused: the pass says so, with nothing to wait for
 
 
 @kopf.on.create(API_GROUP, VERSION, "pgbackups")

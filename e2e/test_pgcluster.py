@@ -163,6 +163,21 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     assert exec_psql(kubectl, ns, f"{name}-2", "select count(*) from orders") == "100"
     assert kubectl.json("-n", ns, "get", "pginstance", f"{name}-2")["spec"]["bootstrap"] == "basebackup"
 
+    # a part of the cluster deleted by hand is made again at once: the deletion is a watch event
+    # that starts the cluster's pass (a Ready cluster's next full timed pass may be a minute away,
+    # pgop.cluster.pace.RESYNC)
+    parts = (("svc", f"{name}-ro"), ("pdb", name))
+    uids = {part: kubectl.json("-n", ns, "get", *part)["metadata"]["uid"] for part in parts}
+    deleted = time.monotonic()
+    for part in parts:
+        kubectl("-n", ns, "delete", *part, "--wait=true")
+    for part in parts:
+        eventually(lambda part=part: kubectl.json("-n", ns, "get", *part)["metadata"]["uid"] != uids[part],
+                   f"{part} made again", timeout=20, interval=0.2)
+    print(f"deleted Service and PDB made again within {time.monotonic() - deleted:.1f}s")
+    with connect(kubectl, ns, f"{name}-ro", name) as conn:
+        assert eventually(lambda: conn.execute("select count(*) from orders").fetchone()[0] == 100, "reads via -ro")
+
     # synchronousReplicas changes without a restart
     started = exec_psql(kubectl, ns, primary, "select pg_postmaster_start_time()")
     kubectl("-n", ns, "patch", "pgcluster", name, "--type=merge", "-p", '{"spec":{"synchronousReplicas":2}}')

@@ -23,7 +23,16 @@ from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
 from pgop.runtime import paced
-from pgop.runtime.apply import apply_plan, cluster_hooks, cluster_previews, forget, kube, record_events, remember
+from pgop.runtime.apply import (
+    apply_plan,
+    cluster_due,
+    cluster_hooks,
+    cluster_previews,
+    forget,
+    kube,
+    record_events,
+    remember,
+)
 from pgop.runtime.coalesce import Coalescer
 from pgop.runtime.kube import NotFound
 from pgop.runtime.metrics import measured
@@ -51,9 +60,10 @@ def reconcile_cluster(body, logger) -> dict | None:
     return _cluster_pass(body, logger)[0]
 
 
-def _cluster_pass(body, logger) -> tuple[dict | None, float]:
-    """reconcile_cluster's pass, and the seconds until the cluster's next timed pass: steady
-    (pgop.cluster.pace) only when the pass planned from the indexes found nothing to do.
+def _cluster_pass(body, logger) -> tuple[dict | None, float | pace.Steady]:
+    """reconcile_cluster's pass, and the pace of the cluster's next timed pass (pgop.cluster.pace):
+    steady only when the pass planned from the indexes found nothing to do. A pass that finds the
+    cluster moving (whatever started it: an event, a spec change) brings the timed pass forward.
 
     A pass first plans from the indexes and `body` (as kopf's watch last saw it): when that finds
     nothing to do, it is done without a request, and when it finds only a status to show
@@ -61,16 +71,25 @@ def _cluster_pass(body, logger) -> tuple[dict | None, float]:
     decision), or for a cluster whose hooks need the stored status (backups), it plans again from
     the PgCluster as stored and the API."""
     meta = body["metadata"]
-    namespace, name = meta.get("namespace", ""), meta["name"]
+    key = (meta.get("namespace", ""), meta["name"])
+    status, wait = _cluster_pass_once(body, logger, key)
+    if not isinstance(wait, pace.Steady):
+        paced.hurry(("cluster", key), wait)
+    return status, wait
+
+
+def _cluster_pass_once(body, logger, key: tuple[str, str]) -> tuple[dict | None, float | pace.Steady]:
+    namespace, name = key
     with _cluster_locks[(namespace, name)]:
         reader = indexes.reader(kube())
         if not reader.fresh and body.get("spec"):
-            quiet, refresh, instances = _quiet(body, reader)
+            quiet, refresh, instances, cluster = _quiet(body, reader)
             if quiet:
                 if refresh:
                     _refresh_status(body, refresh)
+                now = datetime.now(UTC)
                 return None, pace.next_pass_in(pace.cluster_steady(body, instances), pace.heartbeats(instances),
-                                               datetime.now(UTC), jitter=random.random())
+                                               now, jitter=random.random(), due=cluster_due(cluster, now))
         # Plan from the stored status, not from kopf's copy, which may predate the last decision
         # another pass of this process wrote.
         fresh = kube().get("PgCluster", namespace, name)
@@ -79,24 +98,36 @@ def _cluster_pass(body, logger) -> tuple[dict | None, float]:
         return _reconcile_cluster(fresh, logger), pace.FAST
 
 
-def _quiet(body, reader) -> tuple[bool, dict | None, list]:
+def _quiet(body, reader) -> tuple[bool, dict | None, list, Cluster]:
     """Whether the indexes say this cluster needs no pass through the API (a valid spec, nothing
-    to act on, no decision), the status patch that is due, if any (controller.status_refresh), and
-    its PgInstances as the indexes hold them."""
+    to act on, no decision), the status patch that is due, if any (controller.status_refresh), its
+    PgInstances as the indexes hold them, and the cluster."""
     cluster, observed, plan = controller.plan_for_cluster(reader, body)
     instances = list(observed.instances)
     if cluster.validate():
-        return False, None, instances
+        return False, None, instances, cluster
     status = controller.status_for_cluster(cluster, instances, plan)
     for preview in cluster_previews():  # e.g. the backup schedule and retention (pgop.backup.handlers)
         if not preview(body, cluster, status, reader):
-            return False, None, instances
+            return False, None, instances, cluster
     if not controller.needs_fresh_pass(body, plan, status):
-        return True, None, instances
+        return True, None, instances, cluster
     refresh = controller.status_refresh(body, plan, status)
     if refresh is not None and cluster.spec.backup is not None and cluster.spec.backup.s3 is not None:
         _announce_archiving(body, status)  # as a fresh pass would: its Events follow the condition
-    return refresh is not None, refresh, instances
+    return refresh is not None, refresh, instances, cluster
+
+
+def cluster_look(key: tuple[str, str]) -> float | None:
+    """A steady cluster looked at between its passes (pgop.runtime.paced: in kopf's event loop, on
+    the indexes and the Leases watched, no request): seconds until its next look, or None when a
+    pass is due now (it is not steady any more, or an agent went silent)."""
+    body = indexes.indexed("pgop_clusters", *key)
+    reader = indexes.reader(kube())
+    if body is None or reader.fresh or body["metadata"].get("deletionTimestamp"):
+        return None
+    instances = reader.instances(*key)
+    return pace.look_again_in(pace.cluster_steady(body, instances), pace.heartbeats(instances), datetime.now(UTC))
 
 
 def _refresh_status(body, status: dict) -> None:
@@ -250,11 +281,12 @@ def cluster_annotated(body, patch, logger, **_):
 async def cluster_timed(body, stopped, logger, **_):
     """The cluster's timed passes (pgop.runtime.paced), at the pace pgop.cluster.pace sets."""
     key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
-    await paced.run(stopped, lambda: cluster_tick(key, logger), logger)
+    await paced.run(stopped, lambda: cluster_tick(key, logger), logger, key=("cluster", key),
+                    look=lambda: cluster_look(key))
 
 
 @measured("PgCluster")
-def cluster_tick(key: tuple[str, str], logger) -> float:
+def cluster_tick(key: tuple[str, str], logger) -> float | pace.Steady:
     return _reconcile_cluster_now(key, logger)
 
 
@@ -289,6 +321,8 @@ async def instance_seen(body, event, logger, **_):
         # on its next tick: the pod's role label (what -rw and -ro select) follows a role at once
         # and a promoted primary takes writes a tick sooner.
         paced.soon(("instance", key), lambda: instance_event(key, logger), logger)
+    else:  # news to the instance's timed pass (e.g. no longer ready), whose pace it may change
+        paced.hurry(("instance", key), pace.FAST)
     _reconcile_cluster_soon(key[0], spec.get("cluster"), logger)
 
 
@@ -318,8 +352,8 @@ def cluster_event_pass(key: tuple[str, str], logger) -> None:
     _shortcuts.run(key, lambda: _reconcile_cluster_now(key, logger))
 
 
-def _reconcile_cluster_now(key: tuple[str, str], logger) -> float:
-    """One pass of the cluster as the watch last saw it; the seconds until its next timed pass."""
+def _reconcile_cluster_now(key: tuple[str, str], logger) -> float | pace.Steady:
+    """One pass of the cluster as the watch last saw it; the pace of its next timed pass."""
     cluster_name = key[1]
     # As the watch last saw it (a quiet pass then reads nothing), else just its name (read fresh).
     cluster = indexes.indexed("pgop_clusters", *key) or {"metadata": {"namespace": key[0], "name": cluster_name}}
@@ -366,6 +400,27 @@ async def pod_seen(body, event, logger, **_):
     paced.soon(("instance", instance), lambda: instance_event(instance, logger), logger)
 
 
+async def part_deleted(body, event, logger, **_):
+    """A cluster's Service, Secret, PDB, agents' RBAC object or volume deleted (by hand, or by a
+    tool): the cluster's pass (and, for a volume, its instance's) runs now and makes it again,
+    not at the cluster's next resync (pgop.cluster.pace.RESYNC)."""
+    if event.get("type") != "DELETED":
+        return
+    meta = body["metadata"]
+    labels = meta.get("labels") or {}
+    _reconcile_cluster_soon(meta.get("namespace"), labels.get(LABEL_CLUSTER), logger)
+    if labels.get(LABEL_INSTANCE):
+        instance = (meta.get("namespace"), labels[LABEL_INSTANCE])
+        paced.soon(("instance", instance), lambda: instance_event(instance, logger), logger)
+
+
+# The same watches as the indexes (pgop.cluster.indexes): no new request.
+for _group, _plural in (("", "services"), ("", "secrets"), ("policy", "poddisruptionbudgets"), ("", "serviceaccounts"),
+                        ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "rolebindings"),
+                        ("", "persistentvolumeclaims")):
+    kopf.on.event(_group, "v1", _plural, labels=indexes.CLUSTER_LABELLED, id=f"part_deleted_{_plural}")(part_deleted)
+
+
 # ------------------------------------------------------------------------------------ PgInstance
 
 # One pass per instance at a time: the timed pass, the pod event and the role shortcut all reconcile
@@ -373,17 +428,32 @@ async def pod_seen(body, event, logger, **_):
 _instance_runs = Coalescer()
 
 
-def reconcile_instance(body, logger) -> float:
+def reconcile_instance(body, logger) -> float | pace.Steady:
     """One pass of the instance (or one more, asked of the pass under way in another thread);
-    the seconds until its next timed pass (pgop.cluster.pace: FAST unless this pass found it steady)."""
+    the pace of its next timed pass (pgop.cluster.pace: FAST unless this pass found it steady).
+    A pass that finds it moving brings the timed pass forward."""
     meta = body["metadata"]
     key = (meta.get("namespace", ""), meta["name"])
-    waits: list[float] = []
+    waits: list[float | pace.Steady] = []
     ran = _instance_runs.run(key, lambda: waits.append(_reconcile_instance(key, body, logger)))
-    return waits[-1] if ran and waits else pace.FAST
+    wait = waits[-1] if ran and waits else pace.FAST
+    if not isinstance(wait, pace.Steady):
+        paced.hurry(("instance", key), wait)
+    return wait
 
 
-def _reconcile_instance(key: tuple[str, str], body, logger) -> float:
+def instance_look(key: tuple[str, str]) -> float | None:
+    """A steady instance looked at between its passes (as cluster_look): seconds until its next
+    look, or None when a pass is due now."""
+    body = indexes.indexed("pgop_instances", *key)
+    reader = indexes.reader(kube())
+    if body is None or reader.fresh or body["metadata"].get("deletionTimestamp"):
+        return None
+    body = reader.with_liveness(body)
+    return pace.look_again_in(pace.instance_steady(body), pace.heartbeats([body]), datetime.now(UTC))
+
+
+def _reconcile_instance(key: tuple[str, str], body, logger) -> float | pace.Steady:
     # The latest the watch saw (a pass asked for again runs on what came in meanwhile).
     body = indexes.indexed("pgop_instances", *key) or body
     reader = indexes.reader(kube())
@@ -418,11 +488,12 @@ async def instance_timed(body, stopped, logger, **_):
     """The instance's timed passes (pgop.runtime.paced), at the pace pgop.cluster.pace sets; the
     first as soon as kopf sees the object."""
     key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
-    await paced.run(stopped, lambda: instance_tick(key, body, logger), logger)
+    await paced.run(stopped, lambda: instance_tick(key, body, logger), logger, key=("instance", key),
+                    look=lambda: instance_look(key))
 
 
 @measured("PgInstance")
-def instance_tick(key: tuple[str, str], body, logger) -> float:
+def instance_tick(key: tuple[str, str], body, logger) -> float | pace.Steady:
     instance = indexes.indexed("pgop_instances", *key) or body
     if instance["metadata"].get("deletionTimestamp"):
         return pace.FAST

@@ -6,16 +6,19 @@ node or a cut network sends no event), a failover's delays, a backup's cron, cer
 
 While anything moves (the last pass had something to do, the cluster is not Ready, an instance is
 not ready), a pass every FAST seconds. A steady one (its last pass found nothing to do, every
-heartbeat fresh) waits until the first of its heartbeats would go stale, and at most STEADY
-seconds: an agent that stops beating is seen as soon as the readiness rule says it is silent
-(pgop.kernel.readiness: older than the timeout), not one tick later, while an idle cluster costs a
-pass every STEADY seconds instead of every FAST.
+heartbeat fresh) has a full pass every RESYNC seconds, or sooner when something of it is due (a
+scheduled backup). Between those, it is looked at on the operator's indexes, with no request and no
+thread (pgop.runtime.paced), each time its first heartbeat would go stale: an agent that stops
+beating is seen as soon as the readiness rule says it is silent (pgop.kernel.readiness: older than
+the timeout), not one tick later. A pass that an event started and that found the object moving
+brings its timed pass forward (pgop.runtime.paced.hurry).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from pgop.cluster.failover import STREAMING
 from pgop.kernel import liveness
@@ -23,11 +26,21 @@ from pgop.kernel.model import PRIMARY, REPLICA
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT
 
 FAST = 2.0
-STEADY = 10.0
+# A steady object's full pass: for what changes with time alone and says nothing (a certificate
+# ageing, retention by age, a CA rotation's next phase, the PgCluster's moving fields every
+# pgop.cluster.status.MOVING_REFRESH); an earlier due time (a scheduled backup) brings it forward.
+RESYNC = 60.0
 # Past the deadline, so the heartbeat is older than the timeout when the pass judges it.
 MARGIN = 0.25
 SHORTEST = 0.5  # never a busy loop, whatever the clocks say
 JITTER = 0.1  # steady waits are shortened by up to this fraction: the passes of many clusters spread
+
+
+class Steady(NamedTuple):
+    """A steady object's pace (pgop.runtime.paced): a look in `look` seconds (on the indexes, in the
+    event loop: look_again_in), the next full pass in `resync` seconds at the latest."""
+    look: float
+    resync: float
 
 
 def heartbeats(instances: Iterable[Mapping[str, Any]]) -> list[datetime | None]:
@@ -36,22 +49,46 @@ def heartbeats(instances: Iterable[Mapping[str, Any]]) -> list[datetime | None]:
     return [liveness.alive_at(i) for i in instances]
 
 
-def next_pass_in(steady: bool, beats: Iterable[datetime | None], now: datetime, *,
-                 timeout: float = DEFAULT_HEARTBEAT_TIMEOUT, jitter: float = 0.0) -> float:
-    """Seconds until the next timed pass. `steady`: the last pass found nothing to do and the
-    object says all is well; `beats`: the heartbeats that must stay fresh; `jitter` in [0, 1):
-    the fraction of JITTER taken off a steady wait."""
-    if not steady:
-        return FAST
-    wait = STEADY * (1.0 - JITTER * jitter)
+def stale_in(beats: Iterable[datetime | None], now: datetime, *,
+             timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> float | None:
+    """Seconds until the first of `beats` is older than the timeout (and MARGIN), at least
+    SHORTEST; None when one is missing or already that old (a pass is due now); infinity when
+    there are none."""
+    left = math.inf
     for beat in beats:
         if beat is None:
-            return FAST
-        left = (beat - now).total_seconds() + timeout + MARGIN
-        if left <= 0:
-            return FAST
-        wait = min(wait, left)
-    return max(SHORTEST, wait)
+            return None
+        until = (beat - now).total_seconds() + timeout + MARGIN
+        if until <= 0:
+            return None
+        left = min(left, until)
+    return max(SHORTEST, left)
+
+
+def next_pass_in(steady: bool, beats: Iterable[datetime | None], now: datetime, *,
+                 timeout: float = DEFAULT_HEARTBEAT_TIMEOUT, jitter: float = 0.0,
+                 due: datetime | None = None) -> float | Steady:
+    """After a pass: FAST seconds until the next, or, for a steady object (the pass found nothing
+    to do and the object says all is well) whose heartbeats are all fresh, its Steady pace.
+    `beats`: the heartbeats that must stay fresh; `jitter` in [0, 1): the fraction of JITTER taken
+    off the resync; `due`: the next time something of the object is due (a scheduled backup)."""
+    if not steady:
+        return FAST
+    left = stale_in(beats, now, timeout=timeout)
+    if left is None:
+        return FAST
+    resync = RESYNC * (1.0 - JITTER * jitter)
+    if due is not None:
+        resync = min(resync, (due - now).total_seconds() + MARGIN)
+    resync = max(SHORTEST, resync)
+    return Steady(look=min(left, resync), resync=resync)
+
+
+def look_again_in(steady: bool, beats: Iterable[datetime | None], now: datetime, *,
+                  timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> float | None:
+    """At a steady object's look: seconds until the next look (its first heartbeat going stale),
+    or None when a pass is due now (it is not steady any more, or an agent went silent)."""
+    return stale_in(beats, now, timeout=timeout) if steady else None
 
 
 def cluster_steady(body: Mapping[str, Any], instances: Iterable[Mapping[str, Any]]) -> bool:

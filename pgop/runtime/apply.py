@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import kopf
@@ -97,6 +98,23 @@ def cluster_previews() -> list[ClusterPreview]:
     return list(_cluster_previews)
 
 
+# A cluster due time says when a hook's dry run may next answer differently with nothing else
+# changed: due(cluster, now) -> the time (e.g. the next scheduled backup), or None. A steady
+# cluster's next full pass comes no later (pgop.cluster.pace).
+ClusterDue = Callable[[Any, datetime], datetime | None]
+_cluster_due: list[ClusterDue] = []
+
+
+def on_cluster_due(due: ClusterDue) -> ClusterDue:
+    return _register(_cluster_due, due)
+
+
+def cluster_due(cluster: Any, now: datetime) -> datetime | None:
+    """The earliest due time of the registered hooks for `cluster`, None when none has one."""
+    times = [moment for moment in (due(cluster, now) for due in _cluster_due) if moment is not None]
+    return min(times) if times else None
+
+
 _warned: dict[tuple[str, str, str], str] = {}
 
 
@@ -127,6 +145,6 @@ def forget(namespace: str | None, name: str) -> None:
         _warned.pop(key, None)
 
 
-__all__ = ["forget", "Plan", "apply_plan", "cluster_hooks", "cluster_previews", "kube", "on_cluster_preview",
-           "on_cluster_reconcile", "record_events",
+__all__ = ["forget", "Plan", "apply_plan", "cluster_due", "cluster_hooks", "cluster_previews", "kube",
+           "on_cluster_due", "on_cluster_preview", "on_cluster_reconcile", "record_events",
            "remember", "warn_once"]

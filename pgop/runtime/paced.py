@@ -62,16 +62,90 @@ def soon(key: Hashable, work: Callable[[], Any], logger: logging.Logger | loggin
     asyncio.get_running_loop().run_in_executor(_executor, one)
 
 
-async def run(stopped: Any, one_pass: Callable[[], float], logger: logging.Logger | logging.LoggerAdapter) -> None:
-    """Until `stopped` (kopf's daemon stop flag): run `one_pass` in a handler thread, then wait
-    the seconds it returned."""
+class _Timer:
+    """A daemon's sleep, which hurry() may cut short (in the event loop)."""
+
+    def __init__(self) -> None:
+        self.woken = asyncio.Event()
+        self.within: float | None = None  # hurry(): the next pass within this many seconds
+
+
+_timers: dict[Hashable, tuple[asyncio.AbstractEventLoop, _Timer]] = {}
+
+
+def hurry(key: Hashable, within: float) -> None:
+    """From any thread: the timed pass of `key` (run's `key`) within `within` seconds, whatever
+    it was waiting for. A pass that an event started and that found the object moving calls it:
+    the object's timed passes then keep the fast pace a steady wait would have missed."""
+    entry = _timers.get(key)
+    if entry is None:
+        return
+    loop, timer = entry
+
+    def wake() -> None:
+        timer.within = within if timer.within is None else min(timer.within, within)
+        timer.woken.set()
+
+    loop.call_soon_threadsafe(wake)
+
+
+async def _sleep(stopped: Any, timer: _Timer, seconds: float) -> bool:
+    """Sleeps `seconds`, less when `stopped` or when hurry() asks; whether hurry() asked."""
+    loop = asyncio.get_running_loop()
+    until, hurried = loop.time() + seconds, False
     while not stopped:
+        if timer.within is not None:
+            until, timer.within, hurried = min(until, loop.time() + timer.within), None, True
+        left = until - loop.time()
+        if left <= 0:
+            break
+        timer.woken.clear()
+        stop, woken = asyncio.ensure_future(stopped.wait()), asyncio.ensure_future(timer.woken.wait())
         try:
-            wait = await in_pool(one_pass)
-        except kopf.TemporaryError as error:
-            wait = error.delay if error.delay is not None else ERROR_WAIT
-            logger.warning("timed pass: %s; again in %.0fs", error, wait)
-        except Exception as error:  # noqa: BLE001 - the next pass tries again, as kopf's timers did
-            wait = ERROR_WAIT
-            logger.error("timed pass failed (%s: %s); again in %.0fs", type(error).__name__, error, wait)
-        await stopped.wait(wait)
+            await asyncio.wait((stop, woken), timeout=left, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            woken.cancel()
+    return hurried
+
+
+async def _pass(one_pass: Callable[[], Any], logger: logging.Logger | logging.LoggerAdapter) -> Any:
+    try:
+        return await in_pool(one_pass)
+    except kopf.TemporaryError as error:
+        wait = error.delay if error.delay is not None else ERROR_WAIT
+        logger.warning("timed pass: %s; again in %.0fs", error, wait)
+    except Exception as error:  # noqa: BLE001 - the next pass tries again, as kopf's timers did
+        wait = ERROR_WAIT
+        logger.error("timed pass failed (%s: %s); again in %.0fs", type(error).__name__, error, wait)
+    return wait
+
+
+async def run(stopped: Any, one_pass: Callable[[], Any], logger: logging.Logger | logging.LoggerAdapter, *,
+              key: Hashable | None = None, look: Callable[[], float | None] | None = None) -> None:
+    """Until `stopped` (kopf's daemon stop flag): run `one_pass` in a handler thread, then wait
+    what it returned: seconds, or a steady pace (look, resync), pgop.cluster.pace.Steady. While
+    steady, `look()` runs in the event loop instead of a pass (it must be cheap: the indexes, no
+    request) and says how long to wait more, or None for a pass now; a pass runs at the resync
+    at the latest, and at once when hurry(`key`, ...) asked."""
+    loop = asyncio.get_running_loop()
+    timer = _Timer()
+    if key is not None:
+        _timers[key] = (loop, timer)
+    resync_at = 0.0
+    try:
+        while not stopped:
+            again = look() if look is not None and loop.time() < resync_at else None
+            if again is not None:
+                wait = min(again, resync_at - loop.time())
+            else:
+                answer = await _pass(one_pass, logger)
+                if isinstance(answer, tuple):  # steady: (look, resync)
+                    wait, resync_at = answer[0], loop.time() + answer[1]
+                else:
+                    wait, resync_at = answer, 0.0
+            if await _sleep(stopped, timer, wait):
+                resync_at = 0.0  # hurried: a pass, not a look
+    finally:
+        if key is not None and _timers.get(key, (None, timer))[1] is timer:
+            _timers.pop(key, None)

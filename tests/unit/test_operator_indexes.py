@@ -295,6 +295,21 @@ def test_a_due_scheduled_backup_hands_the_pass_to_the_api():
     assert not preview_backups(old, cluster, {}, Watched().reader())
 
 
+def test_a_steady_cluster_with_a_schedule_has_its_full_pass_when_its_next_backup_is_due():
+    """Between a steady cluster's resyncs only its heartbeats are looked at: the backup schedule
+    brings the full pass (whose preview hands a due backup to the API) to the due time."""
+    from pgop.backup.handlers import next_scheduled_backup
+    from pgop.runtime.apply import cluster_due
+    from tests.unit.test_backup_plan import make_cluster
+    cluster = make_cluster(schedule="30 2 * * *")
+    now = datetime(2026, 12, 4, 2, 29, 50, tzinfo=UTC)
+    assert next_scheduled_backup(cluster, now) == datetime(2026, 12, 4, 2, 30, tzinfo=UTC)
+    assert cluster_due(cluster, now) == datetime(2026, 12, 4, 2, 30, tzinfo=UTC)  # registered
+    assert pace.next_pass_in(True, [], now, due=cluster_due(cluster, now)).resync == 10 + pace.MARGIN
+    assert next_scheduled_backup(make_cluster(), now) is None  # no schedule: nothing due
+    assert next_scheduled_backup(make_cluster(schedule="61 * * * *"), now) is None  # refused: the pass says so
+
+
 def test_a_settled_cluster_waits_for_its_first_heartbeat_to_go_stale_and_a_lost_stream_hurries_it():
     """The pace of the timed passes (pgop.cluster.pace) on the shapes the operator really holds: the
     status a pass computes for a settled cluster, its PgInstances as indexed."""
@@ -313,11 +328,13 @@ def test_a_settled_cluster_waits_for_its_first_heartbeat_to_go_stale_and_a_lost_
     assert status["phase"] == "Ready" and pace.cluster_steady(body, instances)
     beats = pace.heartbeats(instances)
     assert len(beats) == 3 and None not in beats
-    # the oldest beat (3 s, or 4 s with the second cut off) goes stale in 11-12 s: the steady 10 s first
-    assert pace.next_pass_in(True, beats, now) == pace.STEADY
-    # 9 s later the oldest goes stale before the steady interval ends
-    later = now + timedelta(seconds=9)
-    assert pace.FAST < pace.next_pass_in(True, beats, later) < pace.STEADY
+    # the oldest beat (3 s, or 4 s with the second cut off) goes stale in 11-12 s: looked at then
+    steady = pace.next_pass_in(True, beats, now)
+    assert isinstance(steady, pace.Steady) and steady.resync == pace.RESYNC
+    assert 11 <= steady.look <= 12 + pace.MARGIN
+    # 9 s later, with no new beat, the oldest goes stale in 2-3 s; 13 s later the look asks for a pass
+    assert 2 <= pace.look_again_in(True, beats, now + timedelta(seconds=9)) <= 3 + pace.MARGIN
+    assert pace.look_again_in(True, beats, now + timedelta(seconds=13)) is None
     # A replica reports that it lost the primary's WAL stream: every FAST seconds again.
     replica = next(i for i in instances if (i.get("status") or {}).get("role") == "replica")
     replica["status"] = dict(replica["status"], walReceiver="stopped")

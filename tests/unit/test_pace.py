@@ -1,5 +1,6 @@
-"""The pace of the timed passes (pgop.cluster.pace): fast while anything moves, and a steady
-object waits no longer than until its first heartbeat would go stale."""
+"""The pace of the timed passes (pgop.cluster.pace): fast while anything moves; a steady object is
+looked at when its first heartbeat would go stale and has a full pass every RESYNC seconds, or
+when something of it is due."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
@@ -21,29 +22,50 @@ def test_anything_moving_is_looked_at_every_fast_interval():
     assert pace.next_pass_in(True, [_ago(DEFAULT_HEARTBEAT_TIMEOUT + 1)], NOW) == pace.FAST  # already stale
 
 
-def test_a_steady_object_waits_until_its_first_heartbeat_would_go_stale():
+def test_a_steady_object_is_looked_at_when_its_first_heartbeat_would_go_stale():
     # Beats 1 s and 9 s old: the older one goes stale first, 6 s (and the margin) from now.
-    wait = pace.next_pass_in(True, [_ago(1), _ago(9)], NOW)
-    assert wait == DEFAULT_HEARTBEAT_TIMEOUT - 9 + pace.MARGIN
-    # At that moment the readiness rule says it is stale: the pass then sees a silent agent.
-    later = NOW + timedelta(seconds=wait)
+    steady = pace.next_pass_in(True, [_ago(1), _ago(9)], NOW)
+    assert steady == pace.Steady(look=DEFAULT_HEARTBEAT_TIMEOUT - 9 + pace.MARGIN, resync=pace.RESYNC)
+    # At that moment the readiness rule says it is stale: the look asks for a pass, which sees a
+    # silent agent.
+    later = NOW + timedelta(seconds=steady.look)
     silent = Instance.from_object({"metadata": {"name": "i-1", "namespace": "n"}, "spec": {"cluster": "c"},
                                    "status": {"lastHeartbeat": _ago(9).strftime("%Y-%m-%dT%H:%M:%SZ")}})
     assert is_stale(silent, later)
     assert not is_stale(silent, later - timedelta(seconds=pace.MARGIN + 0.01))
+    assert pace.look_again_in(True, [_ago(1), _ago(9)], later) is None
+    # Had the agent beaten meanwhile, the look finds its new deadline and no pass is due.
+    assert pace.look_again_in(True, [_ago(1), later], later) == DEFAULT_HEARTBEAT_TIMEOUT - 1 + pace.MARGIN - steady.look
 
 
-def test_a_steady_object_with_fresh_heartbeats_waits_the_steady_interval_at_most():
-    assert pace.next_pass_in(True, [_ago(0)], NOW) == pace.STEADY
-    assert pace.next_pass_in(True, [], NOW) == pace.STEADY
+def test_a_look_asks_for_a_pass_when_the_object_is_no_longer_steady():
+    assert pace.look_again_in(False, [_ago(0)], NOW) is None
+    assert pace.look_again_in(True, [_ago(0), None], NOW) is None
+    assert pace.look_again_in(True, [_ago(0)], NOW) == DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN
+
+
+def test_a_steady_object_has_a_full_pass_every_resync_interval_at_most():
+    assert pace.next_pass_in(True, [_ago(0)], NOW) == pace.Steady(DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN, pace.RESYNC)
+    assert pace.next_pass_in(True, [], NOW) == pace.Steady(pace.RESYNC, pace.RESYNC)  # no heartbeat to watch
     # The jitter takes off up to a tenth, so many clusters' passes spread out.
-    assert pace.next_pass_in(True, [_ago(0)], NOW, jitter=0.999) > pace.STEADY * (1 - pace.JITTER) - 0.01
-    assert pace.next_pass_in(True, [_ago(0)], NOW, jitter=0.5) == pace.STEADY * (1 - pace.JITTER / 2)
+    assert pace.next_pass_in(True, [], NOW, jitter=0.999).resync > pace.RESYNC * (1 - pace.JITTER) - 0.01
+    assert pace.next_pass_in(True, [], NOW, jitter=0.5).resync == pace.RESYNC * (1 - pace.JITTER / 2)
+
+
+def test_something_due_brings_the_full_pass_forward():
+    # A scheduled backup due in 20 s: the pass is just after it, whatever the resync interval.
+    due = NOW + timedelta(seconds=20)
+    assert pace.next_pass_in(True, [_ago(0)], NOW, due=due) == pace.Steady(15.25, 20 + pace.MARGIN)
+    assert pace.next_pass_in(True, [_ago(0)], NOW, due=NOW + timedelta(seconds=3)) == pace.Steady(3.25, 3.25)
+    assert pace.next_pass_in(True, [], NOW, due=NOW + timedelta(hours=1)).resync == pace.RESYNC
+    assert pace.next_pass_in(True, [], NOW, due=NOW - timedelta(seconds=5)) == pace.Steady(pace.SHORTEST, pace.SHORTEST)
 
 
 def test_never_a_busy_loop():
     # A heartbeat a hair from going stale (or a clock that jumped): the shortest wait, not zero.
-    assert pace.next_pass_in(True, [_ago(DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN - 0.01)], NOW) == pace.SHORTEST
+    hair = [_ago(DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN - 0.01)]
+    assert pace.next_pass_in(True, hair, NOW).look == pace.SHORTEST
+    assert pace.look_again_in(True, hair, NOW) == pace.SHORTEST
 
 
 def test_heartbeats_are_read_from_the_pginstances():

@@ -91,3 +91,94 @@ def test_a_failing_pass_is_logged_and_the_next_one_for_its_key_still_runs(pool, 
         asyncio.run(scenario())
     assert "event pass failed (RuntimeError: the API server said no)" in caplog.text
     assert ran == [1]
+
+
+class Stop:
+    """kopf's daemon stop flag, as paced.run uses it."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+
+    def __bool__(self) -> bool:
+        return self.event.is_set()
+
+    async def wait(self) -> None:
+        await self.event.wait()
+
+
+def _daemon(one_pass, look, key="k"):
+    """paced.run as a task, with its stop flag."""
+    stop = Stop()
+    task = asyncio.ensure_future(paced.run(stop, one_pass, logging.getLogger("test"), key=key, look=look))
+    return stop, task
+
+
+async def _until(condition, seconds: float = 2.0) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while not condition() and loop.time() < end:
+        await asyncio.sleep(0.005)
+
+
+def test_a_steady_object_is_looked_at_in_the_loop_and_passed_over_only_at_its_resync(pool):
+    """Between a steady pass and its resync, the daemon only looks (no thread, no pass)."""
+    passes, looks = [], []
+
+    async def scenario() -> None:
+        stop, task = _daemon(lambda: passes.append(threading.current_thread().name) or (0.02, 0.4),
+                             lambda: looks.append(threading.current_thread().name) or 0.02)
+        await asyncio.sleep(0.25)
+        assert len(passes) == 1 and len(looks) >= 5
+        await _until(lambda: len(passes) == 2)
+        assert len(passes) == 2  # the resync came
+        stop.event.set()
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(scenario())
+    assert all(name == threading.main_thread().name for name in looks)  # in the event loop
+    assert all(name != threading.main_thread().name for name in passes)  # in the pool
+
+
+def test_a_look_that_finds_a_pass_due_runs_it_at_once(pool):
+    passes, answers = [], [0.02, 0.02, None]
+
+    async def scenario() -> None:
+        stop, task = _daemon(lambda: passes.append(1) or (0.02, 30.0), lambda: answers.pop(0) if answers else 30.0)
+        await _until(lambda: len(passes) == 2)
+        stop.event.set()
+        await asyncio.wait_for(task, 1)
+
+    asyncio.run(scenario())
+    assert len(passes) == 2 and answers == []
+
+
+def test_a_pass_elsewhere_that_finds_the_object_moving_hurries_its_timed_pass(pool):
+    """hurry() from another thread (an event's pass): the timed pass runs within the time asked,
+    not after the steady wait of 30 s."""
+    passes = []
+
+    async def scenario() -> float:
+        loop = asyncio.get_running_loop()
+        stop, task = _daemon(lambda: passes.append(loop.time()) or (30.0, 60.0), lambda: 30.0, key=("cluster", "x"))
+        await _until(lambda: len(passes) == 1)
+        asked = loop.time()
+        threading.Thread(target=paced.hurry, args=(("cluster", "x"), 0.05)).start()
+        await _until(lambda: len(passes) == 2)
+        paced.hurry(("cluster", "someone else"), 0.0)  # no daemon of that key: nothing happens
+        stop.event.set()
+        await asyncio.wait_for(task, 1)
+        return passes[1] - asked
+
+    waited = asyncio.run(scenario())
+    assert len(passes) == 2 and 0.05 <= waited < 1.0
+    assert ("cluster", "x") not in paced._timers  # a stopped daemon leaves nothing behind
+
+
+def test_a_stopped_daemon_ends_without_waiting_out_its_sleep(pool):
+    async def scenario() -> None:
+        stop, task = _daemon(lambda: (300.0, 600.0), lambda: 300.0)
+        await asyncio.sleep(0.05)
+        stop.event.set()
+        await asyncio.wait_for(task, 1)  # raises TimeoutError if it slept on
+
+    asyncio.run(scenario())
