@@ -75,8 +75,12 @@ REPLICATION_ROLE_FUNCTIONS = (
 
 
 def grant_replication_role_rights(conn: psycopg.Connection, role: str) -> None:
-    """Idempotent; run by the primary (a grant on a replica arrives with the WAL)."""
+    """Idempotent; run by the primary (a grant on a replica arrives with the WAL). Its commits do
+    not wait for a synchronous standby: with synchronousMode required and none streaming, they
+    would hold the agent's loop (and its heartbeat) until one does. A grant lost in a failover is
+    made again by the next primary's agent, once per postmaster start."""
     from psycopg import sql
+    conn.execute("SET synchronous_commit = local")  # this session only
     for function in REPLICATION_ROLE_FUNCTIONS:
         conn.execute(sql.SQL(f"GRANT EXECUTE ON FUNCTION {function} TO {{}}").format(sql.Identifier(role)))
     # CHECKPOINT without the superuser: the predefined role of PostgreSQL 15 and later.

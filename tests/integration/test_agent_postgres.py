@@ -14,7 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -303,6 +303,28 @@ def test_required_mode_lists_every_replica_even_when_down(fleet_factory):
     wait_for(lambda: fleet.sql(primary, "SHOW synchronous_standby_names")[0][0] == f'ANY 1 ("{name}")',
              "the required quorum over a replica that is not there")
     assert fleet.sql(primary, "SELECT count(*) FROM pg_stat_replication") == [(0,)]
+
+
+def test_a_required_primary_restarted_while_its_replica_is_down_keeps_beating(fleet_factory):
+    """The primary's agent grants the replication role its rights once per postmaster start. With
+    synchronousMode required and no replica streaming, an ordinary commit waits for one: that
+    grant must not, or the agent's loop stops (no status, no Lease renewal: a silent primary)."""
+    fleet = fleet_factory(instances=2, synchronousReplicas=1, synchronousMode="required")
+    primary = fleet.primary()
+    name = fleet.create(1, "replica", "basebackup")  # exists, but never streams
+    wait_for(lambda: fleet.sql(primary, "SHOW synchronous_standby_names")[0][0] == f'ANY 1 ("{name}")',
+             "the required quorum over a replica that is not there")
+    fleet.stop(primary)
+    restarted = datetime.now(UTC)
+    fleet.start(primary)
+    fleet.wait_ready(primary)
+    wait_for(lambda: fleet.agents[primary].granted_for is not None, "the grants of this start")
+    # the loop goes on turning: heartbeats well after the restart
+    wait_for(lambda: datetime.fromisoformat(fleet.status(primary)["lastHeartbeat"].replace("Z", "+00:00"))
+             > restarted + timedelta(seconds=6), "heartbeats after the restart", timeout=20)
+    assert fleet.sql(primary, "SHOW synchronous_standby_names")[0][0] == f'ANY 1 ("{name}")'
+    # the application's commits still wait for the replica: only the agent's own do not
+    assert fleet.sql(primary, "SHOW synchronous_commit") == [("on",)]
 
 
 # -------------------------------------------------------------------------- reload vs restart
