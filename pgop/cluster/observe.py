@@ -203,9 +203,14 @@ def _labels(body: Mapping[str, Any]) -> Mapping[str, str]:
 
 
 def plain(body: Mapping[str, Any], kind: str) -> Obj:
-    """The body as a LIST item would carry it, with its kind."""
+    """The body as a LIST item would carry it, with its kind, without metadata.managedFields: no
+    pass reads them, and they are 20-50% of an object's size (a pod's 5 of 12 KB in JSON), kept for
+    every object of every cluster the indexes hold. `body` itself is left as it is."""
     out = dict(body)
     out.setdefault("kind", kind)
+    meta = out.get("metadata")
+    if isinstance(meta, Mapping) and "managedFields" in meta:
+        out["metadata"] = {key: value for key, value in meta.items() if key != "managedFields"}
     return out
 
 

@@ -96,6 +96,26 @@ def test_the_indexes_show_a_cluster_as_its_lists_and_gets_would():
     assert controller.observe_cluster(reader, "other", "orders").instances == []
 
 
+def test_the_indexes_keep_no_managed_fields_and_leave_the_watched_body_as_it_is():
+    """managedFields are up to half of an object's size and no pass reads them: the indexes drop
+    them from what they keep, not from kopf's body."""
+    world, _ = settled()
+    w = Watched()
+    bodies = []
+    for obj in world.objects.values():
+        body = copy.deepcopy(obj)
+        body["metadata"]["managedFields"] = [{"manager": "kubelet", "operation": "Update", "fieldsV1": {"f:status": {}}}]
+        bodies.append(body)
+        w.event(body)
+    assert all(b["metadata"]["managedFields"] for b in bodies)  # kopf's copies untouched
+    kept = [obj for i in w.indexers.values() for store in i.index.values() for obj in store]
+    assert len(kept) >= len(bodies)  # every object is somewhere (instances and pods under two keys)
+    assert not [o for o in kept if "managedFields" in o["metadata"]]
+    # what the passes read is the same as without them
+    seen = controller.observe_cluster(w.reader(), "shop", "orders")
+    assert by_name(seen.pods) == by_name(world.observed_cluster("orders", pods=True).pods)
+
+
 def test_an_instance_reads_its_volume_and_its_pods_bootstrap_included():
     world, _ = settled()
     name = world.instance_names()[1]
