@@ -94,6 +94,7 @@ class RetentionJobs:
         self._lock = threading.Lock()
         self._running: set[tuple[str, str]] = set()
         self._done: dict[tuple[str, str], tuple[frozenset[str], ConfirmedRetention | Exception]] = {}
+        self._forgotten: set[tuple[str, str]] = set()  # deleted while its work ran: keep no outcome
 
     def outcome(self, key: tuple[str, str], dropped: frozenset[str],
                 work: Callable[[], ConfirmedRetention]) -> ConfirmedRetention | Exception | None:
@@ -108,6 +109,7 @@ class RetentionJobs:
             if key in self._running:
                 return None
             self._running.add(key)
+            self._forgotten.discard(key)
         log.info("retention of %s/%s: removing %s from S3 in the background", *key, ", ".join(sorted(dropped)))
         self._pool.submit(self._run, key, dropped, work)
         return None
@@ -115,6 +117,19 @@ class RetentionJobs:
     def running(self, key: tuple[str, str]) -> bool:
         with self._lock:
             return key in self._running
+
+    def forget(self, key: tuple[str, str]) -> None:
+        """The cluster `key` is deleted: its outcome is dropped, now or when its work ends (an
+        operator that outlives many clusters keeps none of theirs)."""
+        with self._lock:
+            self._done.pop(key, None)
+            if key in self._running:
+                self._forgotten.add(key)
+
+    def kept(self) -> int:
+        """How many clusters this holds anything of (running or an outcome not taken)."""
+        with self._lock:
+            return len(self._running | set(self._done))
 
     def _run(self, key: tuple[str, str], dropped: frozenset[str], work: Callable[[], ConfirmedRetention]) -> None:
         result: ConfirmedRetention | Exception
@@ -124,7 +139,10 @@ class RetentionJobs:
             result = error
         with self._lock:
             self._running.discard(key)
-            self._done[key] = (dropped, result)
+            if key in self._forgotten:
+                self._forgotten.discard(key)
+            else:
+                self._done[key] = (dropped, result)
 
 
 RETENTION = RetentionJobs()

@@ -12,7 +12,7 @@ import kopf
 
 from pgop.backup import deletion
 from pgop.backup.catalog import COMPLETED, FAILED
-from pgop.backup.cluster_backups import merge_backup_status, reconcile_backups
+from pgop.backup.cluster_backups import RETENTION, merge_backup_status, reconcile_backups
 from pgop.backup.pgbackup import plan_pgbackup
 from pgop.backup.plan import plan_backups
 from pgop.backup.pod import LABEL_BACKUP, backup_pod_name
@@ -26,6 +26,7 @@ from pgop.runtime.apply import (
     on_cluster_due,
     on_cluster_preview,
     on_cluster_reconcile,
+    on_forget,
     record_events,
     warn_once,
 )
@@ -88,6 +89,12 @@ def preview_backups(body: Any, cluster: Cluster, status: dict[str, Any], reader:
         return False
     merge_backup_status(cluster, pgbackups, plan, status, now)
     return True
+
+
+@on_forget
+def forget_retention(namespace: str | None, name: str) -> None:
+    """A deleted PgCluster's retention outcome (RetentionJobs), if any, is dropped."""
+    RETENTION.forget((namespace or "", name))
 
 
 @on_cluster_due

@@ -138,13 +138,26 @@ def remember(body: Any, topic: str, mark: str | None = None) -> str | None:
     return before
 
 
+# What a feature keeps of an object it drops when the object is deleted: forgetter(namespace, name)
+# (e.g. the outcome of a deleted cluster's retention work, pgop.backup.handlers).
+Forgetter = Callable[[str | None, str], None]
+_forgetters: list[Forgetter] = []
+
+
+def on_forget(forgetter: Forgetter) -> Forgetter:
+    return _register(_forgetters, forgetter)
+
+
 def forget(namespace: str | None, name: str) -> None:
-    """Drops what was remembered of an object (warn_once, remember) once it is deleted: an
-    operator that outlives many clusters must not keep every one of them in memory."""
+    """Drops what was remembered of an object (warn_once, remember, and what the registered
+    features keep) once it is deleted: an operator that outlives many clusters must not keep
+    every one of them in memory."""
     for key in [key for key in _warned if key[0] == namespace and key[1] == name]:
         _warned.pop(key, None)
+    for forgetter in _forgetters:
+        forgetter(namespace, name)
 
 
 __all__ = ["forget", "Plan", "apply_plan", "cluster_due", "cluster_hooks", "cluster_previews", "kube",
-           "on_cluster_due", "on_cluster_preview", "on_cluster_reconcile", "record_events",
+           "on_cluster_due", "on_cluster_preview", "on_forget", "on_cluster_reconcile", "record_events",
            "remember", "warn_once"]

@@ -74,3 +74,28 @@ def test_clusters_prune_side_by_side():
     release.set()
     _wait_done(jobs, KEY)
     _wait_done(jobs, other)
+
+
+def test_a_deleted_cluster_keeps_nothing_even_when_its_pruning_was_under_way():
+    import pgop.backup.handlers  # noqa: F401 - registers what a deleted cluster's forgetting drops
+    from pgop.runtime import apply
+    jobs, release = RetentionJobs(), threading.Event()
+    other = ("shop", "billing")
+    assert jobs.outcome(KEY, frozenset({"b1"}), lambda: (release.wait(5), _confirmed("b1"))[1]) is None
+    assert jobs.outcome(other, frozenset({"b1"}), lambda: _confirmed("b1")) is None
+    _wait_done(jobs, other)
+    jobs.forget(KEY)  # deleted while its S3 work runs
+    jobs.forget(other)  # deleted with its outcome not taken
+    release.set()
+    _wait_done(jobs, KEY)
+    assert jobs.kept() == 0
+    # A cluster of the same name made again starts afresh.
+    assert jobs.outcome(KEY, frozenset({"b1"}), lambda: _confirmed("b1")) is None
+    _wait_done(jobs)
+    assert jobs.kept() == 1
+    # The operator's own: what forgetting a deleted PgCluster (pgop.cluster.handlers) drops.
+    from pgop.backup.cluster_backups import RETENTION
+    assert RETENTION.outcome(KEY, frozenset({"b9"}), lambda: _confirmed("b9")) is None
+    _wait_done(RETENTION)
+    apply.forget(*KEY)
+    assert RETENTION.kept() == 0
