@@ -5,8 +5,10 @@ state, outcome, patch application): at a tick every 2 s per PgCluster and per Pg
 machinery was most of an idle operator's CPU. Here a kopf daemon per object sleeps on its stop
 flag and runs one pass in kopf's handler pool (with the context kopf's own sync handlers get,
 so Events and warnings post as from a handler); the pass returns how long to wait before the
-next (pgop.cluster.pace). A pass that fails is logged and tried again after ERROR_WAIT seconds,
-or after the delay of a kopf.TemporaryError.
+next (pgop.cluster.pace), or a steady pace: until its resync, the daemon only runs a cheap look
+in the event loop at each deadline the pass named (no thread, no request), and a pass elsewhere
+that finds the object moving cuts the sleep short (hurry). A pass that fails is logged and tried
+again after ERROR_WAIT seconds, or after the delay of a kopf.TemporaryError.
 """
 from __future__ import annotations
 
