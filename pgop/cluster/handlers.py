@@ -400,6 +400,21 @@ async def pod_seen(body, event, logger, **_):
     paced.soon(("instance", instance), lambda: instance_event(instance, logger), logger)
 
 
+@kopf.on.event(API_GROUP, VERSION, "pgbackups")
+async def backup_seen(body, event, logger, **_):
+    """A PgBackup that appeared, changed phase or went is news to its cluster's pass (its status
+    says the last backup; retention may now drop one), which runs now, not at the next resync."""
+    meta = body["metadata"]
+    key = ("backup", f"{meta.get('namespace')}/{meta['name']}")
+    state = ((body.get("status") or {}).get("phase"), event.get("type"))
+    if _last_seen.get(key) == state:
+        return
+    _last_seen[key] = state
+    if event.get("type") == "DELETED":
+        _last_seen.pop(key, None)
+    _reconcile_cluster_soon(meta.get("namespace"), (body.get("spec") or {}).get("cluster"), logger)
+
+
 async def part_deleted(body, event, logger, **_):
     """A cluster's Service, Secret, PDB, agents' RBAC object or volume deleted (by hand, or by a
     tool): the cluster's pass (and, for a volume, its instance's) runs now and makes it again,
