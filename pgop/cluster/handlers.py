@@ -82,6 +82,8 @@ def _cluster_pass_once(body, logger, key: tuple[str, str]) -> tuple[dict | None,
     namespace, name = key
     with _cluster_locks[(namespace, name)]:
         reader = indexes.reader(kube())
+        if not reader.fresh:
+            _passed[("cluster", key)] = _cluster_view(key, reader)  # before planning: later news is new
         if not reader.fresh and body.get("spec"):
             quiet, refresh, instances, cluster = _quiet(body, reader)
             if quiet:
@@ -118,13 +120,26 @@ def _quiet(body, reader) -> tuple[bool, dict | None, list, Cluster]:
     return refresh is not None, refresh, instances, cluster
 
 
+# What each object's last pass saw (pace.view_of), for its looks to compare with.
+_passed: dict[tuple[str, tuple[str, str]], tuple] = {}
+
+
+def _cluster_view(key: tuple[str, str], reader) -> tuple:
+    body = indexes.indexed("pgop_clusters", *key)
+    return pace.view_of([body] if body else [], reader.instances(*key), reader.postgres_pods(*key),
+                        reader.volumes(*key))
+
+
 def cluster_look(key: tuple[str, str]) -> float | None:
     """A steady cluster looked at between its passes (pgop.runtime.paced: in kopf's event loop, on
     the indexes and the Leases watched, no request): seconds until its next look, or None when a
-    pass is due now (it is not steady any more, or an agent went silent)."""
+    pass is due now (it is not steady any more, an agent went silent, or its view changed since
+    its last pass: pace.view_of)."""
     body = indexes.indexed("pgop_clusters", *key)
     reader = indexes.reader(kube())
     if body is None or reader.fresh or body["metadata"].get("deletionTimestamp"):
+        return None
+    if _cluster_view(key, reader) != _passed.get(("cluster", key)):
         return None
     instances = reader.instances(*key)
     return pace.look_again_in(pace.cluster_steady(body, instances), pace.heartbeats(instances), datetime.now(UTC))
@@ -265,6 +280,7 @@ async def cluster_event(body, event, **_):
 def forget_cluster(namespace: str, name: str) -> None:
     """What this process kept of a deleted PgCluster (its lock, what it said once)."""
     _cluster_locks.pop((namespace, name), None)
+    _passed.pop(("cluster", (namespace, name)), None)
     forget(namespace, name)
 
 
@@ -315,6 +331,7 @@ async def instance_seen(body, event, logger, **_):
     _last_seen[key] = state
     if event.get("type") == "DELETED":
         _last_seen.pop(key, None)
+        _passed.pop(("instance", key), None)
         paced.soon(("forget", key), lambda: forget(*key), logger)
     elif before is None or (before[1], before[5], before[7]) != (state[1], state[5], state[7]):
         # New, or a role reported or wanted anew, or a new spec: the instance's pass runs now, not
@@ -464,14 +481,23 @@ def instance_look(key: tuple[str, str]) -> float | None:
     reader = indexes.reader(kube())
     if body is None or reader.fresh or body["metadata"].get("deletionTimestamp"):
         return None
+    if _instance_view(key, body, reader) != _passed.get(("instance", key)):
+        return None
     body = reader.with_liveness(body)
     return pace.look_again_in(pace.instance_steady(body), pace.heartbeats([body]), datetime.now(UTC))
+
+
+def _instance_view(key: tuple[str, str], body, reader) -> tuple:
+    volume = reader.volume(*key)  # named after its instance (pgop.specs.pvc.pvc_name)
+    return pace.view_of([body], reader.instance_pods(*key), [volume] if volume else [])
 
 
 def _reconcile_instance(key: tuple[str, str], body, logger) -> float | pace.Steady:
     # The latest the watch saw (a pass asked for again runs on what came in meanwhile).
     body = indexes.indexed("pgop_instances", *key) or body
     reader = indexes.reader(kube())
+    if not reader.fresh:
+        _passed[("instance", key)] = _instance_view(key, body, reader)  # before planning
     body = reader.with_liveness(body)
     instance, plan, report = controller.plan_for_instance(reader, body)
     if not reader.fresh and not len(plan) and not report:

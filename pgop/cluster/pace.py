@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from pgop.cluster.failover import STREAMING
+from pgop.cluster.status import MOVING
 from pgop.kernel import liveness
 from pgop.kernel.model import PRIMARY, REPLICA
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT
@@ -30,6 +31,11 @@ FAST = 2.0
 # ageing, retention by age, a CA rotation's next phase, the PgCluster's moving fields every
 # pgop.cluster.status.MOVING_REFRESH); an earlier due time (a scheduled backup) brings it forward.
 RESYNC = 60.0
+# A steady object is looked at at least this often: a look that finds its view changed since its
+# last pass (view_of: anything but the moving fields) asks for a pass, so what no event handler
+# starts a pass for (an agent's report of its certificates, of archiving, of a pending restart)
+# is still seen within this time, as when every steady object had a full pass this often.
+LOOK_EVERY = 10.0
 # Past the deadline, so the heartbeat is older than the timeout when the pass judges it.
 MARGIN = 0.25
 SHORTEST = 0.5  # never a busy loop, whatever the clocks say
@@ -81,14 +87,30 @@ def next_pass_in(steady: bool, beats: Iterable[datetime | None], now: datetime, 
     if due is not None:
         resync = min(resync, (due - now).total_seconds() + MARGIN)
     resync = max(SHORTEST, resync)
-    return Steady(look=min(left, resync), resync=resync)
+    return Steady(look=min(left, resync, LOOK_EVERY), resync=resync)
 
 
 def look_again_in(steady: bool, beats: Iterable[datetime | None], now: datetime, *,
                   timeout: float = DEFAULT_HEARTBEAT_TIMEOUT) -> float | None:
     """At a steady object's look: seconds until the next look (its first heartbeat going stale),
     or None when a pass is due now (it is not steady any more, or an agent went silent)."""
-    return stale_in(beats, now, timeout=timeout) if steady else None
+    left = stale_in(beats, now, timeout=timeout) if steady else None
+    return None if left is None else min(left, LOOK_EVERY)
+
+
+def view_of(*groups: Iterable[Mapping[str, Any]]) -> tuple:
+    """What a look compares with what the object's last pass saw: for each object of each group
+    (the PgCluster, its PgInstances, their pods, their volumes), its name, generation and status,
+    less the moving fields an agent reports on every turn (pgop.cluster.status.MOVING: LSNs, lag,
+    heartbeats), which change nothing a pass decides while the object is steady."""
+    return tuple(tuple(sorted(_settled(obj) for obj in group)) for group in groups)
+
+
+def _settled(obj: Mapping[str, Any]) -> tuple:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    kept = repr([(key, value) for key, value in status.items() if key not in MOVING])
+    return meta.get("name") or "", meta.get("generation"), meta.get("deletionTimestamp"), kept
 
 
 def cluster_steady(body: Mapping[str, Any], instances: Iterable[Mapping[str, Any]]) -> bool:

@@ -351,7 +351,7 @@ def test_a_settled_cluster_waits_for_its_first_heartbeat_to_go_stale_and_a_lost_
     # the oldest beat (3 s, or 4 s with the second cut off) goes stale in 11-12 s: looked at then
     steady = pace.next_pass_in(True, beats, now)
     assert isinstance(steady, pace.Steady) and steady.resync == pace.RESYNC
-    assert 11 <= steady.look <= 12 + pace.MARGIN
+    assert steady.look == pace.LOOK_EVERY  # sooner than the 11-12 s its heartbeats would allow
     # 9 s later, with no new beat, the oldest goes stale in 2-3 s; 13 s later the look asks for a pass
     assert 2 <= pace.look_again_in(True, beats, now + timedelta(seconds=9)) <= 3 + pace.MARGIN
     assert pace.look_again_in(True, beats, now + timedelta(seconds=13)) is None

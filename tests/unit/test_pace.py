@@ -41,12 +41,13 @@ def test_a_steady_object_is_looked_at_when_its_first_heartbeat_would_go_stale():
 def test_a_look_asks_for_a_pass_when_the_object_is_no_longer_steady():
     assert pace.look_again_in(False, [_ago(0)], NOW) is None
     assert pace.look_again_in(True, [_ago(0), None], NOW) is None
-    assert pace.look_again_in(True, [_ago(0)], NOW) == DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN
+    # fresh beats: the next look at most LOOK_EVERY seconds on (its view may change meanwhile)
+    assert pace.look_again_in(True, [_ago(0)], NOW) == pace.LOOK_EVERY < DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN
 
 
 def test_a_steady_object_has_a_full_pass_every_resync_interval_at_most():
-    assert pace.next_pass_in(True, [_ago(0)], NOW) == pace.Steady(DEFAULT_HEARTBEAT_TIMEOUT + pace.MARGIN, pace.RESYNC)
-    assert pace.next_pass_in(True, [], NOW) == pace.Steady(pace.RESYNC, pace.RESYNC)  # no heartbeat to watch
+    assert pace.next_pass_in(True, [_ago(0)], NOW) == pace.Steady(pace.LOOK_EVERY, pace.RESYNC)
+    assert pace.next_pass_in(True, [], NOW) == pace.Steady(pace.LOOK_EVERY, pace.RESYNC)  # no heartbeat to watch
     # The jitter takes off up to a tenth, so many clusters' passes spread out.
     assert pace.next_pass_in(True, [], NOW, jitter=0.999).resync > pace.RESYNC * (1 - pace.JITTER) - 0.01
     assert pace.next_pass_in(True, [], NOW, jitter=0.5).resync == pace.RESYNC * (1 - pace.JITTER / 2)
@@ -55,7 +56,7 @@ def test_a_steady_object_has_a_full_pass_every_resync_interval_at_most():
 def test_something_due_brings_the_full_pass_forward():
     # A scheduled backup due in 20 s: the pass is just after it, whatever the resync interval.
     due = NOW + timedelta(seconds=20)
-    assert pace.next_pass_in(True, [_ago(0)], NOW, due=due) == pace.Steady(15.25, 20 + pace.MARGIN)
+    assert pace.next_pass_in(True, [_ago(0)], NOW, due=due) == pace.Steady(pace.LOOK_EVERY, 20 + pace.MARGIN)
     assert pace.next_pass_in(True, [_ago(0)], NOW, due=NOW + timedelta(seconds=3)) == pace.Steady(3.25, 3.25)
     assert pace.next_pass_in(True, [], NOW, due=NOW + timedelta(hours=1)).resync == pace.RESYNC
     assert pace.next_pass_in(True, [], NOW, due=NOW - timedelta(seconds=5)) == pace.Steady(pace.SHORTEST, pace.SHORTEST)
@@ -103,3 +104,20 @@ def test_only_a_ready_instance_in_the_role_it_was_given_is_steady():
     assert not pace.instance_steady({"spec": {"role": "primary"}, "status": {"ready": True, "role": "replica"}})
     assert not pace.instance_steady({"spec": {"role": "replica"}, "status": {"ready": False, "role": "replica"}})
     assert not pace.instance_steady({"spec": {"role": "replica"}})
+
+
+def test_a_look_sees_a_changed_view_but_not_the_moving_fields():
+    """What a look compares with the last pass: an agent's new LSN or heartbeat is no news (it
+    reports them every turn); a new report of anything else, a pod's change or a new spec is."""
+    instance = {"metadata": {"name": "c-1", "generation": 2},
+                "status": {"role": "replica", "ready": True, "lsn": "0/1", "lastHeartbeat": "2026-12-03T11:59:55Z",
+                           "certificates": {"server": "abc"}}}
+    pod = {"metadata": {"name": "c-1", "resourceVersion": "7"}, "status": {"phase": "Running"}}
+    before = pace.view_of([instance], [pod])
+    moved = {**instance, "status": {**instance["status"], "lsn": "0/9", "lastHeartbeat": "2026-12-03T12:00:05Z"}}
+    assert pace.view_of([moved], [pod]) == before
+    reported = {**instance, "status": {**instance["status"], "certificates": {"server": "def"}}}
+    assert pace.view_of([reported], [pod]) != before
+    assert pace.view_of([{**instance, "metadata": {"name": "c-1", "generation": 3}}], [pod]) != before
+    assert pace.view_of([instance], [{**pod, "status": {"phase": "Failed"}}]) != before
+    assert pace.view_of([instance], []) != before  # the pod went
