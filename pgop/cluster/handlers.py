@@ -125,9 +125,10 @@ _passed: dict[tuple[str, tuple[str, str]], tuple] = {}
 
 
 def _cluster_view(key: tuple[str, str], reader) -> tuple:
+    """pace.view_of the cluster, and the cordoned Nodes (a drain: a switchover off the node)."""
     body = indexes.indexed("pgop_clusters", *key)
-    return pace.view_of([body] if body else [], reader.instances(*key), reader.postgres_pods(*key),
-                        reader.volumes(*key))
+    return (pace.view_of([body] if body else [], reader.instances(*key), reader.postgres_pods(*key),
+                         reader.volumes(*key)), reader.cordoned_nodes())
 
 
 def cluster_look(key: tuple[str, str]) -> float | None:

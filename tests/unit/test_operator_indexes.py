@@ -359,3 +359,23 @@ def test_a_settled_cluster_waits_for_its_first_heartbeat_to_go_stale_and_a_lost_
     replica = next(i for i in instances if (i.get("status") or {}).get("role") == "replica")
     replica["status"] = dict(replica["status"], walReceiver="stopped")
     assert not pace.cluster_steady(body, instances)
+
+
+def test_a_steady_clusters_look_sees_a_cordon_and_a_report_but_not_a_new_lsn(monkeypatch):
+    """What a look compares with the cluster's last pass (pgop.cluster.handlers._cluster_view):
+    a drain's cordon and an agent's new report are news (a pass), an agent's new LSN is not."""
+    from pgop.cluster import handlers
+    world, _ = settled()
+    w = watched(world)
+    monkeypatch.setattr(indexes, "indexed", lambda index, ns, name: None)  # the PgCluster as not indexed
+    key = ("shop", "orders")
+    before = handlers._cluster_view(key, w.reader())
+    assert before == handlers._cluster_view(key, w.reader())
+    instance = next(copy.deepcopy(o) for (kind, _), o in world.objects.items() if kind == "PgInstance")
+    w.event({**instance, "status": {**instance.get("status", {}), "lsn": "0/FFFFFF"}})
+    assert handlers._cluster_view(key, w.reader()) == before
+    w.event({**instance, "status": {**instance.get("status", {}), "pendingRestart": True}})
+    reported = handlers._cluster_view(key, w.reader())
+    assert reported != before
+    w.event({"kind": "Node", "metadata": {"name": "n1", "uid": "u1"}, "spec": {"unschedulable": True}})
+    assert handlers._cluster_view(key, w.reader()) != reported
