@@ -8,9 +8,10 @@ While anything moves (the last pass had something to do, the cluster is not Read
 not ready), a pass every FAST seconds. A steady one (its last pass found nothing to do, every
 heartbeat fresh) has a full pass every RESYNC seconds, or sooner when something of it is due (a
 scheduled backup). Between those, it is looked at on the operator's indexes, with no request and no
-thread (pgop.runtime.paced), each time its first heartbeat would go stale: an agent that stops
-beating is seen as soon as the readiness rule says it is silent (pgop.kernel.readiness: older than
-the timeout), not one tick later. A pass that an event started and that found the object moving
+thread (pgop.runtime.paced), every LOOK_EVERY seconds or when its first heartbeat would go stale if
+that is sooner: an agent that stops beating is seen as soon as the readiness rule says it is silent
+(pgop.kernel.readiness: older than the timeout), not one tick later, and a view changed since the
+last pass (view_of) gets a pass too. A pass that an event started and that found the object moving
 brings its timed pass forward (pgop.runtime.paced.hurry).
 """
 from __future__ import annotations
