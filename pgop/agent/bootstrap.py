@@ -12,11 +12,13 @@ import logging
 import os
 import shutil
 import stat
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
@@ -128,7 +130,9 @@ def _mark_done(settings: AgentSettings, mode: BootstrapMode, runner: Runner) -> 
 
 
 def bootstrap(settings: AgentSettings, mode: BootstrapMode | str, spec: InstanceSpec | None = None,
-              runner: Runner | None = None) -> BootstrapResult:
+              runner: Runner | None = None, source: SpecSource | None = None) -> BootstrapResult:
+    """`source`: the PgInstance as the operator updates it; a basebackup waits on it for its
+    primary (wait_for_source)."""
     mode = BootstrapMode(mode)
     runner = runner or Runner(settings.run_as)
     if is_bootstrapped(settings):
@@ -145,7 +149,7 @@ def bootstrap(settings: AgentSettings, mode: BootstrapMode | str, spec: Instance
     elif mode is BootstrapMode.RECOVERY:
         recovery(settings, spec, runner)
     else:
-        basebackup(settings, spec, runner)
+        basebackup(settings, wait_for_source(settings, spec, runner, source), runner)
     _mark_done(settings, mode, runner)
     return BootstrapResult(mode)
 
@@ -206,6 +210,104 @@ def create_roles(conn: psycopg.Connection, replication: credentials.Credentials,
 # -------------------------------------------------------------------------------- basebackup
 
 BASEBACKUP_ATTEMPTS = 5
+SOURCE_WAIT = 600.0  # how long a replica's bootstrap waits for its primary, before it fails (and is run again)
+READ_AGAIN = 5.0  # the spec is read on each change the watch reports, and at least this often
+
+
+class SpecSource(Protocol):
+    """The bootstrap's PgInstance, as the operator updates it."""
+
+    def read(self) -> InstanceSpec | None:
+        """The spec now; None while the API server cannot say."""
+
+    def changed(self, within: float) -> bool:
+        """Wait up to `within` seconds; True as soon as the spec may have changed."""
+
+
+def wait_for_source(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
+                    source: SpecSource | None = None, timeout: float = SOURCE_WAIT, every: float = 0.25,
+                    clock: Callable[[], float] = time.monotonic,
+                    sleep: Callable[[float], None] = time.sleep) -> InstanceSpec:
+    """Wait until the primary to clone is named and up; the spec last read.
+
+    A new cluster's replicas are made while its primary still runs initdb, so their bootstrap pods
+    start alongside it. The clone waits for two things. First, the operator names the primary's
+    pod: spec.primaryHost, written once that pod has an IP and seen here through a watch of the
+    PgInstance. Never -rw while waiting: it may route to a deposed primary. Second, Postgres there
+    accepts connections (pg_isready, every `every` seconds). The clone thus comes from a primary
+    that is up, as before, only without a pod start in between. A test machine's
+    settings.primary_host names the host for every instance. With neither named and no way to
+    read the spec, pg_basebackup goes on at once through -rw, as before primaryHost existed.
+    After `timeout`, BootstrapError: the pod's container fails and runs again."""
+    began = clock()
+    deadline = began + timeout
+    read_again = began + READ_AGAIN
+    told = None
+    while True:
+        named = settings.primary_host or spec.primary_host
+        if named and _accepting(settings, named, runner):
+            if told is not None:
+                log.info("the primary %s is up at %s after %.1fs; cloning it", spec.primary or "?", named,
+                         clock() - began)
+            return spec
+        if not named and source is None:
+            return spec
+        if told != named:
+            log.info("waiting for the primary %s: %s", spec.primary or "?",
+                     f"Postgres at {named}:{settings.primary_port} to accept connections" if named
+                     else "the operator to name its pod (spec.primaryHost)")
+            told = named
+        if clock() >= deadline:
+            where = (f"{named}:{settings.primary_port} does not accept connections" if named else
+                     "the operator has not named its pod (spec.primaryHost is empty)")
+            raise BootstrapError(f"waited {timeout:.0f}s for the primary {spec.primary or '?'} to clone: {where}")
+        if source is None:
+            sleep(every)
+            continue
+        if source.changed(every) or clock() >= read_again:
+            spec = source.read() or spec
+            read_again = clock() + READ_AGAIN
+
+
+class WatchedSpec:
+    """SpecSource of a PgInstance in the API server: a watch, started on the first wait, wakes
+    the reader on each spec change (the operator's patch of spec.primaryHost)."""
+
+    def __init__(self, store: Any, name: str) -> None:
+        self.store, self.name = store, name
+        self.news, self.stopping = threading.Event(), threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def read(self) -> InstanceSpec | None:
+        from pgop.kernel.model import Instance
+        try:
+            body = self.store.get_instance(self.name)
+        except Exception as error:  # the API server busy or away: the wait goes on
+            log.warning("cannot read PgInstance %s: %s", self.name, error)
+            return None
+        return Instance.from_object(body).spec if body else None
+
+    def changed(self, within: float) -> bool:
+        if self.thread is None:
+            self.thread = threading.Thread(target=self.store.watch, args=(self.name, self.news.set, self.stopping),
+                                           name=f"watch-{self.name}", daemon=True)
+            self.thread.start()
+        news = self.news.wait(within)
+        self.news.clear()
+        return news
+
+    def close(self) -> None:
+        self.stopping.set()
+
+
+def _accepting(settings: AgentSettings, host: str, runner: Runner) -> bool:
+    """pg_isready: the server answers (even one that would refuse this client's password)."""
+    try:
+        done = runner.run([settings.binary("pg_isready"), "-q", "-h", host, "-p", str(settings.primary_port),
+                           "-t", "2"], check=False, timeout=10)
+    except CommandError:
+        return False
+    return done.returncode == 0
 
 
 def basebackup(settings: AgentSettings, spec: InstanceSpec, runner: Runner,
@@ -377,8 +479,10 @@ def main(mode: str, primary_host: str | None = None, env=None) -> int:
     if primary_host:
         settings = dataclasses.replace(settings, primary_host=primary_host)
     spec = None
+    store = None
     try:
-        body = store_from_env(settings.namespace, env).get_instance(settings.instance)
+        store = store_from_env(settings.namespace, env)
+        body = store.get_instance(settings.instance)
         spec = Instance.from_object(body).spec if body else None
     except Exception as error:
         if chosen is BootstrapMode.RECOVERY:  # what to restore is only in the spec: try again later
@@ -386,6 +490,13 @@ def main(mode: str, primary_host: str | None = None, env=None) -> int:
                                  f"restore: {error}") from None
         # initdb and basebackup: the spec only names the database; the secrets suffice
         log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
-    result = bootstrap(settings, chosen, spec)
+
+    source = WatchedSpec(store, settings.instance) if store is not None else None
+    try:
+        result = bootstrap(settings, chosen, spec, source=source)
+    finally:
+        if source is not None:
+            source.close()
     log.info("bootstrap %s %s", result.mode.value, "was already done" if result.already_done else "done")
     return 0
+

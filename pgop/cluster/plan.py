@@ -14,9 +14,13 @@ Ordering decisions, top to bottom:
   runs, nothing is scaled down or rolled.
 - A cluster that has had data never runs initdb again: every instance's spec.bootstrap becomes
   basebackup (a lost volume is rebuilt as a replica); with every instance gone, nothing is made.
-- The first primary (ordinal 0, initdb or recovery) comes alone; replicas are created only once
-  it is ready, all missing ones at once, so their pg_basebackups run in parallel against a primary
-  that exists, instead of crash-looping until it does.
+- A new cluster's first primary (ordinal 0) by initdb comes with all its replicas: their
+  volumes and bootstrap pods are made while it bootstraps, and each bootstrap clones once the
+  operator has named the primary's pod (spec.primaryHost) and Postgres there accepts connections
+  (pgop.agent.bootstrap.wait_for_source), so no pod start waits for the primary. A first primary
+  by recovery (a restore, which may take hours) comes alone. Otherwise replicas are created only
+  once the primary is ready, all missing ones at once, so their pg_basebackups run in parallel
+  against a primary that exists.
 - Scale up takes ordinals after the highest existing one; scale down removes the highest-ordinal
   replicas, never the primary.
 - A change that a reload applies reaches every instance in one plan, replicas before the primary.
@@ -530,7 +534,14 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
         _create(plan, build_instance(cluster, 0, PRIMARY, mode, recovery, primary=first,
                                      fenced=ha.fenced is not None and first in ha.fenced),
                 f"first primary: {how} on its own volume")
-        if wanted > 1:
+        if wanted > 1 and recovery is None:
+            for ordinal in range(1, wanted):
+                name = instance_name(cluster.name, ordinal)
+                _create(plan, build_instance(cluster, ordinal, REPLICA, "basebackup", primary=first,
+                                             fenced=ha.fenced is not None and name in ha.fenced),
+                        f"{wanted} instance(s) wanted: replica cloned from {first} by pg_basebackup; its "
+                        f"bootstrap pod starts now and clones once {first} is up")
+        elif wanted > 1:
             plan.waiting.append(f"{wanted - 1} replica(s) are created once the primary "
                                 f"{first} is ready")
         return

@@ -222,6 +222,44 @@ def test_interrupted_basebackup_starts_over(fleet_factory):
     assert fleet.wait_ready(name)["role"] == "replica"
 
 
+def test_a_replica_bootstrap_started_before_its_primary_runs_clones_once_it_is_up(fleet_factory, monkeypatch):
+    """A new cluster's replica bootstrap starts while its primary is not up yet (in a cluster:
+    while the primary's own bootstrap pod runs initdb). It waits, makes nothing, and clones
+    once Postgres accepts connections there. One pg_basebackup attempt: the wait, not the
+    retries, carries the replica over the primary's absence."""
+    import functools
+    monkeypatch.setattr(bootstrap, "basebackup", functools.partial(bootstrap.basebackup, attempts=1))
+    fleet = fleet_factory(instances=2)
+    primary = fleet.create(0, "primary", "initdb")
+    fleet.bootstrap(primary, "initdb")  # the data directory exists, no Postgres runs
+    replica = fleet.create(1, "replica", "basebackup")
+    settings = fleet.settings[replica]
+    outcome: dict = {}
+
+    def clone() -> None:
+        try:
+            outcome["result"] = fleet.bootstrap(replica, "basebackup")
+        except Exception as error:  # reported by the assertion below
+            outcome["error"] = error
+
+    thread = threading.Thread(target=clone, name="replica-bootstrap", daemon=True)
+    thread.start()
+    time.sleep(3)
+    assert thread.is_alive(), outcome
+    assert not bootstrap.is_bootstrapped(settings)
+    assert not settings.pgdata.exists() or list(settings.pgdata.iterdir()) == []
+    up = time.monotonic()
+    fleet.start(primary)
+    thread.join(60)
+    assert not thread.is_alive() and "result" in outcome, outcome
+    assert not outcome["result"].already_done
+    assert time.monotonic() - up < 30
+    fleet.start(replica)
+    assert fleet.wait_ready(replica)["role"] == "replica"
+    assert wait_for(lambda: fleet.sql(primary, "SELECT state FROM pg_stat_replication WHERE application_name = %s",
+                                      (replica,)) == [("streaming",)], "the replica streaming")
+
+
 def test_basebackup_fails_cleanly_without_a_primary(host):
     settings = host.settings("orders-1", primary_port=1)  # nothing listens on port 1
     settings.pgdata.mkdir(parents=True)

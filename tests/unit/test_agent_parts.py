@@ -433,3 +433,86 @@ def test_a_root_owned_volume_without_fsgroup_is_named_with_what_to_do():
     # the owner's bits do not count for another user, nor the group's for a stranger
     assert bootstrap.unwritable_volume(stat.S_IFDIR | 0o770, (0, 0), POSTGRES)
     assert bootstrap.unwritable_volume(stat.S_IFDIR | 0o705, (0, 999), POSTGRES)
+
+
+# ------------------------------------------------------------------ a replica waits for its primary
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _PgIsReady:
+    """pg_isready's answers: 0 (accepting) from `up_at` on, 2 (no answer) before."""
+
+    def __init__(self, clock: _Clock, up_at: float) -> None:
+        self.clock, self.up_at, self.asked = clock, up_at, []
+
+    def run(self, argv, check=True, timeout=None, **_):
+        import subprocess
+        assert argv[0].endswith("/pg_isready") and not check
+        self.asked.append((argv[argv.index("-h") + 1], self.clock.now))
+        return subprocess.CompletedProcess(argv, 0 if self.clock.now >= self.up_at else 2, "", "")
+
+
+def _replica_spec(host: str = "") -> InstanceSpec:
+    return InstanceSpec.from_dict({"cluster": "orders", "ordinal": 1, "role": "replica", "primary": "orders-0",
+                                   "primaryHost": host, "bootstrap": "basebackup"})
+
+
+class _Operator:
+    """SpecSource: the operator names the primary's pod at `named_at` (a watch reports it at once)."""
+
+    def __init__(self, clock: _Clock, named_at: float) -> None:
+        self.clock, self.named_at, self.reads = clock, named_at, []
+
+    def read(self) -> InstanceSpec:
+        self.reads.append(self.clock.now)
+        return _replica_spec("10.244.0.10" if self.clock.now >= self.named_at else "")
+
+    def changed(self, within: float) -> bool:
+        if self.clock.now < self.named_at <= self.clock.now + within:
+            self.clock.now = self.named_at
+            return True
+        self.clock.sleep(within)
+        return False
+
+
+def test_a_replica_bootstrap_waits_for_the_primary_to_be_named_then_up():
+    clock = _Clock()
+    runner = _PgIsReady(clock, up_at=9.0)
+    operator = _Operator(clock, named_at=7.0)
+    spec = bootstrap.wait_for_source(settings(), _replica_spec(), runner, operator, timeout=60,
+                                     clock=clock, sleep=clock.sleep)
+    assert spec.primary_host == "10.244.0.10"
+    assert 9.0 <= clock.now <= 9.25
+    # Never -rw while waiting: pg_isready asked only the named pod, from when it was named.
+    assert {host for host, _ in runner.asked} == {"10.244.0.10"}
+    assert min(at for _, at in runner.asked) == 7.0
+    # Read every READ_AGAIN seconds, and at once when the watch says the spec changed.
+    assert operator.reads == [bootstrap.READ_AGAIN, 7.0]
+
+
+def test_a_replica_bootstrap_whose_primary_never_comes_fails_and_says_what_it_waited_for():
+    clock = _Clock()
+    with pytest.raises(bootstrap.BootstrapError, match=r"waited 30s for the primary orders-0.*spec.primaryHost is empty"):
+        bootstrap.wait_for_source(settings(), _replica_spec(), _PgIsReady(clock, up_at=1e9), _Operator(clock, 1e9),
+                                  timeout=30, clock=clock, sleep=clock.sleep)
+    with pytest.raises(bootstrap.BootstrapError, match=r"10.244.0.10:5432 does not accept connections"):
+        bootstrap.wait_for_source(settings(), _replica_spec("10.244.0.10"), _PgIsReady(clock, up_at=1e9), None,
+                                  timeout=30, clock=clock, sleep=clock.sleep)
+
+
+def test_a_replica_bootstrap_that_cannot_read_its_spec_clones_through_rw_at_once():
+    """The PgInstance unreadable and no host named: as before spec.primaryHost existed."""
+    clock = _Clock()
+    runner = _PgIsReady(clock, up_at=1e9)
+    spec = _replica_spec()
+    assert bootstrap.wait_for_source(settings(), spec, runner, None, clock=clock, sleep=clock.sleep) is spec
+    assert clock.now == 0 and runner.asked == []

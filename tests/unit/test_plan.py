@@ -42,12 +42,14 @@ def test_first_plan_creates_the_cluster_objects_in_dependency_order():
         (CREATE, "PodDisruptionBudget", "orders-primary"),
         (CREATE, "PodDisruptionBudget", "orders"),
         (CREATE, "PgInstance", "orders-0"),
+        (CREATE, "PgInstance", "orders-1"),
+        (CREATE, "PgInstance", "orders-2"),
     ]
     assert all(a.namespace == "shop" for a in actions)
 
 
 def test_first_instance_is_a_primary_made_by_initdb():
-    [first] = [a for a in plan(World(), make_cluster()) if a.kind == "PgInstance"]
+    first = [a for a in plan(World(), make_cluster()) if a.kind == "PgInstance"][0]
     assert (first.body["spec"]["role"], first.body["spec"]["bootstrap"], first.body["spec"]["ordinal"]) == \
         ("primary", "initdb", 0)
 
@@ -81,25 +83,59 @@ def test_a_recovery_without_a_known_archive_waits_and_says_why():
     assert any("orders-old" in w and "spec.bootstrap.recovery.s3" in w for w in result.waiting)
 
 
-def test_replicas_wait_for_the_primary_to_be_ready():
+def test_a_new_clusters_replicas_come_with_its_primary_and_get_its_pod_ip_once_it_has_one():
+    """initdb: the replicas' volumes and bootstrap pods are made while the primary bootstraps. They
+    name no host to clone from until the primary's Postgres pod has an IP (never -rw meanwhile:
+    pgop.agent.bootstrap.wait_for_source waits for spec.primaryHost)."""
     world, cluster = World(), make_cluster()
-    world.apply(plan(world, cluster))
+    first = plan(world, cluster)
+    replicas = [a for a in first if a.kind == "PgInstance" and a.name != "orders-0"]
+    assert instance_actions(replicas) == [(CREATE, "orders-1"), (CREATE, "orders-2")]
+    assert {(a.body["spec"]["role"], a.body["spec"]["bootstrap"], a.body["spec"]["primary"],
+             a.body["spec"].get("primaryHost", "")) for a in replicas} == {("replica", "basebackup", "orders-0", "")}
+    assert all("clones once orders-0 is up" in a.reason for a in replicas)
+    world.apply(first)
+    assert plan(world, cluster, pods=True) == []  # no pod IP yet: nothing to hand down
+    world.objects[("Pod", "orders-0")] = {
+        "kind": "Pod", "metadata": {"name": "orders-0", "uid": "pod-orders-0",
+                                    "labels": {"pgop.io/cluster": "orders", "pgop.io/instance": "orders-0"}},
+        "spec": {"nodeName": "node-1"}, "status": {"phase": "Running", "podIP": "10.244.0.10"}}
+    handed = plan(world, cluster, pods=True)
+    assert sorted((a.verb, a.name, a.patch["spec"].get("primaryHost")) for a in handed if a.kind == "PgInstance") == [
+        (PATCH, "orders-1", "10.244.0.10"), (PATCH, "orders-2", "10.244.0.10")]
+    assert [a for a in handed if a.verb == CREATE] == []
+
+
+def test_a_restored_clusters_replicas_wait_for_the_primary_to_be_ready():
+    """recovery (a restore may take hours): the first primary comes alone, the replicas once it
+    is ready."""
+    own = dict(SOURCE_S3, path="archive", credentialsSecret="old-creds")
+    world, cluster = World(), make_cluster(bootstrap={"recovery": {"source": "gone", "s3": own}})
+    first = plan(world, cluster)
+    assert instance_actions(first) == [(CREATE, "orders-0")]
+    assert any("created once the primary orders-0 is ready" in note for note in first.waiting)
+    world.apply(first)
     second = plan(world, cluster)
     assert second == []
-    assert any("primary orders-0" in note for note in second.waiting)
     world.report("orders-0", ready=False)
     # Postgres runs as primary (not ready yet): the cluster has data, nothing is created yet.
     assert [a for a in plan(world, cluster) if a.verb == CREATE] == []
-
-
-def test_replicas_are_cloned_once_the_primary_is_ready():
-    world, cluster = World(), make_cluster()
-    world.apply(plan(world, cluster))
     world.report("orders-0")
     actions = [a for a in plan(world, cluster) if a.verb == CREATE]
     assert instance_actions(actions) == [(CREATE, "orders-1"), (CREATE, "orders-2")]
     assert {(a.body["spec"]["role"], a.body["spec"]["bootstrap"], a.body["spec"]["primary"])
             for a in actions} == {("replica", "basebackup", "orders-0")}
+
+
+def test_missing_replicas_of_a_cluster_with_instances_wait_for_the_primary_to_be_ready():
+    world, cluster = World(), make_cluster(instances=1)
+    world.apply(plan(world, cluster))
+    grown = spec_change(cluster, instances=3)
+    assert [a for a in plan(world, grown) if a.verb == CREATE] == []
+    assert any("wait for the primary orders-0 to be ready" in note for note in plan(world, grown).waiting)
+    world.report("orders-0")
+    assert instance_actions(a for a in plan(world, grown) if a.verb == CREATE) == [
+        (CREATE, "orders-1"), (CREATE, "orders-2")]
 
 
 def test_applying_a_plan_then_planning_again_yields_nothing():

@@ -99,7 +99,9 @@ def test_a_new_cluster_is_creating_and_progressing_not_degraded():
 
 
 def test_waiting_notes_of_the_plan_show_in_progressing():
-    world, cluster = World(), make_cluster()
+    world = World()
+    cluster = make_cluster(bootstrap={"recovery": {"source": "gone", "s3": {
+        "bucket": "pg-backups", "path": "archive", "endpoint": "http://s3.local:7070", "credentialsSecret": "c"}}})
     first = plan(world, cluster)
     world.apply(first)
     status = status_of(world, cluster, waiting=first.waiting)
