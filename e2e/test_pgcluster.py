@@ -95,6 +95,12 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     ns, name = namespace, "orders"
     t0 = time.monotonic()
     kubectl("apply", "-f", "-", input=manifest(name, ns))
+    # A new cluster's replicas come with its first primary: their bootstrap pods start while it
+    # runs initdb and wait for it, instead of being made once it is ready.
+    early = eventually(lambda: (items := kubectl.json("-n", ns, "get", "pginstances")["items"])
+                       and len(items) == 3 and items, "three PgInstances", interval=0.2)
+    first = next(i for i in early if i["metadata"]["name"] == f"{name}-0")
+    assert not (first.get("status") or {}).get("ready"), "the replicas were made only once the primary was ready"
     status = wait_ready(kubectl, ns, name, 3)
     print(f"3-instance cluster Ready in {time.monotonic() - t0:.1f}s")
     assert status["currentPrimary"] == f"{name}-0"

@@ -520,30 +520,14 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
                 "guessing which data is the latest, and never running initdb again; restore into a new "
                 "cluster (`pgop restore`), or recreate the PgInstances over their retained volumes")
             return
-        mode = cluster.spec.bootstrap.first_primary_mode
-        recovery = cluster.spec.bootstrap.recovery
-        if recovery is not None:
-            recovery = resolve_recovery(recovery, observed.recovery_source)
-            if recovery.s3 is None:
-                plan.waiting.append(f"the recovery source PgCluster {recovery.source} does not exist or has no "
-                                    "spec.backup.s3, and spec.bootstrap.recovery.s3 is not set: nothing says "
-                                    "where its backups are")
-                return
-        how = (f"restore the backups of {recovery.source}" if recovery else "initdb a new database")
-        first = instance_name(cluster.name, 0)
-        _create(plan, build_instance(cluster, 0, PRIMARY, mode, recovery, primary=first,
-                                     fenced=ha.fenced is not None and first in ha.fenced),
-                f"first primary: {how} on its own volume")
-        if wanted > 1 and recovery is None:
-            for ordinal in range(1, wanted):
-                name = instance_name(cluster.name, ordinal)
-                _create(plan, build_instance(cluster, ordinal, REPLICA, "basebackup", primary=first,
-                                             fenced=ha.fenced is not None and name in ha.fenced),
-                        f"{wanted} instance(s) wanted: replica cloned from {first} by pg_basebackup; its "
-                        f"bootstrap pod starts now and clones once {first} is up")
-        elif wanted > 1:
-            plan.waiting.append(f"{wanted - 1} replica(s) are created once the primary "
-                                f"{first} is ready")
+        _plan_first_primary(cluster, observed, plan, ha, with_replicas=True)
+        return
+    first = instance_name(cluster.name, 0)
+    if not ha.had_data and first not in {i.name for i in instances} and not any(i.is_primary for i in live) \
+            and not any(i.status.last_heartbeat for i in instances):
+        # A new cluster's first primary went (deleted by hand) before it ever ran, while its replicas
+        # wait to clone it: no instance ever ran or holds data, so it is made again.
+        _plan_first_primary(cluster, observed, plan, ha, with_replicas=False)
         return
     if not live:
         plan.waiting.append("instances are being deleted: " + ", ".join(sorted(i.name for i in instances)))
@@ -594,6 +578,38 @@ def _plan_instances(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha:
             "once the PgInstance is gone",
             uid=instance.uid or None,
         ))
+
+
+def _plan_first_primary(cluster: Cluster, observed: ObservedCluster, plan: Plan, ha: HaDecision,
+                        with_replicas: bool) -> None:
+    wanted = cluster.spec.instances
+    mode = cluster.spec.bootstrap.first_primary_mode
+    recovery = cluster.spec.bootstrap.recovery
+    if recovery is not None:
+        recovery = resolve_recovery(recovery, observed.recovery_source)
+        if recovery.s3 is None:
+            plan.waiting.append(f"the recovery source PgCluster {recovery.source} does not exist or has no "
+                                "spec.backup.s3, and spec.bootstrap.recovery.s3 is not set: nothing says "
+                                "where its backups are")
+            return
+    how = (f"restore the backups of {recovery.source}" if recovery else "initdb a new database")
+    first = instance_name(cluster.name, 0)
+    _create(plan, build_instance(cluster, 0, PRIMARY, mode, recovery, primary=first,
+                                 fenced=ha.fenced is not None and first in ha.fenced),
+            f"first primary: {how} on its own volume" if with_replicas else
+            f"first primary again: {how} on its own volume; it went before it ever ran, and no instance holds data")
+    if not with_replicas:
+        return
+    if wanted > 1 and recovery is None:
+        for ordinal in range(1, wanted):
+            name = instance_name(cluster.name, ordinal)
+            _create(plan, build_instance(cluster, ordinal, REPLICA, "basebackup", primary=first,
+                                         fenced=ha.fenced is not None and name in ha.fenced),
+                    f"{wanted} instance(s) wanted: replica cloned from {first} by pg_basebackup; its "
+                    f"bootstrap pod starts now and clones once {first} is up")
+    elif wanted > 1:
+        plan.waiting.append(f"{wanted - 1} replica(s) are created once the primary "
+                            f"{first} is ready")
 
 
 def _pod_ips(observed: ObservedCluster) -> dict[str, str]:

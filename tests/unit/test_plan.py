@@ -665,3 +665,31 @@ def test_a_new_pod_template_revision_rolls_the_pods_of_an_upgraded_operator_one_
     after = {name: pod_inputs_hash(world.instance(name)) for name in world.instance_names()}
     assert all(after[name] != before[name] for name in before)  # each got a new pod
     assert plan(world, cluster) == []  # and the same revision again restarts nothing
+
+
+def test_a_new_clusters_first_primary_deleted_before_it_ran_is_made_again_for_its_waiting_replicas():
+    world, cluster = World(), make_cluster()
+    world.apply(plan(world, cluster))
+    del world.objects[("PgInstance", "orders-0")]  # by hand, while the replicas wait to clone it
+    again = plan(world, cluster, pods=True)
+    [made] = [a for a in again if a.verb == CREATE]
+    assert (made.name, made.body["spec"]["role"], made.body["spec"]["bootstrap"]) == ("orders-0", "primary", "initdb")
+    assert "went before it ever ran" in made.reason
+    world.apply(again)
+    assert plan(world, cluster, pods=True) == []
+
+
+def test_a_first_primary_gone_after_an_instance_ran_is_never_initdb_again():
+    world, cluster = World(), make_cluster()
+    world.apply(plan(world, cluster))
+    world.report("orders-1", ready=False)  # a replica's agent ran: it holds a clone
+    del world.objects[("PgInstance", "orders-0")]
+    assert [a for a in plan(world, cluster, pods=True) if a.verb == CREATE] == []
+    world, cluster = World(), make_cluster()
+    world.apply(plan(world, cluster))
+    world.objects[("PersistentVolumeClaim", "orders-1")] = {
+        "kind": "PersistentVolumeClaim", "metadata": {
+            "name": "orders-1", "labels": {"pgop.io/cluster": "orders", "pgop.io/instance": "orders-1"},
+            "annotations": {"pgop.io/initialized": "basebackup"}}}
+    del world.objects[("PgInstance", "orders-0")]
+    assert [a for a in plan(world, cluster, pods=True) if a.verb == CREATE] == []
