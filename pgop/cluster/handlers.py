@@ -124,10 +124,12 @@ def _quiet(body, reader) -> tuple[bool, dict | None, list, Cluster]:
 _passed: dict[tuple[str, tuple[str, str]], tuple] = {}
 
 
-def _cluster_view(key: tuple[str, str], reader) -> tuple:
-    """pace.view_of the cluster, and the cordoned Nodes (a drain: a switchover off the node)."""
-    body = indexes.indexed("pgop_clusters", *key)
-    return (pace.view_of([body] if body else [], reader.instances(*key), reader.postgres_pods(*key),
+def _cluster_view(key: tuple[str, str], reader, body=None, instances=None) -> tuple:
+    """pace.view_of the cluster, and the cordoned Nodes (a drain: a switchover off the node).
+    `body` and `instances` when the caller read them already from the indexes."""
+    body = body if body is not None else indexes.indexed("pgop_clusters", *key)
+    instances = instances if instances is not None else reader.instances(*key)
+    return (pace.view_of([body] if body else [], instances, reader.postgres_pods(*key),
                          reader.volumes(*key)), reader.cordoned_nodes())
 
 
@@ -140,9 +142,9 @@ def cluster_look(key: tuple[str, str]) -> float | None:
     reader = indexes.reader(kube())
     if body is None or reader.fresh or body["metadata"].get("deletionTimestamp"):
         return None
-    if _cluster_view(key, reader) != _passed.get(("cluster", key)):
-        return None
     instances = reader.instances(*key)
+    if _cluster_view(key, reader, body, instances) != _passed.get(("cluster", key)):
+        return None
     return pace.look_again_in(pace.cluster_steady(body, instances), pace.heartbeats(instances), datetime.now(UTC))
 
 
