@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import time
 import urllib.request
 
@@ -261,6 +262,39 @@ def test_operator_restart_resumes_a_half_done_bootstrap(kubectl, namespace, oper
     assert kubectl.json("-n", ns, "get", "pod", f"{name}-0")["metadata"]["uid"] == pod["metadata"]["uid"]
     restarts = pod["status"]["containerStatuses"][0]["restartCount"]
     assert kubectl.json("-n", ns, "get", "pod", f"{name}-0")["status"]["containerStatuses"][0]["restartCount"] == restarts
+
+
+def test_replicas_waiting_for_a_first_primary_deleted_during_initdb_clone_the_new_one(kubectl, namespace, operator):
+    """A new cluster's replicas' bootstrap pods wait for the first primary. Deleted by hand while
+    its initdb runs, the first primary (its PgInstance, volume and bootstrap pod) is made again,
+    since no instance ever ran; the waiting replicas clone the new one, not anything else."""
+    ns, name = namespace, "lost"
+    kubectl("apply", "-f", "-", input=manifest(name, ns, instances=3, sync=1))
+
+    def initdb_running():
+        got = kubectl("-n", ns, "get", "pod", f"{name}-0-bootstrap", "-o", "json", check=False)
+        pod = json.loads(got.stdout) if got.returncode == 0 else {}
+        return pod and (pod.get("status") or {}).get("phase") in ("Pending", "Running") and pod
+    eventually(initdb_running, "the first primary's bootstrap pod", 60, 0.2)
+    old_uid = kubectl.json("-n", ns, "get", "pginstance", f"{name}-0")["metadata"]["uid"]
+    kubectl("-n", ns, "delete", "pginstance", f"{name}-0", "--wait=false")
+    waiting = [kubectl.json("-n", ns, "get", "pginstance", f"{name}-{i}") for i in (1, 2)]
+    assert all(not (i.get("status") or {}).get("ready") for i in waiting)
+
+    status = wait_ready(kubectl, ns, name, 3)
+    assert status["currentPrimary"] == f"{name}-0"
+    again = kubectl.json("-n", ns, "get", "pginstance", f"{name}-0")
+    assert again["metadata"]["uid"] != old_uid
+    reasons = kubectl("-n", ns, "get", "events", "--field-selector", f"involvedObject.name={name}",
+                      "-o", "jsonpath={.items[*].message}").stdout
+    assert "it went before it ever ran" in reasons
+    # One database: the replicas are clones of the new primary and stream from it.
+    ids = {i: exec_psql(kubectl, ns, f"{name}-{i}", "select system_identifier from pg_control_system()",
+                        db="postgres") for i in range(3)}
+    assert len(set(ids.values())) == 1, ids
+    assert eventually(lambda: exec_psql(kubectl, ns, f"{name}-0", "select count(*) from pg_stat_replication "
+                                        "where state = 'streaming'", db="postgres") == "2",
+                      "two replicas streaming from the new primary")
 
 
 def test_invalid_parameters_are_refused_by_the_api(kubectl, namespace):
