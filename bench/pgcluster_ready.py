@@ -3,8 +3,9 @@
     make up && .venv/bin/python -m bench.pgcluster_ready [--runs 3]
 
 Needs the operator running (make up). Polls the API every 0.1 s and records when each step is
-first seen: instance object, bootstrap pod scheduled/running/done, Postgres pod running, first
-heartbeat, instance ready, cluster Ready. Prints a table; never fails on a slow figure.
+first seen: instance object, Postgres pod scheduled, its init container `bootstrap` running and
+done (or a restore's bootstrap pod), Postgres container running, first heartbeat, instance ready,
+cluster Ready. Prints a table; never fails on a slow figure.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import time
 import uuid
 
 from e2e.harness import envfile
-from pgop.cluster.plan import bootstrap_phase
+from pgop.cluster.plan import bootstrap_phase, init_bootstrap
 
 MANIFEST = """
 apiVersion: pgop.io/v1
@@ -71,8 +72,16 @@ def run_once(env, n: int) -> dict[str, float]:
                         mark(f"{inst}: {what} scheduled")
                     if st.get("phase") == "Running":
                         mark(f"{inst}: {what} running")
-                    if bootstrap_phase(item) == "Succeeded":  # as the operator judges it: exit 0 is done
-                        mark(f"{inst}: {what} done")
+                    if what == "bootstrap" and bootstrap_phase(item) == "Succeeded":
+                        mark(f"{inst}: {what} done")  # as the operator judges it: exit 0 is done
+                    init = init_bootstrap(item)
+                    if init is not None and init != "waiting to start" and not init.startswith("waiting:"):
+                        mark(f"{inst}: init bootstrap started")
+                    if init == "Succeeded":
+                        mark(f"{inst}: init bootstrap done")
+                    postgres = [c for c in st.get("containerStatuses") or () if c.get("name") == "postgres"]
+                    if postgres and "running" in (postgres[0].get("state") or {}):
+                        mark(f"{inst}: postgres container running")
                 elif kind == "PgCluster" and st.get("phase") == "Ready" and st.get("readyInstances") == n:
                     mark("cluster Ready")
             if "cluster Ready" in seen:

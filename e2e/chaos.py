@@ -653,14 +653,24 @@ def container_pid(cluster: ChaosCluster, pod: str, container: str = "postgres") 
     return _pid_by_cgroup(obj["metadata"]["uid"], cid)
 
 
-def _pid_by_cgroup(pod_uid: str, cid: str) -> int:
-    candidates = []
+def _pod_processes(pod_uid: str):
+    """(/proc/PID, its cgroup file's text) of every process on this host in the pod's cgroup."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             cg = (d / "cgroup").read_text()
-            if cid in cg and (pod_uid in cg or pod_uid.replace("-", "_") in cg):
+        except OSError:
+            continue
+        if pod_uid in cg or pod_uid.replace("-", "_") in cg:
+            yield d, cg
+
+
+def _pid_by_cgroup(pod_uid: str, cid: str) -> int:
+    candidates = []
+    for d, cg in _pod_processes(pod_uid):
+        try:
+            if cid in cg:
                 nspid = re.search(r"^NSpid:\s+(.*)$", (d / "status").read_text(), re.M)
                 candidates.append((nspid.group(1).split()[-1] if nspid else "", int(d.name)))
         except (OSError, ValueError):
@@ -678,6 +688,26 @@ def kill_container(cluster: ChaosCluster, pod: str, container: str = "postgres")
     pid = container_pid(cluster, pod, container)
     at = time.time()
     os.kill(pid, 9)
+    return at
+
+
+def kill_sandbox(cluster: ChaosCluster, pod: str) -> float:
+    """SIGKILL, from the host, to the pod sandbox's process (`/pause`, which holds the pod's
+    namespaces): what a node reboot does to a pod. The kubelet makes a new sandbox for the same pod
+    (same UID, same volume) and runs its init containers again before its containers."""
+    cluster.check_allowed()
+    uid = cluster.pod(pod)["metadata"]["uid"]
+    found = []
+    for d, _ in _pod_processes(uid):
+        try:
+            if (d / "comm").read_text().strip() == "pause":
+                found.append(int(d.name))
+        except OSError:
+            continue
+    if len(found) != 1:
+        raise ChaosError(f"{pod}: expected one sandbox process on this host, found {found}")
+    at = time.time()
+    os.kill(found[0], 9)
     return at
 
 

@@ -96,7 +96,7 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     ns, name = namespace, "orders"
     t0 = time.monotonic()
     kubectl("apply", "-f", "-", input=manifest(name, ns))
-    # A new cluster's replicas come with its first primary: their bootstrap pods start while it
+    # A new cluster's replicas come with its first primary: their pods' init containers start while it
     # runs initdb and wait for it, instead of being made once it is ready.
     early = eventually(lambda: (items := kubectl.json("-n", ns, "get", "pginstances")["items"])
                        and len(items) == 3 and items, "three PgInstances", interval=0.2)
@@ -117,6 +117,15 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
               for p in kubectl.json("-n", ns, "get", "pvc")["items"]}
     assert filled == {f"{name}-0": "initdb", f"{name}-1": "basebackup", f"{name}-2": "basebackup"}
     assert {i["spec"]["bootstrap"] for i in instances} == {"basebackup"}
+    # One pod per instance: its init container filled the volume, then Postgres started in the same
+    # pod; once the volume is marked the pod may no longer bootstrap (its annotation is gone).
+    pods = eventually(lambda: (items := kubectl.json("-n", ns, "get", "pods", "-l", f"pgop.io/cluster={name}")["items"])
+                      and not any("pgop.io/bootstrap-mode" in (p["metadata"].get("annotations") or {})
+                                  for p in items) and items, "the pods' permission to bootstrap withdrawn", 30, 0.5)
+    assert sorted(p["metadata"]["name"] for p in pods) == [f"{name}-0", f"{name}-1", f"{name}-2"]
+    for pod in pods:
+        [init] = pod["status"]["initContainerStatuses"]
+        assert (init["name"], init["state"]["terminated"]["exitCode"]) == ("bootstrap", 0), pod["metadata"]["name"]
     for svc in ("rw", "ro", "r"):
         kubectl("-n", ns, "get", "svc", f"{name}-{svc}")
     for s in ("superuser", "app", "replication"):
@@ -243,12 +252,23 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     assert f"persistentvolumeclaim/{name}-0" in pvcs
 
 
+def bootstrapping(kubectl, ns, pod_name):
+    """The pod exists and its init container `bootstrap` has not exited 0 yet."""
+    got = kubectl("-n", ns, "get", "pod", pod_name, "-o", "json", check=False)
+    if got.returncode != 0:
+        return False
+    pod = json.loads(got.stdout)
+    states = [s.get("state") or {} for s in (pod.get("status") or {}).get("initContainerStatuses") or ()
+              if s["name"] == "bootstrap"]
+    return bool(pod["spec"].get("initContainers")) and \
+        not (states and (states[0].get("terminated") or {}).get("exitCode") == 0)
+
+
 def test_operator_restart_resumes_a_half_done_bootstrap(kubectl, namespace, operator):
     ns, name = namespace, "restart"
     kubectl("apply", "-f", "-", input=manifest(name, ns, instances=2, sync=0))
-    eventually(lambda: kubectl("-n", ns, "get", "pod", f"{name}-0-bootstrap", check=False).returncode == 0
-               or kubectl("-n", ns, "get", "pod", f"{name}-0", check=False).returncode == 0,
-               "the first bootstrap pod", 60, 0.2)
+    eventually(lambda: bootstrapping(kubectl, ns, f"{name}-0"), "the first pod's init container bootstrapping",
+               60, 0.2)
     operator.kill()
     time.sleep(3)
     operator.start()
@@ -265,17 +285,13 @@ def test_operator_restart_resumes_a_half_done_bootstrap(kubectl, namespace, oper
 
 
 def test_replicas_waiting_for_a_first_primary_deleted_during_initdb_clone_the_new_one(kubectl, namespace, operator):
-    """A new cluster's replicas' bootstrap pods wait for the first primary. Deleted by hand while
-    its initdb runs, the first primary (its PgInstance, volume and bootstrap pod) is made again,
+    """A new cluster's replicas' init containers wait for the first primary. Deleted by hand while
+    its initdb runs, the first primary (its PgInstance, volume and pod) is made again,
     since no instance ever ran; the waiting replicas clone the new one, not anything else."""
     ns, name = namespace, "lost"
     kubectl("apply", "-f", "-", input=manifest(name, ns, instances=3, sync=1))
 
-    def initdb_running():
-        got = kubectl("-n", ns, "get", "pod", f"{name}-0-bootstrap", "-o", "json", check=False)
-        pod = json.loads(got.stdout) if got.returncode == 0 else {}
-        return pod and (pod.get("status") or {}).get("phase") in ("Pending", "Running") and pod
-    eventually(initdb_running, "the first primary's bootstrap pod", 60, 0.2)
+    eventually(lambda: bootstrapping(kubectl, ns, f"{name}-0"), "the first primary's initdb", 60, 0.2)
     old_uid = kubectl.json("-n", ns, "get", "pginstance", f"{name}-0")["metadata"]["uid"]
     kubectl("-n", ns, "delete", "pginstance", f"{name}-0", "--wait=false")
     waiting = [kubectl.json("-n", ns, "get", "pginstance", f"{name}-{i}") for i in (1, 2)]

@@ -31,6 +31,7 @@ from pgop.agent.settings import AgentSettings
 from pgop.kernel import pgconfig
 from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import InitdbSpec, InstanceSpec
+from pgop.kernel.podenv import ENV_BOOTSTRAP_PERMIT
 
 log = logging.getLogger(__name__)
 
@@ -129,15 +130,37 @@ def _mark_done(settings: AgentSettings, mode: BootstrapMode, runner: Runner) -> 
     runner.chown(marker)
 
 
+def refusal(mode: BootstrapMode, permit: str | None) -> str | None:
+    """Why a bootstrap that found no bootstrapped data directory must not make one, or None.
+
+    `permit`: None for a bootstrap pod (the operator makes one only for an unmarked volume); for
+    the init container of a Postgres pod, the pod's annotation pgop.io/bootstrap-mode as the
+    kubelet passed it at this start, "" once the operator marked the volume initialised and removed
+    it. A marked volume without a data directory lost its data (a wiped local disk): making a new
+    one would bring back an empty instance, a primary with none of its data."""
+    if permit is None or permit == mode.value:
+        return None
+    if not permit:
+        return ("the volume is marked initialised (this pod's annotation pgop.io/bootstrap-mode is gone) "
+                "but holds no bootstrapped data directory: its data is lost; not filling it again. "
+                "Delete the PVC to rebuild the instance from the primary")
+    return f"this pod's annotation pgop.io/bootstrap-mode says {permit!r}, not {mode.value!r}; not bootstrapping"
+
+
 def bootstrap(settings: AgentSettings, mode: BootstrapMode | str, spec: InstanceSpec | None = None,
-              runner: Runner | None = None, source: SpecSource | None = None) -> BootstrapResult:
+              runner: Runner | None = None, source: SpecSource | None = None,
+              permit: str | None = None) -> BootstrapResult:
     """`source`: the PgInstance as the operator updates it; a basebackup waits on it for its
-    primary (wait_for_source)."""
+    primary (wait_for_source). `permit`: see refusal()."""
     mode = BootstrapMode(mode)
     runner = runner or Runner(settings.run_as)
     if is_bootstrapped(settings):
         log.info("%s already holds a bootstrapped data directory; nothing to do", settings.pgdata)
         return BootstrapResult(mode, already_done=True)
+    refused = refusal(mode, permit)
+    if refused:
+        raise BootstrapError(refused)
+    log.info("bootstrap %s into %s", mode.value, settings.pgdata)
     spec = spec or InstanceSpec(cluster=settings.cluster, ordinal=0,
                                 role="replica" if mode is BootstrapMode.BASEBACKUP else "primary",
                                 bootstrap=mode.value)
@@ -461,8 +484,10 @@ def set_password(conn: psycopg.Connection, role: credentials.Credentials, attrib
         sql.Identifier(role.username), sql.Literal(_verifier(conn, role.username, role.password))))
 
 
-def main(mode: str, primary_host: str | None = None, env=None) -> int:
-    """`pgop agent bootstrap --mode ...`: settings from the pod, the spec from its PgInstance."""
+def main(mode: str, primary_host: str | None = None, env=None, guarded: bool = False) -> int:
+    """`pgop agent bootstrap --mode ...`: settings from the pod, the spec from its PgInstance.
+    `guarded` (`--guarded`, the init container of a Postgres pod): bootstrap only while the pod's
+    annotation, in $PGOP_BOOTSTRAP_PERMIT, still permits it (refusal())."""
     import dataclasses
 
     from pgop.agent.kube import store_from_env
@@ -493,7 +518,8 @@ def main(mode: str, primary_host: str | None = None, env=None) -> int:
 
     source = WatchedSpec(store, settings.instance) if store is not None else None
     try:
-        result = bootstrap(settings, chosen, spec, source=source)
+        permit = (os.environ if env is None else env).get(ENV_BOOTSTRAP_PERMIT, "") if guarded else None
+        result = bootstrap(settings, chosen, spec, source=source, permit=permit)
     finally:
         if source is not None:
             source.close()

@@ -259,8 +259,8 @@ class Agent:
                 self.report(None, None)
                 return False
             if not (self.settings.pgdata / "PG_VERSION").exists():
-                self.message = (f"no data directory in {self.settings.pgdata}: the bootstrap pod has not "
-                                "made one; nothing to run")
+                self.message = (f"no data directory in {self.settings.pgdata}: no bootstrap made one "
+                                "(or its data is lost); nothing to run")
                 self.report(instance, ha.Decision((), ha.FAILED, self.message))
                 return False
             if self.restarted_for is None:

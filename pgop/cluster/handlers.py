@@ -392,10 +392,12 @@ def _reconcile_cluster_now(key: tuple[str, str], logger) -> float | pace.Steady:
 
 
 def _exit_codes(pod) -> tuple:
-    """A container that exited (a bootstrap pod done: pgop.cluster.plan.bootstrap_phase) is news
-    before the pod's phase says so."""
+    """A container that exited (a bootstrap pod done: pgop.cluster.plan.bootstrap_phase; the init
+    container of a Postgres pod done: pgop.cluster.plan.init_bootstrap) is news before the pod's
+    phase says so."""
+    status = pod.get("status") or {}
     return tuple(((s.get("state") or {}).get("terminated") or {}).get("exitCode")
-                 for s in (pod.get("status") or {}).get("containerStatuses") or [])
+                 for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []))
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_INSTANCE: kopf.PRESENT})

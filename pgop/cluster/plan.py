@@ -35,8 +35,11 @@ Ordering decisions, top to bottom:
 - Hibernation (pgop.kernel.hibernation): while a cluster hibernates, only spec.hibernated is
   planned for its PgInstances (replicas first, the primary last); nothing is created, scaled,
   rolled or drained, and a hibernated instance has no pod and no new volume.
-- Instance: PVC, then the bootstrap pod, then (once it succeeded) mark the volume initialised,
-  remove the bootstrap pod and start the Postgres pod. Two pods never share a data directory.
+- Instance: PVC, then the Postgres pod, whose init container fills the empty volume (initdb,
+  basebackup) before Postgres starts; once it exited 0 the volume is marked initialised and the
+  pod's permission to bootstrap (its annotation pgop.io/bootstrap-mode) removed. A restore runs in
+  a bootstrap pod of its own first; once it succeeded the volume is marked, the bootstrap pod
+  removed and the Postgres pod started. Two pods never share a data directory.
 """
 from __future__ import annotations
 
@@ -76,7 +79,10 @@ from pgop.specs.instance import (
 )
 from pgop.specs.pdb import build_pdb, build_primary_pdb
 from pgop.specs.pods import (
+    ANNOTATION_BOOTSTRAP_MODE,
     ANNOTATION_POD_INPUTS,
+    BOOTSTRAP_CONTAINER,
+    bootstraps_in_pod,
     build_bootstrap_pod,
     build_postgres_pod,
     pod_inputs_hash,
@@ -860,8 +866,10 @@ def plan_instance(instance: Instance | Obj, observed_pvc: Obj | None, observed_p
 
 def _plan_hibernated(instance: Instance, bootstrap: Obj | None, postgres: Obj | None, plan: Plan) -> None:
     """spec.hibernated: no Postgres pod runs; the volume stays. Deleting the pod lets its agent stop
-    Postgres fast (a shutdown checkpoint) within the pod's grace period. A bootstrap pod still
-    running is left to finish (its volume is marked once the instance wakes)."""
+    Postgres fast (a shutdown checkpoint) within the pod's grace period; a pod whose init container
+    still bootstraps goes too (a half-made data directory is emptied by the next attempt, a
+    finished one found by its marker). A restore's bootstrap pod still running is left to finish
+    (its volume is marked once the instance wakes)."""
     if postgres is not None and not _deleting(postgres):
         plan.append(Action(DELETE, "Pod", _name(postgres), instance.namespace,
                            f"hibernated: {instance.name}'s Postgres stops (fast shutdown) and its pod goes; "
@@ -897,13 +905,18 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
                     plan: Plan) -> None:
     mode = instance.spec.bootstrap
     if postgres is not None:
-        plan.waiting.append(f"pod {_name(postgres)} runs on volume {instance.name}, which is not marked "
-                            "initialised; not bootstrapping under a running Postgres")
+        _plan_bootstrap_in_pod(instance, pvc, postgres, plan)
         return
     if bootstrap is None:
-        _create(plan, build_bootstrap_pod(instance),
-                f"bootstrap {instance.name}: {mode} into its empty volume")
+        if bootstraps_in_pod(instance):
+            _create(plan, build_postgres_pod(instance, bootstrap=True),
+                    f"bootstrap {instance.name}: {mode} into its empty volume, in the init container of "
+                    "its Postgres pod, which then runs Postgres")
+        else:
+            _create(plan, build_bootstrap_pod(instance),
+                    f"bootstrap {instance.name}: {mode} into its empty volume")
         return
+    # A bootstrap pod: a restore's, or one an operator before one-pod bootstraps made.
     phase = bootstrap_phase(bootstrap)
     if _deleting(bootstrap):
         plan.waiting.append(f"bootstrap pod {_name(bootstrap)} is being deleted")
@@ -925,6 +938,60 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
         plan.waiting.append(f"{mode} of {instance.name} runs in pod {_name(bootstrap)} ({phase})")
 
 
+def init_bootstrap(pod: Obj) -> str | None:
+    """The init container `bootstrap` of a Postgres pod: None when the pod has none, "Succeeded"
+    once it exited 0 (final: the kubelet then starts Postgres and never runs it again in this
+    sandbox), otherwise what it does now ("running", "waiting: PodInitializing", "exited 1, restart
+    3", ...)."""
+    spec = pod.get("spec") or {}
+    if not any(c.get("name") == BOOTSTRAP_CONTAINER for c in spec.get("initContainers") or ()):
+        return None
+    statuses = [s for s in (pod.get("status") or {}).get("initContainerStatuses") or ()
+                if s.get("name") == BOOTSTRAP_CONTAINER]
+    if not statuses:
+        return "waiting to start"
+    status = statuses[0]
+    state = status.get("state") or {}
+    terminated = state.get("terminated")
+    if terminated is not None and terminated.get("exitCode") == 0:
+        return "Succeeded"
+    restarts = status.get("restartCount") or 0
+    if terminated is not None:
+        now = f"exited {terminated.get('exitCode')}"
+    elif "running" in state:
+        now = "running"
+    else:
+        now = "waiting: " + str((state.get("waiting") or {}).get("reason") or "to start")
+    return now + (f", restarted {restarts} times (see its log)" if restarts else "")
+
+
+def _plan_bootstrap_in_pod(instance: Instance, pvc: Obj | None, postgres: Obj, plan: Plan) -> None:
+    """A Postgres pod on a volume not marked initialised: its init container fills the volume; once
+    it exited 0, the volume is marked (and, on the next pass, the pod's permission to bootstrap
+    removed: _plan_postgres)."""
+    name = _name(postgres)
+    state = init_bootstrap(postgres)
+    if state is None:
+        plan.waiting.append(f"pod {name} runs on volume {instance.name}, which is not marked "
+                            "initialised; not bootstrapping under a running Postgres")
+        return
+    mode = (_meta(postgres).get("annotations") or {}).get(ANNOTATION_BOOTSTRAP_MODE) or instance.spec.bootstrap
+    if _deleting(postgres):
+        plan.waiting.append(f"pod {name} is being deleted; a new one bootstraps the volume")
+    elif state == "Succeeded" and pvc is not None:
+        _patch(plan, "PersistentVolumeClaim", pvc, mark_initialized_patch(instance, mode),
+               f"{mode} succeeded in pod {name}: the volume holds a data directory and is never "
+               "bootstrapped again")
+    elif _phase(postgres) in ("Failed", "Succeeded"):
+        plan.append(Action(DELETE, "Pod", name, instance.namespace,
+                           f"pod ended ({_phase(postgres)}, e.g. evicted) before its volume was marked; "
+                           "a new one bootstraps it", uid=_meta(postgres).get("uid")))
+    elif state == "Succeeded":
+        plan.waiting.append(f"pod {name} bootstrapped a volume that is gone")
+    else:
+        plan.waiting.append(f"{mode} of {instance.name} runs in the init container of pod {name} ({state})")
+
+
 def _plan_postgres(instance: Instance, bootstrap: Obj | None, postgres: Obj | None, plan: Plan) -> None:
     if bootstrap is not None:
         if not _deleting(bootstrap):
@@ -944,13 +1011,19 @@ def _plan_postgres(instance: Instance, bootstrap: Obj | None, postgres: Obj | No
     if _deleting(postgres):
         plan.waiting.append(f"pod {_name(postgres)} is being deleted; it comes back on the same volume")
         return
+    annotations = _meta(postgres).get("annotations") or {}
+    if ANNOTATION_BOOTSTRAP_MODE in annotations:
+        # Its init container may no longer fill the volume: run again (a new sandbox after a node
+        # reboot) on a volume whose data went missing, it fails rather than bring back an empty
+        # instance (pgop.agent.bootstrap.refusal).
+        _patch(plan, "Pod", postgres, {"metadata": {"annotations": {ANNOTATION_BOOTSTRAP_MODE: None}}},
+               "the volume is marked initialised: the pod's init container may no longer bootstrap it")
     phase = _phase(postgres)
     if phase in ("Failed", "Succeeded"):
         plan.append(Action(DELETE, "Pod", _name(postgres), instance.namespace,
                            f"pod ended ({phase}, e.g. evicted); it comes back on the same volume",
                            uid=_meta(postgres).get("uid")))
         return
-    annotations = _meta(postgres).get("annotations") or {}
     if annotations.get(ANNOTATION_POD_INPUTS) != pod_inputs_hash(instance):
         plan.append(Action(DELETE, "Pod", _name(postgres), instance.namespace,
                            "image or resources changed: restart on a new pod, same volume",

@@ -61,6 +61,16 @@ def pod_problem(pod: Obj) -> str | None:
     return None
 
 
+def _init_bootstrap_running(pod: Obj) -> bool:
+    """The Postgres pod's init container `bootstrap` (pgop.specs.pods) has not exited 0 yet."""
+    if not any(c.get("name") == "bootstrap" for c in (pod.get("spec") or {}).get("initContainers") or ()):
+        return False
+    for status in (pod.get("status") or {}).get("initContainerStatuses") or ():
+        if status.get("name") == "bootstrap":
+            return ((status.get("state") or {}).get("terminated") or {}).get("exitCode") != 0
+    return True
+
+
 def instance_report(pvc: Obj | None, pods: Sequence[Obj], waiting: Sequence[str],
                     storage_class_exists: bool | None) -> tuple[str, str]:
     """(phase, message) for an instance whose agent does not report."""
@@ -71,6 +81,6 @@ def instance_report(pvc: Obj | None, pods: Sequence[Obj], waiting: Sequence[str]
         problem = pod_problem(pod)
         if problem:
             return "Failed", problem
-    if any(p["metadata"]["name"].endswith("-bootstrap") for p in pods):
-        return "Bootstrapping", "; ".join(waiting) or "bootstrap pod running"
+    if any(p["metadata"]["name"].endswith("-bootstrap") or _init_bootstrap_running(p) for p in pods):
+        return "Bootstrapping", "; ".join(waiting) or "bootstrap running"
     return "Pending", "; ".join(waiting) or "waiting for the Postgres pod to start"

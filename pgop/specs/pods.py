@@ -1,8 +1,12 @@
-"""The two pods of an instance, both over its PVC and never at the same time.
+"""The pods of an instance, over its PVC and never two at the same time.
 
-The bootstrap pod runs `pgop agent bootstrap --mode initdb|basebackup|recovery` once and exits;
-the Postgres pod runs `pgop agent run` as PID 1, which runs postgres. Both run as the image's
-non-root postgres user (uid 999, images/postgres/Containerfile).
+The Postgres pod runs `pgop agent run` as PID 1, which runs postgres. On a volume not yet marked
+initialised it first runs `pgop agent bootstrap --mode initdb|basebackup` as its init container
+`bootstrap` (build_postgres_pod(bootstrap=True)): one pod start per new instance, and the kubelet
+starts Postgres only once the bootstrap exited 0. A restore (`--mode recovery`, which reads another
+cluster's archive with that cluster's credentials and can take hours) runs in a pod of its own, the
+bootstrap pod, which exits. All run as the image's non-root postgres user (uid 999,
+images/postgres/Containerfile).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ from pgop.kernel.model import (
 from pgop.kernel.podenv import (
     AGENT_PORT,
     DATA_MOUNT,
+    ENV_BOOTSTRAP_PERMIT,
     METRICS_PORT,
     PGDATA,
     S3_CREDENTIALS_MOUNT,
@@ -311,9 +316,9 @@ def _pod_security() -> dict[str, Any]:
     }
 
 
-def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dict[str, str],
-         container: dict[str, Any], restart_policy: str, s3: S3Spec | None = None) -> dict[str, Any]:
-    cluster = instance.spec.cluster
+def _container(instance: Instance, container: dict[str, Any], s3: S3Spec | None = None) -> dict[str, Any]:
+    """`container` with what every container of an instance's pods has: image, resources, the pod
+    contract's environment, the volumes and the restricted security context."""
     if instance.spec.resources:
         container["resources"] = instance.spec.resources
     container.update({
@@ -323,6 +328,15 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
         "volumeMounts": _volume_mounts(instance, s3),
         "securityContext": _container_security(),
     })
+    return container
+
+
+def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dict[str, str],
+         container: dict[str, Any], restart_policy: str, s3: S3Spec | None = None,
+         init: dict[str, Any] | None = None) -> dict[str, Any]:
+    cluster = instance.spec.cluster
+    container = _container(instance, container, s3)
+    pod_spec: dict[str, Any] = {"initContainers": [_container(instance, init)]} if init is not None else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -337,13 +351,33 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
             "terminationGracePeriodSeconds": 30,
             "securityContext": _pod_security(),
             **_placement(instance),
+            **pod_spec,
             "containers": [container],
             "volumes": _volumes(instance, s3),
         },
     }
 
 
-def build_postgres_pod(instance: Instance) -> dict[str, Any]:
+BOOTSTRAP_CONTAINER = "bootstrap"
+
+
+def _bootstrap_container(mode: str, guarded: bool = False) -> dict[str, Any]:
+    command = ["pgop", "agent", "bootstrap", "--mode", mode] + (["--guarded"] if guarded else [])
+    return {"name": BOOTSTRAP_CONTAINER, "command": command,
+            # A failed bootstrap says why (e.g. a restore's target before the first backup) in
+            # the pod status, where the instance controller reads it.
+            "terminationMessagePolicy": "FallbackToLogsOnError"}
+
+
+def bootstraps_in_pod(instance: Instance) -> bool:
+    """Whether a new volume of `instance` is filled by its Postgres pod's init container: initdb
+    and basebackup. A recovery keeps its own pod (it mounts the source's archive credentials)."""
+    return instance.spec.bootstrap != RECOVERY
+
+
+def build_postgres_pod(instance: Instance, bootstrap: bool = False) -> dict[str, Any]:
+    """`bootstrap`: the volume is not marked initialised; the init container `bootstrap` fills it
+    (or finds it filled: the agent's marker next to PGDATA) before Postgres starts."""
     labels = cluster_labels(instance.spec.cluster) | {
         LABEL_INSTANCE: instance.name,
         LABEL_COMPONENT: COMPONENT_POSTGRES,
@@ -364,8 +398,24 @@ def build_postgres_pod(instance: Instance) -> dict[str, Any]:
         "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": "agent"},
                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
     }
-    return _pod(instance, names.postgres_pod(instance.name), labels,
-                {ANNOTATION_POD_INPUTS: pod_inputs_hash(instance)}, container, "Always")
+    annotations = {ANNOTATION_POD_INPUTS: pod_inputs_hash(instance)}
+    init = None
+    if bootstrap:
+        if not bootstraps_in_pod(instance):
+            raise ValueError(f"{instance.spec.bootstrap} runs in a bootstrap pod, not in the Postgres pod")
+        annotations[ANNOTATION_BOOTSTRAP_MODE] = instance.spec.bootstrap
+        # The kubelet restarts a failed init container in place, with its back-off, as it did the
+        # bootstrap pod (restartPolicy OnFailure); a retried basebackup starts afresh.
+        init = _bootstrap_container(instance.spec.bootstrap, guarded=True)
+    pod = _pod(instance, names.postgres_pod(instance.name), labels, annotations, container, "Always",
+               init=init)
+    if init is not None:
+        # Read at each start of the init container: once the operator marked the volume and
+        # removed the annotation, a restart (a new sandbox after a node reboot) finds "" and
+        # refuses to fill a volume whose data went missing (pgop.agent.bootstrap.refusal).
+        init["env"].append({"name": ENV_BOOTSTRAP_PERMIT, "valueFrom": {"fieldRef": {
+            "apiVersion": "v1", "fieldPath": f"metadata.annotations['{ANNOTATION_BOOTSTRAP_MODE}']"}}})
+    return pod
 
 
 def build_bootstrap_pod(instance: Instance) -> dict[str, Any]:
@@ -375,10 +425,7 @@ def build_bootstrap_pod(instance: Instance) -> dict[str, Any]:
         LABEL_INSTANCE: instance.name,
         LABEL_COMPONENT: COMPONENT_BOOTSTRAP,
     }
-    container = {"name": "bootstrap", "command": ["pgop", "agent", "bootstrap", "--mode", mode],
-                 # A failed restore says why (e.g. the target before the first backup) in the pod
-                 # status, where the instance controller reads it.
-                 "terminationMessagePolicy": "FallbackToLogsOnError"}
+    container = _bootstrap_container(mode)
     # OnFailure: the kubelet retries in place (the agent starts a retried basebackup afresh), and
     # the pod name stays taken, so there is never a second bootstrap pod. A recovery reads the
     # source's archive: its S3 location and credentials instead of this cluster's own; what to

@@ -151,7 +151,7 @@ def test_a_really_silent_agent_is_reported_and_a_settled_instance_costs_no_reque
     assert now["message"].startswith("no heartbeat for 9")
 
 
-def test_passes_of_one_instance_at_once_create_its_volume_and_bootstrap_pod_once(kube, namespace):
+def test_passes_of_one_instance_at_once_create_its_volume_and_pod_once(kube, namespace):
     new_replica(kube, namespace)
     stored = kube.get("PgInstance", namespace, "orders-0")
     index(kube, namespace, stored)  # the indexes never see what the passes create: the worst lag
@@ -171,7 +171,7 @@ def test_passes_of_one_instance_at_once_create_its_volume_and_bootstrap_pod_once
     assert sorted(creates) == [f"/api/v1/namespaces/{namespace}/persistentvolumeclaims",
                                f"/api/v1/namespaces/{namespace}/pods"]
     assert [p["metadata"]["name"] for p in kube.list("Pod", namespace, {"pgop.io/instance": "orders-0"})] \
-        == ["orders-0-bootstrap"]
+        == ["orders-0"]
 
 
 def test_a_status_refresh_is_written_only_over_the_status_it_was_planned_from(kube, namespace):

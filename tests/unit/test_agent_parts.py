@@ -412,6 +412,29 @@ def test_bootstrap_modes_and_recovery_refusal(tmp_path):
         bootstrap.bootstrap(s, "snapshot")
 
 
+def test_an_init_container_bootstraps_only_while_its_pod_permits_that_mode():
+    mode = bootstrap.BootstrapMode.BASEBACKUP
+    assert bootstrap.refusal(mode, None) is None  # a bootstrap pod: the operator made it for an unmarked volume
+    assert bootstrap.refusal(mode, "basebackup") is None
+    assert "its data is lost" in bootstrap.refusal(mode, "")
+    assert "says 'initdb', not 'basebackup'" in bootstrap.refusal(mode, "initdb")
+
+
+def test_a_volume_marked_initialised_whose_data_is_gone_is_not_filled_again(tmp_path):
+    """A restarted init container (a new sandbox after a node reboot) on a wiped volume: the
+    operator removed the pod's annotation when it marked the volume, so the kubelet passes ""."""
+    s = AgentSettings(cluster="orders", instance="orders-0", namespace="shop", pgdata=tmp_path / "pgdata",
+                      secrets_dir=tmp_path)
+    with pytest.raises(bootstrap.BootstrapError, match="marked initialised .* its data is lost"):
+        bootstrap.bootstrap(s, "initdb", permit="")
+    assert not (tmp_path / "pgdata").exists()  # nothing made, nothing emptied
+    # A volume it did fill: the marker says so, and a restart changes nothing, permitted or not.
+    (tmp_path / "pgdata").mkdir()
+    (tmp_path / "pgdata" / "PG_VERSION").write_text("16\n")
+    s.bootstrap_marker.write_text("{}")
+    assert bootstrap.bootstrap(s, "initdb", permit="").already_done
+
+
 # ------------------------------------------------------------------ the volume the pod was given
 
 POSTGRES = (999, 999, frozenset({999}))

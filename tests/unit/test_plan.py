@@ -7,7 +7,7 @@ import pytest
 from pgop.cluster.plan import plan_cluster, plan_instance
 from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch, merge_patch
 from pgop.kernel.model import Cluster, Instance
-from pgop.specs.pods import pod_inputs_hash
+from pgop.specs.pods import ANNOTATION_BOOTSTRAP_MODE, pod_inputs_hash
 from pgop.specs.pvc import ANNOTATION_INITIALIZED
 from tests.unit.world import (
     World,
@@ -407,17 +407,95 @@ def iplan(world, name="orders-0"):
                          world.pods_of(name))
 
 
-def test_a_new_instance_gets_its_volume_then_its_bootstrap_pod():
+def _init(world, name="orders-0", phase="Pending", **state):
+    """The kubelet's view of the Postgres pod's init container `bootstrap`."""
+    world.objects[("Pod", name)]["status"] = {
+        "phase": phase, "initContainerStatuses": [{"name": "bootstrap", **state}]}
+
+
+def test_a_new_instance_gets_its_volume_then_a_postgres_pod_that_bootstraps_it_first():
     world = new_instance(World())
     actions = iplan(world)
-    assert summary(actions) == [(CREATE, "PersistentVolumeClaim", "orders-0"), (CREATE, "Pod", "orders-0-bootstrap")]
+    assert summary(actions) == [(CREATE, "PersistentVolumeClaim", "orders-0"), (CREATE, "Pod", "orders-0")]
+    pod = actions[1].body
+    [init] = pod["spec"]["initContainers"]
+    assert init["command"] == ["pgop", "agent", "bootstrap", "--mode", "initdb", "--guarded"]
+    assert {"name": "pgdata", "mountPath": "/var/lib/postgresql/data"} in init["volumeMounts"]
+    assert pod["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_MODE] == "initdb"
     world.apply(actions)
     running = iplan(world)
-    assert running == [] and any("initdb" in note for note in running.waiting)
+    assert running == [] and any("initdb" in note and "init container" in note for note in running.waiting)
 
 
-def test_a_finished_bootstrap_hands_the_volume_to_postgres():
+def test_the_volume_is_marked_once_the_init_container_exited_0_then_the_pod_may_not_bootstrap_again():
     world = new_instance(World())
+    world.apply(iplan(world))
+    _init(world, state={"running": {"startedAt": "2026-01-01T00:00:00Z"}})
+    assert iplan(world) == []
+    # The kubelet runs a failed init container again in place; nothing to do but say so.
+    _init(world, restartCount=1, state={"terminated": {"exitCode": 1, "reason": "Error"}})
+    failed = iplan(world)
+    assert failed == [] and any("exited 1, restarted 1 times" in note for note in failed.waiting)
+    _init(world, phase="Running", state={"terminated": {"exitCode": 0, "reason": "Completed"}})
+    marked = iplan(world)
+    assert summary(marked) == [(PATCH, "PersistentVolumeClaim", "orders-0")]
+    assert marked[0].patch["metadata"]["annotations"][ANNOTATION_INITIALIZED] == "initdb"
+    world.apply(marked)
+    # The next pass takes away the pod's permission to bootstrap (its init container reads it at
+    # each start); the pod itself stays: Postgres runs in it.
+    [revoke] = iplan(world)
+    assert (revoke.verb, revoke.kind, revoke.name) == (PATCH, "Pod", "orders-0")
+    assert revoke.patch == {"metadata": {"annotations": {ANNOTATION_BOOTSTRAP_MODE: None}}}
+    world.apply([revoke])
+    assert ANNOTATION_BOOTSTRAP_MODE not in world.get("Pod", "orders-0")["metadata"]["annotations"]
+    assert iplan(world) == []
+
+
+def test_a_pod_that_ended_before_its_volume_was_marked_is_replaced_by_one_that_bootstraps():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    _init(world, phase="Failed", state={"running": {}})  # evicted while it cloned
+    assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0")]
+    world.apply(iplan(world))
+    [again] = iplan(world)
+    assert (again.verb, again.name) == (CREATE, "orders-0") and again.body["spec"]["initContainers"]
+
+
+def test_a_postgres_pod_without_a_bootstrap_on_an_unmarked_volume_is_left_alone():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    del world.objects[("Pod", "orders-0")]["spec"]["initContainers"]
+    result = iplan(world)
+    assert result == [] and any("not bootstrapping under a running Postgres" in n for n in result.waiting)
+
+
+def test_a_hibernated_instance_loses_its_pod_even_while_it_bootstraps():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    _init(world, state={"running": {}})
+    world.objects[("PgInstance", "orders-0")]["spec"]["hibernated"] = True
+    assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0")]
+
+
+def new_restore(world):
+    """orders-0 of a cluster restored from a backup: its bootstrap is a recovery."""
+    world = new_instance(world)
+    world.objects[("PgInstance", "orders-0")]["spec"]["bootstrap"] = "recovery"
+    return world
+
+
+def test_a_restore_runs_in_a_bootstrap_pod_of_its_own():
+    world = new_restore(World())
+    actions = iplan(world)
+    assert summary(actions) == [(CREATE, "PersistentVolumeClaim", "orders-0"), (CREATE, "Pod", "orders-0-bootstrap")]
+    assert "initContainers" not in actions[1].body["spec"]
+    world.apply(actions)
+    running = iplan(world)
+    assert running == [] and any("recovery" in note for note in running.waiting)
+
+
+def test_a_finished_restore_hands_the_volume_to_postgres():
+    world = new_restore(World())
     world.apply(iplan(world))
     world.set_pod_phase("orders-0-bootstrap", "Succeeded")
     actions = iplan(world)
@@ -426,7 +504,8 @@ def test_a_finished_bootstrap_hands_the_volume_to_postgres():
         (DELETE, "Pod", "orders-0-bootstrap"),
         (CREATE, "Pod", "orders-0"),
     ]
-    assert actions[0].patch["metadata"]["annotations"][ANNOTATION_INITIALIZED] == "initdb"
+    assert actions[0].patch["metadata"]["annotations"][ANNOTATION_INITIALIZED] == "recovery"
+    assert "initContainers" not in actions[2].body["spec"]
     world.apply(actions)
     assert iplan(world) == []
 
@@ -437,7 +516,7 @@ def _bootstrap_container(world, **state):
 
 
 def test_the_handover_starts_when_the_bootstrap_container_exited_0_before_the_pod_phase_says_so():
-    world = new_instance(World())
+    world = new_restore(World())
     world.apply(iplan(world))
     _bootstrap_container(world, running={"startedAt": "2026-01-01T00:00:00Z"})
     assert [a for a in iplan(world) if a.verb == CREATE] == []
@@ -452,7 +531,7 @@ def test_the_handover_starts_when_the_bootstrap_container_exited_0_before_the_po
 
 
 def test_the_handover_resumes_after_an_operator_crash_halfway():
-    world = new_instance(World())
+    world = new_restore(World())
     world.apply(iplan(world))
     world.set_pod_phase("orders-0-bootstrap", "Succeeded")
     world.apply(iplan(world)[:1])  # only the volume got marked
@@ -460,7 +539,7 @@ def test_the_handover_resumes_after_an_operator_crash_halfway():
 
 
 def test_never_two_bootstrap_pods():
-    world = new_instance(World())
+    world = new_restore(World())
     world.apply(iplan(world))
     for phase in ("Pending", "Running"):
         world.set_pod_phase("orders-0-bootstrap", phase)
@@ -468,7 +547,7 @@ def test_never_two_bootstrap_pods():
 
 
 def test_a_failed_bootstrap_pod_is_removed_before_another_is_made():
-    world = new_instance(World())
+    world = new_restore(World())
     world.apply(iplan(world))
     world.set_pod_phase("orders-0-bootstrap", "Failed")
     assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0-bootstrap")]
@@ -477,8 +556,11 @@ def test_a_failed_bootstrap_pod_is_removed_before_another_is_made():
 
 
 def initialised(world, name="orders-0"):
+    """The instance bootstrapped by its Postgres pod's init container, its volume marked and the
+    pod's permission to bootstrap removed; Postgres runs."""
     world.apply(iplan(world, name))
-    world.set_pod_phase(f"{name}-bootstrap", "Succeeded")
+    _init(world, name, phase="Running", state={"terminated": {"exitCode": 0}})
+    world.apply(iplan(world, name))
     world.apply(iplan(world, name))
     world.set_pod_phase(name, "Running")
     return world
@@ -491,6 +573,8 @@ def test_an_initialised_volume_is_never_bootstrapped_again():
     world.objects[("PgInstance", "orders-0")].pop("status", None)
     actions = iplan(world)
     assert summary(actions) == [(CREATE, "Pod", "orders-0")]
+    assert "initContainers" not in actions[0].body["spec"]
+    assert ANNOTATION_BOOTSTRAP_MODE not in actions[0].body["metadata"]["annotations"]
 
 
 def test_a_deleted_postgres_pod_comes_back_on_the_same_volume():
@@ -525,7 +609,7 @@ def test_a_bootstrap_pod_running_over_an_initialised_volume_is_stopped_first():
 def test_a_volume_of_another_cluster_is_neither_bootstrapped_nor_started():
     world = new_instance(World())
     world.apply(iplan(world))
-    del world.objects[("Pod", "orders-0-bootstrap")]
+    del world.objects[("Pod", "orders-0")]
     world.get("PersistentVolumeClaim", "orders-0")["metadata"]["annotations"].update(
         {ANNOTATION_INITIALIZED: "initdb", "pgop.io/cluster-uid": "an-older-orders"})
     result = iplan(world)

@@ -600,11 +600,18 @@ def _restricted_violations(pod) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("which", ["postgres", "bootstrap-initdb", "bootstrap-recovery", "backup"])
+@pytest.mark.parametrize("which", ["postgres", "postgres-bootstrapping", "bootstrap-initdb", "bootstrap-recovery",
+                                   "backup"])
 def test_every_pod_pgop_makes_meets_pod_security_restricted(which):
     from pgop.backup.pod import build_backup_pod
     if which == "postgres":
         pod = build_postgres_pod(instance())
+    elif which == "postgres-bootstrapping":
+        pod = build_postgres_pod(instance(1, "replica", "basebackup"), bootstrap=True)
+        # its only init container is the agent's bootstrap, as the same non-root user
+        assert [c["name"] for c in pod["spec"]["initContainers"]] == ["bootstrap"]
+        assert _restricted_violations(pod) == []
+        return
     elif which == "backup":
         pod = build_backup_pod("nightly", "uid-1", instance(1, "replica", "basebackup"), "10.0.0.7")
     else:
@@ -612,3 +619,23 @@ def test_every_pod_pgop_makes_meets_pod_security_restricted(which):
     assert _restricted_violations(pod) == []
     # the volume is owned through fsGroup, not by a root init container
     assert "initContainers" not in pod["spec"]
+
+
+def test_a_bootstrapping_postgres_pod_fills_its_volume_first_only_while_its_annotation_permits():
+    pod = build_postgres_pod(instance(1, "replica", "basebackup"), bootstrap=True)
+    [init] = pod["spec"]["initContainers"]
+    [postgres] = pod["spec"]["containers"]
+    assert init["command"] == ["pgop", "agent", "bootstrap", "--mode", "basebackup", "--guarded"]
+    assert init["volumeMounts"] == postgres["volumeMounts"] and init["image"] == postgres["image"]
+    [permit] = [e for e in init["env"] if e["name"] == "PGOP_BOOTSTRAP_PERMIT"]
+    assert permit["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['pgop.io/bootstrap-mode']"
+    assert pod["metadata"]["annotations"]["pgop.io/bootstrap-mode"] == "basebackup"
+    assert "PGOP_BOOTSTRAP_PERMIT" not in {e["name"] for e in postgres["env"]}
+    # the same inputs as the pod that runs on a marked volume: marking it restarts nothing
+    assert pod["metadata"]["annotations"]["pgop.io/pod-inputs-hash"] == \
+        build_postgres_pod(instance(1, "replica", "basebackup"))["metadata"]["annotations"]["pgop.io/pod-inputs-hash"]
+
+
+def test_a_restore_never_runs_as_an_init_container():
+    with pytest.raises(ValueError, match="recovery runs in a bootstrap pod"):
+        build_postgres_pod(instance(0, "primary", "recovery"), bootstrap=True)
