@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from e2e.harness.pg import AgentHost
+from pgop.agent import local
 from pgop.kernel.model import Cluster
 from pgop.specs.instance import build_instance
 
@@ -72,7 +73,8 @@ def test_bootstrap_and_run_as_processes(host, processes, tmp_path):
     store = tmp_path / "instances"
     store.mkdir()
     cluster = Cluster.from_object({"metadata": {"name": "orders", "namespace": "test", "uid": "u"},
-                                   "spec": {"instances": 2, "synchronousReplicas": 1, "storage": {"size": "1Gi"}}})
+                                   "spec": {"instances": 2, "synchronousReplicas": 1, "storage": {"size": "1Gi"},
+                                            "bootstrap": {"initdb": {"database": "shop", "owner": "app"}}}})
 
     def write_instance(ordinal, role, mode):
         body = build_instance(cluster, ordinal, role, mode, primary="orders-0")  # as the operator writes it
@@ -96,6 +98,9 @@ def test_bootstrap_and_run_as_processes(host, processes, tmp_path):
     wait_for(lambda: status("orders-0").get("ready"), "the primary ready")
     assert wait_for(lambda: http_status(primary.agent_port, "/readyz") == 200, "/readyz")
     assert http_status(primary.agent_port, "/healthz") == 200
+    # initdb read its PgInstance (beside the initdb binary) and made the database the spec names
+    with local.connect(primary) as conn:
+        assert conn.execute("select datname from pg_database where datname = 'shop'").fetchone() == ("shop",)
 
     write_instance(1, "replica", "basebackup")
     replica = host.settings("orders-1", primary_port=primary.pg_port)
