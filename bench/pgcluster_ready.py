@@ -17,7 +17,8 @@ import time
 import uuid
 
 from e2e.harness import envfile
-from pgop.cluster.plan import bootstrap_phase, init_bootstrap
+from pgop.cluster.plan import bootstrap_phase
+from pgop.kernel.diagnose import init_bootstrap
 
 MANIFEST = """
 apiVersion: pgop.io/v1

@@ -53,6 +53,7 @@ from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
 from pgop.kernel import hibernation, names, pgconfig
 from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Event, Plan, merge_patch
 from pgop.kernel.conditions import condition
+from pgop.kernel.diagnose import init_bootstrap
 from pgop.kernel.lsn import parse_lsn
 from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE, RESTART_FIELD
 from pgop.kernel.model import (
@@ -81,7 +82,6 @@ from pgop.specs.pdb import build_pdb, build_primary_pdb
 from pgop.specs.pods import (
     ANNOTATION_BOOTSTRAP_MODE,
     ANNOTATION_POD_INPUTS,
-    BOOTSTRAP_CONTAINER,
     bootstraps_in_pod,
     build_bootstrap_pod,
     build_postgres_pod,
@@ -936,33 +936,6 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
                            uid=_meta(bootstrap).get("uid")))
     else:
         plan.waiting.append(f"{mode} of {instance.name} runs in pod {_name(bootstrap)} ({phase})")
-
-
-def init_bootstrap(pod: Obj) -> str | None:
-    """The init container `bootstrap` of a Postgres pod: None when the pod has none, "Succeeded"
-    once it exited 0 (final: the kubelet then starts Postgres and never runs it again in this
-    sandbox), otherwise what it does now ("running", "waiting: PodInitializing", "exited 1, restart
-    3", ...)."""
-    spec = pod.get("spec") or {}
-    if not any(c.get("name") == BOOTSTRAP_CONTAINER for c in spec.get("initContainers") or ()):
-        return None
-    statuses = [s for s in (pod.get("status") or {}).get("initContainerStatuses") or ()
-                if s.get("name") == BOOTSTRAP_CONTAINER]
-    if not statuses:
-        return "waiting to start"
-    status = statuses[0]
-    state = status.get("state") or {}
-    terminated = state.get("terminated")
-    if terminated is not None and terminated.get("exitCode") == 0:
-        return "Succeeded"
-    restarts = status.get("restartCount") or 0
-    if terminated is not None:
-        now = f"exited {terminated.get('exitCode')}"
-    elif "running" in state:
-        now = "running"
-    else:
-        now = "waiting: " + str((state.get("waiting") or {}).get("reason") or "to start")
-    return now + (f", restarted {restarts} times (see its log)" if restarts else "")
 
 
 def _plan_bootstrap_in_pod(instance: Instance, pvc: Obj | None, postgres: Obj, plan: Plan) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pgop.kernel.meta import BOOTSTRAP_CONTAINER
+
 Obj = Mapping[str, Any]
 
 # Container waiting reasons that will not fix themselves without a person.
@@ -61,14 +63,31 @@ def pod_problem(pod: Obj) -> str | None:
     return None
 
 
-def _init_bootstrap_running(pod: Obj) -> bool:
-    """The Postgres pod's init container `bootstrap` (pgop.specs.pods) has not exited 0 yet."""
-    if not any(c.get("name") == "bootstrap" for c in (pod.get("spec") or {}).get("initContainers") or ()):
-        return False
-    for status in (pod.get("status") or {}).get("initContainerStatuses") or ():
-        if status.get("name") == "bootstrap":
-            return ((status.get("state") or {}).get("terminated") or {}).get("exitCode") != 0
-    return True
+def init_bootstrap(pod: Obj) -> str | None:
+    """The init container `bootstrap` of a Postgres pod: None when the pod has none, "Succeeded"
+    once it exited 0 (final: the kubelet then starts Postgres and never runs it again in this
+    sandbox), otherwise what it does now ("running", "waiting: PodInitializing", "exited 1, restart
+    3", ...)."""
+    spec = pod.get("spec") or {}
+    if not any(c.get("name") == BOOTSTRAP_CONTAINER for c in spec.get("initContainers") or ()):
+        return None
+    statuses = [s for s in (pod.get("status") or {}).get("initContainerStatuses") or ()
+                if s.get("name") == BOOTSTRAP_CONTAINER]
+    if not statuses:
+        return "waiting to start"
+    status = statuses[0]
+    state = status.get("state") or {}
+    terminated = state.get("terminated")
+    if terminated is not None and terminated.get("exitCode") == 0:
+        return "Succeeded"
+    restarts = status.get("restartCount") or 0
+    if terminated is not None:
+        now = f"exited {terminated.get('exitCode')}"
+    elif "running" in state:
+        now = "running"
+    else:
+        now = "waiting: " + str((state.get("waiting") or {}).get("reason") or "to start")
+    return now + (f", restarted {restarts} times (see its log)" if restarts else "")
 
 
 def instance_report(pvc: Obj | None, pods: Sequence[Obj], waiting: Sequence[str],
@@ -81,6 +100,6 @@ def instance_report(pvc: Obj | None, pods: Sequence[Obj], waiting: Sequence[str]
         problem = pod_problem(pod)
         if problem:
             return "Failed", problem
-    if any(p["metadata"]["name"].endswith("-bootstrap") or _init_bootstrap_running(p) for p in pods):
+    if any(p["metadata"]["name"].endswith("-bootstrap") or init_bootstrap(p) not in (None, "Succeeded") for p in pods):
         return "Bootstrapping", "; ".join(waiting) or "bootstrap running"
     return "Pending", "; ".join(waiting) or "waiting for the Postgres pod to start"

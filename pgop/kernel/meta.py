@@ -13,6 +13,7 @@ LABEL_ROLE = "pgop.io/role"
 LABEL_COMPONENT = "pgop.io/component"
 COMPONENT_POSTGRES = "postgres"
 COMPONENT_BOOTSTRAP = "bootstrap"
+BOOTSTRAP_CONTAINER = "bootstrap"  # the bootstrap's container: a restore's pod, a Postgres pod's init container
 MANAGED_BY = ("app.kubernetes.io/managed-by", "pgop")
 # PgInstance spec fields of `pgop restart` / `pgop reload` requests (pgop.specs.instance writes
 # them, the agent acts on them): an opaque token; a new token asks for one restart (reload).

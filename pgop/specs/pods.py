@@ -14,6 +14,7 @@ from typing import Any
 
 from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import (
+    BOOTSTRAP_CONTAINER,
     COMPONENT_BOOTSTRAP,
     COMPONENT_POSTGRES,
     LABEL_CLUSTER,
@@ -356,9 +357,6 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
             "volumes": _volumes(instance, s3),
         },
     }
-
-
-BOOTSTRAP_CONTAINER = "bootstrap"
 
 
 def _bootstrap_container(mode: str, guarded: bool = False) -> dict[str, Any]:
