@@ -97,6 +97,9 @@ def cluster_status(
     views = with_sync_states_from_primary([i if isinstance(i, Instance) else Instance.from_object(i)
                                            for i in instances])
     live = sorted((i for i in views if not i.deleting), key=lambda i: i.ordinal)
+    # Instances on their way out (scale down, or deleted by hand to be made again): not counted,
+    # but the cluster is not settled until they are gone (their pods stop, their slots go).
+    leaving = sorted((i for i in views if i.deleting), key=lambda i: i.ordinal)
     wanted = cluster.spec.instances
     if ha is not None:
         current = ha.get("currentPrimary")
@@ -170,6 +173,8 @@ def cluster_status(
     if len(live) != wanted:
         what = "Creating" if first_time else ("ScalingUp" if len(live) < wanted else "ScalingDown")
         progress.append((what, f"{len(live)} of {wanted} instances exist"))
+    if leaving and not cluster.deleting:
+        progress.append(("RemovingInstances", "removing " + ", ".join(i.name for i in leaving)))
     if never_reported:
         progress.append(("Bootstrapping", "starting: " + ", ".join(
             i.name + (f" ({i.status.restore_summary or i.status.message})"
@@ -192,7 +197,7 @@ def cluster_status(
         phase = "Creating"
     elif problems:
         phase = "Degraded"
-    elif len(live) != wanted or never_reported:
+    elif len(live) != wanted or never_reported or leaving:
         phase = "Creating" if first_time else "Scaling"
     elif rolling:
         phase = "Updating"

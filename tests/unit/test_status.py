@@ -292,3 +292,23 @@ def test_a_stale_heartbeat_is_written_when_it_makes_the_instance_not_ready():
     cluster = replace(cluster, status=written)  # as the operator wrote it
     later = NOW + timedelta(seconds=20)  # past the heartbeat timeout, no new report
     assert worth_writing(written, status_of(world, cluster, at=later))
+
+
+def test_a_cluster_is_not_ready_until_the_instances_it_removes_are_gone():
+    # Scaled down from 3 to 2: orders-2 is deleted but its finalizer holds it (its pod stops, the
+    # primary drops its slot). The two that stay are ready, yet the cluster has not settled.
+    world, _ = healthy()
+    world.objects[("PgInstance", "orders-2")]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    smaller = Cluster.from_object(cluster_body(instances=2) | {"status": status_of(*healthy())})
+    status = cluster_status(smaller, world.all("PgInstance"), now=NOW)
+    assert status["phase"] == "Scaling"
+    assert [e["name"] for e in status["instances"]] == ["orders-0", "orders-1"]
+    assert status["readyInstances"] == 2
+    assert condition(status, "Ready")["status"] == "True"  # the two it wants serve
+    progressing = condition(status, "Progressing")
+    assert (progressing["status"], progressing["reason"], progressing["message"]) == \
+        ("True", "RemovingInstances", "removing orders-2")
+    assert condition(status, "Degraded")["status"] == "False"
+    # gone: Ready
+    del world.objects[("PgInstance", "orders-2")]
+    assert cluster_status(smaller, world.all("PgInstance"), now=NOW)["phase"] == "Ready"
