@@ -8,8 +8,8 @@ server of the local environment, on simulated nodes (KWOK), with simulated agent
 
 What is real: the API server, etcd, the scheduler, the controllers and the operator that `make up`
 runs (this never starts, stops or restarts it). What is simulated: the nodes (KWOK: pods are
-placed and turn Running, a Postgres pod's init container `bootstrap` is done the moment its pod
-runs, a restore's bootstrap pod finishes after 1 s, no container runs; bench/scale_kwok.py)
+placed and turn Running with their containers ready, so a Postgres pod's bootstrap counts as
+done the moment its pod runs, a restore's bootstrap pod finishes after 1 s, no container runs; bench/scale_kwok.py)
 and, clearly labelled, the agents' API traffic and a volume provisioner (bench/scale_agents.py).
 
 It prints, for N clusters (default 100):
@@ -529,7 +529,7 @@ class Run:
         say(f"simulated agents: a turn every {a.interval:g}s per instance "
             f"({'GET + LIST, then ' if a.agent_reads else ''}PATCH status when it changes or every "
             f"{self.agents.report_refresh:g}s, else renew the liveness Lease as the agent does), "
-            "a Postgres pod's init container bootstrap is done when its pod runs (a restore's bootstrap pod "
+            "a Postgres pod's bootstrap is done when its pod runs, its container ready (a restore's bootstrap pod "
             f"after {scale_kwok.BOOTSTRAP_SECONDS:g}s)")
         say("\nmilestone                                                               seconds")
         for name, t in self.marks.items():

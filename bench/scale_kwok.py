@@ -10,8 +10,8 @@ benchmark's PgClusters, through their own spec.affinity (nodeSelector, toleratio
 the shared environment moves.
 
 The stages are KWOK's own "fast" ones (kustomize/stage/{node,pod}/fast, node heartbeat with
-Leases; a pod that turns Running has its init containers terminated with exit code 0, so a
-Postgres pod's init container `bootstrap` takes no simulated time), and one of ours: a pgop
+Leases; a pod that turns Running has its containers ready, so the bootstrap a Postgres pod's
+agent runs takes no simulated time), and one of ours: a pgop
 bootstrap pod (label pgop.io/component=bootstrap, a restore's) that runs finishes (Succeeded,
 exit code 0) after BOOTSTRAP_SECONDS, as a restore would.
 """

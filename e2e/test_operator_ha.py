@@ -58,9 +58,8 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_dies_or_stops(kubectl
     for line in a.log_text().splitlines():
         if line.strip():
             assert {"timestamp", "severity", "message"} <= set(json.loads(line)), line
-    # The agent reports Ready from its container before the kubelet has posted that container's
-    # running state (its init container's exit and the container's start are one status update
-    # apart); the API server serves the log only after that.
+    # The agent may report Ready from its container before the kubelet has posted that
+    # container's running state; the API server serves the log only after that.
     logs = kubectl.wait_for(lambda: (p := kubectl("-n", ns, "logs", "ha-one-0", "-c", "postgres", check=False))
                             .returncode == 0 and p, "the agent's log", 30)
     agent = [json.loads(line) for line in logs.stdout.splitlines() if line.startswith("{")]

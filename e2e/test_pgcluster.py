@@ -96,8 +96,8 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     ns, name = namespace, "orders"
     t0 = time.monotonic()
     kubectl("apply", "-f", "-", input=manifest(name, ns))
-    # A new cluster's replicas come with its first primary: their pods' init containers start while it
-    # runs initdb and wait for it, instead of being made once it is ready.
+    # A new cluster's replicas come with its first primary: their pods start while it runs initdb
+    # and their agents wait for it, instead of being made once it is ready.
     early = eventually(lambda: (items := kubectl.json("-n", ns, "get", "pginstances")["items"])
                        and len(items) == 3 and items, "three PgInstances", interval=0.2)
     first = next(i for i in early if i["metadata"]["name"] == f"{name}-0")
@@ -117,15 +117,19 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
               for p in kubectl.json("-n", ns, "get", "pvc")["items"]}
     assert filled == {f"{name}-0": "initdb", f"{name}-1": "basebackup", f"{name}-2": "basebackup"}
     assert {i["spec"]["bootstrap"] for i in instances} == {"basebackup"}
-    # One pod per instance: its init container filled the volume, then Postgres started in the same
-    # pod; once the volume is marked the pod may no longer bootstrap (its annotation is gone).
+    # One pod and one container start per instance: its agent filled the volume, then started
+    # Postgres; once the volume is marked the pod may no longer bootstrap (its annotation is gone).
     pods = eventually(lambda: (items := kubectl.json("-n", ns, "get", "pods", "-l", f"pgop.io/cluster={name}")["items"])
                       and not any("pgop.io/bootstrap-mode" in (p["metadata"].get("annotations") or {})
                                   for p in items) and items, "the pods' permission to bootstrap withdrawn", 30, 0.5)
     assert sorted(p["metadata"]["name"] for p in pods) == [f"{name}-0", f"{name}-1", f"{name}-2"]
     for pod in pods:
-        [init] = pod["status"]["initContainerStatuses"]
-        assert (init["name"], init["state"]["terminated"]["exitCode"]) == ("bootstrap", 0), pod["metadata"]["name"]
+        pod_name = pod["metadata"]["name"]
+        assert not pod["spec"].get("initContainers"), pod_name
+        [postgres] = pod["status"]["containerStatuses"]
+        assert postgres["restartCount"] == 0, pod_name
+        mode = "initdb" if pod_name == f"{name}-0" else "basebackup"
+        assert f"bootstrap {mode} into" in kubectl("-n", ns, "logs", pod_name, "-c", "postgres").stdout, pod_name
     for svc in ("rw", "ro", "r"):
         kubectl("-n", ns, "get", "svc", f"{name}-{svc}")
     for s in ("superuser", "app", "replication"):
@@ -253,21 +257,20 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
 
 
 def bootstrapping(kubectl, ns, pod_name):
-    """The pod exists and its init container `bootstrap` has not exited 0 yet."""
+    """The pod exists, made to bootstrap its volume, and its Postgres container was not ready yet."""
     got = kubectl("-n", ns, "get", "pod", pod_name, "-o", "json", check=False)
     if got.returncode != 0:
         return False
     pod = json.loads(got.stdout)
-    states = [s.get("state") or {} for s in (pod.get("status") or {}).get("initContainerStatuses") or ()
-              if s["name"] == "bootstrap"]
-    return bool(pod["spec"].get("initContainers")) and \
-        not (states and (states[0].get("terminated") or {}).get("exitCode") == 0)
+    ready = [s.get("ready") for s in (pod.get("status") or {}).get("containerStatuses") or ()
+             if s["name"] == "postgres"]
+    return "pgop.io/bootstrap-mode" in (pod["metadata"].get("annotations") or {}) and not any(ready)
 
 
 def test_operator_restart_resumes_a_half_done_bootstrap(kubectl, namespace, operator):
     ns, name = namespace, "restart"
     kubectl("apply", "-f", "-", input=manifest(name, ns, instances=2, sync=0))
-    eventually(lambda: bootstrapping(kubectl, ns, f"{name}-0"), "the first pod's init container bootstrapping",
+    eventually(lambda: bootstrapping(kubectl, ns, f"{name}-0"), "the first pod bootstrapping",
                60, 0.2)
     operator.kill()
     time.sleep(3)
@@ -285,7 +288,7 @@ def test_operator_restart_resumes_a_half_done_bootstrap(kubectl, namespace, oper
 
 
 def test_replicas_waiting_for_a_first_primary_deleted_during_initdb_clone_the_new_one(kubectl, namespace, operator):
-    """A new cluster's replicas' init containers wait for the first primary. Deleted by hand while
+    """A new cluster's replicas' agents wait for the first primary before they clone. Deleted by hand while
     its initdb runs, the first primary (its PgInstance, volume and pod) is made again,
     since no instance ever ran; the waiting replicas clone the new one, not anything else."""
     ns, name = namespace, "lost"

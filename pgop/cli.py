@@ -438,16 +438,13 @@ def agent_bootstrap(
     mode: str = typer.Option(..., "--mode", help="initdb | basebackup | recovery"),
     primary_host: str | None = typer.Option(None, help="Clone from this host instead of the "
                                                "cluster's -rw Service (basebackup)."),
-    guarded: bool = typer.Option(False, "--guarded", help="Only while $PGOP_BOOTSTRAP_PERMIT (the pod's "
-                                 "annotation pgop.io/bootstrap-mode) names the mode: the init container "
-                                 "of a Postgres pod."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Fill the empty volume once: initdb, pg_basebackup from the primary, or a restore."""
     from .agent import bootstrap
     _agent_logging(verbose)
     try:
-        code = bootstrap.main(mode, primary_host=primary_host, guarded=guarded)
+        code = bootstrap.main(mode, primary_host=primary_host)
     except (RuntimeError, ValueError) as error:  # settings, credentials, commands: said plainly
         typer.echo(f"pgop agent bootstrap: {error}", err=True)
         raise typer.Exit(1) from None

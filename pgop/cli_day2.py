@@ -23,11 +23,10 @@ from typing import Any, NoReturn
 
 import typer
 
-from pgop.kernel.meta import LABEL_CLUSTER, RELOAD_FIELD, RESTART_FIELD
+from pgop.kernel.meta import LABEL_CLUSTER, POSTGRES_CONTAINER, RELOAD_FIELD, RESTART_FIELD
 from pgop.kernel.model import PRIMARY, REPLICA
 from pgop.specs.instance import ANNOTATION_RELOAD, ANNOTATION_RESTART, ANNOTATION_RESTART_INSTANCES
 
-POSTGRES_CONTAINER = "postgres"
 FOLLOW_INTERVAL = 2.0
 
 

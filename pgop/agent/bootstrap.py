@@ -1,6 +1,7 @@
 """Give an empty volume its first data directory: initdb, or a clone of the primary.
 
-Runs in the short-lived bootstrap pod (`pgop agent bootstrap --mode ...`). A bootstrap that
+Runs in the agent of a Postgres pod before it starts Postgres (before_postgres), or, for a
+restore, in a short-lived bootstrap pod of its own (`pgop agent bootstrap --mode ...`). A bootstrap that
 completed leaves a marker next to PGDATA and is never repeated; one that was interrupted leaves
 no marker, and the next attempt empties PGDATA and starts over (the volume holds nothing else).
 """
@@ -31,7 +32,6 @@ from pgop.agent.settings import AgentSettings
 from pgop.kernel import pgconfig
 from pgop.kernel.conditions import rfc3339
 from pgop.kernel.model import InitdbSpec, InstanceSpec
-from pgop.kernel.podenv import ENV_BOOTSTRAP_PERMIT
 
 log = logging.getLogger(__name__)
 
@@ -134,9 +134,8 @@ def refusal(mode: BootstrapMode, permit: str | None) -> str | None:
     """Why a bootstrap that found no bootstrapped data directory must not make one, or None.
 
     `permit`: None for a bootstrap pod (the operator makes one only for an unmarked volume); for
-    the init container of a Postgres pod, the pod's annotation pgop.io/bootstrap-mode as the
-    kubelet passed it at this start, "" once the operator marked the volume initialised and removed
-    it. A marked volume without a data directory lost its data (a wiped local disk): making a new
+    the agent of a Postgres pod, the pod's annotation pgop.io/bootstrap-mode as the kubelet passed
+    it at this start, "" once the operator marked the volume initialised and removed it. A marked volume without a data directory lost its data (a wiped local disk): making a new
     one would bring back an empty instance, a primary with none of its data."""
     if permit is None or permit == mode.value:
         return None
@@ -484,15 +483,58 @@ def set_password(conn: psycopg.Connection, role: credentials.Credentials, attrib
         sql.Identifier(role.username), sql.Literal(_verifier(conn, role.username, role.password))))
 
 
-def main(mode: str, primary_host: str | None = None, env=None, guarded: bool = False) -> int:
-    """`pgop agent bootstrap --mode ...`: settings from the pod, the spec from its PgInstance.
-    `guarded` (`--guarded`, the init container of a Postgres pod): bootstrap only while the pod's
-    annotation, in $PGOP_BOOTSTRAP_PERMIT, still permits it (refusal())."""
+def _read_spec(store: Any, settings: AgentSettings, mode: BootstrapMode) -> InstanceSpec | None:
+    from pgop.kernel.model import Instance
+    try:
+        body = store.get_instance(settings.instance)
+        return Instance.from_object(body).spec if body else None
+    except Exception as error:
+        if mode is BootstrapMode.RECOVERY:  # what to restore is only in the spec: try again later
+            raise BootstrapError(f"cannot read PgInstance {settings.instance}, which says what to "
+                                 f"restore: {error}") from None
+        # initdb and basebackup: the spec only names the database; the secrets suffice
+        log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
+        return None
+
+
+def before_postgres(settings: AgentSettings, store: Any, runner: Runner) -> BootstrapResult | None:
+    """The agent of a Postgres pod made for a volume not yet marked initialised fills it, before
+    it starts Postgres in the same container, with the bootstrap the pod's annotation
+    pgop.io/bootstrap-mode ($PGOP_BOOTSTRAP_PERMIT) names. None when there is nothing to do: no
+    permission (a volume already marked: a missing data directory is then the loop's to report),
+    or a data directory already made (the marker next to PGDATA)."""
+    permit = settings.bootstrap_permit
+    if not permit or is_bootstrapped(settings):
+        return None
+    try:
+        mode = BootstrapMode(permit)
+    except ValueError:
+        raise BootstrapError(f"this pod's annotation pgop.io/bootstrap-mode says {permit!r}, not a bootstrap "
+                             "mode (initdb, basebackup)") from None
+    if mode is BootstrapMode.RECOVERY:
+        raise BootstrapError("a restore runs in a bootstrap pod of its own, not in the Postgres pod")
+    source = WatchedSpec(store, settings.instance)
+    try:
+        return bootstrap(settings, mode, _read_spec(store, settings, mode), runner, source=source, permit=permit)
+    finally:
+        source.close()
+
+
+def no_data_directory(settings: AgentSettings) -> str:
+    """What the agent reports when there is no data directory to run Postgres on."""
+    if settings.bootstrap_permit == "":  # the volume is marked: it had one
+        return str(refusal(BootstrapMode.BASEBACKUP, ""))
+    return (f"no data directory in {settings.pgdata}: no bootstrap made one (or its data is lost); "
+            "nothing to run")
+
+
+def main(mode: str, primary_host: str | None = None, env=None) -> int:
+    """`pgop agent bootstrap --mode ...` (a restore's bootstrap pod, or by hand): settings from
+    the pod, the spec from its PgInstance."""
     import dataclasses
 
     from pgop.agent.kube import store_from_env
     from pgop.agent.settings import AgentSettings
-    from pgop.kernel.model import Instance
 
     try:
         chosen = BootstrapMode(mode)
@@ -507,22 +549,18 @@ def main(mode: str, primary_host: str | None = None, env=None, guarded: bool = F
     store = None
     try:
         store = store_from_env(settings.namespace, env)
-        body = store.get_instance(settings.instance)
-        spec = Instance.from_object(body).spec if body else None
     except Exception as error:
-        if chosen is BootstrapMode.RECOVERY:  # what to restore is only in the spec: try again later
+        if chosen is BootstrapMode.RECOVERY:
             raise BootstrapError(f"cannot read PgInstance {settings.instance}, which says what to "
                                  f"restore: {error}") from None
-        # initdb and basebackup: the spec only names the database; the secrets suffice
         log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
-
+    if store is not None:
+        spec = _read_spec(store, settings, chosen)
     source = WatchedSpec(store, settings.instance) if store is not None else None
     try:
-        permit = (os.environ if env is None else env).get(ENV_BOOTSTRAP_PERMIT, "") if guarded else None
-        result = bootstrap(settings, chosen, spec, source=source, permit=permit)
+        result = bootstrap(settings, chosen, spec, source=source)
     finally:
         if source is not None:
             source.close()
     log.info("bootstrap %s %s", result.mode.value, "was already done" if result.already_done else "done")
     return 0
-

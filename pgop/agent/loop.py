@@ -28,11 +28,11 @@ from typing import Any
 import psycopg
 
 from pgop.agent import bootstrap, config, exporter, ha, health, local, rejoin, replication, status, streaming
-from pgop.agent.commands import Runner
+from pgop.agent.commands import CommandError, Runner
 from pgop.agent.kube import REQUEST_TIMEOUT, InstanceStore
 from pgop.agent.observed import PostgresState
 from pgop.agent.postmaster import Postmaster, PostmasterError, reap_orphans
-from pgop.agent.settings import AgentSettings
+from pgop.agent.settings import AgentSettings, SettingsError
 from pgop.agent.state import one_row, read_state, with_archive_refusal
 from pgop.kernel import pgconfig
 from pgop.kernel.conditions import condition, rfc3339
@@ -131,6 +131,33 @@ class Agent:
             ha.DROP_SLOT: self._drop_slot,
             ha.GIVE_UP: self._give_up,
         }
+
+    # ------------------------------------------------------------------------------ the volume
+
+    def bootstrap_volume(self) -> int:
+        """Fill the volume the pod was made for (pgop.agent.bootstrap.before_postgres) before the
+        loop starts Postgres on it; an exit code when that failed (the kubelet starts the
+        container again, with its back-off, and a half-made data directory is emptied first).
+        /healthz stays green meanwhile (a clone may take hours); a SIGTERM ends it at once."""
+        def interrupted(signum, _frame):
+            log.info("received %s while bootstrapping: stopping", signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+
+        previous = {sig: signal.signal(sig, interrupted) for sig in (signal.SIGTERM, signal.SIGINT)} \
+            if threading.current_thread() is threading.main_thread() else {}
+        self.health.working(float("inf"))
+        try:
+            bootstrap.before_postgres(self.settings, self.store, self.runner)
+        except Exception as error:  # the container's last log lines are its termination message
+            log.error("bootstrap failed: %s", error,
+                      exc_info=not isinstance(error, (bootstrap.BootstrapError, CommandError, SettingsError)))
+            return 1
+        finally:
+            self.health.busy_until = 0.0
+            self.health.started = time.monotonic()  # the loop's first turn has its time from now
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return 0
 
     # ------------------------------------------------------------------------------ the loop
 
@@ -259,8 +286,7 @@ class Agent:
                 self.report(None, None)
                 return False
             if not (self.settings.pgdata / "PG_VERSION").exists():
-                self.message = (f"no data directory in {self.settings.pgdata}: no bootstrap made one "
-                                "(or its data is lost); nothing to run")
+                self.message = bootstrap.no_data_directory(self.settings)
                 self.report(instance, ha.Decision((), ha.FAILED, self.message))
                 return False
             if self.restarted_for is None:
@@ -772,6 +798,10 @@ def run(settings: AgentSettings, store: InstanceStore, serve_health: bool = True
     server = health.serve(agent.health, settings.agent_address, settings.agent_port) if serve_health else None
     metrics = exporter.serve(agent, settings) if serve_health else None
     try:
+        if settings.bootstrap_permit and not bootstrap.is_bootstrapped(settings):
+            code = agent.bootstrap_volume()
+            if code:
+                return code
         return agent.run()
     finally:
         for running in (server, metrics):

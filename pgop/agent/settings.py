@@ -14,7 +14,15 @@ from pathlib import Path
 
 from pgop.kernel import names, pgconfig
 from pgop.kernel.model import InstanceSpec
-from pgop.kernel.podenv import AGENT_PORT, ENV_METRICS_PORT, METRICS_PORT, REQUIRED_BY_AGENT, PodEnv, PodEnvError
+from pgop.kernel.podenv import (
+    AGENT_PORT,
+    ENV_BOOTSTRAP_PERMIT,
+    ENV_METRICS_PORT,
+    METRICS_PORT,
+    REQUIRED_BY_AGENT,
+    PodEnv,
+    PodEnvError,
+)
 
 DEFAULT_INTERVAL = 2.0
 DEFAULT_STATUS_REFRESH = 5.0  # pgop.agent.status: the heartbeat when the status does not change
@@ -66,6 +74,10 @@ class AgentSettings:
     run_as: str | None = None  # OS user for the PostgreSQL binaries when the agent runs as root
     postgres_log: Path | None = None  # postgres' stderr; default: the agent's (the container log)
     tls_dir: Path | None = None  # the pod's certificates (PGOP_TLS_DIR); None: no TLS
+    # $PGOP_BOOTSTRAP_PERMIT: None where the pod does not pass it; on a Postgres pod made for an
+    # unmarked volume, the mode its agent may bootstrap, "" once the operator marked the volume
+    # (pgop.agent.bootstrap.refusal).
+    bootstrap_permit: str | None = None
 
     @property
     def local_host(self) -> str:
@@ -174,4 +186,5 @@ class AgentSettings:
             run_as=env.get("PGOP_RUN_AS") or None,
             postgres_log=Path(log) if log else None,
             tls_dir=Path(pod.tls_dir) if pod.tls_dir else None,
+            bootstrap_permit=env.get(ENV_BOOTSTRAP_PERMIT),
         )

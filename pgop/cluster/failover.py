@@ -27,6 +27,7 @@ from pgop.kernel import hibernation
 from pgop.kernel.actions import NORMAL, WARNING, Event, merge_patch
 from pgop.kernel.conditions import parse_time, rfc3339
 from pgop.kernel.lsn import parse_lsn
+from pgop.kernel.meta import POSTGRES_CONTAINER
 from pgop.kernel.model import PRIMARY, REPLICA, REQUIRED, Cluster, Instance, instance_name
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, heartbeat_age, is_ready
 
@@ -56,7 +57,6 @@ FAILOVER, SWITCHOVER = "Failover", "Switchover"
 PENDING, DECIDING, DEMOTING, PROMOTING = "Pending", "Deciding", "Demoting", "Promoting"
 
 STREAMING, STOPPED = "streaming", "stopped"
-POSTGRES_CONTAINER = "postgres"
 
 Obj = Mapping[str, Any]
 

@@ -392,11 +392,11 @@ def _reconcile_cluster_now(key: tuple[str, str], logger) -> float | pace.Steady:
 
 
 def _exit_codes(pod) -> tuple:
-    """A container that exited (a bootstrap pod done: pgop.cluster.plan.bootstrap_phase; the init
-    container of a Postgres pod done: pgop.cluster.plan.init_bootstrap) is news before the pod's
-    phase says so."""
+    """A container that exited (a bootstrap pod done: pgop.cluster.plan.bootstrap_phase) is news
+    before the pod's phase says so; a container ready too (a Postgres pod's bootstrap done:
+    pgop.kernel.diagnose.bootstrap_in_pod)."""
     status = pod.get("status") or {}
-    return tuple(((s.get("state") or {}).get("terminated") or {}).get("exitCode")
+    return tuple((((s.get("state") or {}).get("terminated") or {}).get("exitCode"), s.get("ready"))
                  for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []))
 
 

@@ -35,9 +35,10 @@ Ordering decisions, top to bottom:
 - Hibernation (pgop.kernel.hibernation): while a cluster hibernates, only spec.hibernated is
   planned for its PgInstances (replicas first, the primary last); nothing is created, scaled,
   rolled or drained, and a hibernated instance has no pod and no new volume.
-- Instance: PVC, then the Postgres pod, whose init container fills the empty volume (initdb,
-  basebackup) before Postgres starts; once it exited 0 the volume is marked initialised and the
-  pod's permission to bootstrap (its annotation pgop.io/bootstrap-mode) removed. A restore runs in
+- Instance: PVC, then the Postgres pod, whose agent fills the empty volume (initdb, basebackup)
+  before it starts Postgres in the same container; once that container was ready the volume is
+  marked initialised and the pod's permission to bootstrap (its annotation
+  pgop.io/bootstrap-mode) removed. A restore runs in
   a bootstrap pod of its own first; once it succeeded the volume is marked, the bootstrap pod
   removed and the Postgres pod started. Two pods never share a data directory.
 """
@@ -53,9 +54,9 @@ from pgop.cluster.failover import ANNOTATION_SWITCHOVER, HaDecision, decide
 from pgop.kernel import hibernation, names, pgconfig
 from pgop.kernel.actions import CREATE, DELETE, NORMAL, PATCH, WARNING, Action, Event, Plan, merge_patch
 from pgop.kernel.conditions import condition
-from pgop.kernel.diagnose import init_bootstrap
+from pgop.kernel.diagnose import bootstrap_in_pod
 from pgop.kernel.lsn import parse_lsn
-from pgop.kernel.meta import LABEL_INSTANCE, LABEL_ROLE, RESTART_FIELD
+from pgop.kernel.meta import ANNOTATION_BOOTSTRAP_MODE, LABEL_INSTANCE, LABEL_ROLE, RESTART_FIELD
 from pgop.kernel.model import (
     ANNOTATION_ARCHIVE_LAYOUT,
     ARCHIVE_LAYOUTS,
@@ -80,7 +81,6 @@ from pgop.specs.instance import (
 )
 from pgop.specs.pdb import build_pdb, build_primary_pdb
 from pgop.specs.pods import (
-    ANNOTATION_BOOTSTRAP_MODE,
     ANNOTATION_POD_INPUTS,
     bootstraps_in_pod,
     build_bootstrap_pod,
@@ -866,8 +866,8 @@ def plan_instance(instance: Instance | Obj, observed_pvc: Obj | None, observed_p
 
 def _plan_hibernated(instance: Instance, bootstrap: Obj | None, postgres: Obj | None, plan: Plan) -> None:
     """spec.hibernated: no Postgres pod runs; the volume stays. Deleting the pod lets its agent stop
-    Postgres fast (a shutdown checkpoint) within the pod's grace period; a pod whose init container
-    still bootstraps goes too (a half-made data directory is emptied by the next attempt, a
+    Postgres fast (a shutdown checkpoint) within the pod's grace period; a pod whose agent still
+    bootstraps goes too (a half-made data directory is emptied by the next attempt, a
     finished one found by its marker). A restore's bootstrap pod still running is left to finish
     (its volume is marked once the instance wakes)."""
     if postgres is not None and not _deleting(postgres):
@@ -910,8 +910,8 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
     if bootstrap is None:
         if bootstraps_in_pod(instance):
             _create(plan, build_postgres_pod(instance, bootstrap=True),
-                    f"bootstrap {instance.name}: {mode} into its empty volume, in the init container of "
-                    "its Postgres pod, which then runs Postgres")
+                    f"bootstrap {instance.name}: {mode} into its empty volume, by the agent of its "
+                    "Postgres pod, which then runs Postgres")
         else:
             _create(plan, build_bootstrap_pod(instance),
                     f"bootstrap {instance.name}: {mode} into its empty volume")
@@ -939,11 +939,11 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
 
 
 def _plan_bootstrap_in_pod(instance: Instance, pvc: Obj | None, postgres: Obj, plan: Plan) -> None:
-    """A Postgres pod on a volume not marked initialised: its init container fills the volume; once
-    it exited 0, the volume is marked (and, on the next pass, the pod's permission to bootstrap
-    removed: _plan_postgres)."""
+    """A Postgres pod on a volume not marked initialised: its agent fills the volume, then runs
+    Postgres; once the container was ready (Postgres ran on what the bootstrap made), the volume
+    is marked (and, on the next pass, the pod's permission to bootstrap removed: _plan_postgres)."""
     name = _name(postgres)
-    state = init_bootstrap(postgres)
+    state = bootstrap_in_pod(postgres)
     if state is None:
         plan.waiting.append(f"pod {name} runs on volume {instance.name}, which is not marked "
                             "initialised; not bootstrapping under a running Postgres")
@@ -962,7 +962,7 @@ def _plan_bootstrap_in_pod(instance: Instance, pvc: Obj | None, postgres: Obj, p
     elif state == "Succeeded":
         plan.waiting.append(f"pod {name} bootstrapped a volume that is gone")
     else:
-        plan.waiting.append(f"{mode} of {instance.name} runs in the init container of pod {name} ({state})")
+        plan.waiting.append(f"{mode} of {instance.name} runs in pod {name} ({state})")
 
 
 def _plan_postgres(instance: Instance, bootstrap: Obj | None, postgres: Obj | None, plan: Plan) -> None:
@@ -986,11 +986,11 @@ def _plan_postgres(instance: Instance, bootstrap: Obj | None, postgres: Obj | No
         return
     annotations = _meta(postgres).get("annotations") or {}
     if ANNOTATION_BOOTSTRAP_MODE in annotations:
-        # Its init container may no longer fill the volume: run again (a new sandbox after a node
-        # reboot) on a volume whose data went missing, it fails rather than bring back an empty
-        # instance (pgop.agent.bootstrap.refusal).
+        # Its agent may no longer fill the volume: started again (a crash, a new sandbox after a
+        # node reboot) on a volume whose data went missing, it refuses rather than bring back an
+        # empty instance (pgop.agent.bootstrap.refusal).
         _patch(plan, "Pod", postgres, {"metadata": {"annotations": {ANNOTATION_BOOTSTRAP_MODE: None}}},
-               "the volume is marked initialised: the pod's init container may no longer bootstrap it")
+               "the volume is marked initialised: the pod's agent may no longer bootstrap it")
     phase = _phase(postgres)
     if phase in ("Failed", "Succeeded"):
         plan.append(Action(DELETE, "Pod", _name(postgres), instance.namespace,

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from pgop.kernel.meta import BOOTSTRAP_CONTAINER
+from pgop.kernel.meta import ANNOTATION_BOOTSTRAP_MODE, POSTGRES_CONTAINER
 
 Obj = Mapping[str, Any]
 
@@ -63,23 +63,23 @@ def pod_problem(pod: Obj) -> str | None:
     return None
 
 
-def init_bootstrap(pod: Obj) -> str | None:
-    """The init container `bootstrap` of a Postgres pod: None when the pod has none, "Succeeded"
-    once it exited 0 (final: the kubelet then starts Postgres and never runs it again in this
-    sandbox), otherwise what it does now ("running", "waiting: PodInitializing", "exited 1, restart
-    3", ...)."""
-    spec = pod.get("spec") or {}
-    if not any(c.get("name") == BOOTSTRAP_CONTAINER for c in spec.get("initContainers") or ()):
+def bootstrap_in_pod(pod: Obj) -> str | None:
+    """The bootstrap a Postgres pod's agent runs before it starts Postgres (the pod carries the
+    annotation pgop.io/bootstrap-mode): None when the pod has none to run, "Succeeded" once its
+    Postgres container was ready (Postgres ran on the data directory the bootstrap made),
+    otherwise what the container does now ("running", "waiting: CrashLoopBackOff",
+    "exited 1, restarted 3 times (see its log)", ...)."""
+    if ANNOTATION_BOOTSTRAP_MODE not in ((pod.get("metadata") or {}).get("annotations") or {}):
         return None
-    statuses = [s for s in (pod.get("status") or {}).get("initContainerStatuses") or ()
-                if s.get("name") == BOOTSTRAP_CONTAINER]
+    statuses = [s for s in (pod.get("status") or {}).get("containerStatuses") or ()
+                if s.get("name") == POSTGRES_CONTAINER]
     if not statuses:
         return "waiting to start"
     status = statuses[0]
+    if status.get("ready"):
+        return "Succeeded"
     state = status.get("state") or {}
     terminated = state.get("terminated")
-    if terminated is not None and terminated.get("exitCode") == 0:
-        return "Succeeded"
     restarts = status.get("restartCount") or 0
     if terminated is not None:
         now = f"exited {terminated.get('exitCode')}"
@@ -100,6 +100,6 @@ def instance_report(pvc: Obj | None, pods: Sequence[Obj], waiting: Sequence[str]
         problem = pod_problem(pod)
         if problem:
             return "Failed", problem
-    if any(p["metadata"]["name"].endswith("-bootstrap") or init_bootstrap(p) not in (None, "Succeeded") for p in pods):
+    if any(p["metadata"]["name"].endswith("-bootstrap") or bootstrap_in_pod(p) not in (None, "Succeeded") for p in pods):
         return "Bootstrapping", "; ".join(waiting) or "bootstrap running"
     return "Pending", "; ".join(waiting) or "waiting for the Postgres pod to start"

@@ -13,7 +13,11 @@ LABEL_ROLE = "pgop.io/role"
 LABEL_COMPONENT = "pgop.io/component"
 COMPONENT_POSTGRES = "postgres"
 COMPONENT_BOOTSTRAP = "bootstrap"
-BOOTSTRAP_CONTAINER = "bootstrap"  # the bootstrap's container: a restore's pod, a Postgres pod's init container
+BOOTSTRAP_CONTAINER = "bootstrap"  # the container of a restore's bootstrap pod
+# On a Postgres pod made for a volume not yet marked initialised: the bootstrap its agent may run
+# (initdb, basebackup) before it starts Postgres; removed once the volume is marked.
+ANNOTATION_BOOTSTRAP_MODE = "pgop.io/bootstrap-mode"
+POSTGRES_CONTAINER = "postgres"
 MANAGED_BY = ("app.kubernetes.io/managed-by", "pgop")
 # PgInstance spec fields of `pgop restart` / `pgop reload` requests (pgop.specs.instance writes
 # them, the agent acts on them): an opaque token; a new token asks for one restart (reload).

@@ -59,9 +59,10 @@ AGENT_PORT = 8008
 # /metrics of the instance (the named container port `metrics`); PGOP_METRICS_PORT=0 turns it off.
 METRICS_PORT = 9187
 ENV_METRICS_PORT = "PGOP_METRICS_PORT"
-# The init container `bootstrap` of a Postgres pod: the pod's annotation pgop.io/bootstrap-mode
-# (downward API, read again at each container start). The operator removes it once the volume is
-# marked initialised, so a restarted init container never fills a volume whose data went missing.
+# A Postgres pod made for a volume not yet marked initialised: the pod's annotation
+# pgop.io/bootstrap-mode (downward API, read again at each container start), the bootstrap its
+# agent may run. The operator removes it once the volume is marked initialised, so a restarted
+# agent never fills a volume whose data went missing.
 ENV_BOOTSTRAP_PERMIT = "PGOP_BOOTSTRAP_PERMIT"
 
 # Identity from the pod's own metadata (downward API) when the builder leaves the value empty.

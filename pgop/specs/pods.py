@@ -1,9 +1,9 @@
 """The pods of an instance, over its PVC and never two at the same time.
 
 The Postgres pod runs `pgop agent run` as PID 1, which runs postgres. On a volume not yet marked
-initialised it first runs `pgop agent bootstrap --mode initdb|basebackup` as its init container
-`bootstrap` (build_postgres_pod(bootstrap=True)): one pod start per new instance, and the kubelet
-starts Postgres only once the bootstrap exited 0. A restore (`--mode recovery`, which reads another
+initialised the agent first fills it (initdb, or pg_basebackup from the primary) while the pod's
+annotation pgop.io/bootstrap-mode permits it (build_postgres_pod(bootstrap=True)), then starts
+Postgres in the same container: one pod and one container start per new instance. A restore (`--mode recovery`, which reads another
 cluster's archive with that cluster's credentials and can take hours) runs in a pod of its own, the
 bootstrap pod, which exits. All run as the image's non-root postgres user (uid 999,
 images/postgres/Containerfile).
@@ -14,6 +14,7 @@ from typing import Any
 
 from pgop.kernel import names, pgconfig
 from pgop.kernel.meta import (
+    ANNOTATION_BOOTSTRAP_MODE,
     BOOTSTRAP_CONTAINER,
     COMPONENT_BOOTSTRAP,
     COMPONENT_POSTGRES,
@@ -21,6 +22,7 @@ from pgop.kernel.meta import (
     LABEL_COMPONENT,
     LABEL_INSTANCE,
     LABEL_ROLE,
+    POSTGRES_CONTAINER,
     cluster_labels,
     object_meta,
     owner_reference,
@@ -61,7 +63,6 @@ LIVENESS_PATH = "/healthz"  # 200 while the agent's loop turns, whatever Postgre
 
 ROLE_PENDING = "pending"  # the label while the actual role has not caught up with the wanted one
 ANNOTATION_POD_INPUTS = "pgop.io/pod-inputs-hash"
-ANNOTATION_BOOTSTRAP_MODE = "pgop.io/bootstrap-mode"
 
 
 def pod_role_label(instance: Instance) -> str:
@@ -333,11 +334,9 @@ def _container(instance: Instance, container: dict[str, Any], s3: S3Spec | None 
 
 
 def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dict[str, str],
-         container: dict[str, Any], restart_policy: str, s3: S3Spec | None = None,
-         init: dict[str, Any] | None = None) -> dict[str, Any]:
+         container: dict[str, Any], restart_policy: str, s3: S3Spec | None = None) -> dict[str, Any]:
     cluster = instance.spec.cluster
     container = _container(instance, container, s3)
-    pod_spec: dict[str, Any] = {"initContainers": [_container(instance, init)]} if init is not None else {}
     return {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -352,15 +351,14 @@ def _pod(instance: Instance, name: str, labels: dict[str, str], annotations: dic
             "terminationGracePeriodSeconds": 30,
             "securityContext": _pod_security(),
             **_placement(instance),
-            **pod_spec,
             "containers": [container],
             "volumes": _volumes(instance, s3),
         },
     }
 
 
-def _bootstrap_container(mode: str, guarded: bool = False) -> dict[str, Any]:
-    command = ["pgop", "agent", "bootstrap", "--mode", mode] + (["--guarded"] if guarded else [])
+def _bootstrap_container(mode: str) -> dict[str, Any]:
+    command = ["pgop", "agent", "bootstrap", "--mode", mode]
     return {"name": BOOTSTRAP_CONTAINER, "command": command,
             # A failed bootstrap says why (e.g. a restore's target before the first backup) in
             # the pod status, where the instance controller reads it.
@@ -368,21 +366,22 @@ def _bootstrap_container(mode: str, guarded: bool = False) -> dict[str, Any]:
 
 
 def bootstraps_in_pod(instance: Instance) -> bool:
-    """Whether a new volume of `instance` is filled by its Postgres pod's init container: initdb
-    and basebackup. A recovery keeps its own pod (it mounts the source's archive credentials)."""
+    """Whether a new volume of `instance` is filled by the agent of its Postgres pod: initdb and
+    basebackup. A recovery keeps its own pod (it mounts the source's archive credentials)."""
     return instance.spec.bootstrap != RECOVERY
 
 
 def build_postgres_pod(instance: Instance, bootstrap: bool = False) -> dict[str, Any]:
-    """`bootstrap`: the volume is not marked initialised; the init container `bootstrap` fills it
-    (or finds it filled: the agent's marker next to PGDATA) before Postgres starts."""
+    """`bootstrap`: the volume is not marked initialised; the pod's agent fills it (or finds it
+    filled: its marker next to PGDATA) before it starts Postgres, in the same container: no
+    second container to start once the bootstrap is done."""
     labels = cluster_labels(instance.spec.cluster) | {
         LABEL_INSTANCE: instance.name,
         LABEL_COMPONENT: COMPONENT_POSTGRES,
         LABEL_ROLE: pod_role_label(instance),
     }
     container = {
-        "name": "postgres",
+        "name": POSTGRES_CONTAINER,
         "command": ["pgop", "agent", "run"],
         "ports": [
             {"name": "postgres", "containerPort": pgconfig.POSTGRES_PORT, "protocol": "TCP"},
@@ -392,26 +391,25 @@ def build_postgres_pod(instance: Instance, bootstrap: bool = False) -> dict[str,
         # Short period: readiness is what moves a Service endpoint, and time to Ready counts.
         "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": "agent"},
                            "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
-        # Against the agent, not Postgres: a long crash recovery must not get the pod killed.
+        # Against the agent, not Postgres: a long crash recovery (or bootstrap) must not get the
+        # pod killed.
         "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": "agent"},
                           "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 6},
+        # A failed bootstrap says why in the pod status, where the instance controller reads it.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     annotations = {ANNOTATION_POD_INPUTS: pod_inputs_hash(instance)}
-    init = None
     if bootstrap:
         if not bootstraps_in_pod(instance):
             raise ValueError(f"{instance.spec.bootstrap} runs in a bootstrap pod, not in the Postgres pod")
         annotations[ANNOTATION_BOOTSTRAP_MODE] = instance.spec.bootstrap
-        # The kubelet restarts a failed init container in place, with its back-off, as it did the
-        # bootstrap pod (restartPolicy OnFailure); a retried basebackup starts afresh.
-        init = _bootstrap_container(instance.spec.bootstrap, guarded=True)
-    pod = _pod(instance, names.postgres_pod(instance.name), labels, annotations, container, "Always",
-               init=init)
-    if init is not None:
-        # Read at each start of the init container: once the operator marked the volume and
-        # removed the annotation, a restart (a new sandbox after a node reboot) finds "" and
-        # refuses to fill a volume whose data went missing (pgop.agent.bootstrap.refusal).
-        init["env"].append({"name": ENV_BOOTSTRAP_PERMIT, "valueFrom": {"fieldRef": {
+    pod = _pod(instance, names.postgres_pod(instance.name), labels, annotations, container, "Always")
+    if bootstrap:
+        # Read at each start of the container: once the operator marked the volume and removed
+        # the annotation, a restart (a crash, a new sandbox after a node reboot) finds "" and the
+        # agent refuses to fill a volume whose data went missing (pgop.agent.bootstrap.refusal).
+        # A failed bootstrap exits the agent; the kubelet restarts it with its back-off.
+        pod["spec"]["containers"][0]["env"].append({"name": ENV_BOOTSTRAP_PERMIT, "valueFrom": {"fieldRef": {
             "apiVersion": "v1", "fieldPath": f"metadata.annotations['{ANNOTATION_BOOTSTRAP_MODE}']"}}})
     return pod
 

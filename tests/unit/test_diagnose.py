@@ -59,12 +59,15 @@ def test_crash_loop_says_the_last_line_of_the_termination_message():
                                    "2020-01-01T00:00:00Z is before the first recoverability point")
 
 
-def test_a_postgres_pod_whose_init_container_bootstraps_reports_bootstrapping_until_it_exited_0():
-    def bootstrapping(state):
-        return {"metadata": {"name": "orders-0"}, "spec": {"initContainers": [{"name": "bootstrap"}]},
-                "status": {"phase": "Pending", "initContainerStatuses": [{"name": "bootstrap", "state": state}]}}
-    waiting = ["basebackup of orders-0 runs in the init container of pod orders-0 (running)"]
+def test_a_postgres_pod_whose_agent_bootstraps_reports_bootstrapping_until_postgres_was_ready():
+    def bootstrapping(state, ready=False, annotated=True):
+        return {"metadata": {"name": "orders-0",
+                             "annotations": {"pgop.io/bootstrap-mode": "basebackup"} if annotated else {}},
+                "status": {"phase": "Running", "containerStatuses": [{"name": "postgres", "ready": ready, "state": state}]}}
+    waiting = ["basebackup of orders-0 runs in pod orders-0 (running)"]
     assert instance_report(pvc(phase="Bound"), [bootstrapping({"running": {}})], waiting, True) == \
         ("Bootstrapping", waiting[0])
-    done = bootstrapping({"terminated": {"exitCode": 0}})
+    done = bootstrapping({"running": {}}, ready=True)
     assert instance_report(pvc(phase="Bound"), [done], [], True)[0] == "Pending"
+    # the volume marked and the permission withdrawn: the pod runs Postgres, it no longer bootstraps
+    assert instance_report(pvc(phase="Bound"), [bootstrapping({"running": {}}, annotated=False)], [], True)[0] == "Pending"

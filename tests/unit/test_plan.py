@@ -6,8 +6,9 @@ import pytest
 
 from pgop.cluster.plan import plan_cluster, plan_instance
 from pgop.kernel.actions import CREATE, DELETE, PATCH, Action, Plan, apply_merge_patch, merge_patch
+from pgop.kernel.meta import ANNOTATION_BOOTSTRAP_MODE
 from pgop.kernel.model import Cluster, Instance
-from pgop.specs.pods import ANNOTATION_BOOTSTRAP_MODE, pod_inputs_hash
+from pgop.specs.pods import pod_inputs_hash
 from pgop.specs.pvc import ANNOTATION_INITIALIZED
 from tests.unit.world import (
     World,
@@ -407,10 +408,10 @@ def iplan(world, name="orders-0"):
                          world.pods_of(name))
 
 
-def _init(world, name="orders-0", phase="Pending", **state):
-    """The kubelet's view of the Postgres pod's init container `bootstrap`."""
+def _postgres(world, name="orders-0", phase="Running", ready=False, **state):
+    """The kubelet's view of the Postgres pod's container (its agent bootstraps, then runs Postgres)."""
     world.objects[("Pod", name)]["status"] = {
-        "phase": phase, "initContainerStatuses": [{"name": "bootstrap", **state}]}
+        "phase": phase, "containerStatuses": [{"name": "postgres", "ready": ready, **state}]}
 
 
 def test_a_new_instance_gets_its_volume_then_a_postgres_pod_that_bootstraps_it_first():
@@ -418,31 +419,35 @@ def test_a_new_instance_gets_its_volume_then_a_postgres_pod_that_bootstraps_it_f
     actions = iplan(world)
     assert summary(actions) == [(CREATE, "PersistentVolumeClaim", "orders-0"), (CREATE, "Pod", "orders-0")]
     pod = actions[1].body
-    [init] = pod["spec"]["initContainers"]
-    assert init["command"] == ["pgop", "agent", "bootstrap", "--mode", "initdb", "--guarded"]
-    assert {"name": "pgdata", "mountPath": "/var/lib/postgresql/data"} in init["volumeMounts"]
+    # One container: the agent bootstraps, then runs Postgres; no init container to wait for.
+    assert "initContainers" not in pod["spec"]
+    [container] = pod["spec"]["containers"]
+    assert container["command"] == ["pgop", "agent", "run"]
+    assert {"name": "pgdata", "mountPath": "/var/lib/postgresql/data"} in container["volumeMounts"]
     assert pod["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_MODE] == "initdb"
+    [permit] = [e for e in container["env"] if e["name"] == "PGOP_BOOTSTRAP_PERMIT"]
+    assert permit["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['pgop.io/bootstrap-mode']"
     world.apply(actions)
     running = iplan(world)
-    assert running == [] and any("initdb" in note and "init container" in note for note in running.waiting)
+    assert running == [] and any("initdb of orders-0 runs in pod orders-0" in note for note in running.waiting)
 
 
-def test_the_volume_is_marked_once_the_init_container_exited_0_then_the_pod_may_not_bootstrap_again():
+def test_the_volume_is_marked_once_postgres_was_ready_then_the_pod_may_not_bootstrap_again():
     world = new_instance(World())
     world.apply(iplan(world))
-    _init(world, state={"running": {"startedAt": "2026-01-01T00:00:00Z"}})
+    _postgres(world, state={"running": {"startedAt": "2026-01-01T00:00:00Z"}})
     assert iplan(world) == []
-    # The kubelet runs a failed init container again in place; nothing to do but say so.
-    _init(world, restartCount=1, state={"terminated": {"exitCode": 1, "reason": "Error"}})
+    # A failed bootstrap exits the agent; the kubelet starts it again in place: say so.
+    _postgres(world, restartCount=1, state={"waiting": {"reason": "CrashLoopBackOff"}})
     failed = iplan(world)
-    assert failed == [] and any("exited 1, restarted 1 times" in note for note in failed.waiting)
-    _init(world, phase="Running", state={"terminated": {"exitCode": 0, "reason": "Completed"}})
+    assert failed == [] and any("waiting: CrashLoopBackOff, restarted 1 times" in note for note in failed.waiting)
+    _postgres(world, ready=True, state={"running": {"startedAt": "2026-01-01T00:00:09Z"}})
     marked = iplan(world)
     assert summary(marked) == [(PATCH, "PersistentVolumeClaim", "orders-0")]
     assert marked[0].patch["metadata"]["annotations"][ANNOTATION_INITIALIZED] == "initdb"
     world.apply(marked)
-    # The next pass takes away the pod's permission to bootstrap (its init container reads it at
-    # each start); the pod itself stays: Postgres runs in it.
+    # The next pass takes away the pod's permission to bootstrap (its agent reads it at each
+    # start); the pod itself stays: Postgres runs in it.
     [revoke] = iplan(world)
     assert (revoke.verb, revoke.kind, revoke.name) == (PATCH, "Pod", "orders-0")
     assert revoke.patch == {"metadata": {"annotations": {ANNOTATION_BOOTSTRAP_MODE: None}}}
@@ -454,17 +459,18 @@ def test_the_volume_is_marked_once_the_init_container_exited_0_then_the_pod_may_
 def test_a_pod_that_ended_before_its_volume_was_marked_is_replaced_by_one_that_bootstraps():
     world = new_instance(World())
     world.apply(iplan(world))
-    _init(world, phase="Failed", state={"running": {}})  # evicted while it cloned
+    _postgres(world, phase="Failed", state={"running": {}})  # evicted while it cloned
     assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0")]
     world.apply(iplan(world))
     [again] = iplan(world)
-    assert (again.verb, again.name) == (CREATE, "orders-0") and again.body["spec"]["initContainers"]
+    assert (again.verb, again.name) == (CREATE, "orders-0")
+    assert again.body["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_MODE] == "initdb"
 
 
 def test_a_postgres_pod_without_a_bootstrap_on_an_unmarked_volume_is_left_alone():
     world = new_instance(World())
     world.apply(iplan(world))
-    del world.objects[("Pod", "orders-0")]["spec"]["initContainers"]
+    del world.objects[("Pod", "orders-0")]["metadata"]["annotations"][ANNOTATION_BOOTSTRAP_MODE]
     result = iplan(world)
     assert result == [] and any("not bootstrapping under a running Postgres" in n for n in result.waiting)
 
@@ -472,7 +478,7 @@ def test_a_postgres_pod_without_a_bootstrap_on_an_unmarked_volume_is_left_alone(
 def test_a_hibernated_instance_loses_its_pod_even_while_it_bootstraps():
     world = new_instance(World())
     world.apply(iplan(world))
-    _init(world, state={"running": {}})
+    _postgres(world, state={"running": {}})
     world.objects[("PgInstance", "orders-0")]["spec"]["hibernated"] = True
     assert summary(iplan(world)) == [(DELETE, "Pod", "orders-0")]
 
@@ -556,10 +562,10 @@ def test_a_failed_bootstrap_pod_is_removed_before_another_is_made():
 
 
 def initialised(world, name="orders-0"):
-    """The instance bootstrapped by its Postgres pod's init container, its volume marked and the
-    pod's permission to bootstrap removed; Postgres runs."""
+    """The instance bootstrapped by its Postgres pod's agent, its volume marked and the pod's
+    permission to bootstrap removed; Postgres runs."""
     world.apply(iplan(world, name))
-    _init(world, name, phase="Running", state={"terminated": {"exitCode": 0}})
+    _postgres(world, name, ready=True, state={"running": {}})
     world.apply(iplan(world, name))
     world.apply(iplan(world, name))
     world.set_pod_phase(name, "Running")
@@ -573,8 +579,8 @@ def test_an_initialised_volume_is_never_bootstrapped_again():
     world.objects[("PgInstance", "orders-0")].pop("status", None)
     actions = iplan(world)
     assert summary(actions) == [(CREATE, "Pod", "orders-0")]
-    assert "initContainers" not in actions[0].body["spec"]
     assert ANNOTATION_BOOTSTRAP_MODE not in actions[0].body["metadata"]["annotations"]
+    assert "PGOP_BOOTSTRAP_PERMIT" not in {e["name"] for e in actions[0].body["spec"]["containers"][0]["env"]}
 
 
 def test_a_deleted_postgres_pod_comes_back_on_the_same_volume():

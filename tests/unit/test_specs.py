@@ -608,8 +608,8 @@ def test_every_pod_pgop_makes_meets_pod_security_restricted(which):
         pod = build_postgres_pod(instance())
     elif which == "postgres-bootstrapping":
         pod = build_postgres_pod(instance(1, "replica", "basebackup"), bootstrap=True)
-        # its only init container is the agent's bootstrap, as the same non-root user
-        assert [c["name"] for c in pod["spec"]["initContainers"]] == ["bootstrap"]
+        # no init container: the agent bootstraps in the Postgres container, as the same non-root user
+        assert "initContainers" not in pod["spec"]
         assert _restricted_violations(pod) == []
         return
     elif which == "backup":
@@ -623,19 +623,21 @@ def test_every_pod_pgop_makes_meets_pod_security_restricted(which):
 
 def test_a_bootstrapping_postgres_pod_fills_its_volume_first_only_while_its_annotation_permits():
     pod = build_postgres_pod(instance(1, "replica", "basebackup"), bootstrap=True)
-    [init] = pod["spec"]["initContainers"]
     [postgres] = pod["spec"]["containers"]
-    assert init["command"] == ["pgop", "agent", "bootstrap", "--mode", "basebackup", "--guarded"]
-    assert init["volumeMounts"] == postgres["volumeMounts"] and init["image"] == postgres["image"]
-    [permit] = [e for e in init["env"] if e["name"] == "PGOP_BOOTSTRAP_PERMIT"]
+    assert postgres["command"] == ["pgop", "agent", "run"]
+    [permit] = [e for e in postgres["env"] if e["name"] == "PGOP_BOOTSTRAP_PERMIT"]
     assert permit["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['pgop.io/bootstrap-mode']"
     assert pod["metadata"]["annotations"]["pgop.io/bootstrap-mode"] == "basebackup"
-    assert "PGOP_BOOTSTRAP_PERMIT" not in {e["name"] for e in postgres["env"]}
+    # the pod for a marked volume has no permission to pass
+    running = build_postgres_pod(instance(1, "replica", "basebackup"))
+    assert "PGOP_BOOTSTRAP_PERMIT" not in {e["name"] for e in running["spec"]["containers"][0]["env"]}
+    # a failed bootstrap says why in the pod status
+    assert postgres["terminationMessagePolicy"] == "FallbackToLogsOnError"
     # the same inputs as the pod that runs on a marked volume: marking it restarts nothing
     assert pod["metadata"]["annotations"]["pgop.io/pod-inputs-hash"] == \
         build_postgres_pod(instance(1, "replica", "basebackup"))["metadata"]["annotations"]["pgop.io/pod-inputs-hash"]
 
 
-def test_a_restore_never_runs_as_an_init_container():
+def test_a_restore_never_runs_in_the_postgres_pod():
     with pytest.raises(ValueError, match="recovery runs in a bootstrap pod"):
         build_postgres_pod(instance(0, "primary", "recovery"), bootstrap=True)
