@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -679,6 +680,22 @@ def _pid_by_cgroup(pod_uid: str, cid: str) -> int:
     if not inits:
         raise ChaosError(f"no process of container {cid[:12]} found on this host")
     return inits[0]
+
+
+def stop_process(pod_uid: str, command: str, timeout: float = 60) -> int:
+    """SIGSTOP, from the host, to the first process named `command` (its comm) in the pod's cgroup,
+    as soon as one runs: holds a step (e.g. the bootstrap's initdb) where it is. Its PID."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d, _ in _pod_processes(pod_uid):
+            try:
+                if (d / "comm").read_text().strip() == command:
+                    os.kill(int(d.name), signal.SIGSTOP)
+                    return int(d.name)
+            except (OSError, ValueError):
+                continue
+        time.sleep(0.02)
+    raise ChaosError(f"no process {command!r} ran in pod {pod_uid} within {timeout:.0f}s")
 
 
 def kill_container(cluster: ChaosCluster, pod: str, container: str = "postgres") -> float:

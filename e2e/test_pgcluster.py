@@ -10,6 +10,8 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from e2e.chaos import stop_process
+
 TIMEOUT = 240
 
 
@@ -111,12 +113,6 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
     instances = kubectl.json("-n", ns, "get", "pginstances")["items"]
     assert sorted(i["metadata"]["name"] for i in instances) == [f"{name}-0", f"{name}-1", f"{name}-2"]
     assert all(i["metadata"]["ownerReferences"][0]["uid"] == uid for i in instances)
-    # the first primary's volume was filled by initdb, the replicas' by pg_basebackup; once the
-    # cluster has data every instance says basebackup, so a lost volume is never re-initialised
-    filled = {p["metadata"]["name"]: p["metadata"]["annotations"].get("pgop.io/initialized")
-              for p in kubectl.json("-n", ns, "get", "pvc")["items"]}
-    assert filled == {f"{name}-0": "initdb", f"{name}-1": "basebackup", f"{name}-2": "basebackup"}
-    assert {i["spec"]["bootstrap"] for i in instances} == {"basebackup"}
     # One pod and one container start per instance: its agent filled the volume, then started
     # Postgres; once the volume is marked the pod may no longer bootstrap (its annotation is gone).
     pods = eventually(lambda: (items := kubectl.json("-n", ns, "get", "pods", "-l", f"pgop.io/cluster={name}")["items"])
@@ -130,6 +126,13 @@ def test_three_instances_stream_with_quorum_sync(kubectl, namespace, operator):
         assert postgres["restartCount"] == 0, pod_name
         mode = "initdb" if pod_name == f"{name}-0" else "basebackup"
         assert f"bootstrap {mode} into" in kubectl("-n", ns, "logs", pod_name, "-c", "postgres").stdout, pod_name
+    # The first primary's volume was filled by initdb, the replicas' by pg_basebackup, each marked
+    # once its container was ready (before the pod's permission went); once the cluster has data
+    # every instance says basebackup, so a lost volume is never re-initialised.
+    filled = {p["metadata"]["name"]: p["metadata"]["annotations"].get("pgop.io/initialized")
+              for p in kubectl.json("-n", ns, "get", "pvc")["items"]}
+    assert filled == {f"{name}-0": "initdb", f"{name}-1": "basebackup", f"{name}-2": "basebackup"}
+    assert {i["spec"]["bootstrap"] for i in kubectl.json("-n", ns, "get", "pginstances")["items"]} == {"basebackup"}
     for svc in ("rw", "ro", "r"):
         kubectl("-n", ns, "get", "svc", f"{name}-{svc}")
     for s in ("superuser", "app", "replication"):
@@ -294,11 +297,17 @@ def test_replicas_waiting_for_a_first_primary_deleted_during_initdb_clone_the_ne
     ns, name = namespace, "lost"
     kubectl("apply", "-f", "-", input=manifest(name, ns, instances=3, sync=1))
 
-    eventually(lambda: bootstrapping(kubectl, ns, f"{name}-0"), "the first primary's initdb", 60, 0.2)
-    old_uid = kubectl.json("-n", ns, "get", "pginstance", f"{name}-0")["metadata"]["uid"]
+    # Its initdb held where it is (SIGSTOP from the host), so the deletion comes while it runs, not
+    # after Postgres started: initdb takes about a second here.
+    pod = eventually(lambda: (got := kubectl("-n", ns, "get", "pod", f"{name}-0", "-o", "json", check=False))
+                     .returncode == 0 and json.loads(got.stdout), "the first primary's pod", 60, 0.1)
+    stop_process(pod["metadata"]["uid"], "initdb")
+    first = kubectl.json("-n", ns, "get", "pginstance", f"{name}-0")
+    assert not (first.get("status") or {}).get("lastHeartbeat"), "the first primary never ran"
     kubectl("-n", ns, "delete", "pginstance", f"{name}-0", "--wait=false")
     waiting = [kubectl.json("-n", ns, "get", "pginstance", f"{name}-{i}") for i in (1, 2)]
     assert all(not (i.get("status") or {}).get("ready") for i in waiting)
+    old_uid = first["metadata"]["uid"]
 
     status = wait_ready(kubectl, ns, name, 3)
     assert status["currentPrimary"] == f"{name}-0"

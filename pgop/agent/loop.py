@@ -286,6 +286,8 @@ class Agent:
                 self.report(None, None)
                 return False
             if not (self.settings.pgdata / "PG_VERSION").exists():
+                if self.clone_unfinished(instance):
+                    return self.clone_again(instance)
                 self.message = bootstrap.no_data_directory(self.settings)
                 self.report(instance, ha.Decision((), ha.FAILED, self.message))
                 return False
@@ -418,16 +420,17 @@ class Agent:
 
     # ------------------------------------------------------------------------------ 3. want
 
-    def want(self, instance: Instance, actual: ha.Actual) -> ha.Wanted:
+    def want(self, instance: Instance, actual: ha.Actual | None) -> ha.Wanted:
+        """`actual` None: nothing to observe (no data directory), which only a replica asks."""
         spec = instance.spec
         primary = spec.role == PRIMARY
         slots = None
         if primary and self.cluster is not None:
-            sync = streaming.synchronous_names(spec.synchronous_replicas, spec.synchronous_mode,
-                                               instance.name, self.cluster, actual.state.standbys)
+            sync = streaming.synchronous_names(spec.synchronous_replicas, spec.synchronous_mode, instance.name,
+                                               self.cluster, actual.state.standbys if actual else ())
             slots = streaming.wanted_slots(instance.name, self.cluster)
         elif primary:
-            sync = (actual.written.settings or {}).get("synchronous_standby_names", "")
+            sync = ((actual.written.settings if actual else None) or {}).get("synchronous_standby_names", "")
         else:
             sync = ""
         following = spec_primary(instance)
@@ -499,6 +502,23 @@ class Agent:
         self.failed_starts = 0
         self.streaming_at = time.monotonic()
         return True
+
+    def clone_unfinished(self, instance: Instance) -> bool:
+        """A rejoin emptied this volume to clone the primary (its pg_rewind failed), and the clone
+        failed too (the primary changed under it, a second failover): the volume held this
+        cluster's data and the rejoin is not done. Without this its instance would stay without a
+        data directory for good."""
+        return (rejoin.rewind_failed_marker(self.settings).exists() and instance.spec.role == REPLICA
+                and bool(spec_primary(instance)))
+
+    def clone_again(self, instance: Instance) -> bool:
+        """The unfinished rejoin's clone, again, from the primary spec.primary names now; the next
+        turn starts the replica once it is done, or reports why not and tries again."""
+        why = "a rejoin's clone of the primary failed and left the volume empty; cloning the primary again"
+        decision = ha.Decision((), ha.REJOINING, why)
+        done = self._rejoin(ha.Action(ha.REJOIN, why), decision, self.want(instance, None))
+        self.report(instance, ha.Decision((), ha.REJOINING, self.message or why))
+        return done
 
     def _write_config(self, action: ha.Action, decision: ha.Decision, wanted: ha.Wanted) -> bool:
         bootstrap.write_passfile(self.settings, self.runner)

@@ -19,7 +19,8 @@ import psycopg
 import pytest
 
 from e2e.harness.pg import AgentHost
-from pgop.agent import kube
+from pgop.agent import bootstrap, kube, rejoin
+from pgop.agent.commands import Runner
 from pgop.agent.kube import MemoryInstanceStore
 from pgop.kernel import pgconfig
 from pgop.kernel.lsn import parse_lsn
@@ -409,6 +410,34 @@ def test_failed_rewind_falls_back_to_a_clone(fleet_factory):
                for name, patch in fleet.store.patches if name == old)
     assert count(fleet, old) == 50
     assert status["timeline"] == 2 and status["walReceiver"] == "streaming"
+
+
+def test_a_rejoin_whose_clone_failed_clones_again_when_the_agent_starts(fleet_factory):
+    """What a rejoin leaves when pg_rewind failed and so did the clone after it (the primary
+    changed under it: two failovers in a row): its marker next to PGDATA and an emptied volume.
+    The agent started again on it clones the primary spec.primary names, instead of reporting a
+    lost data directory for good."""
+    fleet = fleet_factory(instances=2)
+    old = fleet.primary()
+    new = fleet.replica(1)
+    fleet.sql(old, "CREATE TABLE items (id serial PRIMARY KEY)", dbname="app", user="app")
+    wait_for(lambda: fleet.sql(new, "SELECT to_regclass('items') IS NOT NULL", dbname="app")[0][0], "the table")
+    fleet.stop(old)
+    fleet.promote(new)
+    fleet.sql(new, "INSERT INTO items SELECT FROM generate_series(1, 30)", dbname="app", user="app")
+    settings = fleet.settings[old]
+    rejoin.rewind_failed_marker(settings).write_text("pg_rewind: fatal: could not open file\n")
+    bootstrap.empty_data_directory(settings, Runner(settings.run_as))
+    assert not (settings.pgdata / "PG_VERSION").exists()
+    fleet.store.update_spec(old, role="replica", primary=new)
+    fleet.start(old)
+    status = wait_for(lambda: (s := fleet.status(old)).get("ready") and s.get("role") == "replica" and s,
+                      "the emptied former primary cloned back as a replica", 120)
+    rejoined = next(c for c in status["conditions"] if c["type"] == "Rejoined")
+    assert rejoined["status"] == "True" and rejoined["reason"] == "Recloned", rejoined
+    assert count(fleet, old) == 30
+    assert status["walReceiver"] == "streaming"
+    assert not rejoin.rewind_failed_marker(settings).exists()
 
 
 def test_rejoin_waits_while_the_rw_service_has_no_primary(fleet_factory, rw):
