@@ -138,8 +138,10 @@ def test_a_wiped_volume_is_not_filled_again_when_its_pod_restarts(cluster, write
     primary."""
     primary = cluster.primary()
     replica = other_replicas(cluster, primary)[0]
-    pod = cluster.pod(replica)
-    assert "pgop.io/bootstrap-mode" not in (pod["metadata"].get("annotations") or {})
+    # The operator marks the volume and withdraws the pod's permission a moment after the cluster
+    # is Ready (once the agent reported from the pod).
+    pod = _eventually(lambda: (p := cluster.pod(replica)) and "pgop.io/bootstrap-mode" not in
+                      (p["metadata"].get("annotations") or {}) and p, "the pod's permission withdrawn", 30, 0.5)
     # The marker first; Postgres may still write into the directory while it goes, so a second
     # pass takes what the first missed. What counts: no marker and no PG_VERSION are left.
     cluster.k("exec", replica, "-c", "postgres", "--", "sh", "-c",

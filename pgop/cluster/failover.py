@@ -27,7 +27,7 @@ from pgop.kernel import hibernation
 from pgop.kernel.actions import NORMAL, WARNING, Event, merge_patch
 from pgop.kernel.conditions import parse_time, rfc3339
 from pgop.kernel.lsn import parse_lsn
-from pgop.kernel.meta import POSTGRES_CONTAINER
+from pgop.kernel.meta import ANNOTATION_BOOTSTRAP_MODE, POSTGRES_CONTAINER
 from pgop.kernel.model import PRIMARY, REPLICA, REQUIRED, Cluster, Instance, instance_name
 from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, heartbeat_age, is_ready
 
@@ -72,11 +72,14 @@ class PodState:
     running: bool = False  # the postgres container (the agent, PID 1) runs
     stopped_why: str = ""  # why it does not run, when it does not
     node: str | None = None
-    # created and on its way (init container, image present, container being made): the kubelet
-    # posts "running" a moment after the agent in it has already reported, so this is no failure
+    # created and on its way (image present, container being made): the kubelet posts "running"
+    # a moment after the agent in it has already reported, so this is no failure
     starting: bool = False
     created: datetime | None = None
     uid: str | None = None
+    # made for a volume not yet marked initialised: its agent fills the volume before it starts
+    # Postgres (the pod's annotation pgop.io/bootstrap-mode, until the operator marks the volume)
+    bootstraps: bool = False
 
 
 def pod_state(pod: Obj | None) -> PodState:
@@ -107,7 +110,7 @@ def pod_state(pod: Obj | None) -> PodState:
         created = None
     return PodState(exists=True, deleting=bool(meta.get("deletionTimestamp")), running=running,
                     stopped_why=why, node=node, starting=starting, created=created,
-                    uid=meta.get("uid"))
+                    uid=meta.get("uid"), bootstraps=ANNOTATION_BOOTSTRAP_MODE in (meta.get("annotations") or {}))
 
 
 def fenced_instances(annotations: Mapping[str, str], names: Sequence[str]) -> tuple[frozenset[str] | None, str]:
@@ -340,6 +343,15 @@ def _replaced(instance: Instance, pod: PodState) -> bool:
     return beat is None or pod.created is None or beat <= pod.created
 
 
+def _filled_by_its_pod(instance: Instance, pod: PodState | None) -> bool:
+    """A volume not marked yet, which the agent reporting as this instance filled: it reports from
+    the pod made to bootstrap the volume, and its agent reports only once the bootstrap is done
+    (the operator marks the volume a moment later). A new empty volume under a primary that ran
+    has a new pod, which has not reported."""
+    return pod is not None and pod.exists and pod.bootstraps and pod.uid is not None \
+        and instance.status.pod_uid == pod.uid
+
+
 def _failure(facts: _Facts, name: str) -> str:
     """Why the (target) primary `name` cannot serve, or "" when it can (or we cannot tell yet)."""
     instance = facts.by_name.get(name)
@@ -351,7 +363,7 @@ def _failure(facts: _Facts, name: str) -> str:
             return "its volume is gone"
         if (volume.get("metadata") or {}).get("deletionTimestamp"):
             return "its volume is being deleted"
-        if not _initialised(volume):
+        if not _initialised(volume) and not _filled_by_its_pod(instance, facts.pod(name)):
             return "its volume is new and empty (the data is lost)"
     pod = facts.pod(name)
     if pod is not None:

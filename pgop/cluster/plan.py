@@ -940,10 +940,14 @@ def _plan_bootstrap(instance: Instance, pvc: Obj | None, bootstrap: Obj | None, 
 
 def _plan_bootstrap_in_pod(instance: Instance, pvc: Obj | None, postgres: Obj, plan: Plan) -> None:
     """A Postgres pod on a volume not marked initialised: its agent fills the volume, then runs
-    Postgres; once the container was ready (Postgres ran on what the bootstrap made), the volume
-    is marked (and, on the next pass, the pod's permission to bootstrap removed: _plan_postgres)."""
+    Postgres; once the agent reported from the pod or the container was ready (Postgres ran on
+    what the bootstrap made), the volume is marked (and, on the next pass, the pod's permission to bootstrap removed: _plan_postgres)."""
     name = _name(postgres)
     state = bootstrap_in_pod(postgres)
+    if state is not None and instance.status.pod_uid and instance.status.pod_uid == _meta(postgres).get("uid"):
+        # Its agent reported from this pod: it reports only once the bootstrap is done (usually a
+        # moment before the kubelet's readiness probe says the container is ready).
+        state = "Succeeded"
     if state is None:
         plan.waiting.append(f"pod {name} runs on volume {instance.name}, which is not marked "
                             "initialised; not bootstrapping under a running Postgres")

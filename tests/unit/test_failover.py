@@ -204,6 +204,33 @@ def test_a_lost_volume_starts_a_failover():
     assert reasons(result) == ["FailoverStarted"] and "volume is gone" in result.events[0].message
 
 
+def test_a_new_empty_volume_under_the_primary_starts_a_failover():
+    world, cluster = ha_cluster()
+    world.objects[("PersistentVolumeClaim", "orders-0")]["metadata"]["annotations"] = {}  # made anew, empty
+    result = step(world, cluster)
+    assert reasons(result) == ["FailoverStarted"] and "new and empty" in result.events[0].message
+
+
+def test_a_volume_not_yet_marked_is_no_failure_once_the_agent_reported_from_the_pod_that_fills_it():
+    """A new primary's agent bootstraps its volume, starts Postgres and reports; the operator marks
+    the volume a moment later. In between the volume is not marked, yet it holds the data."""
+    def unmarked(reported_from: str):
+        world, cluster = ha_cluster()
+        world.objects[("PersistentVolumeClaim", "orders-0")]["metadata"]["annotations"] = {}
+        pod = world.objects[("Pod", "orders-0")]
+        pod["metadata"]["annotations"] = {"pgop.io/bootstrap-mode": "initdb"}
+        world.report("orders-0", podUID=reported_from)
+        return world, cluster, pod
+
+    world, cluster, pod = unmarked(reported_from="pod-orders-0")  # this very pod
+    assert reasons(step(world, cluster)) == []
+    # A pod made anew on a new volume whose agent has not reported (the report is its
+    # predecessor's): the data is lost.
+    world, cluster, pod = unmarked(reported_from="pod-of-the-lost-volume")
+    result = step(world, cluster)
+    assert reasons(result) == ["FailoverStarted"] and "new and empty" in result.events[0].message
+
+
 def test_a_postmaster_crash_in_a_live_pod_is_the_agents_to_restart():
     world, cluster = ha_cluster()
     # Postgres is down, the agent beats and restarts it (crash recovery): no failover.

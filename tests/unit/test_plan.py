@@ -456,6 +456,17 @@ def test_the_volume_is_marked_once_postgres_was_ready_then_the_pod_may_not_boots
     assert iplan(world) == []
 
 
+def test_the_volume_is_marked_as_soon_as_the_agent_reported_from_the_pod_that_bootstraps_it():
+    world = new_instance(World())
+    world.apply(iplan(world))
+    _postgres(world, state={"running": {}})  # the kubelet has not yet found the container ready
+    world.report("orders-0", podUID="uid-of-an-earlier-pod")
+    assert iplan(world) == []
+    world.objects[("Pod", "orders-0")]["metadata"]["uid"] = "pod-uid-0"
+    world.report("orders-0", podUID="pod-uid-0")
+    assert summary(iplan(world)) == [(PATCH, "PersistentVolumeClaim", "orders-0")]
+
+
 def test_a_pod_that_ended_before_its_volume_was_marked_is_replaced_by_one_that_bootstraps():
     world = new_instance(World())
     world.apply(iplan(world))
