@@ -4,8 +4,7 @@
 
 Needs the operator running (make up). Polls the API every 0.1 s and records when each step is
 first seen: instance object, Postgres pod scheduled, running, its container running (its agent
-bootstraps the volume, then starts Postgres), first heartbeat, instance ready, bootstrap done as the
-operator judges it (the container ready), cluster Ready. Prints a table; never fails on a slow figure.
+bootstraps the volume, then starts Postgres), first heartbeat, instance ready, cluster Ready. Prints a table; never fails on a slow figure.
 """
 from __future__ import annotations
 
@@ -18,7 +17,6 @@ import uuid
 
 from e2e.harness import envfile
 from pgop.cluster.plan import bootstrap_phase
-from pgop.kernel.diagnose import bootstrap_in_pod
 
 MANIFEST = """
 apiVersion: pgop.io/v1
@@ -75,8 +73,6 @@ def run_once(env, n: int) -> dict[str, float]:
                         mark(f"{inst}: {what} running")
                     if what == "bootstrap" and bootstrap_phase(item) == "Succeeded":
                         mark(f"{inst}: {what} done")  # as the operator judges it: exit 0 is done
-                    if bootstrap_in_pod(item) == "Succeeded":
-                        mark(f"{inst}: bootstrap done (container ready)")  # as the operator judges it
                     postgres = [c for c in st.get("containerStatuses") or () if c.get("name") == "postgres"]
                     if postgres and "running" in (postgres[0].get("state") or {}):
                         mark(f"{inst}: postgres container running")
