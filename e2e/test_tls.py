@@ -26,9 +26,23 @@ NAME = "tlsdb"
 def tls_cluster(kubectl, namespace, operator, tmp_path):
     kubectl("apply", "-f", "-", input=manifest(NAME, namespace, instances=2, sync=1))
     wait_ready(kubectl, namespace, NAME, 2)
+    # The cluster is Ready from its agents' reports; the -rw Service routes to the primary once the
+    # kubelet's readiness probe passed and kube-proxy has the endpoint, a moment later. These
+    # tests look at what that connection says, so they start once it is routed (as pg_connect
+    # retries for an application).
+    rw = service_ip(kubectl, namespace, f"{NAME}-rw")
+    kubectl.wait_for(lambda: _accepts(rw), "the -rw Service routing to the primary", 30)
     ca = tmp_path / "ca.crt"
     ca.write_text(secret(kubectl, namespace, f"{NAME}-app", "ca.crt"))
     return namespace, ca
+
+
+def _accepts(host: str) -> bool:
+    try:
+        socket.create_connection((host, 5432), timeout=2).close()
+        return True
+    except OSError:
+        return False
 
 
 def _app(kubectl, ns, ca, **kw):

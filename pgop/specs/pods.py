@@ -388,9 +388,12 @@ def build_postgres_pod(instance: Instance, bootstrap: bool = False) -> dict[str,
             {"name": "agent", "containerPort": AGENT_PORT, "protocol": "TCP"},
             {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
         ],
-        # Short period: readiness is what moves a Service endpoint, and time to Ready counts.
+        # Short period: readiness is what moves a Service endpoint, and time to Ready counts (a new
+        # instance's first probes come while its agent still bootstraps; the one after it is
+        # ready, at most a second later, puts it behind its Services). Still about 6 s of failed
+        # probes before a pod leaves them.
         "readinessProbe": {"httpGet": {"path": READINESS_PATH, "port": "agent"},
-                           "periodSeconds": 2, "timeoutSeconds": 2, "failureThreshold": 3},
+                           "periodSeconds": 1, "timeoutSeconds": 2, "failureThreshold": 6},
         # Against the agent, not Postgres: a long crash recovery (or bootstrap) must not get the
         # pod killed.
         "livenessProbe": {"httpGet": {"path": LIVENESS_PATH, "port": "agent"},
