@@ -387,22 +387,35 @@ def test_a_replica_ahead_of_the_promoted_one_diverged_and_is_rewound(fleet_facto
     assert count(fleet, ahead) == count(fleet, behind) == 0
 
 
-def test_failed_rewind_falls_back_to_a_clone(fleet_factory):
-    fleet = fleet_factory(instances=2)
+def failed_over_with_rows(fleet: Fleet, rows: int) -> tuple[str, str]:
+    """The primary stopped and its replica promoted, which then took `rows` rows in app.items:
+    (the old primary, the new one)."""
     old = fleet.primary()
     new = fleet.replica(1)
     fleet.sql(old, "CREATE TABLE items (id serial PRIMARY KEY)", dbname="app", user="app")
     wait_for(lambda: fleet.sql(new, "SELECT to_regclass('items') IS NOT NULL", dbname="app")[0][0], "the table")
-    fleet.stop(old)  # the old primary's pod goes away
+    fleet.stop(old)
     fleet.promote(new)
-    fleet.sql(new, "INSERT INTO items SELECT FROM generate_series(1, 50)", dbname="app", user="app")
-    # A data directory pg_rewind cannot work with.
-    (fleet.settings[old].pgdata / "global" / "pg_control").unlink()
+    fleet.sql(new, f"INSERT INTO items SELECT FROM generate_series(1, {rows})", dbname="app", user="app")
+    return old, new
+
+
+def rejoined_as_replica(fleet: Fleet, old: str, new: str) -> tuple[dict, dict]:
+    """The old primary told to follow `new` and its agent started: its status once it is a ready
+    replica, and its Rejoined condition."""
     fleet.store.update_spec(old, role="replica", primary=new)
     fleet.start(old)
     status = wait_for(lambda: (s := fleet.status(old)).get("ready") and s.get("role") == "replica" and s,
-                      "the old primary cloned back as a replica", 120)
-    rejoined = next(c for c in status["conditions"] if c["type"] == "Rejoined")
+                      f"{old} back as a replica of {new}", 120)
+    return status, next(c for c in status["conditions"] if c["type"] == "Rejoined")
+
+
+def test_failed_rewind_falls_back_to_a_clone(fleet_factory):
+    fleet = fleet_factory(instances=2)
+    old, new = failed_over_with_rows(fleet, 50)  # the old primary's pod went away
+    # A data directory pg_rewind cannot work with.
+    (fleet.settings[old].pgdata / "global" / "pg_control").unlink()
+    status, rejoined = rejoined_as_replica(fleet, old, new)
     assert rejoined["status"] == "True" and rejoined["reason"] == "Recloned", rejoined
     assert "pg_rewind failed" in rejoined["message"]
     # The agent beat while it rewound and cloned (the operator sees it at work, not dead).
@@ -418,22 +431,12 @@ def test_a_rejoin_whose_clone_failed_clones_again_when_the_agent_starts(fleet_fa
     The agent started again on it clones the primary spec.primary names, instead of reporting a
     lost data directory for good."""
     fleet = fleet_factory(instances=2)
-    old = fleet.primary()
-    new = fleet.replica(1)
-    fleet.sql(old, "CREATE TABLE items (id serial PRIMARY KEY)", dbname="app", user="app")
-    wait_for(lambda: fleet.sql(new, "SELECT to_regclass('items') IS NOT NULL", dbname="app")[0][0], "the table")
-    fleet.stop(old)
-    fleet.promote(new)
-    fleet.sql(new, "INSERT INTO items SELECT FROM generate_series(1, 30)", dbname="app", user="app")
+    old, new = failed_over_with_rows(fleet, 30)
     settings = fleet.settings[old]
     rejoin.rewind_failed_marker(settings).write_text("pg_rewind: fatal: could not open file\n")
     bootstrap.empty_data_directory(settings, Runner(settings.run_as))
     assert not (settings.pgdata / "PG_VERSION").exists()
-    fleet.store.update_spec(old, role="replica", primary=new)
-    fleet.start(old)
-    status = wait_for(lambda: (s := fleet.status(old)).get("ready") and s.get("role") == "replica" and s,
-                      "the emptied former primary cloned back as a replica", 120)
-    rejoined = next(c for c in status["conditions"] if c["type"] == "Rejoined")
+    status, rejoined = rejoined_as_replica(fleet, old, new)
     assert rejoined["status"] == "True" and rejoined["reason"] == "Recloned", rejoined
     assert count(fleet, old) == 30
     assert status["walReceiver"] == "streaming"
