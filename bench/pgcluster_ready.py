@@ -4,7 +4,8 @@
 
 Needs the operator running (make up). Polls the API every 0.1 s and records when each step is
 first seen: instance object, Postgres pod scheduled, running, its container running (its agent
-bootstraps the volume, then starts Postgres), first heartbeat, instance ready, cluster Ready. Prints a table; never fails on a slow figure.
+bootstraps the volume, then starts Postgres), first heartbeat, instance ready, pod Ready, the -rw
+Service's first ready endpoint, cluster Ready. Prints a table; never fails on a slow figure.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def kubectl(env, *args, input=None):
 
 
 def snapshot(env, ns):
-    out = json.loads(kubectl(env, "-n", ns, "get", "pgclusters,pginstances,pods", "-o", "json"))
+    out = json.loads(kubectl(env, "-n", ns, "get", "pgclusters,pginstances,pods,endpointslices", "-o", "json"))
     return out["items"]
 
 
@@ -71,14 +72,22 @@ def run_once(env, n: int) -> dict[str, float]:
                         mark(f"{inst}: {what} scheduled")
                     if st.get("phase") == "Running":
                         mark(f"{inst}: {what} running")
+                    if conds.get("Ready") == "True":
+                        mark(f"{inst}: {what} Ready")  # the kubelet's readiness probe passed
                     if what == "bootstrap" and bootstrap_phase(item) == "Succeeded":
                         mark(f"{inst}: {what} done")  # as the operator judges it: exit 0 is done
                     postgres = [c for c in st.get("containerStatuses") or () if c.get("name") == "postgres"]
                     if postgres and "running" in (postgres[0].get("state") or {}):
                         mark(f"{inst}: postgres container running")
+                elif kind == "EndpointSlice" and \
+                        (item["metadata"].get("labels") or {}).get("kubernetes.io/service-name") == "bench-rw" and \
+                        any((e.get("conditions") or {}).get("ready") for e in item.get("endpoints") or ()):
+                    mark("-rw Service has a ready endpoint")
                 elif kind == "PgCluster" and st.get("phase") == "Ready" and st.get("readyInstances") == n:
                     mark("cluster Ready")
-            if "cluster Ready" in seen:
+            # until -rw routes too (a client's view), at most 10 s after Ready
+            if "cluster Ready" in seen and ("-rw Service has a ready endpoint" in seen
+                                            or time.monotonic() - t0 > seen["cluster Ready"] + 10):
                 break
             time.sleep(0.1)
     finally:

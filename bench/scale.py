@@ -96,8 +96,9 @@ def say(text: str) -> None:
     print(text, flush=True)
 
 
-def cluster_manifest(name: str, namespace: str, storage_class: str, run: str) -> dict[str, Any]:
-    return {
+def cluster_manifest(name: str, namespace: str, storage_class: str, run: str,
+                     failover_delay: str | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "apiVersion": "pgop.io/v1", "kind": "PgCluster",
         "metadata": {"name": name, "namespace": namespace, "labels": {LABEL_RUN: run}},
         "spec": {
@@ -108,6 +109,9 @@ def cluster_manifest(name: str, namespace: str, storage_class: str, run: str) ->
             "affinity": {"nodeSelector": dict(scale_kwok.NODE_LABELS), "tolerations": scale_kwok.TOLERATIONS},
         },
     }
+    if failover_delay:
+        body["spec"]["failoverDelay"] = failover_delay
+    return body
 
 
 # ------------------------------------------------------------------------------- milestones
@@ -318,7 +322,8 @@ class Run:
         def create(item: tuple[str, str]) -> None:
             ns, name = item
             self.api.create(f"{PGOP}/namespaces/{ns}/pgclusters",
-                            cluster_manifest(name, ns, self.storage_class, self.id))
+                            cluster_manifest(name, ns, self.storage_class, self.id,
+                                             self.args.failover_delay))
 
         with concurrent.futures.ThreadPoolExecutor(self.args.create_concurrency) as pool:
             list(pool.map(create, names))
@@ -641,6 +646,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--agent-reads", action=argparse.BooleanOptionalAction, default=False,
                    help="each simulated turn GETs the PgInstance and LISTs the cluster's first, as the agent did "
                         "before it read from its watch (default: off)")
+    p.add_argument("--failover-delay", metavar="DURATION",
+                   help="spec.failoverDelay of every PgCluster (e.g. 10m): on a machine too small for the load "
+                        "generator, its late heartbeats are not failed over at once (default: the CRD's 0s)")
     p.add_argument("--agent-workers", type=int, default=6, help="threads playing the agents (default 6)")
     p.add_argument("--baseline", type=float, default=20, help="seconds measured before anything is made")
     p.add_argument("--idle", type=float, default=60, help="seconds measured with every cluster Ready")

@@ -489,12 +489,18 @@ def _read_spec(store: Any, settings: AgentSettings, mode: BootstrapMode) -> Inst
         body = store.get_instance(settings.instance)
         return Instance.from_object(body).spec if body else None
     except Exception as error:
-        if mode is BootstrapMode.RECOVERY:  # what to restore is only in the spec: try again later
-            raise BootstrapError(f"cannot read PgInstance {settings.instance}, which says what to "
-                                 f"restore: {error}") from None
-        # initdb and basebackup: the spec only names the database; the secrets suffice
-        log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
+        _spec_unreadable(settings, mode, error)
         return None
+
+
+def _spec_unreadable(settings: AgentSettings, mode: BootstrapMode, error: Exception) -> None:
+    """A restore cannot go on without its PgInstance (what to restore is only in the spec: the
+    pod tries again later); initdb and basebackup can (the spec only names the database, the
+    secrets suffice)."""
+    if mode is BootstrapMode.RECOVERY:
+        raise BootstrapError(f"cannot read PgInstance {settings.instance}, which says what to "
+                             f"restore: {error}") from None
+    log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
 
 
 def before_postgres(settings: AgentSettings, store: Any, runner: Runner) -> BootstrapResult | None:
@@ -550,10 +556,7 @@ def main(mode: str, primary_host: str | None = None, env=None) -> int:
     try:
         store = store_from_env(settings.namespace, env)
     except Exception as error:
-        if chosen is BootstrapMode.RECOVERY:
-            raise BootstrapError(f"cannot read PgInstance {settings.instance}, which says what to "
-                                 f"restore: {error}") from None
-        log.warning("cannot read PgInstance %s (%s); using the defaults", settings.instance, error)
+        _spec_unreadable(settings, chosen, error)
     if store is not None:
         spec = _read_spec(store, settings, chosen)
     source = WatchedSpec(store, settings.instance) if store is not None else None

@@ -9,7 +9,7 @@ from typing import Any
 from kubernetes.client.rest import ApiException
 
 from pgop.cluster.observe import ApiReader, ClusterReader, IndexReader
-from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance
+from pgop.cluster.plan import ObservedCluster, pin_archive_layout, plan_cluster, plan_instance, postgres_pods
 from pgop.cluster.status import DEFAULT_HEARTBEAT_TIMEOUT, cluster_status, worth_writing
 from pgop.kernel import hibernation, names
 from pgop.kernel.actions import Plan
@@ -133,9 +133,11 @@ def persist_decision(kube: Kube, body: Mapping[str, Any], plan: Plan) -> bool:
     return True
 
 
-def status_for_cluster(cluster: Cluster, instances: Sequence[Mapping[str, Any]], plan: Plan) -> dict[str, Any]:
+def status_for_cluster(cluster: Cluster, observed: ObservedCluster, plan: Plan) -> dict[str, Any]:
     now = datetime.now(UTC)
-    status = cluster_status(cluster, instances, now=now, waiting=plan.waiting, ha=plan.status or None)
+    instances = list(observed.instances)
+    status = cluster_status(cluster, instances, now=now, waiting=plan.waiting, ha=plan.status or None,
+                            pods=postgres_pods(observed))
     for judged in plan.conditions:  # e.g. CertificatesReady
         status["conditions"] = set_condition(status["conditions"], judged, now=now, generation=cluster.generation)
     if cluster.spec.backup is not None and cluster.spec.backup.wal_archiving:

@@ -22,6 +22,7 @@ from pgop.kernel.actions import Event
 from pgop.kernel.conditions import find_condition
 from pgop.kernel.meta import COMPONENT_POSTGRES, LABEL_CLUSTER, LABEL_COMPONENT, LABEL_INSTANCE
 from pgop.kernel.model import API_GROUP, Cluster
+from pgop.kernel.readiness import pod_ready
 from pgop.runtime import paced
 from pgop.runtime.apply import (
     apply_plan,
@@ -108,7 +109,7 @@ def _quiet(body, reader) -> tuple[bool, dict | None, list, Cluster]:
     instances = list(observed.instances)
     if cluster.validate():
         return False, None, instances, cluster
-    status = controller.status_for_cluster(cluster, instances, plan)
+    status = controller.status_for_cluster(cluster, observed, plan)
     for preview in cluster_previews():  # e.g. the backup schedule and retention (pgop.backup.handlers)
         if not preview(body, cluster, status, reader):
             return False, None, instances, cluster
@@ -193,7 +194,7 @@ def _reconcile_cluster(body, logger) -> dict | None:
         return None
     apply_plan(body, plan, logger)
     _record(body, plan.events)
-    status = controller.status_for_cluster(cluster, list(observed.instances), plan)
+    status = controller.status_for_cluster(cluster, observed, plan)
     for hook in cluster_hooks():  # e.g. the backup schedule and retention (pgop.backup.handlers)
         hook(body, cluster, status, logger)
     if cluster.spec.backup is not None and cluster.spec.backup.s3 is not None:
@@ -391,13 +392,15 @@ def _reconcile_cluster_now(key: tuple[str, str], logger) -> float | pace.Steady:
     return wait
 
 
-def _exit_codes(pod) -> tuple:
-    """A container that exited (a bootstrap pod done: pgop.cluster.plan.bootstrap_phase) is news
-    before the pod's phase says so; a container ready too (a Postgres pod's bootstrap done:
-    pgop.kernel.diagnose.bootstrap_in_pod)."""
+def _container_news(pod) -> tuple:
+    """What in a pod's containers is news before its phase says so: a container that exited (a
+    bootstrap pod done: pgop.cluster.plan.bootstrap_phase), a container ready (a Postgres pod's
+    bootstrap done: pgop.kernel.diagnose.bootstrap_in_pod), and the pod's Ready condition (its
+    Services route to it: the cluster's readiness, pgop.cluster.status)."""
     status = pod.get("status") or {}
-    return tuple((((s.get("state") or {}).get("terminated") or {}).get("exitCode"), s.get("ready"))
-                 for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []))
+    return (pod_ready(pod),) + tuple(
+        (((s.get("state") or {}).get("terminated") or {}).get("exitCode"), s.get("ready"))
+        for s in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []))
 
 
 @kopf.on.event("", "v1", "pods", labels={LABEL_INSTANCE: kopf.PRESENT})
@@ -407,7 +410,7 @@ async def pod_seen(body, event, logger, **_):
     pod = pod_state(body) if event.get("type") != "DELETED" else pod_state(None)
     # podIP too: replicas stream from it (spec.primaryHost), a new one is handed down at once
     state = ((body.get("status") or {}).get("phase"), (body.get("status") or {}).get("podIP"), pod.running,
-             pod.deleting, _exit_codes(body), event.get("type"))
+             pod.deleting, _container_news(body), event.get("type"))
     if _last_seen.get(key) == state:
         return
     _last_seen[key] = state

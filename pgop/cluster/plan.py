@@ -166,6 +166,11 @@ def _by_instance(objects: Sequence[Obj] | None) -> dict[str, Obj] | None:
     return out
 
 
+def postgres_pods(observed: ObservedCluster) -> dict[str, Obj] | None:
+    """Each instance's Postgres pod by instance name; None when the pods were not observed."""
+    return _by_instance(observed.pods)
+
+
 def decide_ha(cluster: Cluster, observed: ObservedCluster, now: datetime) -> HaDecision:
     return decide(cluster, observed.instances, now=now, pods=_by_instance(observed.pods),
                   volumes=_by_instance(observed.volumes))

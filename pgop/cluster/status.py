@@ -23,7 +23,15 @@ from pgop.kernel.conditions import (
 )
 from pgop.kernel.lsn import lag_bytes
 from pgop.kernel.model import PRIMARY, REQUIRED, Cluster, Instance, with_sync_states_from_primary
-from pgop.kernel.readiness import DEFAULT_HEARTBEAT_TIMEOUT, is_ready, is_stale, why_not_ready
+from pgop.kernel.readiness import (
+    DEFAULT_HEARTBEAT_TIMEOUT,
+    is_ready,
+    is_stale,
+    pod_catching_up,
+    pod_ready,
+    why_not_ready,
+    why_pod_not_ready,
+)
 from pgop.kernel.tenancy import REASON as REASON_PATH_REFUSED
 from pgop.kernel.tenancy import refusal_message
 
@@ -87,8 +95,14 @@ def cluster_status(
     heartbeat_timeout: float = DEFAULT_HEARTBEAT_TIMEOUT,
     waiting: Sequence[str] = (),
     ha: Mapping[str, Any] | None = None,
+    pods: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The status to write on a PgCluster (a merge patch body for its status subresource).
+
+    `pods` takes each instance's Postgres pod by instance name (None: not observed). An instance
+    is ready when its agent says so (with a fresh heartbeat) and, when the pods are observed, its
+    pod is Ready too: a client that connects through the Services once the cluster is Ready is
+    then routed (the kubelet's readiness probe lags the agent by up to a second).
 
     `waiting` takes Plan.waiting, so Progressing says what the operator is waiting for. `ha` takes
     Plan.status, what pgop.cluster.failover decided (targetPrimary, currentPrimary, failover, ...):
@@ -115,12 +129,26 @@ def cluster_status(
         merged = cluster.status.get("failover")
     failover: dict[str, Any] = dict(merged or {})
     failover_phase = failover.get("phase")
-    ready = {i.name: is_ready(i, now, heartbeat_timeout) for i in live}
+    agent_ready = {i.name: is_ready(i, now, heartbeat_timeout) for i in live}
+    routed = {i.name: pods is None or pod_ready(pods.get(i.name)) for i in live}
+    ready = {name: agent_ready[name] and routed[name] for name in agent_ready}
     ready_count = sum(ready.values())
     primary_ready = primary is not None and ready[primary.name]
     never_reported = [i for i in live if i.status.last_heartbeat is None]
+    first_time = cluster.status.get("phase") in (None, "", "Creating")
+    # Agents ready whose pods the kubelet has not marked Ready yet: coming up, not missing, unless
+    # the cluster was Ready before (then a pod that is not Ready is one the Services left).
+    catching_up = [i for i in live if agent_ready[i.name] and not routed[i.name] and pod_catching_up(i, now)
+                   and cluster.status.get("phase") != "Ready"]
+
+    def why(instance: Instance) -> str:
+        if agent_ready[instance.name] and not routed[instance.name]:
+            return why_pod_not_ready(instance)
+        return why_not_ready(instance, now, heartbeat_timeout)
+
     # An instance that reported once and is not ready now is a problem; one still coming up is not.
-    unavailable = [i for i in live if not ready[i.name] and i.status.last_heartbeat is not None]
+    unavailable = [i for i in live if not ready[i.name] and i.status.last_heartbeat is not None
+                   and i not in catching_up]
     stale = [i for i in live if is_stale(i, now, heartbeat_timeout)]
     rolling = [i for i in live if i.status.observed_generation not in (None, i.generation)]
     reported_primaries = [i for i in live if ready[i.name] and i.status.role == PRIMARY]
@@ -136,8 +164,8 @@ def cluster_status(
                          f"{failover_phase}: " + str(failover.get("waitingFor") or "")))
     if live and primary is None and not failover_phase:
         problems.append(("NoPrimary", "no instance is marked primary"))
-    elif primary is not None and not primary_ready and primary.status.last_heartbeat is not None:
-        problems.append(("PrimaryUnavailable", why_not_ready(primary, now, heartbeat_timeout)))
+    elif primary is not None and primary in unavailable:
+        problems.append(("PrimaryUnavailable", why(primary)))
     if len(reported_primaries) > 1:
         problems.append(("MultiplePrimaries", "Postgres runs as primary on "
                          + ", ".join(i.name for i in reported_primaries)))
@@ -151,7 +179,7 @@ def cluster_status(
     down_replicas = [i for i in unavailable if i is not primary]
     if down_replicas:
         problems.append(("InstancesUnavailable",
-                         "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in down_replicas)))
+                         "; ".join(why(i) for i in down_replicas)))
     if primary_ready and replicas_ready + coming < sync and cluster.spec.synchronous_mode != REQUIRED:
         problems.append(("SynchronousReplicasMissing",
                          f"{replicas_ready} of {sync} synchronous replicas are ready: commits "
@@ -169,7 +197,6 @@ def cluster_status(
         problems.append((REASON_PATH_REFUSED, refusal_message(refused)))
 
     progress: list[tuple[str, str]] = []
-    first_time = cluster.status.get("phase") in (None, "", "Creating")
     if len(live) != wanted:
         what = "Creating" if first_time else ("ScalingUp" if len(live) < wanted else "ScalingDown")
         progress.append((what, f"{len(live)} of {wanted} instances exist"))
@@ -179,6 +206,8 @@ def cluster_status(
         progress.append(("Bootstrapping", "starting: " + ", ".join(
             i.name + (f" ({i.status.restore_summary or i.status.message})"
                       if i.status.restore_summary or i.status.message else "") for i in never_reported)))
+    if catching_up:
+        progress.append(("PodsNotReadyYet", "agent ready, pod not Ready yet: " + ", ".join(i.name for i in catching_up)))
     if rolling:
         progress.append(("RollingUpdate", "applying a new spec: " + ", ".join(i.name for i in rolling)))
     if waiting and not progress:
@@ -199,6 +228,8 @@ def cluster_status(
         phase = "Degraded"
     elif len(live) != wanted or never_reported or leaving:
         phase = "Creating" if first_time else "Scaling"
+    elif catching_up:  # the second until the kubelet agrees: the phase it had (Creating, Scaling, ...)
+        phase = "Creating" if first_time else str(cluster.status.get("phase"))
     elif rolling:
         phase = "Updating"
     else:
@@ -212,14 +243,13 @@ def cluster_status(
                                      else "no instance is marked primary")
     elif not primary_ready:
         reason = "PrimaryHeartbeatStale" if primary in stale else "PrimaryNotReady"
-        ready_condition = condition(READY, False, reason, why_not_ready(primary, now, heartbeat_timeout))
+        ready_condition = condition(READY, False, reason, why(primary))
     elif stale:
         ready_condition = condition(READY, False, "HeartbeatStale",
                                      "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in stale))
     elif ready_count < len(live):
         not_ready = [i for i in live if not ready[i.name]]
-        ready_condition = condition(READY, False, "InstancesNotReady",
-                                     "; ".join(why_not_ready(i, now, heartbeat_timeout) for i in not_ready))
+        ready_condition = condition(READY, False, "InstancesNotReady", "; ".join(why(i) for i in not_ready))
     else:
         ready_condition = condition(READY, False, "Scaling", f"{len(live)} of {wanted} instances exist")
 

@@ -15,7 +15,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any, Final, Literal
 
 from pgop.kernel import pgconfig, tenancy
-from pgop.kernel.conditions import parse_time
+from pgop.kernel.conditions import find_condition, parse_time
 from pgop.kernel.lsn import parse_lsn
 
 API_GROUP = "pgop.io"
@@ -679,11 +679,23 @@ class InstanceSpec:
         )
 
 
+def _ready_since(conditions: Any) -> datetime | None:
+    ready = find_condition(conditions if isinstance(conditions, list) else None, "Ready")
+    if not ready or ready.get("status") != "True":
+        return None
+    try:
+        return parse_time(ready.get("lastTransitionTime"))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class InstanceStatus:
     phase: str | None = None
     role: str | None = None
     ready: bool = False
+    # Since when the agent says it is ready (its Ready condition's lastTransitionTime), if it does.
+    ready_since: datetime | None = None
     timeline: int | None = None
     lsn: str | None = None
     received_lsn: str | None = None
@@ -737,6 +749,7 @@ class InstanceStatus:
             phase=data.get("phase"),
             role=data.get("role"),
             ready=bool(data.get("ready", False)),
+            ready_since=_ready_since(data.get("conditions")),
             timeline=int(timeline) if timeline is not None else None,
             lsn=data.get("lsn") or None,
             received_lsn=data.get("receivedLSN") or None,

@@ -539,3 +539,16 @@ def test_a_replica_bootstrap_that_cannot_read_its_spec_clones_through_rw_at_once
     spec = _replica_spec()
     assert bootstrap.wait_for_source(settings(), spec, runner, None, clock=clock, sleep=clock.sleep) is spec
     assert clock.now == 0 and runner.asked == []
+
+
+class _UnreadableStore:
+    def get_instance(self, name):
+        raise OSError("connection refused")
+
+
+def test_a_restore_without_its_pginstance_fails_and_a_new_volume_goes_on_with_the_defaults():
+    # What to restore is only in the PgInstance's spec; initdb and basebackup need nothing from it.
+    with pytest.raises(bootstrap.BootstrapError, match="cannot read PgInstance orders-1, which says what to restore: connection refused"):
+        bootstrap._read_spec(_UnreadableStore(), settings(), bootstrap.BootstrapMode.RECOVERY)
+    for mode in (bootstrap.BootstrapMode.INITDB, bootstrap.BootstrapMode.BASEBACKUP):
+        assert bootstrap._read_spec(_UnreadableStore(), settings(), mode) is None

@@ -128,6 +128,15 @@ def test_the_benchmark_clusters_pods_go_to_the_simulated_nodes_only():
     assert instance["spec"]["storage"]["storageClassName"] == "bench-scale-x"
 
 
+def test_the_benchmark_can_give_its_clusters_a_failover_delay():
+    assert "failoverDelay" not in scale.cluster_manifest("c0001", "ns", "sc", "x")["spec"]
+    body = scale.cluster_manifest("c0001", "ns", "sc", "x", failover_delay="10m")
+    body["metadata"]["uid"] = "uid-c"
+    cluster = Cluster.from_object(body)
+    assert cluster.validate() == []
+    assert cluster.spec.failover_delay_seconds == 600
+
+
 # ------------------------------------------------------------------ the simulated agents
 
 def _cluster_objects(ns: str = "bench-scale-x-000", name: str = "c0001"):

@@ -1,4 +1,5 @@
 from pgop.cluster.controller import status_for_cluster
+from pgop.cluster.plan import ObservedCluster
 from pgop.kernel.actions import Plan
 from pgop.kernel.model import Cluster
 
@@ -24,7 +25,7 @@ def _instance(name, role="primary", reported_role="primary", archiver=None):
 
 
 def _archiving(instances):
-    status = status_for_cluster(_cluster(BACKUP), instances, Plan())
+    status = status_for_cluster(_cluster(BACKUP), ObservedCluster(instances=instances), Plan())
     return {c["type"]: c for c in status["conditions"]}["ContinuousArchiving"]
 
 
@@ -70,5 +71,5 @@ def test_archiving_is_unknown_until_there_is_something_to_judge():
 
 
 def test_no_archiving_condition_without_backup():
-    status = status_for_cluster(_cluster(), [], Plan())
+    status = status_for_cluster(_cluster(), ObservedCluster(), Plan())
     assert "ContinuousArchiving" not in {c["type"] for c in status["conditions"]}

@@ -20,14 +20,15 @@ T = NOW
 
 
 def with_pods(world: World) -> None:
-    """A running Postgres pod and an initialised volume for every instance."""
+    """A running, Ready Postgres pod and an initialised volume for every instance."""
     for name in world.instance_names():
         labels = {"pgop.io/cluster": "orders", "pgop.io/instance": name}
         world.objects[("Pod", name)] = {
             "kind": "Pod", "metadata": {"name": name, "labels": labels, "uid": f"pod-{name}"},
             "spec": {"nodeName": "node-1"},
             "status": {"phase": "Running", "podIP": f"10.244.0.{10 + int(name.rsplit('-', 1)[1])}",
-                       "containerStatuses": [{"name": "postgres", "state": {"running": {}}}]}}
+                       "conditions": [{"type": "Ready", "status": "True"}],
+                       "containerStatuses": [{"name": "postgres", "state": {"running": {}}, "ready": True}]}}
         world.objects[("PersistentVolumeClaim", name)] = {
             "kind": "PersistentVolumeClaim",
             "metadata": {"name": name, "labels": labels, "annotations": {"pgop.io/initialized": "initdb"}}}

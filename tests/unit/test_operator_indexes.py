@@ -140,7 +140,7 @@ def settled_pass():
     stored = world.cluster(cluster)
     observed = controller.observe_cluster(watched(world).reader(), "shop", "orders", stored)
     plan = plan_cluster(stored, observed, now=NOW)
-    return stored, plan, controller.status_for_cluster(stored, list(observed.instances), plan)
+    return stored, plan, controller.status_for_cluster(stored, observed, plan)
 
 
 def test_a_settled_cluster_needs_no_pass_through_the_api():
@@ -208,7 +208,7 @@ def test_a_gone_primary_pod_in_the_indexes_hands_the_failover_to_a_fresh_pass():
                                              for p in observed.pods)
     later = NOW + timedelta(seconds=30)
     plan = plan_cluster(stored, observed, now=later)
-    status = controller.status_for_cluster(stored, list(observed.instances), plan)
+    status = controller.status_for_cluster(stored, observed, plan)
     assert controller.decision_changed({"status": stored.status}, plan)  # a failover begins
     assert controller.needs_fresh_pass({"metadata": {}, "status": stored.status}, plan, status)
 
@@ -342,7 +342,7 @@ def test_a_settled_cluster_waits_for_its_first_heartbeat_to_go_stale_and_a_lost_
     stored = world.cluster(cluster)
     observed = controller.observe_cluster(watched(world).reader(), "shop", "orders", stored)
     plan = plan_cluster(stored, observed, now=now)
-    status = controller.status_for_cluster(stored, list(observed.instances), plan)
+    status = controller.status_for_cluster(stored, observed, plan)
     body = {"metadata": {"name": "orders", "namespace": "shop", "generation": stored.generation}, "status": status}
     instances = list(observed.instances)
     assert status["phase"] == "Ready" and pace.cluster_steady(body, instances)
@@ -379,3 +379,25 @@ def test_a_steady_clusters_look_sees_a_cordon_and_a_report_but_not_a_new_lsn(mon
     assert reported != before
     w.event({"kind": "Node", "metadata": {"name": "n1", "uid": "u1"}, "spec": {"unschedulable": True}})
     assert handlers._cluster_view(key, w.reader()) != reported
+
+
+def test_the_status_a_pass_writes_counts_an_instance_ready_only_once_its_indexed_pod_is_ready():
+    """The pods the cluster pass reads from its indexes reach the status: an agent's `ready` is not
+    enough while the kubelet has not marked its pod Ready (the Services do not route to it)."""
+    world, cluster = settled()
+    now = datetime.now(UTC)
+    beat = now.strftime("%Y-%m-%dT%H:%M:%SZ")
+    for (kind, _), obj in world.objects.items():
+        if kind == "PgInstance":
+            obj["status"]["lastHeartbeat"] = beat
+            obj["status"]["conditions"] = [{"type": "Ready", "status": "True", "lastTransitionTime": beat}]
+    primary_pod = next(obj for (kind, _), obj in world.objects.items()
+                       if kind == "Pod" and obj["metadata"]["labels"]["pgop.io/instance"] == "orders-0")
+    primary_pod["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    stored = world.cluster(cluster)
+    observed = controller.observe_cluster(watched(world).reader(), "shop", "orders", stored)
+    status = controller.status_for_cluster(stored, observed, plan_cluster(stored, observed, now=now))
+    assert status["readyInstances"] == 2
+    ready = next(c for c in status["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PrimaryNotReady")
+    assert "its pod" in ready["message"] and "is not Ready" in ready["message"]

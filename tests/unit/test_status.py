@@ -312,3 +312,80 @@ def test_a_cluster_is_not_ready_until_the_instances_it_removes_are_gone():
     # gone: Ready
     del world.objects[("PgInstance", "orders-2")]
     assert cluster_status(smaller, world.all("PgInstance"), now=NOW)["phase"] == "Ready"
+
+
+def _ready_since(world, name, at):
+    world.report(name, conditions=[{"type": "Ready", "status": "True",
+                                    "lastTransitionTime": at.strftime("%Y-%m-%dT%H:%M:%SZ")}], pod=name)
+
+
+def _pods(ready=(), not_ready=()):
+    def pod(name, ok):
+        return {"kind": "Pod", "metadata": {"name": name},
+                "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True" if ok else "False"}]}}
+    return {name: pod(name, True) for name in ready} | {name: pod(name, False) for name in not_ready}
+
+
+def test_a_new_cluster_is_ready_once_the_kubelet_marks_its_pods_ready_not_when_its_agents_say_so():
+    # The Services route to a pod only once its Ready condition is True; a client that connects
+    # the moment the cluster says Ready must get through.
+    world, cluster = World(), make_cluster(instances=1)
+    world.apply(plan(world, cluster))
+    _ready_since(world, "orders-0", NOW - timedelta(seconds=1))
+    status = status_of(world, cluster, pods=_pods(not_ready=["orders-0"]))
+    assert status["phase"] == "Creating"
+    assert status["readyInstances"] == 0
+    ready = condition(status, "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "PrimaryNotReady")
+    assert "orders-0: its agent is ready, its pod orders-0 is not Ready" in ready["message"]
+    progressing = condition(status, "Progressing")
+    assert (progressing["status"], progressing["reason"]) == ("True", "PodsNotReadyYet")
+    assert condition(status, "Degraded")["status"] == "False"  # coming up, not missing
+    status = status_of(world, cluster, pods=_pods(ready=["orders-0"]))
+    assert status["phase"] == "Ready" and condition(status, "Ready")["status"] == "True"
+    # without the pods observed, the agents' word
+    assert status_of(world, cluster)["phase"] == "Ready"
+
+
+def test_a_scaled_up_replica_is_scaling_until_its_pod_is_ready():
+    world, cluster = healthy()
+    for name in world.instance_names():
+        _ready_since(world, name, NOW - timedelta(seconds=60))
+    _ready_since(world, "orders-2", NOW)
+    scaling = Cluster.from_object(cluster_body() | {"status": {"phase": "Scaling"}})
+    status = cluster_status(scaling, world.all("PgInstance"), now=NOW,
+                            pods=_pods(ready=["orders-0", "orders-1"], not_ready=["orders-2"]))
+    assert status["phase"] == "Scaling"
+    assert status["readyInstances"] == 2
+    assert condition(status, "Degraded")["status"] == "False"
+    assert condition(status, "Ready")["reason"] == "InstancesNotReady"
+
+
+def test_a_pod_that_is_not_ready_under_a_ready_agent_degrades_a_ready_cluster():
+    # e.g. its node's kubelet stopped: the node controller marks the pod not Ready and the
+    # Services drop it, while Postgres and its agent still run.
+    world, cluster = healthy()
+    for name in world.instance_names():
+        _ready_since(world, name, NOW - timedelta(seconds=600))
+    was_ready = Cluster.from_object(cluster_body() | {"status": status_of(world, cluster)})
+    status = cluster_status(was_ready, world.all("PgInstance"), now=NOW,
+                            pods=_pods(ready=["orders-1", "orders-2"], not_ready=["orders-0"]))
+    assert status["phase"] == "Degraded"
+    degraded = condition(status, "Degraded")
+    assert degraded["reason"] == "PrimaryUnavailable"
+    assert "its pod orders-0 is not Ready" in degraded["message"]
+    assert condition(status, "Ready")["status"] == "False"
+
+
+def test_a_pod_the_kubelet_never_marks_ready_degrades_the_cluster_after_the_grace():
+    world, cluster = World(), make_cluster(instances=1)
+    world.apply(plan(world, cluster))
+    _ready_since(world, "orders-0", NOW - timedelta(seconds=11))
+    status = status_of(world, cluster, pods=_pods(not_ready=["orders-0"]))
+    assert status["phase"] == "Degraded"
+    assert condition(status, "Degraded")["reason"] == "PrimaryUnavailable"
+    # a pod being deleted is out of the Services too, and a missing pod routes nothing
+    assert status_of(world, cluster, pods={})["readyInstances"] == 0
+    deleting = _pods(ready=["orders-0"])
+    deleting["orders-0"]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert status_of(world, cluster, pods=deleting)["readyInstances"] == 0
