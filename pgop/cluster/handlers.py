@@ -88,8 +88,8 @@ def _cluster_pass_once(body, logger, key: tuple[str, str]) -> tuple[dict | None,
         if not reader.fresh and body.get("spec"):
             quiet, refresh, instances, cluster = _quiet(body, reader)
             if quiet:
-                if refresh:
-                    _refresh_status(body, refresh)
+                if refresh and not _refresh_status(body, refresh):
+                    return None, pace.SHORTEST  # once the watch brought the status that won
                 now = datetime.now(UTC)
                 return None, pace.next_pass_in(pace.cluster_steady(body, instances), pace.heartbeats(instances),
                                                now, jitter=random.random(), due=cluster_due(cluster, now))
@@ -149,13 +149,15 @@ def cluster_look(key: tuple[str, str]) -> float | None:
     return pace.look_again_in(pace.cluster_steady(body, instances), pace.heartbeats(instances), datetime.now(UTC))
 
 
-def _refresh_status(body, status: dict) -> None:
+def _refresh_status(body, status: dict) -> bool:
     """Write `status` (controller.status_refresh) over the status kopf's watch last saw, only if it is
     still the one stored (resourceVersion): a newer status (another pass's decision) is left as
-    it is, and the next pass plans from it."""
+    it is, and the next pass plans from it. False when it was newer: two passes close together
+    (an agent's report and its pod's readiness) each computed a status, and the one that lost
+    had the later news, so the caller asks for a pass soon, not at the timed pace."""
     meta = body["metadata"]
     if not meta.get("resourceVersion"):
-        return
+        return True
     patch = {"metadata": {"resourceVersion": meta["resourceVersion"]}, "status": status}
     try:
         kube().merge_patch("PgCluster", meta.get("namespace", ""), meta["name"], patch, "status")
@@ -164,6 +166,8 @@ def _refresh_status(body, status: dict) -> None:
     except ApiException as error:
         if error.status != 409:
             raise
+        return False
+    return True
 
 
 def _record(body, events: list[Event]) -> None:

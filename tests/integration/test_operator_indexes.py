@@ -187,12 +187,13 @@ def test_a_status_refresh_is_written_only_over_the_status_it_was_planned_from(ku
     seen = kube.merge_patch("PgCluster", namespace, "orders", {"status": {"phase": "Ready", "instances": [entry]}},
                             "status")
     moved = dict(entry, lsn="0/4000000", lastHeartbeat=stamp(datetime.now(UTC)))
-    handlers._refresh_status(seen, {"instances": [moved]})
+    assert handlers._refresh_status(seen, {"instances": [moved]})
     stored = kube.get("PgCluster", namespace, "orders")
     assert stored["status"]["instances"] == [moved] and stored["status"]["phase"] == "Ready"
     # another pass wrote meanwhile: the refresh planned from the older view leaves its status alone
     kube.merge_patch("PgCluster", namespace, "orders", {"status": {"phase": "Degraded"}}, "status")
-    handlers._refresh_status(seen, {"instances": [entry], "phase": "Ready"})
+    # (and says so, so that its pass comes again soon with the status that won)
+    assert not handlers._refresh_status(seen, {"instances": [entry], "phase": "Ready"})
     stored = kube.get("PgCluster", namespace, "orders")
     assert stored["status"]["instances"] == [moved] and stored["status"]["phase"] == "Degraded"
 

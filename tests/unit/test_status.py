@@ -319,6 +319,14 @@ def _ready_since(world, name, at):
                                     "lastTransitionTime": at.strftime("%Y-%m-%dT%H:%M:%SZ")}], pod=name)
 
 
+def _new_primary_ready_for(seconds):
+    """A new one-instance cluster whose agent said ready `seconds` ago."""
+    world, cluster = World(), make_cluster(instances=1)
+    world.apply(plan(world, cluster))
+    _ready_since(world, "orders-0", NOW - timedelta(seconds=seconds))
+    return world, cluster
+
+
 def _pods(ready=(), not_ready=()):
     def pod(name, ok):
         return {"kind": "Pod", "metadata": {"name": name},
@@ -329,9 +337,7 @@ def _pods(ready=(), not_ready=()):
 def test_a_new_cluster_is_ready_once_the_kubelet_marks_its_pods_ready_not_when_its_agents_say_so():
     # The Services route to a pod only once its Ready condition is True; a client that connects
     # the moment the cluster says Ready must get through.
-    world, cluster = World(), make_cluster(instances=1)
-    world.apply(plan(world, cluster))
-    _ready_since(world, "orders-0", NOW - timedelta(seconds=1))
+    world, cluster = _new_primary_ready_for(1)
     status = status_of(world, cluster, pods=_pods(not_ready=["orders-0"]))
     assert status["phase"] == "Creating"
     assert status["readyInstances"] == 0
@@ -378,9 +384,7 @@ def test_a_pod_that_is_not_ready_under_a_ready_agent_degrades_a_ready_cluster():
 
 
 def test_a_pod_the_kubelet_never_marks_ready_degrades_the_cluster_after_the_grace():
-    world, cluster = World(), make_cluster(instances=1)
-    world.apply(plan(world, cluster))
-    _ready_since(world, "orders-0", NOW - timedelta(seconds=11))
+    world, cluster = _new_primary_ready_for(11)
     status = status_of(world, cluster, pods=_pods(not_ready=["orders-0"]))
     assert status["phase"] == "Degraded"
     assert condition(status, "Degraded")["reason"] == "PrimaryUnavailable"
