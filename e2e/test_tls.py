@@ -26,10 +26,9 @@ NAME = "tlsdb"
 def tls_cluster(kubectl, namespace, operator, tmp_path):
     kubectl("apply", "-f", "-", input=manifest(NAME, namespace, instances=2, sync=1))
     wait_ready(kubectl, namespace, NAME, 2)
-    # The cluster is Ready from its agents' reports; the -rw Service routes to the primary once the
-    # kubelet's readiness probe passed and kube-proxy has the endpoint, a moment later. These
-    # tests look at what that connection says, so they start once it is routed (as pg_connect
-    # retries for an application).
+    # The cluster is Ready once its pods are Ready, so -rw has its endpoint; kube-proxy may still
+    # take a moment to program it on this host. These tests look at what that connection says, so
+    # they start once it is routed (as pg_connect retries for an application).
     rw = service_ip(kubectl, namespace, f"{NAME}-rw")
     kubectl.wait_for(lambda: _accepts(rw), "the -rw Service routing to the primary", 30)
     ca = tmp_path / "ca.crt"
