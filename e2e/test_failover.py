@@ -148,8 +148,15 @@ def test_a_wiped_volume_is_not_filled_again_when_its_pod_restarts(cluster, write
               'rm -f "$(dirname "$PGDATA")/.$(basename "$PGDATA").pgop-bootstrap"; '
               'rm -rf "$PGDATA" 2>/dev/null; sleep 0.2; rm -rf "$PGDATA" 2>/dev/null; '
               'test ! -e "$PGDATA/PG_VERSION"')
+    def postgres(p):
+        return next(c for c in p["status"]["containerStatuses"] if c["name"] == "postgres")
+    before = postgres(pod).get("containerID")
     at = kill_sandbox(cluster, replica)
     writer.fault(f"{replica}: data directory wiped, pod sandbox killed", at)
+    # What follows is about the container started again in the new sandbox: until the kubelet
+    # reports it, the pod's status (and the running agent's last report) may still be the old one's.
+    _eventually(lambda: (p := cluster.pod(replica)) and postgres(p).get("containerID") not in (None, before),
+                f"{replica}'s container started again", 120, 1)
 
     # The instance says why, in its status, from the agent started again in the same pod (its
     # permission, read at this start, is gone: the refusal, not the running agent's report of a
@@ -161,8 +168,7 @@ def test_a_wiped_volume_is_not_filled_again_when_its_pod_restarts(cluster, write
     assert not said.get("ready")
     got = cluster.pod(replica)
     assert got["metadata"]["uid"] == pod["metadata"]["uid"]  # the same pod, a new sandbox
-    [postgres] = [c for c in got["status"]["containerStatuses"] if c["name"] == "postgres"]
-    assert not postgres.get("ready")
+    assert not postgres(got).get("ready")
     # Nothing was made in the volume: no data directory, the volume still marked.
     assert cluster.k("exec", replica, "-c", "postgres", "--", "sh", "-c",
                      'test -e "$PGDATA/PG_VERSION" && echo filled || echo empty').stdout.strip() == "empty"
